@@ -1,0 +1,361 @@
+"""NONMEM-format records: validation, regimens, and `simulate_records`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from . import _engine as E
+from ._models._base import AbstractModel, ODESolver
+from ._regimen import MODELLED_DURATION, MODELLED_RATE, Regimen
+
+REQUIRED_COLUMNS = ("ID", "TIME", "EVID", "AMT", "CMT")
+OPTIONAL_COLUMNS = {"RATE": 0.0, "II": 0.0, "ADDL": 0, "SS": 0, "MDV": 0}
+
+#: A parameter value for `simulate_records`: a number (all records), the name of a column
+#: (its value on each record), an array with one value per record, or a function of the
+#: records DataFrame returning one value per record.
+ParamSpec = float | str | np.ndarray | Callable[[pd.DataFrame], Any]
+
+
+class RecordError(ValueError):
+    """Invalid NONMEM records: the message names the subject, the row and the column."""
+
+
+def _where(df: pd.DataFrame, pos: int) -> str:
+    return f"subject ID={df['ID'].iloc[pos]!r}, row {df.index[pos]!r}"
+
+
+def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.DataFrame:
+    """Check NONMEM records and return them with the optional columns filled in.
+
+    **Arguments:**
+
+    - `records`: one row per record with at least `ID, TIME, EVID, AMT, CMT`; optional
+      `RATE, II, ADDL, SS, MDV` (0 when absent).
+    - `n_states`: number of model compartments, to check `CMT`.
+
+    **Returns:** a copy with every optional column present.
+
+    Raises `RecordError` naming the subject, the row and what was expected.
+    """
+    if not isinstance(records, pd.DataFrame):
+        raise RecordError(f"expected a pandas DataFrame of records, got {type(records).__name__}.")
+    missing = [c for c in REQUIRED_COLUMNS if c not in records.columns]
+    if missing:
+        raise RecordError(
+            f"records: missing required column(s) {missing}; expected at least "
+            f"{list(REQUIRED_COLUMNS)}, got {list(records.columns)}."
+        )
+    if len(records) == 0:
+        raise RecordError("records: expected at least one record, got an empty DataFrame.")
+    df = records.copy()
+    for col, default in OPTIONAL_COLUMNS.items():
+        if col not in df.columns:
+            df[col] = default
+    for col in (*REQUIRED_COLUMNS[1:], *OPTIONAL_COLUMNS):
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna().to_numpy()
+        if bad.any():
+            pos = int(np.argmax(bad))
+            raise RecordError(
+                f"{_where(df, pos)}: column {col} is {df[col].iloc[pos]!r}; expected a number."
+            )
+        df[col] = values.astype(float)
+    if df["ID"].isna().any():
+        pos = int(np.argmax(df["ID"].isna().to_numpy()))
+        raise RecordError(f"row {df.index[pos]!r}: column ID is missing; expected an identifier.")
+
+    def fail(mask: np.ndarray, message: str) -> None:
+        if mask.any():
+            pos = int(np.argmax(mask))
+            raise RecordError(f"{_where(df, pos)}: {message.format(row=df.iloc[pos])}")
+
+    t = df["TIME"].to_numpy()
+    evid = df["EVID"].to_numpy()
+    amt = df["AMT"].to_numpy()
+    cmt = df["CMT"].to_numpy()
+    rate = df["RATE"].to_numpy()
+    ii = df["II"].to_numpy()
+    addl = df["ADDL"].to_numpy()
+    ss = df["SS"].to_numpy()
+    dose = np.isin(evid, (1, 4))
+    fail(~np.isfinite(t), "TIME is {row.TIME}; expected a finite time (h).")
+    fail(~np.isin(evid, (0, 1, 2, 3, 4)), "EVID is {row.EVID}; expected 0, 1, 2, 3 or 4.")
+    fail(~np.isfinite(amt) | (amt < 0), "AMT is {row.AMT}; expected a finite amount >= 0.")
+    fail(dose & (amt == 0) & ~((ss > 0) & (rate > 0)),
+         "AMT is 0 on a dose record; expected AMT > 0 (or SS=1 with RATE > 0 and II=0).")
+    fail((cmt != np.round(cmt)) | (cmt < 0), "CMT is {row.CMT}; expected a compartment number.")
+    if n_states is not None:
+        fail(dose & ((cmt < 1) | (cmt > n_states)),
+             f"CMT is {{row.CMT}}; expected a dosing compartment from 1 to {n_states}.")
+        fail(cmt > n_states, f"CMT is {{row.CMT}}; the model has {n_states} compartments.")
+    fail(~np.isfinite(rate) | ((rate < 0) & ~np.isin(rate, (MODELLED_RATE, MODELLED_DURATION))),
+         "RATE is {row.RATE}; expected 0 (bolus), > 0 (mg/h), -1 (modelled rate) or -2 "
+         "(modelled duration).")
+    fail(~np.isfinite(ii) | (ii < 0), "II is {row.II}; expected an interval >= 0 (h).")
+    fail((addl < 0) | (addl != np.round(addl)), "ADDL is {row.ADDL}; expected an integer >= 0.")
+    fail(~np.isin(ss, (0, 1, 2)), "SS is {row.SS}; expected 0, 1 or 2.")
+    fail(dose & (ii > 0) & (addl == 0) & (ss == 0),
+         "II is {row.II} without ADDL or SS; expected ADDL > 0 or SS > 0 with II > 0.")
+    fail(dose & (addl > 0) & (ii <= 0), "ADDL is {row.ADDL} with II = 0; expected II > 0.")
+    fail(dose & (ss > 0) & (ii <= 0) & ~((amt == 0) & (rate > 0)),
+         "SS is {row.SS} with II = 0; expected II > 0, or AMT=0 with RATE > 0 (steady-state "
+         "constant infusion).")
+    ids = df["ID"].to_numpy()
+    same = np.concatenate([[False], ids[1:] == ids[:-1]])
+    fail(same & (np.diff(t, prepend=t[0]) < 0),
+         "TIME is {row.TIME}, before the previous record of this subject; expected times "
+         "sorted within each subject.")
+    seen: set = set()
+    starts = np.flatnonzero(~same)
+    for pos in starts:
+        if ids[pos] in seen:
+            raise RecordError(
+                f"{_where(df, int(pos))}: the records of this subject are not contiguous; "
+                "expected all records of a subject together."
+            )
+        seen.add(ids[pos])
+    return df
+
+
+def resolve_params(
+    params: Mapping[str, ParamSpec] | Callable[[pd.DataFrame], Mapping[str, Any]],
+    records: pd.DataFrame,
+) -> dict[str, np.ndarray]:
+    """Per-record parameter values (float arrays of `len(records)`).
+
+    A column name takes that column; a function of the DataFrame is evaluated on it; NaN or
+    infinite values raise a `RecordError` naming the subject, row and parameter.
+    """
+    n = len(records)
+    if callable(params):
+        params = dict(params(records))
+    out: dict[str, np.ndarray] = {}
+    for name, spec in params.items():
+        if isinstance(spec, str):
+            if spec not in records.columns:
+                raise RecordError(
+                    f"parameter {name}: column {spec!r} not in the records; expected one of "
+                    f"{list(records.columns)}."
+                )
+            value = pd.to_numeric(records[spec], errors="coerce").to_numpy(dtype=float)
+        elif callable(spec):
+            value = np.asarray(spec(records), dtype=float)
+        else:
+            value = np.asarray(spec, dtype=float)
+        if value.ndim == 0:
+            value = np.full(n, float(value))
+        if value.shape != (n,):
+            raise RecordError(
+                f"parameter {name}: expected a scalar or one value per record ({n}), got shape "
+                f"{value.shape}."
+            )
+        bad = ~np.isfinite(value)
+        if bad.any():
+            pos = int(np.argmax(bad))
+            raise RecordError(
+                f"{_where(records, pos)}: parameter {name} is {value[pos]}; expected a finite "
+                "number."
+            )
+        out[name] = value
+    return out
+
+
+def _dose_span(model: AbstractModel, p: dict[str, np.ndarray], i: int, row: Any) -> float:
+    """Lag + infusion duration (h) of the dose on record `i` (for steady-state bounds)."""
+    c = int(row.CMT)
+    lag = float(p.get(f"ALAG{c}", np.zeros(i + 1))[i])
+    f = float(p.get(f"F{c}", np.ones(i + 1))[i])
+    if row.RATE > 0:
+        dur = row.AMT * f / row.RATE
+    elif row.RATE == MODELLED_DURATION:
+        dur = float(p[f"D{c}"][i]) if f"D{c}" in p else 0.0
+    elif row.RATE == MODELLED_RATE:
+        dur = row.AMT * f / float(p[f"R{c}"][i]) if f"R{c}" in p else 0.0
+    else:
+        dur = 0.0
+    return lag + dur
+
+
+def _subject_regimen(
+    model: AbstractModel, df: pd.DataFrame, p: dict[str, np.ndarray]
+) -> tuple[Regimen, np.ndarray]:
+    """Regimen of one subject's records (ADDL expanded) and each event's record position."""
+    cols: dict[str, list] = {k: [] for k in (
+        "time", "amount", "cmt", "rate", "evid", "ss", "ii", "order", "rec")}
+    ss_need = 1
+    for i, row in enumerate(df.itertuples(index=False)):
+        evid = int(row.EVID)
+        if evid not in (1, 3, 4):
+            continue
+        if int(row.RATE) == MODELLED_RATE and f"R{int(row.CMT)}" not in p:
+            raise RecordError(
+                f"{_where(df, i)}: RATE=-1 needs the parameter R{int(row.CMT)} (modelled rate)."
+            )
+        if int(row.RATE) == MODELLED_DURATION and f"D{int(row.CMT)}" not in p:
+            raise RecordError(
+                f"{_where(df, i)}: RATE=-2 needs the parameter D{int(row.CMT)} (modelled "
+                "duration)."
+            )
+        if row.SS > 0 and row.II > 0:
+            span = _dose_span(model, p, i, row)
+            ss_need = max(ss_need, math.ceil(span / row.II) + 1)
+        for k in range(int(row.ADDL) + 1 if evid != 3 else 1):
+            cols["time"].append(row.TIME + k * row.II)
+            cols["amount"].append(row.AMT if evid != 3 else 0.0)
+            cols["cmt"].append(int(row.CMT) if evid != 3 else 1)
+            cols["rate"].append(row.RATE if evid != 3 else 0.0)
+            cols["evid"].append(evid if k == 0 else 1)
+            cols["ss"].append(int(row.SS) if k == 0 else 0)
+            cols["ii"].append(row.II)
+            cols["order"].append(float(i) if k == 0 else -1.0)
+            cols["rec"].append(i)
+    n = len(cols["time"])
+    if n == 0:
+        # No dose: one padding event keeps the arrays non-empty.
+        reg = Regimen(
+            time=jnp.zeros(1), amount=jnp.zeros(1), cmt=jnp.ones(1, jnp.int32),
+            rate=jnp.zeros(1), duration=jnp.zeros(1), lag=jnp.zeros(1), bioav=jnp.ones(1),
+            evid=jnp.ones(1, jnp.int32), ss=jnp.zeros(1, jnp.int32), ii=jnp.zeros(1),
+            order=jnp.full(1, jnp.inf), mask=jnp.zeros(1, bool),
+        )
+        return reg, np.zeros(1, dtype=np.int64)
+    reg = Regimen(
+        time=jnp.asarray(cols["time"], float),
+        amount=jnp.asarray(cols["amount"], float),
+        cmt=jnp.asarray(cols["cmt"], jnp.int32),
+        rate=jnp.asarray(cols["rate"], float),
+        duration=jnp.zeros(n),
+        lag=jnp.zeros(n),
+        bioav=jnp.ones(n),
+        evid=jnp.asarray(cols["evid"], jnp.int32),
+        ss=jnp.asarray(cols["ss"], jnp.int32),
+        ii=jnp.asarray(cols["ii"], float),
+        order=jnp.asarray(cols["order"], float),
+        mask=jnp.ones(n, bool),
+        ss_intervals=ss_need,
+        has_ss=bool(np.any(np.asarray(cols["ss"]) > 0)),
+    )
+    return reg, np.asarray(cols["rec"], dtype=np.int64)
+
+
+def regimen_from_records(records: pd.DataFrame, n_states: int | None = None) -> Regimen:
+    """The `Regimen` of one subject's NONMEM records (`EVID` 1, 3, 4; `ADDL` expanded).
+
+    Model-level `F<n>`, `ALAG<n>`, `D<n>`, `R<n>` are applied at simulation time from the
+    parameters. Raises `RecordError` for invalid records or more than one subject.
+    """
+    df = validate_records(records, n_states)
+    if df["ID"].nunique() != 1:
+        raise RecordError(
+            f"regimen_from_records: expected the records of one subject, got IDs "
+            f"{list(df['ID'].unique())[:5]}."
+        )
+    reg, _ = _subject_regimen(None, df, {})  # type: ignore[arg-type]
+    return reg
+
+
+def _bucket(n: int) -> int:
+    return max(8, 1 << (n - 1).bit_length())
+
+
+@eqx.filter_jit
+def _subject_core(model, solver, rec_params, rec_time, reg, ev_rec):
+    n = model.n_states
+    ev_params = {k: v[ev_rec] for k, v in rec_params.items()}
+    doses = E.dose_quantities(model, ev_params, reg)
+    ev = E.event_entries(reg, doses)
+    n_rec = rec_time.shape[0]
+    out = E.output_entries(rec_time, jnp.arange(n_rec, dtype=float), n)
+    allent = E.concat_entries(ev, out, 0)
+    s, perm = E.sort_entries(allent)
+    # NONMEM's convention: the parameters of the next record at or after an entry govern the
+    # advance up to that entry.
+    left = jnp.searchsorted(rec_time, s.time, side="left")
+    right = jnp.searchsorted(rec_time, s.time, side="right")
+    r = jnp.maximum(left, jnp.ceil(jnp.where(jnp.isfinite(s.order), s.order, 0)).astype(int))
+    r = jnp.clip(jnp.where(r < right, r, right), 0, n_rec - 1)
+    seg_params = {k: v[r] for k, v in rec_params.items()}
+    ss_x, ss_r = E.ss_tables(model, solver, ev_params, reg, doses, s)
+    first = {k: v[0] for k, v in rec_params.items()}
+    xs, _ = E.run(model, solver, seg_params, s, ss_x, ss_r, model.initial_state(first))
+    inv = jnp.argsort(perm)
+    states = xs[inv[ev.time.shape[0]:]]
+    y = jax.vmap(model.output)(rec_params, states)
+    return states, y
+
+
+def simulate_records(
+    model: AbstractModel,
+    params: Mapping[str, ParamSpec] | Callable[[pd.DataFrame], Mapping[str, Any]],
+    records: pd.DataFrame,
+    *,
+    solver: ODESolver = ODESolver(),
+) -> pd.DataFrame:
+    """Simulate NONMEM records of one or more subjects; the prediction on every record.
+
+    Records are processed in file order with NONMEM's conventions: the prediction on a dose
+    record is after that record's dose; doses implied by `ADDL` or delayed by a lag that
+    fall on a record's time come before it; parameters are evaluated on every record and
+    those of a record govern the advance from the previous record up to it (time-varying
+    covariates); `EVID` 3 resets, 4 resets and doses; `SS` 1 and 2 as NONMEM.
+
+    **Arguments:**
+
+    - `model`: the structural model.
+    - `params`: for each parameter (`CL`, `V`, ..., and optionally `F<n>`, `ALAG<n>`, `D<n>`
+      for `RATE=-2`, `R<n>` for `RATE=-1`) a number, a column name, one value per record,
+      or a function of the records DataFrame; or one function returning that mapping.
+    - `records`: a DataFrame with `ID, TIME, EVID, AMT, CMT` and optionally
+      `RATE, II, ADDL, SS, MDV` plus any user columns.
+    - `solver`: ODE settings (`pkpd.ODESolver`); linear models are exact.
+
+    **Returns:** a copy of `records` with the prediction in `PRED` (single-output models)
+    or one column per `model.output_names`, and the amounts `A1`...`An`.
+    """
+    df = validate_records(records, model.n_states)
+    p_all = resolve_params(params, df)
+    model.check_params(p_all)
+    n = model.n_states
+    states_all = np.zeros((len(df), n))
+    y_all = np.zeros((len(df), len(model.output_names)))
+    positions = np.arange(len(df))
+    ids = df["ID"].to_numpy()
+    for sid in pd.unique(ids):
+        pos = positions[ids == sid]
+        sub = df.iloc[pos]
+        p = {k: v[pos] for k, v in p_all.items()}
+        reg, ev_rec = _subject_regimen(model, sub, p)
+        n_rec = len(pos)
+        nr, ne = _bucket(n_rec), _bucket(reg.n_events)
+        rec_time = np.concatenate([sub["TIME"].to_numpy(), np.full(nr - n_rec, sub["TIME"].iloc[-1])])
+        p_pad = {k: jnp.asarray(np.concatenate([v, np.full(nr - n_rec, v[-1])])) for k, v in p.items()}
+        reg = reg.pad(ne)
+        ev_rec = jnp.asarray(np.concatenate([ev_rec, np.zeros(ne - len(ev_rec), np.int64)]))
+        states, y = _subject_core(model, solver, p_pad, jnp.asarray(rec_time), reg, ev_rec)
+        states_all[pos] = np.asarray(states)[:n_rec]
+        y_all[pos] = np.asarray(y)[:n_rec]
+        bad = ~np.isfinite(y_all[pos]).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise RecordError(
+                f"{_where(sub, i)}: the simulation gave a non-finite prediction; check the "
+                "parameters of this subject."
+            )
+    out = records.copy()
+    if len(model.output_names) == 1:
+        out["PRED"] = y_all[:, 0]
+    else:
+        for j, name in enumerate(model.output_names):
+            out[name] = y_all[:, j]
+    for i in range(n):
+        out[f"A{i + 1}"] = states_all[:, i]
+    return out
