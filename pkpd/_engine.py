@@ -126,7 +126,7 @@ def event_entries(reg: Regimen, doses: Doses) -> Entries:
     """Timeline entries A, B, C and D_k of every event (unsorted)."""
     m = reg.n_events
     k_ss = reg.ss_intervals if reg.has_ss else 0
-    idx = jnp.arange(m)
+    idx = jnp.arange(m, dtype=jnp.int32)
     inf_dose = doses.is_dose & doses.is_infusion & (doses.amount > 0) & (doses.duration > 0)
     bolus_dose = doses.is_dose & ~doses.is_infusion & (doses.amount > 0)
     zeros = jnp.zeros(m)
@@ -147,21 +147,31 @@ def event_entries(reg: Regimen, doses: Doses) -> Entries:
             source=idx,
         )
 
-    blocks = [
-        block(
-            doses.t_record, SUB_RECORD, zeros, zeros, doses.is_reset,
-            jnp.where(doses.is_ss, idx, -1), neg, doses.is_reset | doses.is_ss,
-        ),
+    blocks = []
+    if reg.has_reset or reg.has_ss:
+        blocks.append(
+            block(
+                doses.t_record, SUB_RECORD, zeros, zeros, doses.is_reset,
+                jnp.where(doses.is_ss, idx, -1), neg, doses.is_reset | doses.is_ss,
+            )
+        )
+    b_pos = len(blocks) * m
+    blocks.append(
         block(
             doses.t_arrival, SUB_ARRIVAL, jnp.where(bolus_dose, doses.amount, 0.0),
             jnp.where(inf_dose, doses.rate, 0.0), jnp.zeros(m, bool), neg, neg,
             bolus_dose | inf_dose,
-        ),
-        block(
-            doses.t_arrival + doses.duration, SUB_END, zeros, -doses.rate,
-            jnp.zeros(m, bool), neg, m + idx, inf_dose,
-        ),
-    ]
+        )
+    )
+    if reg.has_infusion:
+        blocks.append(
+            block(
+                doses.t_arrival + doses.duration, SUB_END, zeros, -doses.rate,
+                jnp.zeros(m, bool), neg, b_pos + idx, inf_dose,
+            )
+        )
+    if not (reg.has_ss and reg.has_infusion):
+        k_ss = 0
     for k in range(1, k_ss + 1):
         ii = reg.ii
         end = doses.t_arrival + doses.duration - k * ii
@@ -186,7 +196,7 @@ def output_entries(times: Array, order: Array, n_states: int) -> Entries:
         ss_slot=jnp.full((n,), -1, dtype=jnp.int32),
         start=jnp.full((n,), -1, dtype=jnp.int32),
         valid=jnp.ones(n, bool),
-        source=jnp.arange(n),
+        source=jnp.arange(n, dtype=jnp.int32),
     )
 
 

@@ -243,6 +243,8 @@ def _subject_regimen(
         mask=jnp.ones(n, bool),
         ss_intervals=ss_need,
         has_ss=bool(np.any(np.asarray(cols["ss"]) > 0)),
+        has_reset=bool(np.any(np.isin(cols["evid"], (3, 4)))) or bool(np.any(np.asarray(cols["ss"]) == 1)),
+        has_infusion=bool(np.any(np.asarray(cols["rate"]) != 0)),
     )
     return reg, np.asarray(cols["rec"], dtype=np.int64)
 
@@ -281,7 +283,8 @@ def _subject_core(model, solver, rec_params, rec_time, reg, ev_rec):
     # advance up to that entry.
     left = jnp.searchsorted(rec_time, s.time, side="left")
     right = jnp.searchsorted(rec_time, s.time, side="right")
-    r = jnp.maximum(left, jnp.ceil(jnp.where(jnp.isfinite(s.order), s.order, 0)).astype(int))
+    row = jnp.ceil(jnp.where(jnp.isfinite(s.order), s.order, 0.0)).astype(left.dtype)
+    r = jnp.maximum(left, row)
     r = jnp.clip(jnp.where(r < right, r, right), 0, n_rec - 1)
     seg_params = {k: v[r] for k, v in rec_params.items()}
     ss_x, ss_r = E.ss_tables(model, solver, ev_params, reg, doses, s)

@@ -58,7 +58,9 @@ class Regimen(eqx.Module):
     `ss_intervals` (static) bounds how many earlier intervals a steady-state dose's lag plus
     infusion duration may span; it is raised automatically by the constructors where the
     values are known. `has_ss` (static) says whether any event may be a steady-state dose:
-    steady states are only computed when it is true.
+    steady states are only computed when it is true. `has_reset` and `has_infusion` (static)
+    say whether any event may be a reset (EVID 3/4) or an infusion; when false the engine
+    leaves those timeline entries out. Constructors set all three from the values.
     """
 
     time: EventFloat
@@ -75,6 +77,8 @@ class Regimen(eqx.Module):
     mask: EventBool
     ss_intervals: int = eqx.field(static=True, default=1)
     has_ss: bool = eqx.field(static=True, default=False)
+    has_reset: bool = eqx.field(static=True, default=True)
+    has_infusion: bool = eqx.field(static=True, default=True)
 
     @property
     def n_events(self) -> int:
@@ -123,7 +127,28 @@ class Regimen(eqx.Module):
                 (k, v, getattr(self, k).dtype) for k, v in fill.items()
             )
         }
-        return Regimen(**arrays, ss_intervals=self.ss_intervals, has_ss=self.has_ss)
+        return Regimen(
+            **arrays,
+            ss_intervals=self.ss_intervals,
+            has_ss=self.has_ss,
+            has_reset=self.has_reset,
+            has_infusion=self.has_infusion,
+        )
+
+
+def _flags(arrays: dict[str, Any]) -> dict[str, bool]:
+    """Static flags from concrete event arrays (conservative when traced)."""
+    def any_true(fn, name) -> bool:
+        v = arrays[name]
+        if not _is_concrete(v):
+            return True
+        return bool(np.any(fn(np.asarray(v)) & np.asarray(arrays["mask"])))
+
+    return {
+        "has_ss": any_true(lambda v: v > 0, "ss"),
+        "has_reset": any_true(lambda v: (v == 3) | (v == 4), "evid"),
+        "has_infusion": any_true(lambda v: v != 0, "rate"),
+    }
 
 
 _FLOAT_FIELDS = ("time", "amount", "rate", "duration", "lag", "bioav", "ii", "order")
@@ -156,7 +181,7 @@ def _make(n: int, ss_intervals: int = 1, **values: Any) -> Regimen:
         else:
             dtype = jnp.bool_
         arrays[name] = jnp.broadcast_to(jnp.asarray(value, dtype=dtype), (n,))
-    return Regimen(**arrays, ss_intervals=ss_intervals, has_ss=False)
+    return Regimen(**arrays, ss_intervals=ss_intervals, **_flags(arrays))
 
 
 def _validate_dose(
@@ -346,7 +371,11 @@ def steady_state(regimen: Regimen, *, ii: float = 0.0, ss: int = 1) -> Regimen:
         (jnp.full_like(regimen.ss, ss), jnp.full_like(regimen.ii, ii)),
     )
     return Regimen(
-        **{f: getattr(out, f) for f in _ALL_FIELDS}, ss_intervals=_ss_bound(out), has_ss=True
+        **{f: getattr(out, f) for f in _ALL_FIELDS},
+        ss_intervals=_ss_bound(out),
+        has_ss=True,
+        has_reset=True,
+        has_infusion=out.has_infusion,
     )
 
 
@@ -384,11 +413,16 @@ def concatenate(regimens: Sequence[Regimen]) -> Regimen:
     n = arrays["time"].shape[0]
     arrays["order"] = jnp.where(arrays["mask"], jnp.arange(n, dtype=arrays["order"].dtype),
                                 jnp.inf)
-    return Regimen(
-        **arrays,
-        ss_intervals=max(r.ss_intervals for r in regimens),
-        has_ss=any(r.has_ss for r in regimens),
-    )
+    return Regimen(**arrays, **_merge_flags(regimens))
+
+
+def _merge_flags(regimens: Sequence[Regimen]) -> dict[str, Any]:
+    return {
+        "ss_intervals": max(r.ss_intervals for r in regimens),
+        "has_ss": any(r.has_ss for r in regimens),
+        "has_reset": any(r.has_reset for r in regimens),
+        "has_infusion": any(r.has_infusion for r in regimens),
+    }
 
 
 def stack(regimens: Sequence[Regimen]) -> Regimen:
@@ -399,7 +433,6 @@ def stack(regimens: Sequence[Regimen]) -> Regimen:
     if not regimens:
         raise ValueError("stack: expected at least one regimen, got none.")
     n = max(r.n_events for r in regimens)
-    k = max(r.ss_intervals for r in regimens)
     padded = [r.pad(n) for r in regimens]
     arrays = {f: jnp.stack([getattr(r, f) for r in padded]) for f in _ALL_FIELDS}
-    return Regimen(**arrays, ss_intervals=k, has_ss=any(r.has_ss for r in regimens))
+    return Regimen(**arrays, **_merge_flags(regimens))

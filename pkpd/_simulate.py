@@ -23,6 +23,11 @@ def simulate_states(
 
     Same arguments and conventions as `simulate`.
     """
+    return _solve(model, params, regimen, times, solver, lambda x: x)
+
+
+def _solve(model, params, regimen, times, solver, fn):
+    """States at `times` mapped through `fn` (the output function, or the identity)."""
     model.check_params(params)
     times = jnp.asarray(times, dtype=jnp.result_type(float))
     if times.ndim != 1:
@@ -32,7 +37,8 @@ def simulate_states(
     x_init = model.initial_state(params)
     n = model.n_states
     if model.is_linear:
-        # Events only in the scan; outputs are propagated from the last event, vectorised.
+        # Events only in the scan; outputs are propagated from the last event before them,
+        # vectorised over times (one fused loop: the states at the outputs are never stored).
         s, _ = E.sort_entries(ev)
         m = s.time.shape[0]
         ss_x, ss_r = E.ss_tables(model, solver, params, regimen, doses, s)
@@ -41,12 +47,14 @@ def simulate_states(
         idx = jnp.searchsorted(s.time, times, side="right") - 1
         before = idx < 0
         j = jnp.clip(idx, 0)
-        x0 = jnp.where(before[:, None], x_init, xs[j])
-        r0 = jnp.where(before[:, None], 0.0, rs[j])
         t0 = jnp.where(before, times, s.time[j])
-        return jax.vmap(lambda x, r, a, b: model.propagate(params, x, r, a, b, solver))(
-            x0, r0, t0, times
-        )
+
+        def at(jj, b, a, t):
+            x = jnp.where(b, x_init, xs[jj])
+            r = jnp.where(b, jnp.zeros_like(x), rs[jj])
+            return fn(model.propagate(params, x, r, a, t, solver))
+
+        return jax.vmap(at)(j, before, t0, times)
     # ODE models: outputs are entries of the timeline (after events at equal times).
     out = E.output_entries(times, jnp.full(times.shape, jnp.inf), n)
     allent = E.concat_entries(ev, out, 0)
@@ -56,7 +64,7 @@ def simulate_states(
     xs, _ = E.run(model, solver, E.broadcast_params(params, m), s, ss_x, ss_r, x_init)
     inv = jnp.argsort(perm)
     n_ev = ev.time.shape[0]
-    return xs[inv[n_ev:]]
+    return jax.vmap(fn)(xs[inv[n_ev:]])
 
 
 def simulate(
@@ -87,6 +95,5 @@ def simulate(
     **Returns:** shape `(times,)` for single-output models (concentration in mg/L for PK
     models), `(times, outputs)` for models with several outputs (`model.output_names`).
     """
-    states = simulate_states(model, params, regimen, times, solver=solver)
-    y = jax.vmap(lambda x: model.output(params, x))(states)
+    y = _solve(model, params, regimen, times, solver, lambda x: model.output(params, x))
     return y[:, 0] if len(model.output_names) == 1 else y

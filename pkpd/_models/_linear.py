@@ -36,7 +36,7 @@ class OneCompartment(AbstractLinearModel):
         dt = t1 - t0
         k = get(params, "CL") / get(params, "V")
         decay = jnp.exp(-k * dt)
-        return x * decay + rate * dt * phi1(k * dt)
+        return x * decay + rate * dt * phi1(k * dt, decay)
 
     def output(self, params: Params, x: State) -> Float[Array, " 1"]:
         return x[..., 0:1] / get(params, "V")
@@ -75,12 +75,16 @@ class OneCompartmentOral(AbstractLinearModel):
         k = get(params, "CL") / get(params, "V")
         ead = jnp.exp(-ka * dt)
         ekd = jnp.exp(-k * dt)
-        # (exp(-k dt) - exp(-ka dt)) / (ka - k), stable for any ka, k including ka == k.
-        g = dt * jnp.exp(-jnp.minimum(ka, k) * dt) * phi1(jnp.abs(ka - k) * dt)
+        # g = (exp(-k dt) - exp(-ka dt)) / (ka - k), exact also when ka == k (then dt e^{-k dt}).
+        d = ka - k
+        z = d * dt
+        small = jnp.abs(z) < 1e-3
+        series = dt * ekd * (1.0 - z * (0.5 - z * (1.0 / 6.0 - z / 24.0)))
+        g = jnp.where(small, series, (ekd - ead) / jnp.where(small, 1.0, d))
         a_d, a_c = x[0], x[1]
         r_d, r_c = rate[0], rate[1]
-        k_int = dt * phi1(k * dt)  # (1 - exp(-k dt)) / k
-        new_d = a_d * ead + r_d * dt * phi1(ka * dt)
+        k_int = dt * phi1(k * dt, ekd)  # (1 - exp(-k dt)) / k
+        new_d = a_d * ead + r_d * dt * phi1(ka * dt, ead)
         new_c = a_c * ekd + a_d * ka * g + r_c * k_int + r_d * (k_int - g)
         return jnp.stack([new_d, new_c])
 
