@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -205,9 +206,13 @@ def concat_entries(a: Entries, b: Entries, offset: int) -> Entries:
     return Entries(*(jnp.concatenate([x, y]) for x, y in zip(a, b, strict=True)))
 
 
-def sort_entries(e: Entries) -> tuple[Entries, Array]:
-    """Sort by (time, order, kind); infusion ends cancelled by a reset lose their effect."""
-    perm = jnp.lexsort((e.sub, e.order, e.time))
+def sort_entries(e: Entries, perm: Any = None) -> tuple[Entries, Array]:
+    """Sort by (time, order, kind); infusion ends cancelled by a reset lose their effect.
+
+    `perm` may give the sorting permutation when it is known at trace time.
+    """
+    if perm is None:
+        perm = jnp.lexsort((e.sub, e.order, e.time))
     s = Entries(*(x[perm] for x in e))
     inv = jnp.argsort(perm)
     epoch = jnp.cumsum(s.reset.astype(jnp.int32))
@@ -264,6 +269,9 @@ def steady_state(
     """
     n = model.n_states
     dtype = jnp.result_type(float)
+    if not model.is_linear:
+        # Newton's method differentiates the window map in forward mode.
+        solver = eqx.tree_at(lambda s: s.adjoint, solver, dfx.DirectAdjoint())
     hot = jax.nn.one_hot(doses.cmt, n, dtype=dtype)
     lag, dur, rate, amt = doses.lag, doses.duration, doses.rate, doses.amount
     is_inf = doses.is_infusion
@@ -333,6 +341,44 @@ def steady_state(
 # ----------------------------------------------------------------------------- the scan
 
 
+def apply_entry(model: AbstractModel, p: Params, e: Entries, sx, sr, x, r):
+    """The effect of one (valid or not) timeline entry on the state and the input rates."""
+    n = model.n_states
+    x = jnp.where(e.reset, model.initial_state(p), x) + sx
+    r = jnp.where(e.reset, jnp.zeros_like(r), r) + sr
+    hot = jax.nn.one_hot(e.cmt, n, dtype=x.dtype)
+    return x + hot * e.bolus, r + hot * e.drate
+
+
+def run_saving(
+    model: AbstractModel,
+    solver: ODESolver,
+    params: Params,
+    s: Entries,
+    ss_x: Array,
+    ss_r: Array,
+    x_init: Array,
+    t_next: Array,
+    ts: Array,
+) -> Array:
+    """ODE models with a known schedule: one solve per event interval, saving at `ts`.
+
+    Entry `k` is applied at its time, then the system is integrated to `t_next[k]` with the
+    states saved at `ts[k]` (padded with `t_next[k]`). Returns the saves, `(entries, K, n)`.
+    """
+
+    def body(carry, inputs):
+        x, r = carry
+        e, sx, sr, t1, tk = inputs
+        x, r = apply_entry(model, params, e, sx, sr, x, r)
+        ys, x = model.propagate_saving(params, x, r, e.time, t1, tk, solver)  # type: ignore[attr-defined]
+        return (x, r), ys
+
+    r0 = jnp.zeros_like(x_init)
+    _, ys = jax.lax.scan(body, (x_init, r0), (s, ss_x, ss_r, t_next, ts))
+    return ys
+
+
 def run(
     model: AbstractModel,
     solver: ODESolver,
@@ -355,12 +401,7 @@ def run(
         e, p, sx, sr = inputs
         t_new = jnp.where(e.valid, e.time, t)
         x = model.propagate(p, x, r, t, t_new, solver)
-        x_reset = model.initial_state(p)
-        x = jnp.where(e.reset, x_reset, x) + sx
-        r = jnp.where(e.reset, jnp.zeros_like(r), r) + sr
-        hot = jax.nn.one_hot(e.cmt, n, dtype=x.dtype)
-        x = x + hot * e.bolus
-        r = r + hot * e.drate
+        x, r = apply_entry(model, p, e, sx, sr, x, r)
         return (t_new, x, r), (x, r)
 
     r0 = jnp.zeros(n, dtype=x_init.dtype)
@@ -388,9 +429,13 @@ def ss_tables(
     xs, rs = jax.vmap(
         lambda p, d, ii: steady_state(model, solver, p, d, ii, reg.ss_intervals)
     )(p_ev, doses, reg.ii)
+    # Stored as the increment over the initial state (zero for PK, the baseline for PD):
+    # SS=1 resets to the initial state and adds it (the state becomes the steady state);
+    # SS=2 adds it to the current state.
+    x0 = jax.vmap(model.initial_state)(p_ev)
     use = (s.ss_slot >= 0)[:, None]
     slot = jnp.clip(s.ss_slot, 0)
-    return jnp.where(use, xs[slot], 0.0), jnp.where(use, rs[slot], 0.0)
+    return jnp.where(use, (xs - x0)[slot], 0.0), jnp.where(use, rs[slot], 0.0)
 
 
 def broadcast_params(params: Params, m: int) -> Params:

@@ -29,8 +29,13 @@ class RecordError(ValueError):
     """Invalid NONMEM records: the message names the subject, the row and the column."""
 
 
+def _py(x: Any) -> Any:
+    """A NumPy scalar as the Python scalar it holds (so messages read `9`, not `np.int64(9)`)."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
 def _where(df: pd.DataFrame, pos: int) -> str:
-    return f"subject ID={df['ID'].iloc[pos]!r}, row {df.index[pos]!r}"
+    return f"subject ID={_py(df['ID'].iloc[pos])!r}, row {_py(df.index[pos])!r}"
 
 
 def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.DataFrame:
@@ -66,7 +71,7 @@ def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.D
         if bad.any():
             pos = int(np.argmax(bad))
             raise RecordError(
-                f"{_where(df, pos)}: column {col} is {df[col].iloc[pos]!r}; expected a number."
+                f"{_where(df, pos)}: column {col} is {_py(df[col].iloc[pos])!r}; expected a number."
             )
         df[col] = values.astype(float)
     if df["ID"].isna().any():
@@ -87,7 +92,7 @@ def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.D
     addl = df["ADDL"].to_numpy()
     ss = df["SS"].to_numpy()
     dose = np.isin(evid, (1, 4))
-    fail(~np.isfinite(t), "TIME is {row.TIME}; expected a finite time (h).")
+    fail(~np.isfinite(t) | (t < 0), "TIME is {row.TIME}; expected a finite time >= 0 (h).")
     fail(~np.isin(evid, (0, 1, 2, 3, 4)), "EVID is {row.EVID}; expected 0, 1, 2, 3 or 4.")
     fail(~np.isfinite(amt) | (amt < 0), "AMT is {row.AMT}; expected a finite amount >= 0.")
     fail(dose & (amt == 0) & ~((ss > 0) & (rate > 0)),

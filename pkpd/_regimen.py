@@ -136,21 +136,6 @@ class Regimen(eqx.Module):
         )
 
 
-def _flags(arrays: dict[str, Any]) -> dict[str, bool]:
-    """Static flags from concrete event arrays (conservative when traced)."""
-    def any_true(fn, name) -> bool:
-        v = arrays[name]
-        if not _is_concrete(v):
-            return True
-        return bool(np.any(fn(np.asarray(v)) & np.asarray(arrays["mask"])))
-
-    return {
-        "has_ss": any_true(lambda v: v > 0, "ss"),
-        "has_reset": any_true(lambda v: (v == 3) | (v == 4), "evid"),
-        "has_infusion": any_true(lambda v: v != 0, "rate"),
-    }
-
-
 _FLOAT_FIELDS = ("time", "amount", "rate", "duration", "lag", "bioav", "ii", "order")
 _INT_FIELDS = ("cmt", "evid", "ss")
 
@@ -181,7 +166,13 @@ def _make(n: int, ss_intervals: int = 1, **values: Any) -> Regimen:
         else:
             dtype = jnp.bool_
         arrays[name] = jnp.broadcast_to(jnp.asarray(value, dtype=dtype), (n,))
-    return Regimen(**arrays, ss_intervals=ss_intervals, **_flags(arrays))
+    # What the constructor builds decides the static flags (values may be traced).
+    flags = {
+        "has_ss": False,
+        "has_reset": "evid" in values,
+        "has_infusion": "rate" in values,
+    }
+    return Regimen(**arrays, ss_intervals=ss_intervals, **flags)
 
 
 def _validate_dose(
@@ -365,6 +356,19 @@ def steady_state(regimen: Regimen, *, ii: float = 0.0, ss: int = 1) -> Regimen:
         raise ValueError(f"steady_state: expected ss=1 or ss=2, got ss={ss!r}.")
     _check(np.isfinite(ii) & (np.asarray(ii) >= 0) if _is_concrete(ii) else True,
            f"steady_state: expected ii >= 0 (h), got ii={ii}.")
+    if _is_concrete(ii) and np.all(np.asarray(ii) == 0):
+        # ii = 0 only makes sense for a constant infusion (NONMEM: AMT=0, RATE>0, II=0).
+        try:
+            amount, rate = np.asarray(regimen.amount), np.asarray(regimen.rate)
+            doses = np.asarray(regimen.mask) & (np.asarray(regimen.evid) != 3)
+        except jax.errors.TracerArrayConversionError:
+            doses = None
+        if doses is not None and not np.all((rate[doses] > 0) & (amount[doses] == 0)):
+            raise ValueError(
+                "steady_state: expected ii > 0 (h), or ii=0 for a constant infusion at steady "
+                "state (amount=0 given by its rate > 0); got ii=0 with "
+                f"amount={amount[doses].tolist()} and rate={rate[doses].tolist()}."
+            )
     out = eqx.tree_at(
         lambda r: (r.ss, r.ii),
         regimen,

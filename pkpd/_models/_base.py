@@ -23,6 +23,7 @@ class ODESolver(eqx.Module):
     - `solver`: a diffrax solver, by default `diffrax.Tsit5()`.
     - `rtol`, `atol`: tolerances of the PID step-size controller.
     - `max_steps`: the most steps allowed between two consecutive events or outputs.
+    - `adjoint`: how reverse-mode gradients go through the solve (diffrax adjoint).
 
     Linear models are propagated in closed form and ignore it.
     """
@@ -31,6 +32,7 @@ class ODESolver(eqx.Module):
     rtol: float = eqx.field(static=True, default=1e-6)
     atol: float = eqx.field(static=True, default=1e-9)
     max_steps: int = eqx.field(static=True, default=16_384)
+    adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
 
 
 class AbstractModel(eqx.Module):
@@ -153,10 +155,42 @@ class AbstractODEModel(AbstractModel):
             stepsize_controller=dfx.PIDController(rtol=solver.rtol, atol=solver.atol),
             saveat=dfx.SaveAt(t1=True),
             max_steps=solver.max_steps,
+            adjoint=solver.adjoint,
             throw=True,
         )
         assert sol.ys is not None
         return sol.ys[-1]
+
+    def propagate_saving(
+        self,
+        params: Params,
+        x: State,
+        rate: State,
+        t0: Float[Array, ""],
+        t1: Float[Array, ""],
+        ts: Float[Array, " saves"],
+        solver: ODESolver,
+    ) -> tuple[Float[Array, "saves states"], State]:
+        """As `propagate`, also returning the states at `ts` (within `[t0, t1]`, sorted)."""
+
+        def field(t, y, args):
+            return self.vector_field(t, y, params) + rate
+
+        sol = dfx.diffeqsolve(
+            dfx.ODETerm(field),
+            solver.solver,
+            t0,
+            t1,
+            None,
+            x,
+            stepsize_controller=dfx.PIDController(rtol=solver.rtol, atol=solver.atol),
+            saveat=dfx.SaveAt(ts=ts, t1=True),
+            max_steps=solver.max_steps,
+            adjoint=solver.adjoint,
+            throw=True,
+        )
+        assert sol.ys is not None
+        return sol.ys[:-1], sol.ys[-1]
 
 
 class AsODE(AbstractODEModel):

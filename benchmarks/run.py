@@ -1,0 +1,214 @@
+"""Throughput benchmarks W1 and W2 (../shared/benchmarks/WORKLOADS.md) against baselines.
+
+Every figure is measured in this process: pkpd-twins (JAX) and the NumPy/SciPy baselines of
+`baselines.py`, on the same virtual patients. Prints a table, or one JSON object with
+`--json`. Timing: one untimed warm-up, then the median of `--repeats` timed runs, from
+parameters in memory to the concentration matrix, AUC and Cmax in memory; compilation is
+reported apart. On a CPU the patient axis is sharded over one XLA host device per core.
+
+    python benchmarks/run.py --json
+    python benchmarks/run.py --n1 1000000 --n2 100000 --no-baselines   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def _parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--n1", type=int, default=100_000, help="W1 cohort size")
+    ap.add_argument("--n2", type=int, default=10_000, help="W2 cohort size")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-baselines", action="store_true", help="skip NumPy/SciPy baselines")
+    ap.add_argument("--scipy-n", type=int, default=10_000,
+                    help="cohort size for the stacked SciPy solves (they are slow)")
+    ap.add_argument("--loop-n", type=int, default=200, help="patients for the odeint loops")
+    ap.add_argument("--devices", type=int, default=0,
+                    help="CPU host devices to shard over (0: one per core)")
+    ap.add_argument("--workloads", default="W1,W2")
+    return ap.parse_args()
+
+
+ARGS = _parse()
+if "jax" not in sys.modules:
+    n_dev = ARGS.devices or os.cpu_count() or 1
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n_dev}"
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import baselines as B  # noqa: E402
+
+import pkpd  # noqa: E402
+
+
+def _devices() -> list:
+    devs = jax.devices()
+    return devs
+
+
+MESH = Mesh(np.array(_devices()), ("patients",))
+
+
+def _shard(params: dict[str, np.ndarray]) -> tuple[dict, int]:
+    """Put the cohort on the local devices along the patient axis (a multiple of their count)."""
+    n = len(next(iter(params.values())))
+    if n % MESH.devices.size:
+        raise SystemExit(f"cohort size {n} must be a multiple of the {MESH.devices.size} devices")
+    sharding = NamedSharding(MESH, PartitionSpec("patients"))
+    return {k: jax.device_put(jnp.asarray(v), sharding) for k, v in params.items()}, n
+
+
+def _time_jax(fn, *args, repeats: int):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    runs = []
+    result = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = jax.block_until_ready(fn(*args))
+        runs.append(time.perf_counter() - t0)
+    med = float(np.median(runs))
+    return med, max(first - med, 0.0), result
+
+
+def _summary(conc, t):
+    auc = jnp.sum((conc[:, 1:] + conc[:, :-1]) * (t[1:] - t[:-1]) / 2.0, axis=1)
+    return conc, auc, jnp.max(conc, axis=1)
+
+
+def bench_w1(n: int, repeats: int, baselines: bool, scipy_n: int, loop_n: int) -> dict:
+    w = B.W1
+    p = B.cohort_params(w, n)
+    params, n_real = _shard({"KA": p["ka"], "CL": p["CL"], "V": p["V"]})
+    model = pkpd.OneCompartmentOral()
+    regimen = pkpd.repeat(pkpd.oral(float(w.dose_amount)), ii=12.0, addl=27)
+    t = np.asarray(w.times, dtype=float)
+
+    @eqx.filter_jit
+    def cohort(q):
+        return _summary(pkpd.simulate_cohort(model, q, regimen, t, mesh=MESH), jnp.asarray(t))
+
+    sec, compile_s, (conc, auc, cmax) = _time_jax(cohort, params, repeats=repeats)
+    m = min(n_real, 2000)
+    ref = B.w1_superposition(B.take(p, m))
+    agree = B.agreement(np.asarray(conc[:m]), ref)
+    out = {
+        "n": n_real,
+        "pkpd_twins": {"patients_per_s": n_real / sec, "seconds": sec, "compile_s": compile_s,
+                       "agreement": agree, "devices": len(_devices())},
+    }
+    if baselines:
+        bl = {}
+        s, _ = B.time_it(lambda: B.w1_numpy_hoisted(p), repeats=repeats)
+        bl["numpy_hoisted"] = {"n": n_real, "patients_per_s": n_real / s}
+        ns = min(scipy_n, n_real)
+        ps = B.take(p, ns)
+        s, _ = B.time_it(lambda: B.auc_cmax(B.w1_stacked_solve_ivp(ps), t), repeats=1)
+        bl["scipy_stacked_solve_ivp_dop853"] = {"n": ns, "patients_per_s": ns / s}
+        nl = min(loop_n, n_real)
+        pl = B.take(p, nl)
+        s, _ = B.time_it(lambda: B.auc_cmax(B.w1_odeint_loop(pl), t), repeats=1)
+        bl["scipy_odeint_loop"] = {"n": nl, "patients_per_s": nl / s}
+        out["baselines"] = bl
+        out["ratios"] = {k: out["pkpd_twins"]["patients_per_s"] / v["patients_per_s"]
+                         for k, v in bl.items()}
+    return out
+
+
+def bench_w2(n: int, repeats: int, baselines: bool, scipy_n: int, loop_n: int) -> dict:
+    w = B.W2
+    p = B.cohort_params(w, n)
+    params, n_real = _shard(
+        {"VMAX": p["Vmax"], "KM": p["Km"], "Q": p["Q"], "V1": p["V1"], "V2": p["V2"]}
+    )
+    model = pkpd.TwoCompartmentMM()
+    regimen = pkpd.repeat(pkpd.bolus(float(w.dose_amount)), ii=24.0, addl=6)
+    t = np.asarray(w.times, dtype=float)
+    solver = pkpd.ODESolver(rtol=B.RTOL, atol=B.ATOL)
+
+    @eqx.filter_jit
+    def cohort(q):
+        return _summary(pkpd.simulate_cohort(model, q, regimen, t, solver=solver, mesh=MESH), jnp.asarray(t))
+
+    sec, compile_s, (conc, auc, cmax) = _time_jax(cohort, params, repeats=repeats)
+    m = min(n_real, 50)
+    ref = B.w2_reference(B.take(p, m))
+    agree = B.agreement(np.asarray(conc[:m]), ref)
+    out = {
+        "n": n_real,
+        "rtol": B.RTOL,
+        "atol": B.ATOL,
+        "pkpd_twins": {"patients_per_s": n_real / sec, "seconds": sec, "compile_s": compile_s,
+                       "agreement": agree, "agreement_ok": agree <= 1e-3,
+                       "devices": len(_devices())},
+    }
+    if baselines:
+        bl = {}
+        ns = min(scipy_n, n_real)
+        ps = B.take(p, ns)
+        s, _ = B.time_it(lambda: B.auc_cmax(B.w2_stacked_solve_ivp(ps), t), repeats=repeats)
+        bl["scipy_stacked_solve_ivp_rk45"] = {"n": ns, "patients_per_s": ns / s}
+        nl = min(loop_n, n_real)
+        pl = B.take(p, nl)
+        s, _ = B.time_it(lambda: B.auc_cmax(B.w2_odeint_loop(pl), t), repeats=1)
+        bl["scipy_odeint_loop"] = {"n": nl, "patients_per_s": nl / s}
+        out["baselines"] = bl
+        out["ratios"] = {k: out["pkpd_twins"]["patients_per_s"] / v["patients_per_s"]
+                         for k, v in bl.items()}
+    return out
+
+
+def main() -> None:
+    a = ARGS
+    result = {
+        "machine": {
+            "platform": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind,
+            "devices": len(jax.devices()),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+        },
+        "timing": {"repeats": a.repeats, "statistic": "median", "dtype": "float64"},
+    }
+    todo = a.workloads.split(",")
+    if "W1" in todo:
+        result["W1"] = bench_w1(a.n1, a.repeats, not a.no_baselines, a.scipy_n, a.loop_n)
+    if "W2" in todo:
+        result["W2"] = bench_w2(a.n2, a.repeats, not a.no_baselines, a.scipy_n, a.loop_n)
+    if a.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"machine: {result['machine']}")
+    for w in ("W1", "W2"):
+        if w not in result:
+            continue
+        r = result[w]
+        j = r["pkpd_twins"]
+        print(f"\n{w}  N={r['n']:,}  pkpd-twins: {j['patients_per_s']:,.0f} patients/s "
+              f"(compile {j['compile_s']:.1f} s apart; agreement {j['agreement']:.1e})")
+        for k, v in r.get("baselines", {}).items():
+            print(f"  {k:34s} {v['patients_per_s']:>12,.0f} patients/s (N={v['n']:,})  "
+                  f"ratio {r['ratios'][k]:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
