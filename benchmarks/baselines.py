@@ -170,20 +170,21 @@ def cohort_params(workload: Workload, n: int) -> Params:
     """Individual parameters of the first `n` patients of the fixed cohort.
 
     `theta_i = TV * exp(omega * z_i)` with `omega = sqrt(log(1 + CV^2))` and `z_i` row `i` of
-    `draw_eta(N_MAX, n_par)`, so that every N simulates the same first patients.
+    `draw_eta(max(n, N_MAX), n_par)`, so that every N simulates the same first patients (the
+    generator fills rows in order, so a larger draw extends a smaller one).
 
     **Arguments:**
 
     - `workload`: `W1` or `W2`.
-    - `n`: number of patients, `1 <= n <= N_MAX`.
+    - `n`: number of patients, `n >= 1` (above `N_MAX` for accelerator runs).
 
     **Returns:**
 
     A dict from parameter name to a float64 array of shape `(n,)`, in the workload's units.
     """
-    if not 1 <= n <= N_MAX:
-        raise ValueError(f"Must have 1 <= n <= {N_MAX}, we instead got n with value {n}.")
-    z = draw_eta(N_MAX, workload.n_par)[:n]
+    if n < 1:
+        raise ValueError(f"Must have n >= 1, we instead got n with value {n}.")
+    z = draw_eta(max(n, N_MAX), workload.n_par)[:n]
     theta = np.asarray(workload.typical) * np.exp(workload.omega * z)
     return {name: np.ascontiguousarray(theta[:, j]) for j, name in enumerate(workload.param_names)}
 

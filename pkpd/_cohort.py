@@ -30,6 +30,7 @@ def simulate_cohort(
     *,
     solver: ODESolver = ODESolver(),
     mesh: jax.sharding.Mesh | None = None,
+    chunk_size: int | None = 512,
 ) -> Float[Array, "patients times"] | Float[Array, "patients times outputs"]:
     """Simulate a cohort sharing one regimen and one sampling schedule.
 
@@ -47,11 +48,13 @@ def simulate_cohort(
     - `mesh`: a one-axis `jax.sharding.Mesh` to split the patients over its devices (every
       core of a CPU as XLA host devices, or several GPUs); each device simulates its share
       independently (`jax.shard_map`). The cohort is padded to a multiple of the device count.
+    - `chunk_size`: for stacked ODE solves, the number of patients integrated together (each
+      stack with its own step sizes, one after another); `None` for one stack.
 
     **Returns:** `(patients, times)` or `(patients, times, outputs)`.
     """
     if mesh is not None:
-        return _sharded(model, params, regimen, times, solver, mesh)
+        return _sharded(model, params, regimen, times, solver, mesh, chunk_size)
     model.check_params(params)
     leaves = [jnp.asarray(v) for v in params.values()]
     sizes = {leaf.shape[0] for leaf in leaves if leaf.ndim >= 1}
@@ -68,19 +71,32 @@ def simulate_cohort(
         return jax.vmap(
             lambda p: simulate(model, p, regimen, times, solver=solver), in_axes=(in_axes,)
         )(params)
-    chunk = int(__import__("os").environ.get("PKPD_CHUNK", "0"))
-    if chunk and n_pat > chunk and n_pat % chunk == 0:
+    if chunk_size and n_pat > chunk_size:
+        # Patients are integrated in stacks of `chunk_size`: each stack takes the steps its
+        # own hardest patient needs, and its arrays stay in cache.
+        n_chunks = -(-n_pat // chunk_size)
+        pad = n_chunks * chunk_size - n_pat
+
+        def split(v):
+            v = jnp.asarray(v)
+            if pad:
+                v = jnp.concatenate([v, jnp.repeat(v[-1:], pad, axis=0)])
+            return jnp.reshape(v, (n_chunks, chunk_size, *v.shape[1:]))
+
+        shared = {k: v for k, v in params.items() if in_axes[k] is None}
+        qs = {k: split(v) for k, v in params.items() if in_axes[k] == 0}
+
         def one(q):
-            full = {**params, **q}
-            return _stacked_ode(model, full, in_axes, chunk, regimen, solver, schedule)
-        qs = {k: jnp.reshape(jnp.asarray(v), (n_pat // chunk, chunk, *jnp.shape(v)[1:]))
-              for k, v in params.items() if in_axes[k] == 0}
+            return _stacked_ode(
+                model, {**shared, **q}, in_axes, chunk_size, regimen, solver, schedule
+            )
+
         y = jax.lax.map(one, qs)
-        return jnp.reshape(y, (n_pat, *y.shape[2:]))
+        return jnp.reshape(y, (n_chunks * chunk_size, *y.shape[2:]))[:n_pat]
     return _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule)
 
 
-def _sharded(model, params, regimen, times, solver, mesh):
+def _sharded(model, params, regimen, times, solver, mesh, chunk_size):
     from jax.sharding import PartitionSpec
 
     if len(mesh.axis_names) != 1:
@@ -102,7 +118,7 @@ def _sharded(model, params, regimen, times, solver, mesh):
     arrays = {k: padded(v) for k, v in arrays.items()}
     specs = {k: PartitionSpec(axis) if v.ndim >= 1 else PartitionSpec() for k, v in arrays.items()}
     fn = jax.shard_map(
-        lambda q: simulate_cohort(model, q, regimen, times, solver=solver),
+        lambda q: simulate_cohort(model, q, regimen, times, solver=solver, chunk_size=chunk_size),
         mesh=mesh,
         in_specs=(specs,),
         out_specs=PartitionSpec(axis),

@@ -153,73 +153,26 @@ def _ode_by_interval(model, params, regimen, solver, fn, ev, doses, x_init, time
     return jax.vmap(fn)(states)
 
 
-def _uniform_step(tb: np.ndarray) -> float | None:
-    """The common spacing of concrete output times, if they are evenly spaced (3 or more)."""
-    if tb.size < 3:
-        return None
-    d = np.diff(tb)
-    h = float(d[0])
-    if h <= 0 or np.max(np.abs(d - h)) > 1e-12 * max(1.0, abs(float(tb[-1]))):
-        return None
-    return h
-
-
 def _outputs_by_run(model, params, solver, fn, xs, rs, x_init, times, schedule):
     """Outputs of a known schedule, run by run (outputs sharing their last event).
 
-    Within a run of evenly spaced outputs the state is advanced output to output with the
-    one-step transition `Phi(h)` of the linear model (computed once per step size `h`, from
-    the model's own exact `propagate`), so that no exponential is evaluated per output: the
-    exponentials are hoisted out of the time loop. Otherwise each output is propagated from
-    the run's event directly.
+    Each run is one fused, vectorised evaluation of the closed form from its event's state
+    (a static slice), and the runs are concatenated: no per-output gather.
     """
-    _, t_sorted, runs, _, t_out = schedule
-    n = x_init.shape[0]
-    eye = jnp.eye(n, dtype=x_init.dtype)
-    zero = jnp.zeros(n, dtype=x_init.dtype)
-    step_cache: dict[float, Array] = {}
-
-    def transition(h: float) -> Array:
-        if h not in step_cache:
-            cols = [model.propagate(params, eye[i], zero, 0.0, h, solver) for i in range(n)]
-            step_cache[h] = jnp.stack(cols, axis=1)
-        return step_cache[h]
-
+    _, t_sorted, runs, _, _ = schedule
     pieces = []
     for start, stop, j in runs:
         tb = times[start:stop]
         if j < 0:
-            x, r, t0 = x_init, zero, None
+            x, r, t0 = x_init, jnp.zeros_like(x_init), tb
         else:
-            x, r, t0 = xs[j], rs[j], float(t_sorted[j])
-        h = _uniform_step(t_out[start:stop]) if j >= 0 else None
-        if h is None:
-            a = tb if t0 is None else jnp.full(tb.shape, t0)
-            pieces.append(
-                jax.vmap(lambda a, b, x=x, r=r: fn(model.propagate(params, x, r, a, b, solver)))(
-                    a, tb
-                )
+            x, r, t0 = xs[j], rs[j], jnp.full(tb.shape, t_sorted[j])
+        pieces.append(
+            jax.vmap(lambda a, b, x=x, r=r: fn(model.propagate(params, x, r, a, b, solver)))(
+                t0, tb
             )
-            continue
-        phi = transition(h)
-        forced = model.propagate(params, zero, r, 0.0, h, solver)  # the input over one step
-        y = model.propagate(params, x, r, t0, float(t_out[start]), solver)
-        outs = [fn(y)]
-        for _ in range(stop - start - 1):
-            y = phi @ y + forced
-            outs.append(fn(y))
-        pieces.append(jnp.stack(outs))
-    if _ASSEMBLE == "dus":
-        out = jnp.zeros((times.shape[0], *pieces[0].shape[1:]), dtype=pieces[0].dtype)
-        for (start, stop, _), piece in zip(runs, pieces, strict=True):
-            out = out.at[start:stop].set(piece)
-        return out
+        )
     return jnp.concatenate(pieces)
-
-
-import os as _os  # noqa: E402
-
-_ASSEMBLE = _os.environ.get("PKPD_ASSEMBLE", "concat")
 
 
 def simulate(

@@ -27,9 +27,17 @@ def central_differences(f, x: dict[str, float], rel: float = 1e-6) -> dict[str, 
 
 
 def check_grad(f, x: dict[str, float], rtol: float = 1e-5) -> None:
-    """`jax.grad(f)` against central differences, every entry; all gradients nonzero."""
-    g = jax.grad(f)({k: jnp.asarray(v) for k, v in x.items()})
-    fd = central_differences(f, x)
+    """`jax.grad(f)` against central differences, every entry; all gradients nonzero.
+
+    One compilation: the finite differences reuse the jitted value-and-gradient function.
+    """
+    vg = jax.jit(jax.value_and_grad(f))
+
+    def value(p):
+        return vg({k: jnp.asarray(v) for k, v in p.items()})[0]
+
+    g = vg({k: jnp.asarray(v) for k, v in x.items()})[1]
+    fd = central_differences(value, x)
     for k in x:
         assert np.isfinite(float(g[k])) and fd[k] != 0.0, (k, g[k], fd[k])
         scale = max(abs(fd[k]), 1e-6 * max(abs(v) for v in fd.values()))
@@ -58,7 +66,6 @@ def test_grad_every_parameter(case: ModelCase):
     reg, extra = _dosing(case)
     x = {**case.params, **extra}
 
-    @jax.jit
     def total(p):
         return jnp.sum(pkpd.simulate(case.model, p, reg, TIMES))
 
@@ -69,7 +76,6 @@ def test_grad_regimen_lag_bioav_duration_amount_time():
     """d/d of values given to the constructors: `lag`, `bioav`, `duration`, amount, time."""
     case = LINEAR_MODELS[3]  # TwoCompartmentOral
 
-    @jax.jit
     def total(v):
         reg = (
             pkpd.oral(v["amount"], time=v["time"], lag=v["lag"], bioav=v["bioav"])
@@ -103,10 +109,10 @@ def test_grad_duration_by_regimen_equals_by_parameter():
                          ids=[LINEAR_MODEL_IDS[1], LINEAR_MODEL_IDS[2]])
 def test_grad_steady_state(case: ModelCase):
     """Through SS=1 (infusion longer than the interval, lag and F) and SS=2."""
-    c = case.central
+    c, o = case.central, case.oral_cmt
     reg = (
         pkpd.steady_state(pkpd.infusion(100.0, rate=pkpd.MODELLED_DURATION, cmt=c), ii=12.0)
-        + pkpd.steady_state(pkpd.bolus(40.0, cmt=c, time=6.0), ii=12.0, ss=2)
+        + pkpd.steady_state(pkpd.bolus(40.0, cmt=o, time=6.0), ii=12.0, ss=2)
     )
     # ALAG + D = 0.8 + 14 h spans two intervals: raise the static bound to cover it.
     reg = pkpd.Regimen(**{f: getattr(reg, f) for f in (
@@ -114,7 +120,6 @@ def test_grad_steady_state(case: ModelCase):
         "order", "mask")}, ss_intervals=3, has_ss=True, has_reset=True, has_infusion=True)
     x = {**case.params, f"ALAG{c}": 0.8, f"F{c}": 0.9, f"D{c}": 14.0}
 
-    @jax.jit
     def total(p):
         return jnp.sum(pkpd.simulate(case.model, p, reg, TIMES))
 
@@ -124,36 +129,47 @@ def test_grad_steady_state(case: ModelCase):
 # ----------------------------------------------------------------------------- jit, vmap
 
 
-def _mixed(case: ModelCase, *, modelled: bool) -> tuple[pkpd.Regimen, dict]:
-    """Bolus, infusion, lag, F, ADDL, a reset and (for linear models) a steady state."""
+def _mixed(case: ModelCase, *, modelled: bool, steady: bool) -> tuple[pkpd.Regimen, dict]:
+    """Bolus, infusion, lag, F, ADDL, a reset and optionally a steady state.
+
+    With `modelled`, lag and F are the parameters `ALAG<o>`, `F<o>` (which the eager path
+    cannot schedule statically); otherwise they are in the regimen.
+    """
     o, c = case.oral_cmt, case.central
     lag = {} if modelled else {"lag": 0.4, "bioav": 0.9}
     reg = (
         pkpd.repeat(pkpd.bolus(100.0, cmt=o, **lag), ii=8.0, addl=1)
         + pkpd.infusion(50.0, duration=3.0, cmt=c, time=2.0)
         + pkpd.reset(time=15.0)
-        + pkpd.steady_state(pkpd.infusion(30.0, rate=5.0, cmt=c, time=16.0), ii=12.0)
     )
+    if steady:
+        reg = reg + pkpd.steady_state(pkpd.infusion(30.0, rate=5.0, cmt=c, time=16.0), ii=12.0)
+    else:
+        reg = reg + pkpd.bolus(30.0, cmt=c, time=16.0)
     params = {**case.params, f"ALAG{o}": 0.4, f"F{o}": 0.9} if modelled else case.params
     return reg, params
 
 
-@pytest.mark.parametrize("modelled", [False, True], ids=["regimen-lag", "param-lag"])
-@pytest.mark.parametrize("case", [LINEAR_MODELS[1], LINEAR_MODELS[3]],
-                         ids=[LINEAR_MODEL_IDS[1], LINEAR_MODEL_IDS[3]])
-def test_jit_equals_eager(case: ModelCase, modelled: bool):
+@pytest.mark.parametrize(
+    ("case", "modelled", "steady"),
+    [(LINEAR_MODELS[1], False, True), (LINEAR_MODELS[3], False, False),
+     (LINEAR_MODELS[1], True, False)],
+    ids=["OneCompartmentOral-SS", "TwoCompartmentOral", "OneCompartmentOral-ALAG-param"],
+)
+def test_jit_equals_eager(case: ModelCase, modelled: bool, steady: bool):
     """Eager (concrete regimen: static schedule) and jitted (traced) paths agree.
 
-    Also on a padded regimen, eagerly.
+    Without a steady state, also on a padded regimen, eagerly (eager calls are slow).
     """
-    reg, params = _mixed(case, modelled=modelled)
+    reg, params = _mixed(case, modelled=modelled, steady=steady)
     times = np.concatenate([TIMES, [8.0, 15.0, 16.0, 20.0, 30.0]])
     eager = pkpd.simulate(case.model, params, reg, times)
     jitted = simulate(case.model, params, reg, times)
     assert np.max(np.asarray(eager)) > 0
     assert tree_allclose(eager, jitted, rtol=1e-12, atol=1e-15)
-    padded = pkpd.simulate(case.model, params, reg.pad(reg.n_events + 3), times)
-    assert tree_allclose(padded, jitted, rtol=1e-12, atol=1e-15)
+    if not steady:
+        padded = pkpd.simulate(case.model, params, reg.pad(reg.n_events + 3), times)
+        assert tree_allclose(padded, jitted, rtol=1e-12, atol=1e-15)
 
 
 def test_jit_equals_eager_ode():
@@ -202,6 +218,8 @@ def test_vmap_different_regimens_equals_loop():
 def test_no_recompilation():
     """Second calls with new values of the same shapes do not retrace."""
     case = LINEAR_MODELS[1]
+    # Arrays, not Python floats: equinox.filter_jit treats Python scalars as static.
+    params = {k: jnp.asarray(v) for k, v in case.params.items()}
     traces = {"one": 0, "batch": 0}
 
     @eqx.filter_jit
@@ -217,19 +235,19 @@ def test_no_recompilation():
     def regimen(amount, t, ii):
         return pkpd.repeat(pkpd.oral(amount, time=t, lag=0.3), ii=ii, addl=2)
 
-    a = one(case.params, regimen(100.0, 0.0, 8.0), TIMES)
-    b = one({**case.params, "CL": 7.0}, regimen(50.0, 1.0, 6.0), TIMES + 0.5)
+    a = one(params, regimen(100.0, 0.0, 8.0), TIMES)
+    b = one({**params, "CL": jnp.asarray(7.0)}, regimen(50.0, 1.0, 6.0), TIMES + 0.5)
     assert traces["one"] == 1
     assert not np.allclose(np.asarray(a), np.asarray(b))
     # Steady-state regimens with the same static bound (ss_intervals) share the compilation.
     s1 = pkpd.steady_state(pkpd.infusion(100.0, rate=20.0, cmt=2), ii=12.0)
     s2 = pkpd.steady_state(pkpd.infusion(70.0, rate=10.0, cmt=2), ii=10.0)
     assert s1.ss_intervals == s2.ss_intervals
-    one(case.params, s1, TIMES)
-    one(case.params, s2, TIMES)
+    one(params, s1, TIMES)
+    one(params, s2, TIMES)
     assert traces["one"] == 2
 
     regs = [regimen(100.0, 0.0, 8.0), regimen(20.0, 2.0, 12.0)]
-    batch(case.params, pkpd.stack(regs), TIMES)
-    batch({**case.params, "V": 30.0}, pkpd.stack(regs[::-1]), TIMES * 2.0)
+    batch(params, pkpd.stack(regs), TIMES)
+    batch({**params, "V": jnp.asarray(30.0)}, pkpd.stack(regs[::-1]), TIMES * 2.0)
     assert traces["batch"] == 1
