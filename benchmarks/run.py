@@ -28,18 +28,30 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--n2", type=int, default=10_000, help="W2 cohort size")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-baselines", action="store_true", help="skip NumPy/SciPy baselines")
-    ap.add_argument("--scipy-n", type=int, default=10_000,
-                    help="cohort size for the stacked SciPy solves (they are slow)")
+    ap.add_argument(
+        "--scipy-n",
+        type=int,
+        default=10_000,
+        help="cohort size for the stacked SciPy solves (they are slow)",
+    )
     ap.add_argument("--loop-n", type=int, default=200, help="patients for the odeint loops")
-    ap.add_argument("--devices", type=int, default=0,
-                    help="CPU host devices to shard over (0: one per core)")
+    ap.add_argument(
+        "--devices", type=int, default=0, help="CPU host devices to shard over (0: one per core)"
+    )
     ap.add_argument("--workloads", default="W1,W2")
-    ap.add_argument("--w2-chunk", type=int, default=-1,
-                    help="patients per stacked W2 solve (-1: 512 on a CPU, all at once on a GPU; "
-                    "0: one solve per patient via jax.vmap)")
-    ap.add_argument("--w1-mesh", action="store_true",
-                    help="shard W1 over the devices too (on a 2-core CPU it is memory-bound and "
-                    "one device is faster)")
+    ap.add_argument(
+        "--w2-chunk",
+        type=int,
+        default=-1,
+        help="patients per stacked W2 solve (-1: 512 on a CPU, all at once on a GPU; "
+        "0: one solve per patient via jax.vmap)",
+    )
+    ap.add_argument(
+        "--w1-mesh",
+        action="store_true",
+        help="shard W1 over the devices too (on a 2-core CPU it is memory-bound and "
+        "one device is faster)",
+    )
     return ap.parse_args()
 
 
@@ -108,6 +120,14 @@ def _summary(conc, t):
     return conc, jnp.sum(conc * w[None, :], axis=1), jnp.max(conc, axis=1)
 
 
+def _exposure_error(auc, cmax, ref, t) -> float:
+    """Largest relative error of AUC and Cmax against those of the reference matrix."""
+    auc_ref, cmax_ref = B.auc_cmax(ref, t)
+    e1 = np.max(np.abs(np.asarray(auc) - auc_ref) / auc_ref)
+    e2 = np.max(np.abs(np.asarray(cmax) - cmax_ref) / cmax_ref)
+    return float(max(e1, e2))
+
+
 def bench_w1(n: int, repeats: int, baselines: bool, scipy_n: int, loop_n: int) -> dict:
     w = B.W1
     p = B.cohort_params(w, n)
@@ -126,10 +146,17 @@ def bench_w1(n: int, repeats: int, baselines: bool, scipy_n: int, loop_n: int) -
     m = min(n_real, 2000)
     ref = B.w1_superposition(B.take(p, m))
     agree = B.agreement(np.asarray(conc[:m]), ref)
+    exposure_err = _exposure_error(auc[:m], cmax[:m], ref, t)
     out = {
         "n": n_real,
-        "pkpd_twins": {"patients_per_s": n_real / sec, "seconds": sec, "compile_s": compile_s,
-                       "agreement": agree, "devices": len(_devices())},
+        "pkpd_twins": {
+            "patients_per_s": n_real / sec,
+            "seconds": sec,
+            "compile_s": compile_s,
+            "agreement": agree,
+            "auc_cmax_rel_error": exposure_err,
+            "devices": len(_devices()),
+        },
     }
     if baselines:
         bl = {}
@@ -144,8 +171,9 @@ def bench_w1(n: int, repeats: int, baselines: bool, scipy_n: int, loop_n: int) -
         s, _ = B.time_it(lambda: B.auc_cmax(B.w1_odeint_loop(pl), t), repeats=1)
         bl["scipy_odeint_loop"] = {"n": nl, "patients_per_s": nl / s}
         out["baselines"] = bl
-        out["ratios"] = {k: out["pkpd_twins"]["patients_per_s"] / v["patients_per_s"]
-                         for k, v in bl.items()}
+        out["ratios"] = {
+            k: out["pkpd_twins"]["patients_per_s"] / v["patients_per_s"] for k, v in bl.items()
+        }
     return out
 
 
@@ -169,22 +197,30 @@ def bench_w2(n: int, repeats: int, baselines: bool, scipy_n: int, loop_n: int) -
         if chunk == 0:
             conc = jax.vmap(lambda x: pkpd.simulate(model, x, regimen, t, solver=solver))(q)
         else:
-            conc = pkpd.simulate_cohort(model, q, regimen, t, solver=solver, mesh=MESH,
-                                        chunk_size=chunk)
+            conc = pkpd.simulate_cohort(
+                model, q, regimen, t, solver=solver, mesh=MESH, chunk_size=chunk
+            )
         return _summary(conc, jnp.asarray(t))
 
     sec, compile_s, (conc, auc, cmax) = _time_jax(cohort, params, repeats=repeats)
     m = min(n_real, 50)
     ref = B.w2_reference(B.take(p, m))
     agree = B.agreement(np.asarray(conc[:m]), ref)
+    exposure_err = _exposure_error(auc[:m], cmax[:m], ref, t)
     out = {
         "n": n_real,
         "method": "vmap" if chunk == 0 else f"stacked diffrax Tsit5, chunk {chunk or n_real}",
         "rtol": B.RTOL,
         "atol": B.ATOL,
-        "pkpd_twins": {"patients_per_s": n_real / sec, "seconds": sec, "compile_s": compile_s,
-                       "agreement": agree, "agreement_ok": agree <= 1e-3,
-                       "devices": len(_devices())},
+        "pkpd_twins": {
+            "patients_per_s": n_real / sec,
+            "seconds": sec,
+            "compile_s": compile_s,
+            "agreement": agree,
+            "agreement_ok": agree <= 1e-3,
+            "auc_cmax_rel_error": exposure_err,
+            "devices": len(_devices()),
+        },
     }
     if baselines:
         bl = {}
@@ -197,8 +233,9 @@ def bench_w2(n: int, repeats: int, baselines: bool, scipy_n: int, loop_n: int) -
         s, _ = B.time_it(lambda: B.auc_cmax(B.w2_odeint_loop(pl), t), repeats=1)
         bl["scipy_odeint_loop"] = {"n": nl, "patients_per_s": nl / s}
         out["baselines"] = bl
-        out["ratios"] = {k: out["pkpd_twins"]["patients_per_s"] / v["patients_per_s"]
-                         for k, v in bl.items()}
+        out["ratios"] = {
+            k: out["pkpd_twins"]["patients_per_s"] / v["patients_per_s"] for k, v in bl.items()
+        }
     return out
 
 
@@ -229,11 +266,15 @@ def main() -> None:
             continue
         r = result[w]
         j = r["pkpd_twins"]
-        print(f"\n{w}  N={r['n']:,}  pkpd-twins: {j['patients_per_s']:,.0f} patients/s "
-              f"(compile {j['compile_s']:.1f} s apart; agreement {j['agreement']:.1e})")
+        print(
+            f"\n{w}  N={r['n']:,}  pkpd-twins: {j['patients_per_s']:,.0f} patients/s "
+            f"(compile {j['compile_s']:.1f} s apart; agreement {j['agreement']:.1e})"
+        )
         for k, v in r.get("baselines", {}).items():
-            print(f"  {k:34s} {v['patients_per_s']:>12,.0f} patients/s (N={v['n']:,})  "
-                  f"ratio {r['ratios'][k]:.1f}x")
+            print(
+                f"  {k:34s} {v['patients_per_s']:>12,.0f} patients/s (N={v['n']:,})  "
+                f"ratio {r['ratios'][k]:.1f}x"
+            )
 
 
 if __name__ == "__main__":

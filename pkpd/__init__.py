@@ -6,61 +6,138 @@ Structural models only: regimens, PK/PD models and `simulate`. Knows nothing of 
 from ._cohort import simulate_cohort as simulate_cohort
 from ._models._base import (
     AbstractLinearModel as AbstractLinearModel,
+)
+from ._models._base import (
     AbstractModel as AbstractModel,
+)
+from ._models._base import (
     AbstractODEModel as AbstractODEModel,
+)
+from ._models._base import (
     AsODE as AsODE,
+)
+from ._models._base import (
     ODESolver as ODESolver,
 )
 from ._models._linear import (
     OneCompartment as OneCompartment,
+)
+from ._models._linear import (
     OneCompartmentOral as OneCompartmentOral,
+)
+from ._models._linear import (
     ThreeCompartment as ThreeCompartment,
+)
+from ._models._linear import (
     ThreeCompartmentOral as ThreeCompartmentOral,
+)
+from ._models._linear import (
     TwoCompartment as TwoCompartment,
+)
+from ._models._linear import (
     TwoCompartmentOral as TwoCompartmentOral,
 )
 from ._models._ode import (
     ODEModel as ODEModel,
+)
+from ._models._ode import (
     OneCompartmentMM as OneCompartmentMM,
+)
+from ._models._ode import (
     OneCompartmentOralMM as OneCompartmentOralMM,
+)
+from ._models._ode import (
     TransitAbsorption as TransitAbsorption,
+)
+from ._models._ode import (
     TwoCompartmentMM as TwoCompartmentMM,
+)
+from ._models._ode import (
     TwoCompartmentOralMM as TwoCompartmentOralMM,
 )
 from ._models._pd import (
     PKPD as PKPD,
-    AbstractDirectEffect as AbstractDirectEffect,
-    AbstractIndirectResponse as AbstractIndirectResponse,
-    AbstractLinearPDModel as AbstractLinearPDModel,
-    AbstractPDModel as AbstractPDModel,
-    EffectCompartment as EffectCompartment,
-    Emax as Emax,
-    IndirectResponseI as IndirectResponseI,
-    IndirectResponseII as IndirectResponseII,
-    IndirectResponseIII as IndirectResponseIII,
-    IndirectResponseIV as IndirectResponseIV,
-    SigmoidEmax as SigmoidEmax,
 )
-from ._regimen import (
-    MODELLED_DURATION as MODELLED_DURATION,
-    MODELLED_RATE as MODELLED_RATE,
-    Regimen as Regimen,
-    bolus as bolus,
-    concatenate as concatenate,
-    infusion as infusion,
-    oral as oral,
-    repeat as repeat,
-    reset as reset,
-    stack as stack,
-    steady_state as steady_state,
+from ._models._pd import (
+    AbstractDirectEffect as AbstractDirectEffect,
+)
+from ._models._pd import (
+    AbstractIndirectResponse as AbstractIndirectResponse,
+)
+from ._models._pd import (
+    AbstractLinearPDModel as AbstractLinearPDModel,
+)
+from ._models._pd import (
+    AbstractPDModel as AbstractPDModel,
+)
+from ._models._pd import (
+    EffectCompartment as EffectCompartment,
+)
+from ._models._pd import (
+    Emax as Emax,
+)
+from ._models._pd import (
+    IndirectResponseI as IndirectResponseI,
+)
+from ._models._pd import (
+    IndirectResponseII as IndirectResponseII,
+)
+from ._models._pd import (
+    IndirectResponseIII as IndirectResponseIII,
+)
+from ._models._pd import (
+    IndirectResponseIV as IndirectResponseIV,
+)
+from ._models._pd import (
+    SigmoidEmax as SigmoidEmax,
 )
 from ._records import (
     RecordError as RecordError,
+)
+from ._records import (
     regimen_from_records as regimen_from_records,
+)
+from ._records import (
     simulate_records as simulate_records,
+)
+from ._records import (
     validate_records as validate_records,
 )
-from ._simulate import simulate as simulate, simulate_states as simulate_states
+from ._regimen import (
+    MODELLED_DURATION as MODELLED_DURATION,
+)
+from ._regimen import (
+    MODELLED_RATE as MODELLED_RATE,
+)
+from ._regimen import (
+    Regimen as Regimen,
+)
+from ._regimen import (
+    bolus as bolus,
+)
+from ._regimen import (
+    concatenate as concatenate,
+)
+from ._regimen import (
+    infusion as infusion,
+)
+from ._regimen import (
+    oral as oral,
+)
+from ._regimen import (
+    repeat as repeat,
+)
+from ._regimen import (
+    reset as reset,
+)
+from ._regimen import (
+    stack as stack,
+)
+from ._regimen import (
+    steady_state as steady_state,
+)
+from ._simulate import simulate as simulate
+from ._simulate import simulate_states as simulate_states
 
 __all__ = [
     "MODELLED_DURATION",

@@ -211,7 +211,7 @@ def _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule):
 
 
 def _outputs(model, params, in_axes, states):
-    y = jax.vmap(
-        lambda p, xs: jax.vmap(lambda x: model.output(p, x))(xs), in_axes=(in_axes, 0)
-    )(params, states)
+    y = jax.vmap(lambda p, xs: jax.vmap(lambda x: model.output(p, x))(xs), in_axes=(in_axes, 0))(
+        params, states
+    )
     return y[..., 0] if len(model.output_names) == 1 else y

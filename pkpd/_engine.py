@@ -98,9 +98,11 @@ def dose_quantities(model: AbstractModel, ev_params: Params, reg: Regimen) -> Do
         d_mod = jnp.where(jnp.isnan(d_param), reg.duration, d_param)
     else:
         d_mod = reg.duration
-    r_mod = _per_cmt(ev_params, "R", n, m, jnp.nan)[rows, cmt] if _has_any(
-        ev_params, "R", n
-    ) else jnp.full((m,), jnp.nan)
+    r_mod = (
+        _per_cmt(ev_params, "R", n, m, jnp.nan)[rows, cmt]
+        if _has_any(ev_params, "R", n)
+        else jnp.full((m,), jnp.nan)
+    )
     rate = jnp.where(given_rate, reg.rate, jnp.where(mod_rate, r_mod, 0.0))
     safe_rate = jnp.where(rate > 0, rate, 1.0)
     safe_dmod = jnp.where(d_mod > 0, d_mod, 1.0)
@@ -152,23 +154,40 @@ def event_entries(reg: Regimen, doses: Doses) -> Entries:
     if reg.has_reset or reg.has_ss:
         blocks.append(
             block(
-                doses.t_record, SUB_RECORD, zeros, zeros, doses.is_reset,
-                jnp.where(doses.is_ss, idx, -1), neg, doses.is_reset | doses.is_ss,
+                doses.t_record,
+                SUB_RECORD,
+                zeros,
+                zeros,
+                doses.is_reset,
+                jnp.where(doses.is_ss, idx, -1),
+                neg,
+                doses.is_reset | doses.is_ss,
             )
         )
     b_pos = len(blocks) * m
     blocks.append(
         block(
-            doses.t_arrival, SUB_ARRIVAL, jnp.where(bolus_dose, doses.amount, 0.0),
-            jnp.where(inf_dose, doses.rate, 0.0), jnp.zeros(m, bool), neg, neg,
+            doses.t_arrival,
+            SUB_ARRIVAL,
+            jnp.where(bolus_dose, doses.amount, 0.0),
+            jnp.where(inf_dose, doses.rate, 0.0),
+            jnp.zeros(m, bool),
+            neg,
+            neg,
             bolus_dose | inf_dose,
         )
     )
     if reg.has_infusion:
         blocks.append(
             block(
-                doses.t_arrival + doses.duration, SUB_END, zeros, -doses.rate,
-                jnp.zeros(m, bool), neg, b_pos + idx, inf_dose,
+                doses.t_arrival + doses.duration,
+                SUB_END,
+                zeros,
+                -doses.rate,
+                jnp.zeros(m, bool),
+                neg,
+                b_pos + idx,
+                inf_dose,
             )
         )
     if not (reg.has_ss and reg.has_infusion):
@@ -424,11 +443,12 @@ def ss_tables(
         z = jnp.zeros((m_entries, n))
         return z, z
     m = reg.n_events
-    p_ev = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(jnp.asarray(v, float), (m,)),
-                                  ev_params)
-    xs, rs = jax.vmap(
-        lambda p, d, ii: steady_state(model, solver, p, d, ii, reg.ss_intervals)
-    )(p_ev, doses, reg.ii)
+    p_ev = jax.tree_util.tree_map(
+        lambda v: jnp.broadcast_to(jnp.asarray(v, float), (m,)), ev_params
+    )
+    xs, rs = jax.vmap(lambda p, d, ii: steady_state(model, solver, p, d, ii, reg.ss_intervals))(
+        p_ev, doses, reg.ii
+    )
     # Stored as the increment over the initial state (zero for PK, the baseline for PD):
     # SS=1 resets to the initial state and adds it (the state becomes the steady state);
     # SS=2 adds it to the current state.

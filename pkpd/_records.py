@@ -95,30 +95,42 @@ def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.D
     fail(~np.isfinite(t) | (t < 0), "TIME is {row.TIME}; expected a finite time >= 0 (h).")
     fail(~np.isin(evid, (0, 1, 2, 3, 4)), "EVID is {row.EVID}; expected 0, 1, 2, 3 or 4.")
     fail(~np.isfinite(amt) | (amt < 0), "AMT is {row.AMT}; expected a finite amount >= 0.")
-    fail(dose & (amt == 0) & ~((ss > 0) & (rate > 0)),
-         "AMT is 0 on a dose record; expected AMT > 0 (or SS=1 with RATE > 0 and II=0).")
+    fail(
+        dose & (amt == 0) & ~((ss > 0) & (rate > 0)),
+        "AMT is 0 on a dose record; expected AMT > 0 (or SS=1 with RATE > 0 and II=0).",
+    )
     fail((cmt != np.round(cmt)) | (cmt < 0), "CMT is {row.CMT}; expected a compartment number.")
     if n_states is not None:
-        fail(dose & ((cmt < 1) | (cmt > n_states)),
-             f"CMT is {{row.CMT}}; expected a dosing compartment from 1 to {n_states}.")
+        fail(
+            dose & ((cmt < 1) | (cmt > n_states)),
+            f"CMT is {{row.CMT}}; expected a dosing compartment from 1 to {n_states}.",
+        )
         fail(cmt > n_states, f"CMT is {{row.CMT}}; the model has {n_states} compartments.")
-    fail(~np.isfinite(rate) | ((rate < 0) & ~np.isin(rate, (MODELLED_RATE, MODELLED_DURATION))),
-         "RATE is {row.RATE}; expected 0 (bolus), > 0 (mg/h), -1 (modelled rate) or -2 "
-         "(modelled duration).")
+    fail(
+        ~np.isfinite(rate) | ((rate < 0) & ~np.isin(rate, (MODELLED_RATE, MODELLED_DURATION))),
+        "RATE is {row.RATE}; expected 0 (bolus), > 0 (mg/h), -1 (modelled rate) or -2 "
+        "(modelled duration).",
+    )
     fail(~np.isfinite(ii) | (ii < 0), "II is {row.II}; expected an interval >= 0 (h).")
     fail((addl < 0) | (addl != np.round(addl)), "ADDL is {row.ADDL}; expected an integer >= 0.")
     fail(~np.isin(ss, (0, 1, 2)), "SS is {row.SS}; expected 0, 1 or 2.")
-    fail(dose & (ii > 0) & (addl == 0) & (ss == 0),
-         "II is {row.II} without ADDL or SS; expected ADDL > 0 or SS > 0 with II > 0.")
+    fail(
+        dose & (ii > 0) & (addl == 0) & (ss == 0),
+        "II is {row.II} without ADDL or SS; expected ADDL > 0 or SS > 0 with II > 0.",
+    )
     fail(dose & (addl > 0) & (ii <= 0), "ADDL is {row.ADDL} with II = 0; expected II > 0.")
-    fail(dose & (ss > 0) & (ii <= 0) & ~((amt == 0) & (rate > 0)),
-         "SS is {row.SS} with II = 0; expected II > 0, or AMT=0 with RATE > 0 (steady-state "
-         "constant infusion).")
+    fail(
+        dose & (ss > 0) & (ii <= 0) & ~((amt == 0) & (rate > 0)),
+        "SS is {row.SS} with II = 0; expected II > 0, or AMT=0 with RATE > 0 (steady-state "
+        "constant infusion).",
+    )
     ids = df["ID"].to_numpy()
     same = np.concatenate([[False], ids[1:] == ids[:-1]])
-    fail(same & (np.diff(t, prepend=t[0]) < 0),
-         "TIME is {row.TIME}, before the previous record of this subject; expected times "
-         "sorted within each subject.")
+    fail(
+        same & (np.diff(t, prepend=t[0]) < 0),
+        "TIME is {row.TIME}, before the previous record of this subject; expected times "
+        "sorted within each subject.",
+    )
     seen: set = set()
     starts = np.flatnonzero(~same)
     for pos in starts:
@@ -194,8 +206,9 @@ def _subject_regimen(
     model: AbstractModel, df: pd.DataFrame, p: dict[str, np.ndarray]
 ) -> tuple[Regimen, np.ndarray]:
     """Regimen of one subject's records (ADDL expanded) and each event's record position."""
-    cols: dict[str, list] = {k: [] for k in (
-        "time", "amount", "cmt", "rate", "evid", "ss", "ii", "order", "rec")}
+    cols: dict[str, list] = {
+        k: [] for k in ("time", "amount", "cmt", "rate", "evid", "ss", "ii", "order", "rec")
+    }
     ss_need = 1
     for i, row in enumerate(df.itertuples(index=False)):
         evid = int(row.EVID)
@@ -207,8 +220,7 @@ def _subject_regimen(
             )
         if int(row.RATE) == MODELLED_DURATION and f"D{int(row.CMT)}" not in p:
             raise RecordError(
-                f"{_where(df, i)}: RATE=-2 needs the parameter D{int(row.CMT)} (modelled "
-                "duration)."
+                f"{_where(df, i)}: RATE=-2 needs the parameter D{int(row.CMT)} (modelled duration)."
             )
         if row.SS > 0 and row.II > 0:
             span = _dose_span(model, p, i, row)
@@ -227,10 +239,18 @@ def _subject_regimen(
     if n == 0:
         # No dose: one padding event keeps the arrays non-empty.
         reg = Regimen(
-            time=jnp.zeros(1), amount=jnp.zeros(1), cmt=jnp.ones(1, jnp.int32),
-            rate=jnp.zeros(1), duration=jnp.zeros(1), lag=jnp.zeros(1), bioav=jnp.ones(1),
-            evid=jnp.ones(1, jnp.int32), ss=jnp.zeros(1, jnp.int32), ii=jnp.zeros(1),
-            order=jnp.full(1, jnp.inf), mask=jnp.zeros(1, bool),
+            time=jnp.zeros(1),
+            amount=jnp.zeros(1),
+            cmt=jnp.ones(1, jnp.int32),
+            rate=jnp.zeros(1),
+            duration=jnp.zeros(1),
+            lag=jnp.zeros(1),
+            bioav=jnp.ones(1),
+            evid=jnp.ones(1, jnp.int32),
+            ss=jnp.zeros(1, jnp.int32),
+            ii=jnp.zeros(1),
+            order=jnp.full(1, jnp.inf),
+            mask=jnp.zeros(1, bool),
         )
         return reg, np.zeros(1, dtype=np.int64)
     reg = Regimen(
@@ -248,7 +268,8 @@ def _subject_regimen(
         mask=jnp.ones(n, bool),
         ss_intervals=ss_need,
         has_ss=bool(np.any(np.asarray(cols["ss"]) > 0)),
-        has_reset=bool(np.any(np.isin(cols["evid"], (3, 4)))) or bool(np.any(np.asarray(cols["ss"]) == 1)),
+        has_reset=bool(np.any(np.isin(cols["evid"], (3, 4))))
+        or bool(np.any(np.asarray(cols["ss"]) == 1)),
         has_infusion=bool(np.any(np.asarray(cols["rate"]) != 0)),
     )
     return reg, np.asarray(cols["rec"], dtype=np.int64)
@@ -296,7 +317,7 @@ def _subject_core(model, solver, rec_params, rec_time, reg, ev_rec):
     first = {k: v[0] for k, v in rec_params.items()}
     xs, _ = E.run(model, solver, seg_params, s, ss_x, ss_r, model.initial_state(first))
     inv = jnp.argsort(perm)
-    states = xs[inv[ev.time.shape[0]:]]
+    states = xs[inv[ev.time.shape[0] :]]
     y = jax.vmap(model.output)(rec_params, states)
     return states, y
 
@@ -344,8 +365,12 @@ def simulate_records(
         reg, ev_rec = _subject_regimen(model, sub, p)
         n_rec = len(pos)
         nr, ne = _bucket(n_rec), _bucket(reg.n_events)
-        rec_time = np.concatenate([sub["TIME"].to_numpy(), np.full(nr - n_rec, sub["TIME"].iloc[-1])])
-        p_pad = {k: jnp.asarray(np.concatenate([v, np.full(nr - n_rec, v[-1])])) for k, v in p.items()}
+        rec_time = np.concatenate(
+            [sub["TIME"].to_numpy(), np.full(nr - n_rec, sub["TIME"].iloc[-1])]
+        )
+        p_pad = {
+            k: jnp.asarray(np.concatenate([v, np.full(nr - n_rec, v[-1])])) for k, v in p.items()
+        }
         reg = reg.pad(ne)
         ev_rec = jnp.asarray(np.concatenate([ev_rec, np.zeros(ne - len(ev_rec), np.int64)]))
         states, y = _subject_core(model, solver, p_pad, jnp.asarray(rec_time), reg, ev_rec)

@@ -123,9 +123,7 @@ class Regimen(eqx.Module):
         }
         arrays = {
             name: jnp.concatenate([getattr(self, name), jnp.full((extra,), value, dtype)])
-            for name, value, dtype in (
-                (k, v, getattr(self, k).dtype) for k, v in fill.items()
-            )
+            for name, value, dtype in ((k, v, getattr(self, k).dtype) for k, v in fill.items())
         }
         return Regimen(
             **arrays,
@@ -183,16 +181,24 @@ def _validate_dose(
     lag: ArrayLike,
     bioav: ArrayLike,
 ) -> None:
-    _check(np.isfinite(amount) & (np.asarray(amount) >= 0) if _is_concrete(amount) else True,
-           f"{what}: expected a finite amount >= 0 (mg), got amount={amount}.")
-    _check(np.isfinite(time) if _is_concrete(time) else True,
-           f"{what}: expected a finite dose time (h), got time={time}.")
+    _check(
+        np.isfinite(amount) & (np.asarray(amount) >= 0) if _is_concrete(amount) else True,
+        f"{what}: expected a finite amount >= 0 (mg), got amount={amount}.",
+    )
+    _check(
+        np.isfinite(time) if _is_concrete(time) else True,
+        f"{what}: expected a finite dose time (h), got time={time}.",
+    )
     if not (isinstance(cmt, int | np.integer) and cmt >= 1):
         raise ValueError(f"{what}: expected a compartment number cmt >= 1, got cmt={cmt!r}.")
-    _check(np.isfinite(lag) & (np.asarray(lag) >= 0) if _is_concrete(lag) else True,
-           f"{what}: expected a finite lag time >= 0 (h), got lag={lag}.")
-    _check(np.isfinite(bioav) & (np.asarray(bioav) >= 0) if _is_concrete(bioav) else True,
-           f"{what}: expected a finite bioavailability >= 0, got bioav={bioav}.")
+    _check(
+        np.isfinite(lag) & (np.asarray(lag) >= 0) if _is_concrete(lag) else True,
+        f"{what}: expected a finite lag time >= 0 (h), got lag={lag}.",
+    )
+    _check(
+        np.isfinite(bioav) & (np.asarray(bioav) >= 0) if _is_concrete(bioav) else True,
+        f"{what}: expected a finite bioavailability >= 0, got bioav={bioav}.",
+    )
 
 
 def bolus(
@@ -276,8 +282,14 @@ def infusion(
             f"infusion: expected a finite duration > 0 (h), got duration={duration}.",
         )
         return _make(
-            1, time=time, amount=amount, cmt=cmt, lag=lag, bioav=bioav,
-            rate=MODELLED_DURATION, duration=duration,
+            1,
+            time=time,
+            amount=amount,
+            cmt=cmt,
+            lag=lag,
+            bioav=bioav,
+            rate=MODELLED_DURATION,
+            duration=duration,
         )
     assert rate is not None
     if _is_concrete(rate):
@@ -299,8 +311,10 @@ def reset(*, time: ArrayLike = 0.0) -> Regimen:
 
     **Returns:** a one-event `Regimen`.
     """
-    _check(np.isfinite(time) if _is_concrete(time) else True,
-           f"reset: expected a finite time (h), got time={time}.")
+    _check(
+        np.isfinite(time) if _is_concrete(time) else True,
+        f"reset: expected a finite time (h), got time={time}.",
+    )
     return _make(1, time=time, evid=3)
 
 
@@ -320,8 +334,10 @@ def repeat(regimen: Regimen, *, ii: float, addl: int) -> Regimen:
     """
     if not isinstance(addl, int | np.integer) or addl < 0:
         raise ValueError(f"repeat: expected addl to be an int >= 0, got addl={addl!r}.")
-    _check(np.isfinite(ii) & (np.asarray(ii) > 0) if _is_concrete(ii) else True,
-           f"repeat: expected an interdose interval ii > 0 (h), got ii={ii}.")
+    _check(
+        np.isfinite(ii) & (np.asarray(ii) > 0) if _is_concrete(ii) else True,
+        f"repeat: expected an interdose interval ii > 0 (h), got ii={ii}.",
+    )
     copies = []
     for k in range(addl + 1):
         shifted = eqx.tree_at(lambda r: r.time, regimen, regimen.time + k * ii)
@@ -354,8 +370,10 @@ def steady_state(regimen: Regimen, *, ii: float = 0.0, ss: int = 1) -> Regimen:
     """
     if ss not in (1, 2):
         raise ValueError(f"steady_state: expected ss=1 or ss=2, got ss={ss!r}.")
-    _check(np.isfinite(ii) & (np.asarray(ii) >= 0) if _is_concrete(ii) else True,
-           f"steady_state: expected ii >= 0 (h), got ii={ii}.")
+    _check(
+        np.isfinite(ii) & (np.asarray(ii) >= 0) if _is_concrete(ii) else True,
+        f"steady_state: expected ii >= 0 (h), got ii={ii}.",
+    )
     if _is_concrete(ii) and np.all(np.asarray(ii) == 0):
         # ii = 0 only makes sense for a constant infusion (NONMEM: AMT=0, RATE>0, II=0).
         try:
@@ -395,7 +413,8 @@ def _ss_bound(regimen: Regimen) -> int:
             np.asarray(regimen.duration),
             np.where(
                 np.asarray(regimen.rate) > 0,
-                np.asarray(regimen.amount) * np.asarray(regimen.bioav)
+                np.asarray(regimen.amount)
+                * np.asarray(regimen.bioav)
                 / np.where(np.asarray(regimen.rate) > 0, np.asarray(regimen.rate), 1.0),
                 0.0,
             ),
@@ -415,8 +434,7 @@ def concatenate(regimens: Sequence[Regimen]) -> Regimen:
         raise ValueError("concatenate: expected at least one regimen, got none.")
     arrays = {f: jnp.concatenate([getattr(r, f) for r in regimens]) for f in _ALL_FIELDS}
     n = arrays["time"].shape[0]
-    arrays["order"] = jnp.where(arrays["mask"], jnp.arange(n, dtype=arrays["order"].dtype),
-                                jnp.inf)
+    arrays["order"] = jnp.where(arrays["mask"], jnp.arange(n, dtype=arrays["order"].dtype), jnp.inf)
     return Regimen(**arrays, **_merge_flags(regimens))
 
 

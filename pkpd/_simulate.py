@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _engine as E
-from ._custom_types import Array, Float, Params, Times  # noqa: F401
+from ._custom_types import Array, Float, Params, Times
 from ._models._base import AbstractModel, ODESolver
 from ._regimen import Regimen
 
@@ -33,7 +33,9 @@ def _solve(model, params, regimen, times, solver, fn):
     schedule = _static_schedule(model, params, regimen, times)
     times = jnp.asarray(times, dtype=jnp.result_type(float))
     if times.ndim != 1:
-        raise ValueError(f"simulate: expected a 1-d array of output times, got shape {times.shape}.")
+        raise ValueError(
+            f"simulate: expected a 1-d array of output times, got shape {times.shape}."
+        )
     doses = E.dose_quantities(model, params, regimen)
     ev = E.event_entries(regimen, doses)
     x_init = model.initial_state(params)
@@ -60,8 +62,9 @@ def _solve(model, params, regimen, times, solver, fn):
 
         return jax.vmap(at)(j, before, t0, times)
     if schedule is not None:
-        return _ode_by_interval(model, params, regimen, solver, fn, ev, doses, x_init, times,
-                                schedule)
+        return _ode_by_interval(
+            model, params, regimen, solver, fn, ev, doses, x_init, times, schedule
+        )
     # ODE models: outputs are entries of the timeline (after events at equal times).
     out = E.output_entries(times, jnp.full(times.shape, jnp.inf), n)
     allent = E.concat_entries(ev, out, 0)
@@ -103,7 +106,7 @@ def _static_schedule(model, params, regimen, times):
     prefixes = ("ALAG", "D", "R") + (("F",) if regimen.has_infusion else ())
     for key in params:
         for pre in prefixes:
-            if key.startswith(pre) and key[len(pre):].isdigit():
+            if key.startswith(pre) and key[len(pre) :].isdigit():
                 return None
     with jax.ensure_compile_time_eval():
         ev = E.event_entries(regimen, E.dose_quantities(model, {}, regimen))
@@ -146,8 +149,9 @@ def _ode_by_interval(model, params, regimen, solver, fn, ev, doses, x_init, time
             ts[k, fill[k]] = t_out[i]
             pos[i] = fill[k]
             fill[k] += 1
-    ys = E.run_saving(model, solver, params, s, ss_x, ss_r, x_init, jnp.asarray(t_next),
-                      jnp.asarray(ts))
+    ys = E.run_saving(
+        model, solver, params, s, ss_x, ss_r, x_init, jnp.asarray(t_next), jnp.asarray(ts)
+    )
     states = ys[np.clip(idx, 0, None), pos]
     states = jnp.where(jnp.asarray(idx < 0)[:, None], x_init[None, :], states)
     return jax.vmap(fn)(states)
@@ -168,9 +172,7 @@ def _outputs_by_run(model, params, solver, fn, xs, rs, x_init, times, schedule):
         else:
             x, r, t0 = xs[j], rs[j], jnp.full(tb.shape, t_sorted[j])
         pieces.append(
-            jax.vmap(lambda a, b, x=x, r=r: fn(model.propagate(params, x, r, a, b, solver)))(
-                t0, tb
-            )
+            jax.vmap(lambda a, b, x=x, r=r: fn(model.propagate(params, x, r, a, b, solver)))(t0, tb)
         )
     return jnp.concatenate(pieces)
 

@@ -38,8 +38,11 @@ def run_demo(n_patients: int = 10_000, *, seed: int = 0) -> DemoResult:
     cv = np.array([0.3, 0.3, 0.2])
     eta = rng.standard_normal((n_patients, 3)) * np.sqrt(np.log1p(cv**2))
     theta = typical * np.exp(eta)
-    params = {"KA": jnp.asarray(theta[:, 0]), "CL": jnp.asarray(theta[:, 1]),
-              "V": jnp.asarray(theta[:, 2])}
+    params = {
+        "KA": jnp.asarray(theta[:, 0]),
+        "CL": jnp.asarray(theta[:, 1]),
+        "V": jnp.asarray(theta[:, 2]),
+    }
     regimen = pkpd.repeat(pkpd.oral(100.0), ii=12.0, addl=27)
     times = jnp.arange(337.0)
     model = pkpd.OneCompartmentOral()

@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import diffrax as dfx
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
@@ -45,7 +44,11 @@ class AbstractModel(eqx.Module):
     - `state_names`: names of the states, in order (compartment `i` is `state_names[i-1]`);
     - `param_names`: the parameters the model reads from `params`;
     - `output_names`: what `output` returns (one value per name);
-    - `dose_cmt`, `obs_cmt`: the default dosing and observed compartments (1-based).
+    - `is_linear`: whether the model is linear (propagated exactly, steady states solved
+      exactly) or integrated with diffrax (non-linear models also give `propagate_saving`).
+
+    Compartment numbering (for `CMT`) follows `state_names`; each model's docstring says which
+    compartment receives oral doses and which is observed.
     """
 
     state_names: ClassVar[tuple[str, ...]]
@@ -246,4 +249,3 @@ def onehot(index: int, n: int) -> np.ndarray:
     out = np.zeros(n)
     out[index] = 1.0
     return out
-
