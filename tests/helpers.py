@@ -94,9 +94,7 @@ def _reference_matrix(name: str, p: dict[str, float]) -> np.ndarray:
     else:
         k10, k12, k21 = p["CL"] / p["V1"], p["Q2"] / p["V1"], p["Q2"] / p["V2"]
         k13, k31 = p["Q3"] / p["V1"], p["Q3"] / p["V3"]
-        k = np.array(
-            [[-(k10 + k12 + k13), k21, k31], [k12, -k21, 0.0], [k13, 0.0, -k31]]
-        )
+        k = np.array([[-(k10 + k12 + k13), k21, k31], [k12, -k21, 0.0], [k13, 0.0, -k31]])
     if name.endswith("Oral"):
         n = k.shape[0]
         full = np.zeros((n + 1, n + 1))

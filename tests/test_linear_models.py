@@ -15,7 +15,6 @@ with `pkpd.stack`, so that there is one compilation per model and path.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import equinox as eqx
@@ -178,9 +177,7 @@ def pulses(recs: list[Rec]) -> tuple[list[Pulse], list[float]]:
                 k0 = max(1, math.ceil((r.lag + dur) / r.ii))
                 for j in range(1, k0 + 1):
                     s = a - j * r.ii
-                    out.append(
-                        Pulse(t, s, s + dur, bolus, rate, c, r.ii if j == k0 else None)
-                    )
+                    out.append(Pulse(t, s, s + dur, bolus, rate, c, r.ii if j == k0 else None))
             if amount > 0:
                 out.append(Pulse(t, a, a + dur, bolus, rate, c))
     return out, resets
@@ -220,7 +217,11 @@ def _advance(k_mat, x, t0, t1, active):
         for c, rate, _ in active:
             b[c] += rate
         sol = scipy.integrate.solve_ivp(
-            lambda _, y, b=b: k_mat @ y + b, (t0, nxt), x, method="DOP853", rtol=1e-10,
+            lambda _, y, b=b: k_mat @ y + b,
+            (t0, nxt),
+            x,
+            method="DOP853",
+            rtol=1e-10,
             atol=1e-12,
         )
         assert sol.success, sol.message
@@ -266,8 +267,7 @@ def _steady_state(k_mat, r: Rec, n_hist: int):
         return np.linalg.solve(k_mat, -b), []
     starts = [r.time + r.lag - j * r.ii for j in range(n_hist, 0, -1)]
     actions = [
-        (s, "bolus", (c, amount)) if rate == 0 else (s, "start", (c, rate, s + dur))
-        for s in starts
+        (s, "bolus", (c, amount)) if rate == 0 else (s, "start", (c, rate, s + dur)) for s in starts
     ]
     _, (x, active) = _run(k_mat, actions, [r.time], starts[0], np.zeros(k_mat.shape[0]), [])
     return x, active
@@ -297,8 +297,9 @@ def solve_ivp_states(k_mat: np.ndarray, recs: list[Rec], times: np.ndarray) -> n
                 else:
                     actions.append((a, "start", (c, rate, a + dur)))
     actions.sort(key=lambda e: e[0])  # stable: record order at equal times
-    out, _ = _run(k_mat, actions, list(times), min(times[0], actions[0][0]),
-                  np.zeros(k_mat.shape[0]), [])
+    out, _ = _run(
+        k_mat, actions, list(times), min(times[0], actions[0][0]), np.zeros(k_mat.shape[0]), []
+    )
     return out
 
 
@@ -318,10 +319,8 @@ def _concentration(case: ModelCase, states: np.ndarray) -> np.ndarray:
     return states[..., case.central - 1] / case.params[case.volume]
 
 
-@functools.cache
-def analytic(name: str) -> dict[str, np.ndarray]:
+def analytic(case: ModelCase) -> dict[str, np.ndarray]:
     """Concentrations of every scenario through the analytic engine (one vmapped call)."""
-    case = LINEAR_MODELS[LINEAR_MODEL_IDS.index(name)]
     scen = scenarios(case)
     regs = pkpd.stack([to_regimen(v) for v in scen.values()])
     conc = np.asarray(_batch(case.model, case.params, regs, TIMES, pkpd.ODESolver()))
@@ -392,67 +391,66 @@ def test_closed_form_reference_is_sound():
 
 
 @pytest.mark.parametrize("case", LINEAR_MODELS, ids=LINEAR_MODEL_IDS)
-def test_analytic_vs_closed_form(case: ModelCase):
-    """(a) every scenario, rtol 1e-9 (atol 1e-14 of the largest concentration)."""
-    conc = analytic(case.name)
+def test_against_references(case: ModelCase):
+    """(a) analytic engine vs closed form, every scenario: rtol 1e-9 (atol 1e-14 of the peak);
+    (b) analytic vs ODE path, rtol 1e-6, and (c) ODE path vs solve_ivp, rtol 1e-8 (atol
+    1e-12 of the peak), for bolus, infusion by rate and by duration, lag and F, ADDL/II, EVID
+    3 and 4 (steady states: the next test).
+
+    One test per model, so that each path compiles once; every failing check is reported.
+    """
+    conc = analytic(case)
+    ode = numeric(case, steady=False)
     k_mat = case.matrix()
-    errors = {}
+    err_a, err_b, err_c = {}, {}, {}
     for name, recs in scenarios(case).items():
         ref = _concentration(case, closed_form_states(k_mat, recs, TIMES))
-        errors[name] = max_rel_err(conc[name], ref, floor=1e-5 * np.max(np.abs(ref)))
-    assert max(errors.values()) <= 1e-9, _report(errors, 1e-9)
+        peak = np.max(np.abs(ref))
+        err_a[name] = max_rel_err(conc[name], ref, floor=1e-5 * peak)
+        if name in ode:
+            err_b[name] = max_rel_err(conc[name], ode[name], floor=1e-6 * peak)
+            ivp = _concentration(case, solve_ivp_states(k_mat, recs, TIMES))
+            err_c[name] = max_rel_err(ode[name], ivp, floor=1e-4 * peak)
+    failures = [
+        f"({label}) {what}: {_report(err, tol)}"
+        for label, what, err, tol in (
+            ("a", "analytic vs closed form", err_a, 1e-9),
+            ("b", "analytic vs ODE path", err_b, 1e-6),
+            ("c", "ODE path vs solve_ivp", err_c, 1e-8),
+        )
+        if max(err.values()) > tol
+    ]
+    assert len(err_b) == len(err_c) >= 7 and not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("case", LINEAR_MODELS, ids=LINEAR_MODEL_IDS)
-def test_ode_path(case: ModelCase):
-    """(b) analytic vs ODE path (rtol 1e-6) and (c) ODE path vs solve_ivp (rtol 1e-8).
-
-    Bolus, infusion by rate and by duration, lag and F, ADDL/II, EVID 3 and 4.
-    """
-    ode = numeric(case, steady=False)
-    conc = analytic(case.name)
-    k_mat = case.matrix()
-    err_b, err_c = {}, {}
-    for name, recs in _select(case, steady=False).items():
-        floor = 1e-6 * np.max(np.abs(conc[name]))  # atol = 1e-12 * max (rtol 1e-6, 1e-8)
-        err_b[name] = max_rel_err(conc[name], ode[name], floor=floor)
-        ref = _concentration(case, solve_ivp_states(k_mat, recs, TIMES))
-        err_c[name] = max_rel_err(ode[name], ref, floor=1e2 * floor)
-    assert max(err_b.values()) <= 1e-6, "analytic vs ODE: " + _report(err_b, 1e-6)
-    assert max(err_c.values()) <= 1e-8, "ODE vs solve_ivp: " + _report(err_c, 1e-8)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG: steady-state doses fail for every ODE model: _engine.steady_state runs "
-    "optimistix.Newton, whose Jacobian is taken by forward-mode autodiff through "
-    "diffrax.diffeqsolve with its default RecursiveCheckpointAdjoint (a custom_vjp): "
-    "'TypeError: can't apply forward-mode autodiff (jvp) to a custom_vjp function.'",
-)
-@pytest.mark.parametrize(
-    "case", [LINEAR_MODELS[1], LINEAR_MODELS[4]], ids=[LINEAR_MODEL_IDS[1], LINEAR_MODEL_IDS[4]]
-)
+# The ODE steady state (Newton on the one-interval map, through diffrax) costs about 15 s of
+# compilation per model, so the ODE path's steady states are checked on one model, with a
+# depot and a central compartment (the code path does not depend on the model). The analytic
+# steady states of all six models are checked against the closed form above.
+@pytest.mark.parametrize("case", [LINEAR_MODELS[1]], ids=[LINEAR_MODEL_IDS[1]])
 def test_ode_path_steady_state(case: ModelCase):
-    """(b) and (c) for SS=1 bolus and infusion (also longer than II), SS=2, constant SS."""
+    """(b) and (c) for SS=1 bolus and infusion (also longer than II), SS=2, constant SS.
+
+    (b) against the closed form (rtol 1e-6), which stands in for the analytic engine here.
+    """
     ode = numeric(case, steady=True)
-    conc = analytic(case.name)
     k_mat = case.matrix()
     err_b, err_c = {}, {}
     for name, recs in _select(case, steady=True).items():
-        floor = 1e-6 * np.max(np.abs(conc[name]))  # atol = 1e-12 * max (rtol 1e-6, 1e-8)
-        err_b[name] = max_rel_err(conc[name], ode[name], floor=floor)
-        ref = _concentration(case, solve_ivp_states(k_mat, recs, TIMES))
-        err_c[name] = max_rel_err(ode[name], ref, floor=1e2 * floor)
-    assert max(err_b.values()) <= 1e-6, "analytic vs ODE: " + _report(err_b, 1e-6)
+        ref = _concentration(case, closed_form_states(k_mat, recs, TIMES))
+        peak = np.max(np.abs(ref))
+        err_b[name] = max_rel_err(ode[name], ref, floor=1e-6 * peak)
+        ivp = _concentration(case, solve_ivp_states(k_mat, recs, TIMES))
+        err_c[name] = max_rel_err(ode[name], ivp, floor=1e-4 * peak)
+    assert len(err_b) >= 6
+    assert max(err_b.values()) <= 1e-6, "ODE vs closed form: " + _report(err_b, 1e-6)
     assert max(err_c.values()) <= 1e-8, "ODE vs solve_ivp: " + _report(err_c, 1e-8)
 
 
 def test_solve_ivp_reference_steady_state():
     """The solve_ivp reference's steady states (long history) agree with the closed form.
 
-    The ODE path cannot be checked on steady states yet (see the xfail above); this keeps the
-    reference itself checked, so that the xfail test is meaningful once the bug is fixed.
+    Checks the reference itself on a model the ODE steady-state test above does not cover.
     """
     case = LINEAR_MODELS[2]
     k_mat = case.matrix()
@@ -510,6 +508,7 @@ def test_one_compartment_oral_ka_equals_k():
     assert abs(g_lo - g0) <= 1e-5 * abs(g0) and abs(g_hi - g0) <= 1e-5 * abs(g0)
     # d/dka of sum_t C(t) by central differences of the expm reference
     h = 1e-4 * k
-    fd = (np.sum(_bateman(k + h, k, v, dose, times))
-          - np.sum(_bateman(k - h, k, v, dose, times))) / (2 * h)
+    fd = (
+        np.sum(_bateman(k + h, k, v, dose, times)) - np.sum(_bateman(k - h, k, v, dose, times))
+    ) / (2 * h)
     assert abs(g0 - fd) <= 1e-6 * abs(fd)

@@ -90,16 +90,18 @@ def test_nonmem_scenario(scenario: str):
 
     def check(rows: np.ndarray, what: str) -> None:
         zero = rows & (ref == 0)
-        assert np.all(cp[zero] == 0.0), (
-            f"{scenario} {what}: NONMEM prints 0 on rows {rec.row[zero & (cp != 0)].tolist()}, "
-            f"got {cp[zero & (cp != 0)]}"
+        wrong = zero & (cp != 0)
+        assert not wrong.any(), (
+            f"{scenario} {what}: NONMEM prints 0 on rows {rec.row[wrong].tolist()[:8]}, "
+            f"got {cp[wrong][:8]}"
         )
         nz = rows & (ref != 0)
         err = np.abs(cp[nz] - ref[nz]) / np.abs(ref[nz])
         bad = err > RTOL
         assert not bad.any(), (
-            f"{scenario} {what}: relative error up to {err.max():.2e} on rows "
-            f"{rec.row[nz][bad].tolist()}: NONMEM {ref[nz][bad]}, got {cp[nz][bad]}"
+            f"{scenario} {what}: relative error up to {err.max():.2e} on {bad.sum()} rows, "
+            f"first {rec.row[nz][bad].tolist()[:8]}: NONMEM {ref[nz][bad][:8]}, "
+            f"got {cp[nz][bad][:8]}"
         )
 
     # Observation records: the score.

@@ -57,7 +57,12 @@ def test_valid_records_simulate():
             5,
             "TIME is 4.0, before the previous record of this subject; expected times sorted",
         ),
-        ({"CMT": [1, 2, 2, 3, 2, 2]}, 9, 3, "CMT is 3.0; expected a dosing compartment from 1 to 2"),
+        (
+            {"CMT": [1, 2, 2, 3, 2, 2]},
+            9,
+            3,
+            "CMT is 3.0; expected a dosing compartment from 1 to 2",
+        ),
         ({"CMT": [1, 2, 5, 1, 2, 2]}, 7, 2, "CMT is 5.0; the model has 2 compartments"),
         ({"CMT": [1, 2, 2, 1, 1.5, 2]}, 9, 4, "CMT is 1.5; expected a compartment number"),
         ({"EVID": [1, 0, 0, 5, 0, 0]}, 9, 3, "EVID is 5.0; expected 0, 1, 2, 3 or 4"),
@@ -86,7 +91,9 @@ def test_bad_records(changes, subject, row, expected):
 @pytest.mark.parametrize("column", ["ID", "TIME", "EVID", "AMT", "CMT"])
 def test_missing_required_column(column):
     df = records().drop(columns=[column])
-    with pytest.raises(pkpd.RecordError, match=re.escape(f"missing required column(s) ['{column}']")):
+    with pytest.raises(
+        pkpd.RecordError, match=re.escape(f"missing required column(s) ['{column}']")
+    ):
         pkpd.simulate_records(MODEL, PARAMS, df)
     with pytest.raises(pkpd.RecordError, match="expected at least"):
         pkpd.regimen_from_records(df[df["ID"] == 7] if "ID" in df else df)
@@ -94,7 +101,9 @@ def test_missing_required_column(column):
 
 def test_records_of_a_subject_not_contiguous():
     df = records(ID=[7, 7, 9, 9, 7, 7], TIME=[0.0, 1.0, 0.0, 2.0, 3.0, 4.0])
-    with pytest.raises(pkpd.RecordError, match=where(7, 4) + " the records of this subject are not"):
+    with pytest.raises(
+        pkpd.RecordError, match=where(7, 4) + " the records of this subject are not"
+    ):
         pkpd.simulate_records(MODEL, PARAMS, df)
 
 
@@ -134,7 +143,8 @@ def test_unknown_parameter_column():
 def test_nan_parameter(spec, subject, row):
     df = records(WT=[70.0, 70.0, 70.0, 80.0, np.nan, 80.0])
     with pytest.raises(
-        pkpd.RecordError, match=where(subject, row) + " parameter CL is (nan|inf); expected a finite"
+        pkpd.RecordError,
+        match=where(subject, row) + " parameter CL is (nan|inf); expected a finite",
     ):
         pkpd.simulate_records(MODEL, {**PARAMS, "CL": spec}, df)
 
@@ -168,7 +178,10 @@ def test_regimen_from_records_checks_one_subject():
         (lambda: pkpd.bolus(np.nan), "bolus: expected a finite amount >= 0 (mg), got amount=nan"),
         (lambda: pkpd.oral(-3.0), "expected a finite amount >= 0 (mg), got amount=-3.0"),
         (lambda: pkpd.bolus(1.0, time=np.nan), "bolus: expected a finite dose time (h)"),
-        (lambda: pkpd.bolus(1.0, cmt=0), "bolus: expected a compartment number cmt >= 1, got cmt=0"),
+        (
+            lambda: pkpd.bolus(1.0, cmt=0),
+            "bolus: expected a compartment number cmt >= 1, got cmt=0",
+        ),
         (lambda: pkpd.bolus(1.0, cmt=1.5), "expected a compartment number cmt >= 1, got cmt=1.5"),
         (lambda: pkpd.bolus(1.0, lag=-1.0), "bolus: expected a finite lag time >= 0 (h)"),
         (lambda: pkpd.bolus(1.0, bioav=-0.5), "bolus: expected a finite bioavailability >= 0"),
@@ -231,11 +244,14 @@ def test_bad_constructor_arguments(build, expected):
 
 
 def test_steady_state_constant_infusion_is_accepted():
-    """ii=0 is valid for the constant infusion at steady state (amount 0, given by rate)."""
+    """ii=0 is valid for the constant infusion at steady state (amount 0, given by rate).
+
+    Its values are checked in test_linear_models.py (ss_constant_infusion) and mrg29.
+    """
     reg = pkpd.steady_state(pkpd.infusion(0.0, rate=10.0, cmt=1), ii=0.0)
-    c = pkpd.simulate(pkpd.OneCompartment(), {"CL": 2.0, "V": 10.0}, reg, np.array([0.0, 1.0]))
-    # Css = rate / CL at the record, then the infusion stops (NONMEM) and C decays.
-    np.testing.assert_allclose(np.asarray(c), [5.0, 5.0 * np.exp(-0.2)], rtol=1e-12)
+    assert np.asarray(reg.ss).tolist() == [1] and np.asarray(reg.ii).tolist() == [0.0]
+    with pytest.raises(ValueError, match=re.escape("got ii=0 with amount=[0.0, 5.0]")):
+        pkpd.steady_state(reg + pkpd.bolus(5.0), ii=0.0)
 
 
 def test_regimen_plus_non_regimen():
@@ -244,8 +260,12 @@ def test_regimen_plus_non_regimen():
 
 
 def test_simulate_bad_times():
-    with pytest.raises(ValueError, match=r"expected a 1-d array of output times, got shape \(2, 2\)"):
-        pkpd.simulate(pkpd.OneCompartment(), {"CL": 1.0, "V": 1.0}, pkpd.bolus(1.0), np.ones((2, 2)))
+    with pytest.raises(
+        ValueError, match=r"expected a 1-d array of output times, got shape \(2, 2\)"
+    ):
+        pkpd.simulate(
+            pkpd.OneCompartment(), {"CL": 1.0, "V": 1.0}, pkpd.bolus(1.0), np.ones((2, 2))
+        )
 
 
 # ----------------------------------------------------------------------------- known gaps
@@ -260,7 +280,9 @@ def test_simulate_bad_times():
 def test_simulate_rejects_unknown_compartment():
     with pytest.raises(ValueError, match="cmt"):
         pkpd.simulate(
-            pkpd.OneCompartment(), {"CL": 1.0, "V": 10.0}, pkpd.bolus(100.0, cmt=3),
+            pkpd.OneCompartment(),
+            {"CL": 1.0, "V": 10.0},
+            pkpd.bolus(100.0, cmt=3),
             np.array([0.0, 1.0]),
         )
 
@@ -274,8 +296,10 @@ def test_simulate_rejects_unknown_compartment():
 def test_simulate_modelled_duration_needs_parameter():
     with pytest.raises(ValueError, match="D1"):
         pkpd.simulate(
-            pkpd.OneCompartment(), {"CL": 1.0, "V": 10.0},
-            pkpd.infusion(100.0, rate=pkpd.MODELLED_DURATION), np.array([0.0, 1.0]),
+            pkpd.OneCompartment(),
+            {"CL": 1.0, "V": 10.0},
+            pkpd.infusion(100.0, rate=pkpd.MODELLED_DURATION),
+            np.array([0.0, 1.0]),
         )
 
 
@@ -287,6 +311,8 @@ def test_simulate_modelled_duration_needs_parameter():
 def test_simulate_modelled_rate_needs_parameter():
     with pytest.raises(ValueError, match="R1"):
         pkpd.simulate(
-            pkpd.OneCompartment(), {"CL": 1.0, "V": 10.0},
-            pkpd.infusion(100.0, rate=pkpd.MODELLED_RATE), np.array([0.0, 1.0]),
+            pkpd.OneCompartment(),
+            {"CL": 1.0, "V": 10.0},
+            pkpd.infusion(100.0, rate=pkpd.MODELLED_RATE),
+            np.array([0.0, 1.0]),
         )
