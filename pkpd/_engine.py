@@ -75,7 +75,9 @@ def _has_any(params: Params, prefix: str, n_states: int) -> bool:
     return any(f"{prefix}{i + 1}" in params for i in range(n_states))
 
 
-def dose_quantities(model: AbstractModel, ev_params: Params, reg: Regimen) -> Doses:
+def dose_quantities(
+    model: AbstractModel, ev_params: Params, reg: Regimen, *, checks: bool = True
+) -> Doses:
     """Apply the model's `F<n>`, `ALAG<n>`, `R<n>` and `D<n>` to every event.
 
     `ev_params` values are scalars or arrays with one value per event (the parameters in
@@ -110,6 +112,32 @@ def dose_quantities(model: AbstractModel, ev_params: Params, reg: Regimen) -> Do
     duration = jnp.where(mod_dur, d_mod, jnp.where(given_rate | mod_rate, amount / safe_rate, 0.0))
     is_infusion = given_rate | mod_rate | mod_dur
     is_ss = is_dose & (reg.ss > 0)
+    # Checks that must survive tracing (concrete regimens are checked before, with ValueError).
+    if checks:
+        amount = _dose_checks(amount, reg, is_dose, mod_dur, d_mod, mod_rate, r_mod, n)
+    return _doses(reg, lag, amount, rate, duration, is_infusion, is_dose, is_reset, is_ss, cmt)
+
+
+def _dose_checks(amount, reg, is_dose, mod_dur, d_mod, mod_rate, r_mod, n):
+    amount = eqx.error_if(
+        amount,
+        is_dose & ((reg.cmt < 1) | (reg.cmt > n)),
+        f"regimen: a dose goes into a compartment outside 1..{n}.",
+    )
+    amount = eqx.error_if(
+        amount,
+        is_dose & mod_dur & ~(d_mod > 0),
+        "regimen: RATE=-2 (modelled duration) needs the parameter D<cmt> or a duration > 0.",
+    )
+    amount = eqx.error_if(
+        amount,
+        is_dose & mod_rate & ~(r_mod > 0),
+        "regimen: RATE=-1 (modelled rate) needs the parameter R<cmt> > 0.",
+    )
+    return amount
+
+
+def _doses(reg, lag, amount, rate, duration, is_infusion, is_dose, is_reset, is_ss, cmt):
     return Doses(
         t_record=reg.time,
         t_arrival=reg.time + lag,

@@ -9,7 +9,7 @@ import numpy as np
 from . import _engine as E
 from ._custom_types import Array, Float, Params, Times
 from ._models._base import AbstractModel, ODESolver
-from ._regimen import Regimen
+from ._regimen import MODELLED_DURATION, MODELLED_RATE, Regimen
 
 
 def simulate_states(
@@ -30,6 +30,7 @@ def simulate_states(
 def _solve(model, params, regimen, times, solver, fn):
     """States at `times` mapped through `fn` (the output function, or the identity)."""
     model.check_params(params)
+    check_regimen(model, params, regimen)
     schedule = _static_schedule(model, params, regimen, times)
     times = jnp.asarray(times, dtype=jnp.result_type(float))
     if times.ndim != 1:
@@ -80,6 +81,37 @@ def _solve(model, params, regimen, times, solver, fn):
 _MAX_RUNS = 512
 
 
+def check_regimen(model: AbstractModel, params: Params, regimen: Regimen) -> None:
+    """Raise a `ValueError` for doses the model cannot take (when the regimen is concrete).
+
+    Doses must go into a compartment of the model; `RATE=-2` needs the parameter `D<cmt>` (or a
+    duration in the regimen) and `RATE=-1` the parameter `R<cmt>`. Traced regimens are
+    checked inside the computation (`equinox.error_if`).
+    """
+    fields = [_concrete(getattr(regimen, f)) for f in ("cmt", "evid", "rate", "duration", "mask")]
+    if any(f is None for f in fields):
+        return
+    cmt, evid, rate, duration, mask = fields
+    n = model.n_states
+    doses = mask & (evid != 3)
+    for k in np.flatnonzero(doses & ((cmt < 1) | (cmt > n))):
+        raise ValueError(
+            f"regimen event {k}: dose into compartment cmt={int(cmt[k])}; expected 1..{n} "
+            f"({type(model).__name__} compartments {list(model.state_names)})."
+        )
+    for k in np.flatnonzero(doses & (rate == MODELLED_DURATION)):
+        if f"D{int(cmt[k])}" not in params and not duration[k] > 0:
+            raise ValueError(
+                f"regimen event {k}: RATE=-2 (modelled duration) needs the parameter "
+                f"D{int(cmt[k])} or a duration > 0."
+            )
+    for k in np.flatnonzero(doses & (rate == MODELLED_RATE)):
+        if f"R{int(cmt[k])}" not in params:
+            raise ValueError(
+                f"regimen event {k}: RATE=-1 (modelled rate) needs the parameter R{int(cmt[k])}."
+            )
+
+
 def _concrete(x) -> np.ndarray | None:
     if isinstance(x, jax.core.Tracer):
         return None
@@ -109,7 +141,7 @@ def _static_schedule(model, params, regimen, times):
             if key.startswith(pre) and key[len(pre) :].isdigit():
                 return None
     with jax.ensure_compile_time_eval():
-        ev = E.event_entries(regimen, E.dose_quantities(model, {}, regimen))
+        ev = E.event_entries(regimen, E.dose_quantities(model, {}, regimen, checks=False))
         time, order, sub = (np.asarray(a) for a in (ev.time, ev.order, ev.sub))
     perm = np.lexsort((sub, order, time))
     t_sorted = time[perm]

@@ -271,12 +271,6 @@ def test_simulate_bad_times():
 # ----------------------------------------------------------------------------- known gaps
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: simulate() does not check regimen.cmt against model.n_states; "
-    "_engine.dose_quantities clips cmt - 1 into [0, n - 1], so a dose into compartment 3 of "
-    "a one-compartment model silently goes into compartment 1.",
-)
 def test_simulate_rejects_unknown_compartment():
     with pytest.raises(ValueError, match="cmt"):
         pkpd.simulate(
@@ -287,12 +281,6 @@ def test_simulate_rejects_unknown_compartment():
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: simulate() with rate=MODELLED_DURATION (-2) and no D<cmt> parameter silently "
-    "drops the dose (duration 0 -> no infusion entry); simulate_records raises for the same "
-    "input ('RATE=-2 needs the parameter D1').",
-)
 def test_simulate_modelled_duration_needs_parameter():
     with pytest.raises(ValueError, match="D1"):
         pkpd.simulate(
@@ -303,11 +291,6 @@ def test_simulate_modelled_duration_needs_parameter():
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: simulate() with rate=MODELLED_RATE (-1) and no R<cmt> parameter returns NaN "
-    "instead of raising; simulate_records raises ('RATE=-1 needs the parameter R1').",
-)
 def test_simulate_modelled_rate_needs_parameter():
     with pytest.raises(ValueError, match="R1"):
         pkpd.simulate(

@@ -86,12 +86,26 @@ class AbstractModel(eqx.Module):
         return jnp.zeros(self.n_states, dtype=jnp.result_type(float))
 
     def check_params(self, params: Params) -> None:
-        """Raise a `ValueError` naming any missing parameter."""
+        """Raise a `ValueError` naming any missing or unknown parameter.
+
+        Known names are `param_names` and the NONMEM dosing parameters `F<n>`, `ALAG<n>`,
+        `D<n>` and `R<n>` of the model's compartments `n = 1..n_states`.
+        """
         missing = [name for name in self.param_names if name not in params]
         if missing:
             raise ValueError(
                 f"{type(self).__name__}: missing parameter(s) {missing}; expected "
                 f"{list(self.param_names)}, got {sorted(params)}."
+            )
+        dosing = {
+            f"{prefix}{i + 1}" for prefix in ("F", "ALAG", "D", "R") for i in range(self.n_states)
+        }
+        unknown = [name for name in params if name not in self.param_names and name not in dosing]
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}: unknown parameter(s) {unknown}; expected "
+                f"{list(self.param_names)} and optionally F<n>, ALAG<n>, D<n>, R<n> for "
+                f"compartments n = 1..{self.n_states}."
             )
 
 
