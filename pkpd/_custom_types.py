@@ -6,6 +6,8 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 #: A scalar value: Python float, NumPy scalar or 0-d JAX array.
 Scalar: TypeAlias = float | Float[ArrayLike, ""]
+#: A time (h): a Python float or a 0-d array (traced or not).
+TimeLike: TypeAlias = float | Float[Array, ""]
 #: Model parameters: a mapping from NONMEM-style names ("CL", "V", "KA", "F2", "ALAG2") to values.
 Params: TypeAlias = dict[str, Any]
 #: Output times of one patient, in hours.
@@ -25,5 +27,6 @@ __all__ = [
     "Params",
     "Scalar",
     "State",
+    "TimeLike",
     "Times",
 ]

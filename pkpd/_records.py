@@ -66,7 +66,7 @@ def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.D
         if col not in df.columns:
             df[col] = default
     for col in (*REQUIRED_COLUMNS[1:], *OPTIONAL_COLUMNS):
-        values = pd.to_numeric(df[col], errors="coerce")
+        values = pd.Series(pd.to_numeric(df[col], errors="coerce"), index=df.index)
         bad = values.isna().to_numpy()
         if bad.any():
             pos = int(np.argmax(bad))
@@ -74,7 +74,7 @@ def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.D
                 f"{_where(df, pos)}: column {col} is {_py(df[col].iloc[pos])!r}; expected a number."
             )
         df[col] = values.astype(float)
-    if df["ID"].isna().any():
+    if bool(pd.Series(df["ID"]).isna().any()):
         pos = int(np.argmax(df["ID"].isna().to_numpy()))
         raise RecordError(f"row {df.index[pos]!r}: column ID is missing; expected an identifier.")
 
@@ -163,7 +163,7 @@ def resolve_params(
                     f"parameter {name}: column {spec!r} not in the records; expected one of "
                     f"{list(records.columns)}."
                 )
-            value = pd.to_numeric(records[spec], errors="coerce").to_numpy(dtype=float)
+            value = np.asarray(pd.to_numeric(records[spec], errors="coerce"), dtype=float)
         elif callable(spec):
             value = np.asarray(spec(records), dtype=float)
         else:
@@ -211,6 +211,7 @@ def _subject_regimen(
     }
     ss_need = 1
     for i, row in enumerate(df.itertuples(index=False)):
+        row: Any
         evid = int(row.EVID)
         if evid not in (1, 3, 4):
             continue
@@ -282,7 +283,7 @@ def regimen_from_records(records: pd.DataFrame, n_states: int | None = None) -> 
     parameters. Raises `RecordError` for invalid records or more than one subject.
     """
     df = validate_records(records, n_states)
-    if df["ID"].nunique() != 1:
+    if pd.Series(df["ID"]).nunique() != 1:
         raise RecordError(
             f"regimen_from_records: expected the records of one subject, got IDs "
             f"{list(df['ID'].unique())[:5]}."

@@ -19,7 +19,7 @@ MODELLED_DURATION = -2.0
 
 
 def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    return not isinstance(x, jax.core.Tracer)  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _check(cond: Any, message: str) -> None:
@@ -165,7 +165,7 @@ def _make(n: int, ss_intervals: int = 1, **values: Any) -> Regimen:
             dtype = jnp.bool_
         arrays[name] = jnp.broadcast_to(jnp.asarray(value, dtype=dtype), (n,))
     # What the constructor builds decides the static flags (values may be traced).
-    flags = {
+    flags: dict[str, Any] = {
         "has_ss": False,
         "has_reset": "evid" in values,
         "has_infusion": "rate" in values,
@@ -271,7 +271,9 @@ def infusion(
     """
     _validate_dose("infusion", amount, time, cmt, lag, bioav)
     if (rate is None) == (duration is None):
-        if not (rate is not None and _is_concrete(rate) and float(rate) == MODELLED_DURATION):
+        if not (
+            rate is not None and _is_concrete(rate) and float(rate) == MODELLED_DURATION  # type: ignore[arg-type]
+        ):
             raise ValueError(
                 "infusion: expected exactly one of rate= (mg/h) or duration= (h), got "
                 f"rate={rate!r} and duration={duration!r}."
@@ -293,7 +295,7 @@ def infusion(
         )
     assert rate is not None
     if _is_concrete(rate):
-        r = float(rate)
+        r = float(rate)  # type: ignore[arg-type]
         if not (np.isfinite(r) and (r > 0 or r in (MODELLED_RATE, MODELLED_DURATION))):
             raise ValueError(
                 f"infusion: expected a finite rate > 0 (mg/h), -1 (modelled rate) or -2 "

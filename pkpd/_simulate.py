@@ -91,7 +91,7 @@ def check_regimen(model: AbstractModel, params: Params, regimen: Regimen) -> Non
     fields = [_concrete(getattr(regimen, f)) for f in ("cmt", "evid", "rate", "duration", "mask")]
     if any(f is None for f in fields):
         return
-    cmt, evid, rate, duration, mask = fields
+    cmt, evid, rate, duration, mask = (np.asarray(f) for f in fields)
     n = model.n_states
     doses = mask & (evid != 3)
     for k in np.flatnonzero(doses & ((cmt < 1) | (cmt > n))):
@@ -113,7 +113,7 @@ def check_regimen(model: AbstractModel, params: Params, regimen: Regimen) -> Non
 
 
 def _concrete(x) -> np.ndarray | None:
-    if isinstance(x, jax.core.Tracer):
+    if isinstance(x, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
         return None
     try:
         return np.asarray(x)

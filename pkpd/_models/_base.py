@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 
-from .._custom_types import Array, Float, Params, State
+from .._custom_types import Array, Float, Params, State, TimeLike
 
 
 class ODESolver(eqx.Module):
@@ -61,7 +61,7 @@ class AbstractModel(eqx.Module):
         return len(self.state_names)
 
     @abc.abstractmethod
-    def vector_field(self, t: Float[Array, ""], x: State, params: Params) -> State:
+    def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
         """Time derivative of the state without dosing input (amount/h)."""
 
     @abc.abstractmethod
@@ -74,8 +74,8 @@ class AbstractModel(eqx.Module):
         params: Params,
         x: State,
         rate: State,
-        t0: Float[Array, ""],
-        t1: Float[Array, ""],
+        t0: TimeLike,
+        t1: TimeLike,
         solver: ODESolver,
     ) -> State:
         """State at `t1` from state `x` at `t0` with constant zero-order inputs `rate` (mg/h)."""
@@ -123,7 +123,7 @@ class AbstractLinearModel(AbstractModel):
     def matrix(self, params: Params) -> Float[Array, "states states"]:
         """The rate-constant matrix `K` (1/h)."""
 
-    def vector_field(self, t: Float[Array, ""], x: State, params: Params) -> State:
+    def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
         return self.matrix(params) @ x
 
     def propagate(
@@ -131,8 +131,8 @@ class AbstractLinearModel(AbstractModel):
         params: Params,
         x: State,
         rate: State,
-        t0: Float[Array, ""],
-        t1: Float[Array, ""],
+        t0: TimeLike,
+        t1: TimeLike,
         solver: ODESolver,
     ) -> State:
         del solver
@@ -155,8 +155,8 @@ class AbstractODEModel(AbstractModel):
         params: Params,
         x: State,
         rate: State,
-        t0: Float[Array, ""],
-        t1: Float[Array, ""],
+        t0: TimeLike,
+        t1: TimeLike,
         solver: ODESolver,
     ) -> State:
         def field(t, y, args):
@@ -183,8 +183,8 @@ class AbstractODEModel(AbstractModel):
         params: Params,
         x: State,
         rate: State,
-        t0: Float[Array, ""],
-        t1: Float[Array, ""],
+        t0: TimeLike,
+        t1: TimeLike,
         ts: Float[Array, " saves"],
         solver: ODESolver,
     ) -> tuple[Float[Array, "saves states"], State]:

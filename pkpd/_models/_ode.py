@@ -8,7 +8,7 @@ from typing import ClassVar
 import equinox as eqx
 import jax.numpy as jnp
 
-from .._custom_types import Array, Float, Params, State
+from .._custom_types import Array, Float, Params, State, TimeLike
 from ._base import AbstractLinearModel, AbstractODEModel, get
 
 
@@ -36,7 +36,7 @@ class OneCompartmentMM(AbstractODEModel):
     param_names: ClassVar[tuple[str, ...]] = ("VMAX", "KM", "V")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
-    def vector_field(self, t: Float[Array, ""], x: State, params: Params) -> State:
+    def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
         c = x[0] / get(params, "V")
         return jnp.stack([-_mm_rate(params, c)])
 
@@ -61,7 +61,7 @@ class OneCompartmentOralMM(AbstractODEModel):
     param_names: ClassVar[tuple[str, ...]] = ("KA", "VMAX", "KM", "V")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
-    def vector_field(self, t: Float[Array, ""], x: State, params: Params) -> State:
+    def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
         absorbed = get(params, "KA") * x[0]
         c = x[1] / get(params, "V")
         return jnp.stack([-absorbed, absorbed - _mm_rate(params, c)])
@@ -97,7 +97,7 @@ class TwoCompartmentMM(AbstractODEModel):
     param_names: ClassVar[tuple[str, ...]] = ("VMAX", "KM", "V1", "Q", "V2")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
-    def vector_field(self, t: Float[Array, ""], x: State, params: Params) -> State:
+    def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
         return jnp.stack(_two_cmt_mm_field(params, x[0], x[1]))
 
     def output(self, params: Params, x: State) -> Float[Array, " 1"]:
@@ -121,7 +121,7 @@ class TwoCompartmentOralMM(AbstractODEModel):
     param_names: ClassVar[tuple[str, ...]] = ("KA", "VMAX", "KM", "V1", "Q", "V2")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
-    def vector_field(self, t: Float[Array, ""], x: State, params: Params) -> State:
+    def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
         absorbed = get(params, "KA") * x[0]
         d1, d2 = _two_cmt_mm_field(params, x[1], x[2])
         return jnp.stack([-absorbed, absorbed + d1, d2])
@@ -256,7 +256,7 @@ class ODEModel(AbstractODEModel):
     again for a new but equal function object.
     """
 
-    fn: Callable[[Array, State, Params], State] = eqx.field(static=True)
+    fn: Callable[[TimeLike, State, Params], State] = eqx.field(static=True)
     state_names: tuple[str, ...] = eqx.field(static=True)  # type: ignore[assignment]
     param_names: tuple[str, ...] = eqx.field(static=True)  # type: ignore[assignment]
     output_names: tuple[str, ...] = eqx.field(static=True)  # type: ignore[assignment]
@@ -291,7 +291,7 @@ class ODEModel(AbstractODEModel):
         self.output_fn = output_fn
         self.initial_fn = initial_fn
 
-    def vector_field(self, t: Float[Array, ""], x: State, params: Params) -> State:
+    def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
         return jnp.asarray(self.fn(t, x, params), dtype=x.dtype)
 
     def output(self, params: Params, x: State) -> Float[Array, " outputs"]:

@@ -22,7 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._custom_types import Array, Float, Params, State
+from .._custom_types import Array, Float, Params, State, TimeLike
 from ._base import AbstractLinearModel, AbstractModel, AbstractODEModel, ODESolver, get
 
 
@@ -51,7 +51,7 @@ class AbstractPDModel(eqx.Module):
     @abc.abstractmethod
     def vector_field(
         self,
-        t: Float[Array, ""],
+        t: TimeLike,
         c: Float[Array, ""],
         y: Float[Array, " pd_states"],
         params: Params,
@@ -353,7 +353,7 @@ class PKPD(AbstractModel):
     def initial_state(self, params: Params) -> State:
         return jnp.concatenate([self.pk.initial_state(params), self.pd.initial_state(params)])
 
-    def vector_field(self, t: Float[Array, ""], x: State, params: Params) -> State:
+    def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
         n = self.pk.n_states
         if self.pd.n_states == 0:
             return self.pk.vector_field(t, x, params)
@@ -391,8 +391,8 @@ class PKPD(AbstractModel):
         params: Params,
         x: State,
         rate: State,
-        t0: Float[Array, ""],
-        t1: Float[Array, ""],
+        t0: TimeLike,
+        t1: TimeLike,
         solver: ODESolver,
     ) -> State:
         if self.pd.n_states == 0:
@@ -406,8 +406,8 @@ class PKPD(AbstractModel):
         params: Params,
         x: State,
         rate: State,
-        t0: Float[Array, ""],
-        t1: Float[Array, ""],
+        t0: TimeLike,
+        t1: TimeLike,
         ts: Float[Array, " saves"],
         solver: ODESolver,
     ) -> tuple[Float[Array, "saves states"], State]:
