@@ -265,7 +265,7 @@ class ODEModel(AbstractODEModel):
 
     def __init__(
         self,
-        fn: Callable[[Array, State, Params], State],
+        fn: Callable[[TimeLike, State, Params], State],
         *,
         state_names: tuple[str, ...],
         param_names: tuple[str, ...],
