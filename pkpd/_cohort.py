@@ -11,7 +11,7 @@ from . import _engine as E
 from ._custom_types import Array, Float, Params, Times
 from ._models._base import AbstractModel, ODESolver
 from ._regimen import Regimen
-from ._simulate import _static_schedule, simulate
+from ._simulate import _static_schedule, interval_saves, simulate
 
 
 def _patient_max_rms(x: Array) -> Array:
@@ -148,20 +148,7 @@ def _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule):
     keep = slice(0, n_valid)
     s = E.Entries(*(a[:, keep] for a in s))
     ss_x, ss_r = ss_x[:, keep], ss_r[:, keep]
-    t_ev = t_sorted[:n_valid]
-    t_last = max(float(np.max(t_out)), float(t_ev[-1]))
-    t_next = np.append(t_ev[1:], t_last)
-    counts = np.bincount(idx[idx >= 0], minlength=n_valid)
-    width = max(1, int(counts.max()))
-    ts = np.repeat(t_next[:, None], width, axis=1)
-    pos = np.zeros(idx.size, dtype=int)
-    fill = np.zeros(n_valid, dtype=int)
-    for i in np.argsort(t_out, kind="stable"):
-        k = idx[i]
-        if k >= 0:
-            ts[k, fill[k]] = t_out[i]
-            pos[i] = fill[k]
-            fill[k] += 1
+    t_ev, t_next, ts, pos = interval_saves(t_sorted, idx, t_out, n_valid)
 
     def field(t, y, args):
         x, r = y, args

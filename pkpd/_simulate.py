@@ -156,17 +156,13 @@ def _static_schedule(model, params, regimen, times):
     return perm, t_sorted, runs, idx, t_out
 
 
-def _ode_by_interval(model, params, regimen, solver, fn, ev, doses, x_init, times, schedule):
-    """ODE path with a static schedule: one diffrax solve per event interval."""
-    perm, t_sorted, _, idx, t_out = schedule
-    n_valid = int(np.sum(np.isfinite(t_sorted)))
-    if n_valid == 0:
-        return jax.vmap(fn)(jnp.broadcast_to(x_init, (t_out.size, x_init.size)))
-    s, _ = E.sort_entries(ev, perm)
-    ss_x, ss_r = E.ss_tables(model, solver, params, regimen, doses, s)
-    keep = slice(0, n_valid)
-    s = E.Entries(*(a[keep] for a in s))
-    ss_x, ss_r = ss_x[keep], ss_r[keep]
+def interval_saves(t_sorted, idx, t_out, n_valid):
+    """Static layout of one solve per event interval (ODE models with a known schedule).
+
+    **Returns:** the event times, the end of each interval (the next event, or the last
+    output), the output times saved in each interval (padded with the interval's end), and
+    the position of each output among its interval's saves.
+    """
     t_ev = t_sorted[:n_valid]
     t_last = max(float(np.max(t_out)), float(t_ev[-1]))
     t_next = np.append(t_ev[1:], t_last)
@@ -181,6 +177,21 @@ def _ode_by_interval(model, params, regimen, solver, fn, ev, doses, x_init, time
             ts[k, fill[k]] = t_out[i]
             pos[i] = fill[k]
             fill[k] += 1
+    return t_ev, t_next, ts, pos
+
+
+def _ode_by_interval(model, params, regimen, solver, fn, ev, doses, x_init, times, schedule):
+    """ODE path with a static schedule: one diffrax solve per event interval."""
+    perm, t_sorted, _, idx, t_out = schedule
+    n_valid = int(np.sum(np.isfinite(t_sorted)))
+    if n_valid == 0:
+        return jax.vmap(fn)(jnp.broadcast_to(x_init, (t_out.size, x_init.size)))
+    s, _ = E.sort_entries(ev, perm)
+    ss_x, ss_r = E.ss_tables(model, solver, params, regimen, doses, s)
+    keep = slice(0, n_valid)
+    s = E.Entries(*(a[keep] for a in s))
+    ss_x, ss_r = ss_x[keep], ss_r[keep]
+    _, t_next, ts, pos = interval_saves(t_sorted, idx, t_out, n_valid)
     ys = E.run_saving(
         model, solver, params, s, ss_x, ss_r, x_init, jnp.asarray(t_next), jnp.asarray(ts)
     )

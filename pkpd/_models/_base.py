@@ -150,15 +150,7 @@ class AbstractODEModel(AbstractModel):
 
     is_linear: ClassVar[bool] = False
 
-    def propagate(
-        self,
-        params: Params,
-        x: State,
-        rate: State,
-        t0: TimeLike,
-        t1: TimeLike,
-        solver: ODESolver,
-    ) -> State:
+    def _integrate(self, params, x, rate, t0, t1, saveat, solver):
         def field(t, y, args):
             return self.vector_field(t, y, params) + rate
 
@@ -170,13 +162,24 @@ class AbstractODEModel(AbstractModel):
             None,
             x,
             stepsize_controller=dfx.PIDController(rtol=solver.rtol, atol=solver.atol),
-            saveat=dfx.SaveAt(t1=True),
+            saveat=saveat,
             max_steps=solver.max_steps,
             adjoint=solver.adjoint,
             throw=True,
         )
         assert sol.ys is not None
-        return sol.ys[-1]
+        return sol.ys
+
+    def propagate(
+        self,
+        params: Params,
+        x: State,
+        rate: State,
+        t0: TimeLike,
+        t1: TimeLike,
+        solver: ODESolver,
+    ) -> State:
+        return self._integrate(params, x, rate, t0, t1, dfx.SaveAt(t1=True), solver)[-1]
 
     def propagate_saving(
         self,
@@ -189,34 +192,18 @@ class AbstractODEModel(AbstractModel):
         solver: ODESolver,
     ) -> tuple[Float[Array, "saves states"], State]:
         """As `propagate`, also returning the states at `ts` (within `[t0, t1]`, sorted)."""
-
-        def field(t, y, args):
-            return self.vector_field(t, y, params) + rate
-
-        sol = dfx.diffeqsolve(
-            dfx.ODETerm(field),
-            solver.solver,
-            t0,
-            t1,
-            None,
-            x,
-            stepsize_controller=dfx.PIDController(rtol=solver.rtol, atol=solver.atol),
-            saveat=dfx.SaveAt(ts=ts, t1=True),
-            max_steps=solver.max_steps,
-            adjoint=solver.adjoint,
-            throw=True,
-        )
-        assert sol.ys is not None
-        return sol.ys[:-1], sol.ys[-1]
+        ys = self._integrate(params, x, rate, t0, t1, dfx.SaveAt(ts=ts, t1=True), solver)
+        return ys[:-1], ys[-1]
 
 
 class AsODE(AbstractODEModel):
-    """Integrate a linear model numerically with diffrax instead of its closed form.
+    """Integrate a model numerically with diffrax from its vector field.
 
-    Used to cross-check the analytic path; any dosing semantics apply unchanged.
+    For a linear model, instead of its closed form: used to cross-check the analytic path;
+    any dosing semantics apply unchanged.
     """
 
-    model: AbstractLinearModel
+    model: AbstractModel
 
     @property
     def state_names(self) -> tuple[str, ...]:  # type: ignore[override]

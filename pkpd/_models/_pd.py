@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float, Params, State, TimeLike
-from ._base import AbstractLinearModel, AbstractModel, AbstractODEModel, ODESolver, get
+from ._base import AbstractLinearModel, AbstractModel, AsODE, ODESolver, get
 
 
 class AbstractPDModel(eqx.Module):
@@ -399,7 +399,7 @@ class PKPD(AbstractModel):
             return self.pk.propagate(params, x, rate, t0, t1, solver)
         if self.is_linear:
             return _LinearView(self).propagate(params, x, rate, t0, t1, solver)
-        return _ODEView(self).propagate(params, x, rate, t0, t1, solver)
+        return AsODE(self).propagate(params, x, rate, t0, t1, solver)
 
     def propagate_saving(
         self,
@@ -416,7 +416,7 @@ class PKPD(AbstractModel):
             return self.pk.propagate_saving(  # type: ignore[attr-defined]
                 params, x, rate, t0, t1, ts, solver
             )
-        return _ODEView(self).propagate_saving(params, x, rate, t0, t1, ts, solver)
+        return AsODE(self).propagate_saving(params, x, rate, t0, t1, ts, solver)
 
 
 class _LinearView(AbstractLinearModel):
@@ -438,30 +438,6 @@ class _LinearView(AbstractLinearModel):
 
     def matrix(self, params):
         return self.model.matrix(params)
-
-    def output(self, params, x):
-        return self.model.output(params, x)
-
-
-class _ODEView(AbstractODEModel):
-    """A `PKPD` seen as an `AbstractODEModel` (diffrax propagation of the joint system)."""
-
-    model: PKPD
-
-    @property
-    def state_names(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self.model.state_names
-
-    @property
-    def param_names(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self.model.param_names
-
-    @property
-    def output_names(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self.model.output_names
-
-    def vector_field(self, t, x, params):
-        return self.model.vector_field(t, x, params)
 
     def output(self, params, x):
         return self.model.output(params, x)
