@@ -1,8 +1,13 @@
 """pkpd: differentiable PK/PD models in JAX with NONMEM dosing semantics.
 
 Structural models only: regimens, PK/PD models and `simulate`. Knows nothing of patients.
+
+Importing `pkpd` turns on JAX's double precision (`jax_enable_x64`), the project's default:
+concentrations span many decades and calibration needs accurate gradients. Turn it off after
+the import (`jax.config.update("jax_enable_x64", False)`) to trade accuracy for speed.
 """
 
+from . import _config as _config
 from ._cohort import simulate_cohort as simulate_cohort
 from ._models._base import (
     AbstractLinearModel as AbstractLinearModel,
