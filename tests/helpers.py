@@ -14,6 +14,23 @@ import pkpd
 DATA = pathlib.Path(__file__).parent / "data"
 
 
+#: The event-array fields of `pkpd.Regimen`, in order.
+REGIMEN_FIELDS = (
+    "time",
+    "amount",
+    "cmt",
+    "rate",
+    "duration",
+    "lag",
+    "bioav",
+    "evid",
+    "ss",
+    "ii",
+    "order",
+    "mask",
+)
+
+
 def tree_allclose(x: Any, y: Any, *, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
     """True when two pytrees have the same structure and allclose leaves (NaNs equal)."""
     x_leaves, x_def = jax.tree_util.tree_flatten(x)

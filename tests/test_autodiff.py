@@ -7,7 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import LINEAR_MODEL_IDS, LINEAR_MODELS, ModelCase, max_rel_err, tree_allclose
+from helpers import (
+    LINEAR_MODEL_IDS,
+    LINEAR_MODELS,
+    REGIMEN_FIELDS,
+    ModelCase,
+    max_rel_err,
+    tree_allclose,
+)
 
 import pkpd
 
@@ -126,23 +133,7 @@ def test_grad_steady_state(case: ModelCase):
     ) + pkpd.steady_state(pkpd.bolus(40.0, cmt=o, time=6.0), ii=12.0, ss=2)
     # ALAG + D = 0.8 + 14 h spans two intervals: raise the static bound to cover it.
     reg = pkpd.Regimen(
-        **{
-            f: getattr(reg, f)
-            for f in (
-                "time",
-                "amount",
-                "cmt",
-                "rate",
-                "duration",
-                "lag",
-                "bioav",
-                "evid",
-                "ss",
-                "ii",
-                "order",
-                "mask",
-            )
-        },
+        **{f: getattr(reg, f) for f in REGIMEN_FIELDS},
         ss_intervals=3,
         has_ss=True,
         has_reset=True,

@@ -6,24 +6,11 @@ import equinox as eqx
 import jax
 import numpy as np
 import pandas as pd
-from helpers import LINEAR_MODELS
+from helpers import LINEAR_MODELS, REGIMEN_FIELDS
 
 import pkpd
 
-FIELDS = (
-    "time",
-    "amount",
-    "cmt",
-    "rate",
-    "duration",
-    "lag",
-    "bioav",
-    "evid",
-    "ss",
-    "ii",
-    "order",
-    "mask",
-)
+FIELDS = REGIMEN_FIELDS
 FLAGS = ("ss_intervals", "has_ss", "has_reset", "has_infusion")
 # Jitted: one compilation per regimen structure, far cheaper than eager dispatch. Eager
 # calls are compared with jitted ones in test_autodiff.py.
