@@ -8,6 +8,7 @@ the import (`jax.config.update("jax_enable_x64", False)`) to trade accuracy for 
 """
 
 from . import _config as _config
+from ._cohort import Exposure as Exposure
 from ._cohort import simulate_cohort as simulate_cohort
 from ._models._base import (
     AbstractLinearModel as AbstractLinearModel,
@@ -158,6 +159,7 @@ __all__ = [
     "AsODE",
     "EffectCompartment",
     "Emax",
+    "Exposure",
     "IndirectResponseI",
     "IndirectResponseII",
     "IndirectResponseIII",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,31 @@ from . import _engine as E
 from ._custom_types import Array, Float, Params, Times
 from ._models._base import AbstractModel, ODESolver
 from ._regimen import Regimen
-from ._simulate import _static_schedule, interval_saves, simulate
+from ._simulate import _concrete, _static_schedule, interval_saves, simulate
+
+
+class Exposure(NamedTuple):
+    """Exposure of each patient over the output times of `simulate_cohort(..., exposure=True)`.
+
+    - `auc`: area under the output curve by the linear trapezoid from the first to the last
+      output time (mg*h/L for a concentration in mg/L);
+    - `cmax`: the largest output value at the output times.
+
+    Shape `(patients,)`, or `(patients, outputs)` for models with several outputs.
+    """
+
+    auc: Array
+    cmax: Array
+
+
+CohortOutput = (
+    Float[Array, "patients times"]
+    | Float[Array, "patients times outputs"]
+    | tuple[Float[Array, "patients times"] | Float[Array, "patients times outputs"], Exposure]
+)
+
+# The time-major path handles at most this many runs of equal step length (one scan each).
+_MAX_TM_RUNS = 64
 
 
 def _patient_max_rms(x: Array) -> Array:
@@ -31,7 +57,8 @@ def simulate_cohort(
     solver: ODESolver = ODESolver(),
     mesh: jax.sharding.Mesh | None = None,
     chunk_size: int | None = 512,
-) -> Float[Array, "patients times"] | Float[Array, "patients times outputs"]:
+    exposure: bool = False,
+) -> CohortOutput:
     """Simulate a cohort sharing one regimen and one sampling schedule.
 
     The result equals `jax.vmap(simulate, (None, 0, None, None))(model, params, regimen, times)`.
@@ -40,6 +67,14 @@ def simulate_cohort(
     interval (diffrax, shared step size, error norm = the largest per-patient RMS, so every
     patient meets `rtol`/`atol`): the solver's bookkeeping is paid once per step for the whole
     cohort instead of once per patient. Otherwise it falls back to `jax.vmap(simulate)`.
+
+    Linear models on a known schedule of instantaneous doses (bolus or oral, with fixed lag
+    and `F<n>` allowed; no infusion, steady state or reset) on a non-decreasing time grid are
+    propagated time-major: one transition matrix per distinct step length and patient, then
+    a `lax.scan` over the grid that writes one row of outputs per time for the whole cohort
+    (and accumulates the exposure). The result is then transposed; inside `jax.jit`, let
+    the output keep the time-major layout (`out_shardings=jax.experimental.layout.Format(
+    Layout(major_to_minor=(1, 0)))`) to skip that copy, as `benchmarks/run.py` does.
 
     **Arguments:**
 
@@ -51,10 +86,33 @@ def simulate_cohort(
     - `chunk_size`: for stacked ODE solves, the number of patients integrated together (each
       stack with its own step sizes, one after another); `None` for one stack.
 
-    **Returns:** `(patients, times)` or `(patients, times, outputs)`.
+    - `exposure`: also return a `pkpd.Exposure` (AUC by the linear trapezoid over `times`,
+      which must then be non-decreasing, and Cmax over `times`) of every patient.
+
+    **Returns:** `(patients, times)` or `(patients, times, outputs)`; with `exposure=True`, the
+    pair `(outputs, Exposure)`, the exposure of shape `(patients,)` or `(patients, outputs)`.
     """
+    if exposure:
+        _check_exposure_times(times)
     if mesh is not None:
-        return _sharded(model, params, regimen, times, solver, mesh, chunk_size)
+        y, auc, cmax = _sharded(model, params, regimen, times, solver, mesh, chunk_size)
+    else:
+        layout = _layout(model, params, regimen, times)
+        y, auc, cmax = _cohort(model, params, regimen, times, solver, chunk_size, layout)
+    return (y, Exposure(auc=auc, cmax=cmax)) if exposure else y
+
+
+def _layout(model, params, regimen, times):
+    """The static schedule and time-major plan (computed outside any `shard_map` trace)."""
+    schedule = _static_schedule(model, params, regimen, times)
+    plan = None
+    if model.is_linear and schedule is not None:
+        plan = _time_major_plan(model, params, regimen, schedule[-1])
+    return schedule, plan
+
+
+def _cohort(model, params, regimen, times, solver, chunk_size, layout):
+    """`(outputs, auc, cmax)` of one device's cohort."""
     model.check_params(params)
     leaves = [jnp.asarray(v) for v in params.values()]
     sizes = {leaf.shape[0] for leaf in leaves if leaf.ndim >= 1}
@@ -66,11 +124,14 @@ def simulate_cohort(
     n_pat = sizes.pop()
     batched = {k: jnp.asarray(v).ndim >= 1 for k, v in params.items()}
     in_axes = {k: 0 if b else None for k, b in batched.items()}
-    schedule = None if model.is_linear else _static_schedule(model, params, regimen, times)
-    if schedule is None:
-        return jax.vmap(
+    schedule, plan = layout
+    if plan is not None:
+        return _time_major(model, params, in_axes, n_pat, solver, plan)
+    if model.is_linear or schedule is None:
+        y = jax.vmap(
             lambda p: simulate(model, p, regimen, times, solver=solver), in_axes=(in_axes,)
         )(params)
+        return y, *_exposure_of(y, times)
     if chunk_size and n_pat > chunk_size:
         # Patients are integrated in stacks of `chunk_size`: each stack takes the steps its
         # own hardest patient needs, and its arrays stay in cache.
@@ -92,8 +153,10 @@ def simulate_cohort(
             )
 
         y = jax.lax.map(one, qs)
-        return jnp.reshape(y, (n_chunks * chunk_size, *y.shape[2:]))[:n_pat]
-    return _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule)
+        y = jnp.reshape(y, (n_chunks * chunk_size, *y.shape[2:]))[:n_pat]
+    else:
+        y = _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule)
+    return y, *_exposure_of(y, times)
 
 
 def _sharded(model, params, regimen, times, solver, mesh, chunk_size):
@@ -117,14 +180,15 @@ def _sharded(model, params, regimen, times, solver, mesh, chunk_size):
 
     arrays = {k: padded(v) for k, v in arrays.items()}
     specs = {k: PartitionSpec(axis) if v.ndim >= 1 else PartitionSpec() for k, v in arrays.items()}
+    layout = _layout(model, params, regimen, times)
     fn = jax.shard_map(
-        lambda q: simulate_cohort(model, q, regimen, times, solver=solver, chunk_size=chunk_size),
+        lambda q: _cohort(model, q, regimen, times, solver, chunk_size, layout),
         mesh=mesh,
         in_specs=(specs,),
         out_specs=PartitionSpec(axis),
         check_vma=False,
     )
-    return fn(arrays)[:n_pat]
+    return tuple(a[:n_pat] for a in fn(arrays))
 
 
 def _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule):
@@ -202,3 +266,157 @@ def _outputs(model, params, in_axes, states):
         params, states
     )
     return y[..., 0] if len(model.output_names) == 1 else y
+
+
+def _trapezoid_weights(t):
+    """Weights `w` with `sum(w * y)` = the linear-trapezoid AUC of `y` on the grid `t`."""
+    xp = np if isinstance(t, np.ndarray) else jnp
+    if t.shape[0] < 2:
+        return xp.zeros_like(t)
+    dt = xp.diff(t)
+    return xp.concatenate([dt[:1], dt[1:] + dt[:-1], dt[-1:]]) / 2.0
+
+
+def _check_exposure_times(times):
+    t = _concrete(times)
+    if t is None:
+        return
+    if t.ndim != 1 or (t.size > 1 and np.any(np.diff(t) < 0)):
+        raise ValueError(
+            "simulate_cohort(exposure=True): the AUC needs 1-d, non-decreasing output times; "
+            f"got times of shape {t.shape} that are not sorted."
+        )
+
+
+def _exposure_of(y, times):
+    """AUC and Cmax of outputs `y` (patients, times[, outputs]) on `times`."""
+    w = _trapezoid_weights(jnp.asarray(times, dtype=y.dtype))
+    w = w[None, :, None] if y.ndim == 3 else w[None, :]
+    return jnp.sum(y * w, axis=1), jnp.max(y, axis=1)
+
+
+class _Plan(NamedTuple):
+    """Static layout of the time-major path (see `_time_major_plan`)."""
+
+    x0_dose: np.ndarray  # (states,) amounts given at the first grid point
+    dose: np.ndarray  # (points, states) amounts arriving at the next point (last row unused)
+    weight: np.ndarray  # (points,) trapezoid weight of each grid point (0 if not an output)
+    is_output: np.ndarray  # (points,) bool
+    runs: list[tuple[int, int, float]]  # (start, stop, step to the next point)
+    rows: np.ndarray | None  # grid point of each output time (None: one point per output)
+    f_cmts: tuple[int, ...]  # compartments (0-based) with an F<n> parameter
+
+
+def _time_major_plan(model, params, regimen, t_out):
+    """The grid, doses and runs of the time-major path, or None when it does not apply."""
+    if t_out.size == 0 or np.any(np.diff(t_out) < 0):
+        return None
+    n = model.n_states
+    with jax.ensure_compile_time_eval():
+        doses = E.dose_quantities(model, {}, regimen, checks=False)
+        d = {k: np.asarray(v) for k, v in doses._asdict().items()}
+    mask = np.asarray(regimen.mask)
+    if np.any(mask & (d["is_reset"] | d["is_ss"] | (d["is_dose"] & d["is_infusion"]))):
+        return None
+    give = d["is_dose"] & mask & (d["t_arrival"] <= t_out[-1])
+    t_dose = d["t_arrival"][give]
+    grid = np.union1d(t_out, t_dose)
+    dose = np.zeros((grid.size, n))
+    np.add.at(dose, (np.searchsorted(grid, t_dose), d["cmt"][give]), d["amount"][give])
+    # Before the first dose the state stays at the initial state (as in `simulate`).
+    first = np.searchsorted(grid, t_dose.min()) if t_dose.size else grid.size
+    step = np.diff(grid)
+    step[: max(first, 0)] = 0.0
+    step = np.append(step, step[-1] if step.size else 0.0)
+    cuts = np.flatnonzero(np.diff(step)) + 1
+    starts = np.concatenate([[0], cuts]).astype(int)
+    stops = np.concatenate([cuts, [grid.size]]).astype(int)
+    if starts.size > _MAX_TM_RUNS:
+        return None
+    pos = np.searchsorted(grid, t_out)
+    weight = np.zeros(grid.size)
+    np.add.at(weight, pos, _trapezoid_weights(t_out.astype(float)))
+    is_output = np.zeros(grid.size, dtype=bool)
+    is_output[pos] = True
+    rows = None if pos.size == grid.size and np.all(pos == np.arange(grid.size)) else pos
+    f_cmts = tuple(i for i in range(n) if f"F{i + 1}" in params)
+    return _Plan(
+        x0_dose=dose[0],
+        dose=np.concatenate([dose[1:], np.zeros((1, n))]),
+        weight=weight,
+        is_output=is_output,
+        runs=[(int(a), int(b), float(step[a])) for a, b in zip(starts, stops, strict=True)],
+        rows=rows,
+        f_cmts=f_cmts,
+    )
+
+
+def _time_major(model, params, in_axes, n_pat, solver, plan):
+    """Linear model, instantaneous doses on a known grid: a scan over time, all patients at once.
+
+    The state is kept as one `(patients,)` vector per compartment; each grid point records the
+    outputs, then advances by the transition matrix of its step (computed once per distinct
+    step and patient) and adds the doses arriving at the next point (times `F<n>`).
+    """
+    n = model.n_states
+    vp = jax.vmap
+    x_init = vp(model.initial_state, in_axes=(in_axes,))(params)  # (patients, states)
+    x_init = jnp.broadcast_to(x_init, (n_pat, n))
+    f = [
+        jnp.broadcast_to(jnp.asarray(params[f"F{i + 1}"], dtype=float), (n_pat,))
+        if i in plan.f_cmts
+        else None
+        for i in range(n)
+    ]
+
+    def transition(dt):
+        """(states, states, patients): column k is the state after `dt` from unit amount in k."""
+
+        def one(p):
+            zero = jnp.zeros(n)
+            cols = vp(lambda e: model.propagate(p, e, zero, 0.0, dt, solver))(jnp.eye(n))
+            return cols.T
+
+        return jnp.transpose(vp(one, in_axes=(in_axes,))(params), (1, 2, 0))
+
+    k = len(model.output_names)
+
+    def outputs(x):
+        y = vp(model.output, in_axes=(in_axes, 0))(params, jnp.stack(x, axis=1))
+        y = jnp.broadcast_to(y, (n_pat, k))
+        return y[:, 0] if k == 1 else y
+
+    def add_dose(x, amounts):
+        return [xi + (amounts[i] if f[i] is None else amounts[i] * f[i]) for i, xi in enumerate(x)]
+
+    x = add_dose([x_init[:, i] for i in range(n)], jnp.asarray(plan.x0_dose))
+    shape = (n_pat,) if k == 1 else (n_pat, k)
+    auc = jnp.zeros(shape)
+    cmax = jnp.full(shape, -jnp.inf)
+    every_point = bool(np.all(plan.is_output))
+    pieces = []
+    for start, stop, dt in plan.runs:
+        phi = transition(dt)
+
+        def body(carry, inputs, phi=phi):
+            x, auc, cmax = carry
+            amounts, w, out = inputs
+            y = outputs(x)
+            auc = auc + w * y
+            top = jnp.maximum(cmax, y)
+            cmax = top if every_point else jnp.where(out, top, cmax)
+            x = [sum(phi[i, j] * x[j] for j in range(n)) for i in range(n)]
+            return (add_dose(x, amounts), auc, cmax), y
+
+        sl = slice(start, stop)
+        inputs = (
+            jnp.asarray(plan.dose[sl]),
+            jnp.asarray(plan.weight[sl]),
+            jnp.asarray(plan.is_output[sl]),
+        )
+        (x, auc, cmax), ys = jax.lax.scan(body, (x, auc, cmax), inputs, unroll=4)
+        pieces.append(ys)
+    ys = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)  # (points, patients[, k])
+    if plan.rows is not None:
+        ys = ys[plan.rows]
+    return jnp.moveaxis(ys, 0, 1), auc, cmax
