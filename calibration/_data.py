@@ -1,0 +1,196 @@
+"""`Dataset`: NONMEM records of many subjects as padded arrays for vmapped likelihoods."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+import pkpd
+from pkpd import RecordError
+
+
+class Dataset:
+    """Observations, regimens and covariates of several subjects, padded to fixed sizes.
+
+    Built with `Dataset.from_records`. Arrays have a leading subject axis:
+
+    - `ids`: the subject IDs, in the order of the records;
+    - `regimen`: a stacked `pkpd.Regimen` (padded events);
+    - `time`, `dv`: observation times (h) and observed values, shape `(subjects, obs)`;
+    - `observed`: True for a real observation, False for padding;
+    - `blq`, `lloq`: censored observations (below the limit of quantification) and their limit;
+    - `occasion`: 0-based occasion index of each observation (0 when there is no `OCC`);
+    - `covariates`: name -> `(subjects,)` baseline values (each subject's first record).
+    """
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        regimen: pkpd.Regimen,
+        time: np.ndarray,
+        dv: np.ndarray,
+        observed: np.ndarray,
+        blq: np.ndarray,
+        lloq: np.ndarray,
+        occasion: np.ndarray,
+        covariates: dict[str, np.ndarray],
+        records: pd.DataFrame,
+    ):
+        self.ids = ids
+        self.regimen = regimen
+        self.time = time
+        self.dv = dv
+        self.observed = observed
+        self.blq = blq
+        self.lloq = lloq
+        self.occasion = occasion
+        self.covariates = covariates
+        self.records = records
+
+    @property
+    def n_subjects(self) -> int:
+        return int(self.ids.size)
+
+    @property
+    def n_observations(self) -> int:
+        return int(self.observed.sum())
+
+    @property
+    def n_occasions(self) -> int:
+        return int(self.occasion[self.observed].max()) + 1 if self.n_observations else 1
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> Dataset:
+        """The subjects at positions `index` (a new `Dataset`)."""
+        idx = np.asarray(index)
+        reg = jax.tree_util.tree_map(lambda a: a[idx], self.regimen)
+        keep = list(self.ids[idx].tolist())
+        records: Any = self.records
+        return Dataset(
+            self.ids[idx],
+            reg,
+            self.time[idx],
+            self.dv[idx],
+            self.observed[idx],
+            self.blq[idx],
+            self.lloq[idx],
+            self.occasion[idx],
+            {k: v[idx] for k, v in self.covariates.items()},
+            records[records["ID"].isin(keep)],
+        )
+
+    @classmethod
+    def from_records(
+        cls,
+        records: pd.DataFrame,
+        *,
+        covariates: Sequence[str] = (),
+        n_states: int | None = None,
+        cens: str = "CENS",
+        limit: str = "LIMIT",
+        occasion: str = "OCC",
+    ) -> Dataset:
+        """Read NONMEM records (`ID, TIME, EVID, AMT, CMT, DV` and the optional dosing columns).
+
+        Observations are the rows with `EVID == 0` and `MDV == 0`. Censoring follows the
+        Monolix/nlmixr2 convention: `CENS == 1` marks an observation below the limit of
+        quantification whose `DV` holds the limit (the M3 method then uses
+        `P(y < LLOQ)`); a `LIMIT` column is not needed for left censoring. Occasions come from
+        an `OCC` column (any values; numbered 0, 1, ... per subject in order of appearance).
+
+        **Arguments:**
+
+        - `records`: the data set, sorted by time within each subject.
+        - `covariates`: columns to keep as subject-level covariates (first record's value); a
+          missing column or a missing value raises `RecordError` naming the subject and row.
+        - `n_states`: the model's number of compartments, to check `CMT`.
+        """
+        df: Any = pkpd.validate_records(records, n_states)
+        for col in ("DV",):
+            if col not in df.columns:
+                raise RecordError(f"Dataset.from_records: missing required column {col!r}.")
+        for col in covariates:
+            if col not in df.columns:
+                raise RecordError(f"Dataset.from_records: missing covariate column {col!r}.")
+        ids = pd.unique(df["ID"])
+        regimens, obs = [], []
+        for sid in ids:
+            sub: Any = df[df["ID"] == sid]
+            regimens.append(pkpd.regimen_from_records(sub, n_states))
+            is_obs = (sub["EVID"].to_numpy() == 0) & (sub["MDV"].to_numpy() == 0)
+            o: Any = sub[is_obs]
+            dv = o["DV"].to_numpy(dtype=float)
+            bad = ~np.isfinite(dv)
+            if bad.any():
+                row = o.index[np.flatnonzero(bad)[0]]
+                raise RecordError(
+                    f"subject ID={sid}, row {row}: observation DV={dv[bad][0]} is not a finite "
+                    "number (set MDV=1 to skip a record)."
+                )
+            obs.append(o)
+        n_obs = max(1, max(len(o) for o in obs))
+        n = len(ids)
+        time = np.zeros((n, n_obs))
+        dv = np.zeros((n, n_obs))
+        observed = np.zeros((n, n_obs), dtype=bool)
+        blq = np.zeros((n, n_obs), dtype=bool)
+        lloq = np.full((n, n_obs), -np.inf)
+        occ = np.zeros((n, n_obs), dtype=np.int32)
+        for i, o in enumerate(obs):
+            k = len(o)
+            t = o["TIME"].to_numpy(dtype=float)
+            time[i, :k] = t
+            time[i, k:] = t[-1] if k else 0.0
+            dv[i, :k] = o["DV"].to_numpy(dtype=float)
+            observed[i, :k] = True
+            if cens in o.columns:
+                c = o[cens].to_numpy()
+                if np.any(c == -1):
+                    raise RecordError(
+                        f"subject ID={ids[i]}: {cens}=-1 (right censoring) is not supported."
+                    )
+                blq[i, :k] = c == 1
+                lloq[i, :k] = np.where(c == 1, dv[i, :k], -np.inf)
+                if limit in o.columns and np.any(np.isfinite(o[limit].to_numpy(dtype=float))):
+                    raise RecordError(
+                        f"subject ID={ids[i]}: interval censoring ({limit}) is not supported."
+                    )
+            if occasion in o.columns:
+                _, codes = np.unique(o[occasion].to_numpy(), return_inverse=True)
+                occ[i, :k] = codes
+        cov = {}
+        for col in covariates:
+            first = df.groupby("ID", sort=False)[col].first().reindex(ids)
+            missing = first.isna().to_numpy()
+            if missing.any():
+                sid = ids[np.flatnonzero(missing)[0]]
+                row = df.index[df["ID"] == sid][0]
+                raise RecordError(f"subject ID={sid}, row {row}: covariate {col} is missing.")
+            cov[col] = first.to_numpy(dtype=float)
+        return cls(
+            ids=np.asarray(ids),
+            regimen=pkpd.stack(regimens),
+            time=time,
+            dv=dv,
+            observed=observed,
+            blq=blq,
+            lloq=lloq,
+            occasion=occ,
+            covariates=cov,
+            records=df,
+        )
+
+    def arrays(self) -> dict[str, jnp.ndarray]:
+        """The per-subject arrays as JAX arrays (for the likelihoods)."""
+        return {
+            "time": jnp.asarray(self.time),
+            "dv": jnp.asarray(self.dv),
+            "observed": jnp.asarray(self.observed),
+            "blq": jnp.asarray(self.blq),
+            "lloq": jnp.asarray(self.lloq),
+            "occasion": jnp.asarray(self.occasion),
+        }

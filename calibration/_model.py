@@ -1,0 +1,248 @@
+"""`PopulationModel`: structural model + typical values + between-subject variability + error."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.stats as jss
+
+import pkpd
+
+Covariates = Mapping[str, Any]
+TypicalFn = Callable[[Mapping[str, Any], Covariates], dict[str, Any]]
+
+
+# ----------------------------------------------------------------------------- error models
+
+
+@dataclasses.dataclass(frozen=True)
+class Additive:
+    """`DV = IPRED + eps`, `eps ~ N(0, add_sd^2)` (`add_sd` in the units of DV)."""
+
+    add_sd: float
+
+    names = ("add_sd",)
+
+    def sd(self, f, s):
+        return jnp.broadcast_to(s["add_sd"], jnp.shape(f))
+
+
+@dataclasses.dataclass(frozen=True)
+class Proportional:
+    """`DV = IPRED * (1 + eps)`, `eps ~ N(0, prop_sd^2)` (`prop_sd` a fraction, 0.1 = 10%)."""
+
+    prop_sd: float
+
+    names = ("prop_sd",)
+
+    def sd(self, f, s):
+        return s["prop_sd"] * jnp.abs(f)
+
+
+@dataclasses.dataclass(frozen=True)
+class Combined:
+    """`SD = sqrt(add_sd^2 + (prop_sd * IPRED)^2)` (nlmixr2's `combined2`, NONMEM's usual form)."""
+
+    add_sd: float
+    prop_sd: float
+
+    names = ("add_sd", "prop_sd")
+
+    def sd(self, f, s):
+        return jnp.sqrt(s["add_sd"] ** 2 + (s["prop_sd"] * f) ** 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exponential:
+    """`log DV = log IPRED + eps`, `eps ~ N(0, exp_sd^2)` (log-transform-both-sides)."""
+
+    exp_sd: float
+
+    names = ("exp_sd",)
+
+    def sd(self, f, s):
+        return jnp.broadcast_to(s["exp_sd"], jnp.shape(f))
+
+
+ErrorModel = Additive | Proportional | Combined | Exponential
+
+
+def observation_loglik(error: ErrorModel, sigma, f, dv, observed, blq, lloq):
+    """Log-likelihood of each observation (0 for padding).
+
+    Censored observations (`blq`) contribute `log P(DV < LLOQ)` (Beal's M3 method, Beal 2001,
+    J Pharmacokinet Pharmacodyn 28:481-504); others the normal density of the residual.
+    """
+    sd = error.sd(f, sigma)
+    # Unused branches get harmless values, so that their gradients stay finite under `where`.
+    lloq = jnp.where(blq, lloq, 0.0)
+    if isinstance(error, Exponential):
+        safe_f = jnp.where(f > 0, f, 1.0)
+        mu = jnp.where(f > 0, jnp.log(safe_f), -jnp.inf)
+        y = jnp.log(jnp.where(observed & (dv > 0), dv, 1.0))
+        lim = jnp.log(jnp.where(blq & (lloq > 0), lloq, 1.0))
+        dens = jss.norm.logpdf(y, mu, sd) - y
+        cens = jss.norm.logcdf((lim - mu) / sd)
+    else:
+        dens = jss.norm.logpdf(dv, f, sd)
+        cens = jss.norm.logcdf((lloq - f) / sd)
+    ll = jnp.where(blq, cens, dens)
+    return jnp.where(observed, ll, 0.0)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationModel:
+    """A nonlinear mixed-effects model around a `pkpd` structural model.
+
+    Individual parameters are log-normal around covariate-dependent typical values,
+    `P_i = TV(theta, covariates_i) * exp(eta_i)`, `eta_i ~ N(0, Omega)`, and observations
+    follow `error` around the model output (M3 likelihood for censored values).
+
+    **Fields:**
+
+    - `model`: a `pkpd` model (its first output is observed, or `output`).
+    - `theta`: fixed effects by name with their initial values. Positive values are estimated
+      on the log scale (so they stay positive); names in `unconstrained` on the natural scale
+      (covariate exponents, slopes).
+    - `omega`: initial between-subject variances (log scale) by model parameter name; these
+      parameters get an eta. `omega_block=True` estimates a full covariance (correlations).
+    - `error`: `Additive`, `Proportional`, `Combined` or `Exponential` with initial values.
+    - `typical`: `typical(theta, covariates) -> {param: value}` for every model parameter;
+      by default each model parameter is the theta of the same name.
+    - `output`: index of the observed model output.
+    - `unconstrained`: names of thetas estimated on the natural scale.
+    """
+
+    model: pkpd.AbstractModel
+    theta: Mapping[str, float]
+    omega: Mapping[str, float]
+    error: ErrorModel
+    typical: TypicalFn | None = None
+    omega_block: bool = False
+    output: int = 0
+    unconstrained: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        for name, value in self.theta.items():
+            if name not in self.unconstrained and not value > 0:
+                raise ValueError(
+                    f"PopulationModel: theta {name}={value} must be > 0 (estimated on the log "
+                    "scale); list it in `unconstrained` to estimate it on the natural scale."
+                )
+        for name, value in self.omega.items():
+            if name not in self.model.param_names:
+                raise ValueError(
+                    f"PopulationModel: omega for {name!r}, which is not a parameter of "
+                    f"{type(self.model).__name__} {list(self.model.param_names)}."
+                )
+            if not value > 0:
+                raise ValueError(f"PopulationModel: omega {name}={value} must be > 0.")
+        if self.typical is None:
+            missing = [p for p in self.model.param_names if p not in self.theta]
+            if missing:
+                raise ValueError(
+                    f"PopulationModel: no theta for {missing}; give one theta per model "
+                    "parameter or a `typical(theta, covariates)` function."
+                )
+
+    @property
+    def eta_names(self) -> tuple[str, ...]:
+        return tuple(self.omega)
+
+    @property
+    def n_eta(self) -> int:
+        return len(self.omega)
+
+    # --- unconstrained parameterisation -------------------------------------------------
+
+    def initial(self) -> dict[str, Any]:
+        """Initial population parameters on the unconstrained scale (a pytree)."""
+        theta = {
+            k: jnp.asarray(float(v) if k in self.unconstrained else math.log(v))
+            for k, v in self.theta.items()
+        }
+        sd = jnp.sqrt(jnp.asarray([float(v) for v in self.omega.values()]))
+        omega = {"log_sd": jnp.log(sd)}
+        if self.omega_block:
+            d = self.n_eta
+            omega["corr"] = jnp.zeros(d * (d - 1) // 2)
+        sigma = {k: jnp.log(jnp.asarray(float(getattr(self.error, k)))) for k in self.error.names}
+        return {"theta": theta, "omega": omega, "sigma": sigma}
+
+    def natural(self, phi) -> dict[str, Any]:
+        """Population parameters on their natural scale: theta, Omega (matrix) and sigma."""
+        theta = {k: (v if k in self.unconstrained else jnp.exp(v)) for k, v in phi["theta"].items()}
+        chol = self.omega_cholesky(phi)
+        sigma = {k: jnp.exp(v) for k, v in phi["sigma"].items()}
+        return {"theta": theta, "omega": chol @ chol.T, "sigma": sigma}
+
+    def omega_cholesky(self, phi):
+        """Lower Cholesky factor of Omega: SDs times the Cholesky factor of the correlation."""
+        sd = jnp.exp(phi["omega"]["log_sd"])
+        d = sd.shape[0]
+        if not self.omega_block or d < 2:
+            return jnp.diag(sd)
+        # Canonical partial correlations z = tanh(u) -> Cholesky factor of a correlation
+        # matrix (Lewandowski, Kurowicka & Joe 2009, J Multivar Anal 100:1989-2001):
+        # L[i, j] = z[i, j] * sqrt(1 - sum_{k<j} L[i, k]^2), L[i, i] = sqrt(1 - sum_k L[i, k]^2).
+        z = jnp.tanh(phi["omega"]["corr"])
+        zm = jnp.zeros((d, d)).at[jnp.tril_indices(d, -1)].set(z)
+        rows = [jnp.zeros(d).at[0].set(1.0)]
+        for i in range(1, d):
+            vals = []
+            used = jnp.zeros(())
+            for j in range(i):
+                v = zm[i, j] * jnp.sqrt(1.0 - used)
+                vals.append(v)
+                used = used + v**2
+            rows.append(
+                jnp.concatenate([jnp.stack(vals), jnp.sqrt(1.0 - used)[None], jnp.zeros(d - i - 1)])
+            )
+        return sd[:, None] * jnp.stack(rows)
+
+    # --- individual predictions and likelihood ----------------------------------------
+
+    def individual_params(self, theta, covariates, eta) -> dict[str, Any]:
+        """Parameters of one subject from natural-scale theta, its covariates and its eta."""
+        tv = dict(theta) if self.typical is None else dict(self.typical(theta, covariates))
+        missing = [p for p in self.model.param_names if p not in tv]
+        if missing:
+            raise ValueError(f"PopulationModel.typical returned no value for {missing}.")
+        for k, name in enumerate(self.eta_names):
+            tv[name] = tv[name] * jnp.exp(eta[k])
+        return {k: tv[k] for k in self.model.param_names if k in tv} | {
+            k: v for k, v in tv.items() if k not in self.model.param_names and _dosing(k)
+        }
+
+    def predict(self, params, regimen, times):
+        """Model output observed at `times` for one subject."""
+        y = pkpd.simulate(self.model, params, regimen, times)
+        return y if y.ndim == 1 else y[:, self.output]
+
+    def subject_loglik(self, nat, covariates, regimen, obs, eta):
+        """log p(y_i | eta_i) for one subject (natural-scale population parameters `nat`)."""
+        params = self.individual_params(nat["theta"], covariates, eta)
+        f = self.predict(params, regimen, obs["time"])
+        ll = observation_loglik(
+            self.error, nat["sigma"], f, obs["dv"], obs["observed"], obs["blq"], obs["lloq"]
+        )
+        return jnp.sum(ll)
+
+
+def _dosing(name: str) -> bool:
+    return any(name.startswith(p) and name[len(p) :].isdigit() for p in ("F", "ALAG", "D", "R"))
+
+
+def eta_logprior(chol, eta):
+    """log N(eta; 0, L L^T) with `chol` = L."""
+    d = eta.shape[-1]
+    z = jax.scipy.linalg.solve_triangular(chol, eta, lower=True)
+    return -0.5 * jnp.sum(z**2) - jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * d * math.log(2 * math.pi)

@@ -1,0 +1,169 @@
+"""calibration: Laplace population fit of theophylline, vmapped individual MAP, data checks."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import warnings
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+import calibration as C
+import pkpd
+
+REF = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
+needs_ref = pytest.mark.skipif(not REF.exists(), reason="../shared/reference not present")
+
+
+def _theo_records() -> pd.DataFrame:
+    """nlmixr2's theo_sd: EVID 101 (rxode2: dose into compartment 1) is NONMEM's EVID 1."""
+    df = pd.read_csv(REF / "datasets" / "theo_sd_nlmixr2data.csv")
+    df.loc[df["EVID"] == 101, "EVID"] = 1
+    df.loc[df["EVID"] == 0, "CMT"] = 2
+    return df
+
+
+@pytest.fixture(scope="module")
+def theo_fit() -> C.PopulationFit:
+    data = C.Dataset.from_records(_theo_records(), covariates=["WT"])
+    pm = C.PopulationModel(
+        pkpd.OneCompartmentOral(),
+        theta={"KA": 1.0, "CL": 3.0, "V": 30.0},
+        omega={"KA": 0.3, "CL": 0.1, "V": 0.1},
+        error=C.Additive(1.0),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", C.ConvergenceWarning)
+        return C.fit_population(pm, data)
+
+
+@needs_ref
+def test_theophylline_matches_nlmixr2(theo_fit: C.PopulationFit):
+    """Fixed effects within 5%, BSV (CV%) and residual SD within 25% of nlmixr2's SAEM fit."""
+    ref = json.loads((REF / "reference_estimates.json").read_text())["theophylline"]
+    saem = ref["nlmixr2_SAEM_README"]
+    t = theo_fit.table.set_index(["kind", "parameter"])
+    assert theo_fit.converged
+    for name, key in (("KA", "ka_per_h"), ("CL", "CL_L_per_h"), ("V", "V_L")):
+        assert t.loc[("theta", name), "estimate"] == pytest.approx(saem[key], rel=0.05), name
+    for name, key in (("KA", "ka"), ("CL", "cl"), ("V", "v")):
+        cv = t.loc[("omega", name), "cv_pct"]
+        assert cv == pytest.approx(saem["BSV_CV_pct"][key], rel=0.25), name
+    sd = t.loc[("sigma", "add_sd"), "estimate"]
+    assert sd == pytest.approx(saem["add_sd_mg_per_L"], rel=0.25)
+    # Standard errors of the log typical values, against nlmixr2's (same order of magnitude).
+    for name, key in (("KA", "tka"), ("CL", "tcl"), ("V", "tv")):
+        se_log = t.loc[("theta", name), "rse_pct"] / 100.0
+        assert 0.5 * saem["SE"][key] < se_log < 2.0 * saem["SE"][key], name
+
+
+@needs_ref
+def test_theophylline_likelihood_is_consistent(theo_fit: C.PopulationFit):
+    """The -2LL is a minimum: moving any parameter away from the estimate increases it."""
+    from jax.flatten_util import ravel_pytree
+
+    from calibration._laplace import _neg_loglik
+
+    data = C.Dataset.from_records(_theo_records())
+    flat, unravel = ravel_pytree(theo_fit.phi)
+    ofv = jax.jit(lambda x: 2 * _neg_loglik(theo_fit.model, unravel(x), data))
+    base = float(ofv(flat))
+    assert base == pytest.approx(theo_fit.ofv, rel=1e-10)
+    for k in range(flat.shape[0]):
+        for step in (-0.05, 0.05):
+            assert float(ofv(flat.at[k].add(step))) > base
+
+
+@needs_ref
+def test_theophylline_shrinkage_and_modes(theo_fit: C.PopulationFit):
+    ind = theo_fit.individual
+    assert ind.eta.shape == (12, 3) and ind.converged.all()
+    # Individual CL = typical CL * exp(eta_CL).
+    cl = theo_fit.population["theta"]["CL"] * np.exp(ind.eta[:, 1])
+    np.testing.assert_allclose(ind.params["CL"], cl, rtol=1e-12)
+    omega = theo_fit.table[theo_fit.table["kind"] == "omega"]
+    shrink = omega["shrinkage_pct"].to_numpy()
+    assert np.all(np.isfinite(shrink)) and np.all((shrink > -50) & (shrink < 60))
+
+
+@needs_ref
+def test_individual_map_recovers_true_parameters():
+    """Oral_1CPT (simulated, truth known): vmapped MAP of 120 subjects given nominal values."""
+    df = pd.read_csv(REF / "datasets" / "Oral_1CPT_nlmixr2data.csv")
+    df["SS"] = df["SS"].where(df["SS"] != 99, 0)  # 99 marks "not steady state" in this file
+    data = C.Dataset.from_records(df)
+    pm = C.PopulationModel(
+        pkpd.OneCompartmentOral(),
+        theta={"KA": 1.0, "CL": 4.0, "V": 70.0},
+        omega={"KA": 0.09, "CL": 0.09, "V": 0.09},
+        error=C.Proportional(0.2),
+    )
+    ind = C.individual_map(pm, data)
+    truth = df.groupby("ID", sort=False)[["CL", "V", "KA"]].first().loc[data.ids]
+    assert ind.converged.all()
+    for name in ("CL", "V"):
+        r = np.corrcoef(np.log(ind.params[name]), np.log(truth[name].to_numpy()))[0, 1]
+        assert r >= 0.9, (name, r)
+
+
+def test_dataset_errors_name_subject_and_row():
+    df = pd.DataFrame(
+        {
+            "ID": [1, 1, 2, 2],
+            "TIME": [0.0, 1.0, 0.0, 1.0],
+            "EVID": [1, 0, 1, 0],
+            "AMT": [100.0, 0.0, 100.0, 0.0],
+            "CMT": [1, 2, 1, 2],
+            "DV": [0.0, 1.0, 0.0, np.nan],
+            "WT": [70.0, 70.0, np.nan, np.nan],
+        }
+    )
+    with pytest.raises(pkpd.RecordError, match=r"ID=2, row 3.*DV"):
+        C.Dataset.from_records(df)
+    df.loc[3, "DV"] = 2.0
+    with pytest.raises(pkpd.RecordError, match=r"ID=2, row 2: covariate WT"):
+        C.Dataset.from_records(df, covariates=["WT"])
+    with pytest.raises(pkpd.RecordError, match="covariate column 'CRCL'"):
+        C.Dataset.from_records(df, covariates=["CRCL"])
+
+
+def test_population_model_checks():
+    with pytest.raises(ValueError, match="omega for 'Q'"):
+        C.PopulationModel(
+            pkpd.OneCompartment(), {"CL": 1.0, "V": 10.0}, {"Q": 0.1}, C.Additive(1.0)
+        )
+    with pytest.raises(ValueError, match="no theta for"):
+        C.PopulationModel(pkpd.OneCompartment(), {"CL": 1.0}, {"CL": 0.1}, C.Additive(1.0))
+    with pytest.raises(ValueError, match="must be > 0"):
+        C.PopulationModel(
+            pkpd.OneCompartment(), {"CL": -1.0, "V": 1.0}, {"CL": 0.1}, C.Additive(1.0)
+        )
+
+
+def test_m3_likelihood_against_scipy():
+    """Censored observations contribute P(DV < LLOQ); others the normal density."""
+    import jax.numpy as jnp
+    from scipy import stats
+
+    from calibration._model import observation_loglik
+
+    f = jnp.array([1.0, 0.2, 3.0, 0.5])
+    dv = jnp.array([1.3, 0.1, 2.5, 0.0])
+    blq = jnp.array([False, True, False, False])
+    lloq = jnp.array([-jnp.inf, 0.1, -jnp.inf, -jnp.inf])
+    observed = jnp.array([True, True, True, False])
+    err = C.Combined(0.1, 0.2)
+    ll = np.asarray(
+        observation_loglik(err, {"add_sd": 0.1, "prop_sd": 0.2}, f, dv, observed, blq, lloq)
+    )
+    sd = np.sqrt(0.1**2 + (0.2 * np.asarray(f)) ** 2)
+    expected = [
+        stats.norm.logpdf(1.3, 1.0, sd[0]),
+        stats.norm.logcdf(0.1, 0.2, sd[1]),
+        stats.norm.logpdf(2.5, 3.0, sd[2]),
+        0.0,
+    ]
+    np.testing.assert_allclose(ll, expected, rtol=1e-12)
