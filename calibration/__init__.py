@@ -5,13 +5,32 @@
   (`Additive`, `Proportional`, `Combined`, `Exponential`), with the M3 likelihood for
   observations below the limit of quantification.
 - `Dataset.from_records`: NONMEM-format records of many subjects as padded arrays.
-- `fit_population`: maximum likelihood by the Laplace approximation (the fast mode);
+- `fit_population`: maximum likelihood by FOCE-I or the Laplace approximation (the fast mode);
   `individual_map`: vmapped MAP estimates of every subject with their Laplace covariance.
+- `fit_population_nuts`, `fit_individual_nuts`, `fit_population_svi`: Bayesian estimation with
+  numpyro, returning ArviZ `InferenceData` and loud convergence diagnostics.
+- Diagnostics: `residuals` (PRED, IPRED, IWRES, CWRES, NPDE), `gof_plots`,
+  `individual_plots`, `vpc` (prediction-corrected too), `sbc`, `simulate_dataset`.
 """
 
 import pkpd as _pkpd  # noqa: F401  (turns on float64)
 
+from ._bayes import BayesFit as BayesFit
+from ._bayes import default_priors as default_priors
+from ._bayes import fit_individual_nuts as fit_individual_nuts
+from ._bayes import fit_population_nuts as fit_population_nuts
+from ._bayes import fit_population_svi as fit_population_svi
 from ._data import Dataset as Dataset
+from ._diagnostics import SBCResult as SBCResult
+from ._diagnostics import Simulation as Simulation
+from ._diagnostics import VPCResult as VPCResult
+from ._diagnostics import gof_plots as gof_plots
+from ._diagnostics import individual_plots as individual_plots
+from ._diagnostics import laplace_posterior as laplace_posterior
+from ._diagnostics import residuals as residuals
+from ._diagnostics import sbc as sbc
+from ._diagnostics import simulate_dataset as simulate_dataset
+from ._diagnostics import vpc as vpc
 from ._laplace import ConvergenceWarning as ConvergenceWarning
 from ._laplace import IndividualFit as IndividualFit
 from ._laplace import PopulationFit as PopulationFit
@@ -26,6 +45,7 @@ from ._model import Proportional as Proportional
 
 __all__ = [
     "Additive",
+    "BayesFit",
     "Combined",
     "ConvergenceWarning",
     "Dataset",
@@ -34,7 +54,21 @@ __all__ = [
     "PopulationFit",
     "PopulationModel",
     "Proportional",
+    "SBCResult",
+    "Simulation",
+    "VPCResult",
+    "default_priors",
     "estimates_table",
+    "fit_individual_nuts",
     "fit_population",
+    "fit_population_nuts",
+    "fit_population_svi",
+    "gof_plots",
     "individual_map",
+    "individual_plots",
+    "laplace_posterior",
+    "residuals",
+    "sbc",
+    "simulate_dataset",
+    "vpc",
 ]

@@ -1,0 +1,903 @@
+"""Bayesian estimation with numpyro: population and individual NUTS, population SVI.
+
+The population model is the hierarchical form of `PopulationModel`:
+
+    theta_k            ~ LogNormal(log theta0_k, 1)       (Normal(theta0_k, max(1, |theta0_k|))
+                                                           for names in `unconstrained`)
+    omega_sd_j         ~ HalfNormal(1)                    (SD of eta_j, log scale)
+    L_corr             ~ LKJCholesky(d, 2)                (only with `omega_block=True`)
+    sigma_k            ~ HalfNormal(2 sigma0_k)           (residual error SDs)
+    z_i                ~ N(0, I_d),  eta_i = diag(omega_sd) L_corr z_i   (non-centred)
+    y_i | eta_i        ~ pm.subject_loglik (M3 for censored observations)
+
+sampled by the No-U-Turn Sampler (Hoffman & Gelman 2014) as implemented in numpyro
+(Phan, Pradhan & Jankowiak 2019), and returned as ArviZ `InferenceData` (Kumar et al. 2019)
+with the rank-normalised split R-hat and bulk/tail ESS of Vehtari et al. (2021).
+
+References: Hoffman MD, Gelman A (2014). *J Mach Learn Res* 15:1593-1623;
+Phan D, Pradhan N, Jankowiak M (2019). arXiv:1912.11554;
+Kumar R, Carroll C, Hartikainen A, Martin O (2019). *J Open Source Softw* 4:1143;
+Vehtari A, Gelman A, Simpson D, Carpenter B, Bürkner P-C (2021). *Bayesian Anal* 16:667-718;
+Betancourt M (2016). arXiv:1604.00695 (E-BFMI);
+Yao Y, Vehtari A, Simpson D, Gelman A (2018). *Proc ICML* 80:5581-5590 (PSIS diagnostic for VI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pandas as pd
+import xarray as xr
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoGuide, AutoMultivariateNormal
+from numpyro.infer.initialization import init_to_value
+from numpyro.infer.util import log_density
+
+from ._data import Dataset
+from ._laplace import ConvergenceWarning, PopulationFit
+from ._model import PopulationModel
+
+#: R-hat above this flags non-convergence (Vehtari et al. 2021, section 4.4).
+RHAT_MAX = 1.01
+#: Bulk- and tail-ESS below this many per chain flag too few effective draws (Vehtari et al.
+#: 2021: 100 per chain, 400 for the recommended four chains).
+ESS_PER_CHAIN_MIN = 100
+#: E-BFMI below this flags poor exploration of the energy distribution (Betancourt 2016).
+BFMI_MIN = 0.3
+#: Pareto k-hat above this flags an unreliable variational approximation (Yao et al. 2018).
+PARETO_K_MAX = 0.7
+
+_CHAIN_METHODS = ("vectorized", "sequential", "parallel")
+_RESERVED = ("omega_sd", "omega", "corr_chol", "corr", "z", "eta", "individual", "y")
+_JITTER = 0.5  # initial values: +-0.5 (uniform) around the model's values, unconstrained scale
+
+
+@dataclasses.dataclass(frozen=True)
+class BayesFit:
+    """A Bayesian fit: posterior draws, a tidy summary and convergence diagnostics.
+
+    - `idata`: ArviZ `InferenceData`. The posterior group holds the thetas by name (natural
+      units), `omega_sd` and `omega` (SDs and variances of the etas, log scale, dim
+      `eta_name`), `corr` (block Omega), the residual SDs by name, `eta` and the sampler's
+      `z` (`subject` x `eta_name`) and `individual` (each subject's parameters, natural units,
+      `subject` x `param`); `log_likelihood` holds `y`, the log-likelihood of each subject
+      given its etas (`subject`); `sample_stats` the sampler's statistics.
+      Individual fits hold `eta`, `z` and `individual` only.
+    - `table`: posterior summaries (`pandas.DataFrame`) with the columns of
+      `estimates_table` (`estimate` is the posterior median, `se` the posterior SD, `ci_low`,
+      `ci_high` the 2.5% and 97.5% quantiles) plus `r_hat` and `ess_bulk`; individual fits
+      have a `subject` column instead of `cv_pct` and `shrinkage_pct`.
+    - `diagnostics`: `max_r_hat`, `min_ess_bulk`, `min_ess_tail`, `ess_required`,
+      `divergences`, `min_bfmi`, `tree_depth_hits`, `wall_time_s` (sampling and compilation),
+      `problems` (the messages of the `ConvergenceWarning`, empty when converged); SVI fits
+      give `final_loss`, `pareto_k` and `wall_time_s`.
+    - `converged`: False when any problem was found (and warned about).
+    - `method`: `"nuts"`, `"nuts-individual"` or `"svi"`.
+    """
+
+    model: PopulationModel
+    idata: az.InferenceData
+    table: pd.DataFrame
+    diagnostics: dict[str, Any]
+    converged: bool
+    method: str
+
+
+# ----------------------------------------------------------------------------- priors
+
+
+@contextlib.contextmanager
+def _numpyro_config():
+    """numpyro's internals rely on JAX's standard dtype and rank promotion."""
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        yield
+
+
+def default_priors(pm: PopulationModel) -> dict[str, dist.Distribution]:
+    """The weakly informative priors of `fit_population_nuts`, by sample-site name.
+
+    - each theta (site named as the theta): `LogNormal(log theta0, 1)`, i.e. a normal prior
+      with SD 1 on the log scale (95% within a factor 7 of the initial value); thetas in
+      `pm.unconstrained`: `Normal(theta0, max(1, |theta0|))`;
+    - `"omega_sd"`: `HalfNormal(1)` for each SD of the etas (median 0.67, a CV of 76%; 95%
+      below 1.96);
+    - `"corr_chol"` (with `omega_block=True`): `LKJCholesky(d, 2)`, mildly favouring small
+      correlations;
+    - each residual SD (named as in the error model, `add_sd`, `prop_sd`, `exp_sd`):
+      `HalfNormal(2 * initial value)`.
+
+    Pass replacements to the estimators as `priors={"CL": dist.LogNormal(1.0, 0.3)}`; sites
+    not named keep these defaults. `"omega_sd"` takes a scalar distribution (used for every
+    eta) or one with batch shape `(n_eta,)`.
+    """
+    with _numpyro_config():
+        return _default_priors(pm)
+
+
+def _default_priors(pm: PopulationModel) -> dict[str, dist.Distribution]:
+    priors: dict[str, dist.Distribution] = {}
+    for name, value in pm.theta.items():
+        v = float(value)
+        if name in pm.unconstrained:
+            priors[name] = dist.Normal(v, max(1.0, abs(v)))
+        else:
+            priors[name] = dist.LogNormal(math.log(v), 1.0)
+    priors["omega_sd"] = dist.HalfNormal(1.0)
+    if _block(pm):
+        priors["corr_chol"] = dist.LKJCholesky(pm.n_eta, 2.0)
+    for name in pm.error.names:
+        priors[name] = dist.HalfNormal(2.0 * float(getattr(pm.error, name)))
+    return priors
+
+
+def _block(pm: PopulationModel) -> bool:
+    return pm.omega_block and pm.n_eta >= 2
+
+
+def _check_names(pm: PopulationModel) -> None:
+    names = list(pm.theta) + list(pm.error.names)
+    clash = sorted({n for n in names if n in _RESERVED} | {n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(
+            f"Bayesian fit: parameter name(s) {clash} clash with other sample sites; "
+            f"thetas and residual SDs must have distinct names not in {list(_RESERVED)}."
+        )
+
+
+def _resolve_priors(
+    pm: PopulationModel, priors: Mapping[str, dist.Distribution] | None, fn: str
+) -> dict[str, dist.Distribution]:
+    with _numpyro_config():
+        return _resolve(pm, priors, fn)
+
+
+def _resolve(
+    pm: PopulationModel, priors: Mapping[str, dist.Distribution] | None, fn: str
+) -> dict[str, dist.Distribution]:
+    out = _default_priors(pm)
+    for name, prior in (priors or {}).items():
+        if name not in out:
+            raise ValueError(
+                f"{fn}: prior given for {name!r}, which is not a sample site; "
+                f"the sites are {list(out)}."
+            )
+        if not isinstance(prior, dist.Distribution):
+            raise TypeError(
+                f"{fn}: the prior for {name!r} must be a numpyro distribution, "
+                f"got {type(prior).__name__}."
+            )
+        out[name] = prior
+    positive = [n for n in pm.theta if n not in pm.unconstrained]
+    positive += ["omega_sd", *pm.error.names]
+    for name in positive:
+        support = out[name].support
+        if support is None or bool(jnp.any(support(jnp.asarray([-1e-8, -1.0, -1e8])))):
+            raise ValueError(
+                f"{fn}: the prior for {name!r} must put no mass on negative values (the "
+                f"parameter is positive), got {type(out[name]).__name__} with support "
+                f"{support}."
+            )
+    d = pm.n_eta
+    sd = out["omega_sd"]
+    if sd.event_shape == () and sd.batch_shape in ((), (d,)):
+        out["omega_sd"] = sd.expand((d,)).to_event(1)
+    elif sd.event_shape != (d,) or sd.batch_shape != ():
+        raise ValueError(
+            f"{fn}: the prior for 'omega_sd' must be scalar or have shape ({d},) (one SD per "
+            f"eta {list(pm.eta_names)}), got batch shape {sd.batch_shape} and event shape "
+            f"{sd.event_shape}."
+        )
+    for name in list(pm.theta) + list(pm.error.names):
+        if out[name].batch_shape != () or out[name].event_shape != ():
+            raise ValueError(f"{fn}: the prior for {name!r} must be scalar.")
+    if _block(pm) and out["corr_chol"].event_shape != (d, d):
+        raise ValueError(
+            f"{fn}: the prior for 'corr_chol' must be over {d}x{d} Cholesky factors "
+            f"(e.g. LKJCholesky({d}, 2.0)), got event shape {out['corr_chol'].event_shape}."
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- numpyro models
+
+
+def _subject_arrays(data: Dataset):
+    cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
+    return cov, data.regimen, data.arrays()
+
+
+def _param_names(pm: PopulationModel, data: Dataset) -> list[str]:
+    cov, _, _ = _subject_arrays(data)
+    theta = {k: jnp.asarray(float(v)) for k, v in pm.theta.items()}
+    c0 = {k: v[0] for k, v in cov.items()}
+    return list(pm.individual_params(theta, c0, jnp.zeros(pm.n_eta)))
+
+
+def _subject_sites(pm: PopulationModel, data: Dataset, names):
+    """Non-centred etas of every subject, their likelihood and individual parameters."""
+    cov, reg, obs = _subject_arrays(data)
+    loglik = _loglik(pm)
+    individual = _individual(pm, tuple(names))
+
+    def sites(theta, sigma, chol):
+        with numpyro.plate("subject", data.n_subjects):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand((pm.n_eta,)).to_event(1))
+            eta = numpyro.deterministic("eta", z @ chol.T)
+            numpyro.factor("y", loglik(theta, sigma, eta, cov, reg, obs))
+        numpyro.deterministic("individual", individual(theta, eta, cov))
+
+    return sites
+
+
+# numpyro initialises the sampler eagerly (op by op, and eager reverse-mode differentiation of
+# the model compiles many pieces separately), which costs far more than the sampling for these
+# small models. The likelihood is therefore one jitted function with a custom VJP whose forward
+# pass returns the per-subject gradients as well: eagerly that is one compiled call; inside the
+# sampler's jitted loop it is inlined.
+
+
+def _loglik(pm: PopulationModel):
+    """Per-subject log-likelihoods `(theta, sigma, eta, cov, reg, obs) -> (subjects,)`."""
+
+    def one(theta, sigma, eta, c, r, o):
+        return pm.subject_loglik({"theta": theta, "sigma": sigma}, c, r, o, eta)
+
+    value_and_grad = jax.jit(
+        jax.vmap(jax.value_and_grad(one, argnums=(0, 1, 2)), in_axes=(None, None, 0, 0, 0, 0))
+    )
+
+    @jax.custom_vjp
+    def loglik(theta, sigma, eta, cov, reg, obs):
+        return value_and_grad(theta, sigma, eta, cov, reg, obs)[0]
+
+    def fwd(theta, sigma, eta, cov, reg, obs):
+        return value_and_grad(theta, sigma, eta, cov, reg, obs)
+
+    def bwd(grads, ct):
+        # Subject i's log-likelihood depends on theta, sigma and eta_i only; the data get no
+        # cotangent (None: zeros).
+        g_theta, g_sigma, g_eta = grads
+        scale = lambda g: jnp.tensordot(ct, g, axes=1)
+        return (
+            jax.tree_util.tree_map(scale, g_theta),
+            jax.tree_util.tree_map(scale, g_sigma),
+            ct[:, None] * g_eta,
+            None,
+            None,
+            None,
+        )
+
+    loglik.defvjp(fwd, bwd)
+    return loglik
+
+
+def _individual(pm: PopulationModel, names: tuple[str, ...]):
+    def individual(theta, eta, cov):
+        params = jax.vmap(lambda c, e: pm.individual_params(theta, c, e))(cov, eta)
+        n = eta.shape[0]
+        return jnp.stack([jnp.broadcast_to(params[k], (n,)) for k in names], axis=-1)
+
+    return jax.jit(individual)
+
+
+def _population_model(pm: PopulationModel, data: Dataset, priors, names):
+    subject_sites = _subject_sites(pm, data, names)
+
+    def model():
+        theta = {k: numpyro.sample(k, priors[k]) for k in pm.theta}
+        sd = jnp.asarray(numpyro.sample("omega_sd", priors["omega_sd"]))
+        numpyro.deterministic("omega", sd**2)
+        if _block(pm):
+            lc = jnp.asarray(numpyro.sample("corr_chol", priors["corr_chol"]))
+            numpyro.deterministic("corr", lc @ lc.T)
+            chol = sd[:, None] * lc
+        else:
+            chol = jnp.diag(sd)
+        sigma = {k: numpyro.sample(k, priors[k]) for k in pm.error.names}
+        subject_sites(theta, sigma, chol)
+
+    return model
+
+
+def _individual_model(pm: PopulationModel, data: Dataset, phi, names):
+    nat = pm.natural(phi)
+    chol = pm.omega_cholesky(phi)
+    subject_sites = _subject_sites(pm, data, names)
+
+    def model():
+        subject_sites(nat["theta"], nat["sigma"], chol)
+
+    return model
+
+
+def _centre(pm: PopulationModel, n_subjects: int, population: bool) -> dict[str, Any]:
+    """The model's initial values at every latent site (constrained scale)."""
+    values: dict[str, Any] = {"z": jnp.zeros((n_subjects, pm.n_eta))}
+    if population:
+        values |= {k: jnp.asarray(float(v)) for k, v in pm.theta.items()}
+        values["omega_sd"] = jnp.sqrt(jnp.asarray([float(v) for v in pm.omega.values()]))
+        if _block(pm):
+            values["corr_chol"] = jnp.eye(pm.n_eta)
+        values |= {k: jnp.asarray(float(getattr(pm.error, k))) for k in pm.error.names}
+    return values
+
+
+def _initial_params(supports: Mapping[str, Any], centre, key, num_chains: int):
+    """Dispersed starting points: the centre +- `_JITTER` (uniform), unconstrained scale."""
+    out = {}
+    for i, (name, value) in enumerate(centre.items()):
+        u = biject_to(supports[name]).inv(value)
+        shape = (num_chains, *u.shape) if num_chains > 1 else u.shape
+        noise = jax.random.uniform(jax.random.fold_in(key, i), shape, minval=-1.0, maxval=1.0)
+        out[name] = jnp.broadcast_to(u, shape) + _JITTER * noise
+    return out
+
+
+def _key(seed: int | jax.Array) -> jax.Array:
+    return seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
+
+
+# ----------------------------------------------------------------------------- NUTS
+
+
+def _run_nuts(
+    model,
+    supports,
+    centre,
+    *,
+    seed,
+    num_warmup,
+    num_samples,
+    num_chains,
+    chain_method,
+    target_accept,
+    progress_bar,
+    max_tree_depth,
+    fn,
+):
+    if chain_method not in _CHAIN_METHODS:
+        raise ValueError(
+            f"{fn}: chain_method must be one of {_CHAIN_METHODS}, got {chain_method!r}."
+        )
+    if not 0.0 < target_accept < 1.0:
+        raise ValueError(f"{fn}: target_accept must be in (0, 1), got {target_accept}.")
+    if num_samples < 4 or num_chains < 1 or num_warmup < 0:
+        raise ValueError(
+            f"{fn}: need num_samples >= 4, num_chains >= 1 and num_warmup >= 0, got "
+            f"{num_samples}, {num_chains} and {num_warmup}."
+        )
+    key_init, key_run = jax.random.split(_key(seed))
+    init = _initial_params(supports, centre, key_init, num_chains)
+    kernel = NUTS(
+        model,
+        target_accept_prob=target_accept,
+        max_tree_depth=max_tree_depth,
+        init_strategy=init_to_value(values=centre),
+    )
+    mcmc = MCMC(
+        kernel,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method=chain_method,
+        progress_bar=progress_bar,
+    )
+    start = time.perf_counter()
+    with _numpyro_config():
+        mcmc.run(key_run, init_params=init, extra_fields=("num_steps", "energy"))
+        jax.block_until_ready(mcmc.get_samples())
+    return mcmc, time.perf_counter() - start
+
+
+def _coords_dims(data: Dataset, pm: PopulationModel, names):
+    coords = {
+        "subject": list(np.asarray(data.ids).tolist()),
+        "eta_name": list(pm.eta_names),
+        "eta_name_": list(pm.eta_names),
+        "param": list(names),
+    }
+    dims = {
+        "z": ["subject", "eta_name"],
+        "eta": ["subject", "eta_name"],
+        "individual": ["subject", "param"],
+        "omega_sd": ["eta_name"],
+        "omega": ["eta_name"],
+        "corr_chol": ["eta_name", "eta_name_"],
+        "corr": ["eta_name", "eta_name_"],
+        "y": ["subject"],
+    }
+    return coords, dims
+
+
+def _to_idata(mcmc: MCMC, data: Dataset, pm: PopulationModel, names) -> az.InferenceData:
+    coords, dims = _coords_dims(data, pm, names)
+    with _numpyro_config():
+        idata = az.from_numpyro(mcmc, coords=coords, dims=dims, log_likelihood=True)
+    if "observed_data" in idata.groups():
+        # numpyro.factor's placeholder observation (an empty array) is not data.
+        del idata.observed_data
+    return idata
+
+
+def fit_population_nuts(
+    pm: PopulationModel,
+    data: Dataset,
+    *,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    seed: int | jax.Array = 0,
+    priors: Mapping[str, dist.Distribution] | None = None,
+    chain_method: str = "vectorized",
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    progress_bar: bool = False,
+) -> BayesFit:
+    """Full Bayesian population fit by NUTS (numpyro), with loud convergence diagnostics.
+
+    The model and its priors are in the module docstring and `default_priors`. The etas are
+    sampled non-centred (`eta_i = L z_i`, `z_i ~ N(0, I)`), which avoids the funnel between
+    the etas and their SDs that defeats NUTS with few observations per subject.
+
+    **Arguments:**
+
+    - `pm`: the population model; its thetas, omegas and residual SDs centre the priors and
+      the starting points (each chain starts at a uniform jitter of +-0.5 around them on the
+      unconstrained scale, so that R-hat can see chains that disagree).
+    - `data`: a `Dataset`.
+    - `num_warmup`, `num_samples`, `num_chains`: draws per chain; adaptation of the step size
+      and the diagonal mass matrix happens in warm-up. Use at least 4 chains for R-hat.
+    - `seed`: an integer or a JAX PRNG key; the same seed gives the same draws.
+    - `priors`: replacements for some of `default_priors(pm)`, by site name, e.g.
+      `{"CL": dist.LogNormal(jnp.log(3.0), 0.25), "omega_sd": dist.HalfNormal(0.5)}`.
+    - `chain_method`: `"vectorized"` (chains vmapped in one program; the default),
+      `"sequential"` or `"parallel"` (one chain per device: needs as many JAX devices as
+      chains, e.g. `XLA_FLAGS=--xla_force_host_platform_device_count=4` set before importing
+      JAX).
+    - `target_accept`: NUTS's target acceptance probability; raise it (0.9, 0.95) when there
+      are divergences.
+    - `max_tree_depth`: NUTS's maximum tree depth (at most `2**max_tree_depth - 1` steps).
+    - `progress_bar`: numpyro's progress bar.
+
+    **Returns:** a `BayesFit`. Any R-hat above `RHAT_MAX` (1.01), bulk- or tail-ESS below
+    `ESS_PER_CHAIN_MIN` (100) per chain, any divergent transition or an E-BFMI below 0.3
+    emits a `ConvergenceWarning` naming the parameters and values, and sets
+    `converged=False`.
+    """
+    fn = "fit_population_nuts"
+    _check_names(pm)
+    resolved = _resolve_priors(pm, priors, fn)
+    names = _param_names(pm, data)
+    model = _population_model(pm, data, resolved, names)
+    supports = {k: p.support for k, p in resolved.items()} | {"z": dist.constraints.real_vector}
+    centre = _centre(pm, data.n_subjects, population=True)
+    mcmc, wall = _run_nuts(
+        model,
+        supports,
+        centre,
+        seed=seed,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method=chain_method,
+        target_accept=target_accept,
+        progress_bar=progress_bar,
+        max_tree_depth=max_tree_depth,
+        fn=fn,
+    )
+    idata = _to_idata(mcmc, data, pm, names)
+    stats = _convergence_stats(idata, _diagnosed(pm))
+    diagnostics, problems = _diagnose(idata, stats, num_chains, max_tree_depth)
+    diagnostics["wall_time_s"] = wall
+    table = _population_table(pm, idata, stats)
+    return _finish(pm, idata, table, diagnostics, problems, "nuts", fn)
+
+
+def fit_individual_nuts(
+    pm: PopulationModel,
+    data: Dataset,
+    population: PopulationFit | Mapping[str, Any] | None = None,
+    *,
+    subject: Any | Sequence[Any] | None = None,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    seed: int | jax.Array = 0,
+    chain_method: str = "vectorized",
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    progress_bar: bool = False,
+) -> BayesFit:
+    """NUTS for subjects' etas given fixed population values (the individual posterior).
+
+    `p(eta_i | y_i) ∝ p(y_i | eta_i) N(eta_i; 0, Omega)` with theta, Omega and the residual
+    error fixed. Several subjects are sampled in one run; their posteriors are independent
+    (the joint density factorises), but they share the step size and the number of draws, so
+    for many subjects with very different data separate calls can be more efficient.
+
+    **Arguments:**
+
+    - `pm`, `data`: the model and the subjects.
+    - `population`: a `PopulationFit`, population parameters on the unconstrained scale
+      (`pm.initial()` form), or None for the model's initial values (a prior model).
+    - `subject`: an ID or a list of IDs (values of `data.ids`; None: every subject). Select
+      by position with `data.subset([...])`.
+    - the sampler arguments as in `fit_population_nuts`.
+
+    **Returns:** a `BayesFit` whose posterior holds `eta`, `z` and `individual` (parameters in
+    natural units), and whose table has one row per subject and parameter (kind `eta` and
+    `individual`). Convergence problems warn as in `fit_population_nuts`.
+    """
+    fn = "fit_individual_nuts"
+    if subject is not None:
+        wanted = list(subject) if isinstance(subject, list | tuple | np.ndarray) else [subject]
+        ids = np.asarray(data.ids).tolist()
+        missing = [s for s in wanted if s not in ids]
+        if missing:
+            raise ValueError(f"{fn}: subject ID(s) {missing} not in the data (IDs {ids[:20]}).")
+        data = data.subset([ids.index(s) for s in wanted])
+    if isinstance(population, PopulationFit):
+        phi = population.phi
+    else:
+        phi = pm.initial() if population is None else population
+    names = _param_names(pm, data)
+    model = _individual_model(pm, data, phi, names)
+    mcmc, wall = _run_nuts(
+        model,
+        {"z": dist.constraints.real_vector},
+        _centre(pm, data.n_subjects, population=False),
+        seed=seed,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method=chain_method,
+        target_accept=target_accept,
+        progress_bar=progress_bar,
+        max_tree_depth=max_tree_depth,
+        fn=fn,
+    )
+    idata = _to_idata(mcmc, data, pm, names)
+    stats = _convergence_stats(idata, ["eta"])
+    diagnostics, problems = _diagnose(idata, stats, num_chains, max_tree_depth)
+    diagnostics["wall_time_s"] = wall
+    table = _individual_table(idata, stats)
+    return _finish(pm, idata, table, diagnostics, problems, "nuts-individual", fn)
+
+
+def _finish(pm, idata, table, diagnostics, problems, method, fn) -> BayesFit:
+    diagnostics["problems"] = problems
+    if problems:
+        warnings.warn(
+            f"{fn}: convergence problems: " + "; ".join(problems),
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return BayesFit(
+        model=pm,
+        idata=idata,
+        table=table,
+        diagnostics=diagnostics,
+        converged=not problems,
+        method=method,
+    )
+
+
+# ----------------------------------------------------------------------------- SVI
+
+
+def fit_population_svi(
+    pm: PopulationModel,
+    data: Dataset,
+    *,
+    guide: type[AutoGuide] = AutoMultivariateNormal,
+    num_steps: int = 5000,
+    learning_rate: float = 0.01,
+    num_draws: int = 2000,
+    seed: int | jax.Array = 0,
+    priors: Mapping[str, dist.Distribution] | None = None,
+    progress_bar: bool = False,
+) -> BayesFit:
+    """Variational population fit (numpyro SVI): fast and approximate.
+
+    Fits a Gaussian on the unconstrained scale to the posterior of the same hierarchical model
+    as `fit_population_nuts` by maximising the ELBO with Adam. Use it for quick looks, for
+    starting values or for models too large for NUTS; use NUTS for the reported posterior.
+    `AutoMultivariateNormal` (the default) keeps the correlations between parameters;
+    `AutoNormal` (mean field) is cheaper and underestimates posterior spread more. Uncertainty
+    from VI is typically too narrow; the Pareto k-hat of the importance ratios
+    `p(theta, y) / q(theta)` says whether the approximation can be trusted (Yao et al. 2018):
+    k-hat above 0.7 emits a `ConvergenceWarning` and sets `converged=False`.
+
+    **Arguments:**
+
+    - `pm`, `data`, `priors`, `seed`: as in `fit_population_nuts`.
+    - `guide`: a numpyro autoguide class (`numpyro.infer.autoguide.AutoMultivariateNormal`,
+      `AutoNormal`, `AutoLowRankMultivariateNormal`, ...), started at the model's values.
+    - `num_steps`, `learning_rate`: Adam's iterations and step size.
+    - `num_draws`: draws from the fitted approximation (the `posterior` group, one chain).
+
+    **Returns:** a `BayesFit` (`method="svi"`) whose table has `r_hat` and `ess_bulk` NaN (the
+    draws are independent) and whose diagnostics hold `final_loss` (the negative ELBO, mean
+    of the last 10% of steps), `pareto_k` and `wall_time_s`.
+    """
+    fn = "fit_population_svi"
+    _check_names(pm)
+    if num_steps < 1 or num_draws < 10 or not learning_rate > 0:
+        raise ValueError(
+            f"{fn}: need num_steps >= 1, num_draws >= 10 and learning_rate > 0, got "
+            f"{num_steps}, {num_draws} and {learning_rate}."
+        )
+    resolved = _resolve_priors(pm, priors, fn)
+    names = _param_names(pm, data)
+    model = _population_model(pm, data, resolved, names)
+    centre = _centre(pm, data.n_subjects, population=True)
+    approx = guide(model, init_loc_fn=init_to_value(values=centre))
+    svi = SVI(model, approx, numpyro.optim.Adam(learning_rate), Trace_ELBO())
+    key_fit, key_draw = jax.random.split(_key(seed))
+    latent = [*pm.theta, "omega_sd", *(["corr_chol"] if _block(pm) else []), *pm.error.names]
+    latent.append("z")
+    deterministic = ["omega", *(["corr"] if _block(pm) else []), "eta", "individual"]
+
+    def draw(key, params):
+        log_q, guide_trace = log_density(numpyro.handlers.seed(approx, key), (), {}, params)
+        values = {k: guide_trace[k]["value"] for k in latent}
+        log_p, model_trace = log_density(model, (), {}, values)
+        return log_p - log_q, values | {k: model_trace[k]["value"] for k in deterministic}
+
+    start = time.perf_counter()
+    with _numpyro_config():
+        result = svi.run(key_fit, num_steps, progress_bar=progress_bar)
+        keys = jax.random.split(key_draw, num_draws)
+        log_w, draws = jax.jit(jax.vmap(draw, in_axes=(0, None)))(keys, result.params)
+        jax.block_until_ready(draws)
+    wall = time.perf_counter() - start
+    losses = np.asarray(result.losses)
+    final_loss = float(np.mean(losses[-max(1, num_steps // 10) :]))
+    log_w = np.asarray(log_w)
+    problems = []
+    if not np.all(np.isfinite(log_w)) or not math.isfinite(final_loss):
+        problems.append(
+            f"the ELBO or the importance ratios are not finite (final loss {final_loss:.4g})"
+        )
+        pareto_k = math.inf
+    else:
+        _, k_hat = az.psislw(log_w)
+        pareto_k = float(np.asarray(k_hat))
+        if not pareto_k <= PARETO_K_MAX:
+            problems.append(
+                f"Pareto k-hat = {pareto_k:.2f} > {PARETO_K_MAX}: the variational "
+                "approximation is not close enough to the posterior (use fit_population_nuts)"
+            )
+    coords, dims = _coords_dims(data, pm, names)
+    posterior = {k: np.asarray(v)[None] for k, v in draws.items()}
+    idata = az.from_dict(posterior=posterior, coords=coords, dims=dims)
+    table = _population_table(pm, idata, None)
+    diagnostics: dict[str, Any] = {
+        "final_loss": final_loss,
+        "pareto_k": pareto_k,
+        "num_steps": num_steps,
+        "num_draws": num_draws,
+        "wall_time_s": wall,
+        "losses": losses,
+    }
+    return _finish(pm, idata, table, diagnostics, problems, "svi", fn)
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def _diagnosed(pm: PopulationModel) -> list[str]:
+    """The posterior variables whose R-hat and ESS are checked (all reported quantities)."""
+    return [*pm.theta, "omega", *(["corr"] if _block(pm) else []), *pm.error.names, "eta"]
+
+
+def _convergence_stats(idata, variables: list[str]) -> dict[str, xr.Dataset]:
+    """Rank-normalised split R-hat, bulk- and tail-ESS of `variables` (Vehtari et al. 2021).
+
+    A correlation matrix enters by its strictly lower triangle (dim `eta_pair`, labels
+    `"CL~KA"`): its diagonal is constant and has no R-hat.
+    """
+    post = idata.posterior
+    data = {}
+    for var in variables:
+        da = post[var]
+        if var == "corr":
+            names = [str(n) for n in da.coords["eta_name"].values]
+            pairs = [(i, j) for i in range(len(names)) for j in range(i)]
+            da = xr.concat(
+                [da.isel(eta_name=i, eta_name_=j, drop=True) for i, j in pairs], dim="eta_pair"
+            )
+            da = da.assign_coords(eta_pair=[f"{names[i]}~{names[j]}" for i, j in pairs])
+            da = da.transpose("chain", "draw", "eta_pair")
+        data[var] = da
+    ds = xr.Dataset(data)
+    # A constant quantity (a stuck chain) gives NaN, which is reported as a problem below.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {
+            "r_hat": az.rhat(ds),
+            "ess_bulk": az.ess(ds, method="bulk"),
+            "ess_tail": az.ess(ds, method="tail"),
+        }
+    assert all(isinstance(v, xr.Dataset) for v in out.values())
+    return out
+
+
+def _labelled_values(ds: xr.Dataset, var: str) -> list[tuple[str, float]]:
+    """Flatten one variable of a diagnostics Dataset into (label, value) pairs."""
+    da = ds[var]
+    if da.ndim == 0:
+        return [(var, float(da.values))]
+    labels = [[str(c) for c in da.coords[d].values] for d in da.dims]
+    out = []
+    for idx in np.ndindex(*da.shape):
+        parts = [
+            f"ID={labels[k][i]}" if d == "subject" else labels[k][i]
+            for k, (d, i) in enumerate(zip(da.dims, idx, strict=True))
+        ]
+        out.append((f"{var}[{', '.join(parts)}]", float(da.values[idx])))
+    return out
+
+
+def _worst(pairs: list[tuple[str, float]], bad, key, fmt: str, n: int = 5) -> str:
+    flagged = sorted((p for p in pairs if bad(p[1])), key=lambda p: key(p[1]))
+    text = ", ".join(f"{lab} = {fmt.format(v)}" for lab, v in flagged[:n])
+    more = len(flagged) - n
+    return text + (f" and {more} more" if more > 0 else "")
+
+
+def _finite(pairs: list[tuple[str, float]], fn) -> float:
+    vals = [v for _, v in pairs if math.isfinite(v)]
+    return fn(vals) if vals else math.nan
+
+
+def _diagnose(idata, stats: dict[str, xr.Dataset], num_chains: int, max_tree_depth: int):
+    """R-hat, ESS, divergences, E-BFMI and tree depth; a list of problems in words."""
+    variables = [str(v) for v in stats["r_hat"].data_vars]
+    r_pairs = [p for v in variables for p in _labelled_values(stats["r_hat"], v)]
+    b_pairs = [p for v in variables for p in _labelled_values(stats["ess_bulk"], v)]
+    t_pairs = [p for v in variables for p in _labelled_values(stats["ess_tail"], v)]
+    required = ESS_PER_CHAIN_MIN * num_chains
+    sample_stats = idata.sample_stats
+    diverging = np.asarray(sample_stats["diverging"])
+    divergences = int(diverging.sum())
+    hits = 0
+    if "n_steps" in sample_stats:  # ArviZ's name for numpyro's num_steps
+        hits = int((np.asarray(sample_stats["n_steps"]) >= 2**max_tree_depth - 1).sum())
+    bfmi = np.asarray(az.bfmi(idata)) if "energy" in sample_stats else np.full(num_chains, np.nan)
+
+    problems = []
+    if any(not (v <= RHAT_MAX) for _, v in r_pairs):
+        worst = _worst(
+            r_pairs,
+            lambda v: not (v <= RHAT_MAX),
+            lambda v: -np.nan_to_num(v, nan=np.inf),
+            "{:.4f}",
+        )
+        problems.append(f"R-hat > {RHAT_MAX} for {worst}")
+    for what, pairs in (("bulk", b_pairs), ("tail", t_pairs)):
+        if any(not (v >= required) for _, v in pairs):
+            worst = _worst(
+                pairs, lambda v: not (v >= required), lambda v: np.nan_to_num(v, nan=-1.0), "{:.0f}"
+            )
+            problems.append(
+                f"{what}-ESS < {required} ({ESS_PER_CHAIN_MIN} per chain x {num_chains}) "
+                f"for {worst}"
+            )
+    if divergences:
+        problems.append(
+            f"{divergences} divergent transition(s) in {diverging.size} draws (raise "
+            "target_accept or reparameterise)"
+        )
+    low = [f"chain {c}: {b:.2f}" for c, b in enumerate(bfmi) if b < BFMI_MIN]
+    if low:
+        problems.append(f"E-BFMI < {BFMI_MIN} ({', '.join(low)})")
+    diagnostics = {
+        "max_r_hat": _finite(r_pairs, max),
+        "min_ess_bulk": _finite(b_pairs, min),
+        "min_ess_tail": _finite(t_pairs, min),
+        "ess_required": required,
+        "divergences": divergences,
+        "min_bfmi": float(np.min(bfmi)) if bfmi.size else math.nan,
+        "tree_depth_hits": hits,
+        "num_chains": num_chains,
+        "num_draws": int(sample_stats.sizes["draw"]),
+    }
+    return diagnostics, problems
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _draws(idata, var: str) -> np.ndarray:
+    """(chains * draws, ...) array of one posterior variable."""
+    a = np.asarray(idata.posterior[var])
+    return a.reshape(-1, *a.shape[2:])
+
+
+def _summary_row(kind, name, draws: np.ndarray, r_hat: float, ess_bulk: float) -> dict[str, Any]:
+    est = float(np.median(draws))
+    sd = float(np.std(draws, ddof=1))
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return {
+        "kind": kind,
+        "parameter": name,
+        "estimate": est,
+        "se": sd,
+        "rse_pct": 100.0 * abs(sd / est) if est else np.nan,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "cv_pct": np.nan,
+        "shrinkage_pct": np.nan,
+        "r_hat": r_hat,
+        "ess_bulk": ess_bulk,
+    }
+
+
+def _population_table(pm: PopulationModel, idata, stats) -> pd.DataFrame:
+    """The estimates table; `stats` from `_convergence_stats`, or None (no R-hat, ESS)."""
+
+    def conv(var, **sel) -> tuple[float, float]:
+        if stats is None:
+            return math.nan, math.nan
+        return (
+            float(stats["r_hat"][var].sel(sel)),
+            float(stats["ess_bulk"][var].sel(sel)),
+        )
+
+    rows = []
+    for k in pm.theta:
+        rows.append(_summary_row("theta", k, _draws(idata, k), *conv(k)))
+    var = _draws(idata, "omega")
+    eta_mean = np.asarray(idata.posterior["eta"].mean(dim=("chain", "draw")))
+    for i, name in enumerate(pm.eta_names):
+        row = _summary_row("omega", name, var[:, i], *conv("omega", eta_name=name))
+        row["cv_pct"] = float(np.median(100.0 * np.sqrt(np.expm1(var[:, i]))))
+        omega_sd = math.sqrt(row["estimate"])
+        row["shrinkage_pct"] = 100.0 * (1.0 - float(np.std(eta_mean[:, i])) / omega_sd)
+        rows.append(row)
+    if _block(pm):
+        corr = _draws(idata, "corr")
+        for i in range(pm.n_eta):
+            for j in range(i):
+                label = f"{pm.eta_names[i]}~{pm.eta_names[j]}"
+                rows.append(
+                    _summary_row("corr", label, corr[:, i, j], *conv("corr", eta_pair=label))
+                )
+    for k in pm.error.names:
+        rows.append(_summary_row("sigma", k, _draws(idata, k), *conv(k)))
+    return pd.DataFrame(rows)
+
+
+def _individual_table(idata, stats) -> pd.DataFrame:
+    """One row per subject and eta / individual parameter. A parameter is a monotone function
+    of its eta, so it has the eta's (rank-based) R-hat and ESS; one without an eta is fixed."""
+    post = idata.posterior
+    eta_names = [str(n) for n in post.coords["eta_name"].values]
+    rows = []
+    for s, sid in enumerate(post.coords["subject"].values.tolist()):
+        for var, dim in (("eta", "eta_name"), ("individual", "param")):
+            for j, name in enumerate(str(n) for n in post.coords[dim].values):
+                draws = np.asarray(post[var].values[:, :, s, j]).reshape(-1)
+                if name in eta_names:
+                    sel = {"subject": sid, "eta_name": name}
+                    r_hat = float(stats["r_hat"]["eta"].sel(sel))
+                    ess = float(stats["ess_bulk"]["eta"].sel(sel))
+                else:
+                    r_hat = ess = math.nan
+                row = _summary_row(var, name, draws, r_hat, ess)
+                del row["cv_pct"], row["shrinkage_pct"]
+                rows.append({"subject": sid} | row)
+    return pd.DataFrame(rows)
