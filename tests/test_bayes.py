@@ -36,8 +36,7 @@ from calibration._bayes import (
     fit_population_svi,
 )
 
-REF = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
-needs_ref = pytest.mark.skipif(not REF.exists(), reason="../shared/reference not present")
+REF = pathlib.Path(__file__).parent / "data" / "reference"  # vendored, see its README
 
 THEO_NAMES = (("KA", "ka_per_h", "tka", "ka"), ("CL", "CL_L_per_h", "tcl", "cl"))
 THEO_NAMES += (("V", "V_L", "tv", "v"),)
@@ -87,7 +86,6 @@ def _saem() -> dict:
     ]
 
 
-@needs_ref
 def test_theophylline_nuts_matches_nlmixr2_and_laplace(theo_nuts, theo_laplace):
     """Posterior medians of KA, CL, V agree with the ML estimates to half a standard error.
 
@@ -128,7 +126,6 @@ def test_theophylline_nuts_matches_nlmixr2_and_laplace(theo_nuts, theo_laplace):
     assert row["ci_low"] < lap.loc[("sigma", "add_sd"), "estimate"] < row["ci_high"]
 
 
-@needs_ref
 def test_theophylline_nuts_diagnostics(theo_nuts):
     """The sampler mixes (no divergence, R-hat < 1.05, ESS > 100) and warns iff it flags."""
     fit, messages = theo_nuts
@@ -145,7 +142,6 @@ def test_theophylline_nuts_diagnostics(theo_nuts):
     assert r_cl == pytest.approx(float(rhat["CL"]))
 
 
-@needs_ref
 def test_theophylline_nuts_inference_data(theo_nuts, theo_data):
     fit, _ = theo_nuts
     idata = fit.idata
@@ -185,7 +181,6 @@ def test_theophylline_nuts_inference_data(theo_nuts, theo_data):
     np.testing.assert_allclose(ll.isel(chain=1, draw=123), expected_ll, rtol=1e-10)
 
 
-@needs_ref
 def test_likelihood_gradient_matches_autodiff(theo_data):
     """The custom VJP of the per-subject likelihood equals plain reverse-mode autodiff."""
     pm = _theo_model()
@@ -377,7 +372,6 @@ def test_priors_defaults_and_overrides():
         fit_individual_nuts(pm, data, subject=7)
 
 
-@needs_ref
 def test_theophylline_svi(theo_data):
     """SVI (multivariate normal guide): medians close to NUTS's; the Pareto k-hat is reported
     and a ConvergenceWarning is emitted exactly when it exceeds 0.7."""

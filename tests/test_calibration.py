@@ -14,8 +14,7 @@ import pytest
 import calibration as C
 import pkpd
 
-REF = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
-needs_ref = pytest.mark.skipif(not REF.exists(), reason="../shared/reference not present")
+REF = pathlib.Path(__file__).parent / "data" / "reference"  # vendored, see its README
 
 
 def _theo_records() -> pd.DataFrame:
@@ -40,7 +39,6 @@ def theo_fit() -> C.PopulationFit:
         return C.fit_population(pm, data)
 
 
-@needs_ref
 def test_theophylline_matches_nlmixr2(theo_fit: C.PopulationFit):
     """Fixed effects within 5%, BSV (CV%) and residual SD within 25% of nlmixr2's SAEM fit."""
     ref = json.loads((REF / "reference_estimates.json").read_text())["theophylline"]
@@ -60,7 +58,6 @@ def test_theophylline_matches_nlmixr2(theo_fit: C.PopulationFit):
         assert 0.5 * saem["SE"][key] < se_log < 2.0 * saem["SE"][key], name
 
 
-@needs_ref
 def test_theophylline_likelihood_is_consistent(theo_fit: C.PopulationFit):
     """The -2LL is a minimum: moving any parameter away from the estimate increases it."""
     from jax.flatten_util import ravel_pytree
@@ -77,7 +74,6 @@ def test_theophylline_likelihood_is_consistent(theo_fit: C.PopulationFit):
             assert float(ofv(flat.at[k].add(step))) > base
 
 
-@needs_ref
 def test_theophylline_shrinkage_and_modes(theo_fit: C.PopulationFit):
     ind = theo_fit.individual
     assert ind.eta.shape == (12, 3) and ind.converged.all()
@@ -89,7 +85,6 @@ def test_theophylline_shrinkage_and_modes(theo_fit: C.PopulationFit):
     assert np.all(np.isfinite(shrink)) and np.all((shrink > -50) & (shrink < 60))
 
 
-@needs_ref
 def test_individual_map_recovers_true_parameters():
     """Oral_1CPT (simulated, truth known): vmapped MAP of 120 subjects given nominal values."""
     df = pd.read_csv(REF / "datasets" / "Oral_1CPT_nlmixr2data.csv")
