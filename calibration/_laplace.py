@@ -177,19 +177,41 @@ def _inner(pm: PopulationModel, nat, chol, cov, reg, obs, *, method: str, max_st
 
 
 def _modes(pm: PopulationModel, phi, data: Dataset, method: str = "focei"):
+    return _modes_arrays(pm, phi, *_subject_arrays(data), method)
+
+
+def _modes_arrays(pm: PopulationModel, phi, cov, reg, obs, method: str):
     nat = pm.natural(phi)
     chol = pm.omega_cholesky(phi)
-    cov, reg, obs = _subject_arrays(data)
     return jax.vmap(lambda c, r, o: _inner(pm, nat, chol, c, r, o, method=method))(cov, reg, obs)
 
 
 def _neg_loglik(pm: PopulationModel, phi, data: Dataset, method: str = "focei"):
     """-log L (Laplace approximation, exact or first-order curvature) summed over subjects."""
-    _, fval, hess, _ = _modes(pm, phi, data, method)
+    return _neg_loglik_arrays(pm, phi, *_subject_arrays(data), method)
+
+
+def _neg_loglik_arrays(pm: PopulationModel, phi, cov, reg, obs, method: str):
+    _, fval, hess, _ = _modes_arrays(pm, phi, cov, reg, obs, method)
     chol_h = jnp.linalg.cholesky(hess)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol_h, axis1=-2, axis2=-1)), axis=-1)
     d = pm.n_eta
     return jnp.sum(fval + 0.5 * logdet - 0.5 * d * math.log(2 * math.pi))
+
+
+_COMPILED: dict[tuple[int, str, str], tuple[PopulationModel, Any]] = {}
+
+
+def _compiled(pm: PopulationModel, what: str, method: str):
+    """One jitted function per model, quantity and method, reused across calls and data sets
+    of the same shapes (the model is held by the cache so that its id stays valid)."""
+    key = (id(pm), what, method)
+    hit = _COMPILED.get(key)
+    if hit is None or hit[0] is not pm:
+        impl = _modes_arrays if what == "modes" else _neg_loglik_arrays
+        fn = jax.jit(lambda phi, cov, reg, obs: impl(pm, phi, cov, reg, obs, method))
+        _COMPILED[key] = hit = (pm, fn)
+    return hit[1]
 
 
 def individual_map(
@@ -221,7 +243,7 @@ def individual_map(
 
 
 def _individual(pm: PopulationModel, phi, data: Dataset, method: str) -> IndividualFit:
-    eta, _, hess, ok = jax.jit(lambda p: _modes(pm, p, data, method))(phi)
+    eta, _, hess, ok = _compiled(pm, "modes", method)(phi, *_subject_arrays(data))
     nat = pm.natural(phi)
     cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
     params = jax.vmap(lambda c, e: pm.individual_params(nat["theta"], c, e))(cov, eta)
@@ -278,7 +300,11 @@ def fit_population(
     h = 1e-4
     offsets = jnp.concatenate([jnp.zeros((1, n_par)), h * jnp.eye(n_par), -h * jnp.eye(n_par)])
 
-    objective = jax.jit(lambda flat: _neg_loglik(pm, unravel(flat), data, method))
+    compiled = _compiled(pm, "neg_loglik", method)
+    arrays = _subject_arrays(data)
+
+    def objective(flat):
+        return compiled(unravel(flat), *arrays)
 
     def batch(points):
         # One compiled objective evaluated point by point (a vmap over points would batch the
