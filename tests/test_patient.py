@@ -285,7 +285,7 @@ def test_covariates_contract():
     patient = _patient()
     covariates = patient.covariates(medications=("fluconazole",))
     assert list(covariates) == [
-        "AGE", "WT", "HT", "SEX", "SCR", "CRCL", "EGFR", "BSA", "LBW", "ALB",
+        "ID", "AGE", "WT", "HT", "SEX", "SCR", "CRCL", "EGFR", "BSA", "LBW", "ALB",
         "CYP2C9", "CYP2C9_AS", "CYP2C9_PHENOTYPE",
         "CYP2D6", "CYP2D6_AS", "CYP2D6_PHENOTYPE",
         "VKORC1", "VKORC1_AS", "VKORC1_PHENOTYPE",

@@ -238,7 +238,7 @@ def _adult_detail(age: float) -> str:
 
 def check_covariate_names(medications: Iterable[str], extras: Iterable[str], where: str) -> None:
     """Medication and extra names must not give covariate keys that are already taken."""
-    taken: dict[str, str] = {key: "a standard covariate" for key in STANDARD_COVARIATES}
+    taken: dict[str, str] = {key: "a standard covariate" for key in ("ID", *STANDARD_COVARIATES)}
     for gene in pgx.genes():
         for key in gene_keys(gene):
             taken[key] = f"the {gene} genotype"
@@ -599,6 +599,7 @@ class Patient:
 
         | key | value |
         | --- | --- |
+        | `ID` | the patient id (str), for messages |
         | `AGE` | years |
         | `WT` | total body weight, kg |
         | `HT` | height, cm |
@@ -644,7 +645,8 @@ class Patient:
             self.labs,
             all_adults=self.age >= ADULT_AGE,
         )
-        result: dict[str, float | str | None] = {k: float(v) for k, v in values.items()}
+        result: dict[str, float | str | None] = {"ID": self.id}
+        result.update({k: float(v) for k, v in values.items()})
         for gene, found in self._phenotypes.items():
             result[gene] = found.diplotype
             result[f"{gene}_AS"] = found.activity_score
