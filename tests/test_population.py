@@ -81,6 +81,8 @@ def test_iwpc_counts_reader():
     assert set(counts) == {"Asian", "Black or African American", "Unknown", "White"}
     assert counts["White"]["CYP2C9"]["*1/*3"] == 382
     assert counts["Asian"]["VKORC1"] == {"-1639 GG": 24, "-1639 AG": 222, "-1639 AA": 1135}
+    with pytest.raises(TypeError):
+        counts["White"]["CYP2C9"]["*1/*1"] = 0  # type: ignore[index]
     for race, genes in counts.items():
         assert genes["CYP2C9"] == _expected_counts(race)["CYP2C9"]
 
@@ -214,6 +216,8 @@ def test_indexing_iteration_and_subgroups():
     roundtrip = Population.from_patients(patients)
     pd.testing.assert_frame_equal(roundtrip.to_dataframe(), frame)
     pd.testing.assert_frame_equal(Population.from_dataframe(frame).to_dataframe(), frame)
+    pd.testing.assert_frame_equal(Population(frame).to_dataframe(), frame)
+    assert len(population[[]]) == 0 and len(population[np.zeros(200, dtype=bool)]) == 0
 
 
 def test_allele_frequencies_under_hardy_weinberg():

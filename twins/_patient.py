@@ -354,7 +354,7 @@ def as_medications(medications: Iterable[str] | str, where: str) -> tuple[str, .
     return tuple(normalise_name(m, "medication", where).lower() for m in medications)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Patient:
     """One patient: demographics, labs, genotypes as the lab reports them, and medications.
 
@@ -480,6 +480,24 @@ class Patient:
                 self.imputed,
             )
         )
+
+    def __repr__(self) -> str:
+        parts = [
+            f"id={self.id!r}",
+            f"age={self.age!r}",
+            f"sex={self.sex!r}",
+            f"weight={self.weight!r}",
+            f"height={self.height!r}",
+        ]
+        if self.ancestry is not None:
+            parts.append(f"ancestry={self.ancestry!r}")
+        for name in ("labs", "genotypes", "extra"):
+            if getattr(self, name):
+                parts.append(f"{name}={dict(getattr(self, name))!r}")
+        for name in ("medications", "imputed"):
+            if getattr(self, name):
+                parts.append(f"{name}={set(sorted(getattr(self, name)))!r}")
+        return f"Patient({', '.join(parts)})"
 
     @property
     def female(self) -> bool:

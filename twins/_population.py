@@ -30,6 +30,7 @@ import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from importlib import resources
+from types import MappingProxyType
 from typing import Any, Literal
 
 import jax
@@ -90,13 +91,19 @@ def iwpc_genotype_counts() -> Mapping[str, Mapping[str, Mapping[str, int]]]:
     and VKORC1 genotypes `"-1639 GG"`, `"-1639 AG"`, `"-1639 AA"`.
     """
     text = (resources.files("twins") / "data" / IWPC_FREQUENCY_FILE).read_text(encoding="utf-8")
-    counts: dict[str, dict[str, dict[str, int]]] = {}
+    counts: dict[str, Mapping[str, Mapping[str, int]]] = {}
     for row in csv.DictReader(io.StringIO(text)):
-        counts[row["race_OMB"]] = {
-            "CYP2C9": {d: int(row[f"CYP2C9_{d}"]) for d in _CYP2C9_DIPLOTYPES},
-            "VKORC1": {label: int(row[column]) for column, label in _VKORC1_GENOTYPES},
-        }
-    return counts
+        counts[row["race_OMB"]] = MappingProxyType(
+            {
+                "CYP2C9": MappingProxyType(
+                    {d: int(row[f"CYP2C9_{d}"]) for d in _CYP2C9_DIPLOTYPES}
+                ),
+                "VKORC1": MappingProxyType(
+                    {label: int(row[column]) for column, label in _VKORC1_GENOTYPES}
+                ),
+            }
+        )
+    return MappingProxyType(counts)
 
 
 @dataclass(frozen=True)
@@ -609,9 +616,9 @@ class Population:
 
         **Raises:**
 
-        `ValueError` naming the row, patient id and column for unknown or missing columns,
-        duplicate ids, non-numeric or out-of-range values, missing values (with
-        `missing="error"`), unknown alleles, and so on.
+        `ValueError` naming the row (counted from 0 in table order), patient id and column
+        for unknown or missing columns, duplicate ids, non-numeric or out-of-range values,
+        missing values (with `missing="error"`), unknown alleles, and so on.
 
         References: van Buuren S, Groothuis-Oudshoorn K. mice: Multivariate Imputation by
         Chained Equations in R. J Stat Softw 2011;45(3):1-67.
