@@ -1,0 +1,457 @@
+"""`Drug`: a published population model plus the clinical facts needed to use it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import jax.numpy as jnp
+import numpy as np
+
+import calibration
+import pkpd
+
+PatientCovariates = Mapping[str, Any]
+CovariateFn = Callable[[PatientCovariates], dict[str, float]]
+
+
+class CovariateError(ValueError):
+    """A patient covariate that a drug's model needs is missing or not usable.
+
+    The message names the drug, the patient (its `"ID"` where the covariates carry one), the
+    field and what was expected.
+    """
+
+
+def _who(patient: PatientCovariates, drug: str) -> str:
+    pid = patient.get("ID") if isinstance(patient, Mapping) else None
+    return f"{drug}: patient ID={pid}" if pid is not None else f"{drug}: patient"
+
+
+def patient_number(
+    patient: PatientCovariates,
+    key: str,
+    *,
+    drug: str,
+    what: str,
+    positive: bool = True,
+) -> float:
+    """A numeric patient covariate, checked.
+
+    **Arguments:**
+
+    - `patient`: the standard patient covariate dict (`"AGE"`, `"WT"`, `"SCR"`, ...).
+    - `key`: the field to read.
+    - `drug`: the drug asking (named in the error message).
+    - `what`: the meaning and unit of the field, for the message (`"serum creatinine, mg/dL"`).
+    - `positive`: require a value > 0 (otherwise >= 0).
+
+    **Returns:** the value as a Python float.
+
+    **Raises:** `CovariateError` naming the drug, the patient and the field when the field is
+    missing, not a number, not finite, or out of range.
+    """
+    if not isinstance(patient, Mapping):
+        raise TypeError(
+            f"{drug}: expected the patient covariates as a mapping such as "
+            f"{{'AGE': 65.0, 'WT': 70.0, ...}}, got {type(patient).__name__}."
+        )
+    if key not in patient or patient[key] is None:
+        raise CovariateError(
+            f"{_who(patient, drug)} has no {key!r} ({what}); the model needs it. Got the "
+            f"fields {sorted(patient)}."
+        )
+    value = patient[key]
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise CovariateError(
+            f"{_who(patient, drug)}: {key!r} ({what}) is {value!r}; expected a number."
+        )
+    value = float(value)
+    bad = not math.isfinite(value) or (value <= 0 if positive else value < 0)
+    if bad:
+        expected = "a finite number > 0" if positive else "a finite number >= 0"
+        raise CovariateError(
+            f"{_who(patient, drug)}: {key!r} ({what}) is {value!r}; expected {expected}."
+        )
+    return value
+
+
+def patient_flag(patient: PatientCovariates, key: str, *, drug: str, what: str) -> float:
+    """A 0/1 patient covariate (medication, dialysis); a missing or `None` field means 0.
+
+    **Raises:** `CovariateError` when the value is present but neither 0 nor 1.
+    """
+    value = patient.get(key) if isinstance(patient, Mapping) else None
+    if value is None:
+        return 0.0
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float | np.number) and float(value) in (0.0, 1.0):
+        return float(value)
+    raise CovariateError(f"{_who(patient, drug)}: {key!r} ({what}) is {value!r}; expected 0 or 1.")
+
+
+def patient_sex(patient: PatientCovariates, *, drug: str) -> float:
+    """The `"SEX"` covariate: 1.0 female, 0.0 male.
+
+    **Raises:** `CovariateError` when it is missing or not 0/1.
+    """
+    if not isinstance(patient, Mapping) or patient.get("SEX") is None:
+        raise CovariateError(
+            f"{_who(patient, drug)} has no 'SEX' (1 female, 0 male); the model needs it."
+        )
+    return patient_flag(patient, "SEX", drug=drug, what="1 female, 0 male")
+
+
+def patient_text(patient: PatientCovariates, key: str, *, drug: str, what: str) -> str:
+    """A text patient covariate (a diplotype, a phenotype label), checked to be present.
+
+    **Raises:** `CovariateError` naming the drug, the patient and the field when it is
+    missing or not a non-empty string.
+    """
+    value = patient.get(key) if isinstance(patient, Mapping) else None
+    if value is None:
+        raise CovariateError(
+            f"{_who(patient, drug)} has no {key!r} ({what}); the model needs it. Got the "
+            f"fields {sorted(patient)}."
+        )
+    if not isinstance(value, str) or not value.strip():
+        raise CovariateError(
+            f"{_who(patient, drug)}: {key!r} ({what}) is {value!r}; expected a non-empty string."
+        )
+    return value.strip()
+
+
+def cockcroft_gault(age: float, weight: float, scr: float, female: float) -> float:
+    r"""Creatinine clearance by Cockcroft and Gault (mL/min).
+
+    $$CrCL = \frac{(140 - \text{age}) \cdot W}{72 \cdot S_{Cr}} \cdot (0.85 \text{ if female})$$
+
+    **Arguments:** `age` (years), `weight` (kg; the weight the caller's model asks for),
+    `scr` serum creatinine (mg/dL), `female` 1 for female, 0 for male.
+
+    **Returns:** CrCL in mL/min (not normalised to body surface area).
+
+    References: Cockcroft DW, Gault MH. Prediction of creatinine clearance from serum
+    creatinine. Nephron 1976;16(1):31-41.
+    """
+    return (140.0 - age) * weight / (72.0 * scr) * (0.85 if female else 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A therapeutic target or window.
+
+    **Fields:**
+
+    - `metric`: what is measured: `"AUC24"` (AUC over 24 h at steady state), `"trough"`,
+      `"INR"`, `"concentration"`.
+    - `low`, `high`: the window (inclusive), in `unit`.
+    - `unit`: e.g. `"mg·h/L"`, `"mg/L"`, `"-"` for a ratio.
+    - `reference`: the guideline or paper that sets the window (authors, year, journal).
+    - `note`: context (indication, when to sample).
+    """
+
+    metric: str
+    low: float
+    high: float
+    unit: str
+    reference: str
+    note: str = ""
+
+    def __post_init__(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(
+                f"Target {self.metric!r}: expected finite low < high, got low={self.low}, "
+                f"high={self.high}."
+            )
+
+    def contains(self, value: float) -> bool:
+        """Whether `value` lies in the window `[low, high]`."""
+        return self.low <= value <= self.high
+
+
+@dataclasses.dataclass(frozen=True)
+class Units:
+    """Units of a drug's doses and observations.
+
+    **Fields:** `dose` (what a dose amount means, e.g. `"mg racemic warfarin"`),
+    `concentration` (of the modelled drug, e.g. `"mg/L"`), `observed` (the observed model
+    output and its unit, e.g. `"INR (ratio)"` or `"vancomycin serum concentration, mg/L"`),
+    `time` (`"h"`).
+    """
+
+    dose: str
+    concentration: str
+    observed: str
+    time: str = "h"
+
+
+@dataclasses.dataclass(frozen=True)
+class Dosing:
+    """How the drug is given, and a usual regimen.
+
+    **Fields:**
+
+    - `route`: `"oral"` (a bolus into the depot, compartment `cmt`) or `"infusion"` (a
+      zero-order input into compartment `cmt` over `duration` hours).
+    - `amount`: a usual dose, in `Units.dose` (per kg of body weight if `per_kg`).
+    - `interval`: the usual dosing interval (h).
+    - `duration`: the usual infusion duration (h); `None` for oral drugs.
+    - `cmt`: the dosing compartment of the model (1-based, as NONMEM's `CMT`).
+    - `per_kg`: `amount` is per kg of body weight.
+    - `reference`: where the usual regimen comes from.
+    """
+
+    route: Literal["oral", "infusion"]
+    amount: float
+    interval: float
+    duration: float | None = None
+    cmt: int = 1
+    per_kg: bool = False
+    reference: str = ""
+
+    def __post_init__(self):
+        if self.route not in ("oral", "infusion"):
+            raise ValueError(f"Dosing: expected route 'oral' or 'infusion', got {self.route!r}.")
+        if self.route == "infusion" and not (self.duration and self.duration > 0):
+            raise ValueError(
+                f"Dosing: an infusion needs a duration > 0 (h), got duration={self.duration!r}."
+            )
+        if not (self.amount > 0 and self.interval > 0):
+            raise ValueError(
+                f"Dosing: expected amount > 0 and interval > 0, got amount={self.amount}, "
+                f"interval={self.interval}."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Drug:
+    r"""A drug of the library: a published population model and its clinical metadata.
+
+    A `Drug` is a `calibration.PopulationModel` (structural `pkpd` model, covariate model for
+    the typical values, between-subject variability, residual error), all at the values the
+    paper published, plus what a clinician needs to use it: how to turn the standard patient
+    covariates into the model's covariates, the units, the therapeutic targets, how the drug
+    is given, and the reference.
+
+    Define a new drug in a few lines:
+
+    ```python
+    import calibration, pkpd
+    from twins.drugs import Drug, Dosing, Target, Units, patient_number
+
+    def typical(theta, cov):
+        return {"KA": theta["KA"], "CL": theta["CL"] * (cov["WT"] / 70) ** 0.75,
+                "V": theta["V"] * cov["WT"] / 70}
+
+    drug = Drug(
+        name="mydrug_smith2020",
+        model=calibration.PopulationModel(
+            pkpd.OneCompartmentOral(), theta={"KA": 1.2, "CL": 5.0, "V": 50.0},
+            omega={"CL": 0.09, "V": 0.04}, error=calibration.Proportional(0.15),
+            typical=typical),
+        covariate_fn=lambda p: {"WT": patient_number(p, "WT", drug="mydrug", what="kg")},
+        units=Units(dose="mg", concentration="mg/L", observed="plasma concentration, mg/L"),
+        dosing=Dosing(route="oral", amount=100.0, interval=12.0),
+        reference="Smith A et al. J Clin Pharmacol 2020;60:1-10.",
+    )
+    ```
+
+    **Fields:**
+
+    - `name`: the library name, `<drug>_<first author><year>` in lower case.
+    - `model`: the `calibration.PopulationModel`: published typical values as `theta`,
+      published between-subject variability as `omega` (log-scale variances; a published
+      CV becomes `log(1 + CV^2)`), published residual error as `error`, and `typical(theta,
+      covariates)`.
+    - `covariate_fn`: `covariate_fn(patient) -> {name: float}` translates the standard
+      patient covariate dict (`"AGE"`, `"WT"`, `"SCR"`, `"CRCL"`, `"<GENE>"`,
+      `"<GENE>_PHENOTYPE"`, ...) into the numeric covariates `typical` reads. Call it through
+      `Drug.covariates`, which checks its output.
+    - `units`: a `Units`.
+    - `dosing`: a `Dosing` (route and a usual regimen).
+    - `reference`: the publication of the model (authors, year, journal, doi).
+    - `targets`: `Target`s (therapeutic windows), possibly none.
+    - `omega_correlation`: published correlations between etas, `{(a, b): rho}`; the model
+      then has `omega_block=True` and `Drug.omega_matrix` / `Drug.population` carry them.
+    - `description`: the model in words, its equations and its caveats.
+    """
+
+    name: str
+    model: calibration.PopulationModel
+    covariate_fn: CovariateFn
+    units: Units
+    dosing: Dosing
+    reference: str
+    targets: tuple[Target, ...] = ()
+    omega_correlation: Mapping[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.model, calibration.PopulationModel):
+            raise TypeError(
+                f"Drug {self.name!r}: expected model to be a calibration.PopulationModel, got "
+                f"{type(self.model).__name__}."
+            )
+        if not callable(self.covariate_fn):
+            raise TypeError(
+                f"Drug {self.name!r}: expected covariate_fn to be callable (patient -> dict), "
+                f"got {self.covariate_fn!r}."
+            )
+        names = self.model.eta_names
+        for (a, b), rho in self.omega_correlation.items():
+            if a not in names or b not in names or a == b:
+                raise ValueError(
+                    f"Drug {self.name!r}: omega_correlation ({a!r}, {b!r}) must name two "
+                    f"different etas of the model {list(names)}."
+                )
+            if not -1.0 < rho < 1.0:
+                raise ValueError(
+                    f"Drug {self.name!r}: correlation of ({a!r}, {b!r}) is {rho}; expected a "
+                    "value in (-1, 1)."
+                )
+        if self.omega_correlation and not self.model.omega_block:
+            raise ValueError(
+                f"Drug {self.name!r}: published eta correlations need a model with "
+                "omega_block=True."
+            )
+        if self.omega_correlation:
+            np.linalg.cholesky(self.omega_matrix())  # raises if not positive definite
+        if self.dosing.cmt > self.model.model.n_states:
+            raise ValueError(
+                f"Drug {self.name!r}: dosing compartment {self.dosing.cmt} is not a compartment "
+                f"of {type(self.model.model).__name__} {list(self.model.model.state_names)}."
+            )
+
+    # --- covariates and parameters -----------------------------------------------------
+
+    def covariates(self, patient: PatientCovariates) -> dict[str, float]:
+        """The model's numeric covariates for one patient.
+
+        **Arguments:**
+
+        - `patient`: the standard patient covariate dict (keys `"AGE"` (years), `"WT"` (kg),
+          `"HT"` (cm), `"SEX"` (1 female, 0 male), `"SCR"` (mg/dL), `"CRCL"` (mL/min),
+          genotypes `"<GENE>"`, `"<GENE>_AS"`, `"<GENE>_PHENOTYPE"`, medications
+          `"AMIODARONE"`, `"DIAL"`, ...). Only the fields the drug needs are read.
+
+        **Returns:** `{covariate name: float}`, all finite.
+
+        **Raises:** `CovariateError` naming the drug, the patient and the field that is
+        missing or unusable.
+        """
+        out = self.covariate_fn(patient)
+        if not isinstance(out, Mapping):
+            raise TypeError(
+                f"Drug {self.name!r}: covariate_fn returned {type(out).__name__}; expected a "
+                "dict of floats."
+            )
+        checked = {}
+        for key, value in out.items():
+            number = float(value)
+            if not math.isfinite(number):
+                raise CovariateError(
+                    f"{_who(patient, self.name)}: the model covariate {key!r} came out as "
+                    f"{number}; expected a finite number."
+                )
+            checked[key] = number
+        return checked
+
+    def typical_params(self, patient: PatientCovariates) -> dict[str, float]:
+        """Typical (eta = 0) model parameters of a patient at the published values.
+
+        **Returns:** `{parameter: float}` for every parameter of the structural model, and
+        any dosing parameters (`F1`, ...) the covariate model sets.
+        """
+        cov = self.covariates(patient)
+        eta = jnp.zeros(self.model.n_eta)
+        params = self.model.individual_params(self.model.theta, cov, eta)
+        return {k: float(v) for k, v in params.items()}
+
+    def omega_matrix(self) -> np.ndarray:
+        """The published between-subject covariance matrix, in the order of the model's etas.
+
+        Variances from `model.omega`; off-diagonal terms from `omega_correlation`.
+        """
+        names = self.model.eta_names
+        sd = np.sqrt([float(self.model.omega[n]) for n in names])
+        corr = np.eye(len(names))
+        for (a, b), rho in self.omega_correlation.items():
+            i, j = names.index(a), names.index(b)
+            corr[i, j] = corr[j, i] = rho
+        return corr * np.outer(sd, sd)
+
+    def population(self) -> dict[str, Any]:
+        """The published population parameters on calibration's unconstrained scale.
+
+        The same pytree as `model.initial()`, with the published eta correlations (which
+        `PopulationModel` cannot hold) put into its `omega["corr"]` entry, so that
+        `calibration.individual_map(drug.model, data, drug.population())` uses the published
+        prior, correlations included.
+        """
+        phi = self.model.initial()
+        if not self.model.omega_block or self.model.n_eta < 2:
+            return phi
+        # Canonical partial correlations z of the correlation matrix's Cholesky factor L
+        # (the inverse of PopulationModel.omega_cholesky): z[i, j] = L[i, j] / sqrt(1 -
+        # sum_{k<j} L[i, k]^2), stored as atanh(z) (Lewandowski, Kurowicka & Joe 2009).
+        cov = self.omega_matrix()
+        sd = np.sqrt(np.diag(cov))
+        chol = np.linalg.cholesky(cov / np.outer(sd, sd))
+        d = chol.shape[0]
+        z = []
+        for i, j in zip(*np.tril_indices(d, -1), strict=True):
+            z.append(chol[i, j] / math.sqrt(1.0 - float(np.sum(chol[i, :j] ** 2))))
+        phi = dict(phi)
+        phi["omega"] = dict(phi["omega"]) | {"corr": jnp.arctanh(jnp.asarray(z))}
+        return phi
+
+    # --- dosing --------------------------------------------------------------------------
+
+    def regimen(
+        self,
+        n_doses: int = 1,
+        *,
+        amount: float | None = None,
+        interval: float | None = None,
+        duration: float | None = None,
+        start: float = 0.0,
+        weight: float | None = None,
+    ) -> pkpd.Regimen:
+        """A regimen of `n_doses` equal doses, by default the drug's usual one (`dosing`).
+
+        **Arguments:**
+
+        - `n_doses`: number of doses (>= 1).
+        - `amount`: dose in `units.dose` (per kg when `dosing.per_kg`); default the usual.
+        - `interval`: dosing interval (h); default the usual.
+        - `duration`: infusion duration (h), for infusions; default the usual.
+        - `start`: time of the first dose (h).
+        - `weight`: body weight (kg), required when `dosing.per_kg`.
+
+        **Returns:** a `pkpd.Regimen` dosing into `dosing.cmt`.
+        """
+        d = self.dosing
+        if not isinstance(n_doses, int) or n_doses < 1:
+            raise ValueError(f"{self.name}.regimen: expected n_doses >= 1, got {n_doses!r}.")
+        amount = d.amount if amount is None else amount
+        if d.per_kg:
+            if weight is None or not weight > 0:
+                raise ValueError(
+                    f"{self.name}.regimen: the dose is per kg ({d.amount} {self.units.dose}/kg); "
+                    f"expected weight > 0 (kg), got weight={weight!r}."
+                )
+            amount = amount * weight
+        interval = d.interval if interval is None else interval
+        if d.route == "oral":
+            if duration is not None:
+                raise ValueError(f"{self.name}.regimen: an oral dose takes no duration.")
+            one = pkpd.bolus(amount, time=start, cmt=d.cmt)
+        else:
+            one = pkpd.infusion(
+                amount, duration=d.duration if duration is None else duration, time=start, cmt=d.cmt
+            )
+        return one if n_doses == 1 else pkpd.repeat(one, ii=interval, addl=n_doses - 1)
