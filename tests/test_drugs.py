@@ -3,6 +3,7 @@ published equations; bad patient covariates raise errors naming the field."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import pathlib
@@ -414,3 +415,20 @@ def test_bad_drug_definitions_are_refused():
     message = "target INR between BASE=1.0 and BASE + INRMAX=21.0"
     with pytest.raises(ValueError, match=re.escape(message)):
         warfarin.maintenance_dose(D.get("warfarin").typical_params(PATIENT), target_inr=0.9)
+
+
+def test_define_a_drug_example():
+    """examples/define_a_drug.py: a user-defined drug with a weight covariate runs like the
+    library's; with CL and V both proportional to weight, Cmax falls with weight."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "define_a_drug.py"
+    spec = importlib.util.spec_from_file_location("define_a_drug", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    light = module.main(["--weight", "50", "--hours", "12"])
+    heavy = module.main(["--weight", "90", "--hours", "12"])
+    name = "theophylline_pinheiro2000"
+    assert light[name] == pytest.approx(heavy[name] * 90 / 50, rel=1e-6)
+    assert light["theophylline"] == pytest.approx(heavy["theophylline"], rel=1e-12)
+    with pytest.raises(D.CovariateError, match="has no 'WT'"):
+        module.THEOPHYLLINE_NLME.covariates({"AGE": 40.0})
