@@ -59,7 +59,7 @@ THEOPHYLLINE_NLME = D.Drug(
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--weight", type=float, default=70.0, help="body weight (kg)")
     parser.add_argument("--dose", type=float, default=320.0, help="oral dose (mg)")
     parser.add_argument("--hours", type=float, default=48.0, help="simulated time (h)")
