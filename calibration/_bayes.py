@@ -48,7 +48,7 @@ from numpyro.infer.util import log_density
 
 from ._data import Dataset
 from ._laplace import ConvergenceWarning, PopulationFit
-from ._model import PopulationModel
+from ._model import PopulationModel, require_no_iov
 
 #: R-hat above this flags non-convergence (Vehtari et al. 2021, section 4.4).
 RHAT_MAX = 1.01
@@ -477,6 +477,7 @@ def fit_population_nuts(
     emits a `ConvergenceWarning` naming the parameters and values, and sets
     `converged=False`.
     """
+    require_no_iov(pm, "fit_population_nuts")
     fn = "fit_population_nuts"
     _check_names(pm)
     resolved = _resolve_priors(pm, priors, fn)
@@ -541,6 +542,7 @@ def fit_individual_nuts(
     natural units), and whose table has one row per subject and parameter (kind `eta` and
     `individual`). Convergence problems warn as in `fit_population_nuts`.
     """
+    require_no_iov(pm, "fit_individual_nuts")
     fn = "fit_individual_nuts"
     if subject is not None:
         wanted = list(subject) if isinstance(subject, list | tuple | np.ndarray) else [subject]
@@ -633,6 +635,7 @@ def fit_population_svi(
     draws are independent) and whose diagnostics hold `final_loss` (the negative ELBO, mean
     of the last 10% of steps), `pareto_k` and `wall_time_s`.
     """
+    require_no_iov(pm, "fit_population_svi")
     fn = "fit_population_svi"
     _check_names(pm)
     if num_steps < 1 or num_draws < 10 or not learning_rate > 0:

@@ -25,6 +25,8 @@ class Dataset:
     - `observed`: True for a real observation, False for padding;
     - `blq`, `lloq`: censored observations (below the limit of quantification) and their limit;
     - `occasion`: 0-based occasion index of each observation (0 when there is no `OCC`);
+    - `occasion_start`: `(subjects, occasions)` time at which each occasion starts (its first
+      record), `+inf` for occasions a subject does not have;
     - `covariates`: name -> `(subjects,)` baseline values (each subject's first record).
     """
 
@@ -40,6 +42,7 @@ class Dataset:
         occasion: np.ndarray,
         covariates: dict[str, np.ndarray],
         records: pd.DataFrame,
+        occasion_start: np.ndarray | None = None,
     ):
         self.ids = ids
         self.regimen = regimen
@@ -51,6 +54,9 @@ class Dataset:
         self.occasion = occasion
         self.covariates = covariates
         self.records = records
+        if occasion_start is None:
+            occasion_start = np.zeros((ids.size, 1))
+        self.occasion_start = occasion_start
 
     @property
     def n_subjects(self) -> int:
@@ -62,7 +68,7 @@ class Dataset:
 
     @property
     def n_occasions(self) -> int:
-        return int(self.occasion[self.observed].max()) + 1 if self.n_observations else 1
+        return int(self.occasion_start.shape[1])
 
     def subset(self, index: Sequence[int] | np.ndarray) -> Dataset:
         """The subjects at positions `index` (a new `Dataset`)."""
@@ -81,6 +87,7 @@ class Dataset:
             self.occasion[idx],
             {k: v[idx] for k, v in self.covariates.items()},
             records[records["ID"].isin(keep)],
+            self.occasion_start[idx],
         )
 
     @classmethod
@@ -100,7 +107,9 @@ class Dataset:
         Monolix/nlmixr2 convention: `CENS == 1` marks an observation below the limit of
         quantification whose `DV` holds the limit (the M3 method then uses
         `P(y < LLOQ)`); a `LIMIT` column is not needed for left censoring. Occasions come from
-        an `OCC` column (any values; numbered 0, 1, ... per subject in order of appearance).
+        an `OCC` column (any values; numbered 0, 1, ... per subject in order of appearance, on
+        dosing and observation records alike); an occasion starts at its first record and
+        lasts until the next one starts, so each occasion's records must be contiguous in time.
 
         **Arguments:**
 
@@ -117,12 +126,15 @@ class Dataset:
             if col not in df.columns:
                 raise RecordError(f"Dataset.from_records: missing covariate column {col!r}.")
         ids = pd.unique(df["ID"])
-        regimens, obs = [], []
+        regimens, obs, starts, occ_codes = [], [], [], []
         for sid in ids:
             sub: Any = df[df["ID"] == sid]
+            codes, start = _occasions(sub, occasion, sid)
+            starts.append(start)
             regimens.append(pkpd.regimen_from_records(sub, n_states))
             is_obs = (sub["EVID"].to_numpy() == 0) & (sub["MDV"].to_numpy() == 0)
             o: Any = sub[is_obs]
+            occ_codes.append(codes[is_obs])
             dv = o["DV"].to_numpy(dtype=float)
             bad = ~np.isfinite(dv)
             if bad.any():
@@ -159,9 +171,11 @@ class Dataset:
                     raise RecordError(
                         f"subject ID={ids[i]}: interval censoring ({limit}) is not supported."
                     )
-            if occasion in o.columns:
-                _, codes = np.unique(o[occasion].to_numpy(), return_inverse=True)
-                occ[i, :k] = codes
+            occ[i, :k] = occ_codes[i]
+        n_occ = max(len(st) for st in starts)
+        occasion_start = np.full((n, n_occ), np.inf)
+        for i, st in enumerate(starts):
+            occasion_start[i, : len(st)] = st
         cov = {}
         for col in covariates:
             first = df.groupby("ID", sort=False)[col].first().reindex(ids)
@@ -182,6 +196,7 @@ class Dataset:
             occasion=occ,
             covariates=cov,
             records=df,
+            occasion_start=occasion_start,
         )
 
     def arrays(self) -> dict[str, jnp.ndarray]:
@@ -193,4 +208,26 @@ class Dataset:
             "blq": jnp.asarray(self.blq),
             "lloq": jnp.asarray(self.lloq),
             "occasion": jnp.asarray(self.occasion),
+            "occasion_start": jnp.asarray(self.occasion_start),
         }
+
+
+def _occasions(sub: Any, column: str, sid: Any) -> tuple[np.ndarray, np.ndarray]:
+    """0-based occasion of each record of one subject and the start time of each occasion."""
+    if column not in sub.columns:
+        return np.zeros(len(sub), dtype=np.int32), np.zeros(1)
+    values = sub[column].to_numpy()
+    if pd.isna(values).any():
+        row = sub.index[np.flatnonzero(pd.isna(values))[0]]
+        raise RecordError(f"subject ID={sid}, row {row}: {column} is missing.")
+    order = list(pd.unique(values))
+    codes = np.asarray([order.index(v) for v in values], dtype=np.int32)
+    back = np.flatnonzero(np.diff(codes) < 0)
+    if back.size:
+        row = sub.index[back[0] + 1]
+        raise RecordError(
+            f"subject ID={sid}, row {row}: {column}={values[back[0] + 1]} returns to an "
+            "earlier occasion; the records of an occasion must be contiguous in time."
+        )
+    times = sub["TIME"].to_numpy(dtype=float)
+    return codes, np.asarray([times[codes == k][0] for k in range(len(order))])

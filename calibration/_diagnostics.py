@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from ._data import Dataset
 from ._laplace import IndividualFit, PopulationFit, individual_map
-from ._model import Exponential, PopulationModel
+from ._model import Exponential, PopulationModel, require_no_iov
 
 #: Population values in any of the accepted forms (see `simulate_dataset`).
 Population = PopulationFit | Mapping[str, Any] | None
@@ -88,7 +88,13 @@ def _phi_from_natural(pm: PopulationModel, nat: Mapping[str, Any]) -> dict[str, 
             "omega_block=False."
         )
     sigma = {k: jnp.asarray(math.log(float(nat["sigma"][k]))) for k in pm.error.names}
-    return {"theta": theta, "omega": out, "sigma": sigma}
+    phi = {"theta": theta, "omega": out, "sigma": sigma}
+    if pm.iov:
+        if "iov" not in nat:
+            raise ValueError("population values: the model has IOV; 'iov' (variances) is missing.")
+        var = np.broadcast_to(np.asarray(nat["iov"], dtype=float), (len(pm.iov),))
+        phi["iov"] = {"log_sd": jnp.asarray(0.5 * np.log(var))}
+    return phi
 
 
 def _modes_for(
@@ -141,7 +147,9 @@ class Simulation:
       by name, `(n_rep, subjects)` each;
     - `lloq`: `(subjects, obs)` the limit used (`-inf`: no censoring);
     - `observed`: `(subjects, obs)` the design's real (not padding) observations;
-    - `data`: the design.
+    - `data`: the design;
+    - `kappa`: for a model with IOV, `(n_rep, subjects, occasions, n_iov)` the simulated
+      inter-occasion effects (`params` hold the parameters without them), else None.
     """
 
     dv: np.ndarray
@@ -152,6 +160,7 @@ class Simulation:
     lloq: np.ndarray
     observed: np.ndarray
     data: Dataset
+    kappa: np.ndarray | None = None
 
     @property
     def n_rep(self) -> int:
@@ -217,6 +226,9 @@ def simulate_dataset(
         lloq=np.array(limit),
         observed=data.observed,
         data=data,
+        kappa=np.asarray(out["kappa"]).reshape(n_rep, data.n_subjects, data.n_occasions, -1)
+        if pm.iov
+        else None,
     )
 
 
@@ -252,21 +264,25 @@ class _Static:
 def _simulate(pm: PopulationModel, nat, data: Dataset, keys, limit):
     """Simulated etas, predictions and observations, `(n_rep, subjects, ...)`."""
     cov, reg, time = _subjects(data)
+    times = {"time": time, "occasion_start": jnp.asarray(data.occasion_start)}
     observed = jnp.asarray(data.observed)
-    return _simulate_jit(_Static(pm), nat, keys, cov, reg, time, jnp.asarray(limit), observed)
+    return _simulate_jit(_Static(pm), nat, keys, cov, reg, times, jnp.asarray(limit), observed)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _simulate_jit(static: _Static, nat, keys, cov, reg, time, limit, observed):
+def _simulate_jit(static: _Static, nat, keys, cov, reg, times, limit, observed):
     pm = static.pm
     chol = jnp.linalg.cholesky(nat["omega"])
+    n_occ = times["occasion_start"].shape[-1]
+    iov_sd = jnp.tile(jnp.sqrt(nat["iov"]), n_occ) if pm.iov else jnp.zeros(0)
     expo = isinstance(pm.error, Exponential)
 
     def one(key, c, r, t, lim, obs):
-        k_eta, k_eps = jax.random.split(key)
+        k_eta, k_eps, k_kap = jax.random.split(key, 3)
         eta = chol @ jax.random.normal(k_eta, (pm.n_eta,))
+        kappa = iov_sd * jax.random.normal(k_kap, iov_sd.shape)
         params = pm.individual_params(nat["theta"], c, eta)
-        f = pm.predict(params, r, t)
+        f = pm.predict_random(nat["theta"], c, r, t, jnp.concatenate([eta, kappa]))
         sd = pm.error.sd(f, nat["sigma"])
         eps = jax.random.normal(k_eps, f.shape)
         y = f * jnp.exp(sd * eps) if expo else f + sd * eps
@@ -276,12 +292,13 @@ def _simulate_jit(static: _Static, nat, keys, cov, reg, time, limit, observed):
             "blq": blq,
             "ipred": f,
             "eta": eta,
+            "kappa": kappa,
             "params": params,
         }
 
     subjects = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0))
     reps = jax.vmap(subjects, in_axes=(0, None, None, None, None, None))
-    return reps(keys, cov, reg, time, limit, observed)
+    return reps(keys, cov, reg, times, limit, observed)
 
 
 def _with_observations(data: Dataset, dv: np.ndarray, blq: np.ndarray) -> Dataset:
@@ -310,6 +327,7 @@ def _with_observations(data: Dataset, dv: np.ndarray, blq: np.ndarray) -> Datase
         occasion=data.occasion,
         covariates=data.covariates,
         records=records,
+        occasion_start=data.occasion_start,
     )
 
 
@@ -333,6 +351,7 @@ def _tile(data: Dataset, n: int) -> Dataset:
         occasion=sub.occasion,
         covariates=sub.covariates,
         records=records,
+        occasion_start=sub.occasion_start,
     )
 
 
@@ -387,6 +406,7 @@ def residuals(
     Comets, Laffont, Laveille, Mentré 2006, Pharm Res 23:2036-2049 and Comets, Brendel,
     Mentré 2008, Comput Methods Programs Biomed 90:154-166 (NPDE).
     """
+    require_no_iov(pm, "residuals")
     n_obs = int(data.observed.sum(axis=1).max())
     if n_sim <= n_obs:
         raise ValueError(
@@ -597,6 +617,7 @@ def individual_plots(
     - `n_grid`: points of each curve; `ncols`: panels per row; `log`: log concentration axis.
     - `individual`: the conditional modes to draw (as in `residuals`).
     """
+    require_no_iov(pm, "individual_plots")
     phi, nat = _population(pm, fit_or_population)
     ind = _modes_for(pm, fit_or_population, phi, data, individual)
     if ids is None:
@@ -920,6 +941,7 @@ def laplace_posterior(
 
     **Returns:** `(subjects, n_draws, n_eta)` draws.
     """
+    require_no_iov(pm, "laplace_posterior")
     ind = individual_map(pm, data, dict(phi))
     chol = np.linalg.cholesky(0.5 * (ind.cov + np.swapaxes(ind.cov, -1, -2)))
     z = np.asarray(jax.random.normal(key, (data.n_subjects, n_draws, pm.n_eta)))
@@ -1026,6 +1048,7 @@ def sbc(
 
     References: Talts, Betancourt, Simpson, Vehtari, Gelman 2018, arXiv:1804.06788.
     """
+    require_no_iov(pm, "sbc")
     if n_sims < 1 or n_draws < 1:
         raise ValueError(f"sbc: expected n_sims, n_draws >= 1, got {n_sims}, {n_draws}.")
     phi, _ = _population(pm, population)

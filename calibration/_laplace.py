@@ -43,7 +43,10 @@ class IndividualFit:
 
     - `eta`: `(subjects, n_eta)` modes; `cov`: `(subjects, n_eta, n_eta)` inverse Hessians;
     - `params`: individual parameters by name, `(subjects,)` each;
-    - `converged`: `(subjects,)` whether each optimisation succeeded.
+    - `converged`: `(subjects,)` whether each optimisation succeeded;
+    - `kappa`: for a model with IOV, `(subjects, occasions, n_iov)` the modes of the
+      inter-occasion effects, NaN for occasions a subject does not have (`params` then hold
+      each subject's parameters without them).
     """
 
     ids: np.ndarray
@@ -52,6 +55,7 @@ class IndividualFit:
     params: dict[str, np.ndarray]
     converged: np.ndarray
     eta_names: tuple[str, ...]
+    kappa: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,11 @@ class PopulationFit:
     method: str
 
 
+def _n_random(pm: PopulationModel, obs) -> int:
+    """Random effects of one subject (static): etas and, with IOV, kappas per occasion."""
+    return pm.n_random(obs["occasion_start"].shape[-1])
+
+
 def _subject_arrays(data: Dataset):
     cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
     return cov, data.regimen, data.arrays()
@@ -93,13 +102,12 @@ def _local_model(pm: PopulationModel, nat, chol, cov, reg, obs, method: str):
     observations (M3) `W` is the exact second derivative of `-log P(DV < LLOQ)`.
     """
     err, sigma = pm.error, nat["sigma"]
-    d = pm.n_eta
+    d = _n_random(pm, obs)
     chol_inv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(d), lower=True)
     omega_inv = chol_inv.T @ chol_inv
 
     def predict(eta):
-        params = pm.individual_params(nat["theta"], cov, eta)
-        return pm.predict(params, reg, obs["time"])
+        return pm.predict_random(nat["theta"], cov, reg, obs, eta)
 
     def nll_obs(fv):
         return -observation_loglik(
@@ -139,16 +147,20 @@ def _local_model(pm: PopulationModel, nat, chol, cov, reg, obs, method: str):
     return f, fgh
 
 
-def _inner(pm: PopulationModel, nat, chol, cov, reg, obs, *, method: str, max_steps: int = 200):
+def _inner(
+    pm: PopulationModel, nat, chol, cov, reg, obs, eta0, *, method: str, max_steps: int = 200
+):
     """Conditional mode of one subject's eta by damped Newton (Levenberg-Marquardt).
 
-    Returns the mode, the negative log joint there, the curvature matrix (exact or first
+    Starts from `eta0` (zeros, or the modes at a nearby population value: the outer loop's
+    finite differences then take a few iterations each). Returns the mode, the negative log
+    joint there, the curvature matrix (exact or first
     order, see `_local_model`) and whether it converged (gradient below 1e-6 * (1 + |f|) in
     the infinity norm; the iteration aims at 1e-11, because the log-determinant term of the
     population objective moves at first order with the mode).
     """
     f, fgh = _local_model(pm, nat, chol, cov, reg, obs, method)
-    d = pm.n_eta
+    d = _n_random(pm, obs)
     eye = jnp.eye(d)
 
     def cond(state):
@@ -169,47 +181,55 @@ def _inner(pm: PopulationModel, nat, chol, cov, reg, obs, *, method: str, max_st
         done = small | (ok & (jnp.max(jnp.abs(step)) < 1e-12))
         return eta, fval, lam, k + 1, done
 
-    eta0 = jnp.zeros(d)
     state = (eta0, f(eta0), jnp.asarray(1e-3), jnp.asarray(0), jnp.asarray(False))
     eta, _, _, _, _ = jax.lax.while_loop(cond, body, state)
     fval, g, h = fgh(eta)
     return eta, fval, h, jnp.max(jnp.abs(g)) <= 1e-6 * (1.0 + jnp.abs(fval))
 
 
-def _modes(pm: PopulationModel, phi, data: Dataset, method: str = "focei"):
-    return _modes_arrays(pm, phi, *_subject_arrays(data), method)
+def _zeros(pm: PopulationModel, data: Dataset) -> jnp.ndarray:
+    """Starting random effects of every subject (the population typical values)."""
+    return jnp.zeros((data.n_subjects, pm.n_random(data.n_occasions)))
 
 
-def _modes_arrays(pm: PopulationModel, phi, cov, reg, obs, method: str):
+def _modes_arrays(pm: PopulationModel, phi, cov, reg, obs, eta0, method: str):
     nat = pm.natural(phi)
-    chol = pm.omega_cholesky(phi)
-    return jax.vmap(lambda c, r, o: _inner(pm, nat, chol, c, r, o, method=method))(cov, reg, obs)
+    chol = pm.random_cholesky(phi, obs["occasion_start"].shape[-1])
+    return jax.vmap(lambda c, r, o, e: _inner(pm, nat, chol, c, r, o, e, method=method))(
+        cov, reg, obs, eta0
+    )
 
 
 def _neg_loglik(pm: PopulationModel, phi, data: Dataset, method: str = "focei"):
     """-log L (Laplace approximation, exact or first-order curvature) summed over subjects."""
-    return _neg_loglik_arrays(pm, phi, *_subject_arrays(data), method)
+    return _neg_loglik_arrays(pm, phi, *_subject_arrays(data), _zeros(pm, data), method)[0]
 
 
-def _neg_loglik_arrays(pm: PopulationModel, phi, cov, reg, obs, method: str):
-    _, fval, hess, _ = _modes_arrays(pm, phi, cov, reg, obs, method)
+def _neg_loglik_arrays(pm: PopulationModel, phi, cov, reg, obs, eta0, method: str):
+    """`(-log L, conditional modes, curvatures, converged)`, the modes found from `eta0`."""
+    modes, fval, hess, ok = _modes_arrays(pm, phi, cov, reg, obs, eta0, method)
     chol_h = jnp.linalg.cholesky(hess)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol_h, axis1=-2, axis2=-1)), axis=-1)
-    d = pm.n_eta
-    return jnp.sum(fval + 0.5 * logdet - 0.5 * d * math.log(2 * math.pi))
+    d = pm.n_random(obs["occasion_start"].shape[-1])
+    value = jnp.sum(fval + 0.5 * logdet - 0.5 * d * math.log(2 * math.pi))
+    return value, modes, hess, ok
 
 
-_COMPILED: dict[tuple[int, str, str], tuple[PopulationModel, Any]] = {}
+_COMPILED: dict[tuple[int, str], tuple[PopulationModel, Any]] = {}
 
 
-def _compiled(pm: PopulationModel, what: str, method: str):
-    """One jitted function per model, quantity and method, reused across calls and data sets
-    of the same shapes (the model is held by the cache so that its id stays valid)."""
-    key = (id(pm), what, method)
+def _compiled(pm: PopulationModel, method: str):
+    """One jitted objective (with the modes, curvatures and convergence flags) per model and
+    method, reused by population fits and individual MAP on data sets of the same shapes (the
+    model is held by the cache so that its id stays valid)."""
+    key = (id(pm), method)
     hit = _COMPILED.get(key)
     if hit is None or hit[0] is not pm:
-        impl = _modes_arrays if what == "modes" else _neg_loglik_arrays
-        fn = jax.jit(lambda phi, cov, reg, obs: impl(pm, phi, cov, reg, obs, method))
+        fn = jax.jit(
+            lambda phi, cov, reg, obs, eta0: _neg_loglik_arrays(
+                pm, phi, cov, reg, obs, eta0, method
+            )
+        )
         _COMPILED[key] = hit = (pm, fn)
     return hit[1]
 
@@ -243,7 +263,11 @@ def individual_map(
 
 
 def _individual(pm: PopulationModel, phi, data: Dataset, method: str) -> IndividualFit:
-    eta, _, hess, ok = _compiled(pm, "modes", method)(phi, *_subject_arrays(data))
+    _, b, hess, ok = _compiled(pm, method)(phi, *_subject_arrays(data), _zeros(pm, data))
+    d = pm.n_eta
+    cov_b = jnp.linalg.inv(hess)
+    eta = b[:, :d]
+    kappa = b[:, d:].reshape(data.n_subjects, data.n_occasions, len(pm.iov)) if pm.iov else None
     nat = pm.natural(phi)
     cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
     params = jax.vmap(lambda c, e: pm.individual_params(nat["theta"], c, e))(cov, eta)
@@ -258,10 +282,13 @@ def _individual(pm: PopulationModel, phi, data: Dataset, method: str) -> Individ
     return IndividualFit(
         ids=data.ids,
         eta=np.asarray(eta),
-        cov=np.asarray(jnp.linalg.inv(hess)),
+        cov=np.asarray(cov_b[:, :d, :d]),
         params={k: np.asarray(jnp.broadcast_to(v, (data.n_subjects,))) for k, v in params.items()},
         converged=ok,
         eta_names=pm.eta_names,
+        kappa=None
+        if kappa is None
+        else np.where(np.isfinite(data.occasion_start)[:, :, None], np.asarray(kappa), np.nan),
     )
 
 
@@ -271,7 +298,7 @@ def fit_population(
     *,
     method: str = "focei",
     max_steps: int = 500,
-    gtol: float = 1e-4,
+    gtol: float = 1e-3,
     standard_errors: bool = True,
 ) -> PopulationFit:
     """Maximum-likelihood population estimates by the Laplace approximation (the fast mode).
@@ -300,29 +327,50 @@ def fit_population(
     h = 1e-4
     offsets = jnp.concatenate([jnp.zeros((1, n_par)), h * jnp.eye(n_par), -h * jnp.eye(n_par)])
 
-    compiled = _compiled(pm, "neg_loglik", method)
+    compiled = _compiled(pm, method)
     arrays = _subject_arrays(data)
-
-    def objective(flat):
-        return compiled(unravel(flat), *arrays)
+    zeros = _zeros(pm, data)
 
     def batch(points):
         # One compiled objective evaluated point by point (a vmap over points would batch the
         # subjects' Newton loops over points too: measured much slower to compile and run).
-        return np.array([float(objective(x)) for x in points])
+        # The first point is the base, its modes found from zero; they start the Newton
+        # iterations of the other points (all within a finite-difference step of it).
+        v0, modes, _, _ = compiled(unravel(points[0]), *arrays, zeros)
+        if not bool(jnp.all(jnp.isfinite(modes))):
+            modes = zeros
+        rest = [float(compiled(unravel(x), *arrays, modes)[0]) for x in points[1:]]
+        return np.array([float(v0), *rest])
 
     # Central differences: each evaluation recomputes the conditional modes, as in NONMEM's
-    # outer loop.
-    def value_and_grad(x):
-        v = batch(jnp.asarray(x)[None, :] + offsets)
-        return float(v[0]), (v[1 : n_par + 1] - v[n_par + 1 :]) / (2 * h)
+    # outer loop. The same evaluations give the diagonal curvature, which scales BFGS's first
+    # inverse Hessian (instead of the identity).
+    evals = {"n": 0}
 
+    def differences(x):
+        evals["n"] += 1
+        v = batch(jnp.asarray(x)[None, :] + offsets)
+        grad = (v[1 : n_par + 1] - v[n_par + 1 :]) / (2 * h)
+        curv = (v[1 : n_par + 1] - 2 * v[0] + v[n_par + 1 :]) / h**2
+        return float(v[0]), grad, curv
+
+    x0 = np.asarray(flat0)
+    first = differences(x0)
+
+    def value_and_grad(x):
+        v, g, _ = first if np.array_equal(x, x0) else differences(x)
+        return v, g
+
+    curv = first[2]
+    scale = np.where(np.isfinite(curv) & (curv > 0), curv, np.nan)
+    fallback = np.nanmedian(scale) if np.any(np.isfinite(scale)) else 1.0
+    hess_inv0 = np.diag(1.0 / np.where(np.isfinite(scale), scale, fallback))
     res = scipy.optimize.minimize(
         value_and_grad,
-        np.asarray(flat0),
+        x0,
         jac=True,
         method="BFGS",
-        options={"maxiter": max_steps, "gtol": gtol},
+        options={"maxiter": max_steps, "gtol": gtol, "hess_inv0": hess_inv0},
     )
     flat = jnp.asarray(res.x)
     n_steps = int(res.nit)
@@ -372,22 +420,22 @@ def fit_population(
 
 
 def _covariance(batch, flat, step: float = 1e-3) -> np.ndarray | None:
-    """Inverse Hessian of -log L at `flat` by central second differences."""
+    """Inverse Hessian of -log L at `flat` by second differences: central on the diagonal,
+    `f(x + e_j + e_k) - f(x + e_j) - f(x + e_k) + f(x)` off it (1 + 2n + n(n-1)/2 evaluations)."""
     n = flat.shape[0]
     e = np.eye(n) * step
     points = [np.zeros(n)]
     for j in range(n):
         points += [e[j], -e[j]]
     pairs = [(j, k) for j in range(n) for k in range(j)]
-    for j, k in pairs:
-        points += [e[j] + e[k], e[j] - e[k], -e[j] + e[k], -e[j] - e[k]]
+    points += [e[j] + e[k] for j, k in pairs]
     v = batch(flat[None, :] + jnp.asarray(np.stack(points)))
     h = np.zeros((n, n))
     for j in range(n):
         h[j, j] = (v[1 + 2 * j] - 2 * v[0] + v[2 + 2 * j]) / step**2
     for m, (j, k) in enumerate(pairs):
-        q = v[1 + 2 * n + 4 * m : 1 + 2 * n + 4 * m + 4]
-        h[j, k] = h[k, j] = (q[0] - q[1] - q[2] + q[3]) / (4 * step**2)
+        both = v[1 + 2 * n + m]
+        h[j, k] = h[k, j] = (both - v[1 + 2 * j] - v[1 + 2 * k] + v[0]) / step**2
     if not np.all(np.isfinite(h)) or np.min(np.linalg.eigvalsh(h)) <= 0:
         return None
     return np.linalg.inv(h)
@@ -431,6 +479,23 @@ def estimates_table(pm: PopulationModel, phi, cov_phi, ind: IndividualFit | None
                 rows.append(
                     _row("corr", f"{pm.eta_names[i]}~{pm.eta_names[j]}", r, np.nan, np.nan, np.nan)
                 )
+    if pm.iov:
+        iov = np.asarray(pm.natural(phi)["iov"])
+        for i, name in enumerate(pm.iov_names):
+            var, s_log = float(iov[i]), float(se["iov"]["log_sd"][i])
+            row = _row(
+                "iov",
+                name,
+                var,
+                2.0 * var * s_log,
+                var * math.exp(-2 * 1.96 * s_log),
+                var * math.exp(2 * 1.96 * s_log),
+            )
+            row["cv_pct"] = 100.0 * math.sqrt(math.expm1(var))
+            if ind is not None and ind.kappa is not None:
+                k_obs = ind.kappa[:, :, i][np.isfinite(ind.kappa[:, :, i])]
+                row["shrinkage_pct"] = 100.0 * (1.0 - float(np.std(k_obs)) / math.sqrt(var))
+            rows.append(row)
     for k, u in phi["sigma"].items():
         u, s = float(u), float(se["sigma"][k])
         est = math.exp(u)

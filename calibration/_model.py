@@ -119,6 +119,11 @@ class PopulationModel:
       by default each model parameter is the theta of the same name.
     - `output`: index of the observed model output.
     - `unconstrained`: names of thetas estimated on the natural scale.
+    - `iov`: initial inter-occasion variances (log scale) by model parameter name. On
+      occasion `k` (the data's `OCC`) the parameter is `TV * exp(eta_i + kappa_ik)` with
+      `kappa_ik ~ N(0, omega_iov^2)` independent across occasions (Karlsson & Sheiner 1993,
+      J Pharmacokinet Biopharm 21:735-750); parameters change at the start of each occasion
+      (`pkpd.simulate_piecewise`). A parameter may have BSV, IOV or both.
     """
 
     model: pkpd.AbstractModel
@@ -129,6 +134,7 @@ class PopulationModel:
     omega_block: bool = False
     output: int = 0
     unconstrained: tuple[str, ...] = ()
+    iov: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         for name, value in self.theta.items():
@@ -145,6 +151,14 @@ class PopulationModel:
                 )
             if not value > 0:
                 raise ValueError(f"PopulationModel: omega {name}={value} must be > 0.")
+        for name, value in self.iov.items():
+            if name not in self.model.param_names:
+                raise ValueError(
+                    f"PopulationModel: iov for {name!r}, which is not a parameter of "
+                    f"{type(self.model).__name__} {list(self.model.param_names)}."
+                )
+            if not value > 0:
+                raise ValueError(f"PopulationModel: iov {name}={value} must be > 0.")
         if self.typical is None:
             missing = [p for p in self.model.param_names if p not in self.theta]
             if missing:
@@ -161,6 +175,24 @@ class PopulationModel:
     def n_eta(self) -> int:
         return len(self.omega)
 
+    @property
+    def iov_names(self) -> tuple[str, ...]:
+        return tuple(self.iov)
+
+    def n_random(self, n_occasions: int) -> int:
+        """Random effects of one subject: its etas, then one kappa per IOV parameter and
+        occasion (occasion-major)."""
+        return self.n_eta + n_occasions * len(self.iov)
+
+    def random_cholesky(self, phi, n_occasions: int):
+        """Lower Cholesky factor of the covariance of all random effects of one subject:
+        Omega, then the IOV variances repeated for each occasion (block diagonal)."""
+        chol = self.omega_cholesky(phi)
+        if not self.iov:
+            return chol
+        kap = jnp.tile(jnp.exp(phi["iov"]["log_sd"]), n_occasions)
+        return jax.scipy.linalg.block_diag(chol, jnp.diag(kap))
+
     # --- unconstrained parameterisation -------------------------------------------------
 
     def initial(self) -> dict[str, Any]:
@@ -175,14 +207,22 @@ class PopulationModel:
             d = self.n_eta
             omega["corr"] = jnp.zeros(d * (d - 1) // 2)
         sigma = {k: jnp.log(jnp.asarray(float(getattr(self.error, k)))) for k in self.error.names}
-        return {"theta": theta, "omega": omega, "sigma": sigma}
+        phi = {"theta": theta, "omega": omega, "sigma": sigma}
+        if self.iov:
+            phi["iov"] = {
+                "log_sd": jnp.log(jnp.sqrt(jnp.asarray([float(v) for v in self.iov.values()])))
+            }
+        return phi
 
     def natural(self, phi) -> dict[str, Any]:
         """Population parameters on their natural scale: theta, Omega (matrix) and sigma."""
         theta = {k: (v if k in self.unconstrained else jnp.exp(v)) for k, v in phi["theta"].items()}
         chol = self.omega_cholesky(phi)
         sigma = {k: jnp.exp(v) for k, v in phi["sigma"].items()}
-        return {"theta": theta, "omega": chol @ chol.T, "sigma": sigma}
+        nat = {"theta": theta, "omega": chol @ chol.T, "sigma": sigma}
+        if self.iov:
+            nat["iov"] = jnp.exp(2.0 * phi["iov"]["log_sd"])
+        return nat
 
     def omega_cholesky(self, phi):
         """Lower Cholesky factor of Omega: SDs times the Cholesky factor of the correlation."""
@@ -210,14 +250,18 @@ class PopulationModel:
 
     # --- individual predictions and likelihood ----------------------------------------
 
-    def individual_params(self, theta, covariates, eta) -> dict[str, Any]:
-        """Parameters of one subject from natural-scale theta, its covariates and its eta."""
+    def individual_params(self, theta, covariates, eta, kappa=None) -> dict[str, Any]:
+        """Parameters of one subject from natural-scale theta, its covariates and its eta
+        (and, for a model with IOV, the kappas of one occasion)."""
         tv = dict(theta) if self.typical is None else dict(self.typical(theta, covariates))
         missing = [p for p in self.model.param_names if p not in tv]
         if missing:
             raise ValueError(f"PopulationModel.typical returned no value for {missing}.")
         for k, name in enumerate(self.eta_names):
             tv[name] = tv[name] * jnp.exp(eta[k])
+        if kappa is not None:
+            for k, name in enumerate(self.iov_names):
+                tv[name] = tv[name] * jnp.exp(kappa[k])
         return {k: tv[k] for k in self.model.param_names if k in tv} | {
             k: v for k, v in tv.items() if k not in self.model.param_names and _dosing(k)
         }
@@ -227,10 +271,23 @@ class PopulationModel:
         y = pkpd.simulate(self.model, params, regimen, times)
         return y if y.ndim == 1 else y[:, self.output]
 
+    def predict_random(self, theta, covariates, regimen, obs, b):
+        """Predictions at `obs["time"]` for one subject's random effects `b` (etas, then the
+        kappas of each occasion when the model has IOV: `n_random` values)."""
+        eta = b[: self.n_eta]
+        if not self.iov:
+            params = self.individual_params(theta, covariates, eta)
+            return self.predict(params, regimen, obs["time"])
+        start = obs["occasion_start"]
+        kappa = b[self.n_eta :].reshape(start.shape[0], len(self.iov))
+        params = jax.vmap(lambda k: self.individual_params(theta, covariates, eta, k))(kappa)
+        y = pkpd.simulate_piecewise(self.model, params, start[1:], regimen, obs["time"])
+        return y if y.ndim == 1 else y[:, self.output]
+
     def subject_loglik(self, nat, covariates, regimen, obs, eta):
-        """log p(y_i | eta_i) for one subject (natural-scale population parameters `nat`)."""
-        params = self.individual_params(nat["theta"], covariates, eta)
-        f = self.predict(params, regimen, obs["time"])
+        """log p(y_i | b_i) for one subject (natural-scale population parameters `nat`;
+        `eta` holds all its random effects, see `predict_random`)."""
+        f = self.predict_random(nat["theta"], covariates, regimen, obs, eta)
         ll = observation_loglik(
             self.error, nat["sigma"], f, obs["dv"], obs["observed"], obs["blq"], obs["lloq"]
         )
@@ -246,3 +303,12 @@ def eta_logprior(chol, eta):
     d = eta.shape[-1]
     z = jax.scipy.linalg.solve_triangular(chol, eta, lower=True)
     return -0.5 * jnp.sum(z**2) - jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * d * math.log(2 * math.pi)
+
+
+def require_no_iov(pm: PopulationModel, what: str) -> None:
+    """Raise for a model with IOV in an estimator or diagnostic that does not handle it."""
+    if pm.iov:
+        raise NotImplementedError(
+            f"{what}: models with inter-occasion variability are not supported yet; "
+            "fit them with fit_population (FOCE-I or Laplace)."
+        )

@@ -143,6 +143,7 @@ from ._regimen import (
     steady_state as steady_state,
 )
 from ._simulate import simulate as simulate
+from ._simulate import simulate_piecewise as simulate_piecewise
 from ._simulate import simulate_states as simulate_states
 
 __all__ = [
@@ -189,6 +190,7 @@ __all__ = [
     "reset",
     "simulate",
     "simulate_cohort",
+    "simulate_piecewise",
     "simulate_records",
     "simulate_states",
     "stack",

@@ -1,6 +1,59 @@
-"""twins: patients, cohorts and digital twins (being built).
+"""twins: patients, cohorts and digital twins.
 
-Will hold covariates, CPIC genotype -> phenotype, the drug library, virtual populations,
-`DigitalTwin`, `Trial`, input/output (NONMEM, FHIR R4, streams), governance, reports and the
-`twins` command line. Today it holds the command line with its `demo` job.
+- Patients and covariates: `Patient` (demographics, labs, star-allele genotypes, medications)
+  with derived covariates (`cockcroft_gault`, `ckd_epi_2021`, `bsa_mosteller`,
+  `lean_body_weight`, `allometric`, ...); `Population` for virtual (`Population.sample`) and
+  real (`Population.from_dataframe`) cohorts.
+- `twins.pgx`: CPIC genotype -> activity score -> phenotype.
+- `twins.drugs`: the drug library (`Drug`: a published `calibration.PopulationModel` plus
+  clinical metadata).
+- `DigitalTwin`: a drug and a patient; `update` with observed levels, `forecast`, `recommend`.
+- `twins.validation`: evaluations on real data (IWPC warfarin doses).
+- The `twins` command line (`twins demo`).
 """
+
+from . import drugs as drugs
+from . import pgx as pgx
+from . import validation as validation
+from ._covariates import allometric as allometric
+from ._covariates import bmi as bmi
+from ._covariates import bsa_dubois as bsa_dubois
+from ._covariates import bsa_mosteller as bsa_mosteller
+from ._covariates import ckd_epi_2021 as ckd_epi_2021
+from ._covariates import cockcroft_gault as cockcroft_gault
+from ._covariates import creatinine_mg_dl_to_umol as creatinine_mg_dl_to_umol
+from ._covariates import creatinine_umol_to_mg_dl as creatinine_umol_to_mg_dl
+from ._covariates import ideal_body_weight as ideal_body_weight
+from ._covariates import lean_body_weight as lean_body_weight
+from ._patient import LABS as LABS
+from ._patient import LabSpec as LabSpec
+from ._patient import MissingCovariateError as MissingCovariateError
+from ._patient import Patient as Patient
+from ._population import Demographics as Demographics
+from ._population import Population as Population
+from ._population import iwpc_genotype_counts as iwpc_genotype_counts
+from .drugs import Drug as Drug
+
+__all__ = [
+    "LABS",
+    "Demographics",
+    "Drug",
+    "LabSpec",
+    "MissingCovariateError",
+    "Patient",
+    "Population",
+    "allometric",
+    "bmi",
+    "bsa_dubois",
+    "bsa_mosteller",
+    "ckd_epi_2021",
+    "cockcroft_gault",
+    "creatinine_mg_dl_to_umol",
+    "creatinine_umol_to_mg_dl",
+    "drugs",
+    "ideal_body_weight",
+    "iwpc_genotype_counts",
+    "lean_body_weight",
+    "pgx",
+    "validation",
+]

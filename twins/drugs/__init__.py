@@ -32,7 +32,6 @@ from ._drug import Dosing as Dosing
 from ._drug import Drug as Drug
 from ._drug import Target as Target
 from ._drug import Units as Units
-from ._drug import cockcroft_gault as cockcroft_gault
 from ._drug import patient_flag as patient_flag
 from ._drug import patient_number as patient_number
 from ._drug import patient_sex as patient_sex
@@ -97,7 +96,6 @@ __all__ = [
     "Units",
     "available",
     "citalopram",
-    "cockcroft_gault",
     "get",
     "patient_flag",
     "patient_number",

@@ -124,22 +124,6 @@ def patient_text(patient: PatientCovariates, key: str, *, drug: str, what: str) 
     return value.strip()
 
 
-def cockcroft_gault(age: float, weight: float, scr: float, female: float) -> float:
-    r"""Creatinine clearance by Cockcroft and Gault (mL/min).
-
-    $$CrCL = \frac{(140 - \text{age}) \cdot W}{72 \cdot S_{Cr}} \cdot (0.85 \text{ if female})$$
-
-    **Arguments:** `age` (years), `weight` (kg; the weight the caller's model asks for),
-    `scr` serum creatinine (mg/dL), `female` 1 for female, 0 for male.
-
-    **Returns:** CrCL in mL/min (not normalised to body surface area).
-
-    References: Cockcroft DW, Gault MH. Prediction of creatinine clearance from serum
-    creatinine. Nephron 1976;16(1):31-41.
-    """
-    return (140.0 - age) * weight / (72.0 * scr) * (0.85 if female else 1.0)
-
-
 @dataclasses.dataclass(frozen=True)
 class Target:
     """A therapeutic target or window.

@@ -47,6 +47,7 @@ from typing import Any
 import calibration
 import pkpd
 
+from .._covariates import cockcroft_gault
 from ._drug import (
     CovariateError,
     Dosing,
@@ -54,7 +55,6 @@ from ._drug import (
     PatientCovariates,
     Target,
     Units,
-    cockcroft_gault,
     patient_flag,
     patient_number,
     patient_sex,
@@ -129,7 +129,7 @@ def goti_crcl(age: float, weight: float, scr: float, female: float) -> float:
     """
     if age > GOTI_SCR_FLOOR_AGE:
         scr = max(scr, GOTI_SCR_FLOOR)
-    return min(cockcroft_gault(age, weight, scr, female), GOTI_CRCL_CAP)
+    return min(float(cockcroft_gault(age, weight, scr, female=female)), GOTI_CRCL_CAP)
 
 
 def goti_covariates(patient: PatientCovariates) -> dict[str, float]:
