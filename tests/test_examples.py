@@ -31,3 +31,14 @@ def test_simulate_cohort_example():
 @pytest.mark.parametrize("scenario", ["mrg09", "mrgtv01"])
 def test_nonmem_records_example(scenario):
     assert _load("nonmem_records").main(["--scenario", scenario]) <= 1e-4
+
+
+def test_vancomycin_twin_example(tmp_path):
+    """Two levels -> posterior -> AUC-guided dose: the recommended plan's median AUC24 lies
+    in the 400-600 mg*h/L window and the posterior moved away from the prior."""
+    out = _load("vancomycin_twin").main(["--draws", "200", "--out", str(tmp_path / "v.png")])
+    rec = out["recommendation"]
+    assert 400.0 <= rec.metric_median <= 600.0
+    assert rec.interval in (8.0, 12.0, 24.0)
+    assert out["posterior"].method == "map" and out["posterior"].converged
+    assert (tmp_path / "v.png").stat().st_size > 10_000

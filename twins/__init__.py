@@ -32,16 +32,24 @@ from ._patient import Patient as Patient
 from ._population import Demographics as Demographics
 from ._population import Population as Population
 from ._population import iwpc_genotype_counts as iwpc_genotype_counts
+from ._twin import DigitalTwin as DigitalTwin
+from ._twin import Forecast as Forecast
+from ._twin import Posterior as Posterior
+from ._twin import Recommendation as Recommendation
 from .drugs import Drug as Drug
 
 __all__ = [
     "LABS",
     "Demographics",
+    "DigitalTwin",
     "Drug",
+    "Forecast",
     "LabSpec",
     "MissingCovariateError",
     "Patient",
     "Population",
+    "Posterior",
+    "Recommendation",
     "allometric",
     "bmi",
     "bsa_dubois",
