@@ -33,12 +33,25 @@ def test_nonmem_records_example(scenario):
     assert _load("nonmem_records").main(["--scenario", scenario]) <= 1e-4
 
 
-def test_vancomycin_twin_example(tmp_path):
-    """Two levels -> posterior -> AUC-guided dose: the recommended plan's median AUC24 lies
-    in the 400-600 mg*h/L window and the posterior moved away from the prior."""
+def test_vancomycin_twin_example_and_notebook(tmp_path):
+    """Two levels -> posterior -> AUC-guided dose, as the script and as the notebook's code
+    cells run in order (one test, so the notebook reuses the script's compiled functions): the
+    recommended plan's median AUC24 lies in the 400-600 mg*h/L window and the posterior moved
+    away from the prior."""
+    import json
+
     out = _load("vancomycin_twin").main(["--draws", "200", "--out", str(tmp_path / "v.png")])
     rec = out["recommendation"]
     assert 400.0 <= rec.metric_median <= 600.0
     assert rec.interval in (8.0, 12.0, 24.0)
     assert out["posterior"].method == "map" and out["posterior"].converged
     assert (tmp_path / "v.png").stat().st_size > 10_000
+
+    nb = json.loads((EXAMPLES / "vancomycin_twin.ipynb").read_text())
+    ns: dict = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            code = "".join(cell["source"]).replace("N_DRAWS = 1000", "N_DRAWS = 200")
+            exec(compile(code, "vancomycin_twin.ipynb", "exec"), ns)
+    assert 400.0 <= ns["rec"].metric_median <= 600.0
+    assert ns["rec"].dose == pytest.approx(rec.dose, rel=1e-6)  # same patient, levels, key
