@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format typecheck bench docs clean
+.PHONY: demo test test-all lint format typecheck bench docs clean
 
 # (Re)create the environment when it is missing or pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -17,6 +17,10 @@ demo: $(STAMP)
 	$(BIN)/twins demo
 
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not extended"
+
+# Every test, the extended ones included (about 2-3 min more).
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)

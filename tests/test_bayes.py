@@ -372,6 +372,7 @@ def test_priors_defaults_and_overrides():
         fit_individual_nuts(pm, data, subject=7)
 
 
+@pytest.mark.extended
 def test_theophylline_svi(theo_data):
     """SVI (multivariate normal guide): medians close to NUTS's; the Pareto k-hat is reported
     and a ConvergenceWarning is emitted exactly when it exceeds 0.7."""

@@ -58,6 +58,7 @@ def test_linear_irregular_grid_lag_and_f(case: ModelCase):
     _check(case.model, params, regimen, times)
 
 
+@pytest.mark.extended
 def test_linear_pd_models():
     """PK/PD models: an effect compartment (linear state, nonlinear output) and an Emax."""
     pk = LINEAR_MODELS[3]
@@ -73,6 +74,7 @@ def test_linear_pd_models():
     )
 
 
+@pytest.mark.extended
 def test_linear_fallbacks_agree():
     """Infusions, steady state and resets take the per-patient path: same numbers."""
     case = LINEAR_MODELS[2]
@@ -87,6 +89,7 @@ def test_linear_fallbacks_agree():
         _check(case.model, params, regimen, times)
 
 
+@pytest.mark.extended
 def test_first_dose_after_first_output():
     """Outputs before the first dose: the initial state (zero, or a PD baseline) is kept."""
     regimen = pkpd.oral(100.0, time=10.0) + pkpd.oral(100.0, time=22.5)

@@ -427,6 +427,7 @@ def test_against_references(case: ModelCase):
 # compilation per model, so the ODE path's steady states are checked on one model, with a
 # depot and a central compartment (the code path does not depend on the model). The analytic
 # steady states of all six models are checked against the closed form above.
+@pytest.mark.extended
 @pytest.mark.parametrize("case", [LINEAR_MODELS[1]], ids=[LINEAR_MODEL_IDS[1]])
 def test_ode_path_steady_state(case: ModelCase):
     """(b) and (c) for SS=1 bolus and infusion (also longer than II), SS=2, constant SS.
