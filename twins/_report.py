@@ -1,0 +1,586 @@
+"""A self-contained HTML report of a virtual trial, built from its results folder alone.
+
+`write_report(DIR)` reads `DIR` with `read_results`, computes the tables of `twins._summary`
+and writes one HTML file: figures are PNGs drawn with matplotlib's Agg canvas and embedded
+as base64 data URIs, the style sheet is inline, and nothing is loaded from elsewhere, so the
+file can be mailed or archived and rebuilt at any time from the folder (`twins report DIR`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ._summary import (
+    Results,
+    arm_labels,
+    arm_names,
+    band_quantiles,
+    band_resolution,
+    difference_table,
+    endpoint_table,
+    population_summary,
+    read_results,
+    reference_arm,
+    subgroup_table,
+)
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; }
+h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.group td { background: #fafafa; font-weight: 600; }
+.meta { color: #555; }
+.note { color: #555; font-size: 0.9em; }
+.warning { background: #fff3cd; border: 2px solid #d39e00; color: #5c4400; padding: 0.8em 1em;
+           margin: 1em 0; font-weight: 600; border-radius: 4px; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+img { max-width: 100%; height: auto; }
+"""
+
+_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(x: Any) -> str:
+    """A computed number to three significant digits (no exponent for |x| >= 1)."""
+    if x is None:
+        return "–"
+    x = float(x)
+    if math.isnan(x):
+        return "–"
+    if math.isinf(x):
+        return "not reached" if x > 0 else "-inf"
+    x = float(f"{x:.3g}")
+    if x == 0:
+        return "0"
+    decimals = min(max(0, 2 - math.floor(math.log10(abs(x)))), 6)
+    return f"{x:.{decimals}f}"
+
+
+def _given(x: Any) -> str:
+    """A number from the spec, as given (shortest form)."""
+    return "–" if x is None else f"{float(x):g}"
+
+
+def _interval(estimate: Any, low: Any, high: Any) -> str:
+    if math.isnan(float(estimate)):
+        return "–"
+    if math.isnan(float(low)) and math.isnan(float(high)):
+        return _fmt(estimate)
+    return f"{_fmt(estimate)} ({_fmt(low)} to {_fmt(high)})"
+
+
+def _png(fig: Figure) -> str:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{_e(fig.get_label())}">'
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] = ()
+) -> str:
+    """An HTML table; cells are already-escaped HTML."""
+    numeric = list(numeric) + [False] * (len(header) - len(numeric))
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="num">{c}</td>' if num else f"<td>{c}</td>"
+            for c, num in zip(row, numeric, strict=False)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+def _header(results: Results) -> str:
+    spec, manifest = results.spec, results.manifest
+    labels = arm_labels(spec)
+    meta = []
+    if spec.get("drug"):
+        meta.append(f"Drug: <b>{_e(spec['drug'])}</b>")
+    if spec.get("duration_days") is not None:
+        meta.append(f"Duration: {_e(_given(spec['duration_days']))} days")
+    if manifest.get("n_patients") is not None:
+        meta.append(f"{_e(manifest['n_patients'])} virtual patients per arm")
+    meta.append(
+        "Arms: "
+        + ", ".join(_e(labels[a]) for a in arm_names(spec))
+        + f" (reference: {_e(labels[reference_arm(spec)])})"
+    )
+    out = [f"<h1>{_e(spec.get('name') or 'Virtual trial')}</h1>"]
+    if spec.get("description"):
+        out.append(f"<p>{_e(spec['description'])}</p>")
+    out.append(f'<p class="meta">{" · ".join(meta)}</p>')
+    out.append(_completeness_warning(results))
+    rows = [
+        [f"<b>{_e(labels[a['name']])}</b> ({_e(a['name'])})", _e(a.get("description") or "")]
+        for a in spec["arms"]
+    ]
+    out.append(_table(["Arm", "Description"], rows))
+    return "\n".join(out)
+
+
+def _completeness_warning(results: Results) -> str:
+    manifest = results.manifest
+    if manifest.get("complete") is True:
+        return ""
+    done = manifest.get("chunks_done")
+    n_done = len(done) if isinstance(done, list) else "?"
+    return (
+        '<div class="warning">Warning: this run is incomplete (manifest.json: "complete" is '
+        f"{_e(json.dumps(manifest.get('complete')))}; {_e(n_done)} of "
+        f"{_e(manifest.get('n_chunks', '?'))} chunks done). The results below are from the "
+        "patients simulated so far.</div>"
+    )
+
+
+def _spec_section(results: Results) -> str:
+    text = json.dumps(results.spec, indent=2, ensure_ascii=False, default=str)
+    out = [
+        "<h2>Specification</h2>",
+        f"<details><summary>spec.json</summary><pre>{_e(text)}</pre></details>",
+    ]
+    assumptions = results.spec.get("assumptions")
+    if assumptions:
+        items = assumptions if isinstance(assumptions, list) else [assumptions]
+        out.append("<h3>Assumptions</h3><ul>")
+        out.extend(f"<li>{_e(a)}</li>" for a in items)
+        out.append("</ul>")
+    return "\n".join(out)
+
+
+def _population_section(results: Results) -> str:
+    spec = results.spec
+    pop = population_summary(results)
+    out = ["<h2>Population</h2>"]
+    if pop.empty:
+        out.append('<p class="note">The spec names no covariates.</p>')
+        return "\n".join(out)
+    arms = arm_names(spec)
+    labels = arm_labels(spec)
+    header = ["Variable", *(_e(labels[a]) for a in arms)]
+    records = pop.to_dict("records")
+    cell = {(r["variable"], r["level"], r["arm"]): r for r in records}
+    rows = []
+    seen: set[str] = set()
+    for rec in records:
+        variable = rec["variable"]
+        if variable in seen:
+            continue
+        seen.add(variable)
+        if rec["type"] == "numeric":
+            cells = []
+            for a in arms:
+                r = cell.get((variable, None, a))
+                cells.append(
+                    "–"
+                    if r is None
+                    else f"{_fmt(r['mean'])} ± {_fmt(r['sd'])}; {_fmt(r['median'])} "
+                    f"[{_fmt(r['q25'])}–{_fmt(r['q75'])}] (n={int(r['n'])})"
+                )
+            rows.append([f"<b>{_e(variable)}</b>", *(_e(c) for c in cells)])
+        else:
+            rows.append([f"<b>{_e(variable)}</b>", *([""] * len(arms))])
+            levels = dict.fromkeys(r["level"] for r in records if r["variable"] == variable)
+            for level in levels:
+                cells = []
+                for a in arms:
+                    r = cell.get((variable, level, a))
+                    cells.append(
+                        "0 (0%)" if r is None else f"{int(r['count'])} ({_fmt(r['percent'])}%)"
+                    )
+                rows.append([f"&nbsp;&nbsp;{_e(level)}", *(_e(c) for c in cells)])
+    out.append(_table(header, rows, [False] + [True] * len(arms)))
+    out.append(
+        '<p class="note">Numeric: mean ± SD; median [interquartile range] (n). '
+        "Categorical: count (percentage of the arm).</p>"
+    )
+    return "\n".join(out)
+
+
+def _band_section(results: Results) -> str:
+    bands = results.spec.get("bands")
+    out = ["<h2>Band output over time</h2>"]
+    if bands is None:
+        out.append('<p class="note">The spec has no band output.</p>')
+        return "\n".join(out)
+    quant = band_quantiles(results, (0.05, 0.5, 0.95))
+    output, unit = str(bands.get("output", "output")), str(bands.get("unit", ""))
+    if quant.empty:
+        out.append('<p class="note">No band counts were written.</p>')
+        return "\n".join(out)
+    labels = arm_labels(results.spec)
+    fig = Figure(figsize=(9, 4.6), layout="constrained", label=f"{output} bands")
+    ax = fig.add_subplot()
+    for i, arm in enumerate(arm_names(results.spec)):
+        mask = (quant["arm"] == arm).to_numpy()
+        if not mask.any():
+            continue
+        colour = _COLOURS[i % len(_COLOURS)]
+        day, q05, q50, q95 = (
+            quant[c].to_numpy(float)[mask] for c in ("day", "q0.05", "q0.5", "q0.95")
+        )
+        ax.fill_between(day, q05, q95, color=colour, alpha=0.18)
+        ax.plot(day, q50, color=colour, lw=1.8, label=labels[arm])
+    for y in bands.get("reference_lines") or []:
+        ax.axhline(float(y), color="0.35", ls="--", lw=1)
+    ax.set_xlabel("Day")
+    ax.set_ylabel(f"{output} ({unit})" if unit else output)
+    ax.set_title(f"{output}: median (line) and 5–95% of patients (band) per arm")
+    ax.legend(loc="best", frameon=False)
+    ax.grid(alpha=0.3)
+    lo, hi = band_resolution(results)
+    edges = bands["edges"]
+    width = _fmt(lo) if math.isclose(lo, hi) else f"{_fmt(lo)} to {_fmt(hi)}"
+    width = f"{width} {unit}" if unit else width
+    out.append(_png(fig))
+    out.append(
+        f'<p class="note">Quantiles interpolated linearly within histogram bins of width '
+        f"{_e(width)} (the resolution). Values below {_e(_given(edges[0]))} or at/above "
+        f"{_e(_given(edges[-1]))} are counted at those edges.</p>"
+    )
+    return "\n".join(out)
+
+
+def _endpoint_section(results: Results, table: pd.DataFrame, level: float) -> str:
+    spec = results.spec
+    labels = arm_labels(spec)
+    has_published = bool(np.isfinite(table["published"].to_numpy(float)).any())
+    pct = f"{round(100 * level)}%"
+    header = ["Endpoint", "Arm", "n", f"Estimate ({pct} CI)"]
+    if has_published:
+        header.append("Published")
+    header.append("Note")
+    rows = []
+    previous = None
+    order = {e["name"]: i for i, e in enumerate(spec.get("endpoints", []))}
+    for r in sorted(table.to_dict("records"), key=lambda r: order[r["endpoint"]]):
+        name = f"{_e(r['label'])}" + (f" ({_e(_unit(r))})" if _unit(r) else "")
+        row = [
+            name if r["endpoint"] != previous else "",
+            _e(labels.get(r["arm"], r["arm"])),
+            _e(r["n"]),
+            _e(_interval(r["estimate"], r["ci_low"], r["ci_high"])),
+        ]
+        if has_published:
+            row.append(_e(_given(r["published"])) if np.isfinite(r["published"]) else "")
+        row.append(_e(r["note"]))
+        rows.append(row)
+        previous = r["endpoint"]
+    out = ["<h2>Endpoints</h2>"]
+    if table.empty:
+        out.append('<p class="note">The spec names no endpoints.</p>')
+        return "\n".join(out)
+    out.append(_table(header, rows, [False, False, True, True, True]))
+    published = spec.get("published") or {}
+    if has_published and published.get("source"):
+        out.append(f'<p class="note">Published figures: {_e(published["source"])}</p>')
+    if has_published and published.get("notes"):
+        out.append(f'<p class="note">{_e(published["notes"])}</p>')
+    out.append(
+        '<p class="note">Means: sample mean with the t interval. Proportions: percentage with '
+        "the Wilson score interval (Wilson 1927). Times to event: Kaplan-Meier median "
+        "(Kaplan and Meier 1958) with the Brookmeyer-Crowley interval (1982) from Greenwood's "
+        '"log-log" pointwise interval; "not reached" means the median or limit lies beyond '
+        "the follow-up.</p>"
+    )
+    return "\n".join(out)
+
+
+def _unit(r: dict[Any, Any]) -> str:
+    return "%" if r["kind"] == "proportion" else str(r["unit"])
+
+
+def _difference_section(results: Results, table: pd.DataFrame, level: float) -> str:
+    labels = arm_labels(results.spec)
+    ref = labels[reference_arm(results.spec)]
+    out = [f"<h2>Differences against {_e(ref)}</h2>"]
+    if table.empty:
+        out.append('<p class="note">No endpoint of kind mean or proportion.</p>')
+        return "\n".join(out)
+    pct = f"{round(100 * level)}%"
+    rows = [
+        [
+            _e(r["label"]) + (f" ({_e(r['unit'])})" if r["unit"] else ""),
+            _e(labels.get(r["arm"], r["arm"])),
+            _e(_fmt(r["estimate"])),
+            _e(_fmt(r["reference_estimate"])),
+            _e(_interval(r["difference"], r["ci_low"], r["ci_high"])),
+            _e(r["method"]),
+        ]
+        for r in table.to_dict("records")
+    ]
+    header = ["Endpoint", "Arm", "Arm estimate", f"{_e(ref)}", f"Difference ({pct} CI)", "Method"]
+    out.append(_table(header, rows, [False, False, True, True, True]))
+    out.append(
+        '<p class="note">Arm minus reference. Means: Welch interval. Proportions: percentage '
+        "points, Newcombe's hybrid score interval (Newcombe 1998). Arms are analysed as "
+        "independent samples.</p>"
+    )
+    return "\n".join(out)
+
+
+def _forest_figure(
+    results: Results, endpoint: dict[str, Any], overall: pd.DataFrame, sub: pd.DataFrame
+) -> str:
+    spec = results.spec
+    labels = arm_labels(spec)
+    ref = reference_arm(spec)
+    others = [a for a in arm_names(spec) if a != ref]
+    # Row layout, top to bottom: Overall, then per subgroup a header and its levels.
+    rows: list[tuple[str, str | None, str | None]] = [("Overall", None, None)]
+    for s in spec.get("subgroups", []):
+        levels = list(dict.fromkeys(sub.loc[sub["subgroup"] == s, "level"]))
+        if not levels:
+            continue
+        rows.append((s, None, "header"))
+        rows.extend((f"  {lv}", s, lv) for lv in levels)
+    height = 1.2 + 0.28 * len(rows) * (0.8 + 0.2 * max(len(others), 1))
+    fig = Figure(figsize=(8.5, height), layout="constrained", label=f"forest {endpoint['name']}")
+    ax = fig.add_subplot()
+    n_rows = len(rows)
+    step = 0.5 / max(len(others), 1)
+    for k, arm in enumerate(others):
+        colour = _COLOURS[(arm_names(spec).index(arm)) % len(_COLOURS)]
+        ys, xs, lo, hi = [], [], [], []
+        for i, (_, s, lv) in enumerate(rows):
+            if lv == "header":
+                continue
+            if s is None:
+                r = overall[overall["arm"] == arm]
+                cols = ("difference", "ci_low", "ci_high")
+            else:
+                r = sub[(sub["arm"] == arm) & (sub["subgroup"] == s) & (sub["level"] == lv)]
+                cols = ("difference", "difference_ci_low", "difference_ci_high")
+            if r.empty:
+                continue
+            d, a, b = (float(r.iloc[0][c]) for c in cols)
+            if not np.isfinite(d):
+                continue
+            ys.append(n_rows - 1 - i - (k - (len(others) - 1) / 2) * step)
+            xs.append(d)
+            lo.append(d - a if np.isfinite(a) else 0.0)
+            hi.append(b - d if np.isfinite(b) else 0.0)
+        ax.errorbar(
+            xs,
+            ys,
+            xerr=[lo, hi],
+            fmt="o",
+            color=colour,
+            ms=4,
+            capsize=2,
+            label=labels[arm],
+        )
+    ax.axvline(0, color="0.3", lw=1)
+    ax.set_yticks(range(n_rows))
+    ax.set_yticklabels([name for name, _, _ in reversed(rows)], fontsize=8.5)
+    for tick, (_, _, lv) in zip(ax.get_yticklabels(), reversed(rows), strict=True):
+        if lv == "header" or lv is None:
+            tick.set_fontweight("bold")
+    ax.set_ylim(-0.7, n_rows - 0.3)
+    unit = "percentage points" if endpoint["kind"] == "proportion" else endpoint["unit"]
+    arm_text = labels[others[0]] if len(others) == 1 else "arm"
+    ax.set_xlabel(f"{arm_text} − {labels[ref]}" + (f" ({unit})" if unit else ""))
+    ax.set_title(f"{endpoint['label']}: difference against {labels[ref]}")
+    ax.grid(axis="x", alpha=0.3)
+    for i, (_, _, lv) in enumerate(rows):
+        if lv == "header":
+            ax.axhline(n_rows - 1 - i + 0.5, color="0.8", lw=0.8)
+    if len(others) > 1:
+        fig.legend(loc="outside lower center", ncols=min(len(others), 4), frameon=False)
+    return _png(fig)
+
+
+def _subgroup_section(
+    results: Results, differences: pd.DataFrame, sub: pd.DataFrame, level: float
+) -> str:
+    spec = results.spec
+    out = ["<h2>Subgroups</h2>"]
+    if not spec.get("subgroups"):
+        out.append('<p class="note">The spec names no subgroups.</p>')
+        return "\n".join(out)
+    if len(arm_names(spec)) < 2:
+        out.append('<p class="note">One arm: no differences to show.</p>')
+    else:
+        for e in spec.get("endpoints", []):
+            if e["kind"] == "time_to_event":
+                continue
+            endpoint = {
+                "name": e["name"],
+                "label": str(e.get("label") or e["name"]),
+                "kind": e["kind"],
+                "unit": str(e.get("unit") or ""),
+            }
+            out.append(
+                _forest_figure(
+                    results,
+                    endpoint,
+                    differences.loc[differences["endpoint"] == e["name"]],
+                    sub.loc[sub["endpoint"] == e["name"]],
+                )
+            )
+    pct = f"{round(100 * level)}%"
+    labels = arm_labels(spec)
+    rows = [
+        [
+            _e(r["subgroup"]),
+            _e(r["level"]),
+            _e(r["label"]),
+            _e(labels.get(r["arm"], r["arm"])),
+            _e(r["n"]),
+            _e(_interval(r["estimate"], r["ci_low"], r["ci_high"])),
+            _e(_interval(r["difference"], r["difference_ci_low"], r["difference_ci_high"])),
+        ]
+        for r in sub.to_dict("records")
+    ]
+    header = ["Subgroup", "Level", "Endpoint", "Arm", "n", f"Estimate ({pct} CI)"]
+    header.append(f"Difference ({pct} CI)")
+    out.append(
+        "<details><summary>Subgroup table</summary>"
+        + _table(header, rows, [False, False, False, False, True, True, True])
+        + "</details>"
+    )
+    out.append(
+        '<p class="note">Forest plots: difference against the reference arm with its '
+        f"{pct} interval, overall (top) and within each subgroup level; no adjustment for "
+        "multiplicity.</p>"
+    )
+    return "\n".join(out)
+
+
+def _provenance_section(results: Results) -> str:
+    spec, manifest = results.spec, results.manifest
+    prov = spec.get("provenance") or {}
+    rows: list[list[str]] = []
+
+    def add(name: str, value: Any, fmt: Callable[[Any], str] = str) -> None:
+        if value is not None:
+            rows.append([_e(name), _e(fmt(value))])
+
+    add("version", prov.get("version"))
+    add("seed", prov.get("seed", spec.get("seed")))
+    add("spec hash", prov.get("spec_hash"))
+    add("started (UTC)", prov.get("started_utc"))
+    for key, value in prov.items():
+        if key not in ("version", "seed", "spec_hash", "started_utc"):
+            add(key, value if isinstance(value, str | int | float) else json.dumps(value))
+    add("finished (UTC)", manifest.get("finished_utc"))
+    add("wall time", manifest.get("wall_s"), lambda s: f"{float(s):.1f} s")
+    add("patients per arm", manifest.get("n_patients"))
+    add("chunk size", manifest.get("chunk_size"))
+    done = manifest.get("chunks_done")
+    if isinstance(done, list):
+        add("chunks done", f"{len(done)} of {manifest.get('n_chunks', '?')}")
+    add("patient parts read", len(results.patient_parts))
+    complete = manifest.get("complete")
+    rows.append(
+        [
+            "complete",
+            "yes" if complete is True else '<b style="color:#a00">NO: incomplete run</b>',
+        ]
+    )
+    add("results folder", str(results.path))
+    return "\n".join(
+        [
+            "<h2>Provenance</h2>",
+            _completeness_warning(results),
+            _table(["Item", "Value"], rows),
+        ]
+    )
+
+
+def render_report(results: Results, *, level: float = 0.95) -> str:
+    """The report of `results` as an HTML string (see `write_report`).
+
+    **Arguments:**
+
+    - `results`: from `twins._summary.read_results`.
+    - `level`: confidence level of the intervals.
+
+    **Returns:**
+
+    The HTML document (str).
+    """
+    endpoints = endpoint_table(results, level=level)
+    differences = difference_table(results, level=level)
+    sub = subgroup_table(results, level=level)
+    title = _e(results.spec.get("name") or "Virtual trial")
+    body = [
+        _header(results),
+        _spec_section(results),
+        _population_section(results),
+        _band_section(results),
+        _endpoint_section(results, endpoints, level),
+        _difference_section(results, differences, level),
+        _subgroup_section(results, differences, sub, level),
+        _provenance_section(results),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{title}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
+    """Write the HTML report of a trial results folder.
+
+    The report is one self-contained file (figures embedded as base64 PNG, inline style, no
+    external scripts or style sheets) built from the folder alone. Its sections: title and
+    description (with a warning when the run is incomplete); the spec (JSON, folded) and its
+    assumptions; the population per arm; the band output's median and 5-95% band over days;
+    the endpoints with confidence intervals beside the published figures; the differences
+    against the reference arm; subgroup forest plots; provenance.
+
+    Statistics (see `twins._summary`): t interval for means, Wilson score interval for
+    proportions, Kaplan-Meier median with the Brookmeyer-Crowley interval for times to event;
+    differences with the Welch interval (means) and Newcombe's hybrid score interval
+    (proportions).
+
+    **Arguments:**
+
+    - `path`: the results folder (`spec.json`, `manifest.json`, `patients/`, `bands/`).
+    - `out`: the HTML file to write; default `path/report.html`.
+
+    **Returns:**
+
+    The path of the report written.
+
+    References: Wilson EB (1927), J Am Stat Assoc 22:209-212. Newcombe RG (1998), Stat Med
+    17:873-890. Kaplan EL, Meier P (1958), J Am Stat Assoc 53:457-481. Brookmeyer R,
+    Crowley J (1982), Biometrics 38:29-41. Welch BL (1947), Biometrika 34:28-35.
+    """
+    results = read_results(path)
+    target = Path(out) if out is not None else results.path / "report.html"
+    document = render_report(results)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(document, encoding="utf-8")
+    return target
