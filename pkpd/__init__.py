@@ -23,6 +23,9 @@ from ._models._base import (
     AsODE as AsODE,
 )
 from ._models._base import (
+    FixedStep as FixedStep,
+)
+from ._models._base import (
     ODESolver as ODESolver,
 )
 from ._models._linear import (
@@ -166,6 +169,7 @@ __all__ = [
     "IndirectResponseIII",
     "IndirectResponseIV",
     "ODEModel",
+    "FixedStep",
     "ODESolver",
     "OneCompartment",
     "OneCompartmentMM",

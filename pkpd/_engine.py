@@ -316,7 +316,7 @@ def steady_state(
     """
     n = model.n_states
     dtype = jnp.result_type(float)
-    if not model.is_linear:
+    if not model.is_linear and isinstance(solver, ODESolver):
         # Newton's method differentiates the window map in forward mode.
         solver = eqx.tree_at(lambda s: s.adjoint, solver, dfx.DirectAdjoint())
     hot = jax.nn.one_hot(doses.cmt, n, dtype=dtype)

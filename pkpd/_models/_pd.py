@@ -23,7 +23,15 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float, Params, State, TimeLike
-from ._base import AbstractLinearModel, AbstractModel, AsODE, ODESolver, get
+from ._base import (
+    AbstractLinearModel,
+    AbstractModel,
+    AsODE,
+    FixedStep,
+    ODESolver,
+    get,
+    saving_by_propagation,
+)
 
 
 class AbstractPDModel(eqx.Module):
@@ -399,7 +407,41 @@ class PKPD(AbstractModel):
             return self.pk.propagate(params, x, rate, t0, t1, solver)
         if self.is_linear:
             return _LinearView(self).propagate(params, x, rate, t0, t1, solver)
+        if isinstance(solver, FixedStep) and self.pk.is_linear:
+            return self._split_steps(params, x, rate, t0, t1, solver)
         return AsODE(self).propagate(params, x, rate, t0, t1, solver)
+
+    def _split_steps(self, params, x, rate, t0, t1, solver: FixedStep) -> State:
+        """Linear PK exactly, PD by RK4 driven by the exact concentration (`FixedStep`)."""
+        n = self.pk.n_states
+        n_steps, h = solver.n_steps(t0, t1)
+        k = self.pk.matrix(params)  # type: ignore[attr-defined]
+        aug = jnp.zeros((n + 1, n + 1), dtype=k.dtype)
+        aug = aug.at[:n, :n].set(k * (h / 2)).at[:n, n].set(rate[:n] * (h / 2))
+        e = jax.scipy.linalg.expm(aug)
+        phi, inc = e[:n, :n], e[:n, n]
+        rate_pd = rate[n:]
+
+        def field(t, c, y):
+            return self.pd.vector_field(t, c, y, params) + rate_pd
+
+        def body(i, carry):
+            xa, y, ca = carry
+            t = t0 + i * h
+            xm = phi @ xa + inc
+            xb = phi @ xm + inc
+            cm = self._concentration(params, xm)
+            cb = self._concentration(params, xb)
+            k1 = field(t, ca, y)
+            k2 = field(t + h / 2, cm, y + h / 2 * k1)
+            k3 = field(t + h / 2, cm, y + h / 2 * k2)
+            k4 = field(t + h, cb, y + h * k3)
+            return xb, y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), cb
+
+        x_pk, y = x[:n], x[n:]
+        init = (x_pk, y, self._concentration(params, x_pk))
+        x_pk, y, _ = jax.lax.fori_loop(0, n_steps, body, init)
+        return jnp.concatenate([x_pk, y])
 
     def propagate_saving(
         self,
@@ -412,6 +454,10 @@ class PKPD(AbstractModel):
         solver: ODESolver,
     ) -> tuple[Float[Array, "saves states"], State]:
         """As `propagate`, also returning the states at `ts` (used when not `is_linear`)."""
+        if isinstance(solver, FixedStep):
+            return saving_by_propagation(
+                lambda y, a, b: self.propagate(params, y, rate, a, b, solver), x, t0, t1, ts
+            )
         if self.pd.n_states == 0:
             return self.pk.propagate_saving(  # type: ignore[attr-defined]
                 params, x, rate, t0, t1, ts, solver

@@ -19,6 +19,7 @@ activity score, as in CPIC's tables.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -165,6 +166,12 @@ def phenotype(gene: str, diplotype: str) -> PhenotypeResult:
             f"The {gene} diplotype must be a string such as '*1/*2', got "
             f"{type(diplotype).__name__} {diplotype!r}."
         )
+    return _phenotype(gene, diplotype)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _phenotype(gene: str, diplotype: str) -> PhenotypeResult:
+    # Cached: cohorts repeat the same few diplotypes (results are frozen; errors not cached).
     if gene == "VKORC1":
         first, second = parse_vkorc1(diplotype)
         row = diplotype_table(gene)[(min(first, second), max(first, second))]

@@ -1,0 +1,643 @@
+"""Virtual trials: a population x arms x endpoints, simulated period by period.
+
+A `Trial` gives every virtual patient every arm (the same patients, the same assay noise:
+common random numbers), simulates the drug's population model one dosing period at a time
+so that adaptive arms can change the dose from simulated measurements, and reduces each
+patient's course to endpoint values. `run_trial` does it chunk by chunk, writes Parquet
+parts atomically and resumes an interrupted run (`twins._trial_io`).
+
+The simulation of one chunk is one `jax.jit` call per arm: the patient axis is vmapped (and
+sharded over the local devices when there are several), the periods are a `lax.scan`, and
+the drug's model is advanced over each period by `model.propagate` with the trial's solver
+(by default `pkpd.FixedStep(1.0)`: exact linear PK, RK4 for PD states).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import calibration
+import pkpd
+
+from ._population import Population
+from .drugs import Drug
+
+Source = Literal["measured", "true"]
+
+#: Virtual patients are drawn in blocks of this size, block b from `fold_in(key, b)`, so that
+#: patient i is the same whatever N and the chunk size are.
+POPULATION_BLOCK = 1000
+
+
+# ----------------------------------------------------------------------------- dosing rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Nomogram:
+    r"""An INR- (or level-) guided dose adjustment table.
+
+    A measured value in band $b$ (`bounds` cut the real line into `len(bounds) + 1` bands;
+    a value equal to a bound falls in the upper band) changes the maintenance dose by the
+    fraction `change[b]` and withholds the next `hold[b]` doses.
+
+    **Fields:**
+
+    - `bounds`: increasing cut points (in the units of the measured output).
+    - `change`: fractional dose change per band (`0.1` = +10%), `len(bounds) + 1` values.
+    - `hold`: number of doses withheld per band (non-negative integers).
+    - `reference`: where the table comes from.
+    """
+
+    bounds: tuple[float, ...]
+    change: tuple[float, ...]
+    hold: tuple[int, ...]
+    reference: str = ""
+
+    def __post_init__(self):
+        b = np.asarray(self.bounds, dtype=float)
+        if b.ndim != 1 or b.size == 0 or not np.all(np.isfinite(b)) or np.any(np.diff(b) <= 0):
+            raise ValueError(f"Nomogram: bounds must increase strictly, got {self.bounds!r}.")
+        if len(self.change) != b.size + 1 or len(self.hold) != b.size + 1:
+            raise ValueError(
+                f"Nomogram: expected {b.size + 1} values in change and in hold (one per band), "
+                f"got {len(self.change)} and {len(self.hold)}."
+            )
+        if any(c <= -1 or not math.isfinite(c) for c in self.change):
+            raise ValueError(f"Nomogram: each change must be > -1 (-100%), got {self.change!r}.")
+        if any(int(h) != h or h < 0 for h in self.hold):
+            raise ValueError(f"Nomogram: hold must be non-negative integers, got {self.hold!r}.")
+
+    def __call__(self, measured, dose):
+        """`(new dose, doses to withhold)` for arrays of measured values and current doses."""
+        band = jnp.searchsorted(jnp.asarray(self.bounds), measured, side="right")
+        change = jnp.asarray(self.change)[band]
+        hold = jnp.asarray(self.hold, dtype=jnp.int32)[band]
+        return dose * (1.0 + change), hold
+
+
+InitialFn = Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+
+
+class Arm(abc.ABC):
+    """One arm of a trial: how each patient is dosed, period by period.
+
+    Subclasses give `start` (the doses before any measurement, from the covariates, in
+    NumPy) and `step` (jittable: the dose of one period and the updated state, given the
+    value measured at the start of that period, if any).
+    """
+
+    name: str
+    label: str
+    description: str
+    visits: tuple[int, ...]
+
+    @abc.abstractmethod
+    def start(self, covariates: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Initial per-patient state (arrays with the patient axis first)."""
+
+    @abc.abstractmethod
+    def step(self, period, measured, is_visit, state) -> tuple[Any, dict[str, Any]]:
+        """`(amount given in this period, new state)` for one patient."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "description": self.description,
+            "visits_day": [v + 1 for v in self.visits],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class DosingArm(Arm):
+    r"""Loading doses, a maintenance dose, and rules that adjust it at the visits.
+
+    - Fixed regimen: `initial` gives the same dose to everyone and `rules` is empty.
+    - Covariate- or genotype-guided: `initial` computes the doses from the covariates
+      (`Population.covariates()` keys: `AGE`, `WT`, `CYP2C9`, `VKORC1`, ...).
+    - Adaptive (titration): `rules` change the maintenance dose from the value measured at
+      each visit (with assay noise), e.g. an INR `Nomogram`.
+
+    **Fields:**
+
+    - `name`, `label`, `description`: identifiers for the results and the report.
+    - `initial`: `initial(covariates) -> (loading, maintenance)`: `loading` an array
+      `(patients, L)` of the doses of the first L periods (mg), `maintenance` `(patients,)`
+      the dose of every later period (mg).
+    - `visits`: days (1-based: day 1 is the first dosing day) on which the output is
+      measured, in the morning before that day's dose.
+    - `rules`: `((days, rule), ...)`: at a visit on one of `days` (1-based), `rule(measured,
+      dose) -> (new dose, doses withheld)` updates the maintenance dose. The first rule whose
+      days contain the visit applies.
+    - `dose_step`: doses are rounded to multiples of this (mg; tablet strengths), and never
+      fall below one step except while withheld.
+    """
+
+    name: str
+    label: str
+    description: str
+    initial: InitialFn
+    visits: tuple[int, ...] = ()
+    rules: tuple[tuple[tuple[int, ...], Callable], ...] = ()
+    dose_step: float = 0.5
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ValueError(f"DosingArm: name must be a word ([A-Za-z0-9_]), got {self.name!r}.")
+        days = [int(d) for d in self.visits]
+        if any(d < 1 for d in days) or days != sorted(set(days)):
+            raise ValueError(
+                f"DosingArm {self.name!r}: visits must be increasing days >= 1, got "
+                f"{self.visits!r}."
+            )
+        for rule_days, _ in self.rules:
+            missing = sorted(set(rule_days) - set(days))
+            if missing:
+                raise ValueError(
+                    f"DosingArm {self.name!r}: rule days {missing} are not visit days."
+                )
+        if not self.dose_step > 0:
+            raise ValueError(f"DosingArm {self.name!r}: dose_step must be > 0.")
+        # Stored 0-based (period index); describe() reports 1-based days.
+        object.__setattr__(self, "visits", tuple(d - 1 for d in days))
+        object.__setattr__(
+            self, "rules", tuple((tuple(int(d) - 1 for d in ds), r) for ds, r in self.rules)
+        )
+
+    def start(self, covariates):
+        loading, maintenance = self.initial(covariates)
+        n = len(covariates["ID"])
+        loading = np.asarray(loading, dtype=float)
+        maintenance = np.asarray(maintenance, dtype=float)
+        if loading.ndim != 2 or loading.shape[0] != n or maintenance.shape != (n,):
+            raise ValueError(
+                f"DosingArm {self.name!r}: initial must return loading (patients, L) and "
+                f"maintenance (patients,), got shapes {loading.shape} and {maintenance.shape} "
+                f"for {n} patients."
+            )
+        for what, values in (("loading", loading), ("maintenance", maintenance)):
+            bad = ~np.isfinite(values) | (values < 0)
+            if bad.any():
+                i = int(np.argwhere(bad)[0][0])
+                raise ValueError(
+                    f"DosingArm {self.name!r}: the {what} dose of patient "
+                    f"{covariates['ID'][i]} is {values[i]}; expected a finite dose >= 0 (mg)."
+                )
+        return {
+            "loading": loading,
+            "dose": self._round(maintenance),
+            "hold": np.zeros(n, dtype=np.int32),
+        }
+
+    def _round(self, dose):
+        xp = jnp if isinstance(dose, jax.Array) else np
+        return xp.maximum(xp.round(dose / self.dose_step), 1.0) * self.dose_step
+
+    def step(self, period, measured, is_visit, state):
+        dose, hold = state["dose"], state["hold"]
+        for days, rule in self.rules:
+            applies = is_visit & jnp.isin(period, jnp.asarray(days, dtype=jnp.int32))
+            new_dose, new_hold = rule(measured, dose)
+            dose = jnp.where(applies, self._round(new_dose), dose)
+            hold = jnp.where(applies, new_hold, hold)
+        loading = state["loading"]
+        n_load = loading.shape[-1]
+        in_loading = period < n_load
+        load = loading[jnp.clip(period, 0, max(n_load - 1, 0))] if n_load else 0.0
+        held = hold > 0
+        amount = jnp.where(in_loading, load, jnp.where(held, 0.0, dose))
+        hold = jnp.where(in_loading, hold, jnp.maximum(hold - 1, 0))
+        return amount, {"loading": loading, "dose": dose, "hold": hold}
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+
+class Course(dict):
+    """What endpoints see for a chunk of patients (all arrays, patient axis first).
+
+    - `days` `(P + 1,)`: the start of every period and the end of the trial (days from the
+      first dose); `level` `(n, P + 1)`: the true (noise-free) output there, before that
+      period's dose (a trough for once-per-period dosing);
+    - `visit_days` `(V,)`, `measured` `(n, V)`: the visits and what was measured;
+    - `doses` `(n, P)`: the amount given in each period.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint(abc.ABC):
+    """A per-patient endpoint computed from a `Course`."""
+
+    name: str
+    label: str
+    kind: ClassVar[str] = "mean"
+    unit: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def __call__(self, course: Mapping[str, Any]) -> dict[str, Any]:
+        """`{column: (n,) array}` for this endpoint."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.label, "kind": self.kind, "unit": self.unit}
+
+
+def _series(course, source: Source):
+    if source == "measured":
+        return course["visit_days"], course["measured"]
+    return course["days"], course["level"]
+
+
+def _in_range_fraction(t, y, low, high):
+    """Rosendaal: the fraction of the time between the first and last point with y in range,
+    y interpolated linearly between points."""
+    y0, y1 = y[..., :-1], y[..., 1:]
+    dt = jnp.diff(t)
+    lo = jnp.minimum(y0, y1)
+    hi = jnp.maximum(y0, y1)
+    span = hi - lo
+    overlap = jnp.clip(jnp.minimum(hi, high) - jnp.maximum(lo, low), 0.0, None)
+    flat = span <= 0
+    inside = (lo >= low) & (lo <= high)
+    frac = jnp.where(flat, inside.astype(y.dtype), overlap / jnp.where(flat, 1.0, span))
+    return (frac * dt).sum(-1) / (t[-1] - t[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeInRange(Endpoint):
+    r"""Percentage of time with the output in `[low, high]` (Rosendaal interpolation).
+
+    Between two consecutive values the output is interpolated linearly and the time inside
+    the range is counted, from the first value to the last. With `source="measured"` the
+    values are those measured at the visits (as TTR is computed in clinical trials); with
+    `"true"` the noise-free output at the start of every period.
+
+    References: Rosendaal FR, Cannegieter SC, van der Meer FJ, Briet E. A method to
+    determine the optimal intensity of oral anticoagulant therapy. Thromb Haemost
+    1993;69(3):236-239.
+    """
+
+    low: float = 2.0
+    high: float = 3.0
+    source: Source = "measured"
+    unit: ClassVar[str] = "% of time"
+
+    def __call__(self, course):
+        t, y = _series(course, self.source)
+        return {self.name: 100.0 * _in_range_fraction(t, y, self.low, self.high)}
+
+
+@dataclasses.dataclass(frozen=True)
+class AnyAbove(Endpoint):
+    """Whether the output reached `threshold` or more at least once (an adverse-event proxy)."""
+
+    threshold: float = 4.0
+    source: Source = "measured"
+    kind: ClassVar[str] = "proportion"
+    unit: ClassVar[str] = "% of patients"
+
+    def __call__(self, course):
+        _, y = _series(course, self.source)
+        return {self.name: (y >= self.threshold).any(-1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeToRange(Endpoint):
+    """Days from the first dose to the first value in `[low, high]`; censored at the last
+    value when never reached (`<name>_event` False)."""
+
+    low: float = 2.0
+    high: float = 3.0
+    source: Source = "measured"
+    kind: ClassVar[str] = "time_to_event"
+    unit: ClassVar[str] = "days"
+
+    def __call__(self, course):
+        t, y = _series(course, self.source)
+        ok = (y >= self.low) & (y <= self.high)
+        event = ok.any(-1)
+        first = jnp.argmax(ok, axis=-1)
+        time = jnp.where(event, jnp.asarray(t)[first], jnp.asarray(t)[-1])
+        return {self.name: time, f"{self.name}_event": event}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanDose(Endpoint):
+    """Mean weekly dose (mg/week) over the last `days` days of the trial."""
+
+    days: int = 28
+    unit: ClassVar[str] = "mg/week"
+
+    def __call__(self, course):
+        doses = course["doses"]
+        return {self.name: 7.0 * doses[..., -self.days :].mean(-1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalLevel(Endpoint):
+    """The output at the end of the trial (true or as measured at the last visit)."""
+
+    source: Source = "true"
+
+    def __call__(self, course):
+        _, y = _series(course, self.source)
+        return {self.name: y[..., -1]}
+
+
+# ----------------------------------------------------------------------------- the trial
+
+
+PopulationSource = Population | Callable[..., Population]
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    r"""A virtual trial: a population x arms x endpoints.
+
+    **Fields:**
+
+    - `name`, `description`: identifiers for the results and the report.
+    - `drug`: a `twins.Drug`; its population model gives each patient's parameters
+      (typical values from the covariates, log-normal between-subject variability) and
+      its residual error model gives the assay noise of the measured values.
+    - `population`: a fixed `Population` (patients are taken in order; N must not exceed its
+      size) or a sampler `sampler(n, *, key) -> Population` such as
+      `functools.partial(Population.sample, ancestry="White")`.
+    - `arms`: the `Arm`s.
+    - `reference_arm`: the arm the others are compared with (default the first).
+    - `endpoints`: the `Endpoint`s.
+    - `days`: trial duration in dosing periods (days for once-daily drugs).
+    - `interval`: the dosing period (h).
+    - `output`: index of the model output that is measured (default the drug model's).
+    - `subgroups`: covariate keys (of `Population.covariates()`, or `"ancestry"`, `"sex"`)
+      to report endpoints by.
+    - `covariates`: numeric covariate keys for the population summary.
+    - `bands_edges`: bin edges of the histogram behind the median/5-95% bands of the output.
+    - `solver`: how the model is advanced over a period (default `pkpd.FixedStep(1.0)`).
+    - `published`: published figures to show beside the simulated ones,
+      `{arm: {endpoint: value}}` plus `"source"` and `"notes"`.
+    - `published_differences`: published differences against the reference arm,
+      `{arm: {endpoint: {"estimate", "ci_low", "ci_high"}}}`.
+    - `assumptions`: statements of what had to be assumed (shown in the report).
+    """
+
+    name: str
+    drug: Drug
+    population: PopulationSource
+    arms: tuple[Arm, ...]
+    endpoints: tuple[Endpoint, ...]
+    days: int
+    interval: float = 24.0
+    description: str = ""
+    output: int | None = None
+    subgroups: tuple[str, ...] = ()
+    covariates: tuple[str, ...] = ("AGE", "WT", "HT")
+    bands_edges: tuple[float, ...] = tuple(np.geomspace(0.5, 20.0, 401).tolist())
+    solver: Any = pkpd.FixedStep(1.0)
+    published: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    published_differences: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    reference_arm: str | None = None
+    assumptions: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.drug, Drug):
+            raise TypeError(f"Trial {self.name!r}: drug must be a twins.Drug.")
+        for arm in self.arms:
+            if not isinstance(arm, Arm):
+                raise TypeError(
+                    f"Trial {self.name!r}: arms must be twins.Arm objects, got "
+                    f"{type(arm).__name__}."
+                )
+        if not self.arms:
+            raise ValueError(f"Trial {self.name!r}: at least one arm is needed.")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Trial {self.name!r}: arm names must be unique, got {names}.")
+        if self.reference_arm is not None and self.reference_arm not in names:
+            raise ValueError(
+                f"Trial {self.name!r}: reference_arm {self.reference_arm!r} is not one of the "
+                f"arms {names}."
+            )
+        enames = [e.name for e in self.endpoints]
+        if len(set(enames)) != len(enames):
+            raise ValueError(f"Trial {self.name!r}: endpoint names must be unique: {enames}.")
+        if not (isinstance(self.days, int) and self.days >= 1):
+            raise ValueError(f"Trial {self.name!r}: days must be an integer >= 1.")
+        for arm in self.arms:
+            late = [v + 1 for v in arm.visits if v > self.days]
+            if late:
+                raise ValueError(
+                    f"Trial {self.name!r}, arm {arm.name!r}: visits on days {late} fall after "
+                    f"the end of the trial (day {self.days + 1} morning at the latest)."
+                )
+
+    @property
+    def output_index(self) -> int:
+        return self.drug.model.output if self.output is None else self.output
+
+    def describe(self) -> dict[str, Any]:
+        """The trial as plain data (for spec.json and the report)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "drug": self.drug.name,
+            "duration_days": self.days * self.interval / 24.0,
+            "interval_h": self.interval,
+            "arms": [a.describe() for a in self.arms],
+            "reference_arm": self.reference_arm or self.arms[0].name,
+            "endpoints": [e.describe() for e in self.endpoints],
+            "solver": repr(self.solver),
+            "assumptions": list(self.assumptions),
+        }
+
+
+# ----------------------------------------------------------------------------- a chunk
+
+
+def population_rows(trial: Trial, start: int, stop: int, *, key) -> Population:
+    """Patients `start .. stop-1` of the trial's population (block-wise, see
+    `POPULATION_BLOCK`), the same whatever the chunking."""
+    if isinstance(trial.population, Population):
+        if stop > len(trial.population):
+            raise ValueError(
+                f"Trial {trial.name!r}: asked for {stop} patients but the population has "
+                f"{len(trial.population)}."
+            )
+        return trial.population[np.arange(start, stop)]
+    parts = []
+    b0, b1 = start // POPULATION_BLOCK, (stop - 1) // POPULATION_BLOCK
+    for b in range(b0, b1 + 1):
+        block = trial.population(POPULATION_BLOCK, key=jax.random.fold_in(key, b))
+        lo = max(start - b * POPULATION_BLOCK, 0)
+        hi = min(stop - b * POPULATION_BLOCK, POPULATION_BLOCK)
+        parts.append(block[np.arange(lo, hi)])
+    import pandas as pd
+
+    frame = pd.concat([p.to_dataframe() for p in parts], ignore_index=True)
+    frame["id"] = [f"V{i + 1:07d}" for i in range(start, stop)]
+    return Population._from_valid(frame)
+
+
+def model_covariates(drug: Drug, cov: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The drug's numeric model covariates for every patient (`Drug.covariates` per row)."""
+    n = len(cov["ID"])
+    keys = list(cov)
+    columns = [cov[k] for k in keys]
+    rows = [
+        drug.covariates({k: c[i] for k, c in zip(keys, columns, strict=True)}) for i in range(n)
+    ]
+    names = list(rows[0]) if rows else []
+    return {k: np.array([r[k] for r in rows], dtype=float) for k in names}
+
+
+def _measure(error, sigma, y, eps):
+    """`y` as measured: the residual error model with standard normal draw `eps`."""
+    sd = error.sd(y, sigma)
+    if isinstance(error, calibration.Exponential):
+        return y * jnp.exp(sd * eps)
+    return y + sd * eps
+
+
+def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
+    """The jitted simulation of one arm for a chunk: parameters -> course arrays."""
+    drug = trial.drug
+    model = drug.model.model
+    out_idx = trial.output_index
+    cmt = drug.dosing.cmt - 1
+    n_states = model.n_states
+    days = trial.days
+    tau = float(trial.interval)
+    visits = np.asarray(arm.visits, dtype=np.int32)
+    is_visit_table = np.zeros(days + 1, dtype=bool)
+    is_visit_table[visits] = True
+    visit_slot = np.zeros(days + 1, dtype=np.int32)
+    visit_slot[visits] = np.arange(visits.size, dtype=np.int32)
+    error = drug.model.error
+    sigma = {k: float(getattr(error, k)) for k in error.names}
+    solver = trial.solver
+
+    def one(params, state, key):
+        f = params.get(f"F{cmt + 1}", 1.0)
+        zero = jnp.zeros(n_states)
+        x0 = model.initial_state(params)
+        eps = jax.random.normal(key, (max(visits.size, 1),))
+        eps_by_period = eps[jnp.asarray(visit_slot)]
+
+        def level(x):
+            return model.output(params, x)[out_idx]
+
+        def body(carry, inputs):
+            x, st = carry
+            p, e, visit = inputs
+            y = level(x)
+            measured = _measure(error, sigma, y, e)
+            amount, st = arm.step(p, measured, visit, st)
+            x = x.at[cmt].add(f * amount)
+            x = model.propagate(params, x, zero, 0.0, tau, solver)
+            return (x, st), (y, measured, amount)
+
+        periods = jnp.arange(days, dtype=jnp.int32)
+        xs = (periods, eps_by_period[:days], jnp.asarray(is_visit_table[:days]))
+        (x_end, _), (ys, meas, amounts) = jax.lax.scan(body, (x0, state), xs)
+        y_end = level(x_end)
+        last_meas = _measure(error, sigma, y_end, eps_by_period[days])
+        ys = jnp.concatenate([ys, y_end[None]])
+        meas = jnp.concatenate([meas, last_meas[None]])
+        return ys, meas[visits], amounts
+
+    def run(params, state, keys):
+        return jax.vmap(one)(params, state, keys)
+
+    if mesh is None:
+        return jax.jit(run)
+    spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+    # Each device simulates its own patients: no collective communication at all.
+    return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False))
+
+
+def simulate_chunk(
+    trial: Trial,
+    population: Population,
+    first_index: int,
+    *,
+    key,
+    runners: dict[str, Any] | None = None,
+    mesh: Any = None,
+    size: int | None = None,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Course]]:
+    """Simulate every arm for one chunk of patients.
+
+    Patient `first_index + i`'s etas and assay noise come from `fold_in(key, index)`, so
+    results do not depend on the chunk size. With `size` the arrays are padded to that many
+    patients (copies of the last one, dropped from the results), so that every chunk has the
+    same shape and the simulation compiles once. Returns `(endpoints, courses)` by arm name.
+    """
+    drug = trial.drug
+    pm = drug.model
+    n = len(population)
+    cov = population.covariates()
+    cov["ANCESTRY"] = population.to_dataframe()["ancestry"].to_numpy(dtype=object)
+    mcov = model_covariates(drug, cov)
+    size = n if size is None else int(size)
+    if size < n:
+        raise ValueError(f"simulate_chunk: size {size} is smaller than the {n} patients.")
+    index = np.arange(first_index, first_index + size)
+    k_eta, k_noise = jax.random.split(key)
+    eta_keys = jax.vmap(lambda i: jax.random.fold_in(k_eta, i))(index)
+    noise_keys = jax.vmap(lambda i: jax.random.fold_in(k_noise, i))(index)
+    chol = jnp.linalg.cholesky(jnp.asarray(drug.omega_matrix()))
+    z = jax.vmap(lambda k: jax.random.normal(k, (pm.n_eta,)))(eta_keys)
+    eta = z @ chol.T
+    theta = {k: jnp.asarray(v, dtype=float) for k, v in pm.theta.items()}
+    cov_j = {k: jnp.asarray(_pad(v, size)) for k, v in mcov.items()}
+    params = jax.vmap(lambda c, e: pm.individual_params(theta, c, e))(cov_j, eta)
+    params = {k: jnp.broadcast_to(jnp.asarray(v, dtype=float), (size,)) for k, v in params.items()}
+    runners = {} if runners is None else runners
+    endpoints: dict[str, dict[str, np.ndarray]] = {}
+    courses: dict[str, Course] = {}
+    days = np.arange(trial.days + 1) * trial.interval / 24.0
+    for arm in trial.arms:
+        state = {k: jnp.asarray(_pad(v, size)) for k, v in arm.start(cov).items()}
+        inputs = (params, state, noise_keys)
+        if mesh is not None:
+            spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+            inputs = jax.device_put(inputs, jax.sharding.NamedSharding(mesh, spec))
+        if arm.name not in runners:
+            runners[arm.name] = _make_runner(trial, arm, mesh)
+        level, measured, doses = runners[arm.name](*inputs)
+        course = Course(
+            days=days,
+            level=np.asarray(level)[:n],
+            visit_days=days[np.asarray(arm.visits, dtype=int)],
+            measured=np.asarray(measured)[:n],
+            doses=np.asarray(doses)[:n],
+        )
+        bad = ~np.isfinite(course["level"]).all(axis=1)
+        if bad.any():
+            ids = population.ids[bad][:5]
+            raise FloatingPointError(
+                f"Trial {trial.name!r}, arm {arm.name!r}: the simulation gave non-finite "
+                f"values for {int(bad.sum())} patients (first: {list(ids)}); check their "
+                "parameters or use a smaller solver step."
+            )
+        values: dict[str, np.ndarray] = {}
+        for e in trial.endpoints:
+            values.update({k: np.asarray(v) for k, v in e(course).items()})
+        endpoints[arm.name] = values
+        courses[arm.name] = course
+    return endpoints, courses
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+    x = np.asarray(x)
+    extra = size - x.shape[0]
+    if extra == 0:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)], axis=0)

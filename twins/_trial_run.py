@@ -1,0 +1,413 @@
+"""Running a `Trial` at scale: chunks, Parquet parts written atomically, resume, progress.
+
+`run_trial(trial, out, n=..., seed=...)` writes the results folder that `twins._summary`
+and `twins._report` read (layout in docs/trial-report.md):
+
+```
+out/spec.json                    the trial as run, with its hash and provenance
+out/manifest.json                chunks done, complete or not, wall time
+out/patients/part-00000.parquet  one row per (patient, arm): covariates, subgroups, endpoints
+out/bands/part-00000.parquet     per (arm, day) histogram of the measured output (true value)
+out/trajectories/part-....parquet  per patient and day, only with trajectories=True
+out/summary.json                 endpoint table by arm, with the published figures
+out/report.html                  the report
+```
+
+A chunk counts as done when its `patients` part exists; every part is written to a
+temporary name and renamed (atomic on POSIX), so an interrupted run leaves either a whole
+part or none. Running again with the same trial, N, seed and chunk size into the same
+folder skips the chunks already done; a folder holding another trial is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._population import Population
+from ._trial import Trial, population_rows, simulate_chunk
+
+#: Subgroups derived from the covariates, besides any `Population.covariates()` key.
+DERIVED_SUBGROUPS: dict[str, str] = {
+    "age_group": "age < 65, 65-75, > 75 years",
+    "renal_function": "Cockcroft-Gault CrCL >= 90, 60-89, 30-59, < 30 mL/min",
+    "ancestry": "the population's ancestry column",
+    "sex": "female / male",
+}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("pkpd-twins")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
+        return "unknown"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    os.replace(tmp, path)
+
+
+def trial_spec(trial: Trial, *, n: int, seed: int, chunk_size: int) -> dict[str, Any]:
+    """`spec.json` without provenance: everything that determines the numbers."""
+    spec = trial.describe()
+    spec.update(
+        {
+            "seed": int(seed),
+            "n_per_arm": int(n),
+            "chunk_size": int(chunk_size),
+            "subgroups": list(trial.subgroups),
+            "covariates": list(trial.covariates),
+            "categorical": ["sex", *[g for g in trial.subgroups if g != "sex"]],
+            "bands": {
+                "output": trial.drug.model.model.output_names[trial.output_index],
+                "unit": trial.drug.units.observed,
+                "edges": list(trial.bands_edges),
+                "reference_lines": [
+                    v for t in trial.drug.targets[:1] for v in (t.low, t.high) if v is not None
+                ],
+            },
+        }
+    )
+    if trial.published:
+        spec["published"] = dict(trial.published)
+    if trial.published_differences:
+        spec["published_differences"] = dict(trial.published_differences)
+    return spec
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of the spec (without provenance)."""
+    body = {k: v for k, v in spec.items() if k != "provenance"}
+    text = json.dumps(body, sort_keys=True, default=_json_default, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _subgroup_columns(
+    trial: Trial, population: Population, cov: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    frame = population.to_dataframe()
+    out: dict[str, np.ndarray] = {}
+    for name in dict.fromkeys([*trial.subgroups, "sex"]):
+        if name == "age_group":
+            age = cov["AGE"]
+            out[name] = np.where(age < 65, "<65", np.where(age <= 75, "65-75", ">75"))
+        elif name == "renal_function":
+            crcl = cov.get("CRCL")
+            if crcl is None:
+                raise ValueError(
+                    f"Trial {trial.name!r}: the subgroup 'renal_function' needs serum "
+                    "creatinine for every patient."
+                )
+            out[name] = np.select(
+                [crcl >= 90, crcl >= 60, crcl >= 30], [">=90", "60-89", "30-59"], "<30"
+            )
+        elif name in ("ancestry", "sex"):
+            out[name] = frame[name].astype(str).to_numpy()
+        elif name in cov:
+            out[name] = np.asarray(cov[name]).astype(str)
+        else:
+            raise ValueError(
+                f"Trial {trial.name!r}: unknown subgroup {name!r}; expected a covariate key "
+                f"of Population.covariates() or one of {sorted(DERIVED_SUBGROUPS)}."
+            )
+    return out
+
+
+def _bands(arm: str, days: np.ndarray, level: np.ndarray, edges: np.ndarray) -> pd.DataFrame:
+    n_bins = edges.size - 1
+    bins = np.searchsorted(edges, level, side="right") - 1  # -1 below, n_bins at/above top
+    bins = np.clip(bins, -1, n_bins)
+    offset = bins + 1  # 0 .. n_bins + 1
+    width = n_bins + 2
+    flat = (np.arange(days.size)[None, :] * width + offset).ravel()
+    counts = np.bincount(flat, minlength=days.size * width).reshape(days.size, width)
+    day_i, off_i = np.nonzero(counts)
+    return pd.DataFrame(
+        {
+            "arm": arm,
+            "day": days[day_i].astype(float),
+            "bin": (off_i - 1).astype(np.int32),
+            "count": counts[day_i, off_i].astype(np.int64),
+        }
+    )
+
+
+def _chunk_frames(
+    trial: Trial,
+    population: Population,
+    endpoints: Mapping[str, Mapping[str, np.ndarray]],
+    courses: Mapping[str, Any],
+    trajectories: bool,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    cov = population.covariates()
+    groups = _subgroup_columns(trial, population, cov)
+    base = {"patient": population.ids.astype(str)}
+    for name in trial.covariates:
+        if name not in cov:
+            raise ValueError(f"Trial {trial.name!r}: unknown covariate {name!r} for the summary.")
+        base[name] = np.asarray(cov[name], dtype=float)
+    base.update(groups)
+    edges = np.asarray(trial.bands_edges, dtype=float)
+    rows, bands, trajs = [], [], []
+    for arm in trial.arms:
+        frame = pd.DataFrame({**base, "arm": arm.name})
+        for key, values in endpoints[arm.name].items():
+            frame[key] = values
+        course = courses[arm.name]
+        frame["final_dose"] = course["doses"][:, -1]
+        rows.append(frame)
+        bands.append(_bands(arm.name, course["days"], course["level"], edges))
+        if trajectories:
+            n, m = course["level"].shape
+            trajs.append(
+                pd.DataFrame(
+                    {
+                        "patient": np.repeat(base["patient"], m),
+                        "arm": arm.name,
+                        "day": np.tile(course["days"], n),
+                        "level": course["level"].ravel(),
+                        "dose": np.concatenate(
+                            [course["doses"], np.full((n, 1), np.nan)], axis=1
+                        ).ravel(),
+                    }
+                )
+            )
+    patients = pd.concat(rows, ignore_index=True)
+    patients["arm"] = patients["arm"].astype(str)
+    return (
+        patients,
+        pd.concat(bands, ignore_index=True),
+        pd.concat(trajs, ignore_index=True) if trajectories else None,
+    )
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} patients"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def run_trial(
+    trial: Trial,
+    out: str | os.PathLike[str],
+    *,
+    n: int,
+    seed: int = 0,
+    chunk_size: int = 10_000,
+    trajectories: bool = False,
+    progress: bool = True,
+    report: bool = True,
+    mesh: Any = None,
+) -> Path:
+    """Run a trial and write its results folder; resume it if interrupted.
+
+    **Arguments:**
+
+    - `trial`: the `Trial`.
+    - `out`: the results folder (created).
+    - `n`: virtual patients per arm (every patient receives every arm).
+    - `seed`: the seed; the same trial, N and seed give the same numbers.
+    - `chunk_size`: patients simulated per jitted call (memory is bounded by it; the
+      results do not depend on it).
+    - `trajectories`: also store each patient's daily output and dose (large).
+    - `progress`: show a progress bar with patients per second and the ETA.
+    - `report`: write `summary.json` and `report.html` at the end.
+    - `mesh`: a `jax.sharding.Mesh` with one axis to shard the patient axis of each chunk
+      over several devices (`chunk_size` must be a multiple of the device count).
+
+    **Returns:** the results folder.
+
+    **Raises:** `ValueError` if `out` holds the results of a different trial, N, seed or
+    chunk size (its `spec.json` hash differs).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"run_trial: n must be a positive integer, got {n!r}.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"run_trial: chunk_size must be a positive integer, got {chunk_size!r}.")
+    chunk_size = min(chunk_size, n)
+    if mesh is not None and chunk_size % mesh.size:
+        raise ValueError(
+            f"run_trial: chunk_size {chunk_size} must be a multiple of the {mesh.size} devices."
+        )
+    out = Path(out)
+    for sub in ("patients", "bands", *(["trajectories"] if trajectories else [])):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for stray in out.glob("*/*.tmp"):
+        stray.unlink()
+    spec = trial_spec(trial, n=n, seed=seed, chunk_size=chunk_size)
+    digest = spec_hash(spec)
+    spec_file = out / "spec.json"
+    if spec_file.exists():
+        old = json.loads(spec_file.read_text())
+        if old.get("provenance", {}).get("spec_hash") != digest:
+            raise ValueError(
+                f"run_trial: {out} holds the results of another trial or another N, seed or "
+                f"chunk size (spec hash {old.get('provenance', {}).get('spec_hash')!r}, this run "
+                f"{digest!r}); use another folder or delete it."
+            )
+        spec = old
+        manifest = json.loads((out / "manifest.json").read_text())
+    else:
+        spec["provenance"] = {
+            "version": _version(),
+            "seed": int(seed),
+            "spec_hash": digest,
+            "started_utc": _now(),
+            "jax": jax.__version__,
+            "devices": [str(d) for d in jax.devices()],
+        }
+        _write_json(spec_file, spec)
+        manifest = {"wall_s": 0.0}
+    n_chunks = math.ceil(n / chunk_size)
+    done = [c for c in range(n_chunks) if (out / "patients" / f"part-{c:05d}.parquet").exists()]
+    manifest.update(
+        {
+            "n_patients": n,
+            "chunk_size": chunk_size,
+            "n_chunks": n_chunks,
+            "chunks_done": done,
+            "complete": len(done) == n_chunks,
+        }
+    )
+    _write_json(out / "manifest.json", manifest)
+
+    key = jax.random.key(seed)
+    pop_key, sim_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+    runners: dict[str, Any] = {}
+    wall0 = float(manifest.get("wall_s", 0.0))
+    started = time.perf_counter()
+    todo = [c for c in range(n_chunks) if c not in set(done)]
+    with _progress(progress) as bar:
+        task = bar.add_task(trial.name, total=n, completed=len(done) * chunk_size, rate="")
+        for c in todo:
+            t0 = time.perf_counter()
+            lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
+            pop = population_rows(trial, lo, hi, key=pop_key)
+            endpoints, courses = simulate_chunk(
+                trial, pop, lo, key=sim_key, runners=runners, mesh=mesh, size=chunk_size
+            )
+            patients, bands, trajs = _chunk_frames(trial, pop, endpoints, courses, trajectories)
+            name = f"part-{c:05d}.parquet"
+            _write_parquet(out / "bands" / name, bands)
+            if trajs is not None:
+                _write_parquet(out / "trajectories" / name, trajs)
+            _write_parquet(out / "patients" / name, patients)
+            done.append(c)
+            manifest.update(
+                chunks_done=sorted(done),
+                complete=len(done) == n_chunks,
+                wall_s=wall0 + time.perf_counter() - started,
+            )
+            _write_json(out / "manifest.json", manifest)
+            rate = (hi - lo) * len(trial.arms) / (time.perf_counter() - t0)
+            bar.update(task, advance=hi - lo, rate=f"{rate:,.0f} patient-arms/s")
+    manifest.update(finished_utc=_now(), wall_s=wall0 + time.perf_counter() - started)
+    _write_json(out / "manifest.json", manifest)
+    if report:
+        write_summary(out)
+        from ._report import write_report
+
+        write_report(out)
+    return out
+
+
+def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The endpoint table of a results folder as a dict keyed by arm name.
+
+    `{arm: {endpoint: {label, unit, kind, n, estimate, ci_low, ci_high, published}}}`, plus
+    `"differences"` (`{arm: {endpoint: {difference, ci_low, ci_high, method}}}` against the
+    reference arm), `"published"` (the published figures, their source and notes, and
+    `"differences"`), `"n_per_arm"` and `"provenance"`.
+    """
+    from ._summary import difference_table, endpoint_table, read_results
+
+    results = read_results(path)
+    table = endpoint_table(results)
+    diffs = difference_table(results)
+    spec = results.spec
+    out: dict[str, Any] = {}
+    for row in table.to_dict("records"):
+        entry = {
+            k: _plain(row[k])
+            for k in ("label", "unit", "kind", "n", "estimate", "ci_low", "ci_high", "published")
+        }
+        out.setdefault(str(row["arm"]), {})[str(row["endpoint"])] = entry
+    out["differences"] = {}
+    for row in diffs.to_dict("records"):
+        out["differences"].setdefault(str(row["arm"]), {})[str(row["endpoint"])] = {
+            k: _plain(row[k]) for k in ("reference", "difference", "ci_low", "ci_high", "method")
+        }
+    published = dict(spec.get("published") or {})
+    if spec.get("published_differences"):
+        published["differences"] = spec["published_differences"]
+    out["published"] = published
+    out["n_per_arm"] = results.manifest.get("n_patients")
+    out["complete"] = results.manifest.get("complete")
+    out["provenance"] = {**spec.get("provenance", {}), "wall_s": results.manifest.get("wall_s")}
+    return out
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def write_summary(path: str | os.PathLike[str]) -> Path:
+    """Write `summary.json` (see `summary`) into the results folder."""
+    target = Path(path) / "summary.json"
+    _write_json(target, summary(path))
+    return target
