@@ -172,6 +172,15 @@ class DosingArm(Arm):
             self, "rules", tuple((tuple(int(d) - 1 for d in ds), r) for ds, r in self.rules)
         )
 
+    def describe(self) -> dict[str, Any]:
+        fn = self.initial
+        return {
+            **super().describe(),
+            "initial": f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}",
+            "rules": [{"days": [d + 1 for d in days], "rule": repr(r)} for days, r in self.rules],
+            "dose_step": self.dose_step,
+        }
+
     def start(self, covariates):
         loading, maintenance = self.initial(covariates)
         n = len(covariates["ID"])

@@ -238,6 +238,66 @@ def _progress(enabled: bool):
     )
 
 
+def prepare_folder(
+    trial: Trial,
+    out: str | os.PathLike[str],
+    *,
+    n: int,
+    seed: int,
+    chunk_size: int,
+    trajectories: bool = False,
+) -> dict[str, Any]:
+    """Create (or check, when resuming) a results folder; return its manifest.
+
+    Writes `spec.json` with the spec hash and provenance the first time; afterwards refuses
+    a folder whose spec hash differs. Removes temporary files left by an interrupted write
+    and lists the chunks whose `patients` part exists as done.
+    """
+    out = Path(out)
+    for sub in ("patients", "bands", *(["trajectories"] if trajectories else [])):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for stray in out.glob("*/*.tmp"):
+        stray.unlink()
+    spec = trial_spec(trial, n=n, seed=seed, chunk_size=chunk_size)
+    digest = spec_hash(spec)
+    spec_file = out / "spec.json"
+    if spec_file.exists():
+        old = json.loads(spec_file.read_text())
+        if old.get("provenance", {}).get("spec_hash") != digest:
+            raise ValueError(
+                f"run_trial: {out} holds the results of another trial or another N, seed or "
+                f"chunk size (spec hash {old.get('provenance', {}).get('spec_hash')!r}, this run "
+                f"{digest!r}); use another folder or delete it."
+            )
+        spec = old
+        file = out / "manifest.json"
+        manifest = json.loads(file.read_text()) if file.exists() else {"wall_s": 0.0}
+    else:
+        spec["provenance"] = {
+            "version": _version(),
+            "seed": int(seed),
+            "spec_hash": digest,
+            "started_utc": _now(),
+            "jax": jax.__version__,
+            "devices": [str(d) for d in jax.devices()],
+        }
+        _write_json(spec_file, spec)
+        manifest = {"wall_s": 0.0}
+    n_chunks = math.ceil(n / chunk_size)
+    done = [c for c in range(n_chunks) if (out / "patients" / f"part-{c:05d}.parquet").exists()]
+    manifest.update(
+        {
+            "n_patients": n,
+            "chunk_size": chunk_size,
+            "n_chunks": n_chunks,
+            "chunks_done": done,
+            "complete": len(done) == n_chunks,
+        }
+    )
+    _write_json(out / "manifest.json", manifest)
+    return manifest
+
+
 def run_trial(
     trial: Trial,
     out: str | os.PathLike[str],
@@ -281,49 +341,12 @@ def run_trial(
             f"run_trial: chunk_size {chunk_size} must be a multiple of the {mesh.size} devices."
         )
     out = Path(out)
-    for sub in ("patients", "bands", *(["trajectories"] if trajectories else [])):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    for stray in out.glob("*/*.tmp"):
-        stray.unlink()
-    spec = trial_spec(trial, n=n, seed=seed, chunk_size=chunk_size)
-    digest = spec_hash(spec)
-    spec_file = out / "spec.json"
-    if spec_file.exists():
-        old = json.loads(spec_file.read_text())
-        if old.get("provenance", {}).get("spec_hash") != digest:
-            raise ValueError(
-                f"run_trial: {out} holds the results of another trial or another N, seed or "
-                f"chunk size (spec hash {old.get('provenance', {}).get('spec_hash')!r}, this run "
-                f"{digest!r}); use another folder or delete it."
-            )
-        spec = old
-        manifest = json.loads((out / "manifest.json").read_text())
-    else:
-        spec["provenance"] = {
-            "version": _version(),
-            "seed": int(seed),
-            "spec_hash": digest,
-            "started_utc": _now(),
-            "jax": jax.__version__,
-            "devices": [str(d) for d in jax.devices()],
-        }
-        _write_json(spec_file, spec)
-        manifest = {"wall_s": 0.0}
-    n_chunks = math.ceil(n / chunk_size)
-    done = [c for c in range(n_chunks) if (out / "patients" / f"part-{c:05d}.parquet").exists()]
-    manifest.update(
-        {
-            "n_patients": n,
-            "chunk_size": chunk_size,
-            "n_chunks": n_chunks,
-            "chunks_done": done,
-            "complete": len(done) == n_chunks,
-        }
+    manifest = prepare_folder(
+        trial, out, n=n, seed=seed, chunk_size=chunk_size, trajectories=trajectories
     )
-    _write_json(out / "manifest.json", manifest)
+    n_chunks = manifest["n_chunks"]
+    done = list(manifest["chunks_done"])
 
-    key = jax.random.key(seed)
-    pop_key, sim_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
     runners: dict[str, Any] = {}
     wall0 = float(manifest.get("wall_s", 0.0))
     started = time.perf_counter()
@@ -332,17 +355,10 @@ def run_trial(
         task = bar.add_task(trial.name, total=n, completed=len(done) * chunk_size, rate="")
         for c in todo:
             t0 = time.perf_counter()
-            lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
-            pop = population_rows(trial, lo, hi, key=pop_key)
-            endpoints, courses = simulate_chunk(
-                trial, pop, lo, key=sim_key, runners=runners, mesh=mesh, size=chunk_size
-            )
-            patients, bands, trajs = _chunk_frames(trial, pop, endpoints, courses, trajectories)
-            name = f"part-{c:05d}.parquet"
-            _write_parquet(out / "bands" / name, bands)
-            if trajs is not None:
-                _write_parquet(out / "trajectories" / name, trajs)
-            _write_parquet(out / "patients" / name, patients)
+            count = run_chunk(
+                trial, out, c, n=n, seed=seed, chunk_size=chunk_size,
+                trajectories=trajectories, runners=runners, mesh=mesh,
+            )  # fmt: skip
             done.append(c)
             manifest.update(
                 chunks_done=sorted(done),
@@ -350,8 +366,8 @@ def run_trial(
                 wall_s=wall0 + time.perf_counter() - started,
             )
             _write_json(out / "manifest.json", manifest)
-            rate = (hi - lo) * len(trial.arms) / (time.perf_counter() - t0)
-            bar.update(task, advance=hi - lo, rate=f"{rate:,.0f} patient-arms/s")
+            rate = count * len(trial.arms) / (time.perf_counter() - t0)
+            bar.update(task, advance=count, rate=f"{rate:,.0f} patient-arms/s")
     manifest.update(finished_utc=_now(), wall_s=wall0 + time.perf_counter() - started)
     _write_json(out / "manifest.json", manifest)
     if report:
@@ -360,6 +376,45 @@ def run_trial(
 
         write_report(out)
     return out
+
+
+def run_chunk(
+    trial: Trial,
+    out: str | os.PathLike[str],
+    chunk: int,
+    *,
+    n: int,
+    seed: int,
+    chunk_size: int,
+    trajectories: bool = False,
+    runners: dict[str, Any] | None = None,
+    mesh: Any = None,
+) -> int:
+    """Simulate chunk `chunk` of a run and write its parts (bands, trajectories, then
+    patients, each atomically). Returns the number of patients in it.
+
+    A pure function of its arguments (and of nothing already written): running a chunk twice
+    writes the same parts, which is what makes resuming (and fanning chunks out to Ray
+    workers) safe. The folder's subfolders must exist (`prepare_folder`).
+    """
+    out = Path(out)
+    key = jax.random.key(seed)
+    pop_key, sim_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+    lo, hi = chunk * chunk_size, min((chunk + 1) * chunk_size, n)
+    if not 0 <= lo < hi:
+        raise ValueError(f"run_chunk: chunk {chunk} is outside the {n} patients.")
+    pop = population_rows(trial, lo, hi, key=pop_key)
+    endpoints, courses = simulate_chunk(
+        trial, pop, lo, key=sim_key, runners=runners, mesh=mesh, size=chunk_size
+    )
+    patients, bands, trajs = _chunk_frames(trial, pop, endpoints, courses, trajectories)
+    name = f"part-{chunk:05d}.parquet"
+    _write_parquet(out / "bands" / name, bands)
+    if trajs is not None:
+        (out / "trajectories").mkdir(exist_ok=True)
+        _write_parquet(out / "trajectories" / name, trajs)
+    _write_parquet(out / "patients" / name, patients)
+    return hi - lo
 
 
 def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
