@@ -9,7 +9,11 @@
   clinical metadata).
 - `DigitalTwin`: a drug and a patient; `update` with observed levels, `forecast`, `recommend`.
 - `twins.validation`: evaluations on real data (IWPC warfarin doses).
-- The `twins` command line (`twins demo`).
+- Virtual trials: `Trial` (population x arms x endpoints), `DosingArm` with `Nomogram`
+  rules, endpoints (`TimeInRange`, `AnyAbove`, `TimeToRange`, `MeanDose`, `FinalLevel`),
+  `run_trial` (chunked Parquet results, resume), `write_report`, `eupact_trial` (the
+  built-in default).
+- The `twins` command line (`twins demo`, `twins trial spec.toml`, `twins report DIR`).
 """
 
 from . import drugs as drugs
@@ -25,6 +29,7 @@ from ._covariates import creatinine_mg_dl_to_umol as creatinine_mg_dl_to_umol
 from ._covariates import creatinine_umol_to_mg_dl as creatinine_umol_to_mg_dl
 from ._covariates import ideal_body_weight as ideal_body_weight
 from ._covariates import lean_body_weight as lean_body_weight
+from ._eupact import eupact_trial as eupact_trial
 from ._patient import LABS as LABS
 from ._patient import LabSpec as LabSpec
 from ._patient import MissingCovariateError as MissingCovariateError
@@ -32,6 +37,20 @@ from ._patient import Patient as Patient
 from ._population import Demographics as Demographics
 from ._population import Population as Population
 from ._population import iwpc_genotype_counts as iwpc_genotype_counts
+from ._report import write_report as write_report
+from ._summary import read_results as read_results
+from ._trial import AnyAbove as AnyAbove
+from ._trial import Arm as Arm
+from ._trial import DosingArm as DosingArm
+from ._trial import Endpoint as Endpoint
+from ._trial import FinalLevel as FinalLevel
+from ._trial import MeanDose as MeanDose
+from ._trial import Nomogram as Nomogram
+from ._trial import TimeInRange as TimeInRange
+from ._trial import TimeToRange as TimeToRange
+from ._trial import Trial as Trial
+from ._trial_run import run_trial as run_trial
+from ._trial_run import summary as trial_summary
 from ._twin import DigitalTwin as DigitalTwin
 from ._twin import Forecast as Forecast
 from ._twin import Posterior as Posterior
@@ -40,16 +59,26 @@ from .drugs import Drug as Drug
 
 __all__ = [
     "LABS",
+    "AnyAbove",
+    "Arm",
     "Demographics",
     "DigitalTwin",
+    "DosingArm",
     "Drug",
+    "Endpoint",
+    "FinalLevel",
     "Forecast",
     "LabSpec",
+    "MeanDose",
     "MissingCovariateError",
+    "Nomogram",
     "Patient",
     "Population",
     "Posterior",
     "Recommendation",
+    "TimeInRange",
+    "TimeToRange",
+    "Trial",
     "allometric",
     "bmi",
     "bsa_dubois",
@@ -59,9 +88,14 @@ __all__ = [
     "creatinine_mg_dl_to_umol",
     "creatinine_umol_to_mg_dl",
     "drugs",
+    "eupact_trial",
     "ideal_body_weight",
     "iwpc_genotype_counts",
     "lean_body_weight",
     "pgx",
+    "read_results",
+    "run_trial",
+    "trial_summary",
     "validation",
+    "write_report",
 ]

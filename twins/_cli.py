@@ -17,10 +17,112 @@ def main() -> None:
     """pkpd-twins command line."""
 
 
+def _x64() -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def _print_summary(console: Console, out: Path) -> None:
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    spec = json.loads((out / "spec.json").read_text())
+    arms = [a["name"] for a in spec["arms"]]
+    table = Table(title=f"{spec['name']}: {summary['n_per_arm']:,} virtual patients per arm")
+    for col in ("endpoint", "arm", "estimate (95% CI)", "published"):
+        table.add_column(col, justify="left" if col in ("endpoint", "arm") else "right")
+    for e in spec["endpoints"]:
+        for i, arm in enumerate(arms):
+            r = summary[arm][e["name"]]
+            table.add_row(
+                f"{e['label']} [{e['unit']}]" if i == 0 else "",
+                arm,
+                f"{_num(r['estimate'])} ({_num(r['ci_low'])}-{_num(r['ci_high'])})",
+                _num(r["published"]) if r["published"] is not None else "",
+                end_section=i == len(arms) - 1,
+            )
+    console.print(table)
+    for arm, rows in summary["differences"].items():
+        for name, r in rows.items():
+            console.print(
+                f"{arm} - {r['reference']}, {name}: {_num(r['difference'])} "
+                f"(95% CI {_num(r['ci_low'])} to {_num(r['ci_high'])}, {r['method']})"
+            )
+    console.print(f"Results: {out}  Report: {out / 'report.html'}")
+
+
+def _num(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    return f"{x:.1f}" if abs(x) >= 1 else f"{x:.3g}"
+
+
 @app.command()
 def demo(
+    n: int = typer.Option(10_000, "--n", min=1, help="Virtual patients per arm."),
+    out: Path = typer.Option(Path("out/eupact"), help="Results folder."),
+    seed: int = typer.Option(0, help="Seed."),
+    chunk_size: int = typer.Option(10_000, min=1, help="Patients per simulated chunk."),
+) -> None:
+    """The built-in default: the EU-PACT-like warfarin trial (genotype-guided vs standard).
+
+    Writes OUT/report.html and OUT/summary.json (endpoints by arm, published figures beside
+    them) and prints the endpoint table. Rerunning into the same folder resumes.
+    """
+    _x64()
+    from ._eupact import eupact_trial
+    from ._trial_run import run_trial
+
+    console = Console()
+    run_trial(eupact_trial(), out, n=n, seed=seed, chunk_size=chunk_size)
+    _print_summary(console, out)
+
+
+@app.command()
+def trial(
+    spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Trial spec (TOML)."),
+    out: Path | None = typer.Option(None, help="Results folder (default: the spec's [run] out)."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Override [run] n."),
+    seed: int | None = typer.Option(None, help="Override [run] seed."),
+) -> None:
+    """Run the virtual trial described by a TOML spec; resume it if interrupted."""
+    _x64()
+    from ._spec import load_trial
+    from ._trial_run import run_trial
+
+    the_trial, options = load_trial(spec)
+    folder = out or options.out or Path("out") / the_trial.name
+    run_trial(
+        the_trial,
+        folder,
+        n=n or options.n,
+        seed=options.seed if seed is None else seed,
+        chunk_size=options.chunk_size,
+        trajectories=options.trajectories,
+    )
+    _print_summary(Console(), folder)
+
+
+@app.command()
+def report(
+    results: Path = typer.Argument(..., exists=True, file_okay=False, help="Results folder."),
+) -> None:
+    """Rebuild OUT/report.html and OUT/summary.json from a results folder's Parquet parts."""
+    from ._report import write_report
+    from ._trial_run import write_summary
+
+    write_summary(results)
+    path = write_report(results)
+    Console().print(f"Report: {path}")
+
+
+@app.command()
+def cohort(
     patients: int = typer.Option(10_000, min=1, help="Number of virtual patients."),
-    out: Path = typer.Option(Path("out/demo"), help="Folder for the plot."),
+    out: Path = typer.Option(Path("out/cohort"), help="Folder for the plot."),
     seed: int = typer.Option(0, help="Seed of the virtual cohort."),
 ) -> None:
     """Simulate a virtual cohort on a multiple-dose regimen; print a summary, save a plot."""

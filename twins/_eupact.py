@@ -163,7 +163,8 @@ def eupact_trial(*, days: int = 84) -> Trial:
     Jaffer A, Bragg L. Cleve Clin J Med 2003;70:361-371 (nomogram ranges); Rosendaal FR et al.
     Thromb Haemost 1993;69:236-239 (TTR).
     """
-    rules = ((tuple(d for d in VISITS if d > 1), NOMOGRAM),)
+    visits = tuple(d for d in VISITS if d <= days + 1)
+    rules = ((tuple(d for d in visits if d > 1), NOMOGRAM),)
     arms = (
         DosingArm(
             name="genotype_guided",
@@ -171,7 +172,7 @@ def eupact_trial(*, days: int = 84) -> Trial:
             description="IWPC maintenance dose with a genotype-based 3-day loading dose; "
             "day-4 revision; INR-guided thereafter.",
             initial=genotype_initial,
-            visits=VISITS,
+            visits=visits,
             rules=rules,
         ),
         DosingArm(
@@ -180,7 +181,7 @@ def eupact_trial(*, days: int = 84) -> Trial:
             description="10 mg day 1, 5 mg days 2-3 (5/5/5 above 75), then 5 mg daily, "
             "INR-guided from day 4.",
             initial=control_initial,
-            visits=VISITS,
+            visits=visits,
             rules=rules,
         ),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
@@ -116,7 +117,7 @@ class Arm(abc.ABC):
         }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class DosingArm(Arm):
     r"""Loading doses, a maintenance dose, and rules that adjust it at the visits.
 
@@ -237,7 +238,8 @@ class Course(dict):
       first dose); `level` `(n, P + 1)`: the true (noise-free) output there, before that
       period's dose (a trough for once-per-period dosing);
     - `visit_days` `(V,)`, `measured` `(n, V)`: the visits and what was measured;
-    - `doses` `(n, P)`: the amount given in each period.
+    - `doses` `(n, P)`: the amount given in each period;
+    - `params`: each patient's model parameters, `{name: (n,)}`.
     """
 
 
@@ -267,8 +269,9 @@ def _series(course, source: Source):
 def _in_range_fraction(t, y, low, high):
     """Rosendaal: the fraction of the time between the first and last point with y in range,
     y interpolated linearly between points."""
+    y = jnp.asarray(y)
     y0, y1 = y[..., :-1], y[..., 1:]
-    dt = jnp.diff(t)
+    dt = jnp.broadcast_to(jnp.diff(jnp.asarray(t, dtype=y.dtype)), y0.shape)
     lo = jnp.minimum(y0, y1)
     hi = jnp.maximum(y0, y1)
     span = hi - lo
@@ -366,7 +369,7 @@ class FinalLevel(Endpoint):
 PopulationSource = Population | Callable[..., Population]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Trial:
     r"""A virtual trial: a population x arms x endpoints.
 
@@ -514,8 +517,12 @@ def _measure(error, sigma, y, eps):
     return y + sd * eps
 
 
+@functools.lru_cache(maxsize=64)
 def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
-    """The jitted simulation of one arm for a chunk: parameters -> course arrays."""
+    """The jitted simulation of one arm for a chunk: parameters -> course arrays.
+
+    Cached by identity of the trial and arm (both compare by identity), so that every chunk
+    and every call with the same shapes reuses one compiled function."""
     drug = trial.drug
     model = drug.model.model
     out_idx = trial.output_index
@@ -627,6 +634,7 @@ def simulate_chunk(
             visit_days=days[np.asarray(arm.visits, dtype=int)],
             measured=np.asarray(measured)[:n],
             doses=np.asarray(doses)[:n],
+            params={k: np.asarray(v)[:n] for k, v in params.items()},
         )
         bad = ~np.isfinite(course["level"]).all(axis=1)
         if bad.any():

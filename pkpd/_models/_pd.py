@@ -427,7 +427,7 @@ class PKPD(AbstractModel):
 
         def body(i, carry):
             xa, y, ca = carry
-            t = t0 + i * h
+            t = t0 + i.astype(h.dtype) * h
             xm = phi @ xa + inc
             xb = phi @ xm + inc
             cm = self._concentration(params, xm)

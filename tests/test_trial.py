@@ -1,0 +1,233 @@
+"""The virtual-trial engine: solver accuracy, dosing rules, endpoints, chunking and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import pkpd
+import twins
+from twins import drugs
+from twins._trial import population_rows, simulate_chunk
+from twins._trial_run import run_trial
+from twins.drugs import warfarin
+
+TIGHT = pkpd.ODESolver(rtol=1e-10, atol=1e-12, max_steps=200_000)
+
+
+def _warfarin_params(age=70.0, cyp="*1/*1", vkorc1="AG"):
+    cov = {"AGE": age, **{f"CYP2C9_{k}": 0.0 for k in ("12", "13", "22", "23", "33")}}
+    key = {"*1/*2": "12", "*1/*3": "13", "*2/*2": "22", "*2/*3": "23", "*3/*3": "33"}.get(cyp)
+    if key:
+        cov[f"CYP2C9_{key}"] = 1.0
+    cov["VKORC1_AG"] = float(vkorc1 == "AG")
+    cov["VKORC1_AA"] = float(vkorc1 == "AA")
+    p = warfarin.typical(warfarin.THETA, cov)
+    p["F1"] = warfarin.S_FRACTION
+    return {k: jnp.asarray(v, dtype=float) for k, v in p.items()}
+
+
+@pytest.mark.parametrize("dt, tol", [(1.0, 2e-3), (2.0, 4e-3)])
+def test_fixed_step_matches_diffrax_on_warfarin_inr(dt, tol):
+    model = warfarin.warfarin_model()
+    params = _warfarin_params()
+    regimen = pkpd.repeat(pkpd.oral(10.0), ii=24.0, addl=9)
+    times = jnp.arange(0.0, 10 * 24 + 1, 3.0)
+    ref = pkpd.simulate(model, params, regimen, times, solver=TIGHT)
+    got = pkpd.simulate(model, params, regimen, times, solver=pkpd.FixedStep(dt))
+    # The PK part is exact (matrix exponential), only the INR chain is stepped.
+    np.testing.assert_allclose(got[:, 0], ref[:, 0], rtol=1e-9, atol=1e-12)
+    assert float(jnp.max(jnp.abs(got[:, 1] - ref[:, 1]))) < tol
+    assert float(ref[-1, 1]) > 1.5  # the check is not vacuous: INR has risen
+
+
+def test_fixed_step_rk4_on_a_nonlinear_model_converges():
+    model = pkpd.OneCompartmentOralMM()
+    params = {"KA": 1.0, "VMAX": 20.0, "KM": 2.0, "V": 30.0}
+    params = {k: jnp.asarray(v) for k, v in params.items()}
+    regimen = pkpd.repeat(pkpd.oral(200.0), ii=12.0, addl=3)
+    times = jnp.arange(0.0, 49.0, 1.0)
+    ref = pkpd.simulate(model, params, regimen, times, solver=TIGHT)
+    errors = [
+        float(jnp.max(jnp.abs(pkpd.simulate(model, params, regimen, times, solver=s) - ref)))
+        for s in (pkpd.FixedStep(0.5), pkpd.FixedStep(0.25))
+    ]
+    assert errors[1] < 1e-4 * float(ref.max())
+    # Fourth order: halving the step divides the error by about 16.
+    assert errors[0] / errors[1] > 10
+
+
+def test_fixed_step_rejects_a_bad_step():
+    with pytest.raises(ValueError, match="dt > 0"):
+        pkpd.FixedStep(0.0)
+
+
+def test_rosendaal_time_in_range_by_hand():
+    course = {
+        "visit_days": np.array([0.0, 10.0, 20.0]),
+        "measured": np.array([[1.0, 3.0, 2.5], [2.5, 2.5, 2.5], [4.0, 1.0, 1.0]]),
+    }
+    ttr = twins.TimeInRange("ttr", "TTR", 2.0, 3.0)(course)["ttr"]
+    # 1) 1 -> 3 is in range half of the first 10 days, 3 -> 2.5 all of the next 10: 75%.
+    # 2) always in range. 3) 4 -> 1 crosses the range in a third of the first segment.
+    np.testing.assert_allclose(np.asarray(ttr), [75.0, 100.0, 100.0 / 6.0])
+
+
+def test_any_above_and_time_to_range():
+    course = {
+        "visit_days": np.array([0.0, 3.0, 7.0, 14.0]),
+        "measured": np.array([[1.0, 1.6, 2.4, 4.1], [1.0, 1.2, 1.4, 1.9]]),
+    }
+    above = twins.AnyAbove("ge4", "INR >= 4", 4.0)(course)["ge4"]
+    assert np.asarray(above).tolist() == [True, False]
+    ttt = twins.TimeToRange("ttt", "time", 2.0, 3.0)(course)
+    assert np.asarray(ttt["ttt"]).tolist() == [7.0, 14.0]
+    assert np.asarray(ttt["ttt_event"]).tolist() == [True, False]  # censored at day 14
+
+
+def test_nomogram_bands():
+    nomo = twins.Nomogram(bounds=(2.0, 3.0), change=(0.1, 0.0, -0.2), hold=(0, 0, 1))
+    dose, hold = nomo(jnp.array([1.0, 2.0, 2.5, 3.0, 9.0]), jnp.full(5, 10.0))
+    np.testing.assert_allclose(np.asarray(dose), [11.0, 10.0, 10.0, 8.0, 8.0])
+    assert np.asarray(hold).tolist() == [0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match="one per band"):
+        twins.Nomogram(bounds=(2.0,), change=(0.1,), hold=(0, 0))
+
+
+def _fixed(dose):
+    def initial(cov):
+        n = len(cov["ID"])
+        return np.zeros((n, 0)), np.full(n, dose)
+
+    return initial
+
+
+def _small_trial(arms, days=12, **kw):
+    return twins.Trial(
+        name="t",
+        drug=drugs.get("warfarin_hamberg2007"),
+        population=twins.Population.sample,
+        arms=tuple(arms),
+        endpoints=(
+            twins.TimeInRange("ttr", "TTR", 2.0, 3.0, "true"),
+            twins.MeanDose("dose", "dose", 7),
+        ),
+        days=days,
+        **kw,
+    )
+
+
+def test_fixed_dose_arm_course_equals_pkpd_simulate():
+    arm = twins.DosingArm("fixed", "5 mg", "5 mg daily", _fixed(5.0), visits=(1, 5))
+    trial = _small_trial([arm], days=8, solver=pkpd.FixedStep(1.0))
+    pop = population_rows(trial, 0, 2, key=jax.random.key(1))
+    _, courses = simulate_chunk(trial, pop, 0, key=jax.random.key(2))
+    course = courses["fixed"]
+    model = trial.drug.model.model
+    regimen = pkpd.repeat(pkpd.oral(5.0), ii=24.0, addl=7)
+    times = jnp.arange(9.0) * 24.0
+
+    @jax.jit
+    def both(params):
+        ref = pkpd.simulate(model, params, regimen, times, solver=TIGHT)[:, 1]
+        same = pkpd.simulate(model, params, regimen, times, solver=pkpd.FixedStep(1.0))[:, 1]
+        return ref, same
+
+    for i in range(2):
+        ref, same_solver = both({k: jnp.asarray(v[i]) for k, v in course["params"].items()})
+        np.testing.assert_allclose(course["level"][i], same_solver, rtol=1e-10)
+        np.testing.assert_allclose(course["level"][i], ref, atol=1e-3)
+    assert np.all(course["doses"] == 5.0)
+
+
+def test_nomogram_arm_changes_and_withholds_doses():
+    # Any INR at the day-3 visit falls in the top band: -50% and two doses withheld.
+    rule = twins.Nomogram(bounds=(0.0,), change=(0.0, -0.5), hold=(0, 2))
+    arm = twins.DosingArm(
+        "titrated", "t", "", _fixed(6.0), visits=(1, 3), rules=(((3,), rule),), dose_step=0.5
+    )
+    trial = _small_trial([arm], days=8)
+    pop = population_rows(trial, 0, 2, key=jax.random.key(1))
+    _, courses = simulate_chunk(trial, pop, 0, key=jax.random.key(2))
+    # Days 1-2: 6 mg; day 3 (visit): withheld; day 4: withheld; then 3 mg.
+    expected = [6.0, 6.0, 0.0, 0.0, 3.0, 3.0, 3.0, 3.0]
+    np.testing.assert_array_equal(courses["titrated"]["doses"], np.tile(expected, (2, 1)))
+
+
+def test_arm_and_trial_errors_name_the_problem():
+    with pytest.raises(ValueError, match="not visit days"):
+        twins.DosingArm("a", "a", "", _fixed(5.0), visits=(1, 4), rules=(((5,), None),))
+    with pytest.raises(ValueError, match="increasing days"):
+        twins.DosingArm("a", "a", "", _fixed(5.0), visits=(4, 1))
+    arm = twins.DosingArm("a", "a", "", _fixed(5.0), visits=(1, 30))
+    with pytest.raises(ValueError, match=r"visits on days \[30\]"):
+        _small_trial([arm], days=12)
+    ok = twins.DosingArm("a", "a", "", _fixed(5.0), visits=(1,))
+    with pytest.raises(ValueError, match="reference_arm 'b'"):
+        _small_trial([ok], reference_arm="b")
+    bad = twins.DosingArm("bad", "b", "", _fixed(-1.0), visits=(1,))
+    trial = _small_trial([bad])
+    pop = population_rows(trial, 0, 2, key=jax.random.key(1))
+    with pytest.raises(ValueError, match=r"maintenance dose of patient V0000001 is -1.0"):
+        simulate_chunk(trial, pop, 0, key=jax.random.key(2))
+
+
+def _read(folder):
+    parts = sorted((folder / "patients").glob("part-*.parquet"))
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return frame.sort_values(["arm", "patient"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def eupact_short():
+    return dataclasses.replace(twins.eupact_trial(days=20), name="eupact_short")
+
+
+def test_results_do_not_depend_on_chunking_and_resume_loses_nothing(tmp_path, eupact_short):
+    quiet = {"progress": False, "report": False}
+    a = run_trial(eupact_short, tmp_path / "a", n=30, chunk_size=10, **quiet)
+    b = run_trial(eupact_short, tmp_path / "b", n=30, chunk_size=30, **quiet)
+    fa, fb = _read(a), _read(b)
+    assert len(fa) == 60 and fa["patient"].nunique() == 30
+    pd.testing.assert_frame_equal(fa, fb)
+    # Interrupt: lose a part and leave a half-written temporary file; run again.
+    (a / "patients" / "part-00001.parquet").unlink()
+    (a / "patients" / "part-00002.parquet.tmp").write_bytes(b"partial")
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert manifest["complete"]
+    run_trial(eupact_short, a, n=30, chunk_size=10, progress=False)
+    pd.testing.assert_frame_equal(_read(a), fa)
+    assert not list((a / "patients").glob("*.tmp"))
+    assert json.loads((a / "manifest.json").read_text())["chunks_done"] == [0, 1, 2]
+    # A folder holding another run is refused.
+    with pytest.raises(ValueError, match="another trial or another N, seed"):
+        run_trial(eupact_short, a, n=30, chunk_size=10, seed=1, **quiet)
+    # Summary and report were written.
+    summary = json.loads((a / "summary.json").read_text())
+    assert {"genotype_guided", "control", "published", "differences"} <= set(summary)
+    assert (a / "report.html").stat().st_size > 10_000
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(eupact_short):
+    # Same chunk shape (10) as the run above: the compiled simulation is reused.
+    pop = population_rows(eupact_short, 0, 10, key=jax.random.key(0))
+    e1, _ = simulate_chunk(eupact_short, pop, 0, key=jax.random.key(5))
+    e2, _ = simulate_chunk(eupact_short, pop, 0, key=jax.random.key(5))
+    e3, _ = simulate_chunk(eupact_short, pop, 0, key=jax.random.key(6))
+    np.testing.assert_array_equal(e1["control"]["ttr"], e2["control"]["ttr"])
+    assert not np.array_equal(e1["control"]["ttr"], e3["control"]["ttr"])
+
+
+def test_population_rows_are_the_same_whatever_the_slice(eupact_short):
+    key = jax.random.key(3)
+    whole = population_rows(eupact_short, 0, 1200, key=key).to_dataframe()
+    piece = population_rows(eupact_short, 990, 1010, key=key).to_dataframe()
+    pd.testing.assert_frame_equal(
+        whole.iloc[990:1010].reset_index(drop=True), piece.reset_index(drop=True)
+    )
