@@ -1,0 +1,131 @@
+"""Virtual-trial throughput: the EU-PACT-like warfarin trial (2 arms, 12 weeks, INR-guided).
+
+Issue 5's target on the 2-core CPU: 100,000 patients, two arms, INR-guided dose adjustment
+at every scheduled INR check, in under 60 s after compilation; memory below 2 GiB at
+N = 1,000,000. Measured here, in one process:
+
+- the full `run_trial` (population sampling, covariates, simulation, endpoints, Parquet
+  parts; no report) for `--n` patients per arm, after a warm-up run that compiles;
+- the same engine with diffrax's adaptive solver (`pkpd.ODESolver()`, Tsit5, rtol 1e-6)
+  instead of the default `pkpd.FixedStep(2.0)` on `--baseline-n` patients: the ratio of
+  patient-arms per second is the speed-up of the fixed-step solver;
+- with `--memory-n`, a child process runs `run_trial` (report included) for that N and
+  reports its peak resident memory.
+
+    .venv/bin/python benchmarks/trial_speed.py --json
+    .venv/bin/python benchmarks/trial_speed.py --n 100000 --memory-n 1000000 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=100_000, help="patients per arm")
+    ap.add_argument("--chunk-size", type=int, default=20_000)
+    ap.add_argument("--baseline-n", type=int, default=500, help="patients for diffrax")
+    ap.add_argument("--memory-n", type=int, default=0, help="N for the memory run (0: skip)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", type=str, default="", help=argparse.SUPPRESS)
+    return ap.parse_args()
+
+
+def _setup():
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import twins
+
+    return jax, twins
+
+
+def _child(args: argparse.Namespace) -> None:
+    _, twins = _setup()
+    t0 = time.perf_counter()
+    twins.run_trial(
+        twins.eupact_trial(), args.child, n=args.memory_n, chunk_size=args.chunk_size,
+        progress=False,
+    )  # fmt: skip
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"wall_s": time.perf_counter() - t0, "peak_rss_mib": peak_kib / 1024}))
+
+
+def main() -> None:
+    args = _parse()
+    if args.child:
+        _child(args)
+        return
+    jax, twins = _setup()
+    import pkpd
+
+    trial = twins.eupact_trial()
+    out: dict = {
+        "machine": platform.processor() or platform.machine(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "trial": trial.name,
+        "arms": len(trial.arms),
+        "days": trial.days,
+        "solver": repr(trial.solver),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        quiet = {"progress": False, "report": False}
+        t0 = time.perf_counter()
+        twins.run_trial(trial, Path(tmp) / "warm", n=args.chunk_size, chunk_size=args.chunk_size,
+                        **quiet)  # fmt: skip
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        twins.run_trial(trial, Path(tmp) / "run", n=args.n, chunk_size=args.chunk_size, **quiet)
+        wall = time.perf_counter() - t0
+        rate = args.n * len(trial.arms) / wall
+        out.update(
+            n_per_arm=args.n,
+            chunk_size=args.chunk_size,
+            wall_s=round(wall, 2),
+            patient_arms_per_s=round(rate),
+            first_chunk_with_compilation_s=round(warm, 2),
+            compilation_s_estimate=round(warm - args.chunk_size * len(trial.arms) / rate, 2),
+        )
+        base = dataclasses.replace(trial, solver=pkpd.ODESolver())
+        nb = args.baseline_n
+        twins.run_trial(base, Path(tmp) / "bwarm", n=nb, chunk_size=nb, **quiet)
+        t0 = time.perf_counter()
+        twins.run_trial(base, Path(tmp) / "brun", n=nb, chunk_size=nb, **quiet)
+        bwall = time.perf_counter() - t0
+        brate = nb * len(trial.arms) / bwall
+        out.update(
+            baseline="same engine, diffrax Tsit5 adaptive (rtol 1e-6, atol 1e-9)",
+            baseline_n=nb,
+            baseline_patient_arms_per_s=round(brate),
+            speedup_vs_baseline=round(rate / brate, 1),
+        )
+        if args.memory_n:
+            cmd = [sys.executable, __file__, "--child", str(Path(tmp) / "mem")]
+            cmd += ["--memory-n", str(args.memory_n), "--chunk-size", str(args.chunk_size)]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            mem = json.loads(res.stdout.strip().splitlines()[-1])
+            out.update(
+                memory_n=args.memory_n,
+                memory_run_wall_s=round(mem["wall_s"], 1),
+                memory_peak_rss_mib=round(mem["peak_rss_mib"]),
+            )
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:>32}: {v}")
+
+
+if __name__ == "__main__":
+    main()
