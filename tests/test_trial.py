@@ -146,6 +146,33 @@ def test_fixed_dose_arm_course_equals_pkpd_simulate():
     assert np.all(course["doses"] == 5.0)
 
 
+def test_infused_drug_course_equals_pkpd_simulate():
+    drug = drugs.get("vancomycin_goti2018")
+    arm = twins.DosingArm("fixed", "1 g", "1 g q12h", _fixed(1000.0), visits=(1,))
+    trial = twins.Trial(
+        name="vanco",
+        drug=drug,
+        population=twins.Population.sample,
+        arms=(arm,),
+        endpoints=(twins.MeanDose("dose", "dose", 2),),
+        days=6,
+        interval=12.0,
+    )
+    pop = population_rows(trial, 0, 2, key=jax.random.key(1))
+    endpoints, courses = simulate_chunk(trial, pop, 0, key=jax.random.key(2))
+    course = courses["fixed"]
+    dur = drug.dosing.duration
+    regimen = pkpd.repeat(pkpd.infusion(1000.0, duration=dur, cmt=drug.dosing.cmt), ii=12.0, addl=5)
+    times = jnp.arange(7.0) * 12.0
+    for i in range(2):
+        params = {k: jnp.asarray(v[i]) for k, v in course["params"].items()}
+        ref = pkpd.simulate(drug.model.model, params, regimen, times)
+        np.testing.assert_allclose(course["level"][i], ref, rtol=1e-10, atol=1e-12)
+    assert float(course["level"][0, -1]) > 1.0
+    # 1 g every 12 h is 14 g per week, whatever the interval.
+    np.testing.assert_allclose(endpoints["fixed"]["dose"], 14_000.0)
+
+
 def test_nomogram_arm_changes_and_withholds_doses():
     # Any INR at the day-3 visit falls in the top band: -50% and two doses withheld.
     rule = twins.Nomogram(bounds=(0.0,), change=(0.0, -0.5), hold=(0, 2))

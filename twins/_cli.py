@@ -90,10 +90,14 @@ def trial(
 ) -> None:
     """Run the virtual trial described by a TOML spec; resume it if interrupted."""
     _x64()
-    from ._spec import load_trial
+    from ._spec import SpecError, load_trial
     from ._trial_run import run_trial
 
-    the_trial, options = load_trial(spec)
+    try:
+        the_trial, options = load_trial(spec)
+    except SpecError as error:
+        Console(stderr=True).print(f"[red]Error in the trial spec:[/red] {error}")
+        raise typer.Exit(code=2) from None
     folder = out or options.out or Path("out") / the_trial.name
     run_trial(
         the_trial,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
@@ -239,7 +240,8 @@ class Course(dict):
       period's dose (a trough for once-per-period dosing);
     - `visit_days` `(V,)`, `measured` `(n, V)`: the visits and what was measured;
     - `doses` `(n, P)`: the amount given in each period;
-    - `params`: each patient's model parameters, `{name: (n,)}`.
+    - `params`: each patient's model parameters, `{name: (n,)}`;
+    - `interval_h`: the dosing period (h).
     """
 
 
@@ -257,7 +259,37 @@ class Endpoint(abc.ABC):
         """`{column: (n,) array}` for this endpoint."""
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "label": self.label, "kind": self.kind, "unit": self.unit}
+        fields = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {"type": type(self).__name__, **fields, "kind": self.kind, "unit": self.unit}
+
+
+def _plain(x: Any) -> Any:
+    """JSON-friendly and canonical (tuples as lists, integral floats kept as floats)."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, int | float | np.number):
+        return float(x)
+    return repr(x)
+
+
+def describe_population(population: Any) -> dict[str, Any]:
+    """What determines the virtual patients: the sampler and its arguments, or a hash of a
+    fixed cohort's table (part of the spec hash, so that editing either starts afresh)."""
+    if isinstance(population, Population):
+        frame = population.to_dataframe()
+        digest = hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
+        return {"fixed_cohort_rows": len(frame), "sha256": digest}
+    func = getattr(population, "func", population)
+    name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+    return {
+        "sampler": name,
+        "args": _plain(list(getattr(population, "args", ()))),
+        "keywords": _plain(dict(getattr(population, "keywords", {}) or {})),
+    }
 
 
 def _series(course, source: Source):
@@ -342,14 +374,17 @@ class TimeToRange(Endpoint):
 
 @dataclasses.dataclass(frozen=True)
 class MeanDose(Endpoint):
-    """Mean weekly dose (mg/week) over the last `days` days of the trial."""
+    """Mean weekly dose (mg/week) over the last `days` days of the trial (whatever the
+    dosing interval: the periods within those days, times periods per week)."""
 
-    days: int = 28
+    days: float = 28
     unit: ClassVar[str] = "mg/week"
 
     def __call__(self, course):
         doses = course["doses"]
-        return {self.name: 7.0 * doses[..., -self.days :].mean(-1)}
+        interval = float(course["interval_h"])
+        periods = max(round(self.days * 24.0 / interval), 1)
+        return {self.name: (168.0 / interval) * doses[..., -periods:].mean(-1)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,6 +497,7 @@ class Trial:
             "drug": self.drug.name,
             "duration_days": self.days * self.interval / 24.0,
             "interval_h": self.interval,
+            "population": describe_population(self.population),
             "arms": [a.describe() for a in self.arms],
             "reference_arm": self.reference_arm or self.arms[0].name,
             "endpoints": [e.describe() for e in self.endpoints],
@@ -538,6 +574,12 @@ def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
     error = drug.model.error
     sigma = {k: float(getattr(error, k)) for k in error.names}
     solver = trial.solver
+    duration = drug.dosing.duration if drug.dosing.route == "infusion" else None
+    if duration is not None and not 0 < duration < tau:
+        raise ValueError(
+            f"Trial {trial.name!r}: the infusion of {drug.name} lasts {duration} h; expected "
+            f"0 < duration < the dosing period ({tau} h)."
+        )
 
     def one(params, state, key):
         f = params.get(f"F{cmt + 1}", 1.0)
@@ -555,8 +597,13 @@ def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
             y = level(x)
             measured = _measure(error, sigma, y, e)
             amount, st = arm.step(p, measured, visit, st)
-            x = x.at[cmt].add(f * amount)
-            x = model.propagate(params, x, zero, 0.0, tau, solver)
+            if duration is None:
+                x = x.at[cmt].add(f * amount)
+                x = model.propagate(params, x, zero, 0.0, tau, solver)
+            else:  # zero-order infusion over `duration` h at the start of the period
+                rate = zero.at[cmt].set(f * amount / duration)
+                x = model.propagate(params, x, rate, 0.0, duration, solver)
+                x = model.propagate(params, x, zero, duration, tau, solver)
             return (x, st), (y, measured, amount)
 
         periods = jnp.arange(days, dtype=jnp.int32)
@@ -635,6 +682,7 @@ def simulate_chunk(
             measured=np.asarray(measured)[:n],
             doses=np.asarray(doses)[:n],
             params={k: np.asarray(v)[:n] for k, v in params.items()},
+            interval_h=float(trial.interval),
         )
         bad = ~np.isfinite(course["level"]).all(axis=1)
         if bad.any():
