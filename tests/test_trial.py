@@ -47,6 +47,7 @@ def test_fixed_step_matches_diffrax_on_warfarin_inr(dt, tol):
     assert float(ref[-1, 1]) > 1.5  # the check is not vacuous: INR has risen
 
 
+@pytest.mark.extended
 def test_fixed_step_rk4_on_a_nonlinear_model_converges():
     model = pkpd.OneCompartmentOralMM()
     params = {"KA": 1.0, "VMAX": 20.0, "KM": 2.0, "V": 30.0}
@@ -258,3 +259,22 @@ def test_population_rows_are_the_same_whatever_the_slice(eupact_short):
     pd.testing.assert_frame_equal(
         whole.iloc[990:1010].reset_index(drop=True), piece.reset_index(drop=True)
     )
+
+
+def test_twins_demo_command_writes_summary_and_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from twins._cli import app
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--n", "40", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    for arm in ("genotype_guided", "control"):
+        assert summary[arm]["ttr"]["n"] == 40
+        assert 0.0 <= summary[arm]["ttr"]["estimate"] <= 100.0
+    assert summary["published"]["genotype_guided"]["ttr"] == 67.4
+    assert summary["published"]["control"]["ttr"] == 60.3
+    html = (out / "report.html").read_text()
+    assert "genotype_guided" in html and "data:image/png;base64," in html
+    assert "Time in INR 2.0-3.0" in result.output
