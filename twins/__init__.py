@@ -37,6 +37,7 @@ from ._patient import Patient as Patient
 from ._population import Demographics as Demographics
 from ._population import Population as Population
 from ._population import iwpc_genotype_counts as iwpc_genotype_counts
+from ._ray import run_trial_ray as run_trial_ray
 from ._report import write_report as write_report
 from ._summary import read_results as read_results
 from ._trial import AnyAbove as AnyAbove
@@ -95,6 +96,7 @@ __all__ = [
     "pgx",
     "read_results",
     "run_trial",
+    "run_trial_ray",
     "trial_summary",
     "validation",
     "write_report",
