@@ -271,7 +271,7 @@ def prepare_folder(
             )
         spec = old
         file = out / "manifest.json"
-        manifest = json.loads(file.read_text()) if file.exists() else {"wall_s": 0.0}
+        manifest = json.loads(file.read_text()) if file.exists() else {"wall_s": 0.0}  # type: ignore[assignment]
     else:
         spec["provenance"] = {
             "version": _version(),
@@ -282,7 +282,7 @@ def prepare_folder(
             "devices": [str(d) for d in jax.devices()],
         }
         _write_json(spec_file, spec)
-        manifest = {"wall_s": 0.0}
+        manifest: dict[str, Any] = {"wall_s": 0.0}
     n_chunks = math.ceil(n / chunk_size)
     done = [c for c in range(n_chunks) if (out / "patients" / f"part-{c:05d}.parquet").exists()]
     manifest.update(
