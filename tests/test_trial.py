@@ -124,6 +124,7 @@ def _small_trial(arms, days=12, **kw):
     )
 
 
+@pytest.mark.extended  # its two halves: the FixedStep and infused-drug tests above/below
 def test_fixed_dose_arm_course_equals_pkpd_simulate():
     arm = twins.DosingArm("fixed", "5 mg", "5 mg daily", _fixed(5.0), visits=(1, 5))
     trial = _small_trial([arm], days=8, solver=pkpd.FixedStep(1.0))
