@@ -771,8 +771,6 @@ def _predict_draws(static: _Static, theta, cov, regimen, times, eta):
 
 
 def _with_residual(error, sigma, y, key):
-    eps = jax.random.normal(key, y.shape)
-    sd = error.sd(y, sigma)
-    if isinstance(error, calibration.Exponential):
-        return y * jnp.exp(sd * eps)
-    return y + sd * eps
+    from ._trial import _measure
+
+    return _measure(error, sigma, y, jax.random.normal(key, y.shape))
