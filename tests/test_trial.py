@@ -175,6 +175,88 @@ def test_infused_drug_course_equals_pkpd_simulate():
     np.testing.assert_allclose(endpoints["fixed"]["dose"], 14_000.0)
 
 
+def _dense_reference(drug, params, regimen, t0, t1, output=None):
+    """AUC (trapezoid on a 0.005-h grid) and maximum of the output over [t0, t1]."""
+    times = jnp.linspace(t0, t1, round((t1 - t0) / 0.005) + 1)
+    y = pkpd.simulate(drug.model.model, params, regimen, times, solver=TIGHT)
+    y = np.asarray(y)
+    if y.ndim == 2:
+        y = y[:, drug.model.output if output is None else output]
+    return float(np.trapezoid(y, np.asarray(times))), float(y.max()), y
+
+
+def test_exposure_endpoints_of_an_infused_drug_match_dense_simulation():
+    drug = drugs.get("vancomycin_goti2018")
+    arm = twins.DosingArm("fixed", "1 g", "1 g q12h", _fixed(1000.0), visits=(1,))
+    trial = twins.Trial(
+        name="vanco",
+        drug=drug,
+        population=twins.Population.sample,
+        arms=(arm,),
+        endpoints=(
+            twins.AUC("auc24", "AUC24"),
+            twins.AUC("auc_day1", "AUC 0-24", end_h=24.0),
+            twins.Cmax("cmax", "Cmax"),
+            twins.Ctrough("trough48", "trough at 48 h", end_h=48.0),
+            twins.TargetAttainment("pta", "AUC24 400-600", metric="auc", low=400.0, high=600.0),
+        ),
+        days=8,
+        interval=12.0,
+    )
+    pop = population_rows(trial, 0, 3, key=jax.random.key(1))
+    endpoints, courses = simulate_chunk(trial, pop, 0, key=jax.random.key(2))
+    got = endpoints["fixed"]
+    dur = drug.dosing.duration
+    regimen = pkpd.repeat(pkpd.infusion(1000.0, duration=dur, cmt=drug.dosing.cmt), ii=12.0, addl=7)
+    for i in range(3):
+        params = {k: jnp.asarray(v[i]) for k, v in courses["fixed"]["params"].items()}
+        auc_last, cmax_last, _ = _dense_reference(drug, params, regimen, 72.0, 96.0)
+        auc_first, _, y_first = _dense_reference(drug, params, regimen, 0.0, 24.0)
+        np.testing.assert_allclose(got["auc24"][i], auc_last, rtol=2e-5)
+        np.testing.assert_allclose(got["auc_day1"][i], auc_first, rtol=2e-5)
+        # Cmax of an infusion is at its end, a point of the grid: exact.
+        np.testing.assert_allclose(got["cmax"][i], cmax_last, rtol=1e-6)
+        np.testing.assert_allclose(got["trough48"][i], courses["fixed"]["level"][i, 4])
+        assert got["pta"][i] == (400.0 <= got["auc24"][i] <= 600.0)
+        assert auc_last > auc_first > 0.0  # accumulation: the comparison is not vacuous
+        assert y_first.max() > y_first[-1]
+
+
+def test_exposure_endpoints_of_an_oral_drug_match_dense_simulation():
+    drug = drugs.get("warfarin_hamberg2007")
+    trial = _small_trial([twins.DosingArm("fixed", "5 mg", "", _fixed(5.0), visits=(1,))], days=6)
+    trial = dataclasses.replace(
+        trial,
+        output=0,  # the S-warfarin concentration
+        endpoints=(twins.AUC("auc", "AUC", end_h=48.0, hours=48.0), twins.Cmax("cmax", "Cmax")),
+        exposure_steps=48,
+    )
+    pop = population_rows(trial, 0, 2, key=jax.random.key(3))
+    endpoints, courses = simulate_chunk(trial, pop, 0, key=jax.random.key(4))
+    regimen = pkpd.repeat(pkpd.oral(5.0), ii=24.0, addl=5)
+    for i in range(2):
+        params = {k: jnp.asarray(v[i]) for k, v in courses["fixed"]["params"].items()}
+        auc, _, _ = _dense_reference(drug, params, regimen, 0.0, 48.0, output=0)
+        # Simpson on 0.5-h steps after an oral dose (fast absorption): within 3e-4.
+        np.testing.assert_allclose(endpoints["fixed"]["auc"][i], auc, rtol=3e-4)
+        # An oral Cmax is taken on the grid (here every 0.5 h): at most slightly low.
+        _, cmax_last, _ = _dense_reference(drug, params, regimen, 120.0, 144.0, output=0)
+        assert cmax_last * (1 - 2e-3) <= endpoints["fixed"]["cmax"][i] <= cmax_last * (1 + 1e-9)
+
+
+def test_exposure_endpoint_windows_are_checked():
+    trial = _small_trial([twins.DosingArm("fixed", "5 mg", "", _fixed(5.0), visits=(1,))], days=4)
+    for endpoint, message in [
+        (twins.AUC("auc", "AUC", end_h=30.0), "dose times"),
+        (twins.AUC("auc", "AUC", end_h=240.0), "outside the trial"),
+        (twins.Ctrough("c", "c", end_h=13.0), "not a dose time"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(trial, endpoints=(endpoint,))
+    with pytest.raises(ValueError, match="give a target"):
+        twins.TargetAttainment("p", "p")
+
+
 def test_nomogram_arm_changes_and_withholds_doses():
     # Any INR at the day-3 visit falls in the top band: -50% and two doses withheld.
     rule = twins.Nomogram(bounds=(0.0,), change=(0.0, -0.5), hold=(0, 2))

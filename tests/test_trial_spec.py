@@ -291,6 +291,24 @@ def test_vancomycin_example_runs(tmp_path):
     trough = by_arm["trough_end"].median()
     assert 5.0 < trough["fixed_1g"] < 30.0 and 5.0 < trough["per_kg"] < 40.0
     assert set(patients["renal_function"]) <= {">=90", "60-89", "30-59", "<30"}
+    # AUC24 of the last day: between 24 h at the mean trough and 24 h at the peak.
+    auc = patients["auc24_day7"]
+    assert (auc > 24.0 * patients["trough_end"]).all() and (
+        auc < 24.0 * patients["peak_day7"]
+    ).all()
+    np.testing.assert_array_equal(patients["auc24_400_600"], (auc >= 400) & (auc <= 600))
+
+
+def test_exposure_endpoints_from_a_spec(tmp_path):
+    text = (EXAMPLES / "vancomycin_trial.toml").read_text()
+    bad = text.replace("hours = 24.0                   #", "end_h = 30.0\nhours = 24.0 #")
+    path = tmp_path / "bad.toml"
+    path.write_text(bad)
+    with pytest.raises(SpecError, match=r"auc24_day7.*dose times"):
+        load_trial(path)
+    path.write_text(text.replace('metric = "auc"', 'metric = "aucc"'))
+    with pytest.raises(SpecError, match=r"endpoints\[\d\]\.metric"):
+        load_trial(path)
 
 
 def test_initial_rules():

@@ -10,7 +10,8 @@
 - `DigitalTwin`: a drug and a patient; `update` with observed levels, `forecast`, `recommend`.
 - `twins.validation`: evaluations on real data (IWPC warfarin doses).
 - Virtual trials: `Trial` (population x arms x endpoints), `DosingArm` with `Nomogram`
-  rules, endpoints (`TimeInRange`, `AnyAbove`, `TimeToRange`, `MeanDose`, `FinalLevel`),
+  rules, endpoints (`TimeInRange`, `AnyAbove`, `TimeToRange`, `MeanDose`, `FinalLevel`, `AUC`,
+  `Cmax`, `Ctrough`, `TargetAttainment`),
   `run_trial` (chunked Parquet results, resume), `write_report`, `eupact_trial` (the
   built-in default).
 - The `twins` command line (`twins demo`, `twins trial spec.toml`, `twins report DIR`).
@@ -40,13 +41,17 @@ from ._population import iwpc_genotype_counts as iwpc_genotype_counts
 from ._ray import run_trial_ray as run_trial_ray
 from ._report import write_report as write_report
 from ._summary import read_results as read_results
+from ._trial import AUC as AUC
 from ._trial import AnyAbove as AnyAbove
 from ._trial import Arm as Arm
+from ._trial import Cmax as Cmax
+from ._trial import Ctrough as Ctrough
 from ._trial import DosingArm as DosingArm
 from ._trial import Endpoint as Endpoint
 from ._trial import FinalLevel as FinalLevel
 from ._trial import MeanDose as MeanDose
 from ._trial import Nomogram as Nomogram
+from ._trial import TargetAttainment as TargetAttainment
 from ._trial import TimeInRange as TimeInRange
 from ._trial import TimeToRange as TimeToRange
 from ._trial import Trial as Trial
@@ -59,9 +64,12 @@ from ._twin import Recommendation as Recommendation
 from .drugs import Drug as Drug
 
 __all__ = [
+    "AUC",
     "LABS",
     "AnyAbove",
     "Arm",
+    "Cmax",
+    "Ctrough",
     "Demographics",
     "DigitalTwin",
     "DosingArm",
@@ -77,6 +85,7 @@ __all__ = [
     "Population",
     "Posterior",
     "Recommendation",
+    "TargetAttainment",
     "TimeInRange",
     "TimeToRange",
     "Trial",

@@ -38,12 +38,16 @@ from . import _eupact
 from . import drugs as _drugs
 from ._population import Demographics, Population
 from ._trial import (
+    AUC,
     AnyAbove,
+    Cmax,
+    Ctrough,
     DosingArm,
     Endpoint,
     FinalLevel,
     MeanDose,
     Nomogram,
+    TargetAttainment,
     TimeInRange,
     TimeToRange,
     Trial,
@@ -152,6 +156,10 @@ ENDPOINTS: dict[str, type[Endpoint]] = {
     "time_to_range": TimeToRange,
     "mean_dose": MeanDose,
     "final_level": FinalLevel,
+    "auc": AUC,
+    "cmax": Cmax,
+    "ctrough": Ctrough,
+    "target_attainment": TargetAttainment,
 }
 
 #: Whole trials by name (`preset = "eupact"`).
@@ -178,6 +186,7 @@ _TOP_KEYS = (
     "subgroups",
     "covariates",
     "solver_dt_h",
+    "exposure_steps",
     "assumptions",
     "population",
     "arms",
@@ -366,6 +375,8 @@ class _Reader:
         if "solver_dt_h" in top:
             dt = self.number(top["solver_dt_h"], "solver_dt_h", low=0.0, low_open=True)
             kwargs["solver"] = pkpd.FixedStep(dt)
+        if "exposure_steps" in top:
+            kwargs["exposure_steps"] = self.integer(top["exposure_steps"], "exposure_steps", low=2)
         if "assumptions" in top:
             kwargs["assumptions"] = self.strings(top["assumptions"], "assumptions")
         if "description" in top:
@@ -707,6 +718,8 @@ class _Reader:
             w = _key(where, key)
             if key == "source":
                 kwargs[key] = self.string(table[key], w, _SOURCES)
+            elif key == "metric":
+                kwargs[key] = self.string(table[key], w, ("auc", "cmax", "trough"))
             elif key == "days":
                 kwargs[key] = self.integer(table[key], w, low=1)
                 if kwargs[key] > days:
@@ -715,7 +728,10 @@ class _Reader:
                     )
             else:
                 kwargs[key] = self.number(table[key], w)
-        probe = cls(**kwargs)
+        try:
+            probe = cls(**kwargs)
+        except ValueError as error:
+            raise self.error(where, str(error)) from error
         low, high = getattr(probe, "low", None), getattr(probe, "high", None)
         if low is not None and high is not None and not low < high:
             raise self.error(where, f"expected low < high, got low = {low:g} and high = {high:g}.")

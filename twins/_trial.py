@@ -241,7 +241,9 @@ class Course(dict):
     - `visit_days` `(V,)`, `measured` `(n, V)`: the visits and what was measured;
     - `doses` `(n, P)`: the amount given in each period;
     - `params`: each patient's model parameters, `{name: (n,)}`;
-    - `interval_h`: the dosing period (h).
+    - `interval_h`: the dosing period (h);
+    - `auc`, `cmax` `(n, P)`: the AUC and highest value of the true output within each
+      period, when an endpoint needs them (`Trial.exposure_steps`).
     """
 
 
@@ -253,6 +255,8 @@ class Endpoint(abc.ABC):
     label: str
     kind: ClassVar[str] = "mean"
     unit: ClassVar[str] = ""
+    #: Whether the endpoint needs the AUC and Cmax of every period (`Course["auc"]`, `["cmax"]`).
+    needs_exposure: ClassVar[bool] = False
 
     @abc.abstractmethod
     def __call__(self, course: Mapping[str, Any]) -> dict[str, Any]:
@@ -398,6 +402,135 @@ class FinalLevel(Endpoint):
         return {self.name: y[..., -1]}
 
 
+Metric = Literal["auc", "cmax", "trough"]
+
+
+def _window(course, end_h: float | None, hours: float, who: str) -> tuple[int, int]:
+    """The periods `[first, stop)` of the window of `hours` ending at `end_h` (default: the
+    end of the trial); both must fall on period boundaries."""
+    tau = float(course["interval_h"])
+    n_periods = len(course["days"]) - 1
+    end = n_periods * tau if end_h is None else float(end_h)
+    stop, first = end / tau, (end - hours) / tau
+    if not (math.isclose(stop, round(stop)) and math.isclose(first, round(first))):
+        raise ValueError(
+            f"{who}: the window of {hours:g} h ending at {end:g} h must start and end on dose "
+            f"times (multiples of the {tau:g}-h dosing period)."
+        )
+    first_i, stop_i = round(first), round(stop)
+    if not 0 <= first_i < stop_i <= n_periods:
+        raise ValueError(
+            f"{who}: the window of {hours:g} h ending at {end:g} h is outside the trial "
+            f"(0-{n_periods * tau:g} h)."
+        )
+    return first_i, stop_i
+
+
+def _metric(course, metric: Metric, end_h: float | None, hours: float, who: str):
+    if metric == "trough":
+        tau = float(course["interval_h"])
+        n_periods = len(course["days"]) - 1
+        at = n_periods if end_h is None else float(end_h) / tau
+        if not (math.isclose(at, round(at)) and 0 <= round(at) <= n_periods):
+            raise ValueError(
+                f"{who}: a trough is taken just before a dose; end_h = {end_h} h is not a dose "
+                f"time of the trial (multiples of {tau:g} h up to {n_periods * tau:g} h)."
+            )
+        return course["level"][..., round(at)]
+    if "auc" not in course:
+        raise ValueError(
+            f"{who}: the course has no AUC or Cmax; the trial records them only when one of "
+            "its endpoints needs them (Trial.exposure_steps sets their resolution)."
+        )
+    first, stop = _window(course, end_h, hours, who)
+    if metric == "auc":
+        return course["auc"][..., first:stop].sum(-1)
+    return course["cmax"][..., first:stop].max(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AUC(Endpoint):
+    """Area under the true output curve over the `hours` ending at `end_h` (hours from the
+    first dose; default the end of the trial), e.g. the AUC24 at steady state.
+
+    Computed period by period with the composite Simpson rule on `Trial.exposure_steps`
+    sub-steps per period (split at the end of an infusion, where the curve has a kink), so it
+    is accurate to the solver's tolerance for smooth curves; the window must start and end on
+    dose times. Units: the output's times hours (mg.h/L for a concentration)."""
+
+    end_h: float | None = None
+    hours: float = 24.0
+    needs_exposure: ClassVar[bool] = True
+    unit: ClassVar[str] = "output x h"
+
+    def __call__(self, course):
+        return {self.name: _metric(course, "auc", self.end_h, self.hours, self.name)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cmax(Endpoint):
+    """The highest true output over the `hours` ending at `end_h` (default: the last 24 h),
+    taken on the grid of `Trial.exposure_steps` points per period plus the end of any
+    infusion (exact for IV doses; for oral doses the grid's resolution)."""
+
+    end_h: float | None = None
+    hours: float = 24.0
+    needs_exposure: ClassVar[bool] = True
+
+    def __call__(self, course):
+        return {self.name: _metric(course, "cmax", self.end_h, self.hours, self.name)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ctrough(Endpoint):
+    """The true output just before the dose given at `end_h` hours (default: the end of the
+    trial, i.e. before the next dose)."""
+
+    end_h: float | None = None
+
+    def __call__(self, course):
+        return {self.name: _metric(course, "trough", self.end_h, 0.0, self.name)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetAttainment(Endpoint):
+    """Probability of target attainment: the share of patients whose `metric` (`"auc"`,
+    `"cmax"` or `"trough"`, over the window of `AUC`/`Cmax`/`Ctrough`) lies in
+    `[low, high]` (either bound may be omitted), e.g. AUC24 in 400-600 mg.h/L for
+    vancomycin (Rybak MJ et al. Am J Health Syst Pharm 2020;77(11):835-864)."""
+
+    metric: Metric = "auc"
+    low: float | None = None
+    high: float | None = None
+    end_h: float | None = None
+    hours: float = 24.0
+    kind: ClassVar[str] = "proportion"
+    unit: ClassVar[str] = "% of patients"
+
+    def __post_init__(self):
+        if self.metric not in ("auc", "cmax", "trough"):
+            raise ValueError(
+                f"{self.name}: metric must be 'auc', 'cmax' or 'trough', got {self.metric!r}."
+            )
+        if self.low is None and self.high is None:
+            raise ValueError(f"{self.name}: give a target: low, high or both.")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ValueError(f"{self.name}: expected low < high, got {self.low} and {self.high}.")
+
+    @property
+    def needs_exposure(self) -> bool:  # type: ignore[override]
+        return self.metric != "trough"
+
+    def __call__(self, course):
+        value = _metric(course, self.metric, self.end_h, self.hours, self.name)
+        ok = np.ones(np.shape(value), dtype=bool)
+        if self.low is not None:
+            ok &= np.asarray(value) >= self.low
+        if self.high is not None:
+            ok &= np.asarray(value) <= self.high
+        return {self.name: ok}
+
+
 # ----------------------------------------------------------------------------- the trial
 
 
@@ -428,6 +561,9 @@ class Trial:
     - `covariates`: numeric covariate keys for the population summary.
     - `bands_edges`: bin edges of the histogram behind the median/5-95% bands of the output.
     - `solver`: how the model is advanced over a period (default `pkpd.FixedStep(1.0)`).
+    - `exposure_steps`: sub-steps per period at which the output is evaluated for AUC and
+      Cmax endpoints (composite Simpson rule; made even, and split at the end of an
+      infusion). Used only when an endpoint needs them, since it multiplies the work.
     - `published`: published figures to show beside the simulated ones,
       `{arm: {endpoint: value}}` plus `"source"` and `"notes"`.
     - `published_differences`: published differences against the reference arm,
@@ -448,6 +584,7 @@ class Trial:
     covariates: tuple[str, ...] = ("AGE", "WT", "HT")
     bands_edges: tuple[float, ...] = tuple(np.geomspace(0.5, 20.0, 401).tolist())
     solver: Any = pkpd.FixedStep(1.0)
+    exposure_steps: int = 24
     published: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     published_differences: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     reference_arm: str | None = None
@@ -477,6 +614,25 @@ class Trial:
             raise ValueError(f"Trial {self.name!r}: endpoint names must be unique: {enames}.")
         if not (isinstance(self.days, int) and self.days >= 1):
             raise ValueError(f"Trial {self.name!r}: days must be an integer >= 1.")
+        if not (isinstance(self.exposure_steps, int) and self.exposure_steps >= 2):
+            raise ValueError(
+                f"Trial {self.name!r}: exposure_steps must be an integer >= 2, got "
+                f"{self.exposure_steps!r}."
+            )
+        # Windows of exposure endpoints are checked now, not after the first chunk.
+        dummy = {
+            "interval_h": float(self.interval),
+            "days": np.zeros(self.days + 1),
+            "level": np.zeros((1, self.days + 1)),
+            "auc": np.zeros((1, self.days)),
+            "cmax": np.zeros((1, self.days)),
+        }
+        for e in self.endpoints:
+            if hasattr(e, "end_h"):
+                try:
+                    e(dummy)
+                except ValueError as error:
+                    raise ValueError(f"Trial {self.name!r}, endpoint {error}") from None
         for arm in self.arms:
             late = [v + 1 for v in arm.visits if v > self.days]
             if late:
@@ -484,6 +640,11 @@ class Trial:
                     f"Trial {self.name!r}, arm {arm.name!r}: visits on days {late} fall after "
                     f"the end of the trial (day {self.days + 1} morning at the latest)."
                 )
+
+    @property
+    def needs_exposure(self) -> bool:
+        """Whether an endpoint needs the AUC and Cmax of every period."""
+        return any(getattr(e, "needs_exposure", False) for e in self.endpoints)
 
     @property
     def output_index(self) -> int:
@@ -502,6 +663,7 @@ class Trial:
             "reference_arm": self.reference_arm or self.arms[0].name,
             "endpoints": [e.describe() for e in self.endpoints],
             "solver": repr(self.solver),
+            **({"exposure_steps": self.exposure_steps} if self.needs_exposure else {}),
             "assumptions": list(self.assumptions),
         }
 
@@ -581,6 +743,8 @@ def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
             f"0 < duration < the dosing period ({tau} h)."
         )
 
+    steps = _exposure_steps(trial, duration)
+
     def one(params, state, key):
         f = params.get(f"F{cmt + 1}", 1.0)
         zero = jnp.zeros(n_states)
@@ -591,6 +755,24 @@ def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
         def level(x):
             return model.output(params, x)[out_idx]
 
+        def segment(x, rate, t0, t1, steps):
+            """Advance over [t0, t1]; with `steps`, also the Simpson AUC and the maximum
+            of the output on `steps` equal sub-steps."""
+            if steps is None:
+                return model.propagate(params, x, rate, t0, t1, solver), None, None
+            h = (t1 - t0) / steps
+
+            def sub(x, j):
+                a = t0 + h * j
+                x = model.propagate(params, x, rate, a, a + h, solver)
+                return x, level(x)
+
+            y0 = level(x)
+            x, ys = jax.lax.scan(sub, x, jnp.arange(steps, dtype=float))
+            weights = jnp.asarray(_simpson_weights(steps)[steps])
+            auc = (h / 3.0) * (weights[0] * y0 + weights[1:] @ ys)
+            return x, auc, jnp.maximum(y0, ys.max())
+
         def body(carry, inputs):
             x, st = carry
             p, e, visit = inputs
@@ -599,21 +781,24 @@ def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
             amount, st = arm.step(p, measured, visit, st)
             if duration is None:
                 x = x.at[cmt].add(f * amount)
-                x = model.propagate(params, x, zero, 0.0, tau, solver)
+                x, auc, cmax = segment(x, zero, 0.0, tau, steps[0])
             else:  # zero-order infusion over `duration` h at the start of the period
                 rate = zero.at[cmt].set(f * amount / duration)
-                x = model.propagate(params, x, rate, 0.0, duration, solver)
-                x = model.propagate(params, x, zero, duration, tau, solver)
-            return (x, st), (y, measured, amount)
+                x, auc1, cmax1 = segment(x, rate, 0.0, duration, steps[0])
+                x, auc2, cmax2 = segment(x, zero, duration, tau, steps[1])
+                auc = None if auc1 is None or auc2 is None else auc1 + auc2
+                cmax = None if cmax1 is None or cmax2 is None else jnp.maximum(cmax1, cmax2)
+            exposure = () if auc is None else (auc, cmax)
+            return (x, st), (y, measured, amount, *exposure)
 
         periods = jnp.arange(days, dtype=jnp.int32)
         xs = (periods, eps_by_period[:days], jnp.asarray(is_visit_table[:days]))
-        (x_end, _), (ys, meas, amounts) = jax.lax.scan(body, (x0, state), xs)
+        (x_end, _), (ys, meas, amounts, *exposure) = jax.lax.scan(body, (x0, state), xs)
         y_end = level(x_end)
         last_meas = _measure(error, sigma, y_end, eps_by_period[days])
         ys = jnp.concatenate([ys, y_end[None]])
         meas = jnp.concatenate([meas, last_meas[None]])
-        return ys, meas[visits], amounts
+        return ys, meas[visits], amounts, *exposure
 
     def run(params, state, keys):
         return jax.vmap(one)(params, state, keys)
@@ -623,6 +808,31 @@ def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
     spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
     # Each device simulates its own patients: no collective communication at all.
     return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False))
+
+
+def _even(k: float) -> int:
+    return max(2, 2 * math.ceil(k / 2))
+
+
+def _exposure_steps(trial: Trial, duration: float | None) -> tuple[int | None, int | None]:
+    """Simpson sub-steps for the dosing segment(s) of a period (None: no exposure needed)."""
+    if not trial.needs_exposure:
+        return None, None
+    total = trial.exposure_steps
+    if duration is None:
+        return _even(total), None
+    first = _even(total * duration / trial.interval)
+    return first, _even(total - first)
+
+
+def _simpson_weights(largest: int) -> np.ndarray:
+    """Row m: the composite Simpson weights 1, 4, 2, ..., 4, 1 for m (even) sub-steps."""
+    table = np.zeros((largest + 1, largest + 1))
+    for m in range(2, largest + 1, 2):
+        table[m, : m + 1] = 2.0
+        table[m, 1:m:2] = 4.0
+        table[m, 0] = table[m, m] = 1.0
+    return table
 
 
 def simulate_chunk(
@@ -674,7 +884,7 @@ def simulate_chunk(
             inputs = jax.device_put(inputs, jax.sharding.NamedSharding(mesh, spec))
         if arm.name not in runners:
             runners[arm.name] = _make_runner(trial, arm, mesh)
-        level, measured, doses = runners[arm.name](*inputs)
+        level, measured, doses, *exposure = runners[arm.name](*inputs)
         course = Course(
             days=days,
             level=np.asarray(level)[:n],
@@ -684,6 +894,9 @@ def simulate_chunk(
             params={k: np.asarray(v)[:n] for k, v in params.items()},
             interval_h=float(trial.interval),
         )
+        if exposure:
+            course["auc"] = np.asarray(exposure[0])[:n]
+            course["cmax"] = np.asarray(exposure[1])[:n]
         bad = ~np.isfinite(course["level"]).all(axis=1)
         if bad.any():
             ids = population.ids[bad][:5]

@@ -398,8 +398,7 @@ def run_chunk(
     workers) safe. The folder's subfolders must exist (`prepare_folder`).
     """
     out = Path(out)
-    key = jax.random.key(seed)
-    pop_key, sim_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+    pop_key, sim_key = seed_keys(seed)
     lo, hi = chunk * chunk_size, min((chunk + 1) * chunk_size, n)
     if not 0 <= lo < hi:
         raise ValueError(f"run_chunk: chunk {chunk} is outside the {n} patients.")
@@ -415,6 +414,13 @@ def run_chunk(
         _write_parquet(out / "trajectories" / name, trajs)
     _write_parquet(out / "patients" / name, patients)
     return hi - lo
+
+
+def seed_keys(seed: int) -> tuple[Any, Any]:
+    """The keys of a run's seed: `(population, simulation)`; the patients and their
+    variability and assay noise depend on nothing else (see `simulate_chunk`)."""
+    key = jax.random.key(seed)
+    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
 
 def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
