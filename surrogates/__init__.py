@@ -1,5 +1,29 @@
-"""surrogates: ML surrogates trained on mechanistic simulations (not built yet).
+"""surrogates: ML surrogates trained on mechanistic simulations of virtual cohorts.
 
-Will hold XGBoost, Flax LSTM and Transformer and hybrid surrogates sharing one interface
-(fit, predict, save, load), SHAP explanations, and federated training with Flower.
+- One interface (`Surrogate`: `fit`, `predict` with split-conformal intervals and
+  out-of-training-range flags, `save`, `load`) over `Inputs` (static features plus optional
+  time series).
+- `XGBoostSurrogate` and the scikit-learn baselines (`SklearnSurrogate`: linear/logistic,
+  random forest, SVM).
+- `surrogates.validation`: real-patient warfarin dose models (IWPC).
 """
+
+from ._base import ExtrapolationWarning as ExtrapolationWarning
+from ._base import Inputs as Inputs
+from ._base import Prediction as Prediction
+from ._base import Surrogate as Surrogate
+from ._base import TrainingRanges as TrainingRanges
+from ._base import load as load
+from ._tabular import SklearnSurrogate as SklearnSurrogate
+from ._tabular import XGBoostSurrogate as XGBoostSurrogate
+
+__all__ = [
+    "ExtrapolationWarning",
+    "Inputs",
+    "Prediction",
+    "SklearnSurrogate",
+    "Surrogate",
+    "TrainingRanges",
+    "XGBoostSurrogate",
+    "load",
+]

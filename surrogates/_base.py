@@ -1,0 +1,516 @@
+"""The interface every surrogate shares: `fit`, `predict` (with an uncertainty estimate),
+`save`, `load`, and the ranges of the data it was trained on.
+
+- `Inputs`: what a surrogate sees for n patients: a table of static features (covariates,
+  phenotypes, regimen) and, optionally, time series (n, T, c) such as the doses given and
+  the levels measured in the first days.
+- `Surrogate.fit(X, y)`: `X` an `Inputs` or a DataFrame of static features; `y` (n,) for one
+  endpoint or (n, H) for a trajectory. Regressors hold out a calibration part
+  (`calibration_fraction`) and compute split-conformal intervals on it (Vovk V, Gammerman A,
+  Shafer G. Algorithmic Learning in a Random World. Springer 2005; Lei J et al. J Am Stat
+  Assoc 2018;113:1094-1111): the interval `mean +- q * scale` covers a new patient's value
+  with probability `level` whatever the model, where `scale` is the model's own spread
+  (ensemble or quantile width) when it has one, else 1.
+- `Surrogate.predict(X) -> Prediction`: mean (the class-1 probability for classifiers),
+  interval, the model's own spread, and which patients lie outside the training ranges
+  (`ExtrapolationWarning` says so too).
+- `Surrogate.save(folder)`, `load(folder)`: a folder with `surrogate.json` (class, features,
+  ranges, conformal quantiles, hyperparameters) and the model's own files.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+Task = Literal["regression", "classification"]
+
+FORMAT_VERSION = 1
+
+
+class ExtrapolationWarning(UserWarning):
+    """Some inputs lie outside the ranges the surrogate was trained on."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Inputs for n patients.
+
+    - `static`: (n, p) numeric features, one column each (covariates, genotype indicators,
+      phenotypes, regimen descriptors).
+    - `sequence`: optional (n, T, c) time series on a common grid `times` (h), channels named
+      by `channels` (for example the dose given and the level measured at each period, with
+      a 0/1 channel saying whether a level was measured).
+    """
+
+    static: pd.DataFrame
+    sequence: np.ndarray | None = None
+    channels: tuple[str, ...] = ()
+    times: np.ndarray | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.static, pd.DataFrame):
+            raise TypeError(f"Inputs.static must be a pandas DataFrame, got {type(self.static)}.")
+        if self.sequence is None:
+            if self.channels:
+                raise ValueError("Inputs: channels given without a sequence.")
+            return
+        seq = np.asarray(self.sequence, dtype=float)
+        object.__setattr__(self, "sequence", seq)
+        if seq.ndim != 3:
+            raise ValueError(f"Inputs.sequence must be (n, T, c), got shape {seq.shape}.")
+        if seq.shape[0] != len(self.static):
+            raise ValueError(
+                f"Inputs: {len(self.static)} rows of static features but {seq.shape[0]} sequences."
+            )
+        if len(self.channels) != seq.shape[2]:
+            raise ValueError(
+                f"Inputs: {seq.shape[2]} sequence channels but {len(self.channels)} names "
+                f"({list(self.channels)})."
+            )
+        if self.times is None:
+            object.__setattr__(self, "times", np.arange(seq.shape[1], dtype=float))
+        times = np.asarray(self.times, dtype=float)
+        object.__setattr__(self, "times", times)
+        if times.shape != (seq.shape[1],):
+            raise ValueError(f"Inputs.times must have {seq.shape[1]} values, got {times.shape}.")
+
+    def __len__(self) -> int:
+        return len(self.static)
+
+    @property
+    def has_sequence(self) -> bool:
+        return self.sequence is not None
+
+    def take(self, index: Any) -> Inputs:
+        """The patients at `index` (positions)."""
+        index = np.asarray(index)
+        return Inputs(
+            self.static.iloc[index].reset_index(drop=True),
+            None if self.sequence is None else self.sequence[index],
+            self.channels,
+            self.times,
+        )
+
+    def sequence_columns(self) -> list[str]:
+        """Names of the flattened sequence columns, `<channel>@<time>h`, time-major."""
+        if self.sequence is None:
+            return []
+        assert self.times is not None
+        return [f"{c}@{t:g}h" for t in self.times for c in self.channels]
+
+    def tabular(self) -> pd.DataFrame:
+        """Static features followed by the flattened sequence (for tabular models)."""
+        if self.sequence is None:
+            return self.static.reset_index(drop=True)
+        flat = self.sequence.reshape(len(self), -1)
+        seq = pd.DataFrame(flat, columns=self.sequence_columns())
+        return pd.concat([self.static.reset_index(drop=True), seq], axis=1)
+
+
+def as_inputs(x: Inputs | pd.DataFrame) -> Inputs:
+    if isinstance(x, Inputs):
+        return x
+    if isinstance(x, pd.DataFrame):
+        return Inputs(x)
+    raise TypeError(f"Expected surrogates.Inputs or a pandas DataFrame, got {type(x).__name__}.")
+
+
+# ----------------------------------------------------------------------------- ranges
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRanges:
+    """Per static feature the [min, max] seen in training (and the set of values when
+    there were at most 10: flags and categories), per sequence channel the [min, max]."""
+
+    static: Mapping[str, tuple[float, float]]
+    values: Mapping[str, tuple[float, ...]]
+    channels: Mapping[str, tuple[float, float]]
+
+    @classmethod
+    def of(cls, inputs: Inputs) -> TrainingRanges:
+        static, values = {}, {}
+        for name in inputs.static.columns:
+            col = inputs.static[name].to_numpy(dtype=float)
+            col = col[np.isfinite(col)]
+            if col.size == 0:
+                continue
+            static[str(name)] = (float(col.min()), float(col.max()))
+            distinct = np.unique(col)
+            if distinct.size <= 10:
+                values[str(name)] = tuple(float(v) for v in distinct)
+        channels = {}
+        if inputs.sequence is not None:
+            for j, name in enumerate(inputs.channels):
+                col = inputs.sequence[..., j]
+                col = col[np.isfinite(col)]
+                if col.size:
+                    channels[name] = (float(col.min()), float(col.max()))
+        return cls(static, values, channels)
+
+    def check(self, inputs: Inputs) -> tuple[np.ndarray, list[str]]:
+        """`(outside, reasons)`: per patient whether any input is outside the training
+        ranges, and which (empty string when none)."""
+        n = len(inputs)
+        reasons: list[list[str]] = [[] for _ in range(n)]
+        for name, (low, high) in self.static.items():
+            col = inputs.static[name].to_numpy(dtype=float)
+            known = self.values.get(name)
+            if known is not None:
+                bad = np.isfinite(col) & ~np.isin(col, known)
+                what = f"{name} not one of the training values {list(known)}"
+            else:
+                tol = 1e-9 * max(abs(low), abs(high), 1.0)
+                bad = np.isfinite(col) & ((col < low - tol) | (col > high + tol))
+                what = f"{name} outside the training range [{low:.4g}, {high:.4g}]"
+            for i in np.flatnonzero(bad):
+                reasons[i].append(f"{what} ({col[i]:.4g})")
+        if inputs.sequence is not None:
+            for j, name in enumerate(inputs.channels):
+                if name not in self.channels:
+                    continue
+                low, high = self.channels[name]
+                col = inputs.sequence[..., j]
+                tol = 1e-9 * max(abs(low), abs(high), 1.0)
+                bad = (np.isfinite(col) & ((col < low - tol) | (col > high + tol))).any(axis=1)
+                for i in np.flatnonzero(bad):
+                    reasons[i].append(f"{name} outside the training range [{low:.4g}, {high:.4g}]")
+        text = ["; ".join(r) for r in reasons]
+        return np.array([bool(r) for r in reasons], dtype=bool), text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "static": {k: list(v) for k, v in self.static.items()},
+            "values": {k: list(v) for k, v in self.values.items()},
+            "channels": {k: list(v) for k, v in self.channels.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrainingRanges:
+        return cls(
+            {k: (float(v[0]), float(v[1])) for k, v in data["static"].items()},
+            {k: tuple(float(x) for x in v) for k, v in data["values"].items()},
+            {k: (float(v[0]), float(v[1])) for k, v in data["channels"].items()},
+        )
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What `Surrogate.predict` returns for n patients.
+
+    - `mean`: (n,) or (n, H) predictions; for classifiers the probability of class 1.
+    - `lower`, `upper`: the split-conformal interval at `level` (regression), or None.
+    - `sd`: the model's own spread (ensemble members, trees, quantiles) when it has one.
+    - `out_of_range`: (n,) whether the patient's inputs lie outside the training ranges;
+      `reasons`: which inputs (empty string when none).
+    """
+
+    mean: np.ndarray
+    lower: np.ndarray | None
+    upper: np.ndarray | None
+    sd: np.ndarray | None
+    level: float
+    out_of_range: np.ndarray
+    reasons: tuple[str, ...]
+
+    def label(self, threshold: float = 0.5) -> np.ndarray:
+        """Predicted class (classifiers): probability >= threshold."""
+        return self.mean >= threshold
+
+
+# ----------------------------------------------------------------------------- the base
+
+
+_REGISTRY: dict[str, type[Surrogate]] = {}
+
+
+def _check_finite(frame: pd.DataFrame, who: str, allow_missing: bool) -> None:
+    for name in frame.columns:
+        col = frame[name]
+        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            raise TypeError(
+                f"{who}: feature {name!r} has dtype {col.dtype}; surrogates take numeric "
+                "features (encode categories as indicators, see surrogates.training_set)."
+            )
+        values = col.to_numpy(dtype=float)
+        bad = np.isinf(values) if allow_missing else ~np.isfinite(values)
+        if bad.any():
+            rows = np.flatnonzero(bad)[:5].tolist()
+            what = "infinite" if allow_missing else "missing or infinite"
+            raise ValueError(f"{who}: feature {name!r} is {what} in rows {rows}.")
+
+
+class Surrogate(abc.ABC):
+    """Base class of every surrogate: one interface for fit, predict, save and load.
+
+    Subclasses implement `_fit(inputs, y, *, key, validation)`, `_predict(inputs) ->
+    (mean, sd or None)`, `_save_model(folder)`, `_load_model(folder)` and
+    `hyperparameters()`; they set `task` and may set `allows_missing` (NaN features are
+    handled by the model itself) and `uses_sequence` (the model reads `Inputs.sequence`
+    itself rather than a flattened table).
+    """
+
+    task: Task = "regression"
+    allows_missing: ClassVar[bool] = False
+    uses_sequence: ClassVar[bool] = False
+
+    def __init__(self, *, calibration_fraction: float = 0.15, level: float = 0.9):
+        if not 0.0 <= calibration_fraction < 0.5:
+            raise ValueError(
+                f"calibration_fraction must be in [0, 0.5), got {calibration_fraction}."
+            )
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {level}.")
+        self.calibration_fraction = float(calibration_fraction)
+        self.level = float(level)
+        self.features: tuple[str, ...] = ()
+        self.channels: tuple[str, ...] = ()
+        self.sequence_length: int | None = None
+        self.ranges: TrainingRanges | None = None
+        self.conformal_q: np.ndarray | None = None
+        self.output_shape: tuple[int, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    # --- what subclasses implement -----------------------------------------------------
+
+    @abc.abstractmethod
+    def _fit(self, inputs: Inputs, y: np.ndarray, *, key: int) -> None:
+        """Fit on the proper training part (`y` float (n,) or (n, H); 0/1 for classifiers)."""
+
+    @abc.abstractmethod
+    def _predict(self, inputs: Inputs) -> tuple[np.ndarray, np.ndarray | None]:
+        """`(mean, sd)`; sd None when the model has no spread of its own."""
+
+    @abc.abstractmethod
+    def _save_model(self, folder: Path) -> None: ...
+
+    @abc.abstractmethod
+    def _load_model(self, folder: Path) -> None: ...
+
+    @abc.abstractmethod
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor's arguments (JSON types), so that `load` can rebuild it."""
+
+    # --- the shared interface ----------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def fitted(self) -> bool:
+        return self.ranges is not None
+
+    def _inputs(self, x: Inputs | pd.DataFrame, who: str) -> Inputs:
+        inputs = as_inputs(x)
+        _check_finite(inputs.static, who, self.allows_missing)
+        if inputs.sequence is not None and not self.allows_missing:
+            bad = ~np.isfinite(inputs.sequence)
+            if bad.any():
+                i, t, c = (int(v[0]) for v in np.nonzero(bad))
+                raise ValueError(
+                    f"{who}: sequence channel {inputs.channels[c]!r} is missing or infinite "
+                    f"(row {i}, step {t})."
+                )
+        return inputs
+
+    def fit(
+        self,
+        x: Inputs | pd.DataFrame,
+        y: Any,
+        *,
+        key: int = 0,
+    ) -> Surrogate:
+        """Fit on inputs `x` and targets `y` ((n,) or (n, H)); returns self.
+
+        Regressors keep `calibration_fraction` of the patients apart (chosen with `key`)
+        for the conformal intervals and fit on the rest."""
+        who = f"{self.name}.fit"
+        inputs = self._inputs(x, who)
+        target = np.asarray(y, dtype=float)
+        if target.ndim not in (1, 2) or target.shape[0] != len(inputs):
+            raise ValueError(
+                f"{who}: y must be (n,) or (n, H) with n = {len(inputs)} patients, got shape "
+                f"{target.shape}."
+            )
+        bad = ~np.isfinite(target)
+        if bad.any():
+            rows = np.flatnonzero(bad.reshape(len(target), -1).any(axis=1))[:5].tolist()
+            raise ValueError(f"{who}: the target is missing or infinite in rows {rows}.")
+        if self.task == "classification":
+            if target.ndim != 1 or not np.isin(target, (0.0, 1.0)).all():
+                raise ValueError(f"{who}: a classifier takes a (n,) target of 0/1 (or bool).")
+            if np.unique(target).size < 2:
+                raise ValueError(f"{who}: the target has one class only.")
+        if len(inputs) < 20:
+            raise ValueError(f"{who}: at least 20 patients are needed, got {len(inputs)}.")
+        self.features = tuple(str(c) for c in inputs.static.columns)
+        self.channels = inputs.channels
+        self.sequence_length = None if inputs.sequence is None else inputs.sequence.shape[1]
+        self.output_shape = target.shape[1:]
+        rng = np.random.default_rng(key)
+        order = rng.permutation(len(inputs))
+        n_cal = round(self.calibration_fraction * len(inputs)) if self.task == "regression" else 0
+        cal, train = order[:n_cal], np.sort(order[n_cal:])
+        self._fit(inputs.take(train), target[train], key=key)
+        self.ranges = TrainingRanges.of(inputs)
+        if n_cal:
+            mean, sd = self._predict(inputs.take(np.sort(cal)))
+            truth = target[np.sort(cal)]
+            scale = np.ones_like(mean) if sd is None else np.maximum(sd, 1e-12)
+            scores = np.abs(truth - mean) / scale
+            # The ceil((m + 1) level) / m empirical quantile: finite-sample coverage.
+            m = scores.shape[0]
+            rank = min(math.ceil((m + 1) * self.level), m)
+            self.conformal_q = np.sort(scores, axis=0)[rank - 1]
+        return self
+
+    def _require_fitted(self, who: str) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}.{who}: the surrogate is not fitted; call fit first.")
+
+    def _conform(self, x: Inputs | pd.DataFrame, who: str) -> Inputs:
+        """The inputs checked against what the model was trained on."""
+        inputs = self._inputs(x, who)
+        missing = [f for f in self.features if f not in inputs.static.columns]
+        if missing:
+            raise ValueError(
+                f"{who}: features {missing} are missing (trained on {list(self.features)})."
+            )
+        static = pd.DataFrame(inputs.static[list(self.features)])
+        if self.sequence_length is not None:
+            if inputs.sequence is None:
+                raise ValueError(f"{who}: the surrogate was trained with sequences; none given.")
+            if inputs.channels != self.channels:
+                raise ValueError(
+                    f"{who}: sequence channels {list(inputs.channels)} differ from the "
+                    f"training channels {list(self.channels)}."
+                )
+            if inputs.sequence.shape[1] != self.sequence_length:
+                raise ValueError(
+                    f"{who}: sequences of {inputs.sequence.shape[1]} steps; trained on "
+                    f"{self.sequence_length}."
+                )
+        elif inputs.sequence is not None:
+            raise ValueError(f"{who}: the surrogate was trained without sequences; got some.")
+        return Inputs(static.reset_index(drop=True), inputs.sequence, inputs.channels, inputs.times)
+
+    def predict(self, x: Inputs | pd.DataFrame) -> Prediction:
+        """Predictions with their interval and the out-of-range flags."""
+        who = f"{self.name}.predict"
+        self._require_fitted("predict")
+        inputs = self._conform(x, who)
+        assert self.ranges is not None
+        outside, reasons = self.ranges.check(inputs)
+        if outside.any():
+            first = int(np.flatnonzero(outside)[0])
+            warnings.warn(
+                f"{who}: {int(outside.sum())} of {len(inputs)} patients have inputs outside "
+                f"the training ranges (first, row {first}: {reasons[first]}); their "
+                "predictions are extrapolations.",
+                ExtrapolationWarning,
+                stacklevel=2,
+            )
+        mean, sd = self._predict(inputs)
+        lower = upper = None
+        if self.conformal_q is not None:
+            scale = np.ones_like(mean) if sd is None else sd
+            half = self.conformal_q * scale
+            lower, upper = mean - half, mean + half
+        return Prediction(mean, lower, upper, sd, self.level, outside, tuple(reasons))
+
+    # --- persistence -------------------------------------------------------------------
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the surrogate to `folder` (created; files inside are replaced)."""
+        self._require_fitted("save")
+        assert self.ranges is not None
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT_VERSION,
+            "class": type(self).__name__,
+            "task": self.task,
+            "hyperparameters": self.hyperparameters(),
+            "calibration_fraction": self.calibration_fraction,
+            "level": self.level,
+            "features": list(self.features),
+            "channels": list(self.channels),
+            "sequence_length": self.sequence_length,
+            "output_shape": list(self.output_shape),
+            "ranges": self.ranges.to_json(),
+            "conformal_q": None
+            if self.conformal_q is None
+            else np.asarray(self.conformal_q).tolist(),
+        }
+        self._save_model(path)
+        tmp = path / "surrogate.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(path / "surrogate.json")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> Surrogate:
+        """Read a surrogate written by `save` (any class when called on `Surrogate`)."""
+        path = Path(folder)
+        meta_file = path / "surrogate.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{path}: no surrogate.json; not a saved surrogate.")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_file}: format {meta.get('format')}; expected {FORMAT_VERSION}."
+            )
+        kind = _REGISTRY.get(meta["class"])
+        if kind is None:
+            raise ValueError(f"{meta_file}: unknown surrogate class {meta['class']!r}.")
+        if cls is not Surrogate and not issubclass(kind, cls):
+            raise TypeError(f"{meta_file} holds a {meta['class']}, not a {cls.__name__}.")
+        obj = kind(
+            **meta["hyperparameters"],
+            calibration_fraction=meta["calibration_fraction"],
+            level=meta["level"],
+        )
+        obj.features = tuple(meta["features"])
+        obj.channels = tuple(meta["channels"])
+        obj.sequence_length = meta["sequence_length"]
+        obj.output_shape = tuple(meta["output_shape"])
+        obj.ranges = TrainingRanges.from_json(meta["ranges"])
+        q = meta["conformal_q"]
+        obj.conformal_q = None if q is None else np.asarray(q, dtype=float)
+        obj._load_model(path)
+        return obj
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.fitted else "not fitted"
+        return f"{self.name}({self.task}, {len(self.features)} features, {state})"
+
+
+def load(folder: str | os.PathLike[str]) -> Surrogate:
+    """Read any saved surrogate."""
+    return Surrogate.load(folder)
+
+
+def feature_frame(columns: Mapping[str, Sequence[float]]) -> pd.DataFrame:
+    """A float DataFrame from columns (a convenience for hand-made inputs)."""
+    return pd.DataFrame({k: np.asarray(v, dtype=float) for k, v in columns.items()})
