@@ -5,6 +5,9 @@
   time series).
 - `XGBoostSurrogate` and the scikit-learn baselines (`SklearnSurrogate`: linear/logistic,
   random forest, SVM).
+- Training data from the trial engine: `training_set(trial, n, arm=...)` -> `TrainingSet`.
+- Comparisons on held-out virtual patients: `regression_table`, `classification_table`,
+  `roc_figure`, and the task of the docs, `warfarin_response_task`.
 - `surrogates.validation`: real-patient warfarin dose models (IWPC).
 """
 
@@ -14,6 +17,12 @@ from ._base import Prediction as Prediction
 from ._base import Surrogate as Surrogate
 from ._base import TrainingRanges as TrainingRanges
 from ._base import load as load
+from ._compare import classification_table as classification_table
+from ._compare import regression_table as regression_table
+from ._compare import roc_figure as roc_figure
+from ._compare import warfarin_response_task as warfarin_response_task
+from ._data import TrainingSet as TrainingSet
+from ._data import training_set as training_set
 from ._tabular import SklearnSurrogate as SklearnSurrogate
 from ._tabular import XGBoostSurrogate as XGBoostSurrogate
 
@@ -24,6 +33,12 @@ __all__ = [
     "SklearnSurrogate",
     "Surrogate",
     "TrainingRanges",
+    "TrainingSet",
     "XGBoostSurrogate",
+    "classification_table",
     "load",
+    "regression_table",
+    "roc_figure",
+    "training_set",
+    "warfarin_response_task",
 ]

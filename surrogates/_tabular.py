@@ -124,10 +124,14 @@ class XGBoostSurrogate(Surrogate):
         self.model.fit(x[fit], y[fit], eval_set=eval_set, verbose=False)
         self.quantile_model = None
         if self.task == "regression" and y.ndim == 1 and self.quantiles:
+            # As many trees as the mean model kept (no second early stopping).
+            trees = getattr(self.model, "best_iteration", None)
+            trees = self.params["n_estimators"] if trees is None else int(trees) + 1
             self.quantile_model = self._estimator(
                 key, objective="reg:quantileerror", quantile_alpha=np.array([0.16, 0.84])
             )
-            self.quantile_model.fit(x[fit], y[fit], eval_set=eval_set, verbose=False)
+            self.quantile_model.set_params(n_estimators=trees, early_stopping_rounds=None)
+            self.quantile_model.fit(x[fit], y[fit], verbose=False)
 
     def _predict(self, inputs: Inputs) -> tuple[np.ndarray, np.ndarray | None]:
         x = inputs.tabular().to_numpy(dtype=float)

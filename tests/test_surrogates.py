@@ -241,3 +241,26 @@ def test_a_surrogate_emulates_the_mechanistic_model():
     assert _r2(y, pred.mean) > 0.9
     assert np.median(np.abs(pred.mean / y - 1.0)) < 0.05
     jax.clear_caches()
+
+
+def test_comparison_tables_score_models_against_the_truth():
+    x, truth, y = _pk_data(1500, seed=6)
+    train, test = Inputs(x[:1000]), Inputs(x[1000:].reset_index(drop=True))
+    models = {"linear": lambda: SklearnSurrogate("linear"), "xgboost": lambda: XGBoostSurrogate()}
+    table, means = surrogates.regression_table(models, train, y[:1000], test, truth[1000:])
+    for name in models:
+        expected = _r2(truth[1000:], means[name])
+        np.testing.assert_allclose(table.loc[name, "r2"], expected)
+        rel = np.abs(means[name] / truth[1000:] - 1.0)
+        np.testing.assert_allclose(table.loc[name, "median_rel_error"], np.median(rel))
+    assert table.loc["xgboost", "r2"] > table.loc["linear", "r2"]
+    label = (y > np.median(y)).astype(float)
+    models = {"logistic": lambda: SklearnSurrogate("linear", "classification")}
+    table, probs = surrogates.classification_table(models, train, label[:1000], test, label[1000:])
+    p, truth_label = probs["logistic"], label[1000:] > 0
+    tp = np.sum((p >= 0.5) & truth_label)
+    np.testing.assert_allclose(table.loc["logistic", "precision"], tp / np.sum(p >= 0.5))
+    np.testing.assert_allclose(table.loc["logistic", "recall"], tp / truth_label.sum())
+    assert 0.8 < table.loc["logistic", "roc_auc"] <= 1.0
+    fig = surrogates.roc_figure(label[1000:], probs)
+    assert len(fig.axes[0].lines) == 2
