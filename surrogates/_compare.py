@@ -71,7 +71,7 @@ def classification_table(
             {
                 "model": name,
                 "accuracy": metrics.accuracy_score(y_te, label),
-                "precision": metrics.precision_score(y_te, label, zero_division=0),
+                "precision": metrics.precision_score(y_te, label, zero_division=0.0),  # type: ignore[arg-type]
                 "recall": metrics.recall_score(y_te, label),
                 "f1": metrics.f1_score(y_te, label),
                 "roc_auc": metrics.roc_auc_score(y_te, p),
@@ -197,8 +197,10 @@ def warfarin_response_task(
     ts = training_set(trial, n, seed=seed, observe=7)
     # The regimen is the same for everyone: constant columns carry no information.
     static = ts.inputs.static
-    keep = [c for c in static.columns if static[c].nunique() > 1]
-    inputs = Inputs(static[keep], ts.inputs.sequence, ts.inputs.channels, ts.inputs.times)
+    keep = [c for c in static.columns if np.unique(static[c].to_numpy()).size > 1]
+    inputs = Inputs(
+        pd.DataFrame(static[keep]), ts.inputs.sequence, ts.inputs.channels, ts.inputs.times
+    )
     ts = TrainingSet(inputs, ts.targets, ts.trajectory, ts.trajectory_days, ts.patients, ts.arm)
     inr = ts.targets["inr_end"].to_numpy()
     return ts, ((inr >= 2.0) & (inr <= 3.0)).astype(float)
