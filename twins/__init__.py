@@ -7,7 +7,8 @@
 - `twins.pgx`: CPIC genotype -> activity score -> phenotype.
 - `twins.drugs`: the drug library (`Drug`: a published `calibration.PopulationModel` plus
   clinical metadata).
-- `DigitalTwin`: a drug and a patient; `update` with observed levels, `forecast`, `recommend`.
+- `DigitalTwin`: a drug and a patient; `update` with observed levels, `forecast`, `recommend`,
+  `report` (`write_twin_report`: one self-contained HTML file).
 - `twins.validation`: evaluations on real data (IWPC warfarin doses).
 - Virtual trials: `Trial` (population x arms x endpoints), `DosingArm` with `Nomogram`
   rules, endpoints (`TimeInRange`, `AnyAbove`, `TimeToRange`, `MeanDose`, `FinalLevel`, `AUC`,
@@ -61,6 +62,7 @@ from ._twin import DigitalTwin as DigitalTwin
 from ._twin import Forecast as Forecast
 from ._twin import Posterior as Posterior
 from ._twin import Recommendation as Recommendation
+from ._twin_report import write_twin_report as write_twin_report
 from .drugs import Drug as Drug
 
 __all__ = [
@@ -109,4 +111,5 @@ __all__ = [
     "trial_summary",
     "validation",
     "write_report",
+    "write_twin_report",
 ]

@@ -490,6 +490,27 @@ class DigitalTwin:
             drug=self.drug.name,
         )
 
+    # --- report --------------------------------------------------------------------------
+
+    def report(
+        self,
+        path: Any,
+        *,
+        regimen: pkpd.Regimen | None = None,
+        target: str | Target | Recommendation | None = None,
+        sections: Sequence[tuple[str, str]] = (),
+        **options: Any,
+    ):
+        """Write the twin's self-contained HTML report (patient, drug, doses and levels,
+        posterior, forecast, recommendation when `target` is given, extra `(title, html)`
+        `sections`); returns its path. See `twins.write_twin_report` (`options`: `times`,
+        `key`, `n_draws`)."""
+        from ._twin_report import write_twin_report
+
+        return write_twin_report(
+            self, path, regimen=regimen, target=target, sections=sections, **options
+        )
+
     # --- dosing --------------------------------------------------------------------------
 
     def recommend(

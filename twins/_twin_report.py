@@ -1,0 +1,468 @@
+"""A self-contained HTML report of one digital twin: the patient, the drug and its model, the
+doses and levels, the posterior, the forecast with its bands and, on request, a dose
+recommendation; other packages add sections (e.g. a surrogate's explanation of its
+prediction for this patient, `surrogates.explanation_section`).
+
+Like the trial report (`twins._report`), the file stands alone: figures are PNGs drawn on
+matplotlib's Agg canvas and embedded as base64 data URIs, the style sheet is inline, nothing
+is loaded from elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+from matplotlib.figure import Figure
+
+import pkpd
+
+from ._patient import Patient
+from ._report import _STYLE, _e, _fmt, _png, _table
+from .drugs import Target
+
+if TYPE_CHECKING:
+    from ._twin import DigitalTwin, Forecast, Recommendation
+
+_LEVEL = 0.9
+
+
+def _number(x: Any) -> str:
+    return _e(_fmt(x))
+
+
+def _patient_section(twin: DigitalTwin) -> str:
+    patient = twin.patient
+    out = ["<h2>Patient</h2>"]
+    if isinstance(patient, Patient):
+        rows = [
+            ["ID", _e(patient.id)],
+            ["Age", f"{_number(patient.age)} years"],
+            ["Sex", _e(patient.sex)],
+            ["Weight", f"{_number(patient.weight)} kg"],
+            ["Height", f"{_number(patient.height)} cm"],
+        ]
+        if patient.ancestry is not None:
+            rows.append(["Ancestry", _e(patient.ancestry)])
+        for name, value in patient.labs.items():
+            rows.append([f"Lab: {_e(name)}", _number(value)])
+        rows.append(["Medications", _e(", ".join(sorted(patient.medications)) or "none recorded")])
+        for name, value in patient.extra.items():
+            rows.append([_e(name), _number(value)])
+        if patient.imputed:
+            rows.append(["Imputed fields", _e(", ".join(sorted(patient.imputed)))])
+        out.append(_table(["Field", "Value"], rows))
+        cov = patient.covariates()
+        derived = [
+            [_e(k), _number(cov[k])]
+            for k in ("CRCL", "EGFR", "BSA", "LBW")
+            if isinstance(cov.get(k), float)
+        ]
+        if derived:
+            out.append("<h3>Derived covariates</h3>")
+            out.append(_table(["Covariate", "Value"], derived, [False, True]))
+            out.append(
+                '<p class="note">CRCL: Cockcroft-Gault with total body weight (mL/min); '
+                "EGFR: CKD-EPI 2021 (mL/min/1.73 m²); BSA: Mosteller (m²); LBW: "
+                "Janmahasatian (kg).</p>"
+            )
+        if patient.genotypes:
+            rows = []
+            for gene, reported in patient.genotypes.items():
+                found = patient.phenotype(gene)
+                score = "–" if found.activity_score is None else f"{found.activity_score:g}"
+                if found.activity_score_is_lower_bound:
+                    score = f"≥ {score}"
+                rows.append(
+                    [_e(gene), _e(reported), _e(found.diplotype), _e(score), _e(found.phenotype)]
+                )
+            out.append("<h3>Genotypes and phenotypes (CPIC)</h3>")
+            out.append(
+                _table(["Gene", "Reported", "CPIC diplotype", "Activity score", "Phenotype"], rows)
+            )
+    else:
+        rows = [[_e(k), _e(v)] for k, v in dict(patient).items()]
+        out.append(_table(["Covariate", "Value"], rows))
+    model_rows = [[_e(k), _number(v)] for k, v in twin.covariates.items()]
+    out.append(f"<h3>What the model of {_e(twin.drug.name)} reads</h3>")
+    if model_rows:
+        out.append(_table(["Model covariate", "Value"], model_rows, [False, True]))
+    else:
+        out.append('<p class="note">The model has no covariates.</p>')
+    return "\n".join(out)
+
+
+def _drug_section(twin: DigitalTwin) -> str:
+    drug = twin.drug
+    d = drug.dosing
+    per_kg = " per kg" if d.per_kg else ""
+    usual = f"{d.amount:g} {_e(drug.units.dose)}{per_kg} every {d.interval:g} h"
+    if d.route == "infusion":
+        usual += f", infused over {d.duration:g} h"
+    out = [
+        "<h2>Drug and model</h2>",
+        _table(
+            ["Field", "Value"],
+            [
+                ["Drug", f"<b>{_e(drug.name)}</b>"],
+                ["Model", _e(type(drug.model.model).__name__)],
+                ["Reference", _e(drug.reference)],
+                ["Route", _e(d.route)],
+                ["Usual regimen", usual],
+                ["Observed output", _e(drug.units.observed)],
+            ],
+        ),
+    ]
+    if drug.targets:
+        rows = [
+            [_e(t.metric), f"{t.low:g}–{t.high:g}", _e(t.unit), _e(t.reference)]
+            for t in drug.targets
+        ]
+        out.append(_table(["Target", "Window", "Unit", "Reference"], rows))
+    if drug.description:
+        out.append(
+            f"<details><summary>Model description</summary><pre>{_e(drug.description)}</pre>"
+            "</details>"
+        )
+    return "\n".join(out)
+
+
+def _events(regimen: pkpd.Regimen | None) -> list[list[str]]:
+    if regimen is None:
+        return []
+    mask = np.asarray(regimen.mask, dtype=bool)
+    time = np.asarray(regimen.time, dtype=float)[mask]
+    amount = np.asarray(regimen.amount, dtype=float)[mask]
+    cmt = np.asarray(regimen.cmt)[mask]
+    rate = np.asarray(regimen.rate, dtype=float)[mask]
+    duration = np.asarray(regimen.duration, dtype=float)[mask]
+    rows = []
+    for t, a, c, r, dur in zip(time, amount, cmt, rate, duration, strict=True):
+        how = "bolus"
+        if r > 0:
+            how = f"infusion {r:.4g} /h"
+        elif r == -2 or dur > 0:
+            how = f"infusion over {dur:g} h"
+        rows.append([_number(t), _number(a), _e(int(c)), _e(how)])
+    return rows
+
+
+def _doses_section(twin: DigitalTwin) -> str:
+    out = ["<h2>Doses given</h2>"]
+    rows = _events(twin.history)
+    if rows:
+        out.append(
+            _table(
+                ["Time (h)", f"Amount ({_e(twin.drug.units.dose)})", "Compartment", "Form"],
+                rows,
+                [True, True, True, False],
+            )
+        )
+    else:
+        out.append('<p class="note">No doses recorded.</p>')
+    out.append("<h2>Observations</h2>")
+    obs = twin.observations
+    if len(obs):
+        rows = [
+            [_number(t), _number(v), "below LLOQ (value = LLOQ)" if int(c) == 1 else ""]
+            for t, v, c in zip(obs["TIME"], obs["DV"], obs["CENS"], strict=True)
+        ]
+        out.append(
+            _table(
+                ["Time (h)", _e(twin.drug.units.observed), "Censoring"],
+                rows,
+                [True, True, False],
+            )
+        )
+    else:
+        out.append('<p class="note">No levels observed: the posterior is the population prior.</p>')
+    return "\n".join(out)
+
+
+def _posterior_section(twin: DigitalTwin, key: jax.Array, n_draws: int) -> str:
+    post = twin.posterior
+    pm = twin.pm
+    out = ["<h2>Posterior</h2>"]
+    method = {
+        "prior": "the population prior (no levels yet)",
+        "map": "posterior mode (MAP) with the Laplace approximation around it",
+        "nuts": "NUTS draws",
+    }.get(post.method, post.method)
+    out.append(
+        f"<p>{_e(method)}; conditioned on {post.n_observations} level(s); "
+        f"{'converged' if post.converged else '<b>NOT converged</b>'}; "
+        f"{post.seconds:.2f} s.</p>"
+    )
+    if not post.converged:
+        out.append(
+            '<div class="warning">The posterior did not converge: treat the forecast and any '
+            "recommendation with caution.</div>"
+        )
+    prior_sd = np.sqrt(np.diag(np.asarray(twin._omega, dtype=float)))
+    post_sd = np.sqrt(np.clip(np.diag(np.asarray(post.cov, dtype=float)), 0.0, None))
+    rows = []
+    for name, m, s, w in zip(pm.eta_names, post.mode, post_sd, prior_sd, strict=True):
+        reduction = 1.0 - s / w if w > 0 else math.nan
+        rows.append([_e(name), _number(w), _number(m), _number(s), _e(f"{100 * reduction:.0f}%")])
+    out.append("<h3>Random effects (eta)</h3>")
+    out.append(
+        _table(
+            ["Eta", "Prior SD", "Posterior mode", "Posterior SD", "SD reduction"],
+            rows,
+            [False, True, True, True, True],
+        )
+    )
+    typical = twin._params(np.zeros(pm.n_eta))
+    eta = post.sample(key, n_draws)
+    draws = jax.vmap(lambda e: pm.individual_params(twin._theta, twin._cov_j, e))(eta)
+    q = (1.0 - _LEVEL) / 2.0
+    rows = []
+    for name, value in post.params.items():
+        sample = np.asarray(draws[name], dtype=float) if name in draws else None
+        interval = "–"
+        if sample is not None and sample.ndim == 1 and np.ptp(sample) > 0:
+            lo, hi = np.quantile(sample, [q, 1.0 - q])
+            interval = f"{_fmt(lo)} to {_fmt(hi)}"
+        rows.append([_e(name), _number(typical.get(name)), _number(value), _e(interval)])
+    out.append("<h3>Individual parameters</h3>")
+    out.append(
+        _table(
+            [
+                "Parameter",
+                "Typical (this patient's covariates)",
+                "Individual (posterior mode)",
+                f"{round(100 * _LEVEL)}% credible interval",
+            ],
+            rows,
+            [False, True, True, True],
+        )
+    )
+    out.append(
+        f'<p class="note">Intervals from {n_draws} posterior draws. Units as in the model '
+        "(h, L, mg, mg/L).</p>"
+    )
+    return "\n".join(out)
+
+
+def _grid(twin: DigitalTwin, plan: pkpd.Regimen | None) -> np.ndarray:
+    ends = [0.0]
+    tau = float(twin.drug.dosing.interval)
+    for reg in (twin.history, plan):
+        if reg is not None:
+            t = np.asarray(reg.time, dtype=float)[np.asarray(reg.mask, dtype=bool)]
+            if t.size:
+                ends.append(float(t.max()) + 2.0 * tau)
+    if len(twin.observations):
+        ends.append(float(twin.observations["TIME"].to_numpy(dtype=float).max()) + tau)
+    return np.linspace(0.0, max(ends), 400)
+
+
+def _forecast_figure(fc: Forecast, target: Target | None, title: str) -> str:
+    fig = Figure(figsize=(9.0, 4.6), layout="constrained", label=title)
+    ax = fig.add_subplot()
+    fc.plot(ax=ax, target=target, title=title)
+    return _png(fig)
+
+
+def _forecast_section(
+    twin: DigitalTwin,
+    regimen: pkpd.Regimen | None,
+    times: Any,
+    target: Target | None,
+    key: jax.Array,
+    n_draws: int,
+) -> str:
+    grid = _grid(twin, regimen) if times is None else np.asarray(times, dtype=float)
+    fc = twin.forecast(grid, regimen, key=key, n_draws=n_draws)
+    kind = "prediction" if fc.prediction_interval else "credible"
+    planned = "" if regimen is None else " and the planned doses"
+    out = [
+        "<h2>Forecast</h2>",
+        _forecast_figure(fc, target, f"{twin.drug.name}: forecast for {twin.patient_id}"),
+        f'<p class="note">Median and central {round(100 * fc.level)}% {kind} band over '
+        f"{n_draws} posterior draws, on the doses given{planned}; dots: observed levels; grey "
+        "lines: doses.</p>",
+    ]
+    if regimen is not None:
+        out.append("<h3>Planned doses</h3>")
+        out.append(
+            _table(
+                ["Time (h)", f"Amount ({_e(twin.drug.units.dose)})", "Compartment", "Form"],
+                _events(regimen),
+                [True, True, True, False],
+            )
+        )
+    return "\n".join(out)
+
+
+def _recommendation_section(
+    twin: DigitalTwin, rec: Recommendation, key: jax.Array, n_draws: int
+) -> str:
+    t = rec.target
+    out = [
+        "<h2>Dose recommendation</h2>",
+        f"<p><b>{_e(str(rec))}</b></p>",
+        f'<p class="note">Target: {_e(t.metric)} {t.low:g}–{t.high:g} {_e(t.unit)} '
+        f"({_e(t.reference)}). The dose maximises the posterior probability of the window "
+        f"over {rec.n_doses} doses; the metric is read on the last dosing interval.</p>",
+    ]
+    if rec.required_probability is not None and not rec.achieved:
+        out.append(
+            f'<div class="warning">The required probability ({rec.required_probability:.0%}) '
+            f"is not reached: the best dose gives {rec.probability:.0%}.</div>"
+        )
+    if len(rec.candidates) > 1:
+        rows = [
+            [
+                _number(r["interval"]),
+                _number(r["dose"]),
+                _number(r["daily_dose"]),
+                _e(f"{r['probability']:.0%}"),
+                _number(r["metric_median"]),
+            ]
+            for r in rec.candidates.to_dict("records")
+        ]
+        out.append(
+            _table(
+                ["Interval (h)", "Dose", "Daily dose", "P(in window)", f"Median {_e(t.metric)}"],
+                rows,
+                [True] * 5,
+            )
+        )
+    fc = twin.forecast(_grid(twin, rec.regimen), rec.regimen, key=key, n_draws=n_draws)
+    out.append(_forecast_figure(fc, t, f"{twin.drug.name}: forecast under the recommended dose"))
+    return "\n".join(out)
+
+
+def _check_sections(sections: Sequence[Any]) -> list[tuple[str, str]]:
+    if (
+        isinstance(sections, tuple)
+        and len(sections) == 2
+        and all(isinstance(s, str) for s in sections)
+    ):
+        raise TypeError(
+            "write_twin_report: sections must be a sequence of (title, html) pairs; got one "
+            "pair: write sections=[(title, html)]."
+        )
+    checked = []
+    for i, section in enumerate(sections):
+        ok = isinstance(section, tuple | list) and len(section) == 2
+        if not ok or not all(isinstance(s, str) for s in section):
+            raise TypeError(
+                f"write_twin_report: section {i} must be a (title, html) pair of strings, got "
+                f"{section!r:.80}."
+            )
+        checked.append((section[0], section[1]))
+    return checked
+
+
+def render_twin_report(
+    twin: DigitalTwin,
+    *,
+    regimen: pkpd.Regimen | None = None,
+    target: str | Target | Recommendation | None = None,
+    sections: Sequence[tuple[str, str]] = (),
+    times: Any = None,
+    key: jax.Array | None = None,
+    n_draws: int = 500,
+) -> str:
+    """The twin's report as an HTML string; see `write_twin_report`."""
+    from ._twin import DigitalTwin, Recommendation
+
+    if not isinstance(twin, DigitalTwin):
+        raise TypeError(f"write_twin_report: expected a twins.DigitalTwin, got {twin!r:.80}.")
+    if regimen is not None and not isinstance(regimen, pkpd.Regimen):
+        raise TypeError(
+            f"write_twin_report: regimen must be a pkpd.Regimen, got {type(regimen).__name__}."
+        )
+    extra = _check_sections(sections)
+    key = jax.random.key(0) if key is None else key
+    k_post, k_fc, k_rec, k_rec_fc = jax.random.split(key, 4)
+    rec = None
+    if isinstance(target, Recommendation):
+        rec = target
+    elif target is not None:
+        rec = twin.recommend(target, key=k_rec)
+    shown_target = rec.target if rec is not None else None
+    title = f"Digital twin: {twin.patient_id} on {twin.drug.name}"
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        _patient_section(twin),
+        _drug_section(twin),
+        _doses_section(twin),
+        _posterior_section(twin, k_post, n_draws),
+        _forecast_section(twin, regimen, times, shown_target, k_fc, n_draws),
+    ]
+    if rec is not None:
+        body.append(_recommendation_section(twin, rec, k_rec_fc, n_draws))
+    for heading, fragment in extra:
+        body.append(f"<h2>{_e(heading)}</h2>\n{fragment}")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_e(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def write_twin_report(
+    twin: DigitalTwin,
+    path: str | os.PathLike[str],
+    *,
+    regimen: pkpd.Regimen | None = None,
+    target: str | Target | Recommendation | None = None,
+    sections: Sequence[tuple[str, str]] = (),
+    times: Any = None,
+    key: jax.Array | None = None,
+    n_draws: int = 500,
+) -> Path:
+    """Write one self-contained HTML file describing a digital twin.
+
+    Sections: the patient (demographics, labs, medications, derived covariates, genotypes
+    with their CPIC activity scores and phenotypes, and the covariates the drug's model
+    reads); the drug (model, reference, usual regimen, targets); the doses given and the
+    levels observed; the posterior (etas: prior and posterior SD; individual parameters with
+    90% credible intervals); the forecast with its band (`DigitalTwin.forecast`, drawn by
+    `Forecast.plot`); a dose recommendation (`DigitalTwin.recommend`) with the forecast
+    under it when `target` is given; then `sections`.
+
+    **Arguments:**
+
+    - `twin`: a `DigitalTwin` (updated or not).
+    - `path`: the HTML file to write (folders are created).
+    - `regimen`: planned doses to forecast after those given (default: the history alone).
+    - `target`: a `Target` or the metric name of one of the drug's targets (the twin's
+      `recommend` is called with its defaults), or a `Recommendation` already computed
+      (for other options); None: no recommendation.
+    - `sections`: extra `(title, html)` sections, in order, e.g.
+      `surrogates.explanation_section(...)`; the HTML is inserted as given (trusted).
+    - `times`: forecast times (h); default from 0 to two dosing intervals after the last
+      dose.
+    - `key`, `n_draws`: posterior draws for the intervals and bands (default
+      `jax.random.key(0)`: the same twin gives the same file).
+
+    **Returns:** the path written.
+    """
+    document = render_twin_report(
+        twin,
+        regimen=regimen,
+        target=target,
+        sections=sections,
+        times=times,
+        key=key,
+        n_draws=n_draws,
+    )
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(document, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+__all__ = ["render_twin_report", "write_twin_report"]
