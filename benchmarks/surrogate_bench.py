@@ -82,13 +82,13 @@ def _models(task: str, flax: bool):
     first = "linear" if task == "regression" else "logistic"
     if task == "regression":
         xgb = lambda: S.XGBoostSurrogate(
-            task, n_estimators=1500, learning_rate=0.08, log_target=True
+            task, n_estimators=1500, learning_rate=0.08, log_target=True, n_jobs=2
         )
     else:
-        xgb = lambda: S.XGBoostSurrogate(task, n_estimators=600)
+        xgb = lambda: S.XGBoostSurrogate(task, n_estimators=600, n_jobs=2)
     models = {
         first: lambda: S.SklearnSurrogate("linear", task),
-        "random_forest": lambda: S.SklearnSurrogate("random_forest", task, n_estimators=200),
+        "random_forest": lambda: S.SklearnSurrogate("random_forest", task, n_estimators=200, n_jobs=2),
         "svm": lambda: S.SklearnSurrogate("svm", task),
         "xgboost": xgb,
     }

@@ -40,7 +40,9 @@ class XGBoostSurrogate(Surrogate):
     internal 10% validation split of the training part) stops adding trees when the
     validation loss stops improving; `log_target` fits log(y) (positive exposures such as
     AUC = dose / CL become additive in logs) and predicts exp of it (the geometric mean);
-    `n_jobs` threads."""
+    `n_jobs` threads (default 1: XGBoost's OpenMP threads slow down by orders of
+    magnitude when the cores are oversubscribed, e.g. under `pytest -n 2`; raise it on an
+    idle machine)."""
 
     allows_missing = True
 
@@ -58,7 +60,7 @@ class XGBoostSurrogate(Surrogate):
         early_stopping_rounds: int | None = 30,
         quantiles: bool = True,
         log_target: bool = False,
-        n_jobs: int = 2,
+        n_jobs: int = 1,
         calibration_fraction: float = 0.15,
         level: float = 0.9,
     ):
@@ -180,7 +182,7 @@ class SklearnSurrogate(Surrogate):
         n_estimators: int = 300,
         min_samples_leaf: int = 2,
         c: float = 1.0,
-        n_jobs: int = 2,
+        n_jobs: int = 1,
         calibration_fraction: float = 0.15,
         level: float = 0.9,
     ):
