@@ -22,7 +22,7 @@ from jax.scipy.special import ndtri
 from matplotlib.figure import Figure
 
 from ._data import Dataset
-from ._laplace import IndividualFit, PopulationFit, individual_map
+from ._laplace import IndividualFit, PopulationFit, individual_map, jacobian
 from ._model import Exponential, PopulationModel, require_no_iov
 
 #: Population values in any of the accepted forms (see `simulate_dataset`).
@@ -462,7 +462,7 @@ def _conditional_jit(static: _Static, nat, cov, reg, time, dv, usable, eta):
 
         ipred = f_of(e)
         pred = f_of(jnp.zeros_like(e))
-        g = jax.jacfwd(h)(e)
+        g = jacobian(h, e)
         sd = pm.error.sd(ipred, nat["sigma"])
         y = _transform(pm, y_obs)
         ok = ok & (sd > 0)

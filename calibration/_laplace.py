@@ -82,6 +82,18 @@ class PopulationFit:
     method: str
 
 
+def jacobian(fn, x):
+    """`d fn / d x`, forward mode (few random effects, many observations), or reverse mode
+    when the model cannot be differentiated forward: an ODE solved with diffrax's
+    `RecursiveCheckpointAdjoint` (a custom VJP) supports reverse mode only."""
+    try:
+        return jax.jacfwd(fn)(x)
+    except TypeError as error:
+        if "custom_vjp" not in str(error):
+            raise
+        return jax.jacrev(fn)(x)
+
+
 def _n_random(pm: PopulationModel, obs) -> int:
     """Random effects of one subject (static): etas and, with IOV, kappas per occasion."""
     return pm.n_random(obs["occasion_start"].shape[-1])
@@ -136,7 +148,7 @@ def _local_model(pm: PopulationModel, nat, chol, cov, reg, obs, method: str):
         return jnp.where(obs["observed"], jnp.where(obs["blq"], exact, info), 0.0)
 
     def fgh(eta):
-        fv, jac = jax.jvp(predict, (eta,), (jnp.zeros(d),))[0], jax.jacfwd(predict)(eta)
+        fv, jac = predict(eta), jacobian(predict, eta)
         nll, vjp = jax.vjp(lambda x: jnp.sum(nll_obs(x)), fv)
         (g_f,) = vjp(jnp.ones(()))
         fval = nll - eta_logprior(chol, eta)

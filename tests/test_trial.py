@@ -361,3 +361,45 @@ def test_twins_demo_command_writes_summary_and_report(tmp_path):
     html = (out / "report.html").read_text()
     assert "genotype_guided" in html and "data:image/png;base64," in html
     assert "Time in INR 2.0-3.0" in result.output
+
+
+@pytest.mark.extended  # about 3 min: the warfarin twin's update and recommend compile (ODE)
+def test_twin_arm_doses_follow_the_twins_own_recommendation():
+    """A TwinArm re-doses from DigitalTwin.recommend after each measured INR: the doses
+    equal those of a twin rebuilt by hand from the same history and measured values."""
+    from twins._twin_arm import _regimen
+
+    drug = drugs.get("warfarin_hamberg2007")
+    start = _fixed(5.0)
+    twin_arm = twins.TwinArm(
+        "twin", "twin", "", start, visits=(1, 4, 7), recommend_on=(4,), n_draws=100
+    )
+    control = twins.DosingArm("fixed", "5 mg", "", start, visits=(1, 4, 7))
+    trial = _small_trial([control, twin_arm], days=8)
+    pop = population_rows(trial, 0, 2, key=jax.random.key(5))
+    _, courses = simulate_chunk(trial, pop, 0, key=jax.random.key(6))
+    fixed, guided = courses["fixed"], courses["twin"]
+    # Same patients, same assay noise: identical until the twin's first decision (day 4).
+    np.testing.assert_allclose(guided["measured"][:, :2], fixed["measured"][:, :2], rtol=1e-9)
+    np.testing.assert_array_equal(guided["doses"][:, :3], 5.0)
+    cov = pop.covariates()
+    noise_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.split(jax.random.key(6))[1], i))(
+        jnp.arange(2)
+    )
+    for i in range(2):
+        patient = {k: v[i] for k, v in cov.items()}
+        twin = twins.DigitalTwin(drug, patient)
+        twin.give(_regimen(drug, guided["doses"][i, :3], 24.0, 1.0))
+        twin.update(times=[0.0, 72.0], values=guided["measured"][i, :2].tolist())
+        rec = twin.recommend(interval=24.0, start=72.0, key=jax.random.fold_in(noise_keys[i], 1001),
+                             n_draws=100)  # fmt: skip
+        dose = max(round(rec.dose / 0.5), 1) * 0.5
+        np.testing.assert_array_equal(guided["doses"][i, 3:], dose)
+        # The course is the true model under the doses given.
+        params = {k: jnp.asarray(v[i]) for k, v in guided["params"].items()}
+        y = pkpd.simulate(
+            drug.model.model, params, _regimen(drug, guided["doses"][i], 24.0, 1.0),
+            jnp.arange(9, dtype=float) * 24.0, solver=trial.solver,
+        )  # fmt: skip
+        np.testing.assert_allclose(guided["level"][i], np.asarray(y)[:, 1], rtol=1e-9)
+    assert not np.array_equal(guided["doses"], fixed["doses"])  # the twin changed something

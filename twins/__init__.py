@@ -62,6 +62,7 @@ from ._twin import DigitalTwin as DigitalTwin
 from ._twin import Forecast as Forecast
 from ._twin import Posterior as Posterior
 from ._twin import Recommendation as Recommendation
+from ._twin_arm import TwinArm as TwinArm
 from ._twin_report import write_twin_report as write_twin_report
 from .drugs import Drug as Drug
 
@@ -91,6 +92,7 @@ __all__ = [
     "TimeInRange",
     "TimeToRange",
     "Trial",
+    "TwinArm",
     "allometric",
     "bmi",
     "bsa_dubois",

@@ -882,9 +882,14 @@ def simulate_chunk(
         if mesh is not None:
             spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
             inputs = jax.device_put(inputs, jax.sharding.NamedSharding(mesh, spec))
-        if arm.name not in runners:
-            runners[arm.name] = _make_runner(trial, arm, mesh)
-        level, measured, doses, *exposure = runners[arm.name](*inputs)
+        if getattr(arm, "host_driven", False):  # e.g. TwinArm: decisions on the host
+            host_params = {k: np.asarray(v)[:n] for k, v in params.items()}
+            level, measured, doses = arm.simulate(trial, cov, host_params, noise_keys[:n])
+            exposure = []
+        else:
+            if arm.name not in runners:
+                runners[arm.name] = _make_runner(trial, arm, mesh)
+            level, measured, doses, *exposure = runners[arm.name](*inputs)
         course = Course(
             days=days,
             level=np.asarray(level)[:n],

@@ -699,6 +699,31 @@ def _metric_draws(static, auc, theta, cov, full, scale, grid, eta, u):
     return jax.vmap(one)(eta)
 
 
+_metric_draws_jit = jax.jit(_metric_draws, static_argnums=(0, 1))
+
+
+def _log_metric(static, auc, theta, cov, full, scale, grid, eta):
+    def log_metric(u):
+        draws = _metric_draws(static, auc, theta, cov, full, scale, grid, eta, u)
+        return jnp.log(jnp.maximum(draws, 1e-300))
+
+    return log_metric
+
+
+# Module-level jits (not closures made per call), so that a second recommendation with the
+# same shapes reuses the compiled functions.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _gap_value_grad(static, auc, theta, cov, full, scale, grid, eta, bounds, u):
+    log_metric = _log_metric(static, auc, theta, cov, full, scale, grid, eta)
+    return jax.value_and_grad(_gap(log_metric, bounds))(u)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _probability_value_grad(static, auc, theta, cov, full, scale, grid, eta, bounds, u):
+    log_metric = _log_metric(static, auc, theta, cov, full, scale, grid, eta)
+    return jax.value_and_grad(_smoothed_probability(log_metric, bounds))(u)
+
+
 def _gap(log_metric, bounds):
     # The geometric mean over the draws (smooth, unlike the median) aims at the centre.
     return lambda u: jnp.mean(log_metric(u)) - 0.5 * (bounds[0] + bounds[1])
@@ -761,23 +786,25 @@ def _optimise_dose(static, auc, steps, theta, cov, full, scale, grid, eta, bound
         best = _optimise_affine(steps, without, per_unit, bounds, u0)
         return best, without + jnp.exp(best) * per_unit
 
-    def log_metric(u):
-        return jnp.log(jnp.maximum(sim(u), 1e-300))
-
-    gap = jax.jit(jax.value_and_grad(_gap(log_metric, bounds)))
+    args = (static, auc, theta, cov, full, scale, grid, eta, bounds)
     u = u0
     for _ in range(8):
-        u = _newton_gap(u, *gap(u))
-    prob = _smoothed_probability(log_metric, bounds)
-    dprob = jax.jit(jax.value_and_grad(prob))
-    curvature = jax.jit(jax.grad(lambda x: jax.grad(prob)(x)))
+        u = _newton_gap(u, *_gap_value_grad(*args, u))
+
+    def curvature(u, h=1e-3):
+        # Central difference of the exact gradient: second reverse-mode derivatives do not
+        # go through an ODE solved with diffrax's checkpointed adjoint.
+        return (
+            _probability_value_grad(*args, u + h)[1] - _probability_value_grad(*args, u - h)[1]
+        ) / (2.0 * h)
+
     best_u, best_p = u, -1.0
     for _ in range(steps + 1):
-        p, g = dprob(u)
+        p, g = _probability_value_grad(*args, u)
         if float(p) > best_p:
             best_u, best_p = u, float(p)
         u = u + _ascent_step(g, curvature(u))
-    return best_u, sim(best_u)
+    return best_u, _metric_draws_jit(*args[:-1], best_u)
 
 
 @functools.partial(jax.jit, static_argnums=0)
