@@ -8,6 +8,9 @@
 - Training data from the trial engine: `training_set(trial, n, arm=...)` -> `TrainingSet`.
 - Comparisons on held-out virtual patients: `regression_table`, `classification_table`,
   `roc_figure`, and the task of the docs, `warfarin_response_task`.
+- Explanations: `explain` (SHAP: Tree SHAP for trees, permutation/kernel SHAP for any
+  surrogate), `lime_explain`, `summary_plot`, `waterfall_plot`, `explanation_section` (for
+  `DigitalTwin.report`), `patient_inputs`.
 - `surrogates.validation`: real-patient warfarin dose models (IWPC).
 """
 
@@ -23,10 +26,18 @@ from ._compare import roc_figure as roc_figure
 from ._compare import warfarin_response_task as warfarin_response_task
 from ._data import TrainingSet as TrainingSet
 from ._data import training_set as training_set
+from ._explain import Explanation as Explanation
+from ._explain import explain as explain
+from ._explain import explanation_section as explanation_section
+from ._explain import lime_explain as lime_explain
+from ._explain import patient_inputs as patient_inputs
+from ._explain import summary_plot as summary_plot
+from ._explain import waterfall_plot as waterfall_plot
 from ._tabular import SklearnSurrogate as SklearnSurrogate
 from ._tabular import XGBoostSurrogate as XGBoostSurrogate
 
 __all__ = [
+    "Explanation",
     "ExtrapolationWarning",
     "Inputs",
     "Prediction",
@@ -36,9 +47,15 @@ __all__ = [
     "TrainingSet",
     "XGBoostSurrogate",
     "classification_table",
+    "explain",
+    "explanation_section",
+    "lime_explain",
     "load",
+    "patient_inputs",
     "regression_table",
     "roc_figure",
+    "summary_plot",
     "training_set",
     "warfarin_response_task",
+    "waterfall_plot",
 ]
