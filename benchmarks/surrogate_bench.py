@@ -35,6 +35,7 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--n-classify", type=int, default=6_000, help="patients for the table")
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--no-flax", action="store_true", help="leave out the Flax models")
+    ap.add_argument("--part", choices=("all", "fidelity", "classification"), default="all")
     ap.add_argument("--json", action="store_true", help="write results/surrogates_*.json")
     ap.add_argument("--out", type=Path, default=RESULTS)
     return ap.parse_args()
@@ -88,7 +89,9 @@ def _models(task: str, flax: bool):
         xgb = lambda: S.XGBoostSurrogate(task, n_estimators=600, n_jobs=2)
     models = {
         first: lambda: S.SklearnSurrogate("linear", task),
-        "random_forest": lambda: S.SklearnSurrogate("random_forest", task, n_estimators=200, n_jobs=2),
+        "random_forest": lambda: S.SklearnSurrogate(
+            "random_forest", task, n_estimators=200, n_jobs=2
+        ),
         "svm": lambda: S.SklearnSurrogate("svm", task),
         "xgboost": xgb,
     }
@@ -113,7 +116,6 @@ def main() -> None:
     from surrogates._compare import (
         classification_table,
         regression_table,
-        roc_figure,
         warfarin_response_task,
         warfarin_standard_dosing_trial,
     )
@@ -131,7 +133,7 @@ def main() -> None:
         ("vancomycin", _vancomycin_trial(), ["auc24", "trough"]),
         ("warfarin", warfarin_standard_dosing_trial(28), ["inr_end"]),
     ]
-    for drug, trial, targets in cases:
+    for drug, trial, targets in cases if args.part in ("all", "fidelity") else []:
         t0 = time.perf_counter()
         ts = training_set(trial, args.n, seed=0, parameters=True, observe=0)
         sim_s = time.perf_counter() - t0
@@ -155,6 +157,9 @@ def main() -> None:
             print(f"\n{drug} {target}: mechanistic {mech_s:.3f} s for {len(test)} patients")
             print(table.round(4).to_string())
 
+    if args.part == "fidelity":
+        _write(args, out, None, None)
+        return
     ts, y = warfarin_response_task(args.n_classify, seed=0)
     order = np.random.default_rng(2).permutation(len(y))
     n_test = round(args.test_fraction * len(y))
@@ -173,13 +178,24 @@ def main() -> None:
         "positives_test": float(y[te].mean()),
         "table": json.loads(table.round(4).to_json(orient="index")),
     }
-    if args.json:
-        args.out.mkdir(parents=True, exist_ok=True)
-        fig = roc_figure(y[te], probs, title="INR 2-3 at day 28, 5 mg daily")
+    _write(args, out, y[te], probs)
+
+
+def _write(args, out, y_test, probs) -> None:
+    if not args.json:
+        return
+    from surrogates._compare import roc_figure
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    if probs is not None:
+        fig = roc_figure(y_test, probs, title="INR 2-3 at day 28, 5 mg daily")
         fig.savefig(args.out / "surrogates_roc.png", dpi=110)
-        path = args.out / "surrogates_cpu_2core.json"
-        path.write_text(json.dumps(out, indent=1))
-        print(f"\nwrote {path}")
+    for part in ("fidelity", "classification"):
+        if out.get(part):
+            path = args.out / f"surrogates_{part}_cpu_2core.json"
+            body = {k: v for k, v in out.items() if k not in ("fidelity", "classification")}
+            path.write_text(json.dumps({**body, part: out[part]}, indent=1))
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":
