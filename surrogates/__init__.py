@@ -4,7 +4,8 @@
   out-of-training-range flags, `save`, `load`) over `Inputs` (static features plus optional
   time series).
 - `XGBoostSurrogate` and the scikit-learn baselines (`SklearnSurrogate`: linear/logistic,
-  random forest, SVM).
+  random forest, SVM); Flax (`flax.nnx`) `LSTMSurrogate`, `TransformerSurrogate` and
+  `HybridSurrogate` (the three fused by a small head), deep ensembles.
 - Training data from the trial engine: `training_set(trial, n, arm=...)` -> `TrainingSet`.
 - Comparisons on held-out virtual patients: `regression_table`, `classification_table`,
   `roc_figure`, and the task of the docs, `warfarin_response_task`.
@@ -33,18 +34,24 @@ from ._explain import lime_explain as lime_explain
 from ._explain import patient_inputs as patient_inputs
 from ._explain import summary_plot as summary_plot
 from ._explain import waterfall_plot as waterfall_plot
+from ._flax import HybridSurrogate as HybridSurrogate
+from ._flax import LSTMSurrogate as LSTMSurrogate
+from ._flax import TransformerSurrogate as TransformerSurrogate
 from ._tabular import SklearnSurrogate as SklearnSurrogate
 from ._tabular import XGBoostSurrogate as XGBoostSurrogate
 
 __all__ = [
     "Explanation",
     "ExtrapolationWarning",
+    "HybridSurrogate",
     "Inputs",
+    "LSTMSurrogate",
     "Prediction",
     "SklearnSurrogate",
     "Surrogate",
     "TrainingRanges",
     "TrainingSet",
+    "TransformerSurrogate",
     "XGBoostSurrogate",
     "classification_table",
     "explain",

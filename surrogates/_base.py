@@ -260,7 +260,7 @@ def _check_finite(frame: pd.DataFrame, who: str, allow_missing: bool) -> None:
 class Surrogate(abc.ABC):
     """Base class of every surrogate: one interface for fit, predict, save and load.
 
-    Subclasses implement `_fit(inputs, y, *, key, validation)`, `_predict(inputs) ->
+    Subclasses implement `_fit(inputs, y, *, key)`, `_predict(inputs) ->
     (mean, sd or None)`, `_save_model(folder)`, `_load_model(folder)` and
     `hyperparameters()`; they set `task` and may set `allows_missing` (NaN features are
     handled by the model itself) and `uses_sequence` (the model reads `Inputs.sequence`
@@ -368,6 +368,8 @@ class Surrogate(abc.ABC):
         self.channels = inputs.channels
         self.sequence_length = None if inputs.sequence is None else inputs.sequence.shape[1]
         self.output_shape = target.shape[1:]
+        if not (isinstance(key, int | np.integer) and key >= 0):
+            raise ValueError(f"{who}: key must be an integer >= 0, got {key!r}.")
         rng = np.random.default_rng(key)
         order = rng.permutation(len(inputs))
         n_cal = round(self.calibration_fraction * len(inputs)) if self.task == "regression" else 0
@@ -434,7 +436,7 @@ class Surrogate(abc.ABC):
         mean, sd = self._predict(inputs)
         lower = upper = None
         if self.conformal_q is not None:
-            scale = np.ones_like(mean) if sd is None else sd
+            scale = np.ones_like(mean) if sd is None else np.maximum(sd, 1e-12)
             half = self.conformal_q * scale
             lower, upper = mean - half, mean + half
         return Prediction(mean, lower, upper, sd, self.level, outside, tuple(reasons))
