@@ -17,11 +17,11 @@ demo: $(STAMP)
 	$(BIN)/twins demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not extended"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not extended"
 
 # Every test, the extended ones included (about 2-3 min more).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

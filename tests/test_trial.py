@@ -33,7 +33,14 @@ def _warfarin_params(age=70.0, cyp="*1/*1", vkorc1="AG"):
     return {k: jnp.asarray(v, dtype=float) for k, v in p.items()}
 
 
-@pytest.mark.parametrize("dt, tol", [(1.0, 2e-3), (2.0, 4e-3)])
+@pytest.mark.parametrize(
+    "dt, tol",
+    [
+        # dt = 2 h is what EU-PACT uses; the 1-h step shows the error shrinking (extended).
+        pytest.param(1.0, 2e-3, marks=pytest.mark.extended),
+        (2.0, 4e-3),
+    ],
+)
 def test_fixed_step_matches_diffrax_on_warfarin_inr(dt, tol):
     model = warfarin.warfarin_model()
     params = _warfarin_params()
