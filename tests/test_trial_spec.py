@@ -418,3 +418,32 @@ def test_howto_minimal_spec_loads():
     text = doc.split("## A minimal spec", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
     trial, options = load_trial(text)
     assert [a.name for a in trial.arms] == ["fixed", "iwpc"] and options.n == 1000
+
+
+def test_twin_guided_arm_from_a_spec():
+    spec = copy.deepcopy(BASE)
+    spec["arms"].append(
+        {
+            "name": "twin",
+            "visits": [1, 4, 8],
+            "initial": {"loading": [10, 5, 5], "maintenance": 5.0},
+            "twin": {"target": "INR", "recommend_on": [4, 8], "n_draws": 100},
+        }
+    )
+    trial, _ = trial_from_dict(spec)
+    arm = trial.arms[-1]
+    assert isinstance(arm, twins.TwinArm)
+    assert arm.target == "INR" and arm.recommend_on == (4, 8) and arm.n_draws == 100
+    assert arm.describe()["rule"].startswith("DigitalTwin.recommend")
+    bad = copy.deepcopy(spec)
+    bad["arms"][-1]["twin"]["recommend_on"] = [5]
+    with pytest.raises(SpecError, match=r"arms\[2\]\.twin\.recommend_on: days \[5\] are not"):
+        trial_from_dict(bad)
+    bad = copy.deepcopy(spec)
+    bad["arms"][-1]["twin"]["target"] = "AUC24"
+    with pytest.raises(SpecError, match="target 'AUC24' is not one of warfarin"):
+        trial_from_dict(bad)
+    bad = copy.deepcopy(spec)
+    bad["arms"][-1]["rules"] = copy.deepcopy(BASE["arms"][1]["rules"])
+    with pytest.raises(SpecError, match="sets its own doses"):
+        trial_from_dict(bad)

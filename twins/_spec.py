@@ -54,6 +54,7 @@ from ._trial import (
     model_covariates,
 )
 from ._trial_run import DERIVED_SUBGROUPS
+from ._twin_arm import TwinArm
 
 T = TypeVar("T")
 
@@ -549,7 +550,7 @@ class _Reader:
             value,
             where,
             required=("name", "initial"),
-            optional=("label", "description", "visits", "dose_step", "rules"),
+            optional=("label", "description", "visits", "dose_step", "rules", "twin"),
         )
         name = self.word(table["name"], _key(where, "name"))
         label = self.string(table.get("label", name), _key(where, "label"))
@@ -580,18 +581,43 @@ class _Reader:
                     table["rules"], _key(where, "rules"), lambda v, w: self.rule(v, w, visits)
                 )
             )
+        common = {
+            "name": name,
+            "label": label,
+            "description": description,
+            "initial": initial,
+            "visits": visits,
+            "dose_step": dose_step,
+        }
         try:
-            return DosingArm(
-                name=name,
-                label=label,
-                description=description,
-                initial=initial,
-                visits=visits,
-                rules=rules,
-                dose_step=dose_step,
-            )
+            if "twin" in table:
+                if rules:
+                    raise self.error(
+                        _key(where, "twin"), "a twin-guided arm sets its own doses: no rules."
+                    )
+                return TwinArm(**common, **self.twin(table["twin"], _key(where, "twin"), visits))
+            return DosingArm(**common, rules=rules)
         except (TypeError, ValueError) as error:
+            if isinstance(error, SpecError):
+                raise
             raise self.error(where, str(error)) from error
+
+    def twin(self, value: Any, where: str, visits: tuple[int, ...]) -> dict[str, Any]:
+        """`twin = { target = "INR", recommend_on = [4, 8], n_draws = 200 }`."""
+        table = self.table(value, where, optional=("target", "recommend_on", "n_draws"))
+        out: dict[str, Any] = {}
+        if "target" in table:
+            out["target"] = self.string(table["target"], _key(where, "target"))
+        if "recommend_on" in table:
+            w = _key(where, "recommend_on")
+            days = tuple(self.array(table["recommend_on"], w, lambda v, ww: self.integer(v, ww)))
+            missing = [d for d in days if d not in visits]
+            if missing:
+                raise self.error(w, f"days {missing} are not visit days {list(visits)}.")
+            out["recommend_on"] = days
+        if "n_draws" in table:
+            out["n_draws"] = self.integer(table["n_draws"], _key(where, "n_draws"), low=50)
+        return out
 
     def initial(self, value: Any, where: str) -> Callable:
         if isinstance(value, Mapping) and "rule" in value:

@@ -634,6 +634,13 @@ class Trial:
                 except ValueError as error:
                     raise ValueError(f"Trial {self.name!r}, endpoint {error}") from None
         for arm in self.arms:
+            check = getattr(arm, "check_drug", None)  # e.g. TwinArm: its target exists
+            if check is not None:
+                try:
+                    check(self.drug)
+                except ValueError as error:
+                    raise ValueError(f"Trial {self.name!r}, arm {arm.name!r}: {error}") from None
+        for arm in self.arms:
             late = [v + 1 for v in arm.visits if v > self.days]
             if late:
                 raise ValueError(

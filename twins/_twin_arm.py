@@ -73,6 +73,18 @@ class TwinArm(DosingArm):
             "n_draws": self.n_draws,
         }
 
+    def check_drug(self, drug) -> None:
+        """Called by `Trial`: the target must be one the drug's twin can aim at."""
+        if self.target is None or not isinstance(self.target, str):
+            if self.target is None and not drug.targets:
+                raise ValueError(f"{drug.name} has no targets; give the arm a twins.drugs.Target.")
+            return
+        metrics = [t.metric for t in drug.targets]
+        if self.target.lower() not in [m.lower() for m in metrics]:
+            raise ValueError(
+                f"target {self.target!r} is not one of {drug.name}'s targets {metrics}."
+            )
+
     def step(self, period, measured, is_visit, state):  # pragma: no cover - host driven
         raise TypeError(f"TwinArm {self.name!r} is simulated on the host, not in a scan.")
 
