@@ -39,6 +39,18 @@ def _predict_quietly(model: Surrogate, inputs: Inputs):
         return model.predict(inputs)
 
 
+def _fit_and_predict(make: Callable[[], Surrogate], train: Inputs, y: np.ndarray, test: Inputs,
+                     key: int):  # fmt: skip
+    """A new model fitted on `train` and its predictions on `test`, with both times (s)."""
+    model = make()
+    t0 = time.perf_counter()
+    model.fit(train, y, key=key)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = _predict_quietly(model, test)
+    return pred, fit_s, time.perf_counter() - t0
+
+
 def classification_table(
     models: Mapping[str, Callable[[], Surrogate]],
     train: Inputs,
@@ -58,13 +70,7 @@ def classification_table(
     y_te = np.asarray(y_test, dtype=bool)
     rows, probabilities = [], {}
     for name, make in models.items():
-        model = make()
-        t0 = time.perf_counter()
-        model.fit(train, y_tr, key=key)
-        fit_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pred = _predict_quietly(model, test)
-        predict_s = time.perf_counter() - t0
+        pred, fit_s, predict_s = _fit_and_predict(make, train, y_tr, test, key)
         p = np.asarray(pred.mean, dtype=float)
         label = p >= 0.5
         rows.append(
@@ -123,13 +129,7 @@ def regression_table(
     y_te = np.asarray(y_test, dtype=float)
     rows, means = [], {}
     for name, make in models.items():
-        model = make()
-        t0 = time.perf_counter()
-        model.fit(train, y_tr, key=key)
-        fit_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pred = _predict_quietly(model, test)
-        predict_s = time.perf_counter() - t0
+        pred, fit_s, predict_s = _fit_and_predict(make, train, y_tr, test, key)
         m = np.asarray(pred.mean, dtype=float)
         rel = np.abs(m - y_te) / np.abs(y_te)
         covered = (
