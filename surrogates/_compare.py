@@ -39,8 +39,9 @@ def _predict_quietly(model: Surrogate, inputs: Inputs):
         return model.predict(inputs)
 
 
-def _fit_and_predict(make: Callable[[], Surrogate], train: Inputs, y: np.ndarray, test: Inputs,
-                     key: int):  # fmt: skip
+def _fit_and_predict(
+    make: Callable[[], Surrogate], train: Inputs, y: np.ndarray, test: Inputs, key: int
+):
     """A new model fitted on `train` and its predictions on `test`, with both times (s)."""
     model = make()
     t0 = time.perf_counter()
