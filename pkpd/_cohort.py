@@ -58,6 +58,7 @@ def simulate_cohort(
     mesh: jax.sharding.Mesh | None = None,
     chunk_size: int | None = 512,
     exposure: bool = False,
+    order_stacks: bool = True,
 ) -> CohortOutput:
     """Simulate a cohort sharing one regimen and one sampling schedule.
 
@@ -84,7 +85,11 @@ def simulate_cohort(
       core of a CPU as XLA host devices, or several GPUs); each device simulates its share
       independently (`jax.shard_map`). The cohort is padded to a multiple of the device count.
     - `chunk_size`: for stacked ODE solves, the number of patients integrated together (each
-      stack with its own step sizes, one after another); `None` for one stack.
+      stack with its own step sizes, one after another); `None` for one stack. Patients are
+      grouped into stacks by the speed of their linearised dynamics (the Jacobian of the
+      vector field at the initial state), so that each stack's hardest patient is like the
+      rest; outputs come back in the caller's order. `order_stacks=False` keeps the
+      caller's order (for comparison: about 1.3x slower on W2).
 
     - `exposure`: also return a `pkpd.Exposure` (AUC by the linear trapezoid over `times`,
       which must then be non-decreasing, and Cmax over `times`) of every patient.
@@ -95,10 +100,14 @@ def simulate_cohort(
     if exposure:
         _check_exposure_times(times)
     if mesh is not None:
-        y, auc, cmax = _sharded(model, params, regimen, times, solver, mesh, chunk_size)
+        y, auc, cmax = _sharded(
+            model, params, regimen, times, solver, mesh, chunk_size, order_stacks
+        )
     else:
         layout = _layout(model, params, regimen, times)
-        y, auc, cmax = _cohort(model, params, regimen, times, solver, chunk_size, layout)
+        y, auc, cmax = _cohort(
+            model, params, regimen, times, solver, chunk_size, layout, order_stacks
+        )
     return (y, Exposure(auc=auc, cmax=cmax)) if exposure else y
 
 
@@ -111,7 +120,7 @@ def _layout(model, params, regimen, times):
     return schedule, plan
 
 
-def _cohort(model, params, regimen, times, solver, chunk_size, layout):
+def _cohort(model, params, regimen, times, solver, chunk_size, layout, order_stacks=True):
     """`(outputs, auc, cmax)` of one device's cohort."""
     model.check_params(params)
     leaves = [jnp.asarray(v) for v in params.values()]
@@ -145,7 +154,12 @@ def _cohort(model, params, regimen, times, solver, chunk_size, layout):
             return jnp.reshape(v, (n_chunks, chunk_size, *v.shape[1:]))
 
         shared = {k: v for k, v in params.items() if in_axes[k] is None}
-        qs = {k: split(v) for k, v in params.items() if in_axes[k] == 0}
+        order = (
+            _stiffness_order(model, params, in_axes, schedule)
+            if order_stacks
+            else jnp.arange(n_pat)
+        )
+        qs = {k: split(jnp.asarray(v)[order]) for k, v in params.items() if in_axes[k] == 0}
 
         def one(q):
             return _stacked_ode(
@@ -154,12 +168,39 @@ def _cohort(model, params, regimen, times, solver, chunk_size, layout):
 
         y = jax.lax.map(one, qs)
         y = jnp.reshape(y, (n_chunks * chunk_size, *y.shape[2:]))[:n_pat]
+        y = y[jnp.argsort(order)]
     else:
         y = _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule)
     return y, *_exposure_of(y, times)
 
 
-def _sharded(model, params, regimen, times, solver, mesh, chunk_size):
+def _stiffness_order(model, params, in_axes, schedule):
+    """Patients ordered by how fast their dynamics are at the initial state.
+
+    A stack takes the steps its hardest patient needs, so stacks of like patients take fewer
+    steps in all. The key is the Frobenius norm of the Jacobian of the vector field at the
+    initial state and first event time: the linearised rates, to which an explicit solver's
+    step size at a given tolerance is roughly inversely proportional. For W2 (two
+    compartments, Michaelis-Menten) stacks of 512 sorted this way take about 250 steps per
+    patient against about 400 in arrival order (215 if each patient were solved alone).
+    The order changes only the speed: every patient meets the tolerance either way, and the
+    outputs are returned in the caller's order.
+    """
+    t_sorted = schedule[1]
+    finite = t_sorted[np.isfinite(t_sorted)]
+    t0 = float(finite[0]) if finite.size else 0.0
+
+    def key(p):
+        x0 = model.initial_state(p)
+        jac = jax.jacfwd(lambda x: model.vector_field(t0, x, p))(x0)
+        return jnp.sum(jnp.square(jac))
+
+    keys = jax.lax.stop_gradient(jax.vmap(key, in_axes=(in_axes,))(params))
+    # NaN keys (a patient whose rates are undefined) sort last; the solve then reports them.
+    return jnp.argsort(jnp.where(jnp.isnan(keys), jnp.inf, keys))
+
+
+def _sharded(model, params, regimen, times, solver, mesh, chunk_size, order_stacks=True):
     from jax.sharding import PartitionSpec
 
     if len(mesh.axis_names) != 1:
@@ -182,7 +223,7 @@ def _sharded(model, params, regimen, times, solver, mesh, chunk_size):
     specs = {k: PartitionSpec(axis) if v.ndim >= 1 else PartitionSpec() for k, v in arrays.items()}
     layout = _layout(model, params, regimen, times)
     fn = jax.shard_map(
-        lambda q: _cohort(model, q, regimen, times, solver, chunk_size, layout),
+        lambda q: _cohort(model, q, regimen, times, solver, chunk_size, layout, order_stacks),
         mesh=mesh,
         in_specs=(specs,),
         out_specs=PartitionSpec(axis),
