@@ -4,8 +4,9 @@
   out-of-training-range flags, `save`, `load`) over `Inputs` (static features plus optional
   time series).
 - `XGBoostSurrogate` and the scikit-learn baselines (`SklearnSurrogate`: linear/logistic,
-  random forest, SVM); Flax (`flax.nnx`) `LSTMSurrogate`, `TransformerSurrogate` and
-  `HybridSurrogate` (the three fused by a small head), deep ensembles.
+  random forest, SVM); Flax (`flax.nnx`) `MLPSurrogate` (the fast emulator),
+  `LSTMSurrogate`, `TransformerSurrogate` and `HybridSurrogate` (the three fused by a small
+  head), deep ensembles.
 - Training data from the trial engine: `training_set(trial, n, arm=...)` -> `TrainingSet`.
 - Comparisons on held-out virtual patients: `regression_table`, `classification_table`,
   `roc_figure`, and the task of the docs, `warfarin_response_task`.
@@ -36,6 +37,7 @@ from ._explain import summary_plot as summary_plot
 from ._explain import waterfall_plot as waterfall_plot
 from ._flax import HybridSurrogate as HybridSurrogate
 from ._flax import LSTMSurrogate as LSTMSurrogate
+from ._flax import MLPSurrogate as MLPSurrogate
 from ._flax import TransformerSurrogate as TransformerSurrogate
 from ._tabular import SklearnSurrogate as SklearnSurrogate
 from ._tabular import XGBoostSurrogate as XGBoostSurrogate
@@ -46,6 +48,7 @@ __all__ = [
     "HybridSurrogate",
     "Inputs",
     "LSTMSurrogate",
+    "MLPSurrogate",
     "Prediction",
     "SklearnSurrogate",
     "Surrogate",

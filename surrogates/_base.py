@@ -166,31 +166,52 @@ class TrainingRanges:
         """`(outside, reasons)`: per patient whether any input is outside the training
         ranges, and which (empty string when none)."""
         n = len(inputs)
-        reasons: list[list[str]] = [[] for _ in range(n)]
-        for name, (low, high) in self.static.items():
-            col = inputs.static[name].to_numpy(dtype=float)
-            known = self.values.get(name)
-            if known is not None:
-                bad = np.isfinite(col) & ~np.isin(col, known)
-                what = f"{name} not one of the training values {list(known)}"
-            else:
-                tol = 1e-9 * max(abs(low), abs(high), 1.0)
-                bad = np.isfinite(col) & ((col < low - tol) | (col > high + tol))
-                what = f"{name} outside the training range [{low:.4g}, {high:.4g}]"
-            for i in np.flatnonzero(bad):
-                reasons[i].append(f"{what} ({col[i]:.4g})")
+        names = list(self.static)
+        messages: list[str] = []
+        bad = np.zeros((n, 0), dtype=bool)
+        values = np.zeros((n, 0))
+        if names:
+            # One conversion and one comparison for all columns (this runs on every
+            # prediction; a loop over pandas columns cost more than a small model).
+            columns = inputs.static.columns
+            values = np.asarray(inputs.static.to_numpy(dtype=float))
+            if list(columns) != names:
+                values = values[:, np.asarray(columns.get_indexer(names), dtype=int)]
+            bounds = np.array([self.static[k] for k in names], dtype=float)
+            low, high = bounds[:, 0], bounds[:, 1]
+            tol = 1e-9 * np.maximum(np.maximum(np.abs(low), np.abs(high)), 1.0)
+            finite = np.isfinite(values)
+            bad = finite & ((values < low - tol) | (values > high + tol))
+            for j, name in enumerate(names):
+                known = self.values.get(name)
+                if known is not None:
+                    bad[:, j] = finite[:, j] & ~np.isin(values[:, j], known)
+                    messages.append(f"{name} not one of the training values {list(known)}")
+                else:
+                    messages.append(
+                        f"{name} outside the training range [{low[j]:.4g}, {high[j]:.4g}]"
+                    )
+        seq_bad = np.zeros((n, 0), dtype=bool)
+        seq_messages: list[str] = []
         if inputs.sequence is not None:
+            cols = []
             for j, name in enumerate(inputs.channels):
                 if name not in self.channels:
                     continue
-                low, high = self.channels[name]
+                lo, hi = self.channels[name]
                 col = inputs.sequence[..., j]
-                tol = 1e-9 * max(abs(low), abs(high), 1.0)
-                bad = (np.isfinite(col) & ((col < low - tol) | (col > high + tol))).any(axis=1)
-                for i in np.flatnonzero(bad):
-                    reasons[i].append(f"{name} outside the training range [{low:.4g}, {high:.4g}]")
-        text = ["; ".join(r) for r in reasons]
-        return np.array([bool(r) for r in reasons], dtype=bool), text
+                tol_c = 1e-9 * max(abs(lo), abs(hi), 1.0)
+                cols.append((np.isfinite(col) & ((col < lo - tol_c) | (col > hi + tol_c))).any(1))
+                seq_messages.append(f"{name} outside the training range [{lo:.4g}, {hi:.4g}]")
+            if cols:
+                seq_bad = np.stack(cols, axis=1)
+        outside = np.asarray(bad.any(axis=1) | seq_bad.any(axis=1), dtype=bool)
+        text = [""] * n
+        for i in np.flatnonzero(outside):
+            reasons = [f"{messages[j]} ({values[i, j]:.4g})" for j in np.flatnonzero(bad[i])]
+            reasons += [seq_messages[j] for j in np.flatnonzero(seq_bad[i])]
+            text[i] = "; ".join(reasons)
+        return outside, text
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -242,19 +263,19 @@ _REGISTRY: dict[str, type[Surrogate]] = {}
 
 
 def _check_finite(frame: pd.DataFrame, who: str, allow_missing: bool) -> None:
-    for name in frame.columns:
-        col = frame[name]
-        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+    for name, dtype in frame.dtypes.items():
+        if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)):
             raise TypeError(
-                f"{who}: feature {name!r} has dtype {col.dtype}; surrogates take numeric "
+                f"{who}: feature {name!r} has dtype {dtype}; surrogates take numeric "
                 "features (encode categories as indicators, see surrogates.training_set)."
             )
-        values = col.to_numpy(dtype=float)
-        bad = np.isinf(values) if allow_missing else ~np.isfinite(values)
-        if bad.any():
-            rows = np.flatnonzero(bad)[:5].tolist()
-            what = "infinite" if allow_missing else "missing or infinite"
-            raise ValueError(f"{who}: feature {name!r} is {what} in rows {rows}.")
+    values = frame.to_numpy(dtype=float)
+    bad = np.isinf(values) if allow_missing else ~np.isfinite(values)
+    if bad.any():
+        j = int(np.flatnonzero(bad.any(axis=0))[0])
+        rows = np.flatnonzero(bad[:, j])[:5].tolist()
+        what = "infinite" if allow_missing else "missing or infinite"
+        raise ValueError(f"{who}: feature {frame.columns[j]!r} is {what} in rows {rows}.")
 
 
 class Surrogate(abc.ABC):
@@ -399,7 +420,9 @@ class Surrogate(abc.ABC):
             raise ValueError(
                 f"{who}: features {missing} are missing (trained on {list(self.features)})."
             )
-        static = pd.DataFrame(inputs.static[list(self.features)])
+        static = inputs.static
+        if tuple(static.columns) != self.features:
+            static = pd.DataFrame(static[list(self.features)])
         if self.sequence_length is not None:
             if inputs.sequence is None:
                 raise ValueError(f"{who}: the surrogate was trained with sequences; none given.")
@@ -415,7 +438,9 @@ class Surrogate(abc.ABC):
                 )
         elif inputs.sequence is not None:
             raise ValueError(f"{who}: the surrogate was trained without sequences; got some.")
-        return Inputs(static.reset_index(drop=True), inputs.sequence, inputs.channels, inputs.times)
+        if not static.index.equals(pd.RangeIndex(len(static))):
+            static = static.reset_index(drop=True)
+        return Inputs(static, inputs.sequence, inputs.channels, inputs.times)
 
     def predict(self, x: Inputs | pd.DataFrame) -> Prediction:
         """Predictions with their interval and the out-of-range flags."""
