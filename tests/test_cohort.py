@@ -48,7 +48,15 @@ def test_linear_multiple_doses_on_grid(case: ModelCase):
     _check(case.model, _cohort_params(case.params), regimen, times)
 
 
-@pytest.mark.parametrize("case", LINEAR_MODELS[1::2], ids=LINEAR_MODEL_IDS[1::2])
+@pytest.mark.parametrize(
+    "case",
+    [
+        # The two-compartment case runs in the extended suite (the one- and three-compartment
+        # cases cover the same code path in `make test`).
+        pytest.param(c, id=i, marks=pytest.mark.extended if i == "TwoCompartmentOral" else ())
+        for c, i in zip(LINEAR_MODELS[1::2], LINEAR_MODEL_IDS[1::2], strict=True)
+    ],
+)
 def test_linear_irregular_grid_lag_and_f(case: ModelCase):
     """Doses off the grid, a fixed lag, F per patient, duplicated and pre-dose output times."""
     regimen = pkpd.repeat(pkpd.oral(250.0, time=2.0, lag=0.35, bioav=0.9), ii=8.0, addl=4)

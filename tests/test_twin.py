@@ -43,6 +43,9 @@ def test_prior_twin_is_the_population_model():
         assert twin.posterior.params[k] == pytest.approx(v, rel=1e-12)
 
 
+# Extended (about 50 s, mostly compiling calibration's own MAP): the twin's update is also
+# checked in `make test` against the truth and the posterior's shrinkage (below).
+@pytest.mark.extended
 def test_map_update_matches_calibration_individual_map(truth):
     """The twin's padded one-subject path gives calibration's MAP on the same NONMEM records."""
     _, _, times, conc = truth
