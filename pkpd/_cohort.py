@@ -195,7 +195,13 @@ def _stiffness_order(model, params, in_axes, schedule):
         jac = jax.jacfwd(lambda x: model.vector_field(t0, x, p))(x0)
         return jnp.sum(jnp.square(jac))
 
-    keys = jax.lax.stop_gradient(jax.vmap(key, in_axes=(in_axes,))(params))
+    try:
+        keys = jax.lax.stop_gradient(jax.vmap(key, in_axes=(in_axes,))(params))
+    except (TypeError, NotImplementedError, ValueError):
+        # A vector field that cannot be differentiated forward (for example a host callback
+        # without a JVP rule): keep the caller's order, which is only slower.
+        n_pat = next(jnp.shape(v)[0] for k, v in params.items() if in_axes[k] == 0)
+        return jnp.arange(n_pat)
     # NaN keys (a patient whose rates are undefined) sort last; the solve then reports them.
     return jnp.argsort(jnp.where(jnp.isnan(keys), jnp.inf, keys))
 

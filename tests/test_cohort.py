@@ -179,3 +179,30 @@ def test_exposure_needs_sorted_times():
             np.array([0.0, 2.0, 1.0]),
             exposure=True,
         )
+
+
+def test_stacks_keep_order_when_the_field_cannot_be_differentiated():
+    """A vector field with a host callback (no JVP rule) cannot give the Jacobian that groups
+    stacks by stiffness: the cohort is then solved in the caller's order, with the same
+    answer."""
+
+    def host_decay(k, x):
+        return np.asarray(-k * x)
+
+    def field(t, x, p):
+        shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
+        return jax.pure_callback(host_decay, shape, p["K"], x, vmap_method="sequential")
+
+    model = pkpd.ODEModel(
+        field,
+        state_names=("central",),
+        param_names=("K", "V"),
+        output_fn=lambda p, x: x[0:1] / p["V"],
+        output_names=("C",),
+    )
+    k = jnp.asarray([0.1, 0.3, 0.05, 0.2, 0.15])
+    params = {"K": k, "V": jnp.full(5, 10.0)}
+    times = np.linspace(0.0, 24.0, 7)
+    y = pkpd.simulate_cohort(model, params, pkpd.bolus(100.0), times, chunk_size=2)
+    exact = 10.0 * np.exp(-np.asarray(k)[:, None] * times[None, :])
+    assert max_rel_err(y, exact, floor=10.0) < 1e-5
