@@ -98,9 +98,8 @@ def _models(task: str, flax: bool):
         "svm": lambda: S.SklearnSurrogate("svm", task),
         "xgboost": xgb,
     }
-    if task == "regression":
-        # The fast emulator: three members of 32-32 GELU units, fitted in logs.
-        models["mlp"] = lambda: S.MLPSurrogate(task, log_target=True)
+    # The fast emulator: three members of 32-32 GELU units (fitted in logs for regression).
+    models["mlp"] = lambda: S.MLPSurrogate(task, log_target=task == "regression")
     if flax:
         try:
             from surrogates import _flax
