@@ -89,7 +89,7 @@ def simulate_cohort(
       grouped into stacks by the speed of their linearised dynamics (the Jacobian of the
       vector field at the initial state), so that each stack's hardest patient is like the
       rest; outputs come back in the caller's order. `order_stacks=False` keeps the
-      caller's order (for comparison: about 1.3x slower on W2).
+      caller's order (for comparison: 1.4-1.6x slower on W2).
 
     - `exposure`: also return a `pkpd.Exposure` (AUC by the linear trapezoid over `times`,
       which must then be non-decreasing, and Cmax over `times`) of every patient.
