@@ -19,7 +19,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not extended"
 
-# Every test, the extended ones included (about 2-3 min more).
+# Every test, the extended ones included: slow checks, most of whose ground `make test` also
+# covers (each says so where it is marked); several of them take minutes on 2 cores.
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 

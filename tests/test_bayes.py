@@ -64,6 +64,10 @@ def theo_data() -> C.Dataset:
     return C.Dataset.from_records(_theo_records())
 
 
+# THEO_NUTS_NOTE: the population NUTS fit of theophylline (2 chains x 1,000 draws) takes
+# about 80 s on 2 cores, so its three checks run in the extended suite (`make test-all`).
+# In `make test`, NUTS is checked on individual posteriors (coverage of the truth, agreement
+# with Laplace, convergence warnings) and SVI on theophylline.
 @pytest.fixture(scope="module")
 def theo_nuts(theo_data) -> tuple[BayesFit, list[str]]:
     """The fit and the messages of any ConvergenceWarning it emitted (checked below)."""
@@ -86,6 +90,7 @@ def _saem() -> dict:
     ]
 
 
+@pytest.mark.extended  # population NUTS, about 80 s: see THEO_NUTS_NOTE
 def test_theophylline_nuts_matches_nlmixr2_and_laplace(theo_nuts, theo_laplace):
     """Posterior medians of KA, CL, V agree with the ML estimates to half a standard error.
 
@@ -126,6 +131,7 @@ def test_theophylline_nuts_matches_nlmixr2_and_laplace(theo_nuts, theo_laplace):
     assert row["ci_low"] < lap.loc[("sigma", "add_sd"), "estimate"] < row["ci_high"]
 
 
+@pytest.mark.extended  # population NUTS, about 80 s: see THEO_NUTS_NOTE
 def test_theophylline_nuts_diagnostics(theo_nuts):
     """The sampler mixes (no divergence, R-hat < 1.05, ESS > 100) and warns iff it flags."""
     fit, messages = theo_nuts
@@ -142,6 +148,7 @@ def test_theophylline_nuts_diagnostics(theo_nuts):
     assert r_cl == pytest.approx(float(rhat["CL"]))
 
 
+@pytest.mark.extended  # population NUTS, about 80 s: see THEO_NUTS_NOTE
 def test_theophylline_nuts_inference_data(theo_nuts, theo_data):
     fit, _ = theo_nuts
     idata = fit.idata

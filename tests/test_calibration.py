@@ -106,6 +106,10 @@ def oral_1cpt():
     return pm, data, fit, truth
 
 
+# The Oral_1CPT fit (120 subjects, steady-state doses) takes 60-90 s on 2 cores: extended.
+# In `make test`, FOCE-I is checked against nlmixr2 on theophylline (above) and recovers
+# known parameters in test_calibration_recovery.py (M3) and test_iov.py.
+@pytest.mark.extended
 def test_oral_1cpt_population_geometric_means_recovered(oral_1cpt):
     """The typical values estimate the geometric means of the subjects' true parameters."""
     _, _, fit, truth = oral_1cpt
@@ -115,6 +119,7 @@ def test_oral_1cpt_population_geometric_means_recovered(oral_1cpt):
         assert fit.population["theta"][name] == pytest.approx(geomean, rel=0.10), name
 
 
+@pytest.mark.extended  # shares the Oral_1CPT fit above
 def test_individual_map_recovers_true_parameters(oral_1cpt):
     """Vmapped MAP of the 120 subjects correlates with their true CL and V (r >= 0.9), given
     the fitted population (one call) and given nominal values (the prior alone)."""
