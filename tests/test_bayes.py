@@ -66,8 +66,8 @@ def theo_data() -> C.Dataset:
 
 # THEO_NUTS_NOTE: the population NUTS fit of theophylline (2 chains x 1,000 draws) takes
 # about 80 s on 2 cores, so its three checks run in the extended suite (`make test-all`).
-# In `make test`, NUTS is checked on individual posteriors (coverage of the truth, agreement
-# with Laplace, convergence warnings) and SVI on theophylline.
+# In `make test`, NUTS is checked on individual posteriors (coverage of the truth) and on its
+# convergence warnings; agreement with Laplace and SVI are extended too.
 @pytest.fixture(scope="module")
 def theo_nuts(theo_data) -> tuple[BayesFit, list[str]]:
     """The fit and the messages of any ConvergenceWarning it emitted (checked below)."""
@@ -270,7 +270,7 @@ def test_individual_nuts_covers_truth(individual_nuts: BayesFit):
     assert "individual" in fit.idata.posterior and "y" in fit.idata.log_likelihood
 
 
-@pytest.mark.extended  # NUTS is also checked against the truth and against nlmixr2 (theophylline)
+@pytest.mark.extended  # NUTS is also checked against the truth (below) and nlmixr2 (extended)
 def test_individual_nuts_agrees_with_laplace(individual_nuts: BayesFit, simulated):
     """Posterior mean vs MAP and posterior SD vs sqrt(diag inverse Hessian), on the eta scale.
 
