@@ -270,7 +270,7 @@ def test_individual_nuts_covers_truth(individual_nuts: BayesFit):
     assert "individual" in fit.idata.posterior and "y" in fit.idata.log_likelihood
 
 
-@pytest.mark.extended  # NUTS is also checked against the truth (below) and nlmixr2 (extended)
+@pytest.mark.extended  # NUTS is also checked against the truth (above) and nlmixr2 (extended)
 def test_individual_nuts_agrees_with_laplace(individual_nuts: BayesFit, simulated):
     """Posterior mean vs MAP and posterior SD vs sqrt(diag inverse Hessian), on the eta scale.
 
