@@ -455,26 +455,31 @@ class _Ensemble:
 
     @functools.cached_property
     def forward(self) -> Callable[..., jax.Array]:
-        """The members' forward pass, compiled once per ensemble and input shape.
+        """The members' forward pass with these parameters, compiled once per structure and
+        input shape.
 
-        The structure is closed over and the parameters passed as a flat list of arrays,
-        so a call hashes neither the graph definition nor the parameter tree (that cost
-        more than the small networks' arithmetic for a few thousand patients)."""
+        The parameters are passed as a flat list of arrays and the compiled function is
+        looked up once per ensemble, so a call hashes neither the graph definition nor the
+        parameter tree (that cost more than the small networks' arithmetic for a few
+        thousand patients). Ensembles of the same structure share the compiled function."""
         leaves, treedef = jax.tree.flatten(self.params)
-        graphdef = self.graphdef
+        return partial(_compiled_forward(self.graphdef, treedef), list(leaves))
 
-        @partial(jax.jit, static_argnames=("represent", "per_member"))
-        def run(flat, static, sequence, *, represent: bool, per_member: bool):
-            params = jax.tree.unflatten(treedef, flat)
 
-            def member(p, s, q):
-                net = nnx.merge(graphdef, p)
-                return net.represent(s, q) if represent else net(s, q)  # type: ignore[attr-defined]
+@functools.lru_cache(maxsize=64)
+def _compiled_forward(graphdef, treedef) -> Callable[..., jax.Array]:
+    @partial(jax.jit, static_argnames=("represent", "per_member"))
+    def run(flat, static, sequence, *, represent: bool, per_member: bool):
+        params = jax.tree.unflatten(treedef, flat)
 
-            axis = 0 if per_member else None
-            return jax.vmap(member, in_axes=(0, axis, axis))(params, static, sequence)
+        def member(p, s, q):
+            net = nnx.merge(graphdef, p)
+            return net.represent(s, q) if represent else net(s, q)  # type: ignore[attr-defined]
 
-        return partial(run, list(leaves))
+        axis = 0 if per_member else None
+        return jax.vmap(member, in_axes=(0, axis, axis))(params, static, sequence)
+
+    return run
 
 
 def _split_params(net: nnx.Module, who: str):

@@ -24,6 +24,7 @@ from surrogates._flax import (
     LSTMSurrogate,
     MLPSurrogate,
     TransformerSurrogate,
+    _compiled_forward,
     _epoch,
 )
 
@@ -138,9 +139,12 @@ def test_same_key_same_model_and_no_recompilation(data, fitted):
     # The fixture compiled the epoch for these shapes; a few more epochs must reuse it.
     compiled = _epoch._cache_size()
     a = MODELS["lstm"](epochs=3).fit(train, y, key=5).predict(test)
+    forwards = _compiled_forward.cache_info().currsize
     b = MODELS["lstm"](epochs=3).fit(train, y, key=5).predict(test)
     c = MODELS["lstm"](epochs=3).fit(train, y, key=6).predict(test)
     assert _epoch._cache_size() == compiled
+    # Prediction too: new ensembles of the same structure reuse the compiled forward pass.
+    assert _compiled_forward.cache_info().currsize == forwards
     np.testing.assert_array_equal(a.mean, b.mean)
     np.testing.assert_array_equal(a.sd, b.sd)
     assert np.abs(a.mean - c.mean).max() > 1e-3
