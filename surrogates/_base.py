@@ -15,7 +15,9 @@
   interval, the model's own spread, and which patients lie outside the training ranges
   (`ExtrapolationWarning` says so too).
 - `Surrogate.save(folder)`, `load(folder)`: a folder with `surrogate.json` (class, features,
-  ranges, conformal quantiles, hyperparameters) and the model's own files.
+  ranges, conformal quantiles, hyperparameters, the size and SHA-256 of every other file)
+  and the model's own files, in formats that cannot run code when read; `load` checks every
+  file before it reads any (`surrogates._files`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,9 +37,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 
+from . import _files
+
 Task = Literal["regression", "classification"]
 
-FORMAT_VERSION = 1
+#: Version 2: skops instead of pickle for scikit-learn models, and a checksum of every file.
+FORMAT_VERSION = 2
 
 
 class ExtrapolationWarning(UserWarning):
@@ -469,62 +476,118 @@ class Surrogate(abc.ABC):
     # --- persistence -------------------------------------------------------------------
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write the surrogate to `folder` (created; files inside are replaced)."""
+        """Write the surrogate to `folder`: `surrogate.json` and the model's own files.
+
+        The folder is written whole beside the target and then moved into place, so that it
+        holds exactly what this surrogate wrote (and `load` can refuse any other file). An
+        existing folder is replaced only when it is empty or holds a saved surrogate; any
+        other folder is refused (`FileExistsError`), so that no user file is overwritten.
+        """
         self._require_fitted("save")
         assert self.ranges is not None
         path = Path(folder)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": FORMAT_VERSION,
-            "class": type(self).__name__,
-            "task": self.task,
-            "hyperparameters": self.hyperparameters(),
-            "calibration_fraction": self.calibration_fraction,
-            "level": self.level,
-            "features": list(self.features),
-            "channels": list(self.channels),
-            "sequence_length": self.sequence_length,
-            "output_shape": list(self.output_shape),
-            "ranges": self.ranges.to_json(),
-            "conformal_q": None
-            if self.conformal_q is None
-            else np.asarray(self.conformal_q).tolist(),
-        }
-        self._save_model(path)
-        tmp = path / "surrogate.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        tmp.replace(path / "surrogate.json")
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise FileExistsError(f"{self.name}.save: {path} exists and is not a folder.")
+        if path.is_dir() and any(path.iterdir()) and not (path / _files.META).is_file():
+            raise FileExistsError(
+                f"{self.name}.save: {path} holds files and no saved surrogate; refusing to "
+                "overwrite them. Choose an empty or new folder."
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".saving", dir=path.parent))
+        try:
+            self._save_model(staging)
+            meta: dict[str, Any] = {
+                "format": FORMAT_VERSION,
+                "class": type(self).__name__,
+                "task": self.task,
+                "hyperparameters": self.hyperparameters(),
+                "calibration_fraction": self.calibration_fraction,
+                "level": self.level,
+                "features": list(self.features),
+                "channels": list(self.channels),
+                "sequence_length": self.sequence_length,
+                "output_shape": list(self.output_shape),
+                "ranges": self.ranges.to_json(),
+                "conformal_q": None
+                if self.conformal_q is None
+                else np.asarray(self.conformal_q).tolist(),
+                "files": _files.file_records(staging),
+            }
+            meta["checksum"] = _files.meta_checksum(meta)
+            (staging / _files.META).write_text(json.dumps(meta, indent=1, allow_nan=False))
+            _files.fsync_tree(staging)
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.{staging.name}.old")
+                path.rename(old)
+            staging.rename(path)
+            if old is not None:
+                shutil.rmtree(old)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
         return path
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> Surrogate:
-        """Read a surrogate written by `save` (any class when called on `Surrogate`)."""
+        """Read a surrogate written by `save` (any class when called on `Surrogate`).
+
+        Nothing in the folder can run code: the model files are read in formats that hold
+        only data, and before any of them is read every file is checked against the size and
+        SHA-256 that `surrogate.json` records (see `surrogates._files`).
+
+        **Raises:** `FileNotFoundError` for a folder without `surrogate.json`; `ValueError`
+        for a file that is not valid JSON, a format this version does not read, a checksum
+        that differs, a file the listing does not name, or an unknown class; `TypeError`
+        when the folder holds another class than the one `load` was called on.
+        """
         path = Path(folder)
-        meta_file = path / "surrogate.json"
+        meta_file = path / _files.META
         if not meta_file.is_file():
-            raise FileNotFoundError(f"{path}: no surrogate.json; not a saved surrogate.")
-        meta = json.loads(meta_file.read_text())
+            raise FileNotFoundError(f"{path}: no {_files.META}; not a saved surrogate.")
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{meta_file}: not valid JSON ({error}).") from error
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_file}: expected a JSON object, got {type(meta).__name__}.")
         if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_file}: format {meta.get('format')}; expected {FORMAT_VERSION}."
+            legacy = (
+                " It was written by an earlier version of pkpd-twins, which saved "
+                "scikit-learn models with pickle and recorded no checksums; fit and save the "
+                "surrogate again."
+                if meta.get("format") == 1
+                else ""
             )
-        kind = _REGISTRY.get(meta["class"])
+            raise ValueError(
+                f"{meta_file}: format {meta.get('format')!r}; this version reads format "
+                f"{FORMAT_VERSION}.{legacy}"
+            )
+        _files.verify_folder(path, meta, meta_file)
+        kind = _REGISTRY.get(meta.get("class"))  # type: ignore[arg-type]
         if kind is None:
-            raise ValueError(f"{meta_file}: unknown surrogate class {meta['class']!r}.")
+            raise ValueError(f"{meta_file}: unknown surrogate class {meta.get('class')!r}.")
         if cls is not Surrogate and not issubclass(kind, cls):
             raise TypeError(f"{meta_file} holds a {meta['class']}, not a {cls.__name__}.")
-        obj = kind(
-            **meta["hyperparameters"],
-            calibration_fraction=meta["calibration_fraction"],
-            level=meta["level"],
-        )
-        obj.features = tuple(meta["features"])
-        obj.channels = tuple(meta["channels"])
-        obj.sequence_length = meta["sequence_length"]
-        obj.output_shape = tuple(meta["output_shape"])
-        obj.ranges = TrainingRanges.from_json(meta["ranges"])
-        q = meta["conformal_q"]
-        obj.conformal_q = None if q is None else np.asarray(q, dtype=float)
+        try:
+            obj = kind(
+                **meta["hyperparameters"],
+                calibration_fraction=meta["calibration_fraction"],
+                level=meta["level"],
+            )
+            obj.features = tuple(str(f) for f in meta["features"])
+            obj.channels = tuple(str(c) for c in meta["channels"])
+            obj.sequence_length = meta["sequence_length"]
+            obj.output_shape = tuple(int(d) for d in meta["output_shape"])
+            obj.ranges = TrainingRanges.from_json(meta["ranges"])
+            q = meta["conformal_q"]
+            obj.conformal_q = None if q is None else np.asarray(q, dtype=float)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{meta_file}: not a valid description of a {meta['class']} "
+                f"({type(error).__name__}: {error})."
+            ) from error
         obj._load_model(path)
         return obj
 

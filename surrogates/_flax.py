@@ -854,7 +854,7 @@ class _FlaxSurrogate(Surrogate):
         path = folder / _MODEL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; the saved {self.name} is incomplete.")
-        with np.load(path) as arrays:
+        with np.load(path, allow_pickle=False) as arrays:
             self.dims = {k[4:]: int(arrays[k]) for k in arrays.files if k.startswith("dim:")}
             self.stats = {k[5:]: arrays[k] for k in arrays.files if k.startswith("stat:")}
             graphdef, template = _split_params(self._network(nnx.Rngs(0)), self.name)
@@ -1386,7 +1386,7 @@ class HybridSurrogate(Surrogate):
         path = folder / "head.npz"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; the saved {self.name} is incomplete.")
-        with np.load(path) as arrays:
+        with np.load(path, allow_pickle=False) as arrays:
             self.stats = {k[5:]: arrays[k] for k in arrays.files if k.startswith("stat:")}
             n_in = self.stats["feature_mean"].shape[1]
             n_out = self.stats["y_mean"].shape[0]

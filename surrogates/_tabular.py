@@ -17,7 +17,6 @@ Both take the static features followed by the flattened sequence (`Inputs.tabula
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Literal
 
@@ -172,7 +171,8 @@ Baseline = Literal["linear", "random_forest", "svm"]
 
 class SklearnSurrogate(Surrogate):
     """A scikit-learn baseline (`kind`: `"linear"`, `"random_forest"`, `"svm"`); see the
-    module docstring. Saved with pickle: load only files you trust."""
+    module docstring. Saved with skops (`sklearn.skops`), which reads back only reviewed
+    types and runs no code."""
 
     def __init__(
         self,
@@ -280,15 +280,93 @@ class SklearnSurrogate(Surrogate):
         return mean, None
 
     def _save_model(self, folder: Path) -> None:
-        state = {"model": self.model}
+        import skops.io
+
+        state: dict[str, Any] = {"model": self.model}
         if self.kind == "svm" and self.task == "regression":
-            state.update(y_mean=self._y_mean, y_sd=self._y_sd)
-        with open(folder / "sklearn.pkl", "wb") as f:
-            pickle.dump(state, f)
+            state.update(y_mean=np.asarray(self._y_mean), y_sd=np.asarray(self._y_sd))
+        skops.io.dump(state, folder / _SKOPS_FILE)
 
     def _load_model(self, folder: Path) -> None:
-        with open(folder / "sklearn.pkl", "rb") as f:
-            state = pickle.load(f)
-        self.model = state["model"]
+        import skops.io
+        from sklearn.multioutput import MultiOutputRegressor
+        from sklearn.pipeline import Pipeline
+
+        path = folder / _SKOPS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; the saved {self.name} is incomplete.")
+        allowed = _TRUSTED.get(self.kind, ())
+        try:
+            found = skops.io.get_untrusted_types(file=path)
+        except Exception as error:  # zipfile, JSON and schema errors of a foreign file
+            raise ValueError(
+                f"{path}: not a skops file ({type(error).__name__}: {error}); refusing to load it."
+            ) from error
+        untrusted = [t for t in found if t not in allowed]
+        if untrusted:
+            raise ValueError(
+                f"{path}: holds types that a saved {self.name} never holds ({untrusted}); "
+                "refusing to load it."
+            )
+        try:
+            state = skops.io.load(path, trusted=list(allowed))
+        except Exception as error:
+            raise ValueError(
+                f"{path}: skops could not read it ({type(error).__name__}: {error}); refusing "
+                "to load it."
+            ) from error
+        model = state.get("model") if isinstance(state, dict) else None
+        if not isinstance(model, Pipeline | MultiOutputRegressor):
+            raise ValueError(f"{path}: does not hold a {self.name} model.")
+        if self.kind == "random_forest":
+            if not isinstance(model, Pipeline):
+                raise ValueError(f"{path}: does not hold a {self.name} model.")
+            _check_forest(model[-1], path)
+        self.model = model
         if "y_mean" in state:
-            self._y_mean, self._y_sd = state["y_mean"], state["y_sd"]
+            self._y_mean = np.asarray(state["y_mean"], dtype=float)
+            self._y_sd = np.asarray(state["y_sd"], dtype=float)
+
+
+_SKOPS_FILE = "sklearn.skops"
+
+#: Types beyond skops' default trusted set that each baseline's file holds, reviewed:
+#: - `Tree`: the node arrays of a fitted tree. skops does not trust it because scikit-learn
+#:   indexes its child and feature arrays without bounds checks; `_check_forest` checks
+#:   every index before the model is used.
+#: - `_CalibratedClassifier`, `_SigmoidCalibration`: Platt scaling's two numbers and the
+#:   classifier they wrap (the SVM classifier).
+_TRUSTED: dict[str, tuple[str, ...]] = {
+    "random_forest": ("sklearn.tree._tree.Tree",),
+    "svm": ("sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"),
+}
+
+
+def _check_forest(forest: Any, path: Path) -> None:
+    """Refuse a forest whose trees index outside their own arrays (a crafted file would
+    make scikit-learn read out of bounds): every internal node's children come after it
+    and exist, its feature is one of the model's, and leaves have no children."""
+    n_features = int(forest.n_features_in_)
+    for i, estimator in enumerate(forest.estimators_):
+        tree = estimator.tree_
+        n = int(tree.node_count)
+        left = np.asarray(tree.children_left)
+        right = np.asarray(tree.children_right)
+        feature = np.asarray(tree.feature)
+        node = np.arange(n)
+        leaf = left == -1
+        ok = (
+            left.shape == right.shape == feature.shape == (n,)
+            and n >= 1
+            and bool(np.all(right[leaf] == -1))
+            and bool(np.all((left[~leaf] > node[~leaf]) & (left[~leaf] < n)))
+            and bool(np.all((right[~leaf] > node[~leaf]) & (right[~leaf] < n)))
+            and bool(np.all((feature[~leaf] >= 0) & (feature[~leaf] < n_features)))
+            and bool(np.all(np.isfinite(np.asarray(tree.threshold)[~leaf])))
+            and np.asarray(tree.value).shape[0] == n
+        )
+        if not ok:
+            raise ValueError(
+                f"{path}: tree {i} of the random forest has node indices outside its arrays; "
+                "the file is damaged or crafted. Refusing to load it."
+            )

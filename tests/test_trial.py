@@ -319,7 +319,8 @@ def test_results_do_not_depend_on_chunking_and_resume_loses_nothing(tmp_path, eu
     (a / "patients" / "part-00002.parquet.tmp").write_bytes(b"partial")
     manifest = json.loads((a / "manifest.json").read_text())
     assert manifest["complete"]
-    run_trial(eupact_short, a, n=30, chunk_size=10, progress=False)
+    with pytest.warns(twins._trial_run.ResumeWarning, match=r"chunk\(s\) \[1\]"):
+        run_trial(eupact_short, a, n=30, chunk_size=10, progress=False)
     pd.testing.assert_frame_equal(_read(a), fa)
     assert not list((a / "patients").glob("*.tmp"))
     assert json.loads((a / "manifest.json").read_text())["chunks_done"] == [0, 1, 2]

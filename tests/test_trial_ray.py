@@ -15,7 +15,7 @@ import pytest
 from twins._eupact import eupact_trial
 from twins._ray import run_trial_ray
 from twins._trial import DosingArm
-from twins._trial_run import run_trial
+from twins._trial_run import ResumeWarning, run_trial
 
 ray = pytest.importorskip("ray")
 
@@ -75,7 +75,8 @@ def test_ray_equals_sequential_resumes_example(local_ray, tmp_path):
     folder = shutil.copytree(on_ray, tmp_path / "resumed")
     (folder / "patients" / "part-00001.parquet").unlink()
     (folder / "bands" / "part-00001.parquet.tmp").write_text("an interrupted write")
-    run_trial_ray(trial, folder, num_cpus_per_task=2, **kw)
+    with pytest.warns(ResumeWarning, match=r"chunk\(s\) \[1\]"):
+        run_trial_ray(trial, folder, num_cpus_per_task=2, **kw)
     _assert_same_results(folder, sequential)
     patients = _patients(folder)
     assert len(patients) == N * len(trial.arms)

@@ -8,6 +8,7 @@ samples behind the band histogram.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
 from twins._report import write_report
 from twins._summary import (
+    DamagedResultsError,
     band_quantiles,
     difference_table,
     endpoint_table,
@@ -156,7 +159,6 @@ def make_results(
         "wall_s": 12.5,
         "finished_utc": "2024-01-01T00:00:00Z",
     }
-    (root / "manifest.json").write_text(json.dumps(manifest))
     chunk = np.arange(len(patients)) % N // (N // N_PARTS)
     for c in range(N_PARTS):
         patients[chunk == c].to_parquet(root / "patients" / f"part-{c:05d}.parquet")
@@ -165,7 +167,21 @@ def make_results(
     for part, half in enumerate((slice(0, None, 2), slice(1, None, 2))):
         frame = pd.concat([_histogram(a, d, x[half]) for (a, d), x in samples.items()])
         frame.to_parquet(root / "bands" / f"part-{part:05d}.parquet", index=False)
+    manifest["parts"] = record_parts(root)
+    (root / "manifest.json").write_text(json.dumps(manifest))
     return root, patients, samples
+
+
+def record_parts(root: Path) -> dict[str, dict[str, object]]:
+    """The manifest's record of every part in a results folder (what the engine writes)."""
+    return {
+        f"{p.parent.name}/{p.name}": {
+            "rows": pq.ParquetFile(p).metadata.num_rows,
+            "bytes": p.stat().st_size,
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        }
+        for p in sorted(root.glob("*/part-*.parquet"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -454,10 +470,19 @@ def test_missing_spec(tmp_path):
         read_results(root)
 
 
+def _rerecord(root: Path) -> None:
+    """Record the parts as they are now (the checks below are of what a part holds, for
+    parts whose checksums are in order)."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["parts"] = record_parts(root)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_no_parts(tmp_path):
     root, _, _ = make_results(tmp_path / "r")
     for f in (root / "patients").iterdir():
         f.unlink()
+    _rerecord(root)
     with pytest.raises(FileNotFoundError, match="No result parts"):
         read_results(root)
 
@@ -466,6 +491,7 @@ def test_duplicate_patient_across_parts(tmp_path):
     root, patients, _ = make_results(tmp_path / "r")
     extra = patients[(patients["patient"] == "P0001") & (patients["arm"] == "pgx")]
     extra.to_parquet(root / "patients" / "part-00003.parquet")
+    _rerecord(root)
     with pytest.raises(ValueError, match=r"P0001.*'pgx'.*part-00000.*part-00003"):
         read_results(root)
 
@@ -474,6 +500,7 @@ def test_undeclared_arm(tmp_path):
     root, patients, _ = make_results(tmp_path / "r")
     extra = patients.iloc[:3].assign(arm="placebo", patient=["X1", "X2", "X3"])
     extra.to_parquet(root / "patients" / "part-00003.parquet")
+    _rerecord(root)
     with pytest.raises(ValueError, match=r"part-00003.*placebo"):
         read_results(root)
 
@@ -482,7 +509,47 @@ def test_missing_column(tmp_path):
     root, _, _ = make_results(tmp_path / "r")
     file = root / "patients" / "part-00001.parquet"
     pd.read_parquet(file).drop(columns=["in_range"]).to_parquet(file)
+    _rerecord(root)
     with pytest.raises(ValueError, match=r"part-00001.*in_range"):
+        read_results(root)
+
+
+def test_damaged_missing_and_foreign_parts_are_refused_with_the_list(tmp_path):
+    root, patients, _ = make_results(tmp_path / "r")
+    # Eight flipped bytes inside a finished part (its values, not its footer).
+    file = root / "patients" / "part-00001.parquet"
+    data = bytearray(file.read_bytes())
+    data[200:208] = bytes(b ^ 0xFF for b in data[200:208])
+    file.write_bytes(bytes(data))
+    # A deleted bands part, a truncated and an empty patients part, a foreign part.
+    (root / "bands" / "part-00001.parquet").unlink()
+    third = root / "patients" / "part-00002.parquet"
+    third.write_bytes(third.read_bytes()[:100])
+    (root / "patients" / "part-00000.parquet").write_bytes(b"")
+    patients.iloc[:2].to_parquet(root / "patients" / "part-00007.parquet")
+    with pytest.raises(DamagedResultsError) as info:
+        read_results(root)
+    text = str(info.value)
+    assert "5 problem(s)" in text
+    for line in (
+        "patients/part-00000.parquet: damaged",
+        "patients/part-00001.parquet: damaged",
+        "patients/part-00002.parquet: damaged",
+        "bands/part-00001.parquet: recorded in manifest.json but missing",
+        "patients/part-00007.parquet: a part that manifest.json does not record",
+    ):
+        assert line in text, line
+    with pytest.raises(DamagedResultsError):
+        write_report(root)
+    assert not (root / "report.html").exists()
+
+
+def test_a_manifest_without_part_records_is_refused(tmp_path):
+    root, _, _ = make_results(tmp_path / "r")
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["parts"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DamagedResultsError, match="records no checksums of the parts"):
         read_results(root)
 
 

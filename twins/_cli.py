@@ -52,6 +52,13 @@ def _print_summary(console: Console, out: Path) -> None:
     console.print(f"Results: {out}  Report: {out / 'report.html'}")
 
 
+def _folder_name(name: str) -> str:
+    """A trial's name as one safe folder name (no separators, no `..`)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "trial"
+
+
 def _num(x) -> str:
     if x is None:
         return "-"
@@ -91,33 +98,61 @@ def trial(
     """Run the virtual trial described by a TOML spec; resume it if interrupted."""
     _x64()
     from ._spec import SpecError, load_trial
-    from ._trial_run import run_trial
+    from ._trial_run import ResultsFolderError, run_trial
 
     try:
         the_trial, options = load_trial(spec)
     except SpecError as error:
         Console(stderr=True).print(f"[red]Error in the trial spec:[/red] {error}")
         raise typer.Exit(code=2) from None
-    folder = out or options.out or Path("out") / the_trial.name
-    run_trial(
-        the_trial,
-        folder,
-        n=n or options.n,
-        seed=options.seed if seed is None else seed,
-        chunk_size=options.chunk_size,
-        trajectories=options.trajectories,
-    )
+    folder = out or options.out or Path("out") / _folder_name(the_trial.name)
+    try:
+        run_trial(
+            the_trial,
+            folder,
+            n=n or options.n,
+            seed=options.seed if seed is None else seed,
+            chunk_size=options.chunk_size,
+            trajectories=options.trajectories,
+        )
+    except ResultsFolderError as error:
+        Console(stderr=True).print(f"[red]Results folder refused:[/red] {error}", highlight=False)
+        raise typer.Exit(code=2) from None
     _print_summary(Console(), folder)
 
 
 @app.command()
 def report(
     results: Path = typer.Argument(..., exists=True, file_okay=False, help="Results folder."),
+    allow_incomplete: bool = typer.Option(
+        False, help="Build the report of an unfinished run (marked incomplete in it)."
+    ),
 ) -> None:
-    """Rebuild OUT/report.html and OUT/summary.json from a results folder's Parquet parts."""
+    """Rebuild OUT/report.html and OUT/summary.json from a results folder's Parquet parts.
+
+    Refuses (exit code 2) a damaged folder, listing every part that is missing, damaged or
+    not recorded, and an unfinished run unless --allow-incomplete is given.
+    """
     from ._report import write_report
+    from ._summary import read_results
     from ._trial_run import write_summary
 
+    errors = Console(stderr=True)
+    try:
+        manifest = read_results(results).manifest
+    except (FileNotFoundError, ValueError) as error:
+        errors.print(f"[red]Cannot build the report:[/red] {error}", markup=True, highlight=False)
+        raise typer.Exit(code=2) from None
+    if not manifest.get("complete") and not allow_incomplete:
+        done = set(manifest.get("chunks_done", []))
+        missing = [c for c in range(int(manifest.get("n_chunks", 0))) if c not in done]
+        errors.print(
+            f"Cannot build the report: the run in {results} is incomplete: chunk(s) {missing} "
+            f"of {manifest.get('n_chunks')} are not done. Resume the run (the same command "
+            "with the same arguments) or pass --allow-incomplete.",
+            highlight=False,
+        )
+        raise typer.Exit(code=2)
     write_summary(results)
     path = write_report(results)
     Console().print(f"Report: {path}")

@@ -31,7 +31,16 @@ from typing import Any
 import jax
 
 from ._trial import Trial
-from ._trial_run import _now, _progress, _write_json, prepare_folder, run_chunk, write_summary
+from ._trial_run import (
+    _now,
+    _progress,
+    _write_json,
+    check_seed,
+    prepare_folder,
+    record_chunk,
+    run_chunk,
+    write_summary,
+)
 
 #: Compiled simulations kept by each worker process, keyed by (trial digest, x64): a worker
 #: that runs several chunks of a trial compiles each arm once. Bounded (oldest dropped);
@@ -63,8 +72,9 @@ def _chunk_task(
     seed: int,
     chunk_size: int,
     trajectories: bool,
-) -> int:
-    """Body of the Ray task: simulate and write chunk `chunk`; return its patient count.
+) -> tuple[int, dict[str, Any]]:
+    """Body of the Ray task: simulate and write chunk `chunk`; return its patient count
+    and its parts' records (`run_chunk`).
 
     `box` holds the `ObjectRef` of the pickled trial (inside a list, so that Ray does not
     fetch it for workers that already hold the trial's compiled simulation).
@@ -159,6 +169,7 @@ def run_trial_ray(
     ray = _import_ray()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"run_trial_ray: n must be a positive integer, got {n!r}.")
+    check_seed(seed, "run_trial_ray")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(
             f"run_trial_ray: chunk_size must be a positive integer, got {chunk_size!r}."
@@ -249,7 +260,6 @@ def _run_tasks(
     """Submit the chunks in `todo` (at most `max_in_flight` at a time), record each one done
     in `manifest.json` as it finishes, and return the failed ones (sorted by chunk) with
     their errors. After a failure no new chunk is submitted; those running finish."""
-    n_chunks = manifest["n_chunks"]
     done = list(manifest["chunks_done"])
     wall0 = float(manifest.get("wall_s", 0.0))
     started = time.perf_counter()
@@ -283,17 +293,13 @@ def _run_tasks(
                         for ref in ready:
                             c = running.pop(ref)
                             try:
-                                count = ray.get(ref)
+                                count, records = ray.get(ref)
                             except Exception as err:  # the task's error, or a lost worker
                                 failures.append((c, err))
                                 continue
-                            done.append(c)
                             simulated += count
-                            manifest.update(
-                                chunks_done=sorted(done),
-                                complete=len(done) == n_chunks,
-                                wall_s=wall0 + time.perf_counter() - started,
-                            )
+                            record_chunk(manifest, c, records)
+                            manifest.update(wall_s=wall0 + time.perf_counter() - started)
                             _write_json(out / "manifest.json", manifest)
                             bar.update(task, advance=count)
                         rate = simulated * len(trial.arms) / (time.perf_counter() - started)

@@ -53,7 +53,7 @@ from ._trial import (
     Trial,
     model_covariates,
 )
-from ._trial_run import DERIVED_SUBGROUPS
+from ._trial_run import DERIVED_SUBGROUPS, SEED_MAX
 from ._twin_arm import TwinArm
 
 T = TypeVar("T")
@@ -71,11 +71,12 @@ class RunOptions:
     **Fields:**
 
     - `n`: virtual patients per arm (every patient receives every arm), >= 1.
-    - `seed`: the seed (>= 0); the same spec and seed give the same numbers.
+    - `seed`: the seed (0 to 2**63 - 1); the same spec and seed give the same numbers.
     - `chunk_size`: patients simulated per jitted call (bounds memory; the results do not
       depend on it), >= 1.
-    - `out`: the results folder (relative paths in a file are relative to the file's
-      folder); `None` when the spec does not say, and the caller chooses.
+    - `out`: the results folder, a subfolder of the spec's folder (relative to it; a spec
+      may not name an absolute path or climb out with `..`); `None` when the spec does not
+      say, and the caller chooses.
     - `trajectories`: also store every patient's output and dose in every period.
     """
 
@@ -301,11 +302,15 @@ class _Reader:
             raise self.error(where, f"expected a number <= {high:g}, got {value!r}.")
         return x
 
-    def integer(self, value: Any, where: str, *, low: int | None = None) -> int:
+    def integer(
+        self, value: Any, where: str, *, low: int | None = None, high: int | None = None
+    ) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(where, f"expected an integer, got {_kind(value)}.")
         if low is not None and value < low:
             raise self.error(where, f"expected an integer >= {low}, got {value}.")
+        if high is not None and value > high:
+            raise self.error(where, f"expected an integer <= {high}, got {value}.")
         return int(value)
 
     def boolean(self, value: Any, where: str) -> bool:
@@ -331,6 +336,30 @@ class _Reader:
     def path(self, value: Any, where: str) -> Path:
         path = Path(self.string(value, where)).expanduser()
         return path if path.is_absolute() else self.base_dir / path
+
+    def out_folder(self, value: Any, where: str) -> Path:
+        """The results folder of `[run] out`: relative to the spec's folder, and inside it.
+        A spec may not send results elsewhere (an absolute path, `~`, `..` or a link that
+        leaves the folder); the user can, with `--out` on the command line."""
+        text = self.string(value, where)
+        path = Path(text)
+        if not text.strip() or path.is_absolute() or text.startswith("~"):
+            raise self.error(
+                where,
+                f"expected a folder relative to the spec's folder, got {text!r}; a spec may not "
+                "write its results elsewhere (pass `--out` on the command line, or `out=` to "
+                "run_trial, to choose any folder).",
+            )
+        base = self.base_dir.resolve()
+        resolved = (base / path).resolve()
+        if resolved == base or not resolved.is_relative_to(base):
+            raise self.error(
+                where,
+                f"{text!r} leaves the spec's folder {str(base)!r} (it resolves to "
+                f"{str(resolved)!r}); a spec may only write into a subfolder of its own folder "
+                "(pass `--out` on the command line to choose any folder).",
+            )
+        return resolved
 
     # --- the spec ----------------------------------------------------------------------
 
@@ -825,11 +854,13 @@ class _Reader:
             )
         return RunOptions(
             n=n,
-            seed=self.integer(table.get("seed", defaults.seed), _key(where, "seed"), low=0),
+            seed=self.integer(
+                table.get("seed", defaults.seed), _key(where, "seed"), low=0, high=SEED_MAX
+            ),
             chunk_size=self.integer(
                 table.get("chunk_size", defaults.chunk_size), _key(where, "chunk_size"), low=1
             ),
-            out=self.path(table["out"], _key(where, "out")) if "out" in table else None,
+            out=self.out_folder(table["out"], _key(where, "out")) if "out" in table else None,
             trajectories=self.boolean(
                 table.get("trajectories", defaults.trajectories), _key(where, "trajectories")
             ),

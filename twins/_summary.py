@@ -24,7 +24,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
+
+from ._parts import damaged_parts, unrecorded_parts
 
 #: The endpoint kinds of `spec.json`.
 ENDPOINT_KINDS: tuple[str, ...] = ("mean", "proportion", "time_to_event")
@@ -411,6 +413,35 @@ def _read_bands(root: Path, spec: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
+class DamagedResultsError(ValueError):
+    """A results folder whose parts do not match the records of its manifest."""
+
+
+def check_parts(root: Path, manifest: Mapping[str, Any]) -> None:
+    """Refuse a results folder whose parts differ from `manifest.json`'s records (rows,
+    size and SHA-256 of each part, written with it): a recorded part missing or damaged, or
+    a part the manifest does not record. The error lists every problem."""
+    parts = manifest.get("parts")
+    if not isinstance(parts, Mapping):
+        raise DamagedResultsError(
+            f"{root / 'manifest.json'} records no checksums of the parts, so the results cannot "
+            "be checked; it was not written by this version of the trial engine. Run the "
+            "trial again into a new folder."
+        )
+    problems = [f"{rel}: {why}" for rel, why in damaged_parts(root, parts).items()]
+    problems += [
+        f"{rel}: a part that manifest.json does not record" for rel in unrecorded_parts(root, parts)
+    ]
+    if problems:
+        raise DamagedResultsError(
+            f"The results folder {root} is damaged ({len(problems)} problem(s)):\n  "
+            + "\n  ".join(problems)
+            + "\nRun the trial again with the same arguments into the same folder to simulate "
+            "the missing or damaged chunks again; a part that the manifest does not record "
+            "was not written by this run: remove it."
+        )
+
+
 def read_results(path: str | os.PathLike[str]) -> Results:
     """Read and check a trial results folder.
 
@@ -427,10 +458,12 @@ def read_results(path: str | os.PathLike[str]) -> Results:
     **Raises:**
 
     `FileNotFoundError` for a missing folder, `spec.json`, `manifest.json` or a folder without
-    parts; `ValueError` for an invalid spec, a part lacking a required column (named, with
-    the file), an arm not declared in the spec (named, with the file), a (patient, arm) pair
-    found more than once (named, with the parts), a declared arm without rows, or an endpoint
-    column of the wrong type (named, with the first offending patient).
+    parts; `DamagedResultsError` (a `ValueError`) when a part is missing, damaged or not
+    recorded in the manifest (`check_parts`); `ValueError` for an invalid spec, a part
+    lacking a required column (named, with the file), an arm not declared in the spec
+    (named, with the file), a (patient, arm) pair found more than once (named, with the
+    parts), a declared arm without rows, or an endpoint column of the wrong type (named,
+    with the first offending patient).
     """
     root = Path(path)
     if not root.is_dir():
@@ -438,6 +471,7 @@ def read_results(path: str | os.PathLike[str]) -> Results:
     spec = _read_json(root / "spec.json", "trial specification")
     _check_spec(spec, root / "spec.json")
     manifest = _read_json(root / "manifest.json", "run manifest")
+    check_parts(root, manifest)
     patients, files = _read_patients(root, spec)
     bands = _read_bands(root, spec)
     return Results(

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -38,8 +39,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ._parts import PART_FOLDERS, PART_NAME, damaged_parts, durable_replace
 from ._population import Population
 from ._trial import Trial, population_rows, simulate_chunk
+
+#: The largest seed (JAX keys are made from a 64-bit signed integer).
+SEED_MAX = 2**63 - 1
 
 #: Subgroups derived from the covariates, besides any `Population.covariates()` key.
 DERIVED_SUBGROUPS: dict[str, str] = {
@@ -62,9 +67,8 @@ def _now() -> str:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, default=_json_default) + "\n"
+    durable_replace(path.with_name(path.name + ".tmp"), text.encode(), path)
 
 
 def _json_default(x: Any) -> Any:
@@ -75,10 +79,13 @@ def _json_default(x: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-    os.replace(tmp, path)
+def _write_parquet(path: Path, frame: pd.DataFrame) -> dict[str, Any]:
+    """Write a part durably; return its record for the manifest (rows, bytes, SHA-256)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    data = sink.getvalue().to_pybytes()
+    durable_replace(path.with_name(path.name + ".tmp"), data, path)
+    return {"rows": len(frame), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def trial_spec(trial: Trial, *, n: int, seed: int, chunk_size: int) -> dict[str, Any]:
@@ -238,6 +245,65 @@ def _progress(enabled: bool):
     )
 
 
+#: The files a trial writes at the top of its folder.
+_TOP_FILES = ("spec.json", "manifest.json", "summary.json", "report.html")
+
+
+class ResultsFolderError(ValueError):
+    """A results folder that a trial may not write into, or that is damaged."""
+
+
+class ResumeWarning(UserWarning):
+    """A resumed run found a recorded part missing or damaged and simulates its chunk again."""
+
+
+def _chunk_parts(chunk: int, trajectories: bool) -> list[str]:
+    name = f"part-{chunk:05d}.parquet"
+    return [f"{sub}/{name}" for sub in PART_FOLDERS if trajectories or sub != "trajectories"]
+
+
+def _claim_folder(out: Path, digest: str) -> dict[str, Any] | None:
+    """Check that a trial with spec hash `digest` may write into `out`: a new or empty
+    folder (returns None), or a folder this trial wrote (returns its manifest). Anything
+    else is refused before anything in it is touched."""
+    if out.exists() and not out.is_dir():
+        raise ResultsFolderError(f"run_trial: {out} exists and is not a folder.")
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    spec_file, manifest_file = out / "spec.json", out / "manifest.json"
+    if not (spec_file.is_file() and manifest_file.is_file()):
+        sample = sorted(p.name for p in out.iterdir())[:5]
+        raise ResultsFolderError(
+            f"run_trial: {out} is not empty and holds no trial results (it has {sample}); a "
+            "trial writes only into a new or empty folder, or resumes a run it wrote itself. "
+            "Choose another folder."
+        )
+    try:
+        old = json.loads(spec_file.read_text())
+        manifest = json.loads(manifest_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsFolderError(
+            f"run_trial: {out}: spec.json or manifest.json is not valid JSON ({error}); the "
+            "folder is damaged. Use another folder."
+        ) from error
+    old_hash = old.get("provenance", {}).get("spec_hash") if isinstance(old, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("spec_hash") is None:
+        raise ResultsFolderError(
+            f"run_trial: {out}: manifest.json carries no spec hash: the folder was not written "
+            "by this version of run_trial (which records a checksum of every part). Use "
+            "another folder."
+        )
+    if old_hash != digest or manifest.get("spec_hash") != digest:
+        raise ResultsFolderError(
+            f"run_trial: {out} holds the results of another trial or another N, seed or "
+            f"chunk size (spec hash {old_hash!r}, this run {digest!r}); use another folder or "
+            "delete it."
+        )
+    if not isinstance(manifest.get("parts"), dict):
+        raise ResultsFolderError(f"run_trial: {out}: manifest.json has no record of parts.")
+    return manifest
+
+
 def prepare_folder(
     trial: Trial,
     out: str | os.PathLike[str],
@@ -249,30 +315,25 @@ def prepare_folder(
 ) -> dict[str, Any]:
     """Create (or check, when resuming) a results folder; return its manifest.
 
-    Writes `spec.json` with the spec hash and provenance the first time; afterwards refuses
-    a folder whose spec hash differs. Removes temporary files left by an interrupted write
-    and lists the chunks whose `patients` part exists as done.
+    A trial writes only into a new or empty folder, or into a folder it wrote itself
+    (recognised by `spec.json` and `manifest.json` carrying this run's spec hash); any other
+    folder is refused (`ResultsFolderError`) before anything in it is touched. When
+    resuming, it removes only its own temporary files (`*.tmp` of the names it writes),
+    checks every recorded part against its size and SHA-256, and lists the chunks whose
+    parts are all present and intact as done. A chunk with a recorded part missing or
+    damaged is simulated again (`ResumeWarning` says which); a part written but never
+    recorded (the run was killed in between) is written again.
     """
     out = Path(out)
-    for sub in ("patients", "bands", *(["trajectories"] if trajectories else [])):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    for stray in out.glob("*/*.tmp"):
-        stray.unlink()
     spec = trial_spec(trial, n=n, seed=seed, chunk_size=chunk_size)
     digest = spec_hash(spec)
-    spec_file = out / "spec.json"
-    if spec_file.exists():
-        old = json.loads(spec_file.read_text())
-        if old.get("provenance", {}).get("spec_hash") != digest:
-            raise ValueError(
-                f"run_trial: {out} holds the results of another trial or another N, seed or "
-                f"chunk size (spec hash {old.get('provenance', {}).get('spec_hash')!r}, this run "
-                f"{digest!r}); use another folder or delete it."
-            )
-        spec = old
-        file = out / "manifest.json"
-        manifest = json.loads(file.read_text()) if file.exists() else {"wall_s": 0.0}  # type: ignore[assignment]
-    else:
+    manifest = _claim_folder(out, digest)
+    for sub in PART_FOLDERS[: 3 if trajectories else 2]:
+        folder = out / sub
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise ResultsFolderError(f"run_trial: {folder} must be a folder (not a link).")
+        folder.mkdir(parents=True, exist_ok=True)
+    if manifest is None:
         spec["provenance"] = {
             "version": _version(),
             "seed": int(seed),
@@ -281,10 +342,35 @@ def prepare_folder(
             "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()],
         }
-        _write_json(spec_file, spec)
-        manifest: dict[str, Any] = {"wall_s": 0.0}
+        _write_json(out / "spec.json", spec)
+        manifest = {"spec_hash": digest, "wall_s": 0.0, "parts": {}}
+    else:
+        for name in _TOP_FILES:
+            _remove_own_tmp(out / f"{name}.tmp")
+        for sub in PART_FOLDERS:
+            if (out / sub).is_dir() and not (out / sub).is_symlink():
+                for stray in (out / sub).glob("part-*.parquet.tmp"):
+                    if PART_NAME.fullmatch(stray.name[: -len(".tmp")]):
+                        _remove_own_tmp(stray)
     n_chunks = math.ceil(n / chunk_size)
-    done = [c for c in range(n_chunks) if (out / "patients" / f"part-{c:05d}.parquet").exists()]
+    parts: dict[str, Any] = manifest["parts"]
+    damaged = damaged_parts(out, parts)
+    for rel in damaged:
+        del parts[rel]
+    done, redo = [], []
+    for c in range(n_chunks):
+        names = _chunk_parts(c, trajectories)
+        if all(rel in parts for rel in names):
+            done.append(c)
+        elif any(rel in damaged for rel in names):
+            redo.append(c)
+    if redo:
+        warnings.warn(
+            f"run_trial: {out}: chunk(s) {redo} had a part missing or damaged "
+            f"({sorted(damaged)}); simulating them again.",
+            ResumeWarning,
+            stacklevel=3,
+        )
     manifest.update(
         {
             "n_patients": n,
@@ -296,6 +382,18 @@ def prepare_folder(
     )
     _write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _remove_own_tmp(path: Path) -> None:
+    if path.is_file() and not path.is_symlink():
+        path.unlink()
+
+
+def record_chunk(manifest: dict[str, Any], chunk: int, records: Mapping[str, Any]) -> None:
+    """Record a chunk's written parts (`run_chunk`'s records) and the chunk as done."""
+    manifest["parts"].update(records)
+    done = set(manifest["chunks_done"]) | {chunk}
+    manifest.update(chunks_done=sorted(done), complete=len(done) == manifest["n_chunks"])
 
 
 def run_trial(
@@ -328,11 +426,13 @@ def run_trial(
 
     **Returns:** the results folder.
 
-    **Raises:** `ValueError` if `out` holds the results of a different trial, N, seed or
-    chunk size (its `spec.json` hash differs).
+    **Raises:** `ResultsFolderError` (a `ValueError`) if `out` is not a new or empty
+    folder nor one this trial wrote (see `prepare_folder`); for example when it holds the
+    results of a different trial, N, seed or chunk size (its spec hash differs).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"run_trial: n must be a positive integer, got {n!r}.")
+    check_seed(seed, "run_trial")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"run_trial: chunk_size must be a positive integer, got {chunk_size!r}.")
     chunk_size = min(chunk_size, n)
@@ -351,20 +451,18 @@ def run_trial(
     wall0 = float(manifest.get("wall_s", 0.0))
     started = time.perf_counter()
     todo = [c for c in range(n_chunks) if c not in set(done)]
+    del done
     with _progress(progress) as bar:
-        task = bar.add_task(trial.name, total=n, completed=len(done) * chunk_size, rate="")
+        already = n - sum(min((c + 1) * chunk_size, n) - c * chunk_size for c in todo)
+        task = bar.add_task(trial.name, total=n, completed=already, rate="")
         for c in todo:
             t0 = time.perf_counter()
-            count = run_chunk(
+            count, records = run_chunk(
                 trial, out, c, n=n, seed=seed, chunk_size=chunk_size,
                 trajectories=trajectories, runners=runners, mesh=mesh,
             )  # fmt: skip
-            done.append(c)
-            manifest.update(
-                chunks_done=sorted(done),
-                complete=len(done) == n_chunks,
-                wall_s=wall0 + time.perf_counter() - started,
-            )
+            record_chunk(manifest, c, records)
+            manifest.update(wall_s=wall0 + time.perf_counter() - started)
             _write_json(out / "manifest.json", manifest)
             rate = count * len(trial.arms) / (time.perf_counter() - t0)
             bar.update(task, advance=count, rate=f"{rate:,.0f} patient-arms/s")
@@ -389,9 +487,11 @@ def run_chunk(
     trajectories: bool = False,
     runners: dict[str, Any] | None = None,
     mesh: Any = None,
-) -> int:
+) -> tuple[int, dict[str, Any]]:
     """Simulate chunk `chunk` of a run and write its parts (bands, trajectories, then
-    patients, each atomically). Returns the number of patients in it.
+    patients, each durably and atomically). Returns the number of patients in it and the
+    parts' records for the manifest (`{"patients/part-00003.parquet": {rows, bytes,
+    sha256}, ...}`, see `record_chunk`).
 
     A pure function of its arguments (and of nothing already written): running a chunk twice
     writes the same parts, which is what makes resuming (and fanning chunks out to Ray
@@ -408,12 +508,21 @@ def run_chunk(
     )
     patients, bands, trajs = _chunk_frames(trial, pop, endpoints, courses, trajectories)
     name = f"part-{chunk:05d}.parquet"
-    _write_parquet(out / "bands" / name, bands)
+    records = {f"bands/{name}": _write_parquet(out / "bands" / name, bands)}
     if trajs is not None:
         (out / "trajectories").mkdir(exist_ok=True)
-        _write_parquet(out / "trajectories" / name, trajs)
-    _write_parquet(out / "patients" / name, patients)
-    return hi - lo
+        records[f"trajectories/{name}"] = _write_parquet(out / "trajectories" / name, trajs)
+    records[f"patients/{name}"] = _write_parquet(out / "patients" / name, patients)
+    return hi - lo, records
+
+
+def check_seed(seed: Any, who: str) -> int:
+    """A run's seed: an integer from 0 to `SEED_MAX`."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"{who}: seed must be an integer, got {seed!r}.")
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{who}: seed must be between 0 and 2**63 - 1, got {seed}.")
+    return int(seed)
 
 
 def seed_keys(seed: int) -> tuple[Any, Any]:
