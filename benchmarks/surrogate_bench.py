@@ -64,8 +64,7 @@ def _vancomycin_trial():
 
 def _mechanistic_seconds(trial, ts, seed: int) -> float:
     """Time of the compiled trial engine for the test patients (after one warm-up)."""
-    from twins._trial import population_rows, simulate_chunk
-    from twins._trial_run import seed_keys
+    from twins.trials import population_rows, seed_keys, simulate_chunk
 
     pop_key, sim_key = seed_keys(seed)
     n = len(ts)

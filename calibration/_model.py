@@ -31,6 +31,10 @@ class Additive:
     def sd(self, f, s):
         return jnp.broadcast_to(s["add_sd"], jnp.shape(f))
 
+    def observe(self, f, s, eps):
+        """`f` as measured, for standard normal draws `eps` (simulation of DV)."""
+        return f + self.sd(f, s) * eps
+
 
 @dataclasses.dataclass(frozen=True)
 class Proportional:
@@ -42,6 +46,10 @@ class Proportional:
 
     def sd(self, f, s):
         return s["prop_sd"] * jnp.abs(f)
+
+    def observe(self, f, s, eps):
+        """`f` as measured, for standard normal draws `eps` (simulation of DV)."""
+        return f + self.sd(f, s) * eps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +64,10 @@ class Combined:
     def sd(self, f, s):
         return jnp.sqrt(s["add_sd"] ** 2 + (s["prop_sd"] * f) ** 2)
 
+    def observe(self, f, s, eps):
+        """`f` as measured, for standard normal draws `eps` (simulation of DV)."""
+        return f + self.sd(f, s) * eps
+
 
 @dataclasses.dataclass(frozen=True)
 class Exponential:
@@ -67,6 +79,10 @@ class Exponential:
 
     def sd(self, f, s):
         return jnp.broadcast_to(s["exp_sd"], jnp.shape(f))
+
+    def observe(self, f, s, eps):
+        """`f` as measured, for standard normal draws `eps` (simulation of DV)."""
+        return f * jnp.exp(self.sd(f, s) * eps)
 
 
 ErrorModel = Additive | Proportional | Combined | Exponential

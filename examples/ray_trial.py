@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
 
-    from twins._eupact import eupact_trial
-    from twins._ray import run_trial_ray
+    from twins import write_report
+    from twins.trials import eupact_trial, run_trial_ray
 
     start = time.perf_counter()
     out = run_trial_ray(
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> Path:
         num_cpus_per_task=args.num_cpus_per_task,
     )
     wall = time.perf_counter() - start
+    write_report(out)  # report.html beside the results
     spec = json.loads((out / "spec.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())

@@ -13,7 +13,7 @@ from . import _engine as E
 from ._custom_types import Array, Float, Params, Times
 from ._models._base import AbstractModel, ODESolver
 from ._regimen import Regimen
-from ._simulate import _concrete, _static_schedule, interval_saves, simulate
+from ._simulate import concrete, interval_saves, simulate, static_schedule
 
 
 class Exposure(NamedTuple):
@@ -113,7 +113,7 @@ def simulate_cohort(
 
 def _layout(model, params, regimen, times):
     """The static schedule and time-major plan (computed outside any `shard_map` trace)."""
-    schedule = _static_schedule(model, params, regimen, times)
+    schedule = static_schedule(model, params, regimen, times)
     plan = None
     if model.is_linear and schedule is not None:
         plan = _time_major_plan(model, params, regimen, schedule[-1])
@@ -325,7 +325,7 @@ def _trapezoid_weights(t):
 
 
 def _check_exposure_times(times):
-    t = _concrete(times)
+    t = concrete(times)
     if t is None:
         return
     if t.ndim != 1 or (t.size > 1 and np.any(np.diff(t) < 0)):

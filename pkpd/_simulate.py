@@ -31,7 +31,7 @@ def _solve(model, params, regimen, times, solver, fn):
     """States at `times` mapped through `fn` (the output function, or the identity)."""
     model.check_params(params)
     check_regimen(model, params, regimen)
-    schedule = _static_schedule(model, params, regimen, times)
+    schedule = static_schedule(model, params, regimen, times)
     times = jnp.asarray(times, dtype=jnp.result_type(float))
     if times.ndim != 1:
         raise ValueError(
@@ -88,7 +88,7 @@ def check_regimen(model: AbstractModel, params: Params, regimen: Regimen) -> Non
     duration in the regimen) and `RATE=-1` the parameter `R<cmt>`. Traced regimens are
     checked inside the computation (`equinox.error_if`).
     """
-    fields = [_concrete(getattr(regimen, f)) for f in ("cmt", "evid", "rate", "duration", "mask")]
+    fields = [concrete(getattr(regimen, f)) for f in ("cmt", "evid", "rate", "duration", "mask")]
     if any(f is None for f in fields):
         return
     cmt, evid, rate, duration, mask = (np.asarray(f) for f in fields)
@@ -112,7 +112,7 @@ def check_regimen(model: AbstractModel, params: Params, regimen: Regimen) -> Non
             )
 
 
-def _concrete(x) -> np.ndarray | None:
+def concrete(x) -> np.ndarray | None:
     if isinstance(x, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
         return None
     try:
@@ -121,7 +121,7 @@ def _concrete(x) -> np.ndarray | None:
         return None
 
 
-def _static_schedule(model, params, regimen, times):
+def static_schedule(model, params, regimen, times):
     """The event order and, for each output, the last event before it, when known at trace time.
 
     When the regimen and the output times are concrete (not traced: the common case of a cohort
@@ -130,10 +130,10 @@ def _static_schedule(model, params, regimen, times):
     in contiguous runs sharing their last event: no gather, one fused loop. The numbers are the
     same as in the general path.
     """
-    t_out = _concrete(times)
+    t_out = concrete(times)
     if t_out is None or t_out.ndim != 1:
         return None
-    if any(_concrete(leaf) is None for leaf in jax.tree_util.tree_leaves(regimen)):
+    if any(concrete(leaf) is None for leaf in jax.tree_util.tree_leaves(regimen)):
         return None
     prefixes = ("ALAG", "D", "R") + (("F",) if regimen.has_infusion else ())
     for key in params:

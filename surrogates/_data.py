@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from twins._trial import Trial, model_covariates, population_rows, simulate_chunk
-from twins._trial_run import seed_keys
+from twins.trials import Trial, model_covariates, population_rows, seed_keys, simulate_chunk
 
 from ._base import Inputs
 

@@ -875,7 +875,7 @@ def explanation_section(
     `num_features`: rows of the tables; `target`: what the surrogate predicts, for the text
     (e.g. `"mean weekly dose, weeks 9-12 (mg/week)"`).
     """
-    from twins._report import _e, _fmt, _png, _table
+    from twins._html import escape, fmt_number, html_table, png_img
 
     who = "explanation_section"
     surrogate = _require_fitted(surrogate, who)
@@ -902,36 +902,39 @@ def explanation_section(
     if pred.out_of_range[0]:
         parts.append(
             '<div class="warning">This patient lies outside the surrogate\'s training ranges: '
-            f"{_e(pred.reasons[0])}. The prediction and its explanation are extrapolations.</div>"
+            f"{escape(pred.reasons[0])}. The prediction and its explanation are "
+            "extrapolations.</div>"
         )
-    what = f" of {_e(target)}" if target else ""
+    what = f" of {escape(target)}" if target else ""
     interval = ""
     if pred.lower is not None and pred.upper is not None:
         lo = np.asarray(pred.lower, dtype=float).reshape(1, -1)[0, 0 if out is None else out]
         hi = np.asarray(pred.upper, dtype=float).reshape(1, -1)[0, 0 if out is None else out]
-        interval = f" ({round(100 * pred.level)}% conformal interval {_fmt(lo)} to {_fmt(hi)})"
+        interval = (
+            f" ({round(100 * pred.level)}% conformal interval {fmt_number(lo)} to {fmt_number(hi)})"
+        )
     kind = "probability" if surrogate.task == "classification" else "prediction"
     parts.append(
-        f"<p>{_e(surrogate.name)}'s {kind}{what}: <b>{_fmt(mean)}</b>{interval}"
+        f"<p>{escape(surrogate.name)}'s {kind}{what}: <b>{fmt_number(mean)}</b>{interval}"
         + (f"; output {out}" if out is not None else "")
         + ".</p>"
     )
     parts.append(
-        f'<p class="note">SHAP values (method: {_e(exp.method)}) on the {_e(exp.output_scale)} '
-        "scale: base "
-        f"value {_fmt(exp.base_values[0])} plus the contributions below gives "
-        f"{_fmt(exp.prediction[0])}. Contributions describe the surrogate, which imitates "
+        f'<p class="note">SHAP values (method: {escape(exp.method)}) on the '
+        f"{escape(exp.output_scale)} scale: base "
+        f"value {fmt_number(exp.base_values[0])} plus the contributions below gives "
+        f"{fmt_number(exp.prediction[0])}. Contributions describe the surrogate, which imitates "
         "the mechanistic simulations it was trained on; they are not causal effects.</p>"
     )
     fig = waterfall_plot(exp, 0, max_display=min(num_features + 1, len(exp.feature_names)))
-    parts.append(_png(fig))
+    parts.append(png_img(fig))
     contrib = exp.contributions(0).iloc[:num_features]
     parts.append("<h4>Top features by |SHAP|</h4>")
     parts.append(
-        _table(
-            ["Feature", "Value", f"SHAP ({_e(exp.output_scale)})"],
+        html_table(
+            ["Feature", "Value", f"SHAP ({escape(exp.output_scale)})"],
             [
-                [_e(f), _e(_short(v)), _e(f"{s:+.4g}")]
+                [escape(f), escape(_short(v)), escape(f"{s:+.4g}")]
                 for f, v, s in zip(
                     contrib["feature"], contrib["value"], contrib["shap"], strict=True
                 )
@@ -941,18 +944,18 @@ def explanation_section(
     )
     parts.append("<h4>LIME (local linear model)</h4>")
     parts.append(
-        _table(
+        html_table(
             ["Condition", "Value", "Weight"],
             [
-                [_e(c), _e(_short(v)), _e(f"{w:+.4g}")]
+                [escape(c), escape(_short(v)), escape(f"{w:+.4g}")]
                 for c, v, w in zip(lime["condition"], lime["value"], lime["weight"], strict=True)
             ],
             [False, True, True],
         )
     )
     parts.append(
-        f'<p class="note">LIME: intercept {_fmt(lime.attrs["intercept"])}, local prediction '
-        f"{_fmt(lime.attrs['local_prediction'])} (R² of the local model "
+        f'<p class="note">LIME: intercept {fmt_number(lime.attrs["intercept"])}, local prediction '
+        f"{fmt_number(lime.attrs['local_prediction'])} (R² of the local model "
         f"{lime.attrs['score']:.2f}); Ribeiro et al., KDD 2016. SHAP: Lundberg and Lee, "
         "NeurIPS 2017; Lundberg et al., Nat Mach Intell 2020.</p>"
     )

@@ -30,10 +30,10 @@ import pandas as pd
 
 from twins.drugs import warfarin
 from twins.validation import (
-    _CYP2C9,  # pyright: ignore[reportPrivateUsage]
-    _where,  # pyright: ignore[reportPrivateUsage]
+    CYP2C9_CODES,
     iwpc_2009_dose,
     iwpc_warfarin,
+    row_label,
     twin_weekly_dose,
 )
 
@@ -290,7 +290,7 @@ def cohort(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
     data = iwpc_warfarin(csv_path)["predictions"].reset_index(drop=True)
     rows = data["row"].to_numpy(dtype=int)
     sub = raw.iloc[rows].reset_index(drop=True)
-    where = [_where(r, s) for r, s in zip(rows, sub[_ID].tolist(), strict=True)]
+    where = [row_label(r, s) for r, s in zip(rows, sub[_ID].tolist(), strict=True)]
 
     def each(column: str, parse: Callable[[Any, str], Any]) -> list[Any]:
         return [parse(v, w) for v, w in zip(sub[column].tolist(), where, strict=True)]
@@ -354,7 +354,7 @@ def iwpc_2009_predictions(data: pd.DataFrame, *, vkorc1: str = "vkorc1") -> np.n
         height_cm=data["height"].to_numpy(dtype=float),
         weight_kg=data["weight"].to_numpy(dtype=float),
         vkorc1=texts(vkorc1),
-        cyp2c9=np.asarray([v if v in _CYP2C9 else None for v in cyp], dtype=object),
+        cyp2c9=np.asarray([v if v in CYP2C9_CODES else None for v in cyp], dtype=object),
         race=texts("race"),
         enzyme_inducer=data["enzyme_inducer"].to_numpy(dtype=float),
         amiodarone=data["amiodarone"].to_numpy(dtype=float),

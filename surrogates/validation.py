@@ -64,7 +64,7 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold
 
-from twins.validation import _metrics  # pyright: ignore[reportPrivateUsage]
+from twins.validation import dose_metrics
 
 from . import _iwpc_features as F
 
@@ -218,14 +218,14 @@ def iwpc_cross_validation(
 
 
 def _scores(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    m = _metrics(np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float))
+    m = dose_metrics(np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float))
     return {"mae": m["mae"], "within20": m["within20"], "r2": m["r2"], "n": m["n"]}
 
 
 def _iwpc_design(data: pd.DataFrame) -> np.ndarray:
     """The 17 terms of the IWPC 2009 algorithm (without the intercept)."""
     vk = data["vkorc1"].tolist()
-    cyp = [c if c in F._CYP2C9 else None for c in data["cyp2c9"].tolist()]
+    cyp = [c if c in F.CYP2C9_CODES else None for c in data["cyp2c9"].tolist()]
     race = data["race"].tolist()
     norm = {"G/G": "GG", "A/G": "AG", "G/A": "AG", "A/A": "AA"}
     vk = [None if F._missing(v) else norm.get(str(v), str(v)) for v in vk]
@@ -237,7 +237,7 @@ def _iwpc_design(data: pd.DataFrame) -> np.ndarray:
         np.asarray([v == "AA" for v in vk], dtype=float),
         np.asarray([v is None for v in vk], dtype=float),
         *(
-            np.asarray([F._CYP2C9.get(str(c)) == key for c in cyp], dtype=float)
+            np.asarray([F.CYP2C9_CODES.get(str(c)) == key for c in cyp], dtype=float)
             for key in ("12", "13", "22", "23", "33")
         ),
         np.asarray([c is None for c in cyp], dtype=float),

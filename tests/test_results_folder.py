@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 import twins
-from twins._cli import app
-from twins._spec import SpecError, trial_from_dict
-from twins._trial_run import ResultsFolderError, ResumeWarning, run_trial
+from twins.app._cli import app
+from twins.app._spec import SpecError, trial_from_dict
+from twins.trials._run import ResultsFolderError, ResumeWarning, run_trial
 
-QUIET = {"progress": False, "report": False}
+QUIET = {"progress": False, "summary": False}
 
 
 @pytest.fixture(scope="module")

@@ -405,7 +405,9 @@ def test_twin_report_has_the_forecast_and_the_explanation(vanco_surrogate, tmp_p
     section = explanation_section(model, x, background=ts.inputs, title="Why this AUC24")
     twin = twins.DigitalTwin(VANCO, _patient())
     twin.give(VANCO.regimen(4, amount=1000.0, interval=12.0, duration=1.0))
-    path = twin.report(tmp_path / "twin" / "report.html", sections=[section], n_draws=200)
+    path = twins.write_twin_report(
+        twin, tmp_path / "twin" / "report.html", sections=[section], n_draws=200
+    )
     assert sorted(p.name for p in (tmp_path / "twin").iterdir()) == ["report.html"]
     html = Path(path).read_text(encoding="utf-8")
     for heading in ("Patient", "Drug and model", "Posterior", "Forecast", "Why this AUC24"):
@@ -451,9 +453,9 @@ def test_bad_inputs_are_named(vanco_surrogate, known, tmp_path):
         explain(XGBoostSurrogate(), x[:3])
     twin = twins.DigitalTwin(VANCO, _patient())
     with pytest.raises(TypeError, match=r"sequence of \(title, html\) pairs"):
-        twin.report(tmp_path / "r.html", sections=("title", "<p>html</p>"))  # type: ignore[arg-type]
+        twins.write_twin_report(twin, tmp_path / "r.html", sections=("title", "<p>html</p>"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no doses given and no regimen"):
-        twin.report(tmp_path / "r.html")
+        twins.write_twin_report(twin, tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
 
 
@@ -468,7 +470,8 @@ def test_twin_report_after_levels_with_a_recommendation(vanco_surrogate, tmp_pat
     twin.update(times=[23.5, 35.5], values=[12.0, 14.5])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        path = twin.report(
+        path = twins.write_twin_report(
+            twin,
             tmp_path / "full.html",
             target="AUC24",
             sections=[explanation_section(model, x, background=ts.inputs)],

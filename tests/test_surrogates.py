@@ -14,7 +14,7 @@ import twins
 from surrogates import Inputs, SklearnSurrogate, XGBoostSurrogate
 from surrogates._data import training_set
 from twins import drugs
-from twins._trial_run import run_trial
+from twins.trials._run import run_trial
 
 
 def _pk_data(n, seed):
@@ -202,7 +202,7 @@ def test_training_set_matches_the_trial_run(tmp_path):
         chunk_size=30,
         trajectories=True,
         progress=False,
-        report=False,
+        summary=False,
     )
     patients = pd.read_parquet(tmp_path / "run" / "patients").set_index("patient")
     for col in ("auc24", "trough", "high"):

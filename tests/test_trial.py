@@ -14,9 +14,9 @@ import pytest
 import pkpd
 import twins
 from twins import drugs
-from twins._trial import population_rows, simulate_chunk
-from twins._trial_run import run_trial
 from twins.drugs import warfarin
+from twins.trials._run import run_trial
+from twins.trials._trial import population_rows, simulate_chunk
 
 TIGHT = pkpd.ODESolver(rtol=1e-10, atol=1e-12, max_steps=200_000)
 
@@ -308,7 +308,7 @@ def eupact_short():
 
 
 def test_results_do_not_depend_on_chunking_and_resume_loses_nothing(tmp_path, eupact_short):
-    quiet = {"progress": False, "report": False}
+    quiet = {"progress": False, "summary": False}
     a = run_trial(eupact_short, tmp_path / "a", n=30, chunk_size=10, **quiet)
     b = run_trial(eupact_short, tmp_path / "b", n=30, chunk_size=30, **quiet)
     fa, fb = _read(a), _read(b)
@@ -319,7 +319,7 @@ def test_results_do_not_depend_on_chunking_and_resume_loses_nothing(tmp_path, eu
     (a / "patients" / "part-00002.parquet.tmp").write_bytes(b"partial")
     manifest = json.loads((a / "manifest.json").read_text())
     assert manifest["complete"]
-    with pytest.warns(twins._trial_run.ResumeWarning, match=r"chunk\(s\) \[1\]"):
+    with pytest.warns(twins.trials._run.ResumeWarning, match=r"chunk\(s\) \[1\]"):
         run_trial(eupact_short, a, n=30, chunk_size=10, progress=False)
     pd.testing.assert_frame_equal(_read(a), fa)
     assert not list((a / "patients").glob("*.tmp"))
@@ -327,10 +327,14 @@ def test_results_do_not_depend_on_chunking_and_resume_loses_nothing(tmp_path, eu
     # A folder holding another run is refused.
     with pytest.raises(ValueError, match="another trial or another N, seed"):
         run_trial(eupact_short, a, n=30, chunk_size=10, seed=1, **quiet)
-    # Summary and report were written.
+    # The summary was written; the report is the app's (run_trial writes no HTML).
     summary = json.loads((a / "summary.json").read_text())
     assert {"genotype_guided", "control", "published", "differences"} <= set(summary)
-    assert (a / "report.html").stat().st_size > 10_000
+    assert not (a / "report.html").exists()
+    assert twins.write_report(a).stat().st_size > 10_000
+    # The deprecated report= flag still works, with a warning.
+    with pytest.warns(DeprecationWarning, match=r"report=\.\.\.\) is deprecated"):
+        run_trial(eupact_short, a, n=30, chunk_size=10, progress=False, report=False)
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(eupact_short):
@@ -355,7 +359,7 @@ def test_population_rows_are_the_same_whatever_the_slice(eupact_short):
 def test_twins_demo_command_writes_summary_and_report(tmp_path):
     from typer.testing import CliRunner
 
-    from twins._cli import app
+    from twins.app._cli import app
 
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--n", "40", "--out", str(out)])
@@ -375,7 +379,7 @@ def test_twins_demo_command_writes_summary_and_report(tmp_path):
 def test_twin_arm_doses_follow_the_twins_own_recommendation():
     """A TwinArm re-doses from DigitalTwin.recommend after each measured INR: the doses
     equal those of a twin rebuilt by hand from the same history and measured values."""
-    from twins._twin_arm import _regimen
+    from twins.trials._twin_arm import _regimen
 
     drug = drugs.get("warfarin_hamberg2007")
     start = _fixed(5.0)
@@ -429,7 +433,7 @@ def test_sharded_run_equals_the_plain_run(tmp_path):
         interval=12.0,
     )
     mesh = jax.make_mesh((len(jax.devices()),), ("patients",))
-    kw = {"n": 12, "seed": 2, "chunk_size": 6 * mesh.size, "progress": False, "report": False}
+    kw = {"n": 12, "seed": 2, "chunk_size": 6 * mesh.size, "progress": False, "summary": False}
     run_trial(trial, tmp_path / "plain", **kw)
     run_trial(trial, tmp_path / "sharded", mesh=mesh, **kw)
     plain = pd.read_parquet(tmp_path / "plain" / "patients")

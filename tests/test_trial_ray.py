@@ -12,10 +12,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from twins._eupact import eupact_trial
-from twins._ray import run_trial_ray
-from twins._trial import DosingArm
-from twins._trial_run import ResumeWarning, run_trial
+from twins.trials._eupact import eupact_trial
+from twins.trials._ray import run_trial_ray
+from twins.trials._run import ResumeWarning, run_trial
+from twins.trials._trial import DosingArm
 
 ray = pytest.importorskip("ray")
 
@@ -68,7 +68,7 @@ def test_ray_equals_sequential_resumes_example(local_ray, tmp_path):
     manifest = json.loads((on_ray / "manifest.json").read_text())
     assert manifest["chunks_done"] == [0, 1] and manifest["complete"]
     assert "finished_utc" in manifest
-    assert (on_ray / "report.html").stat().st_size > 10_000
+    assert not (on_ray / "report.html").exists()  # the report is the app's, not the runner's
     assert ray.is_initialized()  # a Ray it did not start is left running
 
     # Resume: a lost part and an interrupted write; the same parts again, no duplicates.

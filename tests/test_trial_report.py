@@ -1,4 +1,5 @@
-"""Trial results folder -> endpoint statistics and HTML report (twins._summary, twins._report).
+"""Trial results folder -> endpoint statistics and HTML report (twins.trials._summary and
+twins.app._report).
 
 The references are computed here independently: scipy.stats.t and ttest_ind for means and
 Welch, the Wilson and Newcombe formulas typed out, Greenwood's variance on the log-log scale
@@ -20,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from twins._report import write_report
-from twins._summary import (
+from twins.app._report import write_report
+from twins.trials._summary import (
     DamagedResultsError,
     band_quantiles,
     difference_table,
@@ -246,7 +247,7 @@ def test_wilson_known_value():
     # Wilson (1927) interval for 81 successes in 263 trials: 0.2553 to 0.3662 (95%), as
     # tabulated by Newcombe RG (1998), Two-sided confidence intervals for the single
     # proportion, Stat Med 17:857-872, Table II.
-    from twins._summary import wilson_interval
+    from twins.trials._summary import wilson_interval
 
     lo, hi = wilson_interval(np.array([81.0]), np.array([263.0]), 0.95)
     assert lo[0] == pytest.approx(0.2553, abs=1e-4)
@@ -363,7 +364,7 @@ def test_difference_table(folder):
 
 def test_newcombe_known_value():
     # Newcombe (1998), Table II example (a): 56/70 - 48/80, method 10: 0.0524 to 0.3339.
-    from twins._summary import _newcombe
+    from twins.trials._summary import _newcombe
 
     d, lo, hi = _newcombe(
         np.array([56.0]), np.array([70.0]), np.array([48.0]), np.array([80.0]), 0.95
@@ -420,7 +421,7 @@ def test_band_quantiles(folder):
 
 
 def test_band_quantiles_underflow():
-    from twins._summary import Results
+    from twins.trials._summary import Results
 
     edges = [0.0, 1.0, 2.0]
     bands = pd.DataFrame(

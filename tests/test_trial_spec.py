@@ -1,4 +1,4 @@
-"""Trial specs in TOML (`twins._spec`): the examples build the trials they claim to build and
+"""Trial specs in TOML (`twins.app._spec`): the examples build the trials they claim to build and
 run; every mistake is refused with the file, the entry and what was expected."""
 
 import copy
@@ -11,8 +11,7 @@ import pytest
 
 import pkpd
 import twins
-from twins import _eupact
-from twins._spec import (
+from twins.app._spec import (
     FixedDoses,
     PerKg,
     RunOptions,
@@ -21,8 +20,9 @@ from twins._spec import (
     load_trial,
     trial_from_dict,
 )
-from twins._trial import Nomogram, population_rows, simulate_chunk
-from twins._trial_run import run_trial, spec_hash, trial_spec
+from twins.trials import _eupact
+from twins.trials._run import run_trial, spec_hash, trial_spec
+from twins.trials._trial import Nomogram, population_rows, simulate_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -261,7 +261,7 @@ def test_eupact_full_form_is_the_builtin_trial():
 def test_eupact_full_form_numbers_extended(tmp_path):
     """The same, each trial compiled and run on its own: the results tables are equal."""
     trial, _ = load_trial(EXAMPLES / "eupact.toml")
-    kwargs = dict(n=200, seed=5, chunk_size=100, progress=False, report=False)
+    kwargs = dict(n=200, seed=5, chunk_size=100, progress=False, summary=False)
     run_trial(trial, tmp_path / "spec", **kwargs)
     run_trial(_eupact.eupact_trial(), tmp_path / "builtin", **kwargs)
     got = pd.read_parquet(tmp_path / "spec" / "patients")
@@ -278,7 +278,7 @@ def test_vancomycin_example_runs(tmp_path):
     assert fixed.initial == FixedDoses(1000.0)
     assert per_kg.initial == PerKg(15.0, (25.0,), max_mg=2000.0, max_loading_mg=3000.0)
     out = run_trial(
-        trial, tmp_path / "van", n=50, seed=0, chunk_size=50, progress=False, report=False
+        trial, tmp_path / "van", n=50, seed=0, chunk_size=50, progress=False, summary=False
     )
     patients = pd.read_parquet(out / "patients")
     assert len(patients) == 150

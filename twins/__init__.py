@@ -7,15 +7,16 @@
 - `twins.pgx`: CPIC genotype -> activity score -> phenotype.
 - `twins.drugs`: the drug library (`Drug`: a published `calibration.PopulationModel` plus
   clinical metadata).
-- `DigitalTwin`: a drug and a patient; `update` with observed levels, `forecast`, `recommend`,
-  `report` (`write_twin_report`: one self-contained HTML file).
+- `DigitalTwin`: a drug and a patient; `update` with observed levels, `forecast`,
+  `recommend`; `write_twin_report(twin, path)` writes its self-contained HTML report.
 - `twins.validation`: evaluations on real data (IWPC warfarin doses).
-- Virtual trials: `Trial` (population x arms x endpoints), `DosingArm` with `Nomogram`
-  rules, endpoints (`TimeInRange`, `AnyAbove`, `TimeToRange`, `MeanDose`, `FinalLevel`, `AUC`,
-  `Cmax`, `Ctrough`, `TargetAttainment`),
+- `twins.trials` (re-exported here): virtual trials: `Trial` (population x arms x
+  endpoints), `DosingArm` with `Nomogram` rules, endpoints (`TimeInRange`, `AnyAbove`,
+  `TimeToRange`, `MeanDose`, `FinalLevel`, `AUC`, `Cmax`, `Ctrough`, `TargetAttainment`),
   `run_trial` (chunked Parquet results, resume), `write_report`, `eupact_trial` (the
   built-in default).
-- The `twins` command line (`twins demo`, `twins trial spec.toml`, `twins report DIR`).
+- `twins.app`: trial specs (TOML), the HTML reports, and the `twins` command line (`twins
+  demo`, `twins trial spec.toml`, `twins report DIR`).
 """
 
 from . import drugs as drugs
@@ -31,7 +32,6 @@ from ._covariates import creatinine_mg_dl_to_umol as creatinine_mg_dl_to_umol
 from ._covariates import creatinine_umol_to_mg_dl as creatinine_umol_to_mg_dl
 from ._covariates import ideal_body_weight as ideal_body_weight
 from ._covariates import lean_body_weight as lean_body_weight
-from ._eupact import eupact_trial as eupact_trial
 from ._patient import LABS as LABS
 from ._patient import LabSpec as LabSpec
 from ._patient import MissingCovariateError as MissingCovariateError
@@ -39,32 +39,37 @@ from ._patient import Patient as Patient
 from ._population import Demographics as Demographics
 from ._population import Population as Population
 from ._population import iwpc_genotype_counts as iwpc_genotype_counts
-from ._ray import run_trial_ray as run_trial_ray
-from ._report import write_report as write_report
-from ._summary import read_results as read_results
-from ._trial import AUC as AUC
-from ._trial import AnyAbove as AnyAbove
-from ._trial import Arm as Arm
-from ._trial import Cmax as Cmax
-from ._trial import Ctrough as Ctrough
-from ._trial import DosingArm as DosingArm
-from ._trial import Endpoint as Endpoint
-from ._trial import FinalLevel as FinalLevel
-from ._trial import MeanDose as MeanDose
-from ._trial import Nomogram as Nomogram
-from ._trial import TargetAttainment as TargetAttainment
-from ._trial import TimeInRange as TimeInRange
-from ._trial import TimeToRange as TimeToRange
-from ._trial import Trial as Trial
-from ._trial_run import run_trial as run_trial
-from ._trial_run import summary as trial_summary
 from ._twin import DigitalTwin as DigitalTwin
 from ._twin import Forecast as Forecast
 from ._twin import Posterior as Posterior
 from ._twin import Recommendation as Recommendation
-from ._twin_arm import TwinArm as TwinArm
-from ._twin_report import write_twin_report as write_twin_report
 from .drugs import Drug as Drug
+
+# The trials wing and the app floor, above the core (they import it; it never imports them).
+from . import trials as trials  # isort: skip
+from . import app as app  # isort: skip
+from .app import write_report as write_report  # isort: skip
+from .app import write_twin_report as write_twin_report  # isort: skip
+from .trials import AUC as AUC  # isort: skip
+from .trials import AnyAbove as AnyAbove  # isort: skip
+from .trials import Arm as Arm  # isort: skip
+from .trials import Cmax as Cmax  # isort: skip
+from .trials import Ctrough as Ctrough  # isort: skip
+from .trials import DosingArm as DosingArm  # isort: skip
+from .trials import Endpoint as Endpoint  # isort: skip
+from .trials import FinalLevel as FinalLevel  # isort: skip
+from .trials import MeanDose as MeanDose  # isort: skip
+from .trials import Nomogram as Nomogram  # isort: skip
+from .trials import TargetAttainment as TargetAttainment  # isort: skip
+from .trials import TimeInRange as TimeInRange  # isort: skip
+from .trials import TimeToRange as TimeToRange  # isort: skip
+from .trials import Trial as Trial  # isort: skip
+from .trials import TwinArm as TwinArm  # isort: skip
+from .trials import eupact_trial as eupact_trial  # isort: skip
+from .trials import read_results as read_results  # isort: skip
+from .trials import run_trial as run_trial  # isort: skip
+from .trials import run_trial_ray as run_trial_ray  # isort: skip
+from .trials import trial_summary as trial_summary  # isort: skip
 
 __all__ = [
     "AUC",
@@ -94,6 +99,7 @@ __all__ = [
     "Trial",
     "TwinArm",
     "allometric",
+    "app",
     "bmi",
     "bsa_dubois",
     "bsa_mosteller",
@@ -111,6 +117,7 @@ __all__ = [
     "run_trial",
     "run_trial_ray",
     "trial_summary",
+    "trials",
     "validation",
     "write_report",
     "write_twin_report",

@@ -492,25 +492,6 @@ class DigitalTwin:
 
     # --- report --------------------------------------------------------------------------
 
-    def report(
-        self,
-        path: Any,
-        *,
-        regimen: pkpd.Regimen | None = None,
-        target: str | Target | Recommendation | None = None,
-        sections: Sequence[tuple[str, str]] = (),
-        **options: Any,
-    ):
-        """Write the twin's self-contained HTML report (patient, drug, doses and levels,
-        posterior, forecast, recommendation when `target` is given, extra `(title, html)`
-        `sections`); returns its path. See `twins.write_twin_report` (`options`: `times`,
-        `key`, `n_draws`)."""
-        from ._twin_report import write_twin_report
-
-        return write_twin_report(
-            self, path, regimen=regimen, target=target, sections=sections, **options
-        )
-
     # --- dosing --------------------------------------------------------------------------
 
     def recommend(
@@ -819,6 +800,4 @@ def _predict_draws(static: _Static, theta, cov, regimen, times, eta):
 
 
 def _with_residual(error, sigma, y, key):
-    from ._trial import _measure
-
-    return _measure(error, sigma, y, jax.random.normal(key, y.shape))
+    return error.observe(y, sigma, jax.random.normal(key, y.shape))

@@ -59,7 +59,14 @@ _VKORC1 = {
     "-1639 AG": "AG",
     "-1639 AA": "AA",
 }
-_CYP2C9 = {"*1/*1": "11", "*1/*2": "12", "*1/*3": "13", "*2/*2": "22", "*2/*3": "23", "*3/*3": "33"}
+CYP2C9_CODES = {
+    "*1/*1": "11",
+    "*1/*2": "12",
+    "*1/*3": "13",
+    "*2/*2": "22",
+    "*2/*3": "23",
+    "*3/*3": "33",
+}
 _RACE = {
     "White": "white",
     "Asian": "asian",
@@ -172,7 +179,7 @@ def iwpc_2009_dose(
     vk = labels("vkorc1", vkorc1, _VKORC1)
     s = s + c["VKORC1_AG"] * (vk == "AG") + c["VKORC1_AA"] * (vk == "AA")
     s = s + c["VKORC1_unknown"] * (vk == "")
-    cyp = labels("cyp2c9", cyp2c9, _CYP2C9)
+    cyp = labels("cyp2c9", cyp2c9, CYP2C9_CODES)
     for key in ("12", "13", "22", "23", "33"):
         s = s + c[f"CYP2C9_{key}"] * (cyp == key)
     s = s + c["CYP2C9_unknown"] * (cyp == "")
@@ -201,7 +208,7 @@ _COL = {
 _AGE_BINS = {f"{10 * k} - {10 * k + 9}": k for k in range(1, 9)} | {"90+": 9}
 
 
-def _metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+def dose_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     err = np.abs(predicted - actual)
     return {
         "n": int(actual.size),
@@ -213,7 +220,7 @@ def _metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     }
 
 
-def _where(row: int, subject: Any) -> str:
+def row_label(row: int, subject: Any) -> str:
     """`row 3 (file line 5, subject PA...)`: 0-based data row and the line in the CSV file."""
     return f"row {int(row)} (file line {int(row) + 2}, subject {subject})"
 
@@ -269,7 +276,7 @@ def load_iwpc(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
     for i in range(len(df)):
         if any(_missing(col[k][i]) for k in ("dose", "age", "height", "weight")):
             continue
-        where = _where(i, col["id"][i])
+        where = row_label(i, col["id"][i])
         decades = _AGE_BINS.get(str(col["age"][i]).strip())
         if decades is None:
             raise ValueError(
@@ -361,7 +368,7 @@ def iwpc_warfarin(csv_path: str | os.PathLike[str], *, n_folds: int = 5) -> dict
         height_cm=data["height"].to_numpy(),
         weight_kg=data["weight"].to_numpy(),
         vkorc1=np.asarray(vkorc1, dtype=object),
-        cyp2c9=np.asarray([v if v in _CYP2C9 else None for v in cyp2c9], dtype=object),
+        cyp2c9=np.asarray([v if v in CYP2C9_CODES else None for v in cyp2c9], dtype=object),
         race=np.asarray(_texts(data, "race"), dtype=object),
         enzyme_inducer=data["enzyme_inducer"].to_numpy(),
         amiodarone=data["amiodarone"].to_numpy(),
@@ -384,9 +391,9 @@ def iwpc_warfarin(csv_path: str | os.PathLike[str], *, n_folds: int = 5) -> dict
             cache[key] = twin_weekly_dose(*key, target_inr=_TARGET_INR)
         twin[i] = cache[key]
     actual = data["dose"].to_numpy()
-    result: dict[str, Any] = _metrics(actual[ok], twin[ok])
-    result["iwpc_2009"] = _metrics(actual, iwpc)
-    result["iwpc_2009_same_patients"] = _metrics(actual[ok], iwpc[ok])
+    result: dict[str, Any] = dose_metrics(actual[ok], twin[ok])
+    result["iwpc_2009"] = dose_metrics(actual, iwpc)
+    result["iwpc_2009_same_patients"] = dose_metrics(actual[ok], iwpc[ok])
     result["excluded"] = {
         str(r): int(np.sum(reasons == r)) for r in sorted(set(reasons[~ok].tolist()))
     }
@@ -400,7 +407,7 @@ def iwpc_warfarin(csv_path: str | os.PathLike[str], *, n_folds: int = 5) -> dict
         factor = float(np.exp(np.mean(log_ratio[folds != k])))
         factors.append(factor)
         rescaled[folds == k] = factor * twin[idx][folds == k]
-    result["twin_rescaled_cv"] = _metrics(actual[idx], rescaled) | {"factors": factors}
+    result["twin_rescaled_cv"] = dose_metrics(actual[idx], rescaled) | {"factors": factors}
     result["method"] = (
         "twin: Hamberg 2007 typical patient (published values, no fitting), age = middle of "
         "the IWPC decade, once-daily dose with steady-state INR 2.5 from the average "

@@ -8,22 +8,19 @@ file can be mailed or archived and rebuilt at any time from the folder (`twins r
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ._summary import (
+from .._html import STYLE, escape, fmt_number, html_table, png_img
+from ..trials._summary import (
     Results,
     arm_labels,
     arm_names,
@@ -37,45 +34,7 @@ from ._summary import (
     subgroup_table,
 )
 
-_STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
-       max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.2em; }
-h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.group td { background: #fafafa; font-weight: 600; }
-.meta { color: #555; }
-.note { color: #555; font-size: 0.9em; }
-.warning { background: #fff3cd; border: 2px solid #d39e00; color: #5c4400; padding: 0.8em 1em;
-           margin: 1em 0; font-weight: 600; border-radius: 4px; }
-pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
-img { max-width: 100%; height: auto; }
-"""
-
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(x: Any) -> str:
-    """A computed number to three significant digits (no exponent for |x| >= 1)."""
-    if x is None:
-        return "–"
-    x = float(x)
-    if math.isnan(x):
-        return "–"
-    if math.isinf(x):
-        return "not reached" if x > 0 else "-inf"
-    x = float(f"{x:.3g}")
-    if x == 0:
-        return "0"
-    decimals = min(max(0, 2 - math.floor(math.log10(abs(x)))), 6)
-    return f"{x:.{decimals}f}"
 
 
 def _given(x: Any) -> str:
@@ -87,32 +46,8 @@ def _interval(estimate: Any, low: Any, high: Any) -> str:
     if math.isnan(float(estimate)):
         return "–"
     if math.isnan(float(low)) and math.isnan(float(high)):
-        return _fmt(estimate)
-    return f"{_fmt(estimate)} ({_fmt(low)} to {_fmt(high)})"
-
-
-def _png(fig: Figure) -> str:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{_e(fig.get_label())}">'
-
-
-def _table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] = ()
-) -> str:
-    """An HTML table; cells are already-escaped HTML."""
-    numeric = list(numeric) + [False] * (len(header) - len(numeric))
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = []
-    for row in rows:
-        cells = "".join(
-            f'<td class="num">{c}</td>' if num else f"<td>{c}</td>"
-            for c, num in zip(row, numeric, strict=False)
-        )
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        return fmt_number(estimate)
+    return f"{fmt_number(estimate)} ({fmt_number(low)} to {fmt_number(high)})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,26 +59,29 @@ def _header(results: Results) -> str:
     labels = arm_labels(spec)
     meta = []
     if spec.get("drug"):
-        meta.append(f"Drug: <b>{_e(spec['drug'])}</b>")
+        meta.append(f"Drug: <b>{escape(spec['drug'])}</b>")
     if spec.get("duration_days") is not None:
-        meta.append(f"Duration: {_e(_given(spec['duration_days']))} days")
+        meta.append(f"Duration: {escape(_given(spec['duration_days']))} days")
     if manifest.get("n_patients") is not None:
-        meta.append(f"{_e(manifest['n_patients'])} virtual patients per arm")
+        meta.append(f"{escape(manifest['n_patients'])} virtual patients per arm")
     meta.append(
         "Arms: "
-        + ", ".join(_e(labels[a]) for a in arm_names(spec))
-        + f" (reference: {_e(labels[reference_arm(spec)])})"
+        + ", ".join(escape(labels[a]) for a in arm_names(spec))
+        + f" (reference: {escape(labels[reference_arm(spec)])})"
     )
-    out = [f"<h1>{_e(spec.get('name') or 'Virtual trial')}</h1>"]
+    out = [f"<h1>{escape(spec.get('name') or 'Virtual trial')}</h1>"]
     if spec.get("description"):
-        out.append(f"<p>{_e(spec['description'])}</p>")
+        out.append(f"<p>{escape(spec['description'])}</p>")
     out.append(f'<p class="meta">{" · ".join(meta)}</p>')
     out.append(_completeness_warning(results))
     rows = [
-        [f"<b>{_e(labels[a['name']])}</b> ({_e(a['name'])})", _e(a.get("description") or "")]
+        [
+            f"<b>{escape(labels[a['name']])}</b> ({escape(a['name'])})",
+            escape(a.get("description") or ""),
+        ]
         for a in spec["arms"]
     ]
-    out.append(_table(["Arm", "Description"], rows))
+    out.append(html_table(["Arm", "Description"], rows))
     return "\n".join(out)
 
 
@@ -155,8 +93,8 @@ def _completeness_warning(results: Results) -> str:
     n_done = len(done) if isinstance(done, list) else "?"
     return (
         '<div class="warning">Warning: this run is incomplete (manifest.json: "complete" is '
-        f"{_e(json.dumps(manifest.get('complete')))}; {_e(n_done)} of "
-        f"{_e(manifest.get('n_chunks', '?'))} chunks done). The results below are from the "
+        f"{escape(json.dumps(manifest.get('complete')))}; {escape(n_done)} of "
+        f"{escape(manifest.get('n_chunks', '?'))} chunks done). The results below are from the "
         "patients simulated so far.</div>"
     )
 
@@ -165,13 +103,13 @@ def _spec_section(results: Results) -> str:
     text = json.dumps(results.spec, indent=2, ensure_ascii=False, default=str)
     out = [
         "<h2>Specification</h2>",
-        f"<details><summary>spec.json</summary><pre>{_e(text)}</pre></details>",
+        f"<details><summary>spec.json</summary><pre>{escape(text)}</pre></details>",
     ]
     assumptions = results.spec.get("assumptions")
     if assumptions:
         items = assumptions if isinstance(assumptions, list) else [assumptions]
         out.append("<h3>Assumptions</h3><ul>")
-        out.extend(f"<li>{_e(a)}</li>" for a in items)
+        out.extend(f"<li>{escape(a)}</li>" for a in items)
         out.append("</ul>")
     return "\n".join(out)
 
@@ -185,7 +123,7 @@ def _population_section(results: Results) -> str:
         return "\n".join(out)
     arms = arm_names(spec)
     labels = arm_labels(spec)
-    header = ["Variable", *(_e(labels[a]) for a in arms)]
+    header = ["Variable", *(escape(labels[a]) for a in arms)]
     records = pop.to_dict("records")
     cell = {(r["variable"], r["level"], r["arm"]): r for r in records}
     rows = []
@@ -202,22 +140,25 @@ def _population_section(results: Results) -> str:
                 cells.append(
                     "–"
                     if r is None
-                    else f"{_fmt(r['mean'])} ± {_fmt(r['sd'])}; {_fmt(r['median'])} "
-                    f"[{_fmt(r['q25'])}–{_fmt(r['q75'])}] (n={int(r['n'])})"
+                    else f"{fmt_number(r['mean'])} ± {fmt_number(r['sd'])}; "
+                    f"{fmt_number(r['median'])} [{fmt_number(r['q25'])}–{fmt_number(r['q75'])}] "
+                    f"(n={int(r['n'])})"
                 )
-            rows.append([f"<b>{_e(variable)}</b>", *(_e(c) for c in cells)])
+            rows.append([f"<b>{escape(variable)}</b>", *(escape(c) for c in cells)])
         else:
-            rows.append([f"<b>{_e(variable)}</b>", *([""] * len(arms))])
+            rows.append([f"<b>{escape(variable)}</b>", *([""] * len(arms))])
             levels = dict.fromkeys(r["level"] for r in records if r["variable"] == variable)
             for level in levels:
                 cells = []
                 for a in arms:
                     r = cell.get((variable, level, a))
                     cells.append(
-                        "0 (0%)" if r is None else f"{int(r['count'])} ({_fmt(r['percent'])}%)"
+                        "0 (0%)"
+                        if r is None
+                        else f"{int(r['count'])} ({fmt_number(r['percent'])}%)"
                     )
-                rows.append([f"&nbsp;&nbsp;{_e(level)}", *(_e(c) for c in cells)])
-    out.append(_table(header, rows, [False] + [True] * len(arms)))
+                rows.append([f"&nbsp;&nbsp;{escape(level)}", *(escape(c) for c in cells)])
+    out.append(html_table(header, rows, [False] + [True] * len(arms)))
     out.append(
         '<p class="note">Numeric: mean ± SD; median [interquartile range] (n). '
         "Categorical: count (percentage of the arm).</p>"
@@ -258,13 +199,13 @@ def _band_section(results: Results) -> str:
     ax.grid(alpha=0.3)
     lo, hi = band_resolution(results)
     edges = bands["edges"]
-    width = _fmt(lo) if math.isclose(lo, hi) else f"{_fmt(lo)} to {_fmt(hi)}"
+    width = fmt_number(lo) if math.isclose(lo, hi) else f"{fmt_number(lo)} to {fmt_number(hi)}"
     width = f"{width} {unit}" if unit else width
-    out.append(_png(fig))
+    out.append(png_img(fig))
     out.append(
         f'<p class="note">Quantiles interpolated linearly within histogram bins of width '
-        f"{_e(width)} (the resolution). Values below {_e(_given(edges[0]))} or at/above "
-        f"{_e(_given(edges[-1]))} are counted at those edges.</p>"
+        f"{escape(width)} (the resolution). Values below {escape(_given(edges[0]))} or at/above "
+        f"{escape(_given(edges[-1]))} are counted at those edges.</p>"
     )
     return "\n".join(out)
 
@@ -282,28 +223,28 @@ def _endpoint_section(results: Results, table: pd.DataFrame, level: float) -> st
     previous = None
     order = {e["name"]: i for i, e in enumerate(spec.get("endpoints", []))}
     for r in sorted(table.to_dict("records"), key=lambda r: order[r["endpoint"]]):
-        name = f"{_e(r['label'])}" + (f" ({_e(_unit(r))})" if _unit(r) else "")
+        name = f"{escape(r['label'])}" + (f" ({escape(_unit(r))})" if _unit(r) else "")
         row = [
             name if r["endpoint"] != previous else "",
-            _e(labels.get(r["arm"], r["arm"])),
-            _e(r["n"]),
-            _e(_interval(r["estimate"], r["ci_low"], r["ci_high"])),
+            escape(labels.get(r["arm"], r["arm"])),
+            escape(r["n"]),
+            escape(_interval(r["estimate"], r["ci_low"], r["ci_high"])),
         ]
         if has_published:
-            row.append(_e(_given(r["published"])) if np.isfinite(r["published"]) else "")
-        row.append(_e(r["note"]))
+            row.append(escape(_given(r["published"])) if np.isfinite(r["published"]) else "")
+        row.append(escape(r["note"]))
         rows.append(row)
         previous = r["endpoint"]
     out = ["<h2>Endpoints</h2>"]
     if table.empty:
         out.append('<p class="note">The spec names no endpoints.</p>')
         return "\n".join(out)
-    out.append(_table(header, rows, [False, False, True, True, True]))
+    out.append(html_table(header, rows, [False, False, True, True, True]))
     published = spec.get("published") or {}
     if has_published and published.get("source"):
-        out.append(f'<p class="note">Published figures: {_e(published["source"])}</p>')
+        out.append(f'<p class="note">Published figures: {escape(published["source"])}</p>')
     if has_published and published.get("notes"):
-        out.append(f'<p class="note">{_e(published["notes"])}</p>')
+        out.append(f'<p class="note">{escape(published["notes"])}</p>')
     out.append(
         '<p class="note">Means: sample mean with the t interval. Proportions: percentage with '
         "the Wilson score interval (Wilson 1927). Times to event: Kaplan-Meier median "
@@ -321,24 +262,31 @@ def _unit(r: dict[Any, Any]) -> str:
 def _difference_section(results: Results, table: pd.DataFrame, level: float) -> str:
     labels = arm_labels(results.spec)
     ref = labels[reference_arm(results.spec)]
-    out = [f"<h2>Differences against {_e(ref)}</h2>"]
+    out = [f"<h2>Differences against {escape(ref)}</h2>"]
     if table.empty:
         out.append('<p class="note">No endpoint of kind mean or proportion.</p>')
         return "\n".join(out)
     pct = f"{round(100 * level)}%"
     rows = [
         [
-            _e(r["label"]) + (f" ({_e(r['unit'])})" if r["unit"] else ""),
-            _e(labels.get(r["arm"], r["arm"])),
-            _e(_fmt(r["estimate"])),
-            _e(_fmt(r["reference_estimate"])),
-            _e(_interval(r["difference"], r["ci_low"], r["ci_high"])),
-            _e(r["method"]),
+            escape(r["label"]) + (f" ({escape(r['unit'])})" if r["unit"] else ""),
+            escape(labels.get(r["arm"], r["arm"])),
+            escape(fmt_number(r["estimate"])),
+            escape(fmt_number(r["reference_estimate"])),
+            escape(_interval(r["difference"], r["ci_low"], r["ci_high"])),
+            escape(r["method"]),
         ]
         for r in table.to_dict("records")
     ]
-    header = ["Endpoint", "Arm", "Arm estimate", f"{_e(ref)}", f"Difference ({pct} CI)", "Method"]
-    out.append(_table(header, rows, [False, False, True, True, True]))
+    header = [
+        "Endpoint",
+        "Arm",
+        "Arm estimate",
+        f"{escape(ref)}",
+        f"Difference ({pct} CI)",
+        "Method",
+    ]
+    out.append(html_table(header, rows, [False, False, True, True, True]))
     out.append(
         '<p class="note">Arm minus reference. Means: Welch interval. Proportions: percentage '
         "points, Newcombe's hybrid score interval (Newcombe 1998). Arms are analysed as "
@@ -415,7 +363,7 @@ def _forest_figure(
             ax.axhline(n_rows - 1 - i + 0.5, color="0.8", lw=0.8)
     if len(others) > 1:
         fig.legend(loc="outside lower center", ncols=min(len(others), 4), frameon=False)
-    return _png(fig)
+    return png_img(fig)
 
 
 def _subgroup_section(
@@ -450,13 +398,13 @@ def _subgroup_section(
     labels = arm_labels(spec)
     rows = [
         [
-            _e(r["subgroup"]),
-            _e(r["level"]),
-            _e(r["label"]),
-            _e(labels.get(r["arm"], r["arm"])),
-            _e(r["n"]),
-            _e(_interval(r["estimate"], r["ci_low"], r["ci_high"])),
-            _e(_interval(r["difference"], r["difference_ci_low"], r["difference_ci_high"])),
+            escape(r["subgroup"]),
+            escape(r["level"]),
+            escape(r["label"]),
+            escape(labels.get(r["arm"], r["arm"])),
+            escape(r["n"]),
+            escape(_interval(r["estimate"], r["ci_low"], r["ci_high"])),
+            escape(_interval(r["difference"], r["difference_ci_low"], r["difference_ci_high"])),
         ]
         for r in sub.to_dict("records")
     ]
@@ -464,7 +412,7 @@ def _subgroup_section(
     header.append(f"Difference ({pct} CI)")
     out.append(
         "<details><summary>Subgroup table</summary>"
-        + _table(header, rows, [False, False, False, False, True, True, True])
+        + html_table(header, rows, [False, False, False, False, True, True, True])
         + "</details>"
     )
     out.append(
@@ -482,7 +430,7 @@ def _provenance_section(results: Results) -> str:
 
     def add(name: str, value: Any, fmt: Callable[[Any], str] = str) -> None:
         if value is not None:
-            rows.append([_e(name), _e(fmt(value))])
+            rows.append([escape(name), escape(fmt(value))])
 
     add("version", prov.get("version"))
     add("seed", prov.get("seed", spec.get("seed")))
@@ -511,7 +459,7 @@ def _provenance_section(results: Results) -> str:
         [
             "<h2>Provenance</h2>",
             _completeness_warning(results),
-            _table(["Item", "Value"], rows),
+            html_table(["Item", "Value"], rows),
         ]
     )
 
@@ -531,7 +479,7 @@ def render_report(results: Results, *, level: float = 0.95) -> str:
     endpoints = endpoint_table(results, level=level)
     differences = difference_table(results, level=level)
     sub = subgroup_table(results, level=level)
-    title = _e(results.spec.get("name") or "Virtual trial")
+    title = escape(results.spec.get("name") or "Virtual trial")
     body = [
         _header(results),
         _spec_section(results),
@@ -544,7 +492,7 @@ def render_report(results: Results, *, level: float = 0.95) -> str:
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{title}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )

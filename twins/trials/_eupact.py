@@ -28,11 +28,11 @@ import numpy as np
 
 import pkpd
 
-from ._population import Population
+from .._population import Population
+from ..drugs import get as get_drug
+from ..drugs import warfarin
+from ..validation import iwpc_2009_dose
 from ._trial import AnyAbove, DosingArm, MeanDose, Nomogram, TimeInRange, TimeToRange, Trial
-from .drugs import get as get_drug
-from .drugs import warfarin
-from .validation import iwpc_2009_dose
 
 PIRMOHAMED_2013 = (
     "Pirmohamed M, Burnside G, Eriksson N, et al. A randomized trial of genotype-guided dosing "

@@ -80,11 +80,17 @@ def demo(
     them) and prints the endpoint table. Rerunning into the same folder resumes.
     """
     _x64()
-    from ._eupact import eupact_trial
-    from ._trial_run import run_trial
+    from ..trials._eupact import eupact_trial
+    from ..trials._run import ResultsFolderError, run_trial
+    from ._report import write_report
 
     console = Console()
-    run_trial(eupact_trial(), out, n=n, seed=seed, chunk_size=chunk_size)
+    try:
+        run_trial(eupact_trial(), out, n=n, seed=seed, chunk_size=chunk_size)
+    except ResultsFolderError as error:
+        Console(stderr=True).print(f"[red]Results folder refused:[/red] {error}", highlight=False)
+        raise typer.Exit(code=2) from None
+    write_report(out)
     _print_summary(console, out)
 
 
@@ -97,8 +103,9 @@ def trial(
 ) -> None:
     """Run the virtual trial described by a TOML spec; resume it if interrupted."""
     _x64()
+    from ..trials._run import ResultsFolderError, run_trial
+    from ._report import write_report
     from ._spec import SpecError, load_trial
-    from ._trial_run import ResultsFolderError, run_trial
 
     try:
         the_trial, options = load_trial(spec)
@@ -118,6 +125,7 @@ def trial(
     except ResultsFolderError as error:
         Console(stderr=True).print(f"[red]Results folder refused:[/red] {error}", highlight=False)
         raise typer.Exit(code=2) from None
+    write_report(folder)
     _print_summary(Console(), folder)
 
 
@@ -133,9 +141,9 @@ def report(
     Refuses (exit code 2) a damaged folder, listing every part that is missing, damaged or
     not recorded, and an unfinished run unless --allow-incomplete is given.
     """
+    from ..trials._run import write_summary
+    from ..trials._summary import read_results
     from ._report import write_report
-    from ._summary import read_results
-    from ._trial_run import write_summary
 
     errors = Console(stderr=True)
     try:

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
 
-from ._parts import damaged_parts, unrecorded_parts
+from ._folder import damaged_parts, unrecorded_parts
 
 #: The endpoint kinds of `spec.json`.
 ENDPOINT_KINDS: tuple[str, ...] = ("mean", "proportion", "time_to_event")

@@ -23,8 +23,8 @@ import numpy as np
 
 import pkpd
 
-from ._trial import DosingArm, Trial, _measure
-from ._twin import DigitalTwin
+from .._twin import DigitalTwin
+from ._trial import DosingArm, Trial
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -145,7 +145,7 @@ class TwinArm(DosingArm):
             values: list[float] = []
             for j, v in enumerate(visits):
                 y = course(plan)[v]
-                values.append(float(_measure(error, sigma, jnp.asarray(y), eps[i, j])))
+                values.append(float(error.observe(jnp.asarray(y), sigma, eps[i, j])))
                 if v not in decide:
                     continue
                 twin = DigitalTwin(drug, patient)

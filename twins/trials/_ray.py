@@ -9,7 +9,7 @@ task per chunk, in parallel on every core of a local machine or of a cluster:
 - each task calls `run_chunk`, which writes the chunk's Parquet parts itself, atomically:
   the folder must be on storage that every node sees at the same absolute path;
 - the driver updates `manifest.json` as tasks finish and shows the progress;
-- at the end the driver writes `summary.json` and `report.html`, as `run_trial` does.
+- at the end the driver writes `summary.json`, as `run_trial` does.
 
 A chunk is a pure function of the trial, N, seed and chunk size, so a failed or interrupted
 run keeps the chunks already written and running it again resumes it (with `run_trial` or
@@ -30,17 +30,18 @@ from typing import Any
 
 import jax
 
-from ._trial import Trial
-from ._trial_run import (
-    _now,
-    _progress,
-    _write_json,
+from ._run import (
     check_seed,
+    deprecated_report,
+    now_utc,
     prepare_folder,
+    progress_bar,
     record_chunk,
     run_chunk,
+    write_json,
     write_summary,
 )
+from ._trial import Trial
 
 #: Compiled simulations kept by each worker process, keyed by (trial digest, x64): a worker
 #: that runs several chunks of a trial compiles each arm once. Bounded (oldest dropped);
@@ -124,12 +125,13 @@ def run_trial_ray(
     num_cpus_per_task: float = 1,
     max_in_flight: int | None = None,
     progress: bool = True,
-    report: bool = True,
+    summary: bool = True,
+    report: bool | None = None,
 ) -> Path:
     """Run a trial with one Ray task per chunk and write its results folder; resume it if
     interrupted.
 
-    The results (`spec.json`, the Parquet parts, `summary.json`, `report.html`) are those of
+    The results (`spec.json`, the Parquet parts, `summary.json`) are those of
     `run_trial` with the same trial, N, seed and chunk size, bit for bit on the same hardware;
     the two can resume each other's runs. Each worker sets JAX's precision to the driver's
     (`jax_enable_x64`, on since importing `pkpd` turns it on) before simulating, and compiles
@@ -156,7 +158,9 @@ def run_trial_ray(
     - `max_in_flight`: at most this many tasks submitted and not finished (default twice
       the cluster's CPUs divided by `num_cpus_per_task`).
     - `progress`: show a progress bar with the throughput and the ETA.
-    - `report`: write `summary.json` and `report.html` at the end.
+    - `summary`: write `summary.json` at the end (`twins.write_report(out)` writes the
+      HTML report).
+    - `report`: deprecated, as in `run_trial`.
 
     **Returns:** the results folder.
 
@@ -170,6 +174,7 @@ def run_trial_ray(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"run_trial_ray: n must be a positive integer, got {n!r}.")
     check_seed(seed, "run_trial_ray")
+    summary = deprecated_report(report, summary, "run_trial_ray")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(
             f"run_trial_ray: chunk_size must be a positive integer, got {chunk_size!r}."
@@ -221,11 +226,8 @@ def run_trial_ray(
             + f"\n{written} of {manifest['n_chunks']} chunks are written in {out}; run again "
             "with the same arguments to resume."
         ) from failures[0][1]
-    if report:
+    if summary:
         write_summary(out)
-        from ._report import write_report
-
-        write_report(out)
     return out
 
 
@@ -266,7 +268,7 @@ def _run_tasks(
     failures: list[tuple[int, BaseException]] = []
     finished = False
     try:
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             already = sum(min((c + 1) * chunk_size, n) - c * chunk_size for c in done)
             task = bar.add_task(trial.name, total=n, completed=already, rate="")
             if todo:
@@ -300,7 +302,7 @@ def _run_tasks(
                             simulated += count
                             record_chunk(manifest, c, records)
                             manifest.update(wall_s=wall0 + time.perf_counter() - started)
-                            _write_json(out / "manifest.json", manifest)
+                            write_json(out / "manifest.json", manifest)
                             bar.update(task, advance=count)
                         rate = simulated * len(trial.arms) / (time.perf_counter() - started)
                         bar.update(task, rate=f"{rate:,.0f} patient-arms/s")
@@ -312,6 +314,6 @@ def _run_tasks(
     finally:
         manifest.update(wall_s=wall0 + time.perf_counter() - started)
         if finished:
-            manifest.update(finished_utc=_now())
-        _write_json(out / "manifest.json", manifest)
+            manifest.update(finished_utc=now_utc())
+        write_json(out / "manifest.json", manifest)
     return sorted(failures, key=lambda f: f[0])

@@ -22,18 +22,18 @@ from matplotlib.figure import Figure
 
 import pkpd
 
-from ._patient import Patient
-from ._report import _STYLE, _e, _fmt, _png, _table
-from .drugs import Target
+from .._html import STYLE, escape, fmt_number, html_table, png_img
+from .._patient import Patient
+from ..drugs import Target
 
 if TYPE_CHECKING:
-    from ._twin import DigitalTwin, Forecast, Recommendation
+    from .._twin import DigitalTwin, Forecast, Recommendation
 
 _LEVEL = 0.9
 
 
 def _number(x: Any) -> str:
-    return _e(_fmt(x))
+    return escape(fmt_number(x))
 
 
 def _patient_section(twin: DigitalTwin) -> str:
@@ -41,31 +41,33 @@ def _patient_section(twin: DigitalTwin) -> str:
     out = ["<h2>Patient</h2>"]
     if isinstance(patient, Patient):
         rows = [
-            ["ID", _e(patient.id)],
+            ["ID", escape(patient.id)],
             ["Age", f"{_number(patient.age)} years"],
-            ["Sex", _e(patient.sex)],
+            ["Sex", escape(patient.sex)],
             ["Weight", f"{_number(patient.weight)} kg"],
             ["Height", f"{_number(patient.height)} cm"],
         ]
         if patient.ancestry is not None:
-            rows.append(["Ancestry", _e(patient.ancestry)])
+            rows.append(["Ancestry", escape(patient.ancestry)])
         for name, value in patient.labs.items():
-            rows.append([f"Lab: {_e(name)}", _number(value)])
-        rows.append(["Medications", _e(", ".join(sorted(patient.medications)) or "none recorded")])
+            rows.append([f"Lab: {escape(name)}", _number(value)])
+        rows.append(
+            ["Medications", escape(", ".join(sorted(patient.medications)) or "none recorded")]
+        )
         for name, value in patient.extra.items():
-            rows.append([_e(name), _number(value)])
+            rows.append([escape(name), _number(value)])
         if patient.imputed:
-            rows.append(["Imputed fields", _e(", ".join(sorted(patient.imputed)))])
-        out.append(_table(["Field", "Value"], rows))
+            rows.append(["Imputed fields", escape(", ".join(sorted(patient.imputed)))])
+        out.append(html_table(["Field", "Value"], rows))
         cov = patient.covariates()
         derived = [
-            [_e(k), _number(cov[k])]
+            [escape(k), _number(cov[k])]
             for k in ("CRCL", "EGFR", "BSA", "LBW")
             if isinstance(cov.get(k), float)
         ]
         if derived:
             out.append("<h3>Derived covariates</h3>")
-            out.append(_table(["Covariate", "Value"], derived, [False, True]))
+            out.append(html_table(["Covariate", "Value"], derived, [False, True]))
             out.append(
                 '<p class="note">CRCL: Cockcroft-Gault with total body weight (mL/min); '
                 "EGFR: CKD-EPI 2021 (mL/min/1.73 m²); BSA: Mosteller (m²); LBW: "
@@ -79,19 +81,27 @@ def _patient_section(twin: DigitalTwin) -> str:
                 if found.activity_score_is_lower_bound:
                     score = f"≥ {score}"
                 rows.append(
-                    [_e(gene), _e(reported), _e(found.diplotype), _e(score), _e(found.phenotype)]
+                    [
+                        escape(gene),
+                        escape(reported),
+                        escape(found.diplotype),
+                        escape(score),
+                        escape(found.phenotype),
+                    ]
                 )
             out.append("<h3>Genotypes and phenotypes (CPIC)</h3>")
             out.append(
-                _table(["Gene", "Reported", "CPIC diplotype", "Activity score", "Phenotype"], rows)
+                html_table(
+                    ["Gene", "Reported", "CPIC diplotype", "Activity score", "Phenotype"], rows
+                )
             )
     else:
-        rows = [[_e(k), _e(v)] for k, v in dict(patient).items()]
-        out.append(_table(["Covariate", "Value"], rows))
-    model_rows = [[_e(k), _number(v)] for k, v in twin.covariates.items()]
-    out.append(f"<h3>What the model of {_e(twin.drug.name)} reads</h3>")
+        rows = [[escape(k), escape(v)] for k, v in dict(patient).items()]
+        out.append(html_table(["Covariate", "Value"], rows))
+    model_rows = [[escape(k), _number(v)] for k, v in twin.covariates.items()]
+    out.append(f"<h3>What the model of {escape(twin.drug.name)} reads</h3>")
     if model_rows:
-        out.append(_table(["Model covariate", "Value"], model_rows, [False, True]))
+        out.append(html_table(["Model covariate", "Value"], model_rows, [False, True]))
     else:
         out.append('<p class="note">The model has no covariates.</p>')
     return "\n".join(out)
@@ -101,32 +111,32 @@ def _drug_section(twin: DigitalTwin) -> str:
     drug = twin.drug
     d = drug.dosing
     per_kg = " per kg" if d.per_kg else ""
-    usual = f"{d.amount:g} {_e(drug.units.dose)}{per_kg} every {d.interval:g} h"
+    usual = f"{d.amount:g} {escape(drug.units.dose)}{per_kg} every {d.interval:g} h"
     if d.route == "infusion":
         usual += f", infused over {d.duration:g} h"
     out = [
         "<h2>Drug and model</h2>",
-        _table(
+        html_table(
             ["Field", "Value"],
             [
-                ["Drug", f"<b>{_e(drug.name)}</b>"],
-                ["Model", _e(type(drug.model.model).__name__)],
-                ["Reference", _e(drug.reference)],
-                ["Route", _e(d.route)],
+                ["Drug", f"<b>{escape(drug.name)}</b>"],
+                ["Model", escape(type(drug.model.model).__name__)],
+                ["Reference", escape(drug.reference)],
+                ["Route", escape(d.route)],
                 ["Usual regimen", usual],
-                ["Observed output", _e(drug.units.observed)],
+                ["Observed output", escape(drug.units.observed)],
             ],
         ),
     ]
     if drug.targets:
         rows = [
-            [_e(t.metric), f"{t.low:g}–{t.high:g}", _e(t.unit), _e(t.reference)]
+            [escape(t.metric), f"{t.low:g}–{t.high:g}", escape(t.unit), escape(t.reference)]
             for t in drug.targets
         ]
-        out.append(_table(["Target", "Window", "Unit", "Reference"], rows))
+        out.append(html_table(["Target", "Window", "Unit", "Reference"], rows))
     if drug.description:
         out.append(
-            f"<details><summary>Model description</summary><pre>{_e(drug.description)}</pre>"
+            f"<details><summary>Model description</summary><pre>{escape(drug.description)}</pre>"
             "</details>"
         )
     return "\n".join(out)
@@ -148,7 +158,7 @@ def _events(regimen: pkpd.Regimen | None) -> list[list[str]]:
             how = f"infusion {r:.4g} /h"
         elif r == -2 or dur > 0:
             how = f"infusion over {dur:g} h"
-        rows.append([_number(t), _number(a), _e(int(c)), _e(how)])
+        rows.append([_number(t), _number(a), escape(int(c)), escape(how)])
     return rows
 
 
@@ -157,8 +167,8 @@ def _doses_section(twin: DigitalTwin) -> str:
     rows = _events(twin.history)
     if rows:
         out.append(
-            _table(
-                ["Time (h)", f"Amount ({_e(twin.drug.units.dose)})", "Compartment", "Form"],
+            html_table(
+                ["Time (h)", f"Amount ({escape(twin.drug.units.dose)})", "Compartment", "Form"],
                 rows,
                 [True, True, True, False],
             )
@@ -173,8 +183,8 @@ def _doses_section(twin: DigitalTwin) -> str:
             for t, v, c in zip(obs["TIME"], obs["DV"], obs["CENS"], strict=True)
         ]
         out.append(
-            _table(
-                ["Time (h)", _e(twin.drug.units.observed), "Censoring"],
+            html_table(
+                ["Time (h)", escape(twin.drug.units.observed), "Censoring"],
                 rows,
                 [True, True, False],
             )
@@ -194,7 +204,7 @@ def _posterior_section(twin: DigitalTwin, key: jax.Array, n_draws: int) -> str:
         "nuts": "NUTS draws",
     }.get(post.method, post.method)
     out.append(
-        f"<p>{_e(method)}; conditioned on {post.n_observations} level(s); "
+        f"<p>{escape(method)}; conditioned on {post.n_observations} level(s); "
         f"{'converged' if post.converged else '<b>NOT converged</b>'}; "
         f"{post.seconds:.2f} s.</p>"
     )
@@ -208,10 +218,12 @@ def _posterior_section(twin: DigitalTwin, key: jax.Array, n_draws: int) -> str:
     rows = []
     for name, m, s, w in zip(pm.eta_names, post.mode, post_sd, prior_sd, strict=True):
         reduction = 1.0 - s / w if w > 0 else math.nan
-        rows.append([_e(name), _number(w), _number(m), _number(s), _e(f"{100 * reduction:.0f}%")])
+        rows.append(
+            [escape(name), _number(w), _number(m), _number(s), escape(f"{100 * reduction:.0f}%")]
+        )
     out.append("<h3>Random effects (eta)</h3>")
     out.append(
-        _table(
+        html_table(
             ["Eta", "Prior SD", "Posterior mode", "Posterior SD", "SD reduction"],
             rows,
             [False, True, True, True, True],
@@ -227,11 +239,11 @@ def _posterior_section(twin: DigitalTwin, key: jax.Array, n_draws: int) -> str:
         interval = "–"
         if sample is not None and sample.ndim == 1 and np.ptp(sample) > 0:
             lo, hi = np.quantile(sample, [q, 1.0 - q])
-            interval = f"{_fmt(lo)} to {_fmt(hi)}"
-        rows.append([_e(name), _number(typical.get(name)), _number(value), _e(interval)])
+            interval = f"{fmt_number(lo)} to {fmt_number(hi)}"
+        rows.append([escape(name), _number(typical.get(name)), _number(value), escape(interval)])
     out.append("<h3>Individual parameters</h3>")
     out.append(
-        _table(
+        html_table(
             [
                 "Parameter",
                 "Typical (this patient's covariates)",
@@ -266,7 +278,7 @@ def _forecast_figure(fc: Forecast, target: Target | None, title: str) -> str:
     fig = Figure(figsize=(9.0, 4.6), layout="constrained", label=title)
     ax = fig.add_subplot()
     fc.plot(ax=ax, target=target, title=title)
-    return _png(fig)
+    return png_img(fig)
 
 
 def _forecast_section(
@@ -291,8 +303,8 @@ def _forecast_section(
     if regimen is not None:
         out.append("<h3>Planned doses</h3>")
         out.append(
-            _table(
-                ["Time (h)", f"Amount ({_e(twin.drug.units.dose)})", "Compartment", "Form"],
+            html_table(
+                ["Time (h)", f"Amount ({escape(twin.drug.units.dose)})", "Compartment", "Form"],
                 _events(regimen),
                 [True, True, True, False],
             )
@@ -306,9 +318,9 @@ def _recommendation_section(
     t = rec.target
     out = [
         "<h2>Dose recommendation</h2>",
-        f"<p><b>{_e(str(rec))}</b></p>",
-        f'<p class="note">Target: {_e(t.metric)} {t.low:g}–{t.high:g} {_e(t.unit)} '
-        f"({_e(t.reference)}). The dose maximises the posterior probability of the window "
+        f"<p><b>{escape(str(rec))}</b></p>",
+        f'<p class="note">Target: {escape(t.metric)} {t.low:g}–{t.high:g} {escape(t.unit)} '
+        f"({escape(t.reference)}). The dose maximises the posterior probability of the window "
         f"over {rec.n_doses} doses; the metric is read on the last dosing interval.</p>",
     ]
     if rec.required_probability is not None and not rec.achieved:
@@ -322,14 +334,20 @@ def _recommendation_section(
                 _number(r["interval"]),
                 _number(r["dose"]),
                 _number(r["daily_dose"]),
-                _e(f"{r['probability']:.0%}"),
+                escape(f"{r['probability']:.0%}"),
                 _number(r["metric_median"]),
             ]
             for r in rec.candidates.to_dict("records")
         ]
         out.append(
-            _table(
-                ["Interval (h)", "Dose", "Daily dose", "P(in window)", f"Median {_e(t.metric)}"],
+            html_table(
+                [
+                    "Interval (h)",
+                    "Dose",
+                    "Daily dose",
+                    "P(in window)",
+                    f"Median {escape(t.metric)}",
+                ],
                 rows,
                 [True] * 5,
             )
@@ -372,7 +390,7 @@ def render_twin_report(
     n_draws: int = 500,
 ) -> str:
     """The twin's report as an HTML string; see `write_twin_report`."""
-    from ._twin import DigitalTwin, Recommendation
+    from .._twin import DigitalTwin, Recommendation
 
     if not isinstance(twin, DigitalTwin):
         raise TypeError(f"write_twin_report: expected a twins.DigitalTwin, got {twin!r:.80}.")
@@ -391,7 +409,7 @@ def render_twin_report(
     shown_target = rec.target if rec is not None else None
     title = f"Digital twin: {twin.patient_id} on {twin.drug.name}"
     body = [
-        f"<h1>{_e(title)}</h1>",
+        f"<h1>{escape(title)}</h1>",
         _patient_section(twin),
         _drug_section(twin),
         _doses_section(twin),
@@ -401,10 +419,10 @@ def render_twin_report(
     if rec is not None:
         body.append(_recommendation_section(twin, rec, k_rec_fc, n_draws))
     for heading, fragment in extra:
-        body.append(f"<h2>{_e(heading)}</h2>\n{fragment}")
+        body.append(f"<h2>{escape(heading)}</h2>\n{fragment}")
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_e(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )

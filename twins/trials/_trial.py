@@ -26,11 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import calibration
 import pkpd
 
-from ._population import Population
-from .drugs import Drug
+from .._population import Population
+from ..drugs import Drug
 
 Source = Literal["measured", "true"]
 
@@ -714,14 +713,6 @@ def model_covariates(drug: Drug, cov: Mapping[str, np.ndarray]) -> dict[str, np.
     return {k: np.array([r[k] for r in rows], dtype=float) for k in names}
 
 
-def _measure(error, sigma, y, eps):
-    """`y` as measured: the residual error model with standard normal draw `eps`."""
-    sd = error.sd(y, sigma)
-    if isinstance(error, calibration.Exponential):
-        return y * jnp.exp(sd * eps)
-    return y + sd * eps
-
-
 @functools.lru_cache(maxsize=64)
 def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
     """The jitted simulation of one arm for a chunk: parameters -> course arrays.
@@ -784,7 +775,7 @@ def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
             x, st = carry
             p, e, visit = inputs
             y = level(x)
-            measured = _measure(error, sigma, y, e)
+            measured = error.observe(y, sigma, e)
             amount, st = arm.step(p, measured, visit, st)
             if duration is None:
                 x = x.at[cmt].add(f * amount)
@@ -802,7 +793,7 @@ def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
         xs = (periods, eps_by_period[:days], jnp.asarray(is_visit_table[:days]))
         (x_end, _), (ys, meas, amounts, *exposure) = jax.lax.scan(body, (x0, state), xs)
         y_end = level(x_end)
-        last_meas = _measure(error, sigma, y_end, eps_by_period[days])
+        last_meas = error.observe(y_end, sigma, eps_by_period[days])
         ys = jnp.concatenate([ys, y_end[None]])
         meas = jnp.concatenate([meas, last_meas[None]])
         return ys, meas[visits], amounts, *exposure

@@ -1,7 +1,7 @@
 """Running a `Trial` at scale: chunks, Parquet parts written atomically, resume, progress.
 
 `run_trial(trial, out, n=..., seed=...)` writes the results folder that `twins._summary`
-and `twins._report` read (layout in docs/trial-report.md):
+and `twins.app._report` read (layout in docs/trial-report.md):
 
 ```
 out/spec.json                    the trial as run, with its hash and provenance
@@ -10,7 +10,7 @@ out/patients/part-00000.parquet  one row per (patient, arm): covariates, subgrou
 out/bands/part-00000.parquet     per (arm, day) histogram of the measured output (true value)
 out/trajectories/part-....parquet  per patient and day, only with trajectories=True
 out/summary.json                 endpoint table by arm, with the published figures
-out/report.html                  the report
+out/report.html                  the report (written by `twins.write_report`, not here)
 ```
 
 A chunk counts as done when its `patients` part exists; every part is written to a
@@ -39,8 +39,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._parts import PART_FOLDERS, PART_NAME, damaged_parts, durable_replace
-from ._population import Population
+from .._population import Population
+from ._folder import PART_FOLDERS, PART_NAME, damaged_parts, durable_replace
+from ._summary import difference_table, endpoint_table, read_results
 from ._trial import Trial, population_rows, simulate_chunk
 
 #: The largest seed (JAX keys are made from a 64-bit signed integer).
@@ -62,11 +63,11 @@ def _version() -> str:
         return "unknown"
 
 
-def _now() -> str:
+def now_utc() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
     text = json.dumps(data, indent=2, default=_json_default) + "\n"
     durable_replace(path.with_name(path.name + ".tmp"), text.encode(), path)
 
@@ -222,7 +223,7 @@ def _chunk_frames(
     )
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
     from rich.progress import (
         BarColumn,
         Progress,
@@ -338,11 +339,11 @@ def prepare_folder(
             "version": _version(),
             "seed": int(seed),
             "spec_hash": digest,
-            "started_utc": _now(),
+            "started_utc": now_utc(),
             "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()],
         }
-        _write_json(out / "spec.json", spec)
+        write_json(out / "spec.json", spec)
         manifest = {"spec_hash": digest, "wall_s": 0.0, "parts": {}}
     else:
         for name in _TOP_FILES:
@@ -380,7 +381,7 @@ def prepare_folder(
             "complete": len(done) == n_chunks,
         }
     )
-    _write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
     return manifest
 
 
@@ -405,8 +406,9 @@ def run_trial(
     chunk_size: int = 10_000,
     trajectories: bool = False,
     progress: bool = True,
-    report: bool = True,
+    summary: bool = True,
     mesh: Any = None,
+    report: bool | None = None,
 ) -> Path:
     """Run a trial and write its results folder; resume it if interrupted.
 
@@ -420,9 +422,12 @@ def run_trial(
       results do not depend on it).
     - `trajectories`: also store each patient's daily output and dose (large).
     - `progress`: show a progress bar with patients per second and the ETA.
-    - `report`: write `summary.json` and `report.html` at the end.
+    - `summary`: write `summary.json` (the endpoint table) at the end. The HTML report is
+      written by `twins.write_report(out)` (and by `twins trial` and `twins demo`).
     - `mesh`: a `jax.sharding.Mesh` with one axis to shard the patient axis of each chunk
       over several devices (`chunk_size` must be a multiple of the device count).
+    - `report`: deprecated (run_trial no longer writes `report.html`): `report=False` is
+      `summary=False`; call `twins.write_report(out)` for the report.
 
     **Returns:** the results folder.
 
@@ -433,6 +438,7 @@ def run_trial(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"run_trial: n must be a positive integer, got {n!r}.")
     check_seed(seed, "run_trial")
+    summary = deprecated_report(report, summary, "run_trial")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"run_trial: chunk_size must be a positive integer, got {chunk_size!r}.")
     chunk_size = min(chunk_size, n)
@@ -452,7 +458,7 @@ def run_trial(
     started = time.perf_counter()
     todo = [c for c in range(n_chunks) if c not in set(done)]
     del done
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         already = n - sum(min((c + 1) * chunk_size, n) - c * chunk_size for c in todo)
         task = bar.add_task(trial.name, total=n, completed=already, rate="")
         for c in todo:
@@ -463,17 +469,27 @@ def run_trial(
             )  # fmt: skip
             record_chunk(manifest, c, records)
             manifest.update(wall_s=wall0 + time.perf_counter() - started)
-            _write_json(out / "manifest.json", manifest)
+            write_json(out / "manifest.json", manifest)
             rate = count * len(trial.arms) / (time.perf_counter() - t0)
             bar.update(task, advance=count, rate=f"{rate:,.0f} patient-arms/s")
-    manifest.update(finished_utc=_now(), wall_s=wall0 + time.perf_counter() - started)
-    _write_json(out / "manifest.json", manifest)
-    if report:
+    manifest.update(finished_utc=now_utc(), wall_s=wall0 + time.perf_counter() - started)
+    write_json(out / "manifest.json", manifest)
+    if summary:
         write_summary(out)
-        from ._report import write_report
-
-        write_report(out)
     return out
+
+
+def deprecated_report(report: bool | None, summary: bool, who: str) -> bool:
+    """The `summary` flag, given the deprecated `report` one (warned about when given)."""
+    if report is None:
+        return summary
+    warnings.warn(
+        f"{who}(report=...) is deprecated: {who} writes summary.json (summary=...) and no "
+        "longer the HTML report; call twins.write_report(out) for report.html.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return summary and bool(report)
 
 
 def run_chunk(
@@ -540,8 +556,6 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     reference arm), `"published"` (the published figures, their source and notes, and
     `"differences"`), `"n_per_arm"` and `"provenance"`.
     """
-    from ._summary import difference_table, endpoint_table, read_results
-
     results = read_results(path)
     table = endpoint_table(results)
     diffs = difference_table(results)
@@ -579,5 +593,5 @@ def _plain(x: Any) -> Any:
 def write_summary(path: str | os.PathLike[str]) -> Path:
     """Write `summary.json` (see `summary`) into the results folder."""
     target = Path(path) / "summary.json"
-    _write_json(target, summary(path))
+    write_json(target, summary(path))
     return target

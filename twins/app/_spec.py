@@ -34,10 +34,11 @@ import numpy as np
 
 import pkpd
 
-from . import _eupact
-from . import drugs as _drugs
-from ._population import Demographics, Population
-from ._trial import (
+from .. import drugs as _drugs
+from .._population import Demographics, Population
+from ..trials import _eupact
+from ..trials._run import DERIVED_SUBGROUPS, SEED_MAX
+from ..trials._trial import (
     AUC,
     AnyAbove,
     Cmax,
@@ -53,8 +54,7 @@ from ._trial import (
     Trial,
     model_covariates,
 )
-from ._trial_run import DERIVED_SUBGROUPS, SEED_MAX
-from ._twin_arm import TwinArm
+from ..trials._twin_arm import TwinArm
 
 T = TypeVar("T")
 

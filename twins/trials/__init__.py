@@ -1,0 +1,74 @@
+"""twins.trials: virtual trials (a population x arms x endpoints), simulated in chunks.
+
+- `Trial`, arms (`DosingArm` with `Nomogram` rules; `TwinArm`, dosed by each patient's
+  `DigitalTwin`), endpoints (`TimeInRange`, `AnyAbove`, `TimeToRange`, `MeanDose`,
+  `FinalLevel`, `AUC`, `Cmax`, `Ctrough`, `TargetAttainment`); the EU-PACT preset
+  (`eupact_trial`).
+- Chunk-level simulation: `seed_keys`, `population_rows`, `simulate_chunk` (what the
+  results folder, the surrogates' training sets and the benchmarks are built from).
+- The results folder: `run_trial` (chunked Parquet parts with checksums, resume),
+  `run_trial_ray`, `read_results`, `trial_summary`, `write_summary`.
+No plotting and no HTML here: the report is `twins.app` (`twins.write_report`).
+"""
+
+from ._eupact import eupact_trial as eupact_trial
+from ._ray import run_trial_ray as run_trial_ray
+from ._run import ResultsFolderError as ResultsFolderError
+from ._run import ResumeWarning as ResumeWarning
+from ._run import run_trial as run_trial
+from ._run import seed_keys as seed_keys
+from ._run import summary as trial_summary
+from ._run import write_summary as write_summary
+from ._summary import DamagedResultsError as DamagedResultsError
+from ._summary import Results as Results
+from ._summary import read_results as read_results
+from ._trial import AUC as AUC
+from ._trial import AnyAbove as AnyAbove
+from ._trial import Arm as Arm
+from ._trial import Cmax as Cmax
+from ._trial import Ctrough as Ctrough
+from ._trial import DosingArm as DosingArm
+from ._trial import Endpoint as Endpoint
+from ._trial import FinalLevel as FinalLevel
+from ._trial import MeanDose as MeanDose
+from ._trial import Nomogram as Nomogram
+from ._trial import TargetAttainment as TargetAttainment
+from ._trial import TimeInRange as TimeInRange
+from ._trial import TimeToRange as TimeToRange
+from ._trial import Trial as Trial
+from ._trial import model_covariates as model_covariates
+from ._trial import population_rows as population_rows
+from ._trial import simulate_chunk as simulate_chunk
+from ._twin_arm import TwinArm as TwinArm
+
+__all__ = [
+    "AUC",
+    "AnyAbove",
+    "Arm",
+    "Cmax",
+    "Ctrough",
+    "DamagedResultsError",
+    "DosingArm",
+    "Endpoint",
+    "FinalLevel",
+    "MeanDose",
+    "Nomogram",
+    "Results",
+    "ResultsFolderError",
+    "ResumeWarning",
+    "TargetAttainment",
+    "TimeInRange",
+    "TimeToRange",
+    "Trial",
+    "TwinArm",
+    "eupact_trial",
+    "model_covariates",
+    "population_rows",
+    "read_results",
+    "run_trial",
+    "run_trial_ray",
+    "seed_keys",
+    "simulate_chunk",
+    "trial_summary",
+    "write_summary",
+]
