@@ -13,6 +13,10 @@ finite differences of this objective, as NONMEM's outer loop does: each of the 2
 of one gradient has its own conditional modes. (Differentiating through the
 inner optimisation by implicit differentiation gives the exact gradient too, but it took 20-120 s
 to compile for a one-compartment model, against milliseconds to run.)
+
+References: Wang Y. Derivation of various NONMEM estimation methods. J Pharmacokinet
+Pharmacodyn 2007;34:575-593 (the Laplace and FOCE-I objectives and their relation to NONMEM's
+methods). Beal SL, Sheiner LB. NONMEM Users Guides. ICON, 1989-2011.
 """
 
 from __future__ import annotations
