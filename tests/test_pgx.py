@@ -366,3 +366,31 @@ def test_shipped_files_equal_the_reference_copies():
             for allele in export["namedAlleles"]
         ]
     assert shipped == expected
+
+
+@pytest.mark.parametrize(
+    "diplotype, message",
+    [
+        ("*1 0/*1", r"cannot read '\*1 0' as a star allele \(no spaces inside an allele"),
+        ("*1/*1x99", r"'\*1x99' of '\*1/\*1x99': 99 gene copies; at most 12"),
+        ("*1/*2x≥13", "13 gene copies; at most 12"),
+        ("*5x2/*1", r"\*5 is the deletion of the whole CYP2D6 gene, which cannot be duplicated"),
+        ("*5xN/*1", r"cannot be duplicated"),
+        ("*1/*5+*10", r"haplotype '\*5\+\*10'.*cannot stand in a tandem"),
+    ],
+)
+def test_impossible_cyp2d6_diplotypes_are_refused(diplotype, message):
+    with pytest.raises(ValueError, match=message):
+        pgx.phenotype("CYP2D6", diplotype)
+
+
+def test_spaces_are_read_only_between_alleles():
+    # '*1 0' was once read as *10; spaces around '/', '+', a copy number's 'x' and after a
+    # gene symbol are still fine, and give the same result as the compact spelling.
+    assert pgx.phenotype("CYP2D6", " *1 / *2 x 2 ") == pgx.phenotype("CYP2D6", "*1/*2x2")
+    assert pgx.phenotype("CYP2D6", "CYP2D6 *1/CYP2D6 *4") == pgx.phenotype("CYP2D6", "*1/*4")
+    assert pgx.phenotype("CYP2D6", "*1/*36 + *10") == pgx.phenotype("CYP2D6", "*1/*36+*10")
+    # Twelve copies (the largest amplification reported) are accepted: activity 1 + 12 x 1.
+    assert pgx.phenotype("CYP2D6", "*1/*2x12").activity_score == 13.0
+    with pytest.raises(ValueError, match="no spaces inside an allele"):
+        pgx.phenotype("CYP2C19", "*1/*1 7")

@@ -4,6 +4,10 @@ Star-allele genes (CYP2C19, CYP2C9, CYP2D6): two haplotypes separated by `/`, ea
 allele with an optional copy number (`*1x2`, `*2x≥3`, `*2xN`), or for CYP2D6 a tandem of star
 alleles joined by `+` (`*36+*10`). VKORC1: the rs9923231 (-1639G>A) genotype in several common
 spellings. Whether an allele exists is checked by `_lookup.py`, against the tables.
+
+Refused, naming the string: whitespace inside an allele (`'*1 0/*1'` is not `*10/*1`), more
+than `MAX_COPIES` gene copies on one chromosome, and copies or tandems of CYP2D6*5 (the
+deletion of the whole gene).
 """
 
 from __future__ import annotations
@@ -17,6 +21,21 @@ _STAR = re.compile(
     r"(?:[xX×](?P<copies>\d+|(?:≥|>=)\d+|[nN]))?",
     re.ASCII,
 )
+
+
+#: The most gene copies accepted on one chromosome. The largest amplification reported is
+#: twelve copies of CYP2D6*2 in one family (Johansson I et al. Inherited amplification of an
+#: active gene in the cytochrome P450 CYP2D locus as a cause of ultrarapid metabolism of
+#: debrisoquine. Proc Natl Acad Sci USA 1993;90:11825-11829); a copy number above this is a
+#: typing or transcription error, not a patient.
+MAX_COPIES = 12
+
+#: CYP2D6*5: the whole gene deleted (Gaedigk A et al. PharmVar GeneFocus: CYP2D6. Clin
+#: Pharmacol Ther 2018;103:399-401): no copy of it can be duplicated or stand in a tandem.
+_DELETION = {"CYP2D6": 5}
+
+_GENE_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9]*)\s+\*")
+_COPY_SPACES = re.compile(r"\s*([xX×])\s*((?:≥|>=)?)\s*(?=[\dnN])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +88,16 @@ def _malformed(gene: str, diplotype: str, why: str) -> ValueError:
 def parse_star_diplotype(gene: str, diplotype: str) -> tuple[Haplotype, Haplotype]:
     """`"*1/*2x2"` -> the two haplotypes, in the order given.
 
-    Whitespace is ignored anywhere; a leading gene symbol (`CYP2D6*1/*4`, `CYP2D6 *1/CYP2D6 *4`)
-    is accepted when it names `gene`. Copy numbers: `x2`, `x3`, ... (exact), `x≥3` or `x>=3`
+    Whitespace is allowed around `/`, `+` and a copy number's `x` (`*2 x ≥3`), and between a
+    gene symbol and its `*`, never
+    inside an allele (`'*1 0/*1'` is refused, not read as `*10/*1`); a leading gene symbol
+    (`CYP2D6*1/*4`, `CYP2D6 *1/CYP2D6 *4`) is accepted when it names `gene`. Copy numbers: `x2`, `x3`, ... (exact), `x≥3` or `x>=3`
     (at least), `xN` (unknown, at least 2). `X` and `×` are read as `x`.
     """
-    compact = "".join(diplotype.split())
+    compact = diplotype.strip()
     if not compact:
         raise _malformed(gene, diplotype, "it is empty")
-    sides = compact.split("/")
+    sides = [side.strip() for side in compact.split("/")]
     if len(sides) != 2:
         raise _malformed(gene, diplotype, f"found {len(sides) - 1} '/' where one is needed")
     haplotypes: list[Haplotype] = []
@@ -84,10 +105,13 @@ def parse_star_diplotype(gene: str, diplotype: str) -> tuple[Haplotype, Haplotyp
         if not side:
             raise _malformed(gene, diplotype, "one side of '/' is empty")
         components: list[StarAllele] = []
-        for part in side.split("+"):
-            match = _STAR.fullmatch(part)
+        for part in (p.strip() for p in side.split("+")):
+            tidy = _COPY_SPACES.sub(r"\1\2", _GENE_PREFIX.sub(r"\1*", part, count=1))
+            match = _STAR.fullmatch(tidy)
             if match is None:
                 why = f"cannot read {part!r} as a star allele"
+                if any(c.isspace() for c in part):
+                    why += " (no spaces inside an allele: '*10', not '*1 0')"
                 if re.fullmatch(r"(?:[A-Za-z][A-Za-z0-9]*)?\*\d+\.\d+", part):
                     why += " (a PharmVar sub-allele; CPIC's tables use core alleles such as '*4')"
                 raise _malformed(gene, diplotype, why)
@@ -98,6 +122,12 @@ def parse_star_diplotype(gene: str, diplotype: str) -> tuple[Haplotype, Haplotyp
                     f"allele {part!r}."
                 )
             components.append(_star_allele(gene, diplotype, part, match))
+        deleted = _DELETION.get(gene)
+        if len(components) > 1 and any(c.number == deleted for c in components):
+            raise ValueError(
+                f"Invalid {gene} haplotype {side!r} in {diplotype!r}: *{deleted} is the deletion "
+                f"of the whole {gene} gene and cannot stand in a tandem with other copies."
+            )
         haplotypes.append(tuple(components))
     return haplotypes[0], haplotypes[1]
 
@@ -107,6 +137,11 @@ def _star_allele(gene: str, diplotype: str, part: str, match: re.Match[str]) -> 
     copies_text = match["copies"]
     if copies_text is None:
         return StarAllele(number)
+    if _DELETION.get(gene) == number:
+        raise ValueError(
+            f"Invalid {gene} allele {part!r} in {diplotype!r}: *{number} is the deletion of the "
+            f"whole {gene} gene, which cannot be duplicated; write '*{number}'."
+        )
     if copies_text in ("n", "N"):
         return StarAllele(number, copies=2, at_least=True)
     at_least = not copies_text[0].isdigit()
@@ -115,6 +150,12 @@ def _star_allele(gene: str, diplotype: str, part: str, match: re.Match[str]) -> 
         raise ValueError(
             f"Invalid copy number in {gene} allele {part!r} of {diplotype!r}: a duplication "
             f"has at least 2 gene copies, got {copies_text!r}; write '*{number}' for one copy."
+        )
+    if copies > MAX_COPIES:
+        raise ValueError(
+            f"Invalid copy number in {gene} allele {part!r} of {diplotype!r}: {copies} gene "
+            f"copies; at most {MAX_COPIES} are accepted (the largest amplification reported, "
+            "Johansson et al. 1993). Check the typing result."
         )
     return StarAllele(number, copies=copies, at_least=at_least)
 
