@@ -133,16 +133,17 @@ class Dataset:
             starts.append(start)
             regimens.append(pkpd.regimen_from_records(sub, n_states))
             is_obs = (sub["EVID"].to_numpy() == 0) & (sub["MDV"].to_numpy() == 0)
-            o: Any = sub[is_obs]
+            o: Any = sub[is_obs].copy()
             occ_codes.append(codes[is_obs])
-            dv = o["DV"].to_numpy(dtype=float)
+            dv = pd.to_numeric(o["DV"], errors="coerce").to_numpy(dtype=float)
             bad = ~np.isfinite(dv)
             if bad.any():
                 row = o.index[np.flatnonzero(bad)[0]]
                 raise RecordError(
-                    f"subject ID={sid}, row {row}: observation DV={dv[bad][0]} is not a finite "
-                    "number (set MDV=1 to skip a record)."
+                    f"subject ID={sid}, row {row}: observation DV={o['DV'].loc[row]!r} is not a "
+                    "finite number (set MDV=1 to skip a record)."
                 )
+            o["DV"] = dv
             obs.append(o)
         n_obs = max(1, max(len(o) for o in obs))
         n = len(ids)
@@ -184,7 +185,24 @@ class Dataset:
                 sid = ids[np.flatnonzero(missing)[0]]
                 row = df.index[df["ID"] == sid][0]
                 raise RecordError(f"subject ID={sid}, row {row}: covariate {col} is missing.")
-            cov[col] = first.to_numpy(dtype=float)
+            values = pd.to_numeric(first, errors="coerce").to_numpy(dtype=float)
+            bad = ~np.isfinite(values)
+            low = _COVARIATE_LOWER.get(col.upper())
+            if low is not None:
+                bad |= values <= low if col.upper() != "AGE" else values < low
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                row = df.index[df["ID"] == ids[k]][0]
+                expected = (
+                    "a finite number"
+                    if low is None
+                    else f"a finite number {'>=' if col.upper() == 'AGE' else '>'} {low:g}"
+                )
+                raise RecordError(
+                    f"subject ID={ids[k]}, row {row}: covariate {col} is "
+                    f"{_plain(first.iloc[k])!r}; expected {expected}."
+                )
+            cov[col] = values
         return cls(
             ids=np.asarray(ids),
             regimen=pkpd.stack(regimens),
@@ -210,6 +228,30 @@ class Dataset:
             "occasion": jnp.asarray(self.occasion),
             "occasion_start": jnp.asarray(self.occasion_start),
         }
+
+
+def _plain(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+#: Covariates that are physical quantities, by their usual NONMEM names, and the bound they
+#: must exceed (AGE may be 0: a newborn). Others (centred or signed covariates) need only be
+#: finite.
+_COVARIATE_LOWER = {
+    "WT": 0.0,
+    "HT": 0.0,
+    "AGE": 0.0,
+    "BMI": 0.0,
+    "BSA": 0.0,
+    "LBW": 0.0,
+    "FFM": 0.0,
+    "IBW": 0.0,
+    "CRCL": 0.0,
+    "EGFR": 0.0,
+    "SCR": 0.0,
+    "CREAT": 0.0,
+    "ALB": 0.0,
+}
 
 
 def _occasions(sub: Any, column: str, sid: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -104,6 +104,9 @@ from ._records import (
     RecordError as RecordError,
 )
 from ._records import (
+    RecordWarning as RecordWarning,
+)
+from ._records import (
     regimen_from_records as regimen_from_records,
 )
 from ._records import (
@@ -176,6 +179,7 @@ __all__ = [
     "OneCompartmentOral",
     "OneCompartmentOralMM",
     "RecordError",
+    "RecordWarning",
     "Regimen",
     "SigmoidEmax",
     "ThreeCompartment",

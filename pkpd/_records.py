@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,6 +39,49 @@ def _where(df: pd.DataFrame, pos: int) -> str:
     return f"subject ID={_py(df['ID'].iloc[pos])!r}, row {_py(df.index[pos])!r}"
 
 
+class RecordWarning(UserWarning):
+    """A record whose content NONMEM would read but ignore (named with subject and row)."""
+
+
+_DOSING_FIELDS = ("AMT", "RATE", "II", "ADDL", "SS")
+
+
+def _warn_dosing_fields(df: pd.DataFrame, not_dose: np.ndarray) -> None:
+    """Dosing fields set on records that are not doses (EVID 0, 2, 3) are not read: say so,
+    with the first such record and how many there are."""
+    for col in _DOSING_FIELDS:
+        set_ = not_dose & (df[col].to_numpy() != 0)
+        if set_.any():
+            pos = int(np.argmax(set_))
+            warnings.warn(
+                f"{_where(df, pos)}: {col} is {_py(df[col].iloc[pos])!r} on a record with EVID="
+                f"{int(df['EVID'].iloc[pos])}, which is not a dose; dosing fields are read only on "
+                f"dose records (EVID 1 or 4), so it is ignored ({int(set_.sum())} such record(s) "
+                f"for {col}). Set it to 0 or make the record a dose.",
+                RecordWarning,
+                stacklevel=3,
+            )
+
+
+def _check_id_spellings(df: pd.DataFrame) -> None:
+    """Refuse IDs that differ only in type or spelling (`1`, `"1"`, `1.0`): they would be
+    two subjects for pandas and one for a reader of the file."""
+    raw = pd.unique(df["ID"])
+    seen: dict[str, Any] = {}
+    for value in raw:
+        v = _py(value)
+        key = str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip()
+        if key in seen:
+            first = seen[key]
+            pos = int(np.argmax((df["ID"] == value).to_numpy()))
+            raise RecordError(
+                f"row {_py(df.index[pos])!r}: ID {v!r} ({type(v).__name__}) and ID {first!r} "
+                f"({type(first).__name__}) would be two subjects though they read the same; "
+                "expected one spelling (and type) per subject."
+            )
+        seen[key] = v
+
+
 def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.DataFrame:
     """Check NONMEM records and return them with the optional columns filled in.
 
@@ -49,7 +93,10 @@ def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.D
 
     **Returns:** a copy with every optional column present.
 
-    Raises `RecordError` naming the subject, the row and what was expected.
+    Raises `RecordError` naming the subject, the row and what was expected (also for `MDV`
+    other than 0 or 1, and for IDs that differ only in type or spelling, such as `1` and
+    `"1"`). Dosing fields (`AMT`, `RATE`, `II`, `ADDL`, `SS`) on records that are not doses
+    (EVID 0, 2, 3) are ignored, as NONMEM does, with a `RecordWarning` naming the first.
     """
     if not isinstance(records, pd.DataFrame):
         raise RecordError(f"expected a pandas DataFrame of records, got {type(records).__name__}.")
@@ -77,6 +124,7 @@ def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.D
     if bool(pd.Series(df["ID"]).isna().any()):
         pos = int(np.argmax(df["ID"].isna().to_numpy()))
         raise RecordError(f"row {df.index[pos]!r}: column ID is missing; expected an identifier.")
+    _check_id_spellings(df)
 
     def fail(mask: np.ndarray, message: str) -> None:
         if mask.any():
@@ -114,6 +162,9 @@ def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.D
     fail(~np.isfinite(ii) | (ii < 0), "II is {row.II}; expected an interval >= 0 (h).")
     fail((addl < 0) | (addl != np.round(addl)), "ADDL is {row.ADDL}; expected an integer >= 0.")
     fail(~np.isin(ss, (0, 1, 2)), "SS is {row.SS}; expected 0, 1 or 2.")
+    mdv = df["MDV"].to_numpy()
+    fail(~np.isin(mdv, (0, 1)), "MDV is {row.MDV}; expected 0 (DV observed) or 1 (no DV).")
+    _warn_dosing_fields(df, ~dose)
     fail(
         dose & (ii > 0) & (addl == 0) & (ss == 0),
         "II is {row.II} without ADDL or SS; expected ADDL > 0 or SS > 0 with II > 0.",

@@ -152,6 +152,57 @@ def test_dataset_errors_name_subject_and_row():
         C.Dataset.from_records(df, covariates=["CRCL"])
 
 
+def _records(**columns):
+    base = {
+        "ID": [1, 1, 1, 2, 2],
+        "TIME": [0.0, 1.0, 2.0, 0.0, 1.0],
+        "EVID": [1, 0, 0, 1, 0],
+        "AMT": [100.0, 0.0, 0.0, 100.0, 0.0],
+        "CMT": [1, 2, 2, 1, 2],
+        "DV": [0.0, 1.0, 0.5, 0.0, 2.0],
+        "WT": [70.0] * 5,
+    }
+    base.update(columns)
+    return pd.DataFrame(base)
+
+
+def test_records_that_would_be_silently_misread_are_refused():
+    # MDV other than 0 and 1 used to drop the observation without a word.
+    with pytest.raises(pkpd.RecordError, match=r"ID=1, row 2: MDV is 2.0; expected 0"):
+        C.Dataset.from_records(_records(MDV=[1, 0, 2, 1, 0]))
+    # DV='.' on an observation: the subject and row, not a bare float error.
+    dv = pd.Series([0.0, 1.0, ".", 0.0, 2.0], dtype=object)
+    with pytest.raises(pkpd.RecordError, match=r"ID=1, row 2: observation DV='\.'"):
+        C.Dataset.from_records(_records(DV=dv))
+    # ... while '.' on a dose record (MDV=1) is NONMEM's usual missing DV.
+    dv = pd.Series([".", 1.0, 0.5, ".", 2.0], dtype=object)
+    data = C.Dataset.from_records(_records(DV=dv, MDV=[1, 0, 0, 1, 0]))
+    np.testing.assert_array_equal(data.dv[0], [1.0, 0.5])
+    # IDs 1 and "1" are one subject to a reader and two to pandas.
+    ids = pd.Series([1, 1, 1, "1", "1"], dtype=object)
+    with pytest.raises(pkpd.RecordError, match=r"row 3: ID '1' \(str\) and ID 1 \(int\)"):
+        C.Dataset.from_records(_records(ID=ids))
+    # Impossible covariates: an infinite one, a negative weight.
+    for wt, shown in ((np.inf, "inf"), (-70.0, "-70.0")):
+        with pytest.raises(pkpd.RecordError, match=f"ID=2, row 3: covariate WT is {shown}"):
+            C.Dataset.from_records(_records(WT=[70.0, 70.0, 70.0, wt, wt]), covariates=["WT"])
+    # A signed covariate (centred age) may be negative; AGE itself may be 0 (a newborn).
+    data = C.Dataset.from_records(
+        _records(CAGE=[-5.0] * 5, AGE=[0.0] * 5), covariates=["CAGE", "AGE"]
+    )
+    assert data.covariates["CAGE"].tolist() == [-5.0, -5.0]
+
+
+def test_dosing_fields_on_records_that_are_not_doses_are_named():
+    with pytest.warns(
+        pkpd.RecordWarning, match=r"ID=1, row 1: AMT is 50.0 on a record with EVID=0"
+    ):
+        data = C.Dataset.from_records(_records(AMT=[100.0, 50.0, 0.0, 100.0, 0.0]))
+    assert data.dv[0].tolist() == [1.0, 0.5]  # the observation is still read, the AMT is not
+    with pytest.warns(pkpd.RecordWarning, match=r"ID=2, row 4: RATE is 10.0 .* EVID=0"):
+        C.Dataset.from_records(_records(RATE=[0.0, 0.0, 0.0, 0.0, 10.0]))
+
+
 def test_population_model_checks():
     with pytest.raises(ValueError, match="omega for 'Q'"):
         C.PopulationModel(

@@ -89,10 +89,10 @@ def parse_star_diplotype(gene: str, diplotype: str) -> tuple[Haplotype, Haplotyp
     """`"*1/*2x2"` -> the two haplotypes, in the order given.
 
     Whitespace is allowed around `/`, `+` and a copy number's `x` (`*2 x ≥3`), and between a
-    gene symbol and its `*`, never
-    inside an allele (`'*1 0/*1'` is refused, not read as `*10/*1`); a leading gene symbol
-    (`CYP2D6*1/*4`, `CYP2D6 *1/CYP2D6 *4`) is accepted when it names `gene`. Copy numbers: `x2`, `x3`, ... (exact), `x≥3` or `x>=3`
-    (at least), `xN` (unknown, at least 2). `X` and `×` are read as `x`.
+    gene symbol and its `*`, never inside an allele (`'*1 0/*1'` is refused, not read as
+    `*10/*1`); a leading gene symbol (`CYP2D6*1/*4`, `CYP2D6 *1/CYP2D6 *4`) is accepted when
+    it names `gene`. Copy numbers: `x2`, `x3`, ... (exact), `x≥3` or `x>=3` (at least), `xN`
+    (unknown, at least 2). `X` and `×` are read as `x`.
     """
     compact = diplotype.strip()
     if not compact:
