@@ -41,6 +41,7 @@ from ._flax import MLPSurrogate as MLPSurrogate
 from ._flax import TransformerSurrogate as TransformerSurrogate
 from ._tabular import SklearnSurrogate as SklearnSurrogate
 from ._tabular import XGBoostSurrogate as XGBoostSurrogate
+from ._training import Training as Training
 
 __all__ = [
     "Explanation",
@@ -52,6 +53,7 @@ __all__ = [
     "Prediction",
     "SklearnSurrogate",
     "Surrogate",
+    "Training",
     "TrainingRanges",
     "TrainingSet",
     "TransformerSurrogate",

@@ -18,15 +18,15 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import surrogates
-from surrogates import Inputs, SklearnSurrogate
+from surrogates import Inputs, SklearnSurrogate, Training
 from surrogates._flax import (
     HybridSurrogate,
     LSTMSurrogate,
     MLPSurrogate,
     TransformerSurrogate,
-    _compiled_forward,
-    _epoch,
 )
+from surrogates._networks import _compiled_forward
+from surrogates._training import _epoch
 
 TAU = 12.0  # h between doses
 KA = 1.0  # 1/h
@@ -284,6 +284,38 @@ def test_mlp_emulates_a_closed_form_exposure(tmp_path):
         MLPSurrogate("classification", log_target=True)
     with pytest.raises(ValueError, match="hidden"):
         MLPSurrogate(hidden=())
+
+
+def test_training_config_is_the_keywords():
+    """`training=Training(...)` is the same surrogate as the same fields given as keywords:
+    the same hyperparameters and the same predictions, bit for bit; both at once is an
+    error, and keywords not given keep the surrogate's own defaults."""
+    train, y = _exposure_cohort(300, seed=5)
+    fields = {
+        "epochs": 4,
+        "batch_size": 32,
+        "learning_rate": 2e-3,
+        "weight_decay": 1e-4,
+        "ensemble": 2,
+        "patience": 3,
+        "validation_fraction": 0.2,
+    }
+    by_keywords = MLPSurrogate(hidden=(8,), **fields)
+    by_config = MLPSurrogate(hidden=(8,), training=Training(**fields))
+    assert by_config.training == by_keywords.training == Training(**fields)
+    assert by_config.hyperparameters() == by_keywords.hyperparameters()
+    a = by_keywords.fit(train, y, key=2).predict(train)
+    b = by_config.fit(train, y, key=2).predict(train)
+    for field in ("mean", "lower", "upper", "sd"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    with pytest.raises(ValueError, match=r"not both \(got training and epochs\)"):
+        MLPSurrogate(epochs=4, training=Training(epochs=4))
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        Training(batch_size=0)
+    assert MLPSurrogate(epochs=7).training == Training(
+        epochs=7, batch_size=128, weight_decay=1e-5, patience=20
+    )
+    assert HybridSurrogate().training.validation_fraction == 0.2
 
 
 def test_mlp_reads_the_flattened_sequence(data):
