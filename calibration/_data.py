@@ -100,6 +100,7 @@ class Dataset:
         cens: str = "CENS",
         limit: str = "LIMIT",
         occasion: str = "OCC",
+        max_doses: int = pkpd.MAX_DOSES,
     ) -> Dataset:
         """Read NONMEM records (`ID, TIME, EVID, AMT, CMT, DV` and the optional dosing columns).
 
@@ -117,8 +118,10 @@ class Dataset:
         - `covariates`: columns to keep as subject-level covariates (first record's value); a
           missing column or a missing value raises `RecordError` naming the subject and row.
         - `n_states`: the model's number of compartments, to check `CMT`.
+        - `max_doses`: the most doses (1 + ADDL per dose record) a subject may have
+          (`pkpd.MAX_DOSES` by default; see `pkpd.validate_records`).
         """
-        df: Any = pkpd.validate_records(records, n_states)
+        df: Any = pkpd.validate_records(records, n_states, max_doses=max_doses)
         for col in ("DV",):
             if col not in df.columns:
                 raise RecordError(f"Dataset.from_records: missing required column {col!r}.")
@@ -131,7 +134,7 @@ class Dataset:
             sub: Any = df[df["ID"] == sid]
             codes, start = _occasions(sub, occasion, sid)
             starts.append(start)
-            regimens.append(pkpd.regimen_from_records(sub, n_states))
+            regimens.append(pkpd.regimen_from_records(sub, n_states, max_doses=max_doses))
             is_obs = (sub["EVID"].to_numpy() == 0) & (sub["MDV"].to_numpy() == 0)
             o: Any = sub[is_obs].copy()
             occ_codes.append(codes[is_obs])

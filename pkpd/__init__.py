@@ -101,6 +101,9 @@ from ._models._pd import (
     SigmoidEmax as SigmoidEmax,
 )
 from ._records import (
+    MAX_DOSES as MAX_DOSES,
+)
+from ._records import (
     RecordError as RecordError,
 )
 from ._records import (
@@ -153,6 +156,7 @@ from ._simulate import simulate_piecewise as simulate_piecewise
 from ._simulate import simulate_states as simulate_states
 
 __all__ = [
+    "MAX_DOSES",
     "MODELLED_DURATION",
     "MODELLED_RATE",
     "PKPD",

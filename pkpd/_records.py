@@ -63,6 +63,22 @@ def _warn_dosing_fields(df: pd.DataFrame, not_dose: np.ndarray) -> None:
             )
 
 
+def _fail_doses(
+    df: pd.DataFrame, per_record: np.ndarray, totals: np.ndarray, max_doses: int
+) -> None:
+    over = totals > max_doses
+    if over.any():
+        subject = df["ID"].to_numpy()[int(np.argmax(over))]
+        mine = (df["ID"].to_numpy() == subject) & over
+        pos = int(np.argmax(np.where(mine, per_record, -1)))
+        raise RecordError(
+            f"{_where(df, pos)}: ADDL is {_py(df['ADDL'].iloc[pos])!r}: this subject's records "
+            f"expand to {int(totals[pos]):,} doses (each dose record counts 1 + ADDL), more than "
+            f"the {max_doses:,} allowed; model a long regimen at steady state (SS=1), or pass "
+            "max_doses= to allow more."
+        )
+
+
 def _check_id_spellings(df: pd.DataFrame) -> None:
     """Refuse IDs that differ only in type or spelling (`1`, `"1"`, `1.0`): they would be
     two subjects for pandas and one for a reader of the file."""
@@ -82,7 +98,15 @@ def _check_id_spellings(df: pd.DataFrame) -> None:
         seen[key] = v
 
 
-def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.DataFrame:
+#: The most doses one subject's records may expand to (each dose record counts 1 + ADDL). A
+#: regimen's events are arrays in memory: ADDL = 1e7 took 137 s and 4.7 GB before this limit.
+#: Pass `max_doses=` to raise it.
+MAX_DOSES = 100_000
+
+
+def validate_records(
+    records: pd.DataFrame, n_states: int | None = None, *, max_doses: int = MAX_DOSES
+) -> pd.DataFrame:
     """Check NONMEM records and return them with the optional columns filled in.
 
     **Arguments:**
@@ -90,6 +114,8 @@ def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.D
     - `records`: one row per record with at least `ID, TIME, EVID, AMT, CMT`; optional
       `RATE, II, ADDL, SS, MDV` (0 when absent).
     - `n_states`: number of model compartments, to check `CMT`.
+    - `max_doses`: the most doses (1 + ADDL per dose record) one subject may have
+      (`MAX_DOSES`, 100,000, by default): the work and memory of a simulation grow with it.
 
     **Returns:** a copy with every optional column present.
 
@@ -176,6 +202,11 @@ def validate_records(records: pd.DataFrame, n_states: int | None = None) -> pd.D
         "constant infusion).",
     )
     ids = df["ID"].to_numpy()
+    doses_per_record = np.where(dose, 1 + addl, 0)
+    totals = (
+        pd.Series(doses_per_record, index=df.index).groupby(df["ID"].to_numpy()).transform("sum")
+    )
+    _fail_doses(df, doses_per_record, totals.to_numpy(), max_doses)
     same = np.concatenate([[False], ids[1:] == ids[:-1]])
     fail(
         same & (np.diff(t, prepend=t[0]) < 0),
@@ -327,13 +358,15 @@ def _subject_regimen(
     return reg, np.asarray(cols["rec"], dtype=np.int64)
 
 
-def regimen_from_records(records: pd.DataFrame, n_states: int | None = None) -> Regimen:
+def regimen_from_records(
+    records: pd.DataFrame, n_states: int | None = None, *, max_doses: int = MAX_DOSES
+) -> Regimen:
     """The `Regimen` of one subject's NONMEM records (`EVID` 1, 3, 4; `ADDL` expanded).
 
     Model-level `F<n>`, `ALAG<n>`, `D<n>`, `R<n>` are applied at simulation time from the
     parameters. Raises `RecordError` for invalid records or more than one subject.
     """
-    df = validate_records(records, n_states)
+    df = validate_records(records, n_states, max_doses=max_doses)
     if pd.Series(df["ID"]).nunique() != 1:
         raise RecordError(
             f"regimen_from_records: expected the records of one subject, got IDs "

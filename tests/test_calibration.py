@@ -193,6 +193,20 @@ def test_records_that_would_be_silently_misread_are_refused():
     assert data.covariates["CAGE"].tolist() == [-5.0, -5.0]
 
 
+def test_a_regimen_too_long_to_simulate_is_refused_before_any_work():
+    # ADDL = 1e7 took 137 s and 4.7 GB; now refused at once, naming the row and the field.
+    amt = [100.0, 0.0, 0.0, 100.0, 0.0]
+    records = _records(AMT=amt, ADDL=[0, 0, 0, 10_000_000, 0], II=[0.0, 0.0, 0.0, 12.0, 0.0])
+    with pytest.raises(pkpd.RecordError, match=r"ID=2, row 3: ADDL is 10000000.*10,000,001 doses"):
+        C.Dataset.from_records(records)
+    with pytest.raises(pkpd.RecordError, match="more than the 100,000 allowed"):
+        pkpd.regimen_from_records(records[records["ID"] == 2])
+    # The limit is per subject and can be raised explicitly.
+    records.loc[3, "ADDL"] = 150_000
+    regimen = pkpd.regimen_from_records(records[records["ID"] == 2], max_doses=200_000)
+    assert int(regimen.mask.sum()) == 150_001
+
+
 def test_dosing_fields_on_records_that_are_not_doses_are_named():
     with pytest.warns(
         pkpd.RecordWarning, match=r"ID=1, row 1: AMT is 50.0 on a record with EVID=0"

@@ -127,6 +127,12 @@ def test_spec_out_stays_in_the_spec_folder(tmp_path):
         trial_from_dict(_spec("escape/x"), base_dir=base)
 
 
+def test_days_beyond_the_work_limit_are_refused_by_the_spec():
+    text = (Path(__file__).parents[1] / "examples" / "eupact.toml").read_text()
+    with pytest.raises(SpecError, match=r"days: expected an integer <= 3650, got 1000000000"):
+        twins.app.load_trial(text.replace("days = 84", "days = 1000000000"))
+
+
 def test_seed_out_of_range_is_refused_by_the_spec_and_run_trial(tmp_path, short):
     with pytest.raises(SpecError, match=r"run\.seed.*<= 9223372036854775807"):
         trial_from_dict({"preset": "eupact", "run": {"seed": 2**64 - 1}})

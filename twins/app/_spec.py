@@ -59,6 +59,11 @@ from ..trials._twin_arm import TwinArm
 T = TypeVar("T")
 
 
+#: The most dosing periods a spec may ask for (ten years of daily doses): the compiled
+#: simulation holds every period of a chunk in memory, and `days = 1000000000` hung.
+MAX_DAYS = 3650
+
+
 class SpecError(ValueError):
     """A trial spec that cannot be built. The message names the file, the entry and what
     was expected."""
@@ -384,7 +389,7 @@ class _Reader:
         if not name.strip():
             raise self.error("name", "expected a non-empty name.")
         drug = self.drug(top["drug"])
-        days = self.integer(top["days"], "days", low=1)
+        days = self.integer(top["days"], "days", low=1, high=MAX_DAYS)
         interval = drug.dosing.interval
         if "interval_h" in top:
             interval = self.number(top["interval_h"], "interval_h", low=0.0, low_open=True)
