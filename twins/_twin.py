@@ -34,6 +34,7 @@ import pandas as pd
 import calibration
 import pkpd
 
+from ._patient import Patient
 from .drugs import Drug, Target
 
 _LEVEL = 0.9
@@ -234,7 +235,7 @@ class DigitalTwin:
             raise TypeError(f"DigitalTwin: expected a twins.Drug, got {type(drug).__name__}.")
         self.drug = drug
         self.patient = patient
-        cov_dict = patient.covariates() if hasattr(patient, "covariates") else patient
+        cov_dict = patient.covariates() if isinstance(patient, Patient) else patient
         self.patient_id = str(cov_dict.get("ID", getattr(patient, "id", "patient")))
         self.covariates = drug.covariates(cov_dict)
         weight = cov_dict.get("WT")

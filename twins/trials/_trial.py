@@ -116,6 +116,12 @@ class Arm(abc.ABC):
             "visits_day": [v + 1 for v in self.visits],
         }
 
+    def check_drug(self, drug: Drug) -> None:
+        """Raise `ValueError` if the arm cannot dose `drug` (checked when the trial is
+        built; an arm that needs something of the drug, such as `TwinArm`'s target, says so
+        here). Any drug by default."""
+        del drug
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DosingArm(Arm):
@@ -627,18 +633,16 @@ class Trial:
             "cmax": np.zeros((1, self.days)),
         }
         for e in self.endpoints:
-            if hasattr(e, "end_h"):
+            if isinstance(e, AUC | Cmax | Ctrough | TargetAttainment):  # exposure windows
                 try:
                     e(dummy)
                 except ValueError as error:
                     raise ValueError(f"Trial {self.name!r}, endpoint {error}") from None
         for arm in self.arms:
-            check = getattr(arm, "check_drug", None)  # e.g. TwinArm: its target exists
-            if check is not None:
-                try:
-                    check(self.drug)
-                except ValueError as error:
-                    raise ValueError(f"Trial {self.name!r}, arm {arm.name!r}: {error}") from None
+            try:
+                arm.check_drug(self.drug)  # e.g. TwinArm: its target exists
+            except ValueError as error:
+                raise ValueError(f"Trial {self.name!r}, arm {arm.name!r}: {error}") from None
         for arm in self.arms:
             late = [v + 1 for v in arm.visits if v > self.days]
             if late:
