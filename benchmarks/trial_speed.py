@@ -5,7 +5,8 @@ at every scheduled INR check, in under 60 s after compilation; memory below 2 Gi
 N = 1,000,000. Measured here, in one process:
 
 - the full `run_trial` (population sampling, covariates, simulation, endpoints, Parquet
-  parts; no report) for `--n` patients per arm, after a warm-up run that compiles;
+  parts with their checksums; no summary, no report) for `--n` patients per arm, after a
+  warm-up run that compiles;
 - the same engine with diffrax's adaptive solver (`pkpd.ODESolver()`, Tsit5, rtol 1e-6)
   instead of the default `pkpd.FixedStep(2.0)` on `--baseline-n` patients: the ratio of
   patient-arms per second is the speed-up of the fixed-step solver;
@@ -53,10 +54,11 @@ def _setup():
 def _child(args: argparse.Namespace) -> None:
     _, twins = _setup()
     t0 = time.perf_counter()
-    twins.run_trial(
+    out = twins.run_trial(
         twins.eupact_trial(), args.child, n=args.memory_n, chunk_size=args.chunk_size,
         progress=False,
     )  # fmt: skip
+    twins.write_report(out)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"wall_s": time.perf_counter() - t0, "peak_rss_mib": peak_kib / 1024}))
 
@@ -80,7 +82,7 @@ def main() -> None:
         "solver": repr(trial.solver),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        quiet = {"progress": False, "report": False}
+        quiet = {"progress": False, "summary": False}
         t0 = time.perf_counter()
         twins.run_trial(trial, Path(tmp) / "warm", n=args.chunk_size, chunk_size=args.chunk_size,
                         **quiet)  # fmt: skip
