@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="pkpd-twins: PK/PD digital twins and virtual cohorts.", no_args_is_help=True)
@@ -88,7 +89,9 @@ def demo(
     try:
         run_trial(eupact_trial(), out, n=n, seed=seed, chunk_size=chunk_size)
     except ResultsFolderError as error:
-        Console(stderr=True).print(f"[red]Results folder refused:[/red] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(
+            f"[red]Results folder refused:[/red] {escape(str(error))}", highlight=False
+        )
         raise typer.Exit(code=2) from None
     write_report(out)
     _print_summary(console, out)
@@ -110,7 +113,7 @@ def trial(
     try:
         the_trial, options = load_trial(spec)
     except SpecError as error:
-        Console(stderr=True).print(f"[red]Error in the trial spec:[/red] {error}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]Error in the trial spec:[/red] {escape(str(error))}")
         raise typer.Exit(code=2) from None
     folder = out or options.out or Path("out") / _folder_name(the_trial.name)
     try:
@@ -123,7 +126,9 @@ def trial(
             trajectories=options.trajectories,
         )
     except ResultsFolderError as error:
-        Console(stderr=True).print(f"[red]Results folder refused:[/red] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(
+            f"[red]Results folder refused:[/red] {escape(str(error))}", highlight=False
+        )
         raise typer.Exit(code=2) from None
     write_report(folder)
     _print_summary(Console(), folder)
@@ -145,11 +150,11 @@ def report(
     from ..trials._summary import read_results
     from ._report import write_report
 
-    errors = Console(stderr=True)
+    errors = Console(stderr=True, soft_wrap=True)
     try:
         manifest = read_results(results).manifest
     except (FileNotFoundError, ValueError) as error:
-        errors.print(f"[red]Cannot build the report:[/red] {error}", markup=True, highlight=False)
+        errors.print(f"[red]Cannot build the report:[/red] {escape(str(error))}", markup=True, highlight=False)
         raise typer.Exit(code=2) from None
     if not manifest.get("complete") and not allow_incomplete:
         done = set(manifest.get("chunks_done", []))
