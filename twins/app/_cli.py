@@ -113,7 +113,9 @@ def trial(
     try:
         the_trial, options = load_trial(spec)
     except SpecError as error:
-        Console(stderr=True, soft_wrap=True).print(f"[red]Error in the trial spec:[/red] {escape(str(error))}")
+        Console(stderr=True, soft_wrap=True).print(
+            f"[red]Error in the trial spec:[/red] {escape(str(error))}"
+        )
         raise typer.Exit(code=2) from None
     folder = out or options.out or Path("out") / _folder_name(the_trial.name)
     try:
@@ -154,7 +156,11 @@ def report(
     try:
         manifest = read_results(results).manifest
     except (FileNotFoundError, ValueError) as error:
-        errors.print(f"[red]Cannot build the report:[/red] {escape(str(error))}", markup=True, highlight=False)
+        errors.print(
+            f"[red]Cannot build the report:[/red] {escape(str(error))}",
+            markup=True,
+            highlight=False,
+        )
         raise typer.Exit(code=2) from None
     if not manifest.get("complete") and not allow_incomplete:
         done = set(manifest.get("chunks_done", []))
