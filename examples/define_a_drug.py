@@ -52,7 +52,7 @@ THEOPHYLLINE_NLME = D.Drug(
     ),
     covariate_fn=covariates,
     units=D.Units(dose="mg", concentration="mg/L", observed="theophylline, mg/L"),
-    dosing=D.Dosing(route="oral", amount=320.0, interval=12.0),
+    dosing=D.Dosing(route=D.Oral(), amount=320.0, interval=12.0),
     reference="Pinheiro JC, Bates DM. Mixed-Effects Models in S and S-PLUS. Springer 2000, 8.2.",
     targets=D.get("theophylline").targets,
 )

@@ -8,6 +8,10 @@ the import (`jax.config.update("jax_enable_x64", False)`) to trade accuracy for 
 """
 
 from . import _config as _config
+from ._advance import Advanced as Advanced
+from ._advance import advance as advance
+from ._advance import interval_exposure as interval_exposure
+from ._advance import running_rates as running_rates
 from ._cohort import Exposure as Exposure
 from ._cohort import simulate_cohort as simulate_cohort
 from ._models._base import (
@@ -167,6 +171,7 @@ __all__ = [
     "AbstractModel",
     "AbstractODEModel",
     "AbstractPDModel",
+    "Advanced",
     "AsODE",
     "EffectCompartment",
     "Emax",
@@ -193,13 +198,16 @@ __all__ = [
     "TwoCompartmentMM",
     "TwoCompartmentOral",
     "TwoCompartmentOralMM",
+    "advance",
     "bolus",
     "concatenate",
     "infusion",
+    "interval_exposure",
     "oral",
     "regimen_from_records",
     "repeat",
     "reset",
+    "running_rates",
     "simulate",
     "simulate_cohort",
     "simulate_piecewise",

@@ -43,7 +43,11 @@ from ._twin import DigitalTwin as DigitalTwin
 from ._twin import Forecast as Forecast
 from ._twin import Posterior as Posterior
 from ._twin import Recommendation as Recommendation
+from .drugs import Bolus as Bolus
 from .drugs import Drug as Drug
+from .drugs import Infusion as Infusion
+from .drugs import Oral as Oral
+from .drugs import Route as Route
 
 # The trials wing and the app floor, above the core (they import it; it never imports them).
 from . import trials as trials  # isort: skip
@@ -76,6 +80,7 @@ __all__ = [
     "LABS",
     "AnyAbove",
     "Arm",
+    "Bolus",
     "Cmax",
     "Ctrough",
     "Demographics",
@@ -85,14 +90,17 @@ __all__ = [
     "Endpoint",
     "FinalLevel",
     "Forecast",
+    "Infusion",
     "LabSpec",
     "MeanDose",
     "MissingCovariateError",
     "Nomogram",
+    "Oral",
     "Patient",
     "Population",
     "Posterior",
     "Recommendation",
+    "Route",
     "TargetAttainment",
     "TimeInRange",
     "TimeToRange",

@@ -186,10 +186,11 @@ class FixedStep(eqx.Module):
             raise ValueError(f"FixedStep: expected dt > 0 (h), got dt={self.dt!r}.")
 
     def n_steps(self, t0: TimeLike, t1: TimeLike) -> tuple[Array, Array]:
-        """The number of steps over `[t0, t1]` and their length."""
+        """The number of steps over `[t0, t1]` and their length (no step over an empty
+        interval: the state is returned as it is)."""
         span = jnp.asarray(t1 - t0, dtype=jnp.result_type(float))
-        n = jnp.maximum(jnp.ceil(span / self.dt), 1.0)
-        return n.astype(jnp.int32), span / n
+        n = jnp.maximum(jnp.ceil(span / self.dt), 0.0)
+        return n.astype(jnp.int32), span / jnp.maximum(n, 1.0)
 
 
 def rk4_steps(field, x: State, t0: TimeLike, t1: TimeLike, solver: FixedStep) -> State:

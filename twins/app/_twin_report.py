@@ -112,7 +112,7 @@ def _drug_section(twin: DigitalTwin) -> str:
     d = drug.dosing
     per_kg = " per kg" if d.per_kg else ""
     usual = f"{d.amount:g} {escape(drug.units.dose)}{per_kg} every {d.interval:g} h"
-    if d.route == "infusion":
+    if d.duration is not None:
         usual += f", infused over {d.duration:g} h"
     out = [
         "<h2>Drug and model</h2>",
@@ -122,7 +122,7 @@ def _drug_section(twin: DigitalTwin) -> str:
                 ["Drug", f"<b>{escape(drug.name)}</b>"],
                 ["Model", escape(type(drug.model.model).__name__)],
                 ["Reference", escape(drug.reference)],
-                ["Route", escape(d.route)],
+                ["Route", escape(d.route.describe())],
                 ["Usual regimen", usual],
                 ["Observed output", escape(drug.units.observed)],
             ],

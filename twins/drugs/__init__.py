@@ -36,6 +36,10 @@ from ._drug import patient_flag as patient_flag
 from ._drug import patient_number as patient_number
 from ._drug import patient_sex as patient_sex
 from ._drug import patient_text as patient_text
+from ._routes import Bolus as Bolus
+from ._routes import Infusion as Infusion
+from ._routes import Oral as Oral
+from ._routes import Route as Route
 
 _FACTORIES: dict[str, Callable[[], Drug]] = {
     citalopram.NAME: citalopram.drug,
@@ -89,9 +93,13 @@ def get(name: str) -> Drug:
 
 
 __all__ = [
+    "Bolus",
     "CovariateError",
     "Dosing",
     "Drug",
+    "Infusion",
+    "Oral",
+    "Route",
     "Target",
     "Units",
     "available",

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 import calibration
 import pkpd
+
+from ._routes import Route, route_from_name
 
 PatientCovariates = Mapping[str, Any]
 CovariateFn = Callable[[PatientCovariates], dict[str, float]]
@@ -179,17 +182,20 @@ class Dosing:
 
     **Fields:**
 
-    - `route`: `"oral"` (a bolus into the depot, compartment `cmt`) or `"infusion"` (a
-      zero-order input into compartment `cmt` over `duration` hours).
+    - `route`: a `Route`: `Oral()` (a bolus into the depot, compartment `cmt`),
+      `Infusion(duration=...)` (a zero-order input into compartment `cmt` over `duration`
+      hours) or `Bolus()` (IV bolus). The strings `"oral"` and `"infusion"` (with
+      `duration=`) still work for one release, with a `DeprecationWarning`.
     - `amount`: a usual dose, in `Units.dose` (per kg of body weight if `per_kg`).
     - `interval`: the usual dosing interval (h).
-    - `duration`: the usual infusion duration (h); `None` for oral drugs.
+    - `duration`: the usual infusion duration (h), read from the route (`None` for
+      instantaneous doses); give it in the route, not here.
     - `cmt`: the dosing compartment of the model (1-based, as NONMEM's `CMT`).
     - `per_kg`: `amount` is per kg of body weight.
     - `reference`: where the usual regimen comes from.
     """
 
-    route: Literal["oral", "infusion"]
+    route: Route
     amount: float
     interval: float
     duration: float | None = None
@@ -198,12 +204,27 @@ class Dosing:
     reference: str = ""
 
     def __post_init__(self):
-        if self.route not in ("oral", "infusion"):
-            raise ValueError(f"Dosing: expected route 'oral' or 'infusion', got {self.route!r}.")
-        if self.route == "infusion" and not (self.duration and self.duration > 0):
-            raise ValueError(
-                f"Dosing: an infusion needs a duration > 0 (h), got duration={self.duration!r}."
+        route = self.route
+        if isinstance(route, str):
+            warnings.warn(
+                f"Dosing(route={route!r}) is deprecated; pass twins.Oral() or "
+                "twins.Infusion(duration=...) (the duration goes into the route).",
+                DeprecationWarning,
+                stacklevel=3,
             )
+            route = route_from_name(route, self.duration)
+        if not isinstance(route, Route):
+            raise TypeError(
+                f"Dosing: expected a route (twins.Oral(), twins.Infusion(duration=...), "
+                f"twins.Bolus()), got {route!r}."
+            )
+        if self.duration is not None and self.duration != route.duration:
+            raise ValueError(
+                f"Dosing: duration={self.duration!r} disagrees with the route {route!r}; give "
+                "the duration in the route only."
+            )
+        object.__setattr__(self, "route", route)
+        object.__setattr__(self, "duration", route.duration)
         if not (self.amount > 0 and self.interval > 0):
             raise ValueError(
                 f"Dosing: expected amount > 0 and interval > 0, got amount={self.amount}, "
@@ -225,7 +246,7 @@ class Drug:
 
     ```python
     import calibration, pkpd
-    from twins.drugs import Drug, Dosing, Target, Units, patient_number
+    from twins.drugs import Drug, Dosing, Oral, Target, Units, patient_number
 
     def typical(theta, cov):
         return {"KA": theta["KA"], "CL": theta["CL"] * (cov["WT"] / 70) ** 0.75,
@@ -239,7 +260,7 @@ class Drug:
             typical=typical),
         covariate_fn=lambda p: {"WT": patient_number(p, "WT", drug="mydrug", what="kg")},
         units=Units(dose="mg", concentration="mg/L", observed="plasma concentration, mg/L"),
-        dosing=Dosing(route="oral", amount=100.0, interval=12.0),
+        dosing=Dosing(route=Oral(), amount=100.0, interval=12.0),
         reference="Smith A et al. J Clin Pharmacol 2020;60:1-10.",
     )
     ```
@@ -430,12 +451,9 @@ class Drug:
                 )
             amount = amount * weight
         interval = d.interval if interval is None else interval
-        if d.route == "oral":
-            if duration is not None:
-                raise ValueError(f"{self.name}.regimen: an oral dose takes no duration.")
-            one = pkpd.bolus(amount, time=start, cmt=d.cmt)
-        else:
-            one = pkpd.infusion(
-                amount, duration=d.duration if duration is None else duration, time=start, cmt=d.cmt
-            )
+        try:
+            route = d.route.with_duration(duration)
+        except ValueError as error:
+            raise ValueError(f"{self.name}.regimen: {error}") from None
+        one = route.dose(amount, time=start, cmt=d.cmt)
         return one if n_doses == 1 else pkpd.repeat(one, ii=interval, addl=n_doses - 1)

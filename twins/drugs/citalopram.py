@@ -59,6 +59,7 @@ from ._drug import (
     Units,
     patient_number,
 )
+from ._routes import Oral
 
 NAME = "citalopram_akil2016"
 REFERENCE = (
@@ -163,7 +164,7 @@ def drug() -> Drug:
             observed="S-citalopram plasma concentration, mg/L (x 1000 for ng/mL)",
         ),
         dosing=Dosing(
-            route="oral",
+            route=Oral(),
             amount=30.0,
             interval=24.0,
             reference="30 mg once daily, the CitAD target dose (Porsteinsson 2014).",

@@ -29,6 +29,7 @@ import calibration
 import pkpd
 
 from ._drug import Dosing, Drug, PatientCovariates, Target, Units
+from ._routes import Oral
 
 NAME = "theophylline"
 REFERENCE = (
@@ -65,7 +66,7 @@ def drug() -> Drug:
             observed="theophylline plasma concentration, mg/L",
         ),
         dosing=Dosing(
-            route="oral",
+            route=Oral(),
             amount=320.0,
             interval=12.0,
             reference="320 mg: the single dose of theo_sd (11 of 12 subjects; 4.0-5.9 mg/kg).",

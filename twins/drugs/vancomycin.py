@@ -59,6 +59,7 @@ from ._drug import (
     patient_number,
     patient_sex,
 )
+from ._routes import Infusion
 
 GOTI = "vancomycin_goti2018"
 BUELGA = "vancomycin_buelga2005"
@@ -97,10 +98,9 @@ _UNITS = Units(
     dose="mg vancomycin", concentration="mg/L", observed="vancomycin serum concentration, mg/L"
 )
 _DOSING = Dosing(
-    route="infusion",
+    route=Infusion(duration=1.0),
     amount=1000.0,
     interval=12.0,
-    duration=1.0,
     reference="1 g every 12 h over 1 h: a usual adult regimen (Rybak 2009).",
 )
 

@@ -59,6 +59,7 @@ from ._drug import (
     Units,
     patient_number,
 )
+from ._routes import Infusion
 
 NAME = "vernakalant_mao2012"
 REFERENCE = (
@@ -182,10 +183,9 @@ def drug() -> Drug:
             observed="vernakalant plasma concentration, mg/L (x 1000 for ng/mL)",
         ),
         dosing=Dosing(
-            route="infusion",
+            route=Infusion(duration=10.0 / 60.0),
             amount=3.0,
             interval=25.0 / 60.0,
-            duration=10.0 / 60.0,
             per_kg=True,
             reference="3 mg/kg over 10 min; if needed 2 mg/kg over 10 min from 25 min "
             "(Mao 2012; the second dose is 2 mg/kg: pass amount=2.0).",

@@ -83,6 +83,7 @@ from ._drug import (
     patient_number,
     patient_text,
 )
+from ._routes import Oral
 
 NAME = "warfarin_hamberg2007"
 REFERENCE = (
@@ -326,7 +327,7 @@ def drug() -> Drug:
             observed="INR (ratio)",
         ),
         dosing=Dosing(
-            route="oral",
+            route=Oral(),
             amount=5.0,
             interval=24.0,
             reference="5 mg once daily: a usual starting dose (Ageno W et al. Chest "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 import hashlib
 import math
 from collections.abc import Callable, Mapping
@@ -717,16 +716,44 @@ def model_covariates(drug: Drug, cov: Mapping[str, np.ndarray]) -> dict[str, np.
     return {k: np.array([r[k] for r in rows], dtype=float) for k in names}
 
 
-@functools.lru_cache(maxsize=64)
-def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
+def dose_window(trial: Trial, params: Mapping[str, np.ndarray], ids: Any) -> int:
+    """How many dosing periods the entries of one dose can span: `1 + floor((lag +
+    infusion duration) / interval)` over the patients (the model's `ALAG<cmt>` and `D<cmt>`
+    where it has them, else the route's duration). Each period is advanced with the doses
+    of that many periods, so that a lagged dose or a long infusion that runs into a later
+    period is applied there, exactly once."""
+    drug = trial.drug
+    cmt = drug.dosing.cmt
+    n = len(next(iter(params.values()))) if params else 0
+    lag = np.asarray(params.get(f"ALAG{cmt}", np.zeros(n)), dtype=float)
+    default = drug.dosing.route.duration or 0.0
+    duration = np.asarray(params.get(f"D{cmt}", np.full(n, default)), dtype=float)
+    for name, values in ((f"ALAG{cmt}", lag), (f"D{cmt}", duration)):
+        bad = ~np.isfinite(values) | (values < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"Trial {trial.name!r}: patient {ids[i]} has {name} = {values[i]}; expected a "
+                "finite value >= 0 (h)."
+            )
+    span = float(np.max(lag + duration)) if n else 0.0
+    return 1 + math.floor(span / float(trial.interval))
+
+
+def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
     """The jitted simulation of one arm for a chunk: parameters -> course arrays.
 
-    Cached by identity of the trial and arm (both compare by identity), so that every chunk
-    and every call with the same shapes reuses one compiled function."""
+    Each period's dose is given through the `pkpd` event engine (`pkpd.advance`): the drug's
+    route builds the dose record and the model's `F`, `ALAG`, `R` and `D` apply exactly as
+    in `pkpd.simulate`; `window` periods of doses (`dose_window`) are kept so that a dose's
+    entries falling in a later period are applied there. Build it once per trial, arm and
+    window and reuse it for every chunk of the same size (`simulate_chunk(runners=...)`).
+    """
     drug = trial.drug
     model = drug.model.model
     out_idx = trial.output_index
-    cmt = drug.dosing.cmt - 1
+    route = drug.dosing.route
+    cmt = drug.dosing.cmt
     n_states = model.n_states
     days = trial.days
     tau = float(trial.interval)
@@ -738,64 +765,43 @@ def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
     error = drug.model.error
     sigma = {k: float(getattr(error, k)) for k in error.names}
     solver = trial.solver
-    duration = drug.dosing.duration if drug.dosing.route == "infusion" else None
-    if duration is not None and not 0 < duration < tau:
-        raise ValueError(
-            f"Trial {trial.name!r}: the infusion of {drug.name} lasts {duration} h; expected "
-            f"0 < duration < the dosing period ({tau} h)."
-        )
-
-    steps = _exposure_steps(trial, duration)
+    steps = _even(trial.exposure_steps) if trial.needs_exposure else None
+    ages = np.arange(window - 1, -1, -1, dtype=float)  # oldest dose first
 
     def one(params, state, key):
-        f = params.get(f"F{cmt + 1}", 1.0)
-        zero = jnp.zeros(n_states)
         x0 = model.initial_state(params)
+        r0 = jnp.zeros(n_states, dtype=x0.dtype)
         eps = jax.random.normal(key, (max(visits.size, 1),))
         eps_by_period = eps[jnp.asarray(visit_slot)]
 
         def level(x):
             return model.output(params, x)[out_idx]
 
-        def segment(x, rate, t0, t1, steps):
-            """Advance over [t0, t1]; with `steps`, also the Simpson AUC and the maximum
-            of the output on `steps` equal sub-steps."""
-            if steps is None:
-                return model.propagate(params, x, rate, t0, t1, solver), None, None
-            h = (t1 - t0) / steps
-
-            def sub(x, j):
-                a = t0 + h * j
-                x = model.propagate(params, x, rate, a, a + h, solver)
-                return x, level(x)
-
-            y0 = level(x)
-            x, ys = jax.lax.scan(sub, x, jnp.arange(steps, dtype=float))
-            weights = jnp.asarray(_simpson_weights(steps)[steps])
-            auc = (h / 3.0) * (weights[0] * y0 + weights[1:] @ ys)
-            return x, auc, jnp.maximum(y0, ys.max())
-
         def body(carry, inputs):
-            x, st = carry
+            x, r, given, st = carry
             p, e, visit = inputs
             y = level(x)
             measured = error.observe(y, sigma, e)
             amount, st = arm.step(p, measured, visit, st)
-            if duration is None:
-                x = x.at[cmt].add(f * amount)
-                x, auc, cmax = segment(x, zero, 0.0, tau, steps[0])
-            else:  # zero-order infusion over `duration` h at the start of the period
-                rate = zero.at[cmt].set(f * amount / duration)
-                x, auc1, cmax1 = segment(x, rate, 0.0, duration, steps[0])
-                x, auc2, cmax2 = segment(x, zero, duration, tau, steps[1])
-                auc = None if auc1 is None or auc2 is None else auc1 + auc2
-                cmax = None if cmax1 is None or cmax2 is None else jnp.maximum(cmax1, cmax2)
-            exposure = () if auc is None else (auc, cmax)
-            return (x, st), (y, measured, amount, *exposure)
+            given = jnp.concatenate([given[1:], jnp.reshape(amount, (1,))])
+            times = (p.astype(x0.dtype) - jnp.asarray(ages)) * tau
+            doses = pkpd.concatenate(
+                [route.dose(given[j], time=times[j], cmt=cmt) for j in range(window)]
+            )
+            t0 = p.astype(x0.dtype) * tau
+            out = pkpd.advance(
+                model, params, x, doses, t0, t0 + tau,
+                solver=solver, rates=r, exposure_steps=steps, output=out_idx,
+            )  # fmt: skip
+            exposure = () if out.auc is None else (out.auc, out.cmax)
+            return (out.state, out.rates, given, st), (y, measured, amount, *exposure)
 
         periods = jnp.arange(days, dtype=jnp.int32)
         xs = (periods, eps_by_period[:days], jnp.asarray(is_visit_table[:days]))
-        (x_end, _), (ys, meas, amounts, *exposure) = jax.lax.scan(body, (x0, state), xs)
+        given0 = jnp.zeros(window, dtype=x0.dtype)
+        (x_end, *_), (ys, meas, amounts, *exposure) = jax.lax.scan(
+            body, (x0, r0, given0, state), xs
+        )
         y_end = level(x_end)
         last_meas = error.observe(y_end, sigma, eps_by_period[days])
         ys = jnp.concatenate([ys, y_end[None]])
@@ -814,27 +820,6 @@ def _make_runner(trial: Trial, arm: Arm, mesh: Any = None):
 
 def _even(k: float) -> int:
     return max(2, 2 * math.ceil(k / 2))
-
-
-def _exposure_steps(trial: Trial, duration: float | None) -> tuple[int | None, int | None]:
-    """Simpson sub-steps for the dosing segment(s) of a period (None: no exposure needed)."""
-    if not trial.needs_exposure:
-        return None, None
-    total = trial.exposure_steps
-    if duration is None:
-        return _even(total), None
-    first = _even(total * duration / trial.interval)
-    return first, _even(total - first)
-
-
-def _simpson_weights(largest: int) -> np.ndarray:
-    """Row m: the composite Simpson weights 1, 4, 2, ..., 4, 1 for m (even) sub-steps."""
-    table = np.zeros((largest + 1, largest + 1))
-    for m in range(2, largest + 1, 2):
-        table[m, : m + 1] = 2.0
-        table[m, 1:m:2] = 4.0
-        table[m, 0] = table[m, m] = 1.0
-    return table
 
 
 def simulate_chunk(
@@ -874,6 +859,7 @@ def simulate_chunk(
     cov_j = {k: jnp.asarray(_pad(v, size)) for k, v in mcov.items()}
     params = jax.vmap(lambda c, e: pm.individual_params(theta, c, e))(cov_j, eta)
     params = {k: jnp.broadcast_to(jnp.asarray(v, dtype=float), (size,)) for k, v in params.items()}
+    window = dose_window(trial, {k: np.asarray(v)[:n] for k, v in params.items()}, population.ids)
     runners = {} if runners is None else runners
     endpoints: dict[str, dict[str, np.ndarray]] = {}
     courses: dict[str, Course] = {}
@@ -890,9 +876,10 @@ def simulate_chunk(
             level, measured, doses = simulate(trial, cov, host_params, noise_keys[:n])
             exposure = []
         else:
-            if arm.name not in runners:
-                runners[arm.name] = _make_runner(trial, arm, mesh)
-            level, measured, doses, *exposure = runners[arm.name](*inputs)
+            slot = (arm.name, window)
+            if slot not in runners:
+                runners[slot] = make_runner(trial, arm, window, mesh)
+            level, measured, doses, *exposure = runners[slot](*inputs)
         course = Course(
             days=days,
             level=np.asarray(level)[:n],
