@@ -36,9 +36,7 @@ import pkpd
 
 from .. import drugs as _drugs
 from .._population import Demographics, Population
-from ..trials import _eupact
-from ..trials._run import DERIVED_SUBGROUPS, SEED_MAX
-from ..trials._trial import (
+from ..trials import (
     AUC,
     AnyAbove,
     Cmax,
@@ -52,9 +50,11 @@ from ..trials._trial import (
     TimeInRange,
     TimeToRange,
     Trial,
+    TwinArm,
+    _eupact,
     model_covariates,
 )
-from ..trials._twin_arm import TwinArm
+from ..trials._run import DERIVED_SUBGROUPS, SEED_MAX
 
 T = TypeVar("T")
 
