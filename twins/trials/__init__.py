@@ -11,6 +11,19 @@
 No plotting and no HTML here: the report is `twins.app` (`twins.write_report`).
 """
 
+from ._arms import Arm as Arm
+from ._arms import DosingArm as DosingArm
+from ._arms import Nomogram as Nomogram
+from ._endpoints import AUC as AUC
+from ._endpoints import AnyAbove as AnyAbove
+from ._endpoints import Cmax as Cmax
+from ._endpoints import Ctrough as Ctrough
+from ._endpoints import Endpoint as Endpoint
+from ._endpoints import FinalLevel as FinalLevel
+from ._endpoints import MeanDose as MeanDose
+from ._endpoints import TargetAttainment as TargetAttainment
+from ._endpoints import TimeInRange as TimeInRange
+from ._endpoints import TimeToRange as TimeToRange
 from ._eupact import eupact_trial as eupact_trial
 from ._ray import run_trial_ray as run_trial_ray
 from ._run import ResultsFolderError as ResultsFolderError
@@ -22,19 +35,6 @@ from ._run import write_summary as write_summary
 from ._summary import DamagedResultsError as DamagedResultsError
 from ._summary import Results as Results
 from ._summary import read_results as read_results
-from ._trial import AUC as AUC
-from ._trial import AnyAbove as AnyAbove
-from ._trial import Arm as Arm
-from ._trial import Cmax as Cmax
-from ._trial import Ctrough as Ctrough
-from ._trial import DosingArm as DosingArm
-from ._trial import Endpoint as Endpoint
-from ._trial import FinalLevel as FinalLevel
-from ._trial import MeanDose as MeanDose
-from ._trial import Nomogram as Nomogram
-from ._trial import TargetAttainment as TargetAttainment
-from ._trial import TimeInRange as TimeInRange
-from ._trial import TimeToRange as TimeToRange
 from ._trial import Trial as Trial
 from ._trial import model_covariates as model_covariates
 from ._trial import population_rows as population_rows

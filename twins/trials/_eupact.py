@@ -32,7 +32,9 @@ from .._population import Population
 from ..drugs import get as get_drug
 from ..drugs import warfarin
 from ..validation import iwpc_2009_dose
-from ._trial import AnyAbove, DosingArm, MeanDose, Nomogram, TimeInRange, TimeToRange, Trial
+from ._arms import DosingArm, Nomogram
+from ._endpoints import AnyAbove, MeanDose, TimeInRange, TimeToRange
+from ._trial import Trial
 
 PIRMOHAMED_2013 = (
     "Pirmohamed M, Burnside G, Eriksson N, et al. A randomized trial of genotype-guided dosing "

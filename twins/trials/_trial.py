@@ -4,22 +4,23 @@ A `Trial` gives every virtual patient every arm (the same patients, the same ass
 common random numbers), simulates the drug's population model one dosing period at a time
 so that adaptive arms can change the dose from simulated measurements, and reduces each
 patient's course to endpoint values. `run_trial` does it chunk by chunk, writes Parquet
-parts atomically and resumes an interrupted run (`twins._trial_io`).
+parts atomically and resumes an interrupted run (`twins.trials.run_trial`).
 
 The simulation of one chunk is one `jax.jit` call per arm: the patient axis is vmapped (and
 sharded over the local devices when there are several), the periods are a `lax.scan`, and
-the drug's model is advanced over each period by `model.propagate` with the trial's solver
+each period's dose goes through the `pkpd` event engine (`pkpd.advance`, with the drug's
+route building the dose record), so that lag times, bioavailability, infusions and their
+ends behave exactly as in `pkpd.simulate`; the model is advanced with the trial's solver
 (by default `pkpd.FixedStep(1.0)`: exact linear PK, RK4 for PD states).
 """
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,259 +30,19 @@ import pkpd
 
 from .._population import Population
 from ..drugs import Drug
-
-Source = Literal["measured", "true"]
+from ._arms import Arm
+from ._arms import DosingArm as DosingArm
+from ._arms import Nomogram as Nomogram
+from ._endpoints import AUC, Cmax, Course, Ctrough, Endpoint, TargetAttainment, plain_value
+from ._endpoints import AnyAbove as AnyAbove  # re-exported for older imports of this module
+from ._endpoints import FinalLevel as FinalLevel
+from ._endpoints import MeanDose as MeanDose
+from ._endpoints import TimeInRange as TimeInRange
+from ._endpoints import TimeToRange as TimeToRange
 
 #: Virtual patients are drawn in blocks of this size, block b from `fold_in(key, b)`, so that
 #: patient i is the same whatever N and the chunk size are.
 POPULATION_BLOCK = 1000
-
-
-# ----------------------------------------------------------------------------- dosing rules
-
-
-@dataclasses.dataclass(frozen=True)
-class Nomogram:
-    r"""An INR- (or level-) guided dose adjustment table.
-
-    A measured value in band $b$ (`bounds` cut the real line into `len(bounds) + 1` bands;
-    a value equal to a bound falls in the upper band) changes the maintenance dose by the
-    fraction `change[b]` and withholds the next `hold[b]` doses.
-
-    **Fields:**
-
-    - `bounds`: increasing cut points (in the units of the measured output).
-    - `change`: fractional dose change per band (`0.1` = +10%), `len(bounds) + 1` values.
-    - `hold`: number of doses withheld per band (non-negative integers).
-    - `reference`: where the table comes from.
-    """
-
-    bounds: tuple[float, ...]
-    change: tuple[float, ...]
-    hold: tuple[int, ...]
-    reference: str = ""
-
-    def __post_init__(self):
-        b = np.asarray(self.bounds, dtype=float)
-        if b.ndim != 1 or b.size == 0 or not np.all(np.isfinite(b)) or np.any(np.diff(b) <= 0):
-            raise ValueError(f"Nomogram: bounds must increase strictly, got {self.bounds!r}.")
-        if len(self.change) != b.size + 1 or len(self.hold) != b.size + 1:
-            raise ValueError(
-                f"Nomogram: expected {b.size + 1} values in change and in hold (one per band), "
-                f"got {len(self.change)} and {len(self.hold)}."
-            )
-        if any(c <= -1 or not math.isfinite(c) for c in self.change):
-            raise ValueError(f"Nomogram: each change must be > -1 (-100%), got {self.change!r}.")
-        if any(int(h) != h or h < 0 for h in self.hold):
-            raise ValueError(f"Nomogram: hold must be non-negative integers, got {self.hold!r}.")
-
-    def __call__(self, measured, dose):
-        """`(new dose, doses to withhold)` for arrays of measured values and current doses."""
-        band = jnp.searchsorted(jnp.asarray(self.bounds), measured, side="right")
-        change = jnp.asarray(self.change)[band]
-        hold = jnp.asarray(self.hold, dtype=jnp.int32)[band]
-        return dose * (1.0 + change), hold
-
-
-InitialFn = Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
-
-
-class Arm(abc.ABC):
-    """One arm of a trial: how each patient is dosed, period by period.
-
-    Subclasses give `start` (the doses before any measurement, from the covariates, in
-    NumPy) and `step` (jittable: the dose of one period and the updated state, given the
-    value measured at the start of that period, if any).
-    """
-
-    name: str
-    label: str
-    description: str
-    visits: tuple[int, ...]
-
-    @abc.abstractmethod
-    def start(self, covariates: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Initial per-patient state (arrays with the patient axis first)."""
-
-    @abc.abstractmethod
-    def step(self, period, measured, is_visit, state) -> tuple[Any, dict[str, Any]]:
-        """`(amount given in this period, new state)` for one patient."""
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "label": self.label,
-            "description": self.description,
-            "visits_day": [v + 1 for v in self.visits],
-        }
-
-    def check_drug(self, drug: Drug) -> None:
-        """Raise `ValueError` if the arm cannot dose `drug` (checked when the trial is
-        built; an arm that needs something of the drug, such as `TwinArm`'s target, says so
-        here). Any drug by default."""
-        del drug
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class DosingArm(Arm):
-    r"""Loading doses, a maintenance dose, and rules that adjust it at the visits.
-
-    - Fixed regimen: `initial` gives the same dose to everyone and `rules` is empty.
-    - Covariate- or genotype-guided: `initial` computes the doses from the covariates
-      (`Population.covariates()` keys: `AGE`, `WT`, `CYP2C9`, `VKORC1`, ...).
-    - Adaptive (titration): `rules` change the maintenance dose from the value measured at
-      each visit (with assay noise), e.g. an INR `Nomogram`.
-
-    **Fields:**
-
-    - `name`, `label`, `description`: identifiers for the results and the report.
-    - `initial`: `initial(covariates) -> (loading, maintenance)`: `loading` an array
-      `(patients, L)` of the doses of the first L periods (mg), `maintenance` `(patients,)`
-      the dose of every later period (mg).
-    - `visits`: days (1-based: day 1 is the first dosing day) on which the output is
-      measured, in the morning before that day's dose.
-    - `rules`: `((days, rule), ...)`: at a visit on one of `days` (1-based), `rule(measured,
-      dose) -> (new dose, doses withheld)` updates the maintenance dose. The first rule whose
-      days contain the visit applies.
-    - `dose_step`: doses are rounded to multiples of this (mg; tablet strengths), and never
-      fall below one step except while withheld.
-    """
-
-    name: str
-    label: str
-    description: str
-    initial: InitialFn
-    visits: tuple[int, ...] = ()
-    rules: tuple[tuple[tuple[int, ...], Callable], ...] = ()
-    dose_step: float = 0.5
-
-    def __post_init__(self):
-        if not self.name or not self.name.replace("_", "").isalnum():
-            raise ValueError(f"DosingArm: name must be a word ([A-Za-z0-9_]), got {self.name!r}.")
-        days = [int(d) for d in self.visits]
-        if any(d < 1 for d in days) or days != sorted(set(days)):
-            raise ValueError(
-                f"DosingArm {self.name!r}: visits must be increasing days >= 1, got "
-                f"{self.visits!r}."
-            )
-        for rule_days, _ in self.rules:
-            missing = sorted(set(rule_days) - set(days))
-            if missing:
-                raise ValueError(
-                    f"DosingArm {self.name!r}: rule days {missing} are not visit days."
-                )
-        if not self.dose_step > 0:
-            raise ValueError(f"DosingArm {self.name!r}: dose_step must be > 0.")
-        # Stored 0-based (period index); describe() reports 1-based days.
-        object.__setattr__(self, "visits", tuple(d - 1 for d in days))
-        object.__setattr__(
-            self, "rules", tuple((tuple(int(d) - 1 for d in ds), r) for ds, r in self.rules)
-        )
-
-    def describe(self) -> dict[str, Any]:
-        fn = self.initial
-        return {
-            **super().describe(),
-            "initial": f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}",
-            "rules": [{"days": [d + 1 for d in days], "rule": repr(r)} for days, r in self.rules],
-            "dose_step": self.dose_step,
-        }
-
-    def start(self, covariates):
-        loading, maintenance = self.initial(covariates)
-        n = len(covariates["ID"])
-        loading = np.asarray(loading, dtype=float)
-        maintenance = np.asarray(maintenance, dtype=float)
-        if loading.ndim != 2 or loading.shape[0] != n or maintenance.shape != (n,):
-            raise ValueError(
-                f"DosingArm {self.name!r}: initial must return loading (patients, L) and "
-                f"maintenance (patients,), got shapes {loading.shape} and {maintenance.shape} "
-                f"for {n} patients."
-            )
-        for what, values in (("loading", loading), ("maintenance", maintenance)):
-            bad = ~np.isfinite(values) | (values < 0)
-            if bad.any():
-                i = int(np.argwhere(bad)[0][0])
-                raise ValueError(
-                    f"DosingArm {self.name!r}: the {what} dose of patient "
-                    f"{covariates['ID'][i]} is {values[i]}; expected a finite dose >= 0 (mg)."
-                )
-        return {
-            "loading": loading,
-            "dose": self._round(maintenance),
-            "hold": np.zeros(n, dtype=np.int32),
-        }
-
-    def _round(self, dose):
-        xp = jnp if isinstance(dose, jax.Array) else np
-        return xp.maximum(xp.round(dose / self.dose_step), 1.0) * self.dose_step
-
-    def step(self, period, measured, is_visit, state):
-        dose, hold = state["dose"], state["hold"]
-        for days, rule in self.rules:
-            applies = is_visit & jnp.isin(period, jnp.asarray(days, dtype=jnp.int32))
-            new_dose, new_hold = rule(measured, dose)
-            dose = jnp.where(applies, self._round(new_dose), dose)
-            hold = jnp.where(applies, new_hold, hold)
-        loading = state["loading"]
-        n_load = loading.shape[-1]
-        in_loading = period < n_load
-        load = loading[jnp.clip(period, 0, max(n_load - 1, 0))] if n_load else 0.0
-        held = hold > 0
-        amount = jnp.where(in_loading, load, jnp.where(held, 0.0, dose))
-        hold = jnp.where(in_loading, hold, jnp.maximum(hold - 1, 0))
-        return amount, {"loading": loading, "dose": dose, "hold": hold}
-
-
-# ----------------------------------------------------------------------------- endpoints
-
-
-class Course(dict):
-    """What endpoints see for a chunk of patients (all arrays, patient axis first).
-
-    - `days` `(P + 1,)`: the start of every period and the end of the trial (days from the
-      first dose); `level` `(n, P + 1)`: the true (noise-free) output there, before that
-      period's dose (a trough for once-per-period dosing);
-    - `visit_days` `(V,)`, `measured` `(n, V)`: the visits and what was measured;
-    - `doses` `(n, P)`: the amount given in each period;
-    - `params`: each patient's model parameters, `{name: (n,)}`;
-    - `interval_h`: the dosing period (h);
-    - `auc`, `cmax` `(n, P)`: the AUC and highest value of the true output within each
-      period, when an endpoint needs them (`Trial.exposure_steps`).
-    """
-
-
-@dataclasses.dataclass(frozen=True)
-class Endpoint(abc.ABC):
-    """A per-patient endpoint computed from a `Course`."""
-
-    name: str
-    label: str
-    kind: ClassVar[str] = "mean"
-    unit: ClassVar[str] = ""
-    #: Whether the endpoint needs the AUC and Cmax of every period (`Course["auc"]`, `["cmax"]`).
-    needs_exposure: ClassVar[bool] = False
-
-    @abc.abstractmethod
-    def __call__(self, course: Mapping[str, Any]) -> dict[str, Any]:
-        """`{column: (n,) array}` for this endpoint."""
-
-    def describe(self) -> dict[str, Any]:
-        fields = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        return {"type": type(self).__name__, **fields, "kind": self.kind, "unit": self.unit}
-
-
-def _plain(x: Any) -> Any:
-    """JSON-friendly and canonical (tuples as lists, integral floats kept as floats)."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(x, list | tuple):
-        return [_plain(v) for v in x]
-    if isinstance(x, bool) or x is None or isinstance(x, str):
-        return x
-    if isinstance(x, int | float | np.number):
-        return float(x)
-    return repr(x)
 
 
 def describe_population(population: Any) -> dict[str, Any]:
@@ -295,244 +56,9 @@ def describe_population(population: Any) -> dict[str, Any]:
     name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
     return {
         "sampler": name,
-        "args": _plain(list(getattr(population, "args", ()))),
-        "keywords": _plain(dict(getattr(population, "keywords", {}) or {})),
+        "args": plain_value(list(getattr(population, "args", ()))),
+        "keywords": plain_value(dict(getattr(population, "keywords", {}) or {})),
     }
-
-
-def _series(course, source: Source):
-    if source == "measured":
-        return course["visit_days"], course["measured"]
-    return course["days"], course["level"]
-
-
-def _in_range_fraction(t, y, low, high):
-    """Rosendaal: the fraction of the time between the first and last point with y in range,
-    y interpolated linearly between points."""
-    y = jnp.asarray(y)
-    y0, y1 = y[..., :-1], y[..., 1:]
-    dt = jnp.broadcast_to(jnp.diff(jnp.asarray(t, dtype=y.dtype)), y0.shape)
-    lo = jnp.minimum(y0, y1)
-    hi = jnp.maximum(y0, y1)
-    span = hi - lo
-    overlap = jnp.clip(jnp.minimum(hi, high) - jnp.maximum(lo, low), 0.0, None)
-    flat = span <= 0
-    inside = (lo >= low) & (lo <= high)
-    frac = jnp.where(flat, inside.astype(y.dtype), overlap / jnp.where(flat, 1.0, span))
-    return (frac * dt).sum(-1) / (t[-1] - t[0])
-
-
-@dataclasses.dataclass(frozen=True)
-class TimeInRange(Endpoint):
-    r"""Percentage of time with the output in `[low, high]` (Rosendaal interpolation).
-
-    Between two consecutive values the output is interpolated linearly and the time inside
-    the range is counted, from the first value to the last. With `source="measured"` the
-    values are those measured at the visits (as TTR is computed in clinical trials); with
-    `"true"` the noise-free output at the start of every period.
-
-    References: Rosendaal FR, Cannegieter SC, van der Meer FJ, Briet E. A method to
-    determine the optimal intensity of oral anticoagulant therapy. Thromb Haemost
-    1993;69(3):236-239.
-    """
-
-    low: float = 2.0
-    high: float = 3.0
-    source: Source = "measured"
-    unit: ClassVar[str] = "% of time"
-
-    def __call__(self, course):
-        t, y = _series(course, self.source)
-        return {self.name: 100.0 * _in_range_fraction(t, y, self.low, self.high)}
-
-
-@dataclasses.dataclass(frozen=True)
-class AnyAbove(Endpoint):
-    """Whether the output reached `threshold` or more at least once (an adverse-event proxy)."""
-
-    threshold: float = 4.0
-    source: Source = "measured"
-    kind: ClassVar[str] = "proportion"
-    unit: ClassVar[str] = "% of patients"
-
-    def __call__(self, course):
-        _, y = _series(course, self.source)
-        return {self.name: (y >= self.threshold).any(-1)}
-
-
-@dataclasses.dataclass(frozen=True)
-class TimeToRange(Endpoint):
-    """Days from the first dose to the first value in `[low, high]`; censored at the last
-    value when never reached (`<name>_event` False)."""
-
-    low: float = 2.0
-    high: float = 3.0
-    source: Source = "measured"
-    kind: ClassVar[str] = "time_to_event"
-    unit: ClassVar[str] = "days"
-
-    def __call__(self, course):
-        t, y = _series(course, self.source)
-        ok = (y >= self.low) & (y <= self.high)
-        event = ok.any(-1)
-        first = jnp.argmax(ok, axis=-1)
-        time = jnp.where(event, jnp.asarray(t)[first], jnp.asarray(t)[-1])
-        return {self.name: time, f"{self.name}_event": event}
-
-
-@dataclasses.dataclass(frozen=True)
-class MeanDose(Endpoint):
-    """Mean weekly dose (mg/week) over the last `days` days of the trial (whatever the
-    dosing interval: the periods within those days, times periods per week)."""
-
-    days: float = 28
-    unit: ClassVar[str] = "mg/week"
-
-    def __call__(self, course):
-        doses = course["doses"]
-        interval = float(course["interval_h"])
-        periods = max(round(self.days * 24.0 / interval), 1)
-        return {self.name: (168.0 / interval) * doses[..., -periods:].mean(-1)}
-
-
-@dataclasses.dataclass(frozen=True)
-class FinalLevel(Endpoint):
-    """The output at the end of the trial (true or as measured at the last visit)."""
-
-    source: Source = "true"
-
-    def __call__(self, course):
-        _, y = _series(course, self.source)
-        return {self.name: y[..., -1]}
-
-
-Metric = Literal["auc", "cmax", "trough"]
-
-
-def _window(course, end_h: float | None, hours: float, who: str) -> tuple[int, int]:
-    """The periods `[first, stop)` of the window of `hours` ending at `end_h` (default: the
-    end of the trial); both must fall on period boundaries."""
-    tau = float(course["interval_h"])
-    n_periods = len(course["days"]) - 1
-    end = n_periods * tau if end_h is None else float(end_h)
-    stop, first = end / tau, (end - hours) / tau
-    if not (math.isclose(stop, round(stop)) and math.isclose(first, round(first))):
-        raise ValueError(
-            f"{who}: the window of {hours:g} h ending at {end:g} h must start and end on dose "
-            f"times (multiples of the {tau:g}-h dosing period)."
-        )
-    first_i, stop_i = round(first), round(stop)
-    if not 0 <= first_i < stop_i <= n_periods:
-        raise ValueError(
-            f"{who}: the window of {hours:g} h ending at {end:g} h is outside the trial "
-            f"(0-{n_periods * tau:g} h)."
-        )
-    return first_i, stop_i
-
-
-def _metric(course, metric: Metric, end_h: float | None, hours: float, who: str):
-    if metric == "trough":
-        tau = float(course["interval_h"])
-        n_periods = len(course["days"]) - 1
-        at = n_periods if end_h is None else float(end_h) / tau
-        if not (math.isclose(at, round(at)) and 0 <= round(at) <= n_periods):
-            raise ValueError(
-                f"{who}: a trough is taken just before a dose; end_h = {end_h} h is not a dose "
-                f"time of the trial (multiples of {tau:g} h up to {n_periods * tau:g} h)."
-            )
-        return course["level"][..., round(at)]
-    if "auc" not in course:
-        raise ValueError(
-            f"{who}: the course has no AUC or Cmax; the trial records them only when one of "
-            "its endpoints needs them (Trial.exposure_steps sets their resolution)."
-        )
-    first, stop = _window(course, end_h, hours, who)
-    if metric == "auc":
-        return course["auc"][..., first:stop].sum(-1)
-    return course["cmax"][..., first:stop].max(-1)
-
-
-@dataclasses.dataclass(frozen=True)
-class AUC(Endpoint):
-    """Area under the true output curve over the `hours` ending at `end_h` (hours from the
-    first dose; default the end of the trial), e.g. the AUC24 at steady state.
-
-    Computed period by period with the composite Simpson rule on `Trial.exposure_steps`
-    sub-steps per period (split at the end of an infusion, where the curve has a kink), so it
-    is accurate to the solver's tolerance for smooth curves; the window must start and end on
-    dose times. Units: the output's times hours (mg.h/L for a concentration)."""
-
-    end_h: float | None = None
-    hours: float = 24.0
-    needs_exposure: ClassVar[bool] = True
-    unit: ClassVar[str] = "output x h"
-
-    def __call__(self, course):
-        return {self.name: _metric(course, "auc", self.end_h, self.hours, self.name)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Cmax(Endpoint):
-    """The highest true output over the `hours` ending at `end_h` (default: the last 24 h),
-    taken on the grid of `Trial.exposure_steps` points per period plus the end of any
-    infusion (exact for IV doses; for oral doses the grid's resolution)."""
-
-    end_h: float | None = None
-    hours: float = 24.0
-    needs_exposure: ClassVar[bool] = True
-
-    def __call__(self, course):
-        return {self.name: _metric(course, "cmax", self.end_h, self.hours, self.name)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Ctrough(Endpoint):
-    """The true output just before the dose given at `end_h` hours (default: the end of the
-    trial, i.e. before the next dose)."""
-
-    end_h: float | None = None
-
-    def __call__(self, course):
-        return {self.name: _metric(course, "trough", self.end_h, 0.0, self.name)}
-
-
-@dataclasses.dataclass(frozen=True)
-class TargetAttainment(Endpoint):
-    """Probability of target attainment: the share of patients whose `metric` (`"auc"`,
-    `"cmax"` or `"trough"`, over the window of `AUC`/`Cmax`/`Ctrough`) lies in
-    `[low, high]` (either bound may be omitted), e.g. AUC24 in 400-600 mg.h/L for
-    vancomycin (Rybak MJ et al. Am J Health Syst Pharm 2020;77(11):835-864)."""
-
-    metric: Metric = "auc"
-    low: float | None = None
-    high: float | None = None
-    end_h: float | None = None
-    hours: float = 24.0
-    kind: ClassVar[str] = "proportion"
-    unit: ClassVar[str] = "% of patients"
-
-    def __post_init__(self):
-        if self.metric not in ("auc", "cmax", "trough"):
-            raise ValueError(
-                f"{self.name}: metric must be 'auc', 'cmax' or 'trough', got {self.metric!r}."
-            )
-        if self.low is None and self.high is None:
-            raise ValueError(f"{self.name}: give a target: low, high or both.")
-        if self.low is not None and self.high is not None and not self.low < self.high:
-            raise ValueError(f"{self.name}: expected low < high, got {self.low} and {self.high}.")
-
-    @property
-    def needs_exposure(self) -> bool:  # type: ignore[override]
-        return self.metric != "trough"
-
-    def __call__(self, course):
-        value = _metric(course, self.metric, self.end_h, self.hours, self.name)
-        ok = np.ones(np.shape(value), dtype=bool)
-        if self.low is not None:
-            ok &= np.asarray(value) >= self.low
-        if self.high is not None:
-            ok &= np.asarray(value) <= self.high
-        return {self.name: ok}
 
 
 # ----------------------------------------------------------------------------- the trial
@@ -565,9 +91,10 @@ class Trial:
     - `covariates`: numeric covariate keys for the population summary.
     - `bands_edges`: bin edges of the histogram behind the median/5-95% bands of the output.
     - `solver`: how the model is advanced over a period (default `pkpd.FixedStep(1.0)`).
-    - `exposure_steps`: sub-steps per period at which the output is evaluated for AUC and
-      Cmax endpoints (composite Simpson rule; made even, and split at the end of an
-      infusion). Used only when an endpoint needs them, since it multiplies the work.
+    - `exposure_steps`: sub-steps at which the output is evaluated for AUC and Cmax
+      endpoints, between consecutive dosing entries of a period (the dose's arrival after
+      any lag, the end of an infusion): composite Simpson rule, made even (`pkpd.advance`).
+      Used only when an endpoint needs them, since it multiplies the work.
     - `published`: published figures to show beside the simulated ones,
       `{arm: {endpoint: value}}` plus `"source"` and `"notes"`.
     - `published_differences`: published differences against the reference arm,

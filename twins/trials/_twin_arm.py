@@ -24,7 +24,8 @@ import numpy as np
 import pkpd
 
 from .._twin import DigitalTwin
-from ._trial import DosingArm, Trial
+from ._arms import DosingArm
+from ._trial import Trial
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

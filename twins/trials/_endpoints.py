@@ -1,0 +1,304 @@
+"""Trial endpoints: per-patient values computed from a simulated `Course`.
+
+Each endpoint is a frozen dataclass deriving from `Endpoint`, with a `kind` (how it is
+summarised: mean, proportion, time to event) and a unit. Exposure endpoints (`AUC`, `Cmax`,
+`TargetAttainment` on them) read the per-period AUC and Cmax that the chunk simulator
+computes with `pkpd.advance` when `needs_exposure` is set.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import jax.numpy as jnp
+import numpy as np
+
+Source = Literal["measured", "true"]
+
+
+class Course(dict):
+    """What endpoints see for a chunk of patients (all arrays, patient axis first).
+
+    - `days` `(P + 1,)`: the start of every period and the end of the trial (days from the
+      first dose); `level` `(n, P + 1)`: the true (noise-free) output there, before that
+      period's dose (a trough for once-per-period dosing);
+    - `visit_days` `(V,)`, `measured` `(n, V)`: the visits and what was measured;
+    - `doses` `(n, P)`: the amount given in each period;
+    - `params`: each patient's model parameters, `{name: (n,)}`;
+    - `interval_h`: the dosing period (h);
+    - `auc`, `cmax` `(n, P)`: the AUC and highest value of the true output within each
+      period, when an endpoint needs them (`Trial.exposure_steps`).
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint(abc.ABC):
+    """A per-patient endpoint computed from a `Course`."""
+
+    name: str
+    label: str
+    kind: ClassVar[str] = "mean"
+    unit: ClassVar[str] = ""
+    #: Whether the endpoint needs the AUC and Cmax of every period (`Course["auc"]`, `["cmax"]`).
+    needs_exposure: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def __call__(self, course: Mapping[str, Any]) -> dict[str, Any]:
+        """`{column: (n,) array}` for this endpoint."""
+
+    def describe(self) -> dict[str, Any]:
+        fields = {f.name: plain_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {"type": type(self).__name__, **fields, "kind": self.kind, "unit": self.unit}
+
+
+def plain_value(x: Any) -> Any:
+    """JSON-friendly and canonical (tuples as lists, integral floats kept as floats)."""
+    if isinstance(x, Mapping):
+        return {str(k): plain_value(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(x, list | tuple):
+        return [plain_value(v) for v in x]
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, int | float | np.number):
+        return float(x)
+    return repr(x)
+
+
+def _series(course, source: Source):
+    if source == "measured":
+        return course["visit_days"], course["measured"]
+    return course["days"], course["level"]
+
+
+def _in_range_fraction(t, y, low, high):
+    """Rosendaal: the fraction of the time between the first and last point with y in range,
+    y interpolated linearly between points."""
+    y = jnp.asarray(y)
+    y0, y1 = y[..., :-1], y[..., 1:]
+    dt = jnp.broadcast_to(jnp.diff(jnp.asarray(t, dtype=y.dtype)), y0.shape)
+    lo = jnp.minimum(y0, y1)
+    hi = jnp.maximum(y0, y1)
+    span = hi - lo
+    overlap = jnp.clip(jnp.minimum(hi, high) - jnp.maximum(lo, low), 0.0, None)
+    flat = span <= 0
+    inside = (lo >= low) & (lo <= high)
+    frac = jnp.where(flat, inside.astype(y.dtype), overlap / jnp.where(flat, 1.0, span))
+    return (frac * dt).sum(-1) / (t[-1] - t[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeInRange(Endpoint):
+    r"""Percentage of time with the output in `[low, high]` (Rosendaal interpolation).
+
+    Between two consecutive values the output is interpolated linearly and the time inside
+    the range is counted, from the first value to the last. With `source="measured"` the
+    values are those measured at the visits (as TTR is computed in clinical trials); with
+    `"true"` the noise-free output at the start of every period.
+
+    References: Rosendaal FR, Cannegieter SC, van der Meer FJ, Briet E. A method to
+    determine the optimal intensity of oral anticoagulant therapy. Thromb Haemost
+    1993;69(3):236-239.
+    """
+
+    low: float = 2.0
+    high: float = 3.0
+    source: Source = "measured"
+    unit: ClassVar[str] = "% of time"
+
+    def __call__(self, course):
+        t, y = _series(course, self.source)
+        return {self.name: 100.0 * _in_range_fraction(t, y, self.low, self.high)}
+
+
+@dataclasses.dataclass(frozen=True)
+class AnyAbove(Endpoint):
+    """Whether the output reached `threshold` or more at least once (an adverse-event proxy)."""
+
+    threshold: float = 4.0
+    source: Source = "measured"
+    kind: ClassVar[str] = "proportion"
+    unit: ClassVar[str] = "% of patients"
+
+    def __call__(self, course):
+        _, y = _series(course, self.source)
+        return {self.name: (y >= self.threshold).any(-1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeToRange(Endpoint):
+    """Days from the first dose to the first value in `[low, high]`; censored at the last
+    value when never reached (`<name>_event` False)."""
+
+    low: float = 2.0
+    high: float = 3.0
+    source: Source = "measured"
+    kind: ClassVar[str] = "time_to_event"
+    unit: ClassVar[str] = "days"
+
+    def __call__(self, course):
+        t, y = _series(course, self.source)
+        ok = (y >= self.low) & (y <= self.high)
+        event = ok.any(-1)
+        first = jnp.argmax(ok, axis=-1)
+        time = jnp.where(event, jnp.asarray(t)[first], jnp.asarray(t)[-1])
+        return {self.name: time, f"{self.name}_event": event}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanDose(Endpoint):
+    """Mean weekly dose (mg/week) over the last `days` days of the trial (whatever the
+    dosing interval: the periods within those days, times periods per week)."""
+
+    days: float = 28
+    unit: ClassVar[str] = "mg/week"
+
+    def __call__(self, course):
+        doses = course["doses"]
+        interval = float(course["interval_h"])
+        periods = max(round(self.days * 24.0 / interval), 1)
+        return {self.name: (168.0 / interval) * doses[..., -periods:].mean(-1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalLevel(Endpoint):
+    """The output at the end of the trial (true or as measured at the last visit)."""
+
+    source: Source = "true"
+
+    def __call__(self, course):
+        _, y = _series(course, self.source)
+        return {self.name: y[..., -1]}
+
+
+Metric = Literal["auc", "cmax", "trough"]
+
+
+def _window(course, end_h: float | None, hours: float, who: str) -> tuple[int, int]:
+    """The periods `[first, stop)` of the window of `hours` ending at `end_h` (default: the
+    end of the trial); both must fall on period boundaries."""
+    tau = float(course["interval_h"])
+    n_periods = len(course["days"]) - 1
+    end = n_periods * tau if end_h is None else float(end_h)
+    stop, first = end / tau, (end - hours) / tau
+    if not (math.isclose(stop, round(stop)) and math.isclose(first, round(first))):
+        raise ValueError(
+            f"{who}: the window of {hours:g} h ending at {end:g} h must start and end on dose "
+            f"times (multiples of the {tau:g}-h dosing period)."
+        )
+    first_i, stop_i = round(first), round(stop)
+    if not 0 <= first_i < stop_i <= n_periods:
+        raise ValueError(
+            f"{who}: the window of {hours:g} h ending at {end:g} h is outside the trial "
+            f"(0-{n_periods * tau:g} h)."
+        )
+    return first_i, stop_i
+
+
+def _metric(course, metric: Metric, end_h: float | None, hours: float, who: str):
+    if metric == "trough":
+        tau = float(course["interval_h"])
+        n_periods = len(course["days"]) - 1
+        at = n_periods if end_h is None else float(end_h) / tau
+        if not (math.isclose(at, round(at)) and 0 <= round(at) <= n_periods):
+            raise ValueError(
+                f"{who}: a trough is taken just before a dose; end_h = {end_h} h is not a dose "
+                f"time of the trial (multiples of {tau:g} h up to {n_periods * tau:g} h)."
+            )
+        return course["level"][..., round(at)]
+    if "auc" not in course:
+        raise ValueError(
+            f"{who}: the course has no AUC or Cmax; the trial records them only when one of "
+            "its endpoints needs them (Trial.exposure_steps sets their resolution)."
+        )
+    first, stop = _window(course, end_h, hours, who)
+    if metric == "auc":
+        return course["auc"][..., first:stop].sum(-1)
+    return course["cmax"][..., first:stop].max(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AUC(Endpoint):
+    """Area under the true output curve over the `hours` ending at `end_h` (hours from the
+    first dose; default the end of the trial), e.g. the AUC24 at steady state.
+
+    Computed period by period by `pkpd.advance`: the composite Simpson rule on
+    `Trial.exposure_steps` sub-steps between consecutive dosing entries (the arrival of a
+    dose after its lag, the end of an infusion: where the curve has a kink), so it
+    is accurate to the solver's tolerance for smooth curves; the window must start and end on
+    dose times. Units: the output's times hours (mg.h/L for a concentration)."""
+
+    end_h: float | None = None
+    hours: float = 24.0
+    needs_exposure: ClassVar[bool] = True
+    unit: ClassVar[str] = "output x h"
+
+    def __call__(self, course):
+        return {self.name: _metric(course, "auc", self.end_h, self.hours, self.name)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cmax(Endpoint):
+    """The highest true output over the `hours` ending at `end_h` (default: the last 24 h),
+    taken on the grid of `Trial.exposure_steps` points between dosing entries: exact for IV
+    doses (the end of an infusion is a grid point), the grid's resolution for oral doses."""
+
+    end_h: float | None = None
+    hours: float = 24.0
+    needs_exposure: ClassVar[bool] = True
+
+    def __call__(self, course):
+        return {self.name: _metric(course, "cmax", self.end_h, self.hours, self.name)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ctrough(Endpoint):
+    """The true output just before the dose given at `end_h` hours (default: the end of the
+    trial, i.e. before the next dose)."""
+
+    end_h: float | None = None
+
+    def __call__(self, course):
+        return {self.name: _metric(course, "trough", self.end_h, 0.0, self.name)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetAttainment(Endpoint):
+    """Probability of target attainment: the share of patients whose `metric` (`"auc"`,
+    `"cmax"` or `"trough"`, over the window of `AUC`/`Cmax`/`Ctrough`) lies in
+    `[low, high]` (either bound may be omitted), e.g. AUC24 in 400-600 mg.h/L for
+    vancomycin (Rybak MJ et al. Am J Health Syst Pharm 2020;77(11):835-864)."""
+
+    metric: Metric = "auc"
+    low: float | None = None
+    high: float | None = None
+    end_h: float | None = None
+    hours: float = 24.0
+    kind: ClassVar[str] = "proportion"
+    unit: ClassVar[str] = "% of patients"
+
+    def __post_init__(self):
+        if self.metric not in ("auc", "cmax", "trough"):
+            raise ValueError(
+                f"{self.name}: metric must be 'auc', 'cmax' or 'trough', got {self.metric!r}."
+            )
+        if self.low is None and self.high is None:
+            raise ValueError(f"{self.name}: give a target: low, high or both.")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ValueError(f"{self.name}: expected low < high, got {self.low} and {self.high}.")
+
+    @property
+    def needs_exposure(self) -> bool:  # type: ignore[override]
+        return self.metric != "trough"
+
+    def __call__(self, course):
+        value = _metric(course, self.metric, self.end_h, self.hours, self.name)
+        ok = np.ones(np.shape(value), dtype=bool)
+        if self.low is not None:
+            ok &= np.asarray(value) >= self.low
+        if self.high is not None:
+            ok &= np.asarray(value) <= self.high
+        return {self.name: ok}
