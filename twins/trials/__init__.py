@@ -36,6 +36,8 @@ from ._summary import DamagedResultsError as DamagedResultsError
 from ._summary import Results as Results
 from ._summary import read_results as read_results
 from ._trial import Trial as Trial
+from ._trial import dose_window as dose_window
+from ._trial import make_runner as make_runner
 from ._trial import model_covariates as model_covariates
 from ._trial import population_rows as population_rows
 from ._trial import simulate_chunk as simulate_chunk
@@ -61,7 +63,9 @@ __all__ = [
     "TimeToRange",
     "Trial",
     "TwinArm",
+    "dose_window",
     "eupact_trial",
+    "make_runner",
     "model_covariates",
     "population_rows",
     "read_results",
