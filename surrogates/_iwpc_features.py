@@ -3,10 +3,15 @@ r"""Features of the IWPC warfarin patients for the machine-learning dose models.
 The patients, their stable weekly dose and the inputs of the published predictors come from
 `twins.validation` (`iwpc_warfarin(csv)["predictions"]`: `load_iwpc`'s parsing and patient
 selection, the IWPC 2009 dose and the Hamberg 2007 twin's dose). This module adds the other
-clinical and genotype columns of the IWPC file, each parsed strictly: a value outside the
-expected ones raises a `ValueError` naming the row, the file line, the subject and the
-column; an empty field is kept as missing (NaN), never guessed, except VKORC1 -1639, which is
-also imputed from linked VKORC1 SNPs by the IWPC's published rules (below).
+clinical and genotype columns of the IWPC file, read with `twins.validation`'s reader
+(`read_iwpc_csv`, `iwpc_flag`, `iwpc_missing`, `iwpc_value_error`), so that a field has the
+same value here as there, and each parsed strictly: a value outside the expected ones raises
+a `ValueError` naming the row, the file line, the subject and the column. An empty field
+means what `twins.validation` says: an empty medication field of the IWPC 2009 algorithm
+(amiodarone, the enzyme inducers: the `amiodarone` and `enzyme_inducer` features) is 0, not
+taking it, as the algorithm codes it; every other empty field is unknown (NaN, routed by the
+trees), never guessed, except VKORC1 -1639, which is also imputed from linked VKORC1 SNPs by
+the IWPC's published rules (below).
 
 VKORC1 -1639G>A (rs9923231) imputation, IWPC 2009 Supplementary Appendix: where -1639 is
 not genotyped, take it from 1173C>T (rs9934438; C/C -> G/G, C/T -> A/G, T/T -> A/A, any
@@ -31,8 +36,14 @@ import pandas as pd
 from twins.drugs import warfarin
 from twins.validation import (
     CYP2C9_CODES,
+    IWPC_COLUMNS,
     iwpc_2009_dose,
+    iwpc_flag,
+    iwpc_ineligible,
+    iwpc_missing,
+    iwpc_value_error,
     iwpc_warfarin,
+    read_iwpc_csv,
     row_label,
     twin_weekly_dose,
 )
@@ -73,21 +84,6 @@ _TARGET_INR = "Target INR"
 _TARGET_RANGE = "Estimated Target INR Range Based on Indication"
 _CYP2C9_COLUMN = "CYP2C9 consensus"
 _ID = "PharmGKB Subject ID"
-# Columns of `twins.validation.load_iwpc`, checked there; listed here for the error message.
-_LOAD_IWPC_COLUMNS = (
-    "PharmGKB Subject ID",
-    "Therapeutic Dose of Warfarin",
-    "Age",
-    "Height (cm)",
-    "Weight (kg)",
-    "Race (OMB)",
-    "CYP2C9 consensus",
-    "VKORC1     -1639 consensus",
-    "Amiodarone (Cordarone)",
-    "Carbamazepine (Tegretol)",
-    "Phenytoin (Dilantin)",
-    "Rifampin or Rifampicin",
-)
 EXTRA_COLUMNS: tuple[str, ...] = (
     *(c for c, _, _ in _SNP_COLUMNS.values() if c != "VKORC1     -1639 consensus"),
     *_FLAG_COLUMNS.values(),
@@ -97,7 +93,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     _TARGET_INR,
     _TARGET_RANGE,
 )
-REQUIRED_COLUMNS: tuple[str, ...] = (*_LOAD_IWPC_COLUMNS, *EXTRA_COLUMNS)
+REQUIRED_COLUMNS: tuple[str, ...] = (*IWPC_COLUMNS.values(), *EXTRA_COLUMNS)
 
 # IWPC indication codes: 1 DVT, 2 PE, 3 atrial fibrillation/flutter, 4 heart valve,
 # 5 cardiomyopathy/LV dilation, 6 stroke, 7 post-orthopedic, 8 other.
@@ -110,7 +106,6 @@ _HISPANIC: Mapping[str, float] = {
     "not hispanic or latino": 0.0,
     "unknown": float("nan"),
 }
-_RACES = ("White", "Asian", "Black or African American", "Unknown")
 
 # Feature sets (column names of the `cohort` DataFrame).
 CLINICAL_FEATURES: tuple[str, ...] = (
@@ -137,55 +132,35 @@ CLINICAL_FEATURES: tuple[str, ...] = (
 MECHANISTIC_FEATURES: tuple[str, ...] = ("twin_imputed", "iwpc_2009_imputed")
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
-
-
-def _bad(where: str, column: str, value: Any, expected: str) -> ValueError:
-    return ValueError(
-        f"iwpc features: {where}: column {column!r} is {value!r}; expected {expected}."
-    )
-
-
-def _flag(value: Any, column: str, where: str) -> float:
-    """0/1 (also "0", "1", "NO", "YES"); NaN when empty (unknown, not guessed)."""
-    if _missing(value):
-        return float("nan")
-    text = str(value).strip().upper()
-    if text in ("1", "1.0", "YES"):
-        return 1.0
-    if text in ("0", "0.0", "NO"):
-        return 0.0
-    raise _bad(where, column, value, "0, 1, YES, NO or empty")
-
-
 def _category(value: Any, column: str, table: Mapping[str, float], where: str) -> float:
     """A category coded by `table` (keys in lower case); NaN when empty."""
-    if _missing(value):
+    if iwpc_missing(value):
         return float("nan")
     key = str(value).strip().lower()
     if key not in table:
-        raise _bad(where, column, value, f"one of {list(table)} (any case) or empty")
+        raise iwpc_value_error(where, column, value, f"one of {list(table)} (any case) or empty")
     return table[key]
 
 
 def _snp(value: Any, column: str, reference: str, variant: str, where: str) -> float:
     """Number of `variant` alleles (0, 1, 2) in a genotype such as "A/G"; NaN when empty."""
-    if _missing(value):
+    if iwpc_missing(value):
         return float("nan")
     alleles = str(value).strip().split("/")
     if len(alleles) != 2 or any(a not in (reference, variant) for a in alleles):
-        raise _bad(where, column, value, f"two of {reference!r}, {variant!r} as 'X/Y' or empty")
+        raise iwpc_value_error(
+            where, column, value, f"two of {reference!r}, {variant!r} as 'X/Y' or empty"
+        )
     return float(alleles.count(variant))
 
 
 def _cyp2c9(value: Any, where: str) -> tuple[float, float, float]:
     """Counts of *2, *3 and other non-*1 alleles; NaN when not genotyped."""
-    if _missing(value):
+    if iwpc_missing(value):
         return float("nan"), float("nan"), float("nan")
     match = _CYP2C9_DIPLOTYPE.match(str(value).strip())
     if match is None:
-        raise _bad(where, _CYP2C9_COLUMN, value, "a diplotype such as '*1/*3' or empty")
+        raise iwpc_value_error(where, _CYP2C9_COLUMN, value, "a diplotype such as '*1/*3' or empty")
     alleles = match.groups()
     star2, star3 = alleles.count("2"), alleles.count("3")
     other = sum(a not in ("1", "2", "3") for a in alleles)
@@ -194,83 +169,65 @@ def _cyp2c9(value: Any, where: str) -> tuple[float, float, float]:
 
 def _indications(value: Any, where: str) -> list[float]:
     """Multi-hot over the IWPC codes 1-8 ("3; 8", "1 or 2"); all NaN when empty."""
-    if _missing(value):
+    if iwpc_missing(value):
         return [float("nan")] * len(_INDICATIONS)
     tokens = [t.strip() for t in re.split(r";|,|\bor\b", str(value))]
     codes = set()
     for token in tokens:
         if token not in {str(k) for k in _INDICATIONS}:
-            raise _bad(where, _INDICATION, value, "IWPC codes 1-8 separated by ';'")
+            raise iwpc_value_error(where, _INDICATION, value, "IWPC codes 1-8 separated by ';'")
         codes.add(int(token))
     return [float(k in codes) for k in _INDICATIONS]
 
 
 def _number(value: Any, column: str, where: str) -> float:
-    if _missing(value):
+    if iwpc_missing(value):
         return float("nan")
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = float("nan")
     if not (np.isfinite(number) and number > 0):
-        raise _bad(where, column, value, "a number > 0 or empty")
+        raise iwpc_value_error(where, column, value, "a number > 0 or empty")
     return number
 
 
 def _range_mid(value: Any, where: str) -> float:
-    if _missing(value):
+    if iwpc_missing(value):
         return float("nan")
     match = _TARGET_RANGE_PATTERN.match(str(value))
     if match is None:
-        raise _bad(where, _TARGET_RANGE, value, "a range such as '2-3' or empty")
+        raise iwpc_value_error(where, _TARGET_RANGE, value, "a range such as '2-3' or empty")
     low, high = float(match.group(1)), float(match.group(2))
     return 0.5 * (low + high)
 
 
 def _imputed_1639(race: Any, consensus: Any, rs9934438: Any, rs2359612: Any, rs8050894: Any):
     """VKORC1 -1639 genotype, imputed by the IWPC 2009 rules where not genotyped."""
-    if not _missing(consensus):
+    if not iwpc_missing(consensus):
         return str(consensus).strip()
     same = {"C/C": "G/G", "C/T": "A/G", "T/C": "A/G", "T/T": "A/A"}
-    if not _missing(rs9934438) and str(rs9934438).strip() in same:
+    if not iwpc_missing(rs9934438) and str(rs9934438).strip() in same:
         return same[str(rs9934438).strip()]
-    if race in ("Black or African American", "Unknown") or _missing(race):
+    if race in ("Black or African American", "Unknown") or iwpc_missing(race):
         return None
-    if not _missing(rs2359612) and str(rs2359612).strip() in same:
+    if not iwpc_missing(rs2359612) and str(rs2359612).strip() in same:
         return same[str(rs2359612).strip()]
     by_1542 = {"G/G": "G/G", "C/G": "A/G", "G/C": "A/G", "C/C": "A/A"}
-    if not _missing(rs8050894) and str(rs8050894).strip() in by_1542:
+    if not iwpc_missing(rs8050894) and str(rs8050894).strip() in by_1542:
         return by_1542[str(rs8050894).strip()]
     return None
 
 
 def excluded(csv_path: str | os.PathLike[str]) -> dict[str, int]:
-    """Patients of the file that no model can be scored on, by reason (first reason wins)."""
-    raw = _read(csv_path)
-    reasons = {
-        "no therapeutic (stable) dose": raw["Therapeutic Dose of Warfarin"].isna(),
-        "age not reported": raw["Age"].isna(),
-        "height not reported": raw["Height (cm)"].isna(),
-        "weight not reported": raw["Weight (kg)"].isna(),
-    }
-    taken = np.zeros(len(raw), dtype=bool)
-    out = {}
-    for reason, mask in reasons.items():
-        mask = mask.to_numpy() & ~taken
-        out[reason] = int(mask.sum())
-        taken |= mask
-    return out
+    """Patients of the file that no model can be scored on, by reason (first reason wins):
+    `twins.validation.iwpc_ineligible`, once every column the models read is checked."""
+    _read(csv_path)
+    return iwpc_ineligible(csv_path)
 
 
 def _read(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
-    raw = pd.read_csv(csv_path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(
-            f"iwpc_dose_models: {os.fspath(csv_path)} has no column(s) {missing}; the IWPC "
-            "file layout (PharmGKB) is expected."
-        )
-    return raw
+    return read_iwpc_csv(csv_path, columns=EXTRA_COLUMNS, who="iwpc_dose_models")
 
 
 def cohort(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -297,7 +254,7 @@ def cohort(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
 
     features: dict[str, list[float]] = {}
     for name, column in _FLAG_COLUMNS.items():
-        features[name] = each(column, lambda v, w, c=column: _flag(v, c, w))
+        features[name] = each(column, lambda v, w, c=column: iwpc_flag(v, c, w))
     for name, (column, ref, var) in _SNP_COLUMNS.items():
         features[name] = each(column, lambda v, w, c=column, r=ref, a=var: _snp(v, c, r, a, w))
     cyp = each(_CYP2C9_COLUMN, _cyp2c9)
@@ -305,10 +262,7 @@ def cohort(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
         features[name] = [c[k] for c in cyp]
     features["male"] = each(_GENDER, lambda v, w: _category(v, _GENDER, _SEX, w))
     features["hispanic"] = each(_ETHNICITY, lambda v, w: _category(v, _ETHNICITY, _HISPANIC, w))
-    races = data["race"].tolist()
-    for v, w in zip(races, where, strict=True):
-        if not _missing(v) and v not in _RACES:
-            raise _bad(w, "Race (OMB)", v, f"one of {list(_RACES)} or empty")
+    races = data["race"].tolist()  # checked by `load_iwpc`
     features["race_white"] = [float(r == "White") for r in races]
     features["race_asian"] = [float(r == "Asian") for r in races]
     features["race_black"] = [float(r == "Black or African American") for r in races]
@@ -345,7 +299,7 @@ def iwpc_2009_predictions(data: pd.DataFrame, *, vkorc1: str = "vkorc1") -> np.n
 
     def texts(column: str) -> np.ndarray:
         return np.asarray(
-            [None if _missing(v) else str(v) for v in data[column].tolist()], dtype=object
+            [None if iwpc_missing(v) else str(v) for v in data[column].tolist()], dtype=object
         )
 
     cyp = texts("cyp2c9")
@@ -365,7 +319,7 @@ def _twin(ages: list[Any], cyp2c9: list[Any], vkorc1: list[Any]) -> np.ndarray:
     cache: dict[tuple[float, str, str], float] = {}
     out = np.full(len(ages), np.nan)
     for i, (age, cyp, vk) in enumerate(zip(ages, cyp2c9, vkorc1, strict=True)):
-        if _missing(cyp) or _missing(vk) or cyp not in warfarin.CYP2C9_CL_DECREASE:
+        if iwpc_missing(cyp) or iwpc_missing(vk) or cyp not in warfarin.CYP2C9_CL_DECREASE:
             continue
         key = (float(age), str(cyp), str(vk))
         if key not in cache:

@@ -5,7 +5,9 @@ and scores its predicted stable weekly dose on the patients of the second;
 `iwpc_cross_validation(csv)` does the same by K-fold cross-validation within one file.
 The patients and the inputs of the published predictors come from `twins.validation`
 (`load_iwpc`, `iwpc_2009_dose`, `twin_weekly_dose`); the other clinical columns are parsed
-by `surrogates._iwpc_features`.
+by `surrogates._iwpc_features` with the same reader (`twins.validation.iwpc_flag`, ...), so
+a field has one value in both: an empty amiodarone or enzyme-inducer field is 0 (not taking
+it, the IWPC 2009 algorithm's coding), any other empty field is unknown (NaN).
 
 Models (weekly dose in mg; every fitted model predicts $\sqrt{\text{dose}}$, the IWPC's
 scale, with squared error, and squares the prediction):
@@ -64,7 +66,7 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold
 
-from twins.validation import dose_metrics
+from twins.validation import dose_metrics, iwpc_missing
 
 from . import _iwpc_features as F
 
@@ -102,7 +104,8 @@ def iwpc_excluded(csv_path: str | os.PathLike[str]) -> dict[str, int]:
     """Patients of an IWPC file that no model is scored on, counted by reason (the first
     that applies): `"no therapeutic (stable) dose"`, `"age not reported"`, `"height not
     reported"`, `"weight not reported"`. On `iwpc_warfarin_train.csv`: 183, 28, 863 and 27
-    of 4,982 patients, leaving the 3,881 that `twins.validation.load_iwpc` selects."""
+    of 4,982 patients, leaving the 3,881 that `twins.validation.load_iwpc` selects
+    (`twins.validation.iwpc_ineligible`, once every column the models read is checked)."""
     return F.excluded(csv_path)
 
 
@@ -228,7 +231,7 @@ def _iwpc_design(data: pd.DataFrame) -> np.ndarray:
     cyp = [c if c in F.CYP2C9_CODES else None for c in data["cyp2c9"].tolist()]
     race = data["race"].tolist()
     norm = {"G/G": "GG", "A/G": "AG", "G/A": "AG", "A/A": "AA"}
-    vk = [None if F._missing(v) else norm.get(str(v), str(v)) for v in vk]
+    vk = [None if iwpc_missing(v) else norm.get(str(v), str(v)) for v in vk]
     cols = [
         data["age_decades"].to_numpy(dtype=float),
         data["height"].to_numpy(dtype=float),
@@ -243,7 +246,7 @@ def _iwpc_design(data: pd.DataFrame) -> np.ndarray:
         np.asarray([c is None for c in cyp], dtype=float),
         np.asarray([r == "Asian" for r in race], dtype=float),
         np.asarray([r == "Black or African American" for r in race], dtype=float),
-        np.asarray([F._missing(r) or r == "Unknown" for r in race], dtype=float),
+        np.asarray([iwpc_missing(r) or r == "Unknown" for r in race], dtype=float),
         data["enzyme_inducer"].to_numpy(dtype=float),
         data["amiodarone"].to_numpy(dtype=float),
     ]

@@ -120,6 +120,64 @@ def test_missing_column_or_bad_value_names_the_column_and_row(tmp_path):
         iwpc_dose_models(good, path)
 
 
+def test_both_readers_give_the_same_value_for_the_same_field(tmp_path):
+    """twins.validation and the surrogates' features read the IWPC file with one reader: an
+    empty amiodarone or enzyme-inducer field is 0 in both (the IWPC 2009 coding), the IWPC
+    2009 dose of a row is the same from both, and an empty field that no published rule
+    gives a value (aspirin) is unknown (NaN), as `twins.validation.iwpc_flag` says."""
+    df = pd.read_csv(IWPC_CSV, nrows=40)
+    df.loc[3, "Amiodarone (Cordarone)"] = np.nan
+    df.loc[3, "Aspirin"] = np.nan
+    df.loc[4, "Amiodarone (Cordarone)"] = 1.0
+    path = tmp_path / "empty.csv"
+    df.to_csv(path, index=False)
+    twins_side = V.load_iwpc(path).set_index("row")
+    features = F.cohort(path).set_index("row")
+    predictions = V.iwpc_warfarin(path)["predictions"].set_index("row")
+    for row in (3, 4):
+        for column in ("amiodarone", "enzyme_inducer"):
+            assert features.loc[row, column] == twins_side.loc[row, column], (row, column)
+    assert twins_side.loc[3, "amiodarone"] == 0.0 and twins_side.loc[4, "amiodarone"] == 1.0
+    assert twins_side.loc[3, "enzyme_inducer"] == 0.0  # the three inducers are empty
+    recomputed = pd.Series(F.iwpc_2009_predictions(features.reset_index()), index=features.index)
+    np.testing.assert_array_equal(recomputed, predictions["iwpc_2009"])
+    np.testing.assert_array_equal(features["iwpc_2009"], predictions["iwpc_2009"])
+    where = V.row_label(3, df.loc[3, "PharmGKB Subject ID"])
+    assert np.isnan(features.loc[3, "aspirin"])
+    assert np.isnan(V.iwpc_flag(df.loc[3, "Aspirin"], "Aspirin", where))
+    assert features.loc[5, "aspirin"] == V.iwpc_flag(df.loc[5, "Aspirin"], "Aspirin", where)
+
+
+def test_a_malformed_medication_field_names_row_and_column_in_both_readers(tmp_path):
+    df = pd.read_csv(IWPC_CSV, nrows=40).astype(
+        {"Amiodarone (Cordarone)": object, "Aspirin": object}
+    )
+    good = tmp_path / "good.csv"
+    df.to_csv(good, index=False)
+    bad = df.copy()
+    bad.loc[5, "Amiodarone (Cordarone)"] = "sometimes"
+    path = tmp_path / "bad.csv"
+    bad.to_csv(path, index=False)
+    message = (
+        "IWPC file: row 5 (file line 7, subject PA135312267): column 'Amiodarone (Cordarone)' "
+        "is 'sometimes'; expected 0, 1, YES, NO or empty (not taking it)."
+    )
+    for read in (V.load_iwpc, V.iwpc_warfarin, F.cohort):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            read(path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        iwpc_dose_models(good, path)
+    bad = df.copy()
+    bad.loc[6, "Aspirin"] = "2"
+    bad.to_csv(path, index=False)
+    message = (
+        "IWPC file: row 6 (file line 8, subject PA135312268): column 'Aspirin' is 2.0; "
+        "expected 0, 1, YES, NO or empty."
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        F.cohort(path)
+
+
 def test_excluded_patients_are_counted_by_reason():
     excluded = F.excluded(IWPC_CSV)
     assert excluded == {

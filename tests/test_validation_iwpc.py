@@ -99,9 +99,8 @@ def test_bad_iwpc_input_names_the_row_and_column(tmp_path):
     bad.loc[3, "Age"] = "sixty"
     path = tmp_path / "bad_age.csv"
     bad.to_csv(path, index=False)
-    with pytest.raises(
-        ValueError, match=re.escape("row 3 (file line 5, subject PA135312264): Age is 'sixty'")
-    ):
+    message = "row 3 (file line 5, subject PA135312264): column 'Age' is 'sixty'"
+    with pytest.raises(ValueError, match=re.escape(message)):
         V.iwpc_warfarin(path)
     bad = df.copy()
     bad.loc[5, "Amiodarone (Cordarone)"] = 2.0
@@ -116,3 +115,79 @@ def test_bad_iwpc_input_names_the_row_and_column(tmp_path):
         V.iwpc_2009_dose(age_decades=6, height_cm=170.0, weight_kg=70.0, vkorc1=["A/A", "C/T"])
     with pytest.raises(ValueError, match="height_cm at position 0 is nan; expected a finite"):
         V.iwpc_2009_dose(age_decades=6, height_cm=float("nan"), weight_kg=70.0)
+
+
+def test_every_patient_of_the_file_is_scored_or_counted(result):
+    """Nothing is dropped silently: the patients without a stable dose, age, height or
+    weight are counted by reason, and with the scored ones they make up the file."""
+    assert result["ineligible"] == {
+        "no therapeutic (stable) dose": 183,
+        "age not reported": 28,
+        "height not reported": 863,
+        "weight not reported": 27,
+    }
+    assert result["iwpc_2009"]["n"] + sum(result["ineligible"].values()) == 4982
+    assert V.iwpc_ineligible(IWPC_CSV) == result["ineligible"]
+
+
+def test_an_empty_medication_field_is_not_taking_it_as_the_algorithm_codes_it(tmp_path):
+    """IWPC 2009 codes amiodarone and the enzyme inducers "1 if taking, otherwise 0": an
+    empty field is 0, and the dose is the algorithm's for a patient not taking the drug.
+    Any other 0/1 column of the file (no published rule for it) stays unknown (NaN)."""
+    df = pd.read_csv(IWPC_CSV, nrows=20)
+    df.loc[3, "Amiodarone (Cordarone)"] = np.nan
+    df.loc[4, "Amiodarone (Cordarone)"] = 0.0
+    for column in V.IWPC_ALGORITHM_MEDICATIONS[1:]:
+        assert df[column].iloc[3:5].isna().all()  # the inducers are empty in the file
+    path = tmp_path / "empty.csv"
+    df.to_csv(path, index=False)
+    data = V.load_iwpc(path).set_index("row")
+    assert data.loc[3, "amiodarone"] == 0.0 and data.loc[3, "enzyme_inducer"] == 0.0
+    doses = V.iwpc_warfarin(path)["predictions"].set_index("row")["iwpc_2009"]
+    by_hand = V.iwpc_2009_dose(
+        age_decades=data.loc[3, "age_decades"],
+        height_cm=data.loc[3, "height"],
+        weight_kg=data.loc[3, "weight"],
+        vkorc1=data.loc[3, "vkorc1"],
+        cyp2c9=data.loc[3, "cyp2c9"] if data.loc[3, "cyp2c9"] in V.CYP2C9_CODES else None,
+        race=data.loc[3, "race"],
+        enzyme_inducer=0,
+        amiodarone=0,
+    )
+    assert doses.loc[3] == float(by_hand)
+    where = V.row_label(3, "PA")
+    for column in V.IWPC_ALGORITHM_MEDICATIONS:
+        assert V.iwpc_flag(np.nan, column, where) == 0.0
+        assert V.iwpc_flag(None, column, where) == 0.0
+    assert np.isnan(V.iwpc_flag(np.nan, "Aspirin", where))
+    for value, expected in ((1.0, 1.0), (0, 0.0), ("1", 1.0), (" yes ", 1.0), ("NO", 0.0)):
+        assert V.iwpc_flag(value, "Aspirin", where) == expected
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected"),
+    [
+        ("Amiodarone (Cordarone)", "sometimes", "expected 0, 1, YES, NO or empty (not taking"),
+        ("Rifampin or Rifampicin", 2.0, "expected 0, 1, YES, NO or empty (not taking"),
+        ("Race (OMB)", "Martian", "expected one of ['White', 'Asian'"),
+        ("VKORC1     -1639 consensus", "C/T", "expected one of ['G/G'"),
+        ("CYP2C9 consensus", "1/3", "expected a diplotype such as '*1/*3' or empty"),
+        ("Weight (kg)", "heavy", "expected a number > 0"),
+        ("Therapeutic Dose of Warfarin", -7.0, "expected a number > 0"),
+    ],
+)
+def test_a_malformed_field_names_the_row_the_subject_and_the_column(
+    tmp_path, column, value, expected
+):
+    df = pd.read_csv(IWPC_CSV, nrows=20).astype({column: object})
+    df.loc[5, column] = value
+    path = tmp_path / "bad.csv"
+    df.to_csv(path, index=False)
+    message = (
+        f"IWPC file: row 5 (file line 7, subject PA135312267): column {column!r} is "
+        f"{pd.read_csv(path)[column].tolist()[5]!r}; {expected}"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        V.load_iwpc(path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        V.iwpc_warfarin(path)

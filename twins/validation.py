@@ -10,6 +10,17 @@ ways and scores both against the dose the patient actually reached:
 - **IWPC 2009**: the International Warfarin Pharmacogenetics Consortium's pharmacogenetic
   dosing algorithm (`iwpc_2009_dose`).
 
+The IWPC file is read here, by one set of functions that every consumer uses
+(`load_iwpc`, and `surrogates.validation`'s features: `read_iwpc_csv`, `iwpc_flag`,
+`iwpc_positive`, `iwpc_missing`), so that a field has the same value for all of them. Each
+field is parsed strictly: a malformed value raises a `ValueError` naming the row, the file
+line, the subject and the column. An empty field means what the IWPC 2009 algorithm says it
+means, and nothing else: an empty medication field of the algorithm (amiodarone, the enzyme
+inducers) is "not taking it" (0; the algorithm codes "1 if taking, otherwise 0"); an empty
+genotype or race is the algorithm's "unknown" / "missing or mixed" term; a patient without a
+stable dose, age, height or weight is not scored and is counted by reason
+(`iwpc_ineligible`, `iwpc_warfarin(...)["ineligible"]`).
+
 References: International Warfarin Pharmacogenetics Consortium. Estimation of the warfarin
 dose with clinical and pharmacogenetic data. N Engl J Med 2009;360(8):753-764.
 Hamberg AK et al. Clin Pharmacol Ther 2007;81(4):529-538.
@@ -18,7 +29,8 @@ Hamberg AK et al. Clin Pharmacol Ther 2007;81(4):529-538.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -76,8 +88,9 @@ _RACE = {
 _TARGET_INR = 2.5
 
 
-def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and np.isnan(x))
+def iwpc_missing(value: Any) -> bool:
+    """Whether a field of the IWPC file is empty (`None`, or NaN as pandas reads it)."""
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def iwpc_2009_dose(
@@ -156,7 +169,7 @@ def iwpc_2009_dose(
         a = np.broadcast_to(np.asarray(x, dtype=object), shape)
         out = np.full(shape, "", dtype=object)
         for i, v in enumerate(a.flat):
-            if _missing(v):
+            if iwpc_missing(v):
                 continue
             if isinstance(v, str) and v.strip() in table:
                 out.flat[i] = table[v.strip()]
@@ -190,8 +203,14 @@ def iwpc_2009_dose(
 
 
 # ----------------------------------------------------------------------------- the IWPC file
+#
+# The one reader of the IWPC file: `load_iwpc` here and the machine-learning features of
+# `surrogates._iwpc_features` read every field through the functions below, so that the same
+# field of the same row has the same value in both.
 
-_COL = {
+#: The columns of the IWPC file (PharmGKB layout) that `load_iwpc` reads, by key.
+IWPC_COLUMNS: Mapping[str, str] = {
+    "id": "PharmGKB Subject ID",
     "dose": "Therapeutic Dose of Warfarin",
     "age": "Age",
     "height": "Height (cm)",
@@ -203,9 +222,29 @@ _COL = {
     "carbamazepine": "Carbamazepine (Tegretol)",
     "phenytoin": "Phenytoin (Dilantin)",
     "rifampin": "Rifampin or Rifampicin",
-    "id": "PharmGKB Subject ID",
+}
+
+#: The medication columns of the IWPC 2009 algorithm (amiodarone; the enzyme inducers
+#: carbamazepine, phenytoin, rifampin). The algorithm codes each term "1 if the patient takes
+#: the drug, otherwise 0" (IWPC, N Engl J Med 2009;360:753-764, Supplementary Appendix), so
+#: an empty field counts as not taking it (0), and with this coding the algorithm reproduces
+#: its figures on the IWPC file (docs/validation-iwpc.md).
+IWPC_ALGORITHM_MEDICATIONS: tuple[str, ...] = (
+    IWPC_COLUMNS["amiodarone"],
+    IWPC_COLUMNS["carbamazepine"],
+    IWPC_COLUMNS["phenytoin"],
+    IWPC_COLUMNS["rifampin"],
+)
+#: Why a patient of the file cannot be scored (the IWPC 2009 algorithm needs these fields,
+#: and the stable dose is what is predicted), in the order the reasons are counted.
+IWPC_INELIGIBLE: Mapping[str, str] = {
+    "dose": "no therapeutic (stable) dose",
+    "age": "age not reported",
+    "height": "height not reported",
+    "weight": "weight not reported",
 }
 _AGE_BINS = {f"{10 * k} - {10 * k + 9}": k for k in range(1, 9)} | {"90+": 9}
+_CYP2C9_DIPLOTYPE = re.compile(r"^\*\w+/\*\w+$")
 
 
 def dose_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -225,78 +264,156 @@ def row_label(row: int, subject: Any) -> str:
     return f"row {int(row)} (file line {int(row) + 2}, subject {subject})"
 
 
-def _positive(value: Any, col: str, where: str) -> float:
+def iwpc_value_error(where: str, column: str, value: Any, expected: str) -> ValueError:
+    """The error for a field of the IWPC file: the row (`row_label`), column, value and what
+    was expected."""
+    return ValueError(f"IWPC file: {where}: column {column!r} is {value!r}; expected {expected}.")
+
+
+def iwpc_flag(value: Any, column: str, where: str) -> float:
+    """A 0/1 field of the IWPC file (a medication, smoking, a condition), read one way for
+    every consumer.
+
+    `1`/`0` (also `"1"`, `"0"`, `"YES"`, `"NO"`, any case) give 1.0/0.0. An empty field
+    gives 0.0 (not taking it) for the medications of the IWPC 2009 algorithm
+    (`IWPC_ALGORITHM_MEDICATIONS`: the algorithm codes them "1 if taking the drug, otherwise
+    0"), and NaN (unknown, not guessed) for every other column, which no published rule
+    gives a value.
+
+    **Arguments:** the field's `value`, its `column` (the IWPC column name) and `where` (the
+    row, from `row_label`).
+
+    **Raises:** `ValueError` naming the row, the column and the value for anything else.
+
+    References: International Warfarin Pharmacogenetics Consortium. N Engl J Med
+    2009;360(8):753-764 (Supplementary Appendix: the algorithm's coding).
+    """
+    if iwpc_missing(value):
+        return 0.0 if column in IWPC_ALGORITHM_MEDICATIONS else float("nan")
+    text = str(value).strip().upper()
+    if text in ("YES", "NO"):
+        return float(text == "YES")
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if number not in (0.0, 1.0):
+        empty = "empty (not taking it)" if column in IWPC_ALGORITHM_MEDICATIONS else "empty"
+        raise iwpc_value_error(where, column, value, f"0, 1, YES, NO or {empty}")
+    return number
+
+
+def iwpc_positive(value: Any, column: str, where: str) -> float:
+    """A number > 0 of the IWPC file (a dose, a height, a weight).
+
+    **Raises:** `ValueError` naming the row, the column and the value for anything else,
+    an empty field included."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = float("nan")
     if not number > 0 or not np.isfinite(number):
-        raise ValueError(
-            f"iwpc_warfarin: {where}: column {col!r} is {value!r}; expected a number > 0."
-        )
+        raise iwpc_value_error(where, column, value, "a number > 0")
     return number
 
 
-def _flag(value: Any, col: str, where: str) -> float:
-    """A 0/1 medication field; empty means not taking it (the IWPC algorithm's coding)."""
-    if _missing(value):
-        return 0.0
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if number not in (0.0, 1.0):
+def read_iwpc_csv(
+    csv_path: str | os.PathLike[str], *, columns: Sequence[str] = (), who: str = "iwpc_warfarin"
+) -> pd.DataFrame:
+    """The IWPC file as pandas reads it (an empty field is NaN), once its columns are checked.
+
+    **Arguments:** `csv_path` (PharmGKB's column layout, e.g. `iwpc_warfarin_train.csv`),
+    `columns` (columns needed besides `IWPC_COLUMNS`), `who` (named in the error).
+
+    **Raises:** `ValueError` naming the file and every missing column.
+    """
+    raw = pd.read_csv(csv_path)
+    wanted = [*IWPC_COLUMNS.values(), *(c for c in columns if c not in IWPC_COLUMNS.values())]
+    missing = [c for c in wanted if c not in raw.columns]
+    if missing:
         raise ValueError(
-            f"iwpc_warfarin: {where}: column {col!r} is {value!r}; expected 0, 1 or empty."
+            f"{who}: {os.fspath(csv_path)} has no column(s) {missing}; the IWPC file layout "
+            "(PharmGKB) is expected."
         )
-    return number
+    return raw
+
+
+def _ineligible(col: Mapping[str, list[Any]], i: int) -> str | None:
+    """The first reason (`IWPC_INELIGIBLE`) why row `i` cannot be scored, or None."""
+    for key, reason in IWPC_INELIGIBLE.items():
+        if iwpc_missing(col[key][i]):
+            return reason
+    return None
+
+
+def iwpc_ineligible(csv_path: str | os.PathLike[str]) -> dict[str, int]:
+    """Patients of an IWPC file that `load_iwpc` leaves out, counted by reason (the first of
+    `IWPC_INELIGIBLE` that applies; every reason is listed, with 0 where none). On
+    `iwpc_warfarin_train.csv`: no therapeutic dose 183, age 28, height 863, weight 27 of
+    4,982, leaving 3,881."""
+    raw = read_iwpc_csv(csv_path, who="iwpc_ineligible")
+    col = {key: raw[name].tolist() for key, name in IWPC_COLUMNS.items()}
+    reasons = [_ineligible(col, i) for i in range(len(raw))]
+    return {reason: reasons.count(reason) for reason in IWPC_INELIGIBLE.values()}
 
 
 def load_iwpc(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
     """The IWPC patients eligible for dose prediction, with the inputs both predictors need.
 
     Eligible: a therapeutic (stable) dose and age, height and weight all reported (on
-    `iwpc_warfarin_train.csv`: 3,881 of 4,982 patients). Columns of the result: `id`,
-    `row` (0-based data row of the file), `dose` (mg/week), `age_decades`, `age` (years,
-    the middle of the IWPC decade: 10 x decades + 5), `height`, `weight`, `race`, `cyp2c9`,
-    `vkorc1` (the consensus genotypes, `None` where missing), `enzyme_inducer`,
-    `amiodarone` (0/1; an empty medication field counts as not taking it, as in the IWPC
-    algorithm).
+    `iwpc_warfarin_train.csv`: 3,881 of 4,982 patients; `iwpc_ineligible` counts the others
+    by reason). Columns of the result: `id`, `row` (0-based data row of the file), `dose`
+    (mg/week), `age_decades`, `age` (years, the middle of the IWPC decade: 10 x decades +
+    5), `height`, `weight`, `race` (`None` where empty: the algorithm's "missing or mixed
+    race"), `cyp2c9`, `vkorc1` (the consensus genotypes, `None` where empty: the algorithm's
+    "unknown"), `enzyme_inducer`, `amiodarone` (0/1, `iwpc_flag`: an empty medication field
+    counts as not taking it, the IWPC 2009 algorithm's coding).
 
     **Raises:** `ValueError` naming the row, the file line, the subject and the column for
-    a missing column, an unknown age bin, a dose or body size that is not a number > 0, or
-    a medication field other than 0, 1 or empty.
+    a missing column, an unknown age bin, a dose or body size that is not a number > 0, a
+    race, CYP2C9 diplotype or VKORC1 genotype outside those the file uses, or a medication
+    field other than 0, 1 or empty.
+
+    References: International Warfarin Pharmacogenetics Consortium. N Engl J Med
+    2009;360(8):753-764 (patient selection and coding).
     """
-    df = pd.read_csv(csv_path)
-    missing = [c for c in _COL.values() if c not in df.columns]
-    if missing:
-        raise ValueError(f"iwpc_warfarin: {os.fspath(csv_path)} has no column(s) {missing}.")
-    col = {key: df[name].tolist() for key, name in _COL.items()}
+    df = read_iwpc_csv(csv_path)
+    col = {key: df[name].tolist() for key, name in IWPC_COLUMNS.items()}
     out: dict[str, list[Any]] = {k: [] for k in _OUT_COLUMNS}
     for i in range(len(df)):
-        if any(_missing(col[k][i]) for k in ("dose", "age", "height", "weight")):
+        if _ineligible(col, i) is not None:
             continue
         where = row_label(i, col["id"][i])
         decades = _AGE_BINS.get(str(col["age"][i]).strip())
         if decades is None:
-            raise ValueError(
-                f"iwpc_warfarin: {where}: Age is {col['age'][i]!r}; expected one of "
-                f"{list(_AGE_BINS)}."
+            raise iwpc_value_error(
+                where, IWPC_COLUMNS["age"], col["age"][i], f"one of {list(_AGE_BINS)}"
             )
         out["id"].append(col["id"][i])
         out["row"].append(i)
         out["age_decades"].append(float(decades))
         out["age"].append(10.0 * decades + 5.0)
         for key in ("dose", "height", "weight"):
-            out[key].append(_positive(col[key][i], _COL[key], where))
-        for key in ("race", "cyp2c9", "vkorc1"):
+            out[key].append(iwpc_positive(col[key][i], IWPC_COLUMNS[key], where))
+        for key, known in (("race", _RACE), ("vkorc1", _VKORC1)):
             value = col[key][i]
-            out[key].append(None if _missing(value) else str(value).strip())
+            if not iwpc_missing(value) and str(value).strip() not in known:
+                raise iwpc_value_error(
+                    where, IWPC_COLUMNS[key], value, f"one of {list(known)} or empty"
+                )
+            out[key].append(None if iwpc_missing(value) else str(value).strip())
+        value = col["cyp2c9"][i]
+        if not iwpc_missing(value) and not _CYP2C9_DIPLOTYPE.match(str(value).strip()):
+            raise iwpc_value_error(
+                where, IWPC_COLUMNS["cyp2c9"], value, "a diplotype such as '*1/*3' or empty"
+            )
+        out["cyp2c9"].append(None if iwpc_missing(value) else str(value).strip())
         inducer = [
-            _flag(col[k][i], _COL[k], where) for k in ("carbamazepine", "phenytoin", "rifampin")
+            iwpc_flag(col[k][i], IWPC_COLUMNS[k], where)
+            for k in ("carbamazepine", "phenytoin", "rifampin")
         ]
         out["enzyme_inducer"].append(max(inducer))
-        out["amiodarone"].append(_flag(col["amiodarone"][i], _COL["amiodarone"], where))
+        out["amiodarone"].append(iwpc_flag(col["amiodarone"][i], IWPC_COLUMNS["amiodarone"], where))
     return pd.DataFrame(out)
 
 
@@ -317,7 +434,7 @@ _OUT_COLUMNS = (
 
 
 def _texts(data: pd.DataFrame, column: str) -> list[str | None]:
-    return [None if _missing(v) else str(v) for v in data[column].tolist()]
+    return [None if iwpc_missing(v) else str(v) for v in data[column].tolist()]
 
 
 def twin_weekly_dose(age: float, cyp2c9: str, vkorc1: str, *, target_inr: float = 2.5) -> float:
@@ -354,7 +471,9 @@ def iwpc_warfarin(csv_path: str | os.PathLike[str], *, n_folds: int = 5) -> dict
     **Returns:** a dict with the twin's `"n"`, `"mae"` (mg/week), `"within20"` (fraction of
     patients predicted within 20% of their actual dose), `"r2"` (1 - SS_res/SS_tot) at top
     level; `"iwpc_2009"` (the same on all eligible patients) and
-    `"iwpc_2009_same_patients"` (on the twin's patients); `"excluded"` (reason -> count);
+    `"iwpc_2009_same_patients"` (on the twin's patients); `"excluded"` (patients the twin
+    cannot predict: reason -> count); `"ineligible"` (patients of the file that neither
+    predictor is scored on, `iwpc_ineligible`: reason -> count);
     `"twin_rescaled_cv"`: the twin's doses times one factor (the geometric mean of actual /
     predicted) fitted on the other folds (patients split by row number modulo `n_folds`),
     scored on the held-out fold, which separates a systematic bias of the published model
@@ -397,6 +516,7 @@ def iwpc_warfarin(csv_path: str | os.PathLike[str], *, n_folds: int = 5) -> dict
     result["excluded"] = {
         str(r): int(np.sum(reasons == r)) for r in sorted(set(reasons[~ok].tolist()))
     }
+    result["ineligible"] = iwpc_ineligible(csv_path)
     # Cross-validated single-factor rescaling of the twin (not a re-fit of the model).
     idx = np.flatnonzero(ok)
     folds = np.arange(idx.size) % n_folds
