@@ -20,9 +20,8 @@ from twins.app._spec import (
     load_trial,
     trial_from_dict,
 )
-from twins.trials import _eupact
+from twins.trials import Nomogram, _eupact, population_rows, simulate_chunk
 from twins.trials._run import run_trial, spec_hash, trial_spec
-from twins.trials._trial import Nomogram, population_rows, simulate_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
