@@ -29,8 +29,11 @@ section for the twin's report.
   `Explanation.to_shap()` gives a `shap.Explanation` for shap's own plots.
 - `explanation_section(...)`: an HTML fragment (waterfall, top features, LIME, and a
   warning when the patient lies outside the training ranges) for
-  `DigitalTwin.report(path, sections=[...])`; `patient_inputs(trial, patients, ...)`: a
-  patient's features as a training set of that trial has them.
+  `twins.write_twin_report(twin, path, sections=[...])`; `patient_inputs(trial, patients,
+  ...)`: a patient's features as a training set of that trial has them.
+
+The `Explanation` class is in `surrogates._explanation`, the plots in
+`surrogates._explain_plots` (both re-exported here).
 
 Randomness (permutations, k-means, LIME's samples) comes from the integer `key`; the same
 key gives the same numbers. shap's permutation and kernel explainers draw from NumPy's
@@ -40,38 +43,26 @@ global generator: it is seeded with `key` for the call and restored afterwards.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from ._base import ExtrapolationWarning, Inputs, Surrogate, as_inputs
+from ._explain_plots import short_number
+from ._explain_plots import summary_plot as summary_plot
+from ._explain_plots import waterfall_plot as waterfall_plot
+from ._explanation import SCALES as SCALES
+from ._explanation import Explanation as Explanation
+from ._explanation import check_row, import_shap
 from ._tabular import SklearnSurrogate, XGBoostSurrogate
 
 if TYPE_CHECKING:
     from twins import Trial
 
 Method = Literal["auto", "tree", "permutation", "kernel"]
-
-#: `Explanation.output_scale` values.
-SCALES = ("prediction", "log(prediction)", "probability", "log-odds")
-
-
-def _shap() -> Any:
-    """`import shap`, its import-time warnings handled (shap 0.51 builds its colour maps
-    with `Colormap.set_bad/over/under`, which matplotlib 3.10 marks as pending deprecation)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message=r"The set_(bad|over|under) function will be deprecated",
-            category=PendingDeprecationWarning,
-        )
-        import shap
-    return shap
 
 
 @contextlib.contextmanager
@@ -92,150 +83,7 @@ def _check_key(key: Any, who: str) -> int:
     return int(key)
 
 
-# ----------------------------------------------------------------------------- explanation
-
-
-@dataclasses.dataclass(frozen=True)
-class Explanation:
-    """SHAP values of n patients' predictions over p features.
-
-    - `values`: (n, p) contributions, on `output_scale`;
-    - `base_values`: (n,) the base value (the expected output over the background, or over
-      the training data for path-dependent trees);
-    - `data`: (n, p) the feature values explained; `feature_names`: their p names (static
-      features, then the flattened sequence `<channel>@<time>h`);
-    - `prediction`: (n,) the surrogate's prediction on `output_scale`;
-    - `output_scale`: `"prediction"` (the surrogate's prediction as `predict` returns it),
-      `"log(prediction)"` (XGBoost with `log_target` on the tree route), `"probability"`
-      (class 1) or `"log-odds"` (XGBoost classifiers on the tree route);
-    - `method`: `"tree (path-dependent)"`, `"tree (interventional)"`, `"permutation"` or
-      `"kernel"`; `surrogate`: its name; `output`: the output index explained for
-      multi-output surrogates (None for one output);
-    - `out_of_range`, `reasons`: the surrogate's flags for inputs outside the training ranges.
-    """
-
-    values: np.ndarray
-    base_values: np.ndarray
-    data: np.ndarray
-    feature_names: tuple[str, ...]
-    prediction: np.ndarray
-    output_scale: str
-    method: str
-    surrogate: str
-    output: int | None = None
-    out_of_range: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
-    reasons: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        n, p = np.shape(self.values)
-        if np.shape(self.data) != (n, p) or len(self.feature_names) != p:
-            raise ValueError(
-                f"Explanation: values {np.shape(self.values)}, data {np.shape(self.data)} and "
-                f"{len(self.feature_names)} feature names do not agree."
-            )
-        if np.shape(self.base_values) != (n,) or np.shape(self.prediction) != (n,):
-            raise ValueError(
-                f"Explanation: base_values {np.shape(self.base_values)} and prediction "
-                f"{np.shape(self.prediction)} must be ({n},)."
-            )
-        if self.output_scale not in SCALES:
-            raise ValueError(
-                f"Explanation: output_scale must be one of {SCALES}, got {self.output_scale!r}."
-            )
-
-    def __len__(self) -> int:
-        return int(np.shape(self.values)[0])
-
-    def frame(self) -> pd.DataFrame:
-        """The values as a DataFrame, one column per feature."""
-        return pd.DataFrame(self.values, columns=list(self.feature_names))
-
-    def importance(self, groups: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
-        """Mean |SHAP| per feature, largest first (`feature`, `mean_abs_shap`, `rank` from 1).
-
-        **Arguments:**
-
-        - `groups`: optional `{name: [features]}`: the values of a group's features are
-          summed per patient before the mean absolute value is taken (SHAP values are
-          additive, so the sum is the group's contribution; e.g. the genotype indicators of
-          one gene). Features in no group stay on their own; a feature in two groups, or a
-          name that is not a feature, raises.
-        """
-        values = self.frame()
-        if groups:
-            seen: dict[str, str] = {}
-            columns: dict[str, Any] = {}
-            for name, members in groups.items():
-                members = [members] if isinstance(members, str) else list(members)
-                unknown = [m for m in members if m not in values.columns]
-                if unknown:
-                    raise ValueError(
-                        f"importance: group {name!r} names {unknown}, which are not features "
-                        f"of the explanation ({list(self.feature_names)})."
-                    )
-                for m in members:
-                    if m in seen:
-                        raise ValueError(
-                            f"importance: feature {m!r} is in groups {seen[m]!r} and {name!r}."
-                        )
-                    seen[m] = name
-                columns[name] = values[members].sum(axis=1)
-            for c in values.columns:
-                if c not in seen:
-                    if c in columns:
-                        raise ValueError(f"importance: group name {c!r} is also a feature.")
-                    columns[c] = values[c]
-            values = pd.DataFrame(columns)
-        mean_abs = values.abs().mean(axis=0)
-        out = (
-            pd.DataFrame({"feature": mean_abs.index, "mean_abs_shap": mean_abs.to_numpy()})
-            .sort_values("mean_abs_shap", ascending=False, kind="stable")
-            .reset_index(drop=True)
-        )
-        out["rank"] = np.arange(1, len(out) + 1)
-        return out
-
-    def contributions(self, row: int = 0) -> pd.DataFrame:
-        """One patient's features: `feature`, `value`, `shap`, largest |shap| first."""
-        row = _check_row(row, len(self), "Explanation.contributions")
-        out = pd.DataFrame(
-            {
-                "feature": list(self.feature_names),
-                "value": self.data[row],
-                "shap": self.values[row],
-            }
-        )
-        order = np.argsort(-np.abs(out["shap"].to_numpy()), kind="stable")
-        return out.iloc[order].reset_index(drop=True)
-
-    def additivity_gap(self) -> np.ndarray:
-        """(n,) base value + sum of the values - prediction, on `output_scale`."""
-        return self.base_values + self.values.sum(axis=1) - self.prediction
-
-    def additivity(self, *, rtol: float = 1e-4, atol: float = 1e-4) -> bool:
-        """Whether base value + sum of the values equals the prediction for every patient,
-        within `atol + rtol * |prediction|` (trees and surrogates compute in float32)."""
-        gap = np.abs(self.additivity_gap())
-        return bool(np.all(gap <= atol + rtol * np.abs(self.prediction)))
-
-    def to_shap(self):
-        """A `shap.Explanation` (for `shap.plots.beeswarm`, `waterfall`, ...)."""
-        shap = _shap()
-        return shap.Explanation(
-            values=np.asarray(self.values, dtype=float),
-            base_values=np.asarray(self.base_values, dtype=float),
-            data=np.asarray(self.data, dtype=float),
-            feature_names=list(self.feature_names),
-        )
-
-
 # ----------------------------------------------------------------------------- inputs
-
-
-def _check_row(row: Any, n: int, who: str) -> int:
-    if isinstance(row, bool) or not isinstance(row, int | np.integer) or not -n <= row < n:
-        raise ValueError(f"{who}: row must be an integer in [0, {n}), got {row!r}.")
-    return int(row) % n
 
 
 def _require_fitted(surrogate: Any, who: str) -> Surrogate:
@@ -470,7 +318,7 @@ def explain(
 def _tree_values(
     surrogate: Surrogate, table: np.ndarray, bg: np.ndarray | None, out: int | None
 ) -> tuple[np.ndarray, np.ndarray, str, str]:
-    shap = _shap()
+    shap = import_shap()
     n = len(table)
     label = "tree (path-dependent)" if bg is None else "tree (interventional)"
     if isinstance(surrogate, XGBoostSurrogate):
@@ -506,7 +354,7 @@ def _tree_values(
 def _permutation_values(
     f, table: np.ndarray, bg: np.ndarray, max_evals: int, key: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    shap = _shap()
+    shap = import_shap()
     masker = shap.maskers.Independent(bg, max_samples=len(bg))
     with _global_numpy_seed(key):
         explainer = shap.PermutationExplainer(f, masker, seed=key)
@@ -519,7 +367,7 @@ def _permutation_values(
 def _kernel_values(
     f, table: np.ndarray, bg: np.ndarray, max_evals: int | None, key: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    shap = _shap()
+    shap = import_shap()
     k = min(len(bg), 20)
     with _global_numpy_seed(key):
         summary = shap.kmeans(bg, k) if k < len(bg) else bg
@@ -573,7 +421,7 @@ def lime_explain(
     if not (isinstance(num_features, int) and num_features >= 1):
         raise ValueError(f"{who}: num_features must be an integer >= 1, got {num_features!r}.")
     x = _conformed(surrogate, inputs, who, "the inputs")
-    row = _check_row(row, len(x), who)
+    row = check_row(row, len(x), who)
     out = _output_index(surrogate, output, who)
     names = _flat_names(surrogate, x)
     table = x.tabular().to_numpy(dtype=float)
@@ -626,169 +474,6 @@ def lime_explain(
         score=float(exp.score),
     )
     return frame
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def _axis_label(explanation: Explanation) -> str:
-    return {
-        "prediction": "contribution to the prediction",
-        "log(prediction)": "contribution to log(prediction)",
-        "probability": "contribution to the probability",
-        "log-odds": "contribution to the log-odds",
-    }[explanation.output_scale]
-
-
-def summary_plot(
-    explanation: Explanation,
-    *,
-    kind: Literal["beeswarm", "bar"] = "beeswarm",
-    max_display: int = 12,
-) -> Figure:
-    """The features ranked by mean |SHAP| over the patients: a beeswarm (one dot per
-    patient, coloured by the feature's value, low blue to high red) or bars of mean |SHAP|.
-
-    **Returns:** a matplotlib `Figure` (not registered with pyplot; show it in a notebook by
-    evaluating it, or `fig.savefig(...)`).
-    """
-    if kind not in ("beeswarm", "bar"):
-        raise ValueError(f"summary_plot: kind must be 'beeswarm' or 'bar', got {kind!r}.")
-    imp = explanation.importance()
-    top = imp["feature"].tolist()[:max_display]
-    names = list(explanation.feature_names)
-    cols = [names.index(f) for f in top]
-    k = len(cols)
-    fig = Figure(figsize=(7.5, 0.45 * k + 1.6), label="SHAP summary")
-    ax = fig.add_subplot()
-    ys = np.arange(k)[::-1]  # the most important at the top
-    if kind == "bar":
-        ax.barh(ys, imp["mean_abs_shap"].to_numpy()[:k], color="#1f77b4")
-        ax.set_xlabel(f"mean |SHAP| ({explanation.output_scale})")
-    else:
-        from matplotlib import cm, colormaps, colors
-
-        cmap = colormaps["coolwarm"]
-        for y, j in zip(ys, cols, strict=True):
-            v = explanation.values[:, j]
-            d = explanation.data[:, j]
-            offsets = _swarm(v, 0.4)
-            finite = np.isfinite(d)
-            shade = _shade(d)
-            ax.scatter(v[~finite], y + offsets[~finite], s=9, color="0.6", linewidths=0, alpha=0.8)
-            ax.scatter(
-                v[finite],
-                y + offsets[finite],
-                s=9,
-                c=shade[finite],
-                cmap=cmap,
-                vmin=0.0,
-                vmax=1.0,
-                linewidths=0,
-                alpha=0.8,
-            )
-        ax.axvline(0.0, color="0.5", lw=0.8, zorder=0)
-        mappable = cm.ScalarMappable(norm=colors.Normalize(0.0, 1.0), cmap=cmap)
-        bar = fig.colorbar(mappable, ax=ax, ticks=[0.0, 1.0], aspect=40, pad=0.02)
-        bar.ax.set_yticklabels(["low", "high"])
-        bar.set_label("feature value")
-        ax.set_xlabel(f"SHAP value: {_axis_label(explanation)}")
-    ax.set_yticks(ys)
-    ax.set_yticklabels(top)
-    ax.set_title(f"{explanation.surrogate}: SHAP ({explanation.method}, n = {len(explanation)})")
-    fig.tight_layout()
-    return fig
-
-
-def _shade(d: np.ndarray) -> np.ndarray:
-    """Feature values mapped to [0, 1] between their 5th and 95th percentiles (min and max
-    when those coincide; 0.5 for a constant); NaN stays NaN."""
-    finite = d[np.isfinite(d)]
-    if finite.size == 0:
-        return np.full(d.shape, np.nan)
-    lo, hi = np.percentile(finite, [5, 95])
-    if not hi > lo:
-        lo, hi = finite.min(), finite.max()
-    if not hi > lo:
-        return np.where(np.isfinite(d), 0.5, np.nan)
-    return np.clip((d - lo) / (hi - lo), 0.0, 1.0)
-
-
-def _swarm(values: np.ndarray, width: float) -> np.ndarray:
-    """Vertical offsets that stack points with close values side by side (deterministic)."""
-    n = values.size
-    if n == 0:
-        return np.zeros(0)
-    span = float(np.ptp(values)) or 1.0
-    bins = np.round(100 * (values - values.min()) / span).astype(int)
-    order = np.lexsort((np.arange(n), bins))
-    offsets = np.zeros(n)
-    layer, last = 0, None
-    for i in order:
-        if bins[i] != last:
-            layer = 0
-        offsets[i] = np.ceil(layer / 2) * (1 if layer % 2 else -1)
-        layer += 1
-        last = bins[i]
-    top = np.abs(offsets).max()
-    return offsets * (width / top) if top > 0 else offsets
-
-
-def _short(x: float) -> str:
-    return "nan" if not np.isfinite(x) else f"{x:.4g}"
-
-
-def waterfall_plot(explanation: Explanation, row: int = 0, *, max_display: int = 10) -> Figure:
-    """One patient's prediction built up from the base value, one bar per feature (the
-    largest `max_display - 1` contributions; the rest summed in one bar), red up, blue down.
-
-    **Returns:** a matplotlib `Figure` (not registered with pyplot).
-    """
-    row = _check_row(row, len(explanation), "waterfall_plot")
-    if not (isinstance(max_display, int) and max_display >= 2):
-        raise ValueError(f"waterfall_plot: max_display must be an integer >= 2, got {max_display}.")
-    contrib = explanation.contributions(row)
-    shown = contrib.iloc[: max_display - 1] if len(contrib) > max_display else contrib
-    rest = contrib.iloc[len(shown) :]
-    labels = [f"{f} = {_short(v)}" for f, v in zip(shown["feature"], shown["value"], strict=True)]
-    steps = shown["shap"].tolist()
-    if len(rest):
-        labels.append(f"{len(rest)} other features")
-        steps.append(float(rest["shap"].sum()))
-    # Bottom to top: the smallest first, so that the largest sits next to the prediction.
-    labels, steps = labels[::-1], steps[::-1]
-    base = float(explanation.base_values[row])
-    fig = Figure(figsize=(7.5, 0.42 * len(steps) + 1.8), label="SHAP waterfall")
-    ax = fig.add_subplot()
-    left = base
-    span = max(abs(s) for s in steps) if steps else 1.0
-    for y, s in enumerate(steps):
-        colour = "#ff0d57" if s >= 0 else "#1e88e5"
-        ax.barh(y, s, left=left, color=colour, height=0.7)
-        ax.text(
-            left + s + (0.01 * span if s >= 0 else -0.01 * span),
-            y,
-            f"{s:+.3g}",
-            va="center",
-            ha="left" if s >= 0 else "right",
-            fontsize=8,
-        )
-        left += s
-    ends = np.cumsum([base, *steps])
-    low, high = float(ends.min()), float(ends.max())
-    pad = 0.15 * (high - low or 1.0)
-    ax.set_xlim(low - pad, high + pad)
-    ax.axvline(base, color="0.5", lw=0.8, ls="--")
-    ax.axvline(left, color="0.2", lw=0.8)
-    ax.set_yticks(np.arange(len(steps)))
-    ax.set_yticklabels(labels, fontsize=9)
-    ax.set_xlabel(
-        f"{explanation.output_scale}: base value {base:.4g} -> f(x) = "
-        f"{float(explanation.prediction[row]):.4g}"
-    )
-    ax.set_title(f"{explanation.surrogate}: why this prediction (row {row})")
-    fig.tight_layout()
-    return fig
 
 
 # ----------------------------------------------------------------------------- report
@@ -866,9 +551,10 @@ def explanation_section(
     key: int = 0,
 ) -> tuple[str, str]:
     """A per-patient explanation as a `(title, html)` section for the twin's report
-    (`DigitalTwin.report(path, sections=[...])`): the surrogate's prediction and interval,
-    a SHAP waterfall plot (embedded PNG), the top features by |SHAP|, the LIME table, and a
-    warning when the patient's inputs lie outside the surrogate's training ranges.
+    (`twins.write_twin_report(twin, path, sections=[...])`): the surrogate's prediction and
+    interval, a SHAP waterfall plot (embedded PNG), the top features by |SHAP|, the LIME
+    table, and a warning when the patient's inputs lie outside the surrogate's training
+    ranges.
 
     **Arguments:** `surrogate`; `patient_inputs` (the patient at `row`); `background`
     (training patients; also used by LIME); `method`, `output`, `key` as in `explain`;
@@ -880,7 +566,7 @@ def explanation_section(
     who = "explanation_section"
     surrogate = _require_fitted(surrogate, who)
     x = _conformed(surrogate, patient_inputs, who, "the patient inputs")
-    row = _check_row(row, len(x), who)
+    row = check_row(row, len(x), who)
     one = x.take([row])
     with warnings.catch_warnings():
         # Shown in the section itself (below), rather than as a Python warning.
@@ -934,7 +620,7 @@ def explanation_section(
         html_table(
             ["Feature", "Value", f"SHAP ({escape(exp.output_scale)})"],
             [
-                [escape(f), escape(_short(v)), escape(f"{s:+.4g}")]
+                [escape(f), escape(short_number(v)), escape(f"{s:+.4g}")]
                 for f, v, s in zip(
                     contrib["feature"], contrib["value"], contrib["shap"], strict=True
                 )
@@ -947,7 +633,7 @@ def explanation_section(
         html_table(
             ["Condition", "Value", "Weight"],
             [
-                [escape(c), escape(_short(v)), escape(f"{w:+.4g}")]
+                [escape(c), escape(short_number(v)), escape(f"{w:+.4g}")]
                 for c, v, w in zip(lime["condition"], lime["value"], lime["weight"], strict=True)
             ],
             [False, True, True],
