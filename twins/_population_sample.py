@@ -1,0 +1,401 @@
+"""Virtual populations: the distributions that `twins.Population.sample` draws from.
+
+The CYP2C9 and VKORC1 genotype counts of the IWPC cohort by race (`iwpc_genotype_counts`),
+the height, weight and creatinine distributions (`Demographics`), and `sample_table`, which
+draws the table of a virtual population from a key.
+
+References: International Warfarin Pharmacogenetics Consortium. Estimation of the warfarin
+dose with clinical and pharmacogenetic data. N Engl J Med 2009;360(8):753-764 (the cohort
+behind the CYP2C9/VKORC1 counts); Fryar CD et al., NHSR no. 122, 2018 and Pottel H et al.,
+Clin Chim Acta 2008;396:49-55 (see `Demographics`).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from importlib import resources
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import pgx
+from ._patient import ADULT_AGE, DEMOGRAPHIC_RANGES, as_medications, interpret, normalise_gene
+from ._population_table import MED_PREFIX, generator
+
+IWPC_FREQUENCY_FILE = "IWPC_derived_genotype_frequencies_by_race.csv"
+
+#: The ancestry (race, OMB) categories of the IWPC table.
+IWPC_ANCESTRIES: tuple[str, ...] = ("Asian", "Black or African American", "Unknown", "White")
+
+_CYP2C9_DIPLOTYPES: tuple[str, ...] = ("*1/*1", "*1/*2", "*1/*3", "*2/*2", "*2/*3", "*3/*3")
+_VKORC1_GENOTYPES: tuple[tuple[str, str], ...] = (
+    ("VKORC1_GG", "-1639 GG"),
+    ("VKORC1_AG", "-1639 AG"),
+    ("VKORC1_AA", "-1639 AA"),
+)
+IWPC_GENES: tuple[str, ...] = ("CYP2C9", "VKORC1")
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+@functools.cache
+def iwpc_genotype_counts() -> Mapping[str, Mapping[str, Mapping[str, int]]]:
+    """Observed CYP2C9 and VKORC1 genotype counts in the IWPC cohort, by race (OMB).
+
+    Read from `twins/data/IWPC_derived_genotype_frequencies_by_race.csv` (see
+    `twins/data/SOURCES.md`). CYP2C9 diplotypes other than `*1`, `*2`, `*3` combinations
+    (the table's `CYP2C9_other` column, 17 patients in all) are not included: the table does
+    not say which alleles they carry.
+
+    **Returns:**
+
+    ancestry -> gene -> genotype -> count, with CYP2C9 diplotypes `"*1/*1"` ... `"*3/*3"`
+    and VKORC1 genotypes `"-1639 GG"`, `"-1639 AG"`, `"-1639 AA"`.
+    """
+    text = (resources.files("twins") / "data" / IWPC_FREQUENCY_FILE).read_text(encoding="utf-8")
+    counts: dict[str, Mapping[str, Mapping[str, int]]] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        counts[row["race_OMB"]] = MappingProxyType(
+            {
+                "CYP2C9": MappingProxyType(
+                    {d: int(row[f"CYP2C9_{d}"]) for d in _CYP2C9_DIPLOTYPES}
+                ),
+                "VKORC1": MappingProxyType(
+                    {label: int(row[column]) for column, label in _VKORC1_GENOTYPES}
+                ),
+            }
+        )
+    return MappingProxyType(counts)
+
+
+@dataclass(frozen=True)
+class Demographics:
+    """Distributions of height, weight and serum creatinine for `Population.sample`.
+
+    Height is normal by sex; BMI is log-normal by sex (given by its mean and coefficient of
+    variation) and independent of height, and weight = BMI x height², so height and weight
+    are positively correlated; serum creatinine is log-normal by sex, independent of the
+    rest. All values are approximate.
+
+    Defaults (adults, not specific to any ancestry):
+
+    - Mean heights and BMIs of US adults (20 years and over, 2015-2016, age-adjusted): men
+      69.1 in (175.5 cm), BMI 29.1 kg/m²; women 63.7 in (161.8 cm), BMI 29.6 kg/m²; the
+      matching mean weights are 197.9 lb (89.8 kg) and 170.6 lb (77.4 kg) (Fryar CD,
+      Kruszon-Moran D, Gu Q, Ogden CL. Mean body weight, height, waist circumference, and body
+      mass index among adults: United States, 1999-2000 through 2015-2016. National Health
+      Statistics Reports no. 122. Hyattsville, MD: National Center for Health Statistics;
+      2018). The standard deviations of height (7.5 and 7.0 cm) and the coefficients of
+      variation of BMI (0.22 and 0.25) are ours, rounded to give spreads like those of
+      NHANES adults; they are not taken from that report.
+    - Serum creatinine (IDMS-traceable, enzymatic): median 0.90 mg/dL (men) and 0.70 mg/dL
+      (women), with log-scale standard deviations 0.156 and 0.169, which reproduce the
+      widths of the ranges 0.63-1.16 mg/dL (men) and 0.48-0.93 mg/dL (women) that Pottel et
+      al. report around these means for ages 20 to 70, where they found creatinine constant
+      with age (Pottel H, Vrydags N, Mahieu B, Vandewynckele E, Croes K, Martens F.
+      Establishing age/sex related serum creatinine reference intervals from hospital
+      laboratory data based on different statistical methods. Clin Chim Acta
+      2008;396(1-2):49-55). The slow rise they describe after 70 is not modelled, and
+      neither is chronic kidney disease: the creatinine of older or sicker cohorts is
+      understated. Age acts on renal function through the equations: Cockcroft-Gault CrCL
+      falls with (140 - age) and CKD-EPI eGFR with 0.9938^age.
+
+    **Fields:** `height_mean_male`, `height_mean_female`, `height_sd_male`,
+    `height_sd_female` (cm); `bmi_mean_male`, `bmi_mean_female` (kg/m²), `bmi_cv_male`,
+    `bmi_cv_female`; `scr_median_male`, `scr_median_female` (mg/dL), `scr_log_sd_male`,
+    `scr_log_sd_female`. All must be positive and finite.
+    """
+
+    height_mean_male: float = 175.5
+    height_mean_female: float = 161.8
+    height_sd_male: float = 7.5
+    height_sd_female: float = 7.0
+    bmi_mean_male: float = 29.1
+    bmi_mean_female: float = 29.6
+    bmi_cv_male: float = 0.22
+    bmi_cv_female: float = 0.25
+    scr_median_male: float = 0.90
+    scr_median_female: float = 0.70
+    scr_log_sd_male: float = 0.156
+    scr_log_sd_female: float = 0.169
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(
+                    f"Demographics.{item.name} must be a positive finite number, got {value!r}."
+                )
+
+
+# --- sampling ---------------------------------------------------------------------------------
+
+
+def sample_table(
+    n: int,
+    *,
+    key: Any,
+    ancestry: str | Mapping[str, float] = "White",
+    age: tuple[float, float] = (18.0, 80.0),
+    female_fraction: float = 0.5,
+    genes: Iterable[str] = IWPC_GENES,
+    allele_frequencies: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    medications: Mapping[str, float] | None = None,
+    demographics: Demographics | Mapping[str, Demographics] | None = None,
+) -> pd.DataFrame:
+    """The table of a virtual population, before `validate_table`: the draws of
+    `twins.Population.sample`, which documents the arguments, the distributions and their
+    sources."""
+    rng = generator(key)
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}.")
+    n = int(n)
+    groups = _ancestry_fractions(ancestry)
+    low, high = _age_range(age)
+    if (
+        isinstance(female_fraction, bool)
+        or not isinstance(female_fraction, numbers.Real)
+        or not 0.0 <= female_fraction <= 1.0
+    ):
+        raise ValueError(f"female_fraction must be in [0, 1], got {female_fraction!r}.")
+    per_group = _demographics(demographics, groups)
+    iwpc_genes = _iwpc_genes(genes)
+    hwe = _allele_frequencies(allele_frequencies, groups)
+    prevalences = _prevalences(medications)
+
+    labels = list(groups)
+    which = rng.choice(len(labels), size=n, p=np.array([groups[g] for g in labels]))
+    female = rng.random(n) < female_fraction
+    ages = rng.uniform(low, high, size=n)
+    z = rng.standard_normal((3, n))
+
+    def parameter(male: str, female_name: str) -> np.ndarray:
+        values = np.array(
+            [[getattr(per_group[g], male), getattr(per_group[g], female_name)] for g in labels]
+        )
+        return values[which, female.astype(int)]
+
+    height = (
+        parameter("height_mean_male", "height_mean_female")
+        + parameter("height_sd_male", "height_sd_female") * z[0]
+    )
+    bmi_mean = parameter("bmi_mean_male", "bmi_mean_female")
+    bmi_sigma = np.sqrt(np.log1p(parameter("bmi_cv_male", "bmi_cv_female") ** 2))
+    bmi = np.exp(np.log(bmi_mean) - bmi_sigma**2 / 2 + bmi_sigma * z[1])
+    weight = bmi * (height / 100.0) ** 2
+    scr = parameter("scr_median_male", "scr_median_female") * np.exp(
+        parameter("scr_log_sd_male", "scr_log_sd_female") * z[2]
+    )
+
+    frame = pd.DataFrame(
+        {
+            "id": [f"V{i + 1:0{max(5, len(str(n)))}d}" for i in range(n)],
+            "age": ages,
+            "sex": np.where(female, "female", "male").astype(object),
+            "weight": weight,
+            "height": height,
+            "ancestry": np.array(labels, dtype=object)[which],
+            "serum_creatinine": scr,
+        }
+    )
+    counts = iwpc_genotype_counts()
+    for gene in pgx.genes():
+        if gene in hwe:
+            frame[gene] = _draw_hwe(rng, gene, hwe[gene], labels, which)
+        elif gene in iwpc_genes:
+            table = {g: counts[g][gene] for g in labels}
+            frame[gene] = _draw_observed(rng, table, labels, which)
+    for name, prevalence in prevalences.items():
+        frame[MED_PREFIX + name] = rng.random(n) < prevalence
+    return frame
+
+
+def _ancestry_fractions(ancestry: str | Mapping[str, float]) -> dict[str, float]:
+    groups = {ancestry: 1.0} if isinstance(ancestry, str) else dict(ancestry)
+    if not groups:
+        raise ValueError("ancestry must name at least one category.")
+    for name, fraction in groups.items():
+        if name not in IWPC_ANCESTRIES:
+            raise ValueError(
+                f"Unknown ancestry {name!r}: Population.sample uses the IWPC categories "
+                f"{', '.join(map(repr, IWPC_ANCESTRIES))}."
+            )
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, numbers.Real)
+            or not math.isfinite(fraction)
+            or fraction < 0
+        ):
+            raise ValueError(f"The fraction of ancestry {name!r} must be >= 0, got {fraction!r}.")
+    total = math.fsum(groups.values())
+    if abs(total - 1.0) > 1e-9:
+        raise ValueError(f"Ancestry fractions must sum to 1, got {total!r} for {groups}.")
+    return {name: float(fraction) for name, fraction in groups.items()}
+
+
+def _age_range(age: tuple[float, float]) -> tuple[float, float]:
+    try:
+        low, high = (float(a) for a in age)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"age must be a pair (low, high) in years, got {age!r}.") from error
+    if not (ADULT_AGE <= low < high <= DEMOGRAPHIC_RANGES["age"][2]):
+        raise ValueError(
+            f"age must be (low, high) with {ADULT_AGE:g} <= low < high <= 120, got {age!r}; the "
+            "height, weight and creatinine distributions are for adults."
+        )
+    return low, high
+
+
+def _demographics(
+    demographics: Demographics | Mapping[str, Demographics] | None, groups: Mapping[str, float]
+) -> dict[str, Demographics]:
+    if demographics is None:
+        demographics = Demographics()
+    if isinstance(demographics, Demographics):
+        return {g: demographics for g in groups}
+    lacking = [g for g in groups if g not in demographics]
+    if lacking:
+        raise ValueError(f"demographics has no entry for the sampled ancestries {lacking}.")
+    for g in groups:
+        if not isinstance(demographics[g], Demographics):
+            raise TypeError(f"demographics[{g!r}] must be a Demographics, got {demographics[g]!r}.")
+    return {g: demographics[g] for g in groups}
+
+
+def _iwpc_genes(genes: Iterable[str]) -> set[str]:
+    if isinstance(genes, str):
+        genes = (genes,)
+    chosen = set()
+    for gene in genes:
+        symbol = normalise_gene(gene, "Population.sample")
+        if symbol not in IWPC_GENES:
+            raise ValueError(
+                f"Population.sample: {symbol} is not in the IWPC table (which has "
+                f"{', '.join(IWPC_GENES)}); give allele_frequencies for it instead."
+            )
+        chosen.add(symbol)
+    return chosen
+
+
+def _allele_frequencies(
+    allele_frequencies: Mapping[str, Mapping[str, Mapping[str, float]]] | None,
+    groups: Mapping[str, float],
+) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for gene, by_group in (allele_frequencies or {}).items():
+        symbol = normalise_gene(gene, "Population.sample allele_frequencies")
+        if symbol == "VKORC1":
+            raise ValueError(
+                "allele_frequencies: VKORC1 is drawn from the IWPC genotype counts; "
+                "allele_frequencies takes star-allele genes (CYP2C19, CYP2C9, CYP2D6)."
+            )
+        if symbol in out:
+            raise ValueError(f"allele_frequencies: gene {symbol} is given twice.")
+        lacking = [g for g in groups if g not in by_group]
+        if lacking:
+            raise ValueError(
+                f"allele_frequencies[{symbol!r}] has no frequencies for the sampled "
+                f"ancestries {lacking}."
+            )
+        out[symbol] = {}
+        for group in groups:
+            table = dict(by_group[group])
+            where = f"allele_frequencies[{symbol!r}][{group!r}]"
+            if not table:
+                raise ValueError(f"{where} is empty.")
+            for allele, frequency in table.items():
+                if (
+                    isinstance(frequency, bool)
+                    or not isinstance(frequency, numbers.Real)
+                    or not math.isfinite(frequency)
+                    or frequency < 0
+                ):
+                    raise ValueError(
+                        f"{where}: frequency of {allele!r} must be >= 0, got {frequency!r}."
+                    )
+                if not isinstance(allele, str) or "/" in allele:
+                    raise ValueError(f"{where}: alleles are single star alleles, got {allele!r}.")
+                interpret(symbol, f"{allele}/{allele}", where)
+            total = math.fsum(table.values())
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(
+                    f"{where}: allele frequencies must sum to 1 (within 1e-6), got {total!r}; "
+                    "they are not renormalised for you."
+                )
+            out[symbol][group] = {a: float(f) for a, f in table.items()}
+    return out
+
+
+def _prevalences(medications: Mapping[str, float] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, prevalence in (medications or {}).items():
+        normalised = as_medications((name,), "Population.sample medications")[0]
+        if (
+            isinstance(prevalence, bool)
+            or not isinstance(prevalence, numbers.Real)
+            or not 0.0 <= prevalence <= 1.0
+        ):
+            raise ValueError(
+                f"The prevalence of medication {name!r} must be in [0, 1], got {prevalence!r}."
+            )
+        if normalised in out:
+            raise ValueError(f"Medication {normalised!r} is given twice.")
+        out[normalised] = float(prevalence)
+    return dict(sorted(out.items()))
+
+
+def _draw_observed(
+    rng: np.random.Generator,
+    counts: Mapping[str, Mapping[str, int]],
+    labels: list[str],
+    which: np.ndarray,
+) -> np.ndarray:
+    out = np.empty(len(which), dtype=object)
+    for g, group in enumerate(labels):
+        rows = np.flatnonzero(which == g)
+        genotypes = list(counts[group])
+        weights = np.array([counts[group][x] for x in genotypes], dtype=float)
+        out[rows] = np.array(genotypes, dtype=object)[
+            rng.choice(len(genotypes), size=len(rows), p=weights / weights.sum())
+        ]
+    return out
+
+
+def _draw_hwe(
+    rng: np.random.Generator,
+    gene: str,
+    frequencies: Mapping[str, Mapping[str, float]],
+    labels: list[str],
+    which: np.ndarray,
+) -> np.ndarray:
+    out = np.empty(len(which), dtype=object)
+    for g, group in enumerate(labels):
+        rows = np.flatnonzero(which == g)
+        alleles = list(frequencies[group])
+        p = np.array([frequencies[group][a] for a in alleles])
+        p = p / p.sum()  # sums to 1 within 1e-6 (checked); exact for the sampler
+        first = rng.choice(len(alleles), size=len(rows), p=p)
+        second = rng.choice(len(alleles), size=len(rows), p=p)
+        spelling: dict[tuple[int, int], str] = {}
+        names = np.empty(len(rows), dtype=object)
+        for j, pair in enumerate(zip(first.tolist(), second.tolist(), strict=True)):
+            if pair not in spelling:
+                diplotype = f"{alleles[pair[0]]}/{alleles[pair[1]]}"
+                spelling[pair] = interpret(gene, diplotype, "Population.sample").diplotype
+            names[j] = spelling[pair]
+        out[rows] = names
+    return out
