@@ -66,9 +66,9 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold
 
-from twins.validation import dose_metrics, iwpc_missing
+from twins.validation import CYP2C9_CODES, dose_metrics, iwpc_missing
 
-from . import _iwpc_features as F
+from ._iwpc_features import CLINICAL_FEATURES, MECHANISTIC_FEATURES, cohort, excluded
 
 __all__ = ["MODELS", "XGB_GRID", "iwpc_cross_validation", "iwpc_dose_models", "iwpc_excluded"]
 
@@ -106,7 +106,7 @@ def iwpc_excluded(csv_path: str | os.PathLike[str]) -> dict[str, int]:
     reported"`, `"weight not reported"`. On `iwpc_warfarin_train.csv`: 183, 28, 863 and 27
     of 4,982 patients, leaving the 3,881 that `twins.validation.load_iwpc` selects
     (`twins.validation.iwpc_ineligible`, once every column the models read is checked)."""
-    return F.excluded(csv_path)
+    return excluded(csv_path)
 
 
 def iwpc_dose_models(
@@ -137,7 +137,7 @@ def iwpc_dose_models(
     **Raises:** `ValueError` naming the file and the missing column(s), or the row, file
     line, subject and column of a value outside the expected ones.
     """
-    train, test = F.cohort(train_csv), F.cohort(test_csv)
+    train, test = cohort(train_csv), cohort(test_csv)
     predictions, _ = _fit_predict(train, test, seed=seed, n_jobs=n_jobs, grid=grid)
     actual = test["dose"].to_numpy(dtype=float)
     return {name: _scores(actual, pred) for name, pred in predictions.items()}
@@ -169,7 +169,7 @@ def iwpc_cross_validation(
     """
     if folds < 2:
         raise ValueError(f"iwpc_cross_validation: folds must be >= 2, got {folds}.")
-    data = F.cohort(csv_path)
+    data = cohort(csv_path)
     actual = data["dose"].to_numpy(dtype=float)
     fold_of = np.empty(len(data), dtype=int)
     oof = {name: np.full(len(data), np.nan) for name in MODELS}
@@ -228,7 +228,7 @@ def _scores(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
 def _iwpc_design(data: pd.DataFrame) -> np.ndarray:
     """The 17 terms of the IWPC 2009 algorithm (without the intercept)."""
     vk = data["vkorc1"].tolist()
-    cyp = [c if c in F.CYP2C9_CODES else None for c in data["cyp2c9"].tolist()]
+    cyp = [c if c in CYP2C9_CODES else None for c in data["cyp2c9"].tolist()]
     race = data["race"].tolist()
     norm = {"G/G": "GG", "A/G": "AG", "G/A": "AG", "A/A": "AA"}
     vk = [None if iwpc_missing(v) else norm.get(str(v), str(v)) for v in vk]
@@ -240,7 +240,7 @@ def _iwpc_design(data: pd.DataFrame) -> np.ndarray:
         np.asarray([v == "AA" for v in vk], dtype=float),
         np.asarray([v is None for v in vk], dtype=float),
         *(
-            np.asarray([F.CYP2C9_CODES.get(str(c)) == key for c in cyp], dtype=float)
+            np.asarray([CYP2C9_CODES.get(str(c)) == key for c in cyp], dtype=float)
             for key in ("12", "13", "22", "23", "33")
         ),
         np.asarray([c is None for c in cyp], dtype=float),
@@ -254,9 +254,9 @@ def _iwpc_design(data: pd.DataFrame) -> np.ndarray:
 
 
 def _features(data: pd.DataFrame, *, mechanistic: bool) -> np.ndarray:
-    names = list(F.CLINICAL_FEATURES)
+    names = list(CLINICAL_FEATURES)
     if mechanistic:
-        names += list(F.MECHANISTIC_FEATURES)
+        names += list(MECHANISTIC_FEATURES)
     return data[names].to_numpy(dtype=float)
 
 
