@@ -12,6 +12,7 @@ from ._advance import Advanced as Advanced
 from ._advance import advance as advance
 from ._advance import interval_exposure as interval_exposure
 from ._advance import running_rates as running_rates
+from ._cohort import CohortError as CohortError
 from ._cohort import Exposure as Exposure
 from ._cohort import simulate_cohort as simulate_cohort
 from ._models._base import (
@@ -123,6 +124,9 @@ from ._records import (
     validate_records as validate_records,
 )
 from ._regimen import (
+    MAX_SS_INTERVALS as MAX_SS_INTERVALS,
+)
+from ._regimen import (
     MODELLED_DURATION as MODELLED_DURATION,
 )
 from ._regimen import (
@@ -161,6 +165,7 @@ from ._simulate import simulate_states as simulate_states
 
 __all__ = [
     "MAX_DOSES",
+    "MAX_SS_INTERVALS",
     "MODELLED_DURATION",
     "MODELLED_RATE",
     "PKPD",
@@ -173,6 +178,7 @@ __all__ = [
     "AbstractPDModel",
     "Advanced",
     "AsODE",
+    "CohortError",
     "EffectCompartment",
     "Emax",
     "Exposure",

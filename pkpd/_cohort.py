@@ -99,16 +99,151 @@ def simulate_cohort(
     """
     if exposure:
         _check_exposure_times(times)
-    if mesh is not None:
-        y, auc, cmax = _sharded(
-            model, params, regimen, times, solver, mesh, chunk_size, order_stacks
-        )
+
+    def solve(q):
+        if mesh is not None:
+            return _sharded(model, q, regimen, times, solver, mesh, chunk_size, order_stacks)
+        layout = _layout(model, q, regimen, times)
+        return _cohort(model, q, regimen, times, solver, chunk_size, layout, order_stacks)
+
+    if _traced(params):
+        y, auc, cmax = solve(params)
     else:
-        layout = _layout(model, params, regimen, times)
-        y, auc, cmax = _cohort(
-            model, params, regimen, times, solver, chunk_size, layout, order_stacks
-        )
+        y, auc, cmax = _guarded(model, params, regimen, times, solver, solve)
     return (y, Exposure(auc=auc, cmax=cmax)) if exposure else y
+
+
+class CohortError(ValueError):
+    """Some patients of a cohort could not be simulated; the others were.
+
+    **Attributes:**
+
+    - `failures`: `{patient index: reason}` (0-based, in the caller's order): a parameter
+      outside its domain or not finite, the solver's step limit, or a non-finite state.
+    - `outputs`, `exposure`: what `simulate_cohort` would have returned, with the rows of
+      the failed patients set to NaN (and only those: every other row is that patient's
+      result).
+    """
+
+    def __init__(self, failures: dict[int, str], outputs: Array, exposure: Exposure):
+        self.failures = dict(sorted(failures.items()))
+        self.outputs = outputs
+        self.exposure = exposure
+        shown = "; ".join(f"patient {i}: {r}" for i, r in list(self.failures.items())[:10])
+        more = len(self.failures) - 10
+        super().__init__(
+            f"simulate_cohort: {len(self.failures)} patient(s) could not be simulated "
+            f"({shown}{f'; and {more} more' if more > 0 else ''}); the others were: "
+            "their results are in this error's `outputs` and `exposure`."
+        )
+
+
+def _traced(params) -> bool:
+    return any(isinstance(v, jax.core.Tracer) for v in params.values())  # pyright: ignore[reportAttributeAccessIssue]
+
+
+def _batch_size(params) -> int | None:
+    sizes = {np.shape(v)[0] for v in params.values() if np.ndim(v) >= 1}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _guarded(model, params, regimen, times, solver, solve):
+    """Solve a concrete cohort; a patient that cannot be simulated is named, not fatal."""
+    model.check_params(params)
+    n_pat = _batch_size(params)
+    failures: dict[int, str] = {}
+    for name, bad, expect in model.domain_errors(params):
+        value = np.asarray(params[name], dtype=float)
+        if value.ndim == 0 or n_pat is None:
+            model.check_domain({name: params[name]})  # shared by every patient: plain error
+        for i in np.flatnonzero(bad):
+            failures.setdefault(int(i), f"{name} = {value[i]:g} (expected {expect})")
+    good = np.setdiff1d(np.arange(n_pat or 0), list(failures))
+    if failures and good.size == 0:
+        raise CohortError(failures, *_nan_result(model, times, n_pat))
+    q = params
+    if failures:  # the failed patients' rows are replaced by a good patient's for the solve
+        donor = int(good[0])
+        rows = np.arange(n_pat)
+        rows[list(failures)] = donor
+        q = {k: (jnp.asarray(v)[rows] if np.ndim(v) >= 1 else v) for k, v in params.items()}
+    try:
+        y, auc, cmax = solve(q)
+        y_host = np.asarray(y)
+    except (RuntimeError, ValueError) as error:  # e.g. the step limit
+        if n_pat is None or not _is_runtime(error):
+            raise
+        y, auc, cmax, more = _one_by_one(model, q, regimen, times, solver, n_pat, error)
+        failures.update({i: r for i, r in more.items() if i not in failures})
+        y_host = np.asarray(y)
+    finite = np.isfinite(y_host.reshape(y_host.shape[0], -1)).all(axis=1)
+    for i in np.flatnonzero(~finite):
+        failures.setdefault(int(i), "the simulation gave non-finite values")
+    if failures:
+        rows = jnp.asarray(sorted(failures))
+        y = jnp.asarray(y).at[rows].set(jnp.nan)
+        auc = jnp.asarray(auc).at[rows].set(jnp.nan)
+        cmax = jnp.asarray(cmax).at[rows].set(jnp.nan)
+        raise CohortError(failures, y, Exposure(auc=auc, cmax=cmax))
+    return y, auc, cmax
+
+
+def _nan_result(model, times, n_pat):
+    n_out = len(model.output_names)
+    t = np.asarray(times).shape[0]
+    shape = (n_pat, t) if n_out == 1 else (n_pat, t, n_out)
+    ex_shape = (n_pat,) if n_out == 1 else (n_pat, n_out)
+    nan = jnp.full(shape, jnp.nan)
+    return nan, Exposure(auc=jnp.full(ex_shape, jnp.nan), cmax=jnp.full(ex_shape, jnp.nan))
+
+
+def _one_by_one(model, params, regimen, times, solver, n_pat, error):
+    """After a failed cohort solve: each patient alone, to name those that fail (and why)."""
+    one = jax.jit(lambda p: simulate(model, p, regimen, times, solver=solver))
+    rows, failures = [], {}
+    del error
+    for i in range(n_pat):
+        p = {k: (jnp.asarray(v)[i] if np.ndim(v) >= 1 else v) for k, v in params.items()}
+        try:
+            rows.append(np.asarray(one(p)))
+        except (RuntimeError, ValueError) as e:
+            if not _is_runtime(e):
+                raise
+            failures[i] = _reason(str(e))
+            rows.append(None)
+    shape = next((r.shape for r in rows if r is not None), None)
+    if shape is None:
+        shape = np.asarray(_nan_result(model, times, 1)[0]).shape[1:]
+    y = np.stack([r if r is not None else np.full(shape, np.nan) for r in rows])
+    y = jnp.asarray(y)
+    auc, cmax = _exposure_of(y, times) if _sorted(times) else (y[:, 0] * jnp.nan,) * 2
+    return y, auc, cmax, failures
+
+
+def _sorted(times) -> bool:
+    t = np.asarray(times)
+    return t.ndim == 1 and (t.size < 2 or bool(np.all(np.diff(t) >= 0)))
+
+
+def _is_runtime(error: Exception) -> bool:
+    """An error raised while the compiled solve ran (equinox's runtime checks, diffrax's
+    step limit), as opposed to a bad argument found while tracing."""
+    text = str(error)
+    return (
+        isinstance(error, jax.errors.JaxRuntimeError)
+        or "EquinoxRuntimeError" in text
+        or ("CpuCallback error" in text)
+    )
+
+
+def _reason(text: str) -> str:
+    """The runtime check's own message (the last line naming it), shortened."""
+    if "maximum number of solver steps" in text or "max_steps" in text:
+        return "the solver reached its step limit (max_steps): a stiff or extreme patient"
+    lines = [ln for ln in text.splitlines() if "EquinoxRuntimeError:" in ln]
+    if lines:
+        return lines[-1].split("EquinoxRuntimeError:", 1)[1].strip()[:200]
+    return text.strip().splitlines()[0][:200] if text.strip() else "runtime error"
 
 
 def _layout(model, params, regimen, times):

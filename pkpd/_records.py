@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import _engine as E
 from ._models._base import AbstractModel, ODESolver
-from ._regimen import MODELLED_DURATION, MODELLED_RATE, Regimen
+from ._regimen import MAX_SS_INTERVALS, MODELLED_DURATION, MODELLED_RATE, Regimen
 
 REQUIRED_COLUMNS = ("ID", "TIME", "EVID", "AMT", "CMT")
 OPTIONAL_COLUMNS = {"RATE": 0.0, "II": 0.0, "ADDL": 0, "SS": 0, "MDV": 0}
@@ -268,7 +268,7 @@ def resolve_params(
     return out
 
 
-def _dose_span(model: AbstractModel, p: dict[str, np.ndarray], i: int, row: Any) -> float:
+def _dose_span(model: AbstractModel | None, p: dict[str, np.ndarray], i: int, row: Any) -> float:
     """Lag + infusion duration (h) of the dose on record `i` (for steady-state bounds)."""
     c = int(row.CMT)
     lag = float(p.get(f"ALAG{c}", np.zeros(i + 1))[i])
@@ -285,7 +285,7 @@ def _dose_span(model: AbstractModel, p: dict[str, np.ndarray], i: int, row: Any)
 
 
 def _subject_regimen(
-    model: AbstractModel, df: pd.DataFrame, p: dict[str, np.ndarray]
+    model: AbstractModel | None, df: pd.DataFrame, p: dict[str, np.ndarray]
 ) -> tuple[Regimen, np.ndarray]:
     """Regimen of one subject's records (ADDL expanded) and each event's record position."""
     cols: dict[str, list] = {
@@ -297,16 +297,28 @@ def _subject_regimen(
         evid = int(row.EVID)
         if evid not in (1, 3, 4):
             continue
-        if int(row.RATE) == MODELLED_RATE and f"R{int(row.CMT)}" not in p:
+        # With the parameters known (simulate_records), a modelled rate or duration without
+        # its parameter is named here; without them (regimen_from_records, Dataset), the
+        # engine checks it when the regimen is simulated with parameters.
+        known = model is not None
+        if known and int(row.RATE) == MODELLED_RATE and f"R{int(row.CMT)}" not in p:
             raise RecordError(
                 f"{_where(df, i)}: RATE=-1 needs the parameter R{int(row.CMT)} (modelled rate)."
             )
-        if int(row.RATE) == MODELLED_DURATION and f"D{int(row.CMT)}" not in p:
+        if known and int(row.RATE) == MODELLED_DURATION and f"D{int(row.CMT)}" not in p:
             raise RecordError(
                 f"{_where(df, i)}: RATE=-2 needs the parameter D{int(row.CMT)} (modelled duration)."
             )
         if row.SS > 0 and row.II > 0:
             span = _dose_span(model, p, i, row)
+            if not span / row.II <= MAX_SS_INTERVALS:
+                raise RecordError(
+                    f"{_where(df, i)}: the lag + infusion of {span:g} h at steady state spans "
+                    f"{span / row.II:.3g} intervals of II = {row.II:g} h; at most "
+                    f"{MAX_SS_INTERVALS} are supported (pkpd.MAX_SS_INTERVALS). For an "
+                    "infusion much longer than II use a constant infusion at steady state "
+                    "(AMT=0, RATE > 0, II=0)."
+                )
             ss_need = max(ss_need, math.ceil(span / row.II) + 1)
         for k in range(int(row.ADDL) + 1 if evid != 3 else 1):
             cols["time"].append(row.TIME + k * row.II)
@@ -372,7 +384,7 @@ def regimen_from_records(
             f"regimen_from_records: expected the records of one subject, got IDs "
             f"{list(df['ID'].unique())[:5]}."
         )
-    reg, _ = _subject_regimen(None, df, {})  # type: ignore[arg-type]
+    reg, _ = _subject_regimen(None, df, {})
     return reg
 
 

@@ -16,6 +16,12 @@ from ._custom_types import Array, ArrayLike, EventBool, EventFloat, EventInt
 MODELLED_RATE = -1.0
 #: `rate` code of an infusion whose duration is a model parameter (NONMEM `RATE=-2`, `Dn`).
 MODELLED_DURATION = -2.0
+#: The most earlier dosing intervals a steady-state dose's lag plus infusion may span: the
+#: steady state sums the doses still running, and the work grows with their number (an
+#: infusion of 1 h every 0.01 h would be 100 overlapping infusions; every 1e-6 h, a million).
+#: An infusion much longer than its interval is a constant infusion: `SS=1, AMT=0, RATE>0,
+#: II=0` (`steady_state(infusion(0, rate=...), ii=0)`).
+MAX_SS_INTERVALS = 64
 
 
 def _is_concrete(x: Any) -> bool:
@@ -426,7 +432,17 @@ def _ss_bound(regimen: Regimen) -> int:
     use = (np.asarray(regimen.ss) > 0) & (ii > 0) & np.asarray(regimen.mask)
     if not use.any():
         return regimen.ss_intervals
-    need = int(np.max(np.ceil(span[use] / ii[use]))) + 1
+    ratio = span[use] / ii[use]
+    worst = int(np.argmax(ratio))
+    if not ratio[worst] <= MAX_SS_INTERVALS:
+        raise ValueError(
+            f"steady_state: the lag + infusion of {span[use][worst]:g} h spans "
+            f"{ratio[worst]:.3g} dosing intervals of II = {ii[use][worst]:g} h; at most "
+            f"{MAX_SS_INTERVALS} are supported (pkpd.MAX_SS_INTERVALS). For an infusion much "
+            "longer than its interval use a constant infusion at steady state (AMT=0, "
+            "RATE > 0, II=0)."
+        )
+    need = int(np.max(np.ceil(ratio))) + 1
     return max(regimen.ss_intervals, need)
 
 

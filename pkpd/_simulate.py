@@ -30,6 +30,7 @@ def simulate_states(
 def _solve(model, params, regimen, times, solver, fn):
     """States at `times` mapped through `fn` (the output function, or the identity)."""
     model.check_params(params)
+    model.check_domain(params)
     check_regimen(model, params, regimen)
     schedule = static_schedule(model, params, regimen, times)
     times = jnp.asarray(times, dtype=jnp.result_type(float))
@@ -249,7 +250,25 @@ def simulate(
     models), `(times, outputs)` for models with several outputs (`model.output_names`).
     """
     y = _solve(model, params, regimen, times, solver, lambda x: model.output(params, x))
+    check_finite(y, times, "simulate")
     return y[:, 0] if len(model.output_names) == 1 else y
+
+
+def check_finite(y: Array, times: Times, who: str) -> None:
+    """Raise `FloatingPointError` if a concrete result holds a non-finite value (parameters
+    in their domain but so extreme that the arithmetic overflows); traced results (inside
+    `jax.jit`) are left to the caller."""
+    if isinstance(y, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
+        return
+    bad = ~np.isfinite(np.asarray(y))
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
+        t = np.asarray(times)[rows[:5]]
+        raise FloatingPointError(
+            f"{who}: the result is not finite at times {t.tolist()} h (of {len(rows)} output "
+            "times): the parameters are in their domain but so extreme that the arithmetic "
+            "overflows; check their values and units."
+        )
 
 
 def simulate_piecewise(

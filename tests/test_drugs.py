@@ -399,15 +399,19 @@ def test_bad_drug_definitions_are_refused():
         "name": "x",
         "covariate_fn": lambda p: {},
         "units": D.Units(dose="mg", concentration="mg/L", observed="mg/L"),
-        "dosing": D.Dosing(route="infusion", amount=100.0, interval=12.0, duration=1.0),
+        "dosing": D.Dosing(route=D.Infusion(duration=1.0), amount=100.0, interval=12.0),
         "reference": "none",
     }
     with pytest.raises(ValueError, match="need a model with omega_block=True"):
         D.Drug(model=pm, omega_correlation={("CL", "V"): 0.5}, **common)
     with pytest.raises(TypeError, match=r"expected model to be a calibration\.PopulationModel"):
         D.Drug(model=pkpd.OneCompartment(), **common)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="an infusion needs a duration > 0"):
-        D.Dosing(route="infusion", amount=1.0, interval=12.0)
+    with pytest.raises(ValueError, match="expected a duration > 0"):
+        D.Infusion(duration=0.0)
+    with pytest.raises(TypeError, match="expected a route"):
+        D.Dosing(route=1.0, amount=1.0, interval=12.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="disagrees with the route"):
+        D.Dosing(route=D.Infusion(duration=1.0), amount=1.0, interval=12.0, duration=2.0)
     with pytest.raises(ValueError, match="expected finite low < high"):
         D.Target(metric="AUC24", low=600.0, high=400.0, unit="mg·h/L", reference="-")
     with pytest.raises(ValueError, match="expected weight > 0"):
@@ -434,3 +438,18 @@ def test_define_a_drug_example():
     assert light["V"] / light["CL"] == pytest.approx(heavy["V"] / heavy["CL"])
     with pytest.raises(D.CovariateError, match="has no 'WT'"):
         drug.covariates({"AGE": 40.0})
+
+
+def test_route_strings_still_work_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match=r"twins.Infusion\(duration=...\)"):
+        old = D.Dosing(route="infusion", amount=100.0, interval=12.0, duration=1.0)
+    new = D.Dosing(route=D.Infusion(duration=1.0), amount=100.0, interval=12.0)
+    assert old == new and old.duration == 1.0
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="needs a duration"):
+        D.Dosing(route="infusion", amount=1.0, interval=12.0)
+    with pytest.warns(DeprecationWarning):
+        assert D.Dosing(route="oral", amount=5.0, interval=24.0).route == D.Oral()
+    # The route builds the engine's dose record.
+    reg = D.Infusion(duration=2.0).dose(100.0, time=3.0, cmt=2)
+    assert float(reg.time[0]) == 3.0 and int(reg.cmt[0]) == 2 and float(reg.duration[0]) == 2.0
+    assert float(D.Oral().dose(5.0).rate[0]) == 0.0

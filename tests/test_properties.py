@@ -8,6 +8,11 @@ either right or a clear refusal, never a silently wrong result.
   passes with every field in its domain, and the observations `Dataset.from_records` keeps
   are exactly the EVID 0, MDV 0 records given.
 - Results folders: any byte flipped in any part of a finished run is found by `read_results`.
+- Parameters: any values of a two-compartment oral model's parameters and dosing
+  parameters (negative, zero, NaN, inf, huge) are either refused with a `ValueError` that
+  names one of them (or a `FloatingPointError` when values in the domain overflow), or give
+  finite, non-negative concentrations that match the model simulated with the dose shifted
+  by the lag and scaled by F by hand.
 """
 
 from __future__ import annotations
@@ -130,3 +135,44 @@ def test_any_flipped_byte_in_a_part_is_found(finished_run, data, tmp_path_factor
     part.write_bytes(bytes(raw))
     with pytest.raises(DamagedResultsError, match=re.escape(part.name)):
         read_results(folder)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+_value = st.one_of(
+    st.floats(min_value=-10.0, max_value=50.0),
+    st.sampled_from([0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-300, 1e300]),
+)
+
+
+@SETTINGS
+@given(
+    st.fixed_dictionaries(
+        {"KA": _value, "CL": _value, "V1": _value, "Q": _value, "V2": _value},
+        optional={"F1": _value, "ALAG1": _value},
+    )
+)
+def test_parameters_give_a_right_answer_or_a_named_refusal(params):
+    model = pkpd.TwoCompartmentOral()
+    times = np.array([0.5, 2.0, 8.0, 24.0])
+    dose = pkpd.oral(100.0)
+    try:
+        y = np.asarray(pkpd.simulate(model, params, dose, times)).ravel()
+    except ValueError as error:
+        named = [k for k in params if re.search(rf"\b{k} = ", str(error))]
+        assert named, f"refusal names no parameter: {error}"
+        return
+    except FloatingPointError as error:  # in the domain, but the arithmetic overflows
+        assert "not finite" in str(error)
+        return
+    assert np.isfinite(y).all() and (y >= -1e-9 * max(1.0, np.abs(y).max())).all()
+    # The same dose with F and the lag applied by hand, on the model without them.
+    base = {k: params[k] for k in ("KA", "CL", "V1", "Q", "V2")}
+    f, lag = params.get("F1", 1.0), params.get("ALAG1", 0.0)
+    by_hand = pkpd.oral(100.0 * f, time=lag) if f > 0 else None
+    ref = (
+        np.asarray(pkpd.simulate(model, base, by_hand, times)).ravel()
+        if by_hand is not None
+        else np.zeros_like(y)
+    )
+    np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-12)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import diffrax as dfx
 import equinox as eqx
@@ -56,6 +57,10 @@ class AbstractModel(eqx.Module):
     param_names: ClassVar[tuple[str, ...]]
     output_names: ClassVar[tuple[str, ...]]
     is_linear: ClassVar[bool]
+    #: The parameters that must be > 0 (clearances, volumes, rate constants, EC50s): the
+    #: others (an effect baseline, a maximal effect that may be negative, a slope) may take
+    #: any finite value. Checked by `check_domain`.
+    positive_params: ClassVar[tuple[str, ...]] = ()
 
     @property
     def n_states(self) -> int:
@@ -108,6 +113,63 @@ class AbstractModel(eqx.Module):
                 f"{list(self.param_names)} and optionally F<n>, ALAG<n>, D<n>, R<n> for "
                 f"compartments n = 1..{self.n_states}."
             )
+
+    def domain_errors(self, params: Params) -> list[tuple[str, Any, str]]:
+        """The parameters outside their domain, as `(name, bad values mask, expectation)`.
+
+        Every numeric parameter must be finite; those of `positive_params` > 0; the dosing
+        parameters `F<n>` (bioavailability) and `ALAG<n>` (lag time) >= 0, `D<n>` (modelled
+        duration) and `R<n>` (modelled rate) > 0. Only concrete values are checked (traced
+        values inside `jax.jit` are not known yet); the mask has the shape of the value (one
+        entry per patient for a cohort).
+        """
+        rules: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {}
+        for name in self.positive_params:
+            rules[name] = (lambda v: ~(v > 0), "> 0")
+        for i in range(self.n_states):
+            rules[f"F{i + 1}"] = (lambda v: ~(v >= 0), ">= 0 (a bioavailable fraction)")
+            rules[f"ALAG{i + 1}"] = (lambda v: ~(v >= 0), ">= 0 h (a lag time)")
+            rules[f"D{i + 1}"] = (lambda v: ~(v > 0), "> 0 h (a modelled infusion duration)")
+            rules[f"R{i + 1}"] = (lambda v: ~(v > 0), "> 0 (a modelled infusion rate)")
+        out = []
+        for name, value in params.items():
+            if isinstance(value, str | jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
+                continue
+            try:
+                v = np.asarray(value, dtype=float)
+            except (TypeError, ValueError):
+                continue
+            bad = ~np.isfinite(v)
+            if bad.any():
+                out.append((name, bad, "finite"))
+                continue
+            if name in rules:
+                test, expect = rules[name]
+                bad = test(v)
+                if bad.any():
+                    out.append((name, bad, expect))
+        return out
+
+    def check_domain(self, params: Params) -> None:
+        """Raise a `ValueError` naming every parameter outside its domain (`domain_errors`)
+        with its value: a negative clearance or volume, `F1 = -1`, `ALAG1 = -5`, `D1 = 0`."""
+        problems = self.domain_errors(params)
+        if problems:
+            text = "; ".join(
+                f"{name} = {_show(params[name], bad)} (expected {expect})"
+                for name, bad, expect in problems
+            )
+            raise ValueError(f"{type(self).__name__}: parameter(s) outside their domain: {text}.")
+
+
+def _show(value: Any, bad: np.ndarray) -> str:
+    v = np.asarray(value, dtype=float)
+    if v.ndim == 0:
+        return f"{float(v):g}"
+    where = np.argwhere(bad)[:5]
+    shown = ", ".join(f"{float(v[tuple(i)]):g} at index {tuple(int(j) for j in i)}" for i in where)
+    more = int(bad.sum()) - len(where)
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 class AbstractLinearModel(AbstractModel):
@@ -294,6 +356,10 @@ class AsODE(AbstractODEModel):
     @property
     def param_names(self) -> tuple[str, ...]:  # type: ignore[override]
         return self.model.param_names
+
+    @property
+    def positive_params(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.model.positive_params
 
     @property
     def output_names(self) -> tuple[str, ...]:  # type: ignore[override]

@@ -26,6 +26,7 @@ class OneCompartment(AbstractLinearModel):
 
     state_names: ClassVar[tuple[str, ...]] = ("central",)
     param_names: ClassVar[tuple[str, ...]] = ("CL", "V")
+    positive_params: ClassVar[tuple[str, ...]] = ("CL", "V")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def matrix(self, params: Params) -> Float[Array, "1 1"]:
@@ -60,6 +61,7 @@ class OneCompartmentOral(AbstractLinearModel):
 
     state_names: ClassVar[tuple[str, ...]] = ("depot", "central")
     param_names: ClassVar[tuple[str, ...]] = ("KA", "CL", "V")
+    positive_params: ClassVar[tuple[str, ...]] = ("KA", "CL", "V")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def matrix(self, params: Params) -> Float[Array, "2 2"]:
@@ -134,6 +136,7 @@ class TwoCompartment(AbstractLinearModel):
 
     state_names: ClassVar[tuple[str, ...]] = ("central", "peripheral")
     param_names: ClassVar[tuple[str, ...]] = ("CL", "V1", "Q", "V2")
+    positive_params: ClassVar[tuple[str, ...]] = ("CL", "V1", "Q", "V2")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def matrix(self, params: Params) -> Float[Array, "2 2"]:
@@ -157,6 +160,7 @@ class TwoCompartmentOral(AbstractLinearModel):
 
     state_names: ClassVar[tuple[str, ...]] = ("depot", "central", "peripheral")
     param_names: ClassVar[tuple[str, ...]] = ("KA", "CL", "V1", "Q", "V2")
+    positive_params: ClassVar[tuple[str, ...]] = ("KA", "CL", "V1", "Q", "V2")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def matrix(self, params: Params) -> Float[Array, "3 3"]:
@@ -181,6 +185,7 @@ class ThreeCompartment(AbstractLinearModel):
 
     state_names: ClassVar[tuple[str, ...]] = ("central", "peripheral1", "peripheral2")
     param_names: ClassVar[tuple[str, ...]] = ("CL", "V1", "Q2", "V2", "Q3", "V3")
+    positive_params: ClassVar[tuple[str, ...]] = ("CL", "V1", "Q2", "V2", "Q3", "V3")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def matrix(self, params: Params) -> Float[Array, "3 3"]:
@@ -204,6 +209,7 @@ class ThreeCompartmentOral(AbstractLinearModel):
 
     state_names: ClassVar[tuple[str, ...]] = ("depot", "central", "peripheral1", "peripheral2")
     param_names: ClassVar[tuple[str, ...]] = ("KA", "CL", "V1", "Q2", "V2", "Q3", "V3")
+    positive_params: ClassVar[tuple[str, ...]] = ("KA", "CL", "V1", "Q2", "V2", "Q3", "V3")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def matrix(self, params: Params) -> Float[Array, "4 4"]:

@@ -34,6 +34,7 @@ class OneCompartmentMM(AbstractODEModel):
 
     state_names: ClassVar[tuple[str, ...]] = ("central",)
     param_names: ClassVar[tuple[str, ...]] = ("VMAX", "KM", "V")
+    positive_params: ClassVar[tuple[str, ...]] = ("VMAX", "KM", "V")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
@@ -59,6 +60,7 @@ class OneCompartmentOralMM(AbstractODEModel):
 
     state_names: ClassVar[tuple[str, ...]] = ("depot", "central")
     param_names: ClassVar[tuple[str, ...]] = ("KA", "VMAX", "KM", "V")
+    positive_params: ClassVar[tuple[str, ...]] = ("KA", "VMAX", "KM", "V")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
@@ -95,6 +97,7 @@ class TwoCompartmentMM(AbstractODEModel):
 
     state_names: ClassVar[tuple[str, ...]] = ("central", "peripheral")
     param_names: ClassVar[tuple[str, ...]] = ("VMAX", "KM", "V1", "Q", "V2")
+    positive_params: ClassVar[tuple[str, ...]] = ("VMAX", "KM", "V1", "Q", "V2")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
@@ -119,6 +122,7 @@ class TwoCompartmentOralMM(AbstractODEModel):
 
     state_names: ClassVar[tuple[str, ...]] = ("depot", "central", "peripheral")
     param_names: ClassVar[tuple[str, ...]] = ("KA", "VMAX", "KM", "V1", "Q", "V2")
+    positive_params: ClassVar[tuple[str, ...]] = ("KA", "VMAX", "KM", "V1", "Q", "V2")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
@@ -167,6 +171,7 @@ class TransitAbsorption(AbstractLinearModel):
 
     n_transit: int = eqx.field(static=True)
     param_names: ClassVar[tuple[str, ...]] = ("MTT", "KA", "CL", "V")
+    positive_params: ClassVar[tuple[str, ...]] = ("MTT", "KA", "CL", "V")
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def __check_init__(self):
@@ -245,6 +250,8 @@ class ODEModel(AbstractODEModel):
       an array of the shape of the state.
     - `state_names`: names of the states; dose compartment `i` is `state_names[i - 1]`.
     - `param_names`: the parameters `fn` and `output_fn` read (checked by `simulate`).
+    - `positive`: those of them that must be > 0 (`simulate` refuses other values, naming
+      them); the others may take any finite value.
     - `output_fn`: `output_fn(params, x) -> outputs`, a 1-d array with one value per
       `output_names`. By default the outputs are the states themselves.
     - `output_names`: names of the outputs (by default `state_names`).
@@ -262,6 +269,7 @@ class ODEModel(AbstractODEModel):
     output_names: tuple[str, ...] = eqx.field(static=True)  # type: ignore[assignment]
     output_fn: Callable[[Params, State], Array] | None = eqx.field(static=True)
     initial_fn: Callable[[Params], State] | None = eqx.field(static=True)
+    positive_params: tuple[str, ...] = eqx.field(static=True)  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -272,6 +280,7 @@ class ODEModel(AbstractODEModel):
         output_fn: Callable[[Params, State], Array] | None = None,
         output_names: tuple[str, ...] | None = None,
         initial_fn: Callable[[Params], State] | None = None,
+        positive: tuple[str, ...] = (),
     ):
         if not callable(fn):
             raise TypeError(f"ODEModel: expected fn to be callable (t, x, params), got {fn!r}.")
@@ -290,6 +299,10 @@ class ODEModel(AbstractODEModel):
         self.output_names = tuple(output_names)
         self.output_fn = output_fn
         self.initial_fn = initial_fn
+        unknown = sorted(set(positive) - set(self.param_names))
+        if unknown:
+            raise ValueError(f"ODEModel: positive names {unknown} are not parameters.")
+        self.positive_params = tuple(positive)
 
     def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
         return jnp.asarray(self.fn(t, x, params), dtype=x.dtype)

@@ -47,6 +47,8 @@ class AbstractPDModel(eqx.Module):
 
     state_names: ClassVar[tuple[str, ...]]
     param_names: ClassVar[tuple[str, ...]]
+    #: Parameters that must be > 0 (see `pkpd.AbstractModel.positive_params`).
+    positive_params: ClassVar[tuple[str, ...]] = ()
 
     @property
     def n_states(self) -> int:
@@ -120,6 +122,7 @@ class Emax(AbstractDirectEffect):
     """
 
     param_names: ClassVar[tuple[str, ...]] = ("E0", "EMAX", "EC50")
+    positive_params: ClassVar[tuple[str, ...]] = ("EC50",)
 
     def effect_of(self, params: Params, c: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
         return get(params, "E0") + get(params, "EMAX") * c / (get(params, "EC50") + c)
@@ -142,6 +145,7 @@ class SigmoidEmax(AbstractDirectEffect):
     """
 
     param_names: ClassVar[tuple[str, ...]] = ("E0", "EMAX", "EC50", "GAMMA")
+    positive_params: ClassVar[tuple[str, ...]] = ("EC50", "GAMMA")
 
     def effect_of(self, params: Params, c: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
         positive = c > 0
@@ -176,6 +180,10 @@ class EffectCompartment(AbstractLinearPDModel):
     @property
     def param_names(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("KE0", *self.drug_effect.param_names)
+
+    @property
+    def positive_params(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("KE0", *self.drug_effect.positive_params)
 
     def linear_parts(self, params: Params) -> tuple[Float[Array, "1 1"], Float[Array, " 1"]]:
         ke0 = get(params, "KE0")
@@ -227,6 +235,7 @@ class IndirectResponseI(AbstractIndirectResponse):
     """
 
     param_names: ClassVar[tuple[str, ...]] = ("KIN", "KOUT", "IMAX", "IC50")
+    positive_params: ClassVar[tuple[str, ...]] = ("KIN", "KOUT", "IC50")
 
     def vector_field(self, t, c, y, params):
         kin, kout = get(params, "KIN"), get(params, "KOUT")
@@ -246,6 +255,7 @@ class IndirectResponseII(AbstractIndirectResponse):
     """
 
     param_names: ClassVar[tuple[str, ...]] = ("KIN", "KOUT", "IMAX", "IC50")
+    positive_params: ClassVar[tuple[str, ...]] = ("KIN", "KOUT", "IC50")
 
     def vector_field(self, t, c, y, params):
         kin, kout = get(params, "KIN"), get(params, "KOUT")
@@ -265,6 +275,7 @@ class IndirectResponseIII(AbstractIndirectResponse):
     """
 
     param_names: ClassVar[tuple[str, ...]] = ("KIN", "KOUT", "EMAX", "EC50")
+    positive_params: ClassVar[tuple[str, ...]] = ("KIN", "KOUT", "EC50")
 
     def vector_field(self, t, c, y, params):
         kin, kout = get(params, "KIN"), get(params, "KOUT")
@@ -284,6 +295,7 @@ class IndirectResponseIV(AbstractIndirectResponse):
     """
 
     param_names: ClassVar[tuple[str, ...]] = ("KIN", "KOUT", "EMAX", "EC50")
+    positive_params: ClassVar[tuple[str, ...]] = ("KIN", "KOUT", "EC50")
 
     def vector_field(self, t, c, y, params):
         kin, kout = get(params, "KIN"), get(params, "KOUT")
@@ -349,6 +361,10 @@ class PKPD(AbstractModel):
     @property
     def param_names(self) -> tuple[str, ...]:  # type: ignore[override]
         return (*self.pk.param_names, *self.pd.param_names)
+
+    @property
+    def positive_params(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (*self.pk.positive_params, *self.pd.positive_params)
 
     @property
     def is_linear(self) -> bool:  # type: ignore[override]
@@ -477,6 +493,10 @@ class _LinearView(AbstractLinearModel):
     @property
     def param_names(self) -> tuple[str, ...]:  # type: ignore[override]
         return self.model.param_names
+
+    @property
+    def positive_params(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.model.positive_params
 
     @property
     def output_names(self) -> tuple[str, ...]:  # type: ignore[override]
