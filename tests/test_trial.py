@@ -440,3 +440,46 @@ def test_sharded_run_equals_the_plain_run(tmp_path):
     sharded = pd.read_parquet(tmp_path / "sharded" / "patients")
     assert len(plain) == 12
     pd.testing.assert_frame_equal(plain, sharded, check_exact=False, rtol=1e-12)
+
+
+def test_subgroups_are_types_and_names(tmp_path):
+    import dataclasses as dc
+
+    from twins.trials import AgeGroup, CovariateLevels, Subgroup, subgroup
+
+    @dc.dataclass(frozen=True)
+    class Heavy(Subgroup):
+        name: str = "heavy"
+
+        def needs(self):
+            return ("WT",)
+
+        def levels(self, frame, cov):
+            return np.where(np.asarray(cov["WT"]) >= 90, "heavy", "not heavy")
+
+    arm = twins.DosingArm("fixed", "5 mg", "", _fixed(5.0), visits=(1,))
+    trial = _small_trial([arm], days=3, subgroups=("age_group", CovariateLevels("CYP2C9"), Heavy()))
+    assert trial.subgroups[0] == AgeGroup() == subgroup("age_group")
+    assert trial.subgroup_names == ("age_group", "CYP2C9", "heavy")
+    out = run_trial(trial, tmp_path / "run", n=40, chunk_size=40, progress=False, summary=False)
+    frame = _read(out)
+    assert set(frame["heavy"]) <= {"heavy", "not heavy"}
+    np.testing.assert_array_equal(frame["heavy"] == "heavy", frame["WT"].to_numpy() >= 90)
+    assert set(frame["age_group"]) <= {"<65", "65-75", ">75"}
+    with pytest.raises(TypeError, match="expected a subgroup"):
+        _small_trial([arm], subgroups=(3,))
+    with pytest.raises(ValueError, match="unique"):
+        _small_trial([arm], subgroups=("sex", "sex"))
+
+    @dc.dataclass(frozen=True)
+    class NeedsLab(Heavy):
+        name: str = "lab"
+
+        def needs(self):
+            return ("NO_SUCH_LAB",)
+
+    with pytest.raises(
+        ValueError, match=r"subgroup 'lab' needs the covariate\(s\) \['NO_SUCH_LAB'\]"
+    ):
+        run_trial(dataclasses.replace(trial, subgroups=(NeedsLab(),)), tmp_path / "bad", n=4,
+                  chunk_size=4, progress=False, summary=False)  # fmt: skip

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._population import Population
-from ..trials import Trial, model_covariates
-from ..trials._run import DERIVED_SUBGROUPS
+from ..trials import DERIVED_SUBGROUPS, SubgroupError, Trial, model_covariates
 from ._toml import TomlReader
 
 #: Patients drawn to probe a trial.
@@ -47,12 +46,13 @@ def probe_trial(r: TomlReader, trial: Trial) -> None:
             ) from error
     known = sorted(set(cov) | set(DERIVED_SUBGROUPS))
     for i, group in enumerate(trial.subgroups):
-        need = {"age_group": "AGE", "renal_function": "CRCL"}.get(group)
-        if group not in known or (need is not None and need not in cov):
+        try:
+            group.check(cov)
+        except SubgroupError:
             raise r.error(
                 f"subgroups[{i}]",
-                f"unknown subgroup {group!r} for this population; expected one of {known}.",
-            )
+                f"unknown subgroup {group.name!r} for this population; expected one of {known}.",
+            ) from None
     numeric = sorted(k for k, v in cov.items() if np.asarray(v).dtype.kind == "f")
     for i, name in enumerate(trial.covariates):
         if name not in numeric:

@@ -26,12 +26,21 @@ from ._endpoints import TimeInRange as TimeInRange
 from ._endpoints import TimeToRange as TimeToRange
 from ._eupact import eupact_trial as eupact_trial
 from ._ray import run_trial_ray as run_trial_ray
+from ._run import DERIVED_SUBGROUPS as DERIVED_SUBGROUPS
 from ._run import ResultsFolderError as ResultsFolderError
 from ._run import ResumeWarning as ResumeWarning
 from ._run import run_trial as run_trial
 from ._run import seed_keys as seed_keys
 from ._run import summary as trial_summary
 from ._run import write_summary as write_summary
+from ._subgroups import NAMED_SUBGROUPS as NAMED_SUBGROUPS
+from ._subgroups import AgeGroup as AgeGroup
+from ._subgroups import CovariateLevels as CovariateLevels
+from ._subgroups import PopulationColumn as PopulationColumn
+from ._subgroups import RenalFunction as RenalFunction
+from ._subgroups import Subgroup as Subgroup
+from ._subgroups import SubgroupError as SubgroupError
+from ._subgroups import subgroup as subgroup
 from ._summary import DamagedResultsError as DamagedResultsError
 from ._summary import Results as Results
 from ._summary import read_results as read_results
@@ -45,9 +54,13 @@ from ._twin_arm import TwinArm as TwinArm
 
 __all__ = [
     "AUC",
+    "DERIVED_SUBGROUPS",
+    "NAMED_SUBGROUPS",
+    "AgeGroup",
     "AnyAbove",
     "Arm",
     "Cmax",
+    "CovariateLevels",
     "Ctrough",
     "DamagedResultsError",
     "DosingArm",
@@ -55,9 +68,13 @@ __all__ = [
     "FinalLevel",
     "MeanDose",
     "Nomogram",
+    "PopulationColumn",
+    "RenalFunction",
     "Results",
     "ResultsFolderError",
     "ResumeWarning",
+    "Subgroup",
+    "SubgroupError",
     "TargetAttainment",
     "TimeInRange",
     "TimeToRange",
@@ -73,6 +90,7 @@ __all__ = [
     "run_trial_ray",
     "seed_keys",
     "simulate_chunk",
+    "subgroup",
     "trial_summary",
     "write_summary",
 ]

@@ -41,19 +41,16 @@ import pyarrow.parquet as pq
 
 from .._population import Population
 from ._folder import PART_FOLDERS, PART_NAME, damaged_parts, durable_replace
+from ._subgroups import NAMED_SUBGROUPS, SubgroupError
 from ._summary import difference_table, endpoint_table, read_results
 from ._trial import Trial, population_rows, simulate_chunk
 
 #: The largest seed (JAX keys are made from a 64-bit signed integer).
 SEED_MAX = 2**63 - 1
 
-#: Subgroups derived from the covariates, besides any `Population.covariates()` key.
-DERIVED_SUBGROUPS: dict[str, str] = {
-    "age_group": "age < 65, 65-75, > 75 years",
-    "renal_function": "Cockcroft-Gault CrCL >= 90, 60-89, 30-59, < 30 mL/min",
-    "ancestry": "the population's ancestry column",
-    "sex": "female / male",
-}
+#: Subgroups known by name (`twins.trials.NAMED_SUBGROUPS`), besides any
+#: `Population.covariates()` key: name -> what it is.
+DERIVED_SUBGROUPS: dict[str, str] = {k: g.description for k, g in NAMED_SUBGROUPS.items()}
 
 
 def _version() -> str:
@@ -97,9 +94,9 @@ def trial_spec(trial: Trial, *, n: int, seed: int, chunk_size: int) -> dict[str,
             "seed": int(seed),
             "n_per_arm": int(n),
             "chunk_size": int(chunk_size),
-            "subgroups": list(trial.subgroups),
+            "subgroups": list(trial.subgroup_names),
             "covariates": list(trial.covariates),
-            "categorical": ["sex", *[g for g in trial.subgroups if g != "sex"]],
+            "categorical": ["sex", *[g for g in trial.subgroup_names if g != "sex"]],
             "bands": {
                 "output": trial.drug.model.model.output_names[trial.output_index],
                 "unit": trial.drug.units.observed,
@@ -129,29 +126,13 @@ def _subgroup_columns(
 ) -> dict[str, np.ndarray]:
     frame = population.to_dataframe()
     out: dict[str, np.ndarray] = {}
-    for name in dict.fromkeys([*trial.subgroups, "sex"]):
-        if name == "age_group":
-            age = cov["AGE"]
-            out[name] = np.where(age < 65, "<65", np.where(age <= 75, "65-75", ">75"))
-        elif name == "renal_function":
-            crcl = cov.get("CRCL")
-            if crcl is None:
-                raise ValueError(
-                    f"Trial {trial.name!r}: the subgroup 'renal_function' needs serum "
-                    "creatinine for every patient."
-                )
-            out[name] = np.select(
-                [crcl >= 90, crcl >= 60, crcl >= 30], [">=90", "60-89", "30-59"], "<30"
-            )
-        elif name in ("ancestry", "sex"):
-            out[name] = frame[name].astype(str).to_numpy()
-        elif name in cov:
-            out[name] = np.asarray(cov[name]).astype(str)
-        else:
-            raise ValueError(
-                f"Trial {trial.name!r}: unknown subgroup {name!r}; expected a covariate key "
-                f"of Population.covariates() or one of {sorted(DERIVED_SUBGROUPS)}."
-            )
+    groups = {g.name: g for g in (*trial.subgroups, NAMED_SUBGROUPS["sex"])}  # type: ignore[union-attr]
+    for name, group in groups.items():
+        try:
+            group.check(cov)
+            out[name] = group.levels(frame, cov)
+        except SubgroupError as error:
+            raise ValueError(f"Trial {trial.name!r}: {error}") from None
     return out
 
 

@@ -39,6 +39,7 @@ from ._endpoints import FinalLevel as FinalLevel
 from ._endpoints import MeanDose as MeanDose
 from ._endpoints import TimeInRange as TimeInRange
 from ._endpoints import TimeToRange as TimeToRange
+from ._subgroups import Subgroup, subgroup
 
 #: Virtual patients are drawn in blocks of this size, block b from `fold_in(key, b)`, so that
 #: patient i is the same whatever N and the chunk size are.
@@ -86,8 +87,10 @@ class Trial:
     - `days`: trial duration in dosing periods (days for once-daily drugs).
     - `interval`: the dosing period (h).
     - `output`: index of the model output that is measured (default the drug model's).
-    - `subgroups`: covariate keys (of `Population.covariates()`, or `"ancestry"`, `"sex"`)
-      to report endpoints by.
+    - `subgroups`: what to report endpoints by: `Subgroup` objects (`AgeGroup()`,
+      `RenalFunction()`, `PopulationColumn("ancestry")`, `CovariateLevels("CYP2C9")`) or
+      their names (`"age_group"`, `"renal_function"`, `"ancestry"`, `"sex"`, or a key of
+      `Population.covariates()`); stored as `Subgroup` objects.
     - `covariates`: numeric covariate keys for the population summary.
     - `bands_edges`: bin edges of the histogram behind the median/5-95% bands of the output.
     - `solver`: how the model is advanced over a period (default `pkpd.FixedStep(1.0)`).
@@ -111,7 +114,7 @@ class Trial:
     interval: float = 24.0
     description: str = ""
     output: int | None = None
-    subgroups: tuple[str, ...] = ()
+    subgroups: tuple[Subgroup | str, ...] = ()
     covariates: tuple[str, ...] = ("AGE", "WT", "HT")
     bands_edges: tuple[float, ...] = tuple(np.geomspace(0.5, 20.0, 401).tolist())
     solver: Any = pkpd.FixedStep(1.0)
@@ -132,6 +135,14 @@ class Trial:
                 )
         if not self.arms:
             raise ValueError(f"Trial {self.name!r}: at least one arm is needed.")
+        try:
+            groups = tuple(subgroup(g) for g in self.subgroups)
+        except TypeError as error:
+            raise TypeError(f"Trial {self.name!r}: subgroups: {error}") from None
+        names = [g.name for g in groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Trial {self.name!r}: subgroup names must be unique: {names}.")
+        object.__setattr__(self, "subgroups", groups)
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"Trial {self.name!r}: arm names must be unique, got {names}.")
@@ -176,6 +187,11 @@ class Trial:
                     f"Trial {self.name!r}, arm {arm.name!r}: visits on days {late} fall after "
                     f"the end of the trial (day {self.days + 1} morning at the latest)."
                 )
+
+    @property
+    def subgroup_names(self) -> tuple[str, ...]:
+        """The names of `subgroups` (the columns of the results)."""
+        return tuple(g.name for g in self.subgroups)  # type: ignore[union-attr]
 
     @property
     def needs_exposure(self) -> bool:
