@@ -40,6 +40,7 @@ from ._laplace import individual_map as individual_map
 from ._model import Additive as Additive
 from ._model import Combined as Combined
 from ._model import Exponential as Exponential
+from ._model import FrozenDict as FrozenDict
 from ._model import PopulationModel as PopulationModel
 from ._model import Proportional as Proportional
 
@@ -50,6 +51,7 @@ __all__ = [
     "ConvergenceWarning",
     "Dataset",
     "Exponential",
+    "FrozenDict",
     "IndividualFit",
     "PopulationFit",
     "PopulationModel",

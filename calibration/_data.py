@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,7 @@ import pkpd
 from pkpd import RecordError
 
 
-class Dataset:
+class Dataset(eqx.Module):
     """Observations, regimens and covariates of several subjects, padded to fixed sizes.
 
     Built with `Dataset.from_records`. Arrays have a leading subject axis:
@@ -27,12 +28,30 @@ class Dataset:
     - `occasion`: 0-based occasion index of each observation (0 when there is no `OCC`);
     - `occasion_start`: `(subjects, occasions)` time at which each occasion starts (its first
       record), `+inf` for occasions a subject does not have;
-    - `covariates`: name -> `(subjects,)` baseline values (each subject's first record).
+    - `covariates`: name -> `(subjects,)` baseline values (each subject's first record);
+    - `records`: the validated NONMEM records the arrays were read from.
+
+    A `Dataset` is an `equinox.Module` (a pytree): the arrays, `ids` included, are its leaves
+    and `records` is static. `numeric()` gives the same data without `ids` and `records`:
+    arrays only, the form that jitted functions (`jax.jit`, `equinox.filter_jit`) take as
+    an argument, compiled once for every data set of the same shapes.
     """
+
+    ids: np.ndarray | None
+    regimen: pkpd.Regimen
+    time: np.ndarray
+    dv: np.ndarray
+    observed: np.ndarray
+    blq: np.ndarray
+    lloq: np.ndarray
+    occasion: np.ndarray
+    covariates: dict[str, np.ndarray]
+    records: pd.DataFrame | None = eqx.field(static=True)
+    occasion_start: np.ndarray
 
     def __init__(
         self,
-        ids: np.ndarray,
+        ids: np.ndarray | None,
         regimen: pkpd.Regimen,
         time: np.ndarray,
         dv: np.ndarray,
@@ -41,7 +60,7 @@ class Dataset:
         lloq: np.ndarray,
         occasion: np.ndarray,
         covariates: dict[str, np.ndarray],
-        records: pd.DataFrame,
+        records: pd.DataFrame | None,
         occasion_start: np.ndarray | None = None,
     ):
         self.ids = ids
@@ -52,23 +71,40 @@ class Dataset:
         self.blq = blq
         self.lloq = lloq
         self.occasion = occasion
-        self.covariates = covariates
+        self.covariates = dict(covariates)
         self.records = records
         if occasion_start is None:
-            occasion_start = np.zeros((ids.size, 1))
+            occasion_start = np.zeros((np.shape(time)[0], 1))
         self.occasion_start = occasion_start
+
+    def numeric(self) -> Dataset:
+        """The same data as JAX arrays, with `ids` and `records` set to None: a pytree of
+        arrays only, to pass to jitted functions (a compiled function is then reused by any
+        data set of the same shapes, whatever its IDs)."""
+        arrays = jax.tree_util.tree_map(
+            jnp.asarray,
+            (self.regimen, self.time, self.dv, self.observed, self.blq, self.lloq),
+        )
+        return Dataset(
+            None,
+            *arrays,
+            jnp.asarray(self.occasion),
+            {k: jnp.asarray(v) for k, v in self.covariates.items()},
+            None,
+            jnp.asarray(self.occasion_start),
+        )
 
     @property
     def n_subjects(self) -> int:
-        return int(self.ids.size)
+        return int(np.shape(self.time)[0])
 
     @property
     def n_observations(self) -> int:
-        return int(self.observed.sum())
+        return int(np.sum(self.observed))
 
     @property
     def n_occasions(self) -> int:
-        return int(self.occasion_start.shape[1])
+        return int(np.shape(self.occasion_start)[1])
 
     def subset(self, index: Sequence[int] | np.ndarray) -> Dataset:
         """The subjects at positions `index` (a new `Dataset`)."""

@@ -9,11 +9,11 @@ Jupyter displays it, `fig.savefig(path)` writes it).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -242,36 +242,16 @@ def _default_lloq(data: Dataset) -> np.ndarray:
     return np.where(blq, data.lloq, subject[:, None])
 
 
-class _Static:
-    """A `PopulationModel` as a static `jax.jit` argument, hashed by identity.
-
-    Compiled functions are then reused by every call with the same model object and array
-    shapes (a `PopulationModel` holds dicts, so it has no hash of its own).
-    """
-
-    __slots__ = ("pm",)
-
-    def __init__(self, pm: PopulationModel):
-        self.pm = pm
-
-    def __hash__(self) -> int:
-        return id(self.pm)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and other.pm is self.pm
-
-
 def _simulate(pm: PopulationModel, nat, data: Dataset, keys, limit):
     """Simulated etas, predictions and observations, `(n_rep, subjects, ...)`."""
     cov, reg, time = _subjects(data)
     times = {"time": time, "occasion_start": jnp.asarray(data.occasion_start)}
     observed = jnp.asarray(data.observed)
-    return _simulate_jit(_Static(pm), nat, keys, cov, reg, times, jnp.asarray(limit), observed)
+    return _simulate_jit(pm, nat, keys, cov, reg, times, jnp.asarray(limit), observed)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _simulate_jit(static: _Static, nat, keys, cov, reg, times, limit, observed):
-    pm = static.pm
+@eqx.filter_jit
+def _simulate_jit(pm: PopulationModel, nat, keys, cov, reg, times, limit, observed):
     chol = jnp.linalg.cholesky(nat["omega"])
     n_occ = times["occasion_start"].shape[-1]
     iov_sd = jnp.tile(jnp.sqrt(nat["iov"]), n_occ) if pm.iov else jnp.zeros(0)
@@ -420,7 +400,7 @@ def residuals(
     no_limit = jnp.full(data.time.shape, -jnp.inf)
     sims = _simulate(pm, nat, data, keys, no_limit)["dv"]
     valid = cond["valid"]
-    npde, epred = _npde(_Static(pm), sims, jnp.asarray(data.dv), valid)
+    npde, epred = _npde(pm, sims, jnp.asarray(data.dv), valid)
     m = data.observed
     cols = {
         "ID": np.broadcast_to(data.ids[:, None], m.shape)[m],
@@ -444,12 +424,11 @@ def _conditional(pm: PopulationModel, nat, data: Dataset, eta):
     cov, reg, time = _subjects(data)
     usable = jnp.asarray(data.observed & ~data.blq)
     dv = jnp.asarray(data.dv)
-    return _conditional_jit(_Static(pm), nat, cov, reg, time, dv, usable, eta)
+    return _conditional_jit(pm, nat, cov, reg, time, dv, usable, eta)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _conditional_jit(static: _Static, nat, cov, reg, time, dv, usable, eta):
-    pm = static.pm
+@eqx.filter_jit
+def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, dv, usable, eta):
     omega = nat["omega"]
     expo = isinstance(pm.error, Exponential)
 
@@ -488,10 +467,9 @@ def _conditional_jit(static: _Static, nat, cov, reg, time, dv, usable, eta):
     return jax.vmap(one)(cov, reg, time, dv, usable, eta)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _npde(static: _Static, sims, dv, valid):
+@eqx.filter_jit
+def _npde(pm: PopulationModel, sims, dv, valid):
     """NPDE and EPRED from replicates `sims` `(K, subjects, obs)` (uncensored)."""
-    pm = static.pm
     k = sims.shape[0]
 
     def one(ysim, y_obs, ok):
@@ -513,10 +491,9 @@ def _npde(static: _Static, sims, dv, valid):
     return jax.vmap(one, in_axes=(1, 0, 0))(sims, dv, valid)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _curves(static: _Static, nat, cov, reg, time, eta):
+@eqx.filter_jit
+def _curves(pm: PopulationModel, nat, cov, reg, time, eta):
     """`(IPRED, PRED)` of every subject at its own `time` row."""
-    pm = static.pm
 
     def one(c, r, t, e):
         ipred = pm.predict(pm.individual_params(nat["theta"], c, e), r, t)
@@ -642,7 +619,7 @@ def individual_plots(
     cov, reg, _ = _subjects(sub)
     eta = jnp.asarray(ind.eta[index])
 
-    ipred, pred = _curves(_Static(pm), nat, cov, reg, grid, eta)
+    ipred, pred = _curves(pm, nat, cov, reg, grid, eta)
     ipred, pred, grid_np = np.asarray(ipred), np.asarray(pred), np.asarray(grid)
     n = index.size
     ncols = min(ncols, n)
@@ -922,7 +899,7 @@ def _pred(pm: PopulationModel, population: Population, data: Dataset) -> np.ndar
     _, nat = _population(pm, population)
     cov, reg, time = _subjects(data)
     eta = jnp.zeros((data.n_subjects, pm.n_eta))
-    return np.asarray(_curves(_Static(pm), nat, cov, reg, time, eta)[1])
+    return np.asarray(_curves(pm, nat, cov, reg, time, eta)[1])
 
 
 # ----------------------------------------------------------------------------- SBC

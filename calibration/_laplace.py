@@ -26,6 +26,7 @@ import math
 import warnings
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -231,23 +232,12 @@ def _neg_loglik_arrays(pm: PopulationModel, phi, cov, reg, obs, eta0, method: st
     return value, modes, hess, ok
 
 
-_COMPILED: dict[tuple[int, str], tuple[PopulationModel, Any]] = {}
-
-
-def _compiled(pm: PopulationModel, method: str):
-    """One jitted objective (with the modes, curvatures and convergence flags) per model and
-    method, reused by population fits and individual MAP on data sets of the same shapes (the
-    model is held by the cache so that its id stays valid)."""
-    key = (id(pm), method)
-    hit = _COMPILED.get(key)
-    if hit is None or hit[0] is not pm:
-        fn = jax.jit(
-            lambda phi, cov, reg, obs, eta0: _neg_loglik_arrays(
-                pm, phi, cov, reg, obs, eta0, method
-            )
-        )
-        _COMPILED[key] = hit = (pm, fn)
-    return hit[1]
+@eqx.filter_jit
+def _objective(pm: PopulationModel, phi, data: Dataset, eta0, method: str):
+    """`(-log L, conditional modes, curvatures, converged)` for `data.numeric()`, the modes
+    found from `eta0`. Compiled once per model (compared by value), method and data shapes;
+    reused by population fits and individual MAP."""
+    return _neg_loglik_arrays(pm, phi, *_subject_arrays(data), eta0, method)
 
 
 def individual_map(
@@ -279,7 +269,7 @@ def individual_map(
 
 
 def _individual(pm: PopulationModel, phi, data: Dataset, method: str) -> IndividualFit:
-    _, b, hess, ok = _compiled(pm, method)(phi, *_subject_arrays(data), _zeros(pm, data))
+    _, b, hess, ok = _objective(pm, phi, data.numeric(), _zeros(pm, data), method)
     d = pm.n_eta
     cov_b = jnp.linalg.inv(hess)
     eta = b[:, :d]
@@ -343,19 +333,21 @@ def fit_population(
     h = 1e-4
     offsets = jnp.concatenate([jnp.zeros((1, n_par)), h * jnp.eye(n_par), -h * jnp.eye(n_par)])
 
-    compiled = _compiled(pm, method)
-    arrays = _subject_arrays(data)
+    design = data.numeric()
     zeros = _zeros(pm, data)
+
+    def compiled(phi, eta0):
+        return _objective(pm, phi, design, eta0, method)
 
     def batch(points):
         # One compiled objective evaluated point by point (a vmap over points would batch the
         # subjects' Newton loops over points too: measured much slower to compile and run).
         # The first point is the base, its modes found from zero; they start the Newton
         # iterations of the other points (all within a finite-difference step of it).
-        v0, modes, _, _ = compiled(unravel(points[0]), *arrays, zeros)
+        v0, modes, _, _ = compiled(unravel(points[0]), zeros)
         if not bool(jnp.all(jnp.isfinite(modes))):
             modes = zeros
-        rest = [float(compiled(unravel(x), *arrays, modes)[0]) for x in points[1:]]
+        rest = [float(compiled(unravel(x), modes)[0]) for x in points[1:]]
         return np.array([float(v0), *rest])
 
     # Central differences: each evaluation recomputes the conditional modes, as in NONMEM's

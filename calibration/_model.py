@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.stats as jss
@@ -114,8 +115,46 @@ def observation_loglik(error: ErrorModel, sigma, f, dv, observed, blq, lloq):
 # ----------------------------------------------------------------------------- the model
 
 
-@dataclasses.dataclass(frozen=True)
-class PopulationModel:
+class FrozenDict(Mapping[str, float]):
+    """A read-only mapping of names to floats that keeps its order and is hashable.
+
+    The initial values of a `PopulationModel` (`theta`, `omega`, `iov`): static under
+    `jax.jit`, so they must hash; their order is the order of the etas, which a pytree dict
+    would not keep (JAX sorts dict keys). Equal to any mapping with the same items; two
+    `FrozenDict`s are equal when their items, in order, are.
+    """
+
+    __slots__ = ("_items", "_values")
+
+    def __init__(self, values: Mapping[str, Any] | None = None):
+        items = tuple((str(k), float(v)) for k, v in dict(values or {}).items())
+        self._items = items
+        self._values = dict(items)
+
+    def __getitem__(self, name: str) -> float:
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenDict):
+            return self._items == other._items
+        if isinstance(other, Mapping):
+            return self._values == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(self._values)
+
+
+class PopulationModel(eqx.Module):
     """A nonlinear mixed-effects model around a `pkpd` structural model.
 
     Individual parameters are log-normal around covariate-dependent typical values,
@@ -140,19 +179,26 @@ class PopulationModel:
       `kappa_ik ~ N(0, omega_iov^2)` independent across occasions (Karlsson & Sheiner 1993,
       J Pharmacokinet Biopharm 21:735-750); parameters change at the start of each occasion
       (`pkpd.simulate_piecewise`). A parameter may have BSV, IOV or both.
+
+    A `PopulationModel` is an `equinox.Module` (a frozen dataclass and a pytree): its leaves
+    are those of the structural model; everything else is static. `theta`, `omega` and `iov`
+    are read-only mappings (`FrozenDict`) of floats, in the order given (the order of the
+    etas), compared and hashed by value. Jitted code takes the model as an argument
+    (`jax.jit` or `equinox.filter_jit`): equal models share one compilation. (The estimated
+    population parameters are not fields: they are the `initial()` pytree, `phi`.)
     """
 
     model: pkpd.AbstractModel
-    theta: Mapping[str, float]
-    omega: Mapping[str, float]
-    error: ErrorModel
-    typical: TypicalFn | None = None
-    omega_block: bool = False
-    output: int = 0
-    unconstrained: tuple[str, ...] = ()
-    iov: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    theta: FrozenDict = eqx.field(static=True, converter=FrozenDict)
+    omega: FrozenDict = eqx.field(static=True, converter=FrozenDict)
+    error: ErrorModel = eqx.field(static=True)
+    typical: TypicalFn | None = eqx.field(default=None, static=True)
+    omega_block: bool = eqx.field(default=False, static=True)
+    output: int = eqx.field(default=0, static=True)
+    unconstrained: tuple[str, ...] = eqx.field(default=(), static=True, converter=tuple)
+    iov: FrozenDict = eqx.field(default=FrozenDict(), static=True, converter=FrozenDict)
 
-    def __post_init__(self):
+    def __check_init__(self):
         for name, value in self.theta.items():
             if name not in self.unconstrained and not value > 0:
                 raise ValueError(

@@ -254,3 +254,83 @@ def test_m3_likelihood_against_scipy():
         0.0,
     ]
     np.testing.assert_allclose(ll, expected, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- pytrees, jit
+
+
+def _small_theo(n: int = 4) -> C.Dataset:
+    return C.Dataset.from_records(_theo_records(), covariates=["WT"]).subset(np.arange(n))
+
+
+def _theo_model(ka: float) -> C.PopulationModel:
+    return C.PopulationModel(
+        pkpd.OneCompartmentOral(),
+        theta={"KA": ka, "CL": 3.0, "V": 30.0},
+        omega={"KA": 0.3, "CL": 0.1, "V": 0.1},
+        error=C.Additive(1.0),
+    )
+
+
+def test_population_model_and_dataset_are_pytrees():
+    import dataclasses
+
+    import equinox as eqx
+
+    pm = _theo_model(1.0)
+    assert isinstance(pm, eqx.Module) and isinstance(pm.theta, C.FrozenDict)
+    # Equal models (different objects) are equal and hash alike; the order of the etas
+    # survives flattening (a pytree dict would sort the names).
+    twin = _theo_model(1.0)
+    assert twin is not pm and twin == pm and hash(twin.omega) == hash(pm.omega)
+    assert pm != _theo_model(1.1)
+    assert jax.tree_util.tree_map(lambda x: x, pm).eta_names == ("KA", "CL", "V")
+    assert dataclasses.replace(pm, omega_block=True).omega_block
+    assert dict(pm.theta) == {"KA": 1.0, "CL": 3.0, "V": 30.0}
+    with pytest.raises(TypeError):
+        pm.theta["KA"] = 2.0  # type: ignore[index]
+    data = _small_theo()
+    assert isinstance(data, eqx.Module)
+    leaves = jax.tree_util.tree_leaves(data.numeric())
+    assert leaves and all(isinstance(x, jax.Array) for x in leaves)
+    seen = []
+
+    @jax.jit
+    def first_time(pm, data):
+        seen.append(pm.eta_names)
+        return data.time[:, 0] * pm.n_eta
+
+    np.testing.assert_allclose(first_time(pm, data.numeric()), 3.0 * data.time[:, 0])
+    first_time(twin, _small_theo().numeric())  # equal model, new data of the same shapes
+    assert seen == [("KA", "CL", "V")]
+
+
+def test_a_second_fit_reuses_the_compiled_objective(monkeypatch):
+    """The objective is compiled once per model value, method and data shapes: a second fit
+    of an equal model (a new object) and individual MAP on new data of the same shapes do
+    not trace it again (the identity-keyed cache compiled one per model object)."""
+    from calibration import _laplace as L
+
+    traces = []
+    inner = L._neg_loglik_arrays
+
+    def counted(*args):
+        traces.append(args[-1])
+        return inner(*args)
+
+    monkeypatch.setattr(L, "_neg_loglik_arrays", counted)
+    data = _small_theo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", C.ConvergenceWarning)
+        first = C.fit_population(_theo_model(0.987), data, max_steps=2, standard_errors=False)
+        n = len(traces)
+        assert n >= 1
+        again = C.fit_population(
+            _theo_model(0.987), _small_theo(), max_steps=2, standard_errors=False
+        )
+        assert len(traces) == n
+        assert again.ofv == first.ofv
+        C.individual_map(_theo_model(0.987), _small_theo(), first, method="focei")
+        assert len(traces) == n
+        C.individual_map(_theo_model(0.987), _small_theo(), first, method="laplace")
+        assert traces[n:] == ["laplace"]

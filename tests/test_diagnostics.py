@@ -417,3 +417,23 @@ def test_argument_errors(data, modes):
         D.vpc(PM, None, data, key=jax.random.key(0), quantiles=(5, 50, 95))
     with pytest.raises(ValueError, match="no subject with ID"):
         D.individual_plots(PM, TRUTH, data, ids=[9999], individual=modes)
+
+
+def test_simulation_is_compiled_once_per_model_value(design, monkeypatch):
+    """Replicates of an equal model (a new object) on new data of the same shapes reuse the
+    compiled simulation (the identity-keyed cache compiled it again per model object)."""
+    traces = []
+    predict_random = C.PopulationModel.predict_random
+
+    def counted(self, *args):
+        traces.append(1)
+        return predict_random(self, *args)
+
+    monkeypatch.setattr(C.PopulationModel, "predict_random", counted)
+    key = jax.random.key(11)
+    first = C.simulate_dataset(PM, None, design, key=key, n_rep=3)
+    n = len(traces)
+    same = dataclasses.replace(PM)
+    again = C.simulate_dataset(same, None, design.subset(np.arange(10)), key=key, n_rep=3)
+    assert same is not PM and len(traces) == n
+    np.testing.assert_array_equal(first.dv, again.dv)

@@ -155,3 +155,30 @@ def test_twin_errors_name_patient_and_field():
         twins.DigitalTwin(
             DRUG, twins.Patient(id="NOSCR", age=50, sex="male", weight=80.0, height=180.0)
         )
+
+
+def test_a_second_twin_reuses_the_compiled_functions(monkeypatch):
+    """A twin of another patient on an equal drug (a new object) traces nothing new: the
+    MAP, the forecast and the dose search are compiled per model value and shapes (the
+    identity-keyed cache compiled them again for every new model object)."""
+    from twins.drugs import vancomycin
+
+    traces = []
+    predict = C.PopulationModel.predict
+
+    def counted(self, *args):
+        traces.append(1)
+        return predict(self, *args)
+
+    monkeypatch.setattr(C.PopulationModel, "predict", counted)
+
+    def run(drug, values):
+        twin = twins.DigitalTwin(drug, PATIENT).give(_given())
+        twin.update(times=[11.5, 35.5], values=values)
+        twin.forecast(np.linspace(0.0, 48.0, 25), key=jax.random.key(0), n_draws=50)
+        twin.recommend("AUC24", interval=12.0, key=jax.random.key(1), n_draws=50)
+
+    run(vancomycin.goti2018(), [9.8, 12.1])
+    n = len(traces)
+    run(vancomycin.goti2018(), [8.1, 14.0])
+    assert len(traces) == n

@@ -44,21 +44,6 @@ def _bucket(n: int) -> int:
     return max(8, 1 << (max(n, 1) - 1).bit_length())
 
 
-class _Static:
-    """A model as a static `jax.jit` argument, hashed by identity (it holds dicts)."""
-
-    __slots__ = ("pm",)
-
-    def __init__(self, pm: calibration.PopulationModel):
-        self.pm = pm
-
-    def __hash__(self) -> int:
-        return id(self.pm)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and other.pm is self.pm
-
-
 @dataclasses.dataclass(frozen=True)
 class Posterior:
     """The twin's current belief about its random effects (etas).
@@ -472,7 +457,7 @@ class DigitalTwin:
         key = jax.random.key(0) if key is None else key
         k_eta, k_eps = jax.random.split(key)
         eta = self.posterior.sample(k_eta, n_draws)
-        y = np.asarray(_predict_draws(_Static(self.pm), self._theta, self._cov_j, plan, times, eta))
+        y = np.asarray(_predict_draws(self.pm, self._theta, self._cov_j, plan, times, eta))
         if prediction_interval:
             y = np.asarray(_with_residual(self.pm.error, self._sigma, jnp.asarray(y), k_eps))
         q = (1.0 - level) / 2.0
@@ -633,7 +618,7 @@ class DigitalTwin:
         scale = jnp.concatenate([jnp.zeros(n_hist), jnp.ones(plan.n_events)])
         u0 = jnp.log(jnp.asarray(float(self.drug.dosing.amount)))
         best_u, values = _optimise_dose(
-            _Static(self.pm),
+            self.pm,
             metric == "auc24",
             steps,
             self._theta,
@@ -667,10 +652,9 @@ class DigitalTwin:
 _SMOOTH = 0.05  # width (log scale) of the normal CDFs replacing the window's indicator
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _metric_draws(static, auc, theta, cov, full, scale, grid, eta, u):
+@eqx.filter_jit
+def _metric_draws(pm, auc, theta, cov, full, scale, grid, eta, u):
     """The metric of every posterior draw when the planned doses are `exp(u)` units."""
-    pm = static.pm
     amount = full.amount * ((1.0 - scale) + scale * jnp.exp(u))
     reg = eqx.tree_at(lambda r: r.amount, full, amount)
 
@@ -681,12 +665,9 @@ def _metric_draws(static, auc, theta, cov, full, scale, grid, eta, u):
     return jax.vmap(one)(eta)
 
 
-_metric_draws_jit = jax.jit(_metric_draws, static_argnums=(0, 1))
-
-
-def _log_metric(static, auc, theta, cov, full, scale, grid, eta):
+def _log_metric(pm, auc, theta, cov, full, scale, grid, eta):
     def log_metric(u):
-        draws = _metric_draws(static, auc, theta, cov, full, scale, grid, eta, u)
+        draws = _metric_draws(pm, auc, theta, cov, full, scale, grid, eta, u)
         return jnp.log(jnp.maximum(draws, 1e-300))
 
     return log_metric
@@ -694,15 +675,15 @@ def _log_metric(static, auc, theta, cov, full, scale, grid, eta):
 
 # Module-level jits (not closures made per call), so that a second recommendation with the
 # same shapes reuses the compiled functions.
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _gap_value_grad(static, auc, theta, cov, full, scale, grid, eta, bounds, u):
-    log_metric = _log_metric(static, auc, theta, cov, full, scale, grid, eta)
+@eqx.filter_jit
+def _gap_value_grad(pm, auc, theta, cov, full, scale, grid, eta, bounds, u):
+    log_metric = _log_metric(pm, auc, theta, cov, full, scale, grid, eta)
     return jax.value_and_grad(_gap(log_metric, bounds))(u)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _probability_value_grad(static, auc, theta, cov, full, scale, grid, eta, bounds, u):
-    log_metric = _log_metric(static, auc, theta, cov, full, scale, grid, eta)
+@eqx.filter_jit
+def _probability_value_grad(pm, auc, theta, cov, full, scale, grid, eta, bounds, u):
+    log_metric = _log_metric(pm, auc, theta, cov, full, scale, grid, eta)
     return jax.value_and_grad(_smoothed_probability(log_metric, bounds))(u)
 
 
@@ -756,19 +737,19 @@ def _optimise_affine(steps, without, per_unit, bounds, u0):
     return jnp.where(prob(u) > best_p, u, best_u)
 
 
-def _optimise_dose(static, auc, steps, theta, cov, full, scale, grid, eta, bounds, u0):
+def _optimise_dose(pm, auc, steps, theta, cov, full, scale, grid, eta, bounds, u0):
     """Log-dose of the planned doses: Newton on the geometric mean's gap to the window's
     centre, then Newton ascent on the smoothed probability of the window; returns the best
     log-dose and the metric of every draw there. Linear models take the metric by
     superposition (exact); others simulate at every step (gradients through the model)."""
-    sim = functools.partial(_metric_draws, static, auc, theta, cov, full, scale, grid, eta)
-    if static.pm.model.is_linear:
+    sim = functools.partial(_metric_draws, pm, auc, theta, cov, full, scale, grid, eta)
+    if pm.model.is_linear:
         without = sim(jnp.asarray(-jnp.inf))
         per_unit = sim(jnp.zeros(())) - without
         best = _optimise_affine(steps, without, per_unit, bounds, u0)
         return best, without + jnp.exp(best) * per_unit
 
-    args = (static, auc, theta, cov, full, scale, grid, eta, bounds)
+    args = (pm, auc, theta, cov, full, scale, grid, eta, bounds)
     u = u0
     for _ in range(8):
         u = _newton_gap(u, *_gap_value_grad(*args, u))
@@ -786,13 +767,11 @@ def _optimise_dose(static, auc, steps, theta, cov, full, scale, grid, eta, bound
         if float(p) > best_p:
             best_u, best_p = u, float(p)
         u = u + _ascent_step(g, curvature(u))
-    return best_u, _metric_draws_jit(*args[:-1], best_u)
+    return best_u, _metric_draws(*args[:-1], best_u)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _predict_draws(static: _Static, theta, cov, regimen, times, eta):
-    pm = static.pm
-
+@eqx.filter_jit
+def _predict_draws(pm: calibration.PopulationModel, theta, cov, regimen, times, eta):
     def one(e):
         params = pm.individual_params(theta, cov, e)
         return pm.predict(params, regimen, times)
