@@ -7,6 +7,8 @@
 - `Dataset.from_records`: NONMEM-format records of many subjects as padded arrays.
 - `fit_population`: maximum likelihood by FOCE-I or the Laplace approximation (the fast mode);
   `individual_map`: vmapped MAP estimates of every subject with their Laplace covariance.
+  The curvature is a strategy object: `estimator=FOCEI()` or `estimator=Laplace()`.
+- `MAP()`, `NUTS(...)`: how a `twins.DigitalTwin` updates its posterior.
 - `fit_population_nuts`, `fit_individual_nuts`, `fit_population_svi`: Bayesian estimation with
   numpyro, returning ArviZ `InferenceData` and loud convergence diagnostics.
 - Diagnostics: `residuals` (PRED, IPRED, IWRES, CWRES, NPDE), `gof_plots`,
@@ -31,6 +33,11 @@ from ._diagnostics import residuals as residuals
 from ._diagnostics import sbc as sbc
 from ._diagnostics import simulate_dataset as simulate_dataset
 from ._diagnostics import vpc as vpc
+from ._estimators import FOCEI as FOCEI
+from ._estimators import MAP as MAP
+from ._estimators import NUTS as NUTS
+from ._estimators import AbstractEstimator as AbstractEstimator
+from ._estimators import Laplace as Laplace
 from ._laplace import ConvergenceWarning as ConvergenceWarning
 from ._laplace import IndividualFit as IndividualFit
 from ._laplace import PopulationFit as PopulationFit
@@ -45,6 +52,10 @@ from ._model import PopulationModel as PopulationModel
 from ._model import Proportional as Proportional
 
 __all__ = [
+    "FOCEI",
+    "MAP",
+    "NUTS",
+    "AbstractEstimator",
     "Additive",
     "BayesFit",
     "Combined",
@@ -53,6 +64,7 @@ __all__ = [
     "Exponential",
     "FrozenDict",
     "IndividualFit",
+    "Laplace",
     "PopulationFit",
     "PopulationModel",
     "Proportional",

@@ -22,7 +22,8 @@ from jax.scipy.special import ndtri
 from matplotlib.figure import Figure
 
 from ._data import Dataset
-from ._laplace import IndividualFit, PopulationFit, individual_map, jacobian
+from ._estimators import FOCEI, jacobian
+from ._laplace import IndividualFit, PopulationFit, individual_map
 from ._model import Exponential, PopulationModel, require_no_iov
 
 #: Population values in any of the accepted forms (see `simulate_dataset`).
@@ -111,7 +112,7 @@ def _modes_for(
             individual = None
     if individual is None:
         # Only the modes are needed: the first-order curvature compiles faster (same modes).
-        return individual_map(pm, data, phi, method="focei")
+        return individual_map(pm, data, phi, estimator=FOCEI())
     if individual.eta.shape != (data.n_subjects, pm.n_eta):
         raise ValueError(
             f"individual modes of shape {individual.eta.shape} do not match the data "

@@ -35,7 +35,8 @@ import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
 from ._data import Dataset
-from ._model import Exponential, PopulationModel, eta_logprior, observation_loglik
+from ._estimators import FOCEI, AbstractEstimator, Laplace, resolve_estimator
+from ._model import PopulationModel
 
 
 class ConvergenceWarning(UserWarning):
@@ -72,7 +73,9 @@ class PopulationFit:
     - `table`: the estimates table (`pandas.DataFrame`);
     - `ofv`: -2 log-likelihood (Laplace approximation), `converged`, `n_steps`;
     - `individual`: the conditional modes at the estimate (`IndividualFit`);
-    - `cov_phi`: covariance of the unconstrained estimate (inverse Hessian), or None.
+    - `cov_phi`: covariance of the unconstrained estimate (inverse Hessian), or None;
+    - `estimator`: the `FOCEI()` or `Laplace()` used, `method` its name (`"focei"`,
+      `"laplace"`).
     """
 
     model: PopulationModel
@@ -85,18 +88,7 @@ class PopulationFit:
     individual: IndividualFit
     cov_phi: np.ndarray | None
     method: str
-
-
-def jacobian(fn, x):
-    """`d fn / d x`, forward mode (few random effects, many observations), or reverse mode
-    when the model cannot be differentiated forward: an ODE solved with diffrax's
-    `RecursiveCheckpointAdjoint` (a custom VJP) supports reverse mode only."""
-    try:
-        return jax.jacfwd(fn)(x)
-    except TypeError as error:
-        if "custom_vjp" not in str(error):
-            raise
-        return jax.jacrev(fn)(x)
+    estimator: AbstractEstimator | None = None
 
 
 def _n_random(pm: PopulationModel, obs) -> int:
@@ -109,74 +101,28 @@ def _subject_arrays(data: Dataset):
     return cov, data.regimen, data.arrays()
 
 
-def _local_model(pm: PopulationModel, nat, chol, cov, reg, obs, method: str):
-    """`f(eta)` (negative log joint) and `fgh(eta) -> (f, gradient, curvature)` of one subject.
-
-    `method="laplace"`: the exact Hessian (second derivatives through the model).
-    `method="focei"`: the first-order (Gauss-Newton) Hessian `J' W J + Omega^-1` with `J` the
-    Jacobian of the predictions and `W` the expected information of each observation, including
-    the variance's dependence on the prediction (the "interaction" of FOCE-I); for censored
-    observations (M3) `W` is the exact second derivative of `-log P(DV < LLOQ)`.
-    """
-    err, sigma = pm.error, nat["sigma"]
-    d = _n_random(pm, obs)
-    chol_inv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(d), lower=True)
-    omega_inv = chol_inv.T @ chol_inv
-
-    def predict(eta):
-        return pm.predict_random(nat["theta"], cov, reg, obs, eta)
-
-    def nll_obs(fv):
-        return -observation_loglik(
-            err, sigma, fv, obs["dv"], obs["observed"], obs["blq"], obs["lloq"]
-        )
-
-    def f(eta):
-        return jnp.sum(nll_obs(predict(eta))) - eta_logprior(chol, eta)
-
-    if method == "laplace":
-        grad, hess = jax.grad(f), jax.hessian(f)
-        return f, lambda eta: (f(eta), grad(eta), hess(eta))
-
-    def weights(fv):
-        """Expected information of each observation about its prediction."""
-        if isinstance(err, Exponential):
-            info = 1.0 / (err.sd(fv, sigma) ** 2 * jnp.where(fv != 0, fv, 1.0) ** 2)
-        else:
-            var = lambda x: err.sd(x, sigma) ** 2
-            v = var(fv)
-            dv = jax.vmap(jax.grad(lambda x: var(x)))(fv)
-            info = 1.0 / v + 0.5 * (dv / v) ** 2
-        # Censored observations: the exact curvature of -log Phi((LLOQ - f) / sd).
-        g1 = jax.grad(lambda x: jnp.sum(nll_obs(x)))
-        exact = jax.grad(lambda x: jnp.sum(g1(x)))(fv)  # separable: the Hessian's diagonal
-        return jnp.where(obs["observed"], jnp.where(obs["blq"], exact, info), 0.0)
-
-    def fgh(eta):
-        fv, jac = predict(eta), jacobian(predict, eta)
-        nll, vjp = jax.vjp(lambda x: jnp.sum(nll_obs(x)), fv)
-        (g_f,) = vjp(jnp.ones(()))
-        fval = nll - eta_logprior(chol, eta)
-        grad = jac.T @ g_f + omega_inv @ eta
-        w = weights(fv)
-        return fval, grad, (jac * w[:, None]).T @ jac + omega_inv
-
-    return f, fgh
-
-
 def _inner(
-    pm: PopulationModel, nat, chol, cov, reg, obs, eta0, *, method: str, max_steps: int = 200
+    pm: PopulationModel,
+    nat,
+    chol,
+    cov,
+    reg,
+    obs,
+    eta0,
+    *,
+    estimator: AbstractEstimator,
+    max_steps: int = 200,
 ):
     """Conditional mode of one subject's eta by damped Newton (Levenberg-Marquardt).
 
     Starts from `eta0` (zeros, or the modes at a nearby population value: the outer loop's
     finite differences then take a few iterations each). Returns the mode, the negative log
-    joint there, the curvature matrix (exact or first
-    order, see `_local_model`) and whether it converged (gradient below 1e-6 * (1 + |f|) in
-    the infinity norm; the iteration aims at 1e-11, because the log-determinant term of the
-    population objective moves at first order with the mode).
+    joint there, the curvature matrix (exact or first order, see
+    `AbstractEstimator.local_model`) and whether it converged (gradient below
+    1e-6 * (1 + |f|) in the infinity norm; the iteration aims at 1e-11, because the
+    log-determinant term of the population objective moves at first order with the mode).
     """
-    f, fgh = _local_model(pm, nat, chol, cov, reg, obs, method)
+    f, fgh = estimator.local_model(pm, nat, chol, cov, reg, obs)
     d = _n_random(pm, obs)
     eye = jnp.eye(d)
 
@@ -209,22 +155,26 @@ def _zeros(pm: PopulationModel, data: Dataset) -> jnp.ndarray:
     return jnp.zeros((data.n_subjects, pm.n_random(data.n_occasions)))
 
 
-def _modes_arrays(pm: PopulationModel, phi, cov, reg, obs, eta0, method: str):
+def _modes_arrays(pm: PopulationModel, phi, cov, reg, obs, eta0, estimator: AbstractEstimator):
     nat = pm.natural(phi)
     chol = pm.random_cholesky(phi, obs["occasion_start"].shape[-1])
-    return jax.vmap(lambda c, r, o, e: _inner(pm, nat, chol, c, r, o, e, method=method))(
+    return jax.vmap(lambda c, r, o, e: _inner(pm, nat, chol, c, r, o, e, estimator=estimator))(
         cov, reg, obs, eta0
     )
 
 
-def _neg_loglik(pm: PopulationModel, phi, data: Dataset, method: str = "focei"):
-    """-log L (Laplace approximation, exact or first-order curvature) summed over subjects."""
-    return _neg_loglik_arrays(pm, phi, *_subject_arrays(data), _zeros(pm, data), method)[0]
+def _neg_loglik(
+    pm: PopulationModel, phi, data: Dataset, estimator: AbstractEstimator | None = None
+):
+    """-log L (Laplace approximation, exact or first-order curvature, FOCE-I by default)
+    summed over subjects."""
+    est = FOCEI() if estimator is None else estimator
+    return _neg_loglik_arrays(pm, phi, *_subject_arrays(data), _zeros(pm, data), est)[0]
 
 
-def _neg_loglik_arrays(pm: PopulationModel, phi, cov, reg, obs, eta0, method: str):
+def _neg_loglik_arrays(pm: PopulationModel, phi, cov, reg, obs, eta0, estimator: AbstractEstimator):
     """`(-log L, conditional modes, curvatures, converged)`, the modes found from `eta0`."""
-    modes, fval, hess, ok = _modes_arrays(pm, phi, cov, reg, obs, eta0, method)
+    modes, fval, hess, ok = _modes_arrays(pm, phi, cov, reg, obs, eta0, estimator)
     chol_h = jnp.linalg.cholesky(hess)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol_h, axis1=-2, axis2=-1)), axis=-1)
     d = pm.n_random(obs["occasion_start"].shape[-1])
@@ -233,11 +183,11 @@ def _neg_loglik_arrays(pm: PopulationModel, phi, cov, reg, obs, eta0, method: st
 
 
 @eqx.filter_jit
-def _objective(pm: PopulationModel, phi, data: Dataset, eta0, method: str):
+def _objective(pm: PopulationModel, phi, data: Dataset, eta0, estimator: AbstractEstimator):
     """`(-log L, conditional modes, curvatures, converged)` for `data.numeric()`, the modes
-    found from `eta0`. Compiled once per model (compared by value), method and data shapes;
-    reused by population fits and individual MAP."""
-    return _neg_loglik_arrays(pm, phi, *_subject_arrays(data), eta0, method)
+    found from `eta0`. Compiled once per model (compared by value), estimator and data
+    shapes; reused by population fits and individual MAP."""
+    return _neg_loglik_arrays(pm, phi, *_subject_arrays(data), eta0, estimator)
 
 
 def individual_map(
@@ -245,7 +195,8 @@ def individual_map(
     data: Dataset,
     population: PopulationFit | dict[str, Any] | None = None,
     *,
-    method: str = "laplace",
+    estimator: AbstractEstimator | None = None,
+    method: str | None = None,
 ) -> IndividualFit:
     """MAP estimates of every subject's parameters given population values (one vmapped call).
 
@@ -254,10 +205,12 @@ def individual_map(
     - `pm`, `data`: the model and the subjects (thousands are fine: one compiled call).
     - `population`: a `PopulationFit`, or population parameters on the unconstrained scale
       (`pm.initial()` form); by default the model's initial values (the prior).
-    - `method`: `"laplace"` (default): the covariance of each mode is the inverse of the exact
-      Hessian of the negative log posterior (the Laplace approximation of the individual
-      posterior); `"focei"`: the inverse of its first-order (Gauss-Newton) form, cheaper to
-      compile. The modes are the same.
+    - `estimator`: `calibration.Laplace()` (the default here): the covariance of each mode
+      is the inverse of the exact Hessian of the negative log posterior (the Laplace
+      approximation of the individual posterior); `calibration.FOCEI()`: the inverse of its
+      first-order (Gauss-Newton) form, cheaper to compile. The modes are the same.
+    - `method`: deprecated spelling of `estimator` (`"laplace"` or `"focei"`; a
+      `DeprecationWarning`).
 
     **Returns:** an `IndividualFit`.
     """
@@ -265,11 +218,14 @@ def individual_map(
         phi = population.phi
     else:
         phi = pm.initial() if population is None else population
-    return _individual(pm, phi, data, method)
+    est = resolve_estimator(estimator, method, default=Laplace(), fn="individual_map")
+    return _individual(pm, phi, data, est)
 
 
-def _individual(pm: PopulationModel, phi, data: Dataset, method: str) -> IndividualFit:
-    _, b, hess, ok = _objective(pm, phi, data.numeric(), _zeros(pm, data), method)
+def _individual(
+    pm: PopulationModel, phi, data: Dataset, estimator: AbstractEstimator
+) -> IndividualFit:
+    _, b, hess, ok = _objective(pm, phi, data.numeric(), _zeros(pm, data), estimator)
     d = pm.n_eta
     cov_b = jnp.linalg.inv(hess)
     eta = b[:, :d]
@@ -302,10 +258,11 @@ def fit_population(
     pm: PopulationModel,
     data: Dataset,
     *,
-    method: str = "focei",
+    estimator: AbstractEstimator | None = None,
     max_steps: int = 500,
     gtol: float = 1e-3,
     standard_errors: bool = True,
+    method: str | None = None,
 ) -> PopulationFit:
     """Maximum-likelihood population estimates by the Laplace approximation (the fast mode).
 
@@ -313,20 +270,24 @@ def fit_population(
 
     - `pm`: the population model (its values are the starting point).
     - `data`: a `Dataset`.
-    - `method`: `"focei"` (default) approximates each subject's curvature by its first-order
-      (Gauss-Newton) form with the interaction term, as NONMEM's FOCE-I; `"laplace"` uses the
-      exact Hessian (NONMEM's `LAPLACIAN`), slower to compile, needed when the first-order form
-      is poor (few observations per subject, strongly non-normal likelihoods).
+    - `estimator`: `calibration.FOCEI()` (the default here) approximates each subject's
+      curvature by its first-order (Gauss-Newton) form with the interaction term, as
+      NONMEM's FOCE-I; `calibration.Laplace()` uses the exact Hessian (NONMEM's
+      `LAPLACIAN`), slower to compile, needed when the first-order form is poor (few
+      observations per subject, strongly non-normal likelihoods).
     - `max_steps`, `gtol`: of the outer BFGS (`scipy.optimize.minimize`), which stops when
       the largest gradient component of -log L falls below `gtol`. A stop on the noise of
       the finite differences counts as converged when BFGS's predicted remaining step is
       below 1e-3 for every (log-scale) parameter.
     - `standard_errors`: compute the covariance of the estimates from the Hessian of
       -log L (central second differences).
+    - `method`: deprecated spelling of `estimator` (`"focei"` or `"laplace"`; a
+      `DeprecationWarning`).
 
     A failed or unfinished optimisation, a non-positive-definite Hessian or an individual
     mode that did not converge emits a `ConvergenceWarning` and sets `converged=False`.
     """
+    est = resolve_estimator(estimator, method, default=FOCEI(), fn="fit_population")
     phi0 = pm.initial()
     flat0, unravel = ravel_pytree(phi0)
     n_par = flat0.shape[0]
@@ -337,7 +298,7 @@ def fit_population(
     zeros = _zeros(pm, data)
 
     def compiled(phi, eta0):
-        return _objective(pm, phi, design, eta0, method)
+        return _objective(pm, phi, design, eta0, est)
 
     def batch(points):
         # One compiled objective evaluated point by point (a vmap over points would batch the
@@ -409,7 +370,7 @@ def fit_population(
                 stacklevel=2,
             )
     phi = unravel(flat)
-    ind = _individual(pm, phi, data, method)
+    ind = _individual(pm, phi, data, est)
     if not ind.converged.all():
         converged = False
     table = estimates_table(pm, phi, cov_phi, ind)
@@ -423,7 +384,8 @@ def fit_population(
         n_steps=n_steps,
         individual=ind,
         cov_phi=cov_phi,
-        method=method,
+        method=est.name,
+        estimator=est,
     )
 
 

@@ -124,7 +124,7 @@ def test_individual_map_recovers_true_parameters(oral_1cpt):
     """Vmapped MAP of the 120 subjects correlates with their true CL and V (r >= 0.9), given
     the fitted population (one call) and given nominal values (the prior alone)."""
     pm, data, fit, truth = oral_1cpt
-    for ind in (fit.individual, C.individual_map(pm, data, method="focei")):
+    for ind in (fit.individual, C.individual_map(pm, data, estimator=C.FOCEI())):
         assert ind.converged.all()
         for name in ("CL", "V"):
             r = np.corrcoef(np.log(ind.params[name]), np.log(truth[name].to_numpy()))[0, 1]
@@ -330,7 +330,45 @@ def test_a_second_fit_reuses_the_compiled_objective(monkeypatch):
         )
         assert len(traces) == n
         assert again.ofv == first.ofv
-        C.individual_map(_theo_model(0.987), _small_theo(), first, method="focei")
+        C.individual_map(_theo_model(0.987), _small_theo(), first, estimator=C.FOCEI())
         assert len(traces) == n
-        C.individual_map(_theo_model(0.987), _small_theo(), first, method="laplace")
-        assert traces[n:] == ["laplace"]
+        C.individual_map(_theo_model(0.987), _small_theo(), first, estimator=C.Laplace())
+        assert traces[n:] == [C.Laplace()]
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+def test_estimators_are_objects_and_the_old_strings_still_work():
+    """`estimator=FOCEI()` / `Laplace()`; `method="focei"|"laplace"` warns, naming the
+    replacement, and gives the same numbers."""
+    pm, data = _theo_model(1.0), _small_theo()
+    phi = pm.initial()
+    for name, cls in (("focei", C.FOCEI), ("laplace", C.Laplace)):
+        new = C.individual_map(pm, data, phi, estimator=cls())
+        with pytest.warns(DeprecationWarning, match=rf"estimator=calibration\.{cls.__name__}\(\)"):
+            old = C.individual_map(pm, data, phi, method=name)
+        np.testing.assert_array_equal(new.eta, old.eta)
+        np.testing.assert_array_equal(new.cov, old.cov)
+    # The defaults: Laplace for individual MAP, FOCE-I for population fits.
+    default = C.individual_map(pm, data, phi)
+    np.testing.assert_array_equal(default.cov, new.cov)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", C.ConvergenceWarning)
+        fit = C.fit_population(pm, data, max_steps=1, standard_errors=False)
+        with pytest.warns(DeprecationWarning, match=r"fit_population: method='focei'"):
+            old_fit = C.fit_population(pm, data, max_steps=1, standard_errors=False, method="focei")
+    assert fit.estimator == C.FOCEI() and fit.method == "focei"
+    assert old_fit.ofv == fit.ofv and old_fit.table.equals(fit.table)
+
+
+def test_a_wrong_estimator_is_refused_clearly():
+    pm, data = _theo_model(1.0), _small_theo()
+    with pytest.raises(TypeError, match=r"got 'laplace' \(estimator=calibration\.Laplace\(\)\)"):
+        C.individual_map(pm, data, estimator="laplace")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"must be calibration\.FOCEI"):
+        C.fit_population(pm, data, estimator=C.MAP())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="method must be 'focei' or 'laplace', got 'foce'"):
+        C.fit_population(pm, data, method="foce")
+    with pytest.raises(TypeError, match="not both"):
+        C.individual_map(pm, data, estimator=C.FOCEI(), method="focei")

@@ -84,7 +84,7 @@ def data(cohort) -> C.Dataset:
 
 @pytest.fixture(scope="module")
 def modes(data) -> C.IndividualFit:
-    return C.individual_map(PM, data, method="focei")
+    return C.individual_map(PM, data, estimator=C.FOCEI())
 
 
 @pytest.fixture(scope="module")

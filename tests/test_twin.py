@@ -3,6 +3,8 @@ dose recommendation against a brute-force search, and errors (issue 4)."""
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,7 +66,7 @@ def test_map_update_matches_calibration_individual_map(truth):
     for k, v in DRUG.covariates(PATIENT.covariates()).items():
         df[k] = v
     data = C.Dataset.from_records(df, covariates=list(DRUG.covariates(PATIENT.covariates())))
-    ref = C.individual_map(DRUG.model, data, DRUG.population(), method="focei")
+    ref = C.individual_map(DRUG.model, data, DRUG.population(), estimator=C.FOCEI())
     np.testing.assert_allclose(twin.posterior.mode, ref.eta[0], atol=1e-7)
     np.testing.assert_allclose(twin.posterior.cov, ref.cov[0], rtol=1e-6)
     assert twin.posterior.converged and twin.posterior.n_observations == 2
@@ -182,3 +184,53 @@ def test_a_second_twin_reuses_the_compiled_functions(monkeypatch):
     n = len(traces)
     run(vancomycin.goti2018(), [8.1, 14.0])
     assert len(traces) == n
+
+
+def test_update_strategies_and_the_old_strings(truth):
+    """`estimator=FOCEI()` and `update(method=MAP())` are the defaults; `curvature="focei"`
+    and `method="map"` warn and give the same posterior; `method="nuts"` with keywords warns
+    and gives the draws of `NUTS(...)` with the same key."""
+    _, _, times, conc = truth
+
+    def twin(**kw):
+        return twins.DigitalTwin(DRUG, PATIENT, **kw).give(_given())
+
+    new = twin(estimator=C.FOCEI()).update(times=times[:3], values=conc[:3], method=C.MAP())
+    default = twin().update(times=times[:3], values=conc[:3])
+    with pytest.warns(DeprecationWarning, match=r"estimator=calibration\.FOCEI\(\)"):
+        old_twin = twin(curvature="focei")
+    with pytest.warns(DeprecationWarning, match=r"method=calibration\.MAP\(\)"):
+        old = old_twin.update(times=times[:3], values=conc[:3], method="map")
+    for other in (default, old):
+        np.testing.assert_array_equal(other.posterior.mode, new.posterior.mode)
+        np.testing.assert_array_equal(other.posterior.cov, new.posterior.cov)
+    assert default.estimator == C.FOCEI()
+
+    settings = dict(num_warmup=40, num_samples=40, num_chains=1)
+    key = jax.random.key(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", C.ConvergenceWarning)  # 40 draws: ESS too small
+        sampled = twin().update(
+            times=times[:3], values=conc[:3], method=C.NUTS(**settings), key=key
+        )
+        with pytest.warns(DeprecationWarning, match=r"method=calibration\.NUTS\(num_warmup=40"):
+            old_sampled = twin().update(
+                times=times[:3], values=conc[:3], method="nuts", key=key, **settings
+            )
+    assert sampled.posterior.method == "nuts" and sampled.posterior.draws.shape == (40, 3)
+    np.testing.assert_array_equal(old_sampled.posterior.draws, sampled.posterior.draws)
+
+
+def test_a_wrong_update_strategy_is_refused_clearly():
+    twin = twins.DigitalTwin(DRUG, PATIENT).give(_given())
+    with pytest.raises(TypeError, match=r"must be calibration\.FOCEI\(\) or calibration"):
+        twins.DigitalTwin(DRUG, PATIENT, estimator="laplace")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="curvature must be 'focei' or 'laplace'"):
+        twins.DigitalTwin(DRUG, PATIENT, curvature="exact")
+    with pytest.raises(TypeError, match=r"method must be calibration\.MAP\(\) or"):
+        twin.update(times=[1.0], values=[10.0], method=C.FOCEI())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="got 'bfgs'"):
+        twin.update(times=[1.0], values=[10.0], method="bfgs")
+    with pytest.raises(TypeError, match=r"num_samples.*go into method=calibration\.NUTS"):
+        twin.update(times=[1.0], values=[10.0], num_samples=10)
+    assert twin.posterior.method == "prior"  # nothing was added by the refused calls

@@ -4,11 +4,13 @@ The twin's prior is the drug's published population model at the patient's covar
 genotype, through the drug's covariate model). Observed levels update it to the individual
 posterior:
 
-- `method="map"` (default): the posterior mode of the patient's etas and the Laplace
-  approximation of the posterior around it (covariance = inverse Hessian of the negative log
-  posterior), as `calibration.individual_map`. Observations and doses are padded to fixed
-  sizes, so adding one level reuses the compiled function (milliseconds).
-- `method="nuts"`: the full posterior by NUTS (`calibration.fit_individual_nuts`).
+- `update(..., method=calibration.MAP())` (default): the posterior mode of the patient's etas
+  and the Laplace approximation of the posterior around it (covariance = inverse curvature of
+  the negative log posterior, by the twin's `estimator`, `calibration.FOCEI()` by default, or
+  `calibration.Laplace()`), as `calibration.individual_map`. Observations and doses are padded
+  to fixed sizes, so adding one level reuses the compiled function (milliseconds).
+- `update(..., method=calibration.NUTS(...), key=...)`: the full posterior by NUTS
+  (`calibration.fit_individual_nuts`).
 
 `forecast` simulates posterior draws (credible bands of the model's prediction, and prediction
 bands with the residual error on request); `recommend` finds, by gradients through the model,
@@ -22,6 +24,7 @@ import dataclasses
 import functools
 import math
 import time as _time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -195,9 +198,12 @@ class DigitalTwin:
     - `regimen`: doses already given (a `pkpd.Regimen`), optional; add more with `give`.
     - `population`: population values on calibration's unconstrained scale; default the
       drug's published values (`drug.population()`).
-    - `curvature`: the Hessian of the Laplace approximation around the MAP: `"focei"`
-      (default; first-order form with the interaction term, exact for the prior, quick to
-      compile) or `"laplace"` (exact second derivatives through the model).
+    - `estimator`: the curvature of the Laplace approximation around the MAP:
+      `calibration.FOCEI()` (the default for twins; first-order form with the interaction
+      term, exact for the prior, quick to compile) or `calibration.Laplace()` (exact second
+      derivatives through the model).
+    - `curvature`: deprecated spelling of `estimator` (`"focei"` or `"laplace"`; a
+      `DeprecationWarning`).
 
     The twin is updated in place (`give`, `update`); `posterior` is the current belief.
     """
@@ -209,13 +215,10 @@ class DigitalTwin:
         *,
         regimen: pkpd.Regimen | None = None,
         population: Mapping[str, Any] | None = None,
-        curvature: str = "focei",
+        estimator: calibration.AbstractEstimator | None = None,
+        curvature: str | None = None,
     ):
-        if curvature not in ("focei", "laplace"):
-            raise ValueError(
-                f"DigitalTwin: curvature must be 'focei' or 'laplace', got {curvature!r}."
-            )
-        self.curvature = curvature
+        self.estimator = _estimator(estimator, curvature)
         if not isinstance(drug, Drug):
             raise TypeError(f"DigitalTwin: expected a twins.Drug, got {type(drug).__name__}.")
         self.drug = drug
@@ -271,7 +274,7 @@ class DigitalTwin:
         times: Sequence[float] | None = None,
         values: Sequence[float] | None = None,
         lloq: float | None = None,
-        method: str = "map",
+        method: calibration.MAP | calibration.NUTS | str | None = None,
         key: jax.Array | None = None,
         **nuts_options: Any,
     ) -> DigitalTwin:
@@ -282,13 +285,16 @@ class DigitalTwin:
         - `observations`: a DataFrame with `TIME` (h, on the regimen's clock) and `DV`, and
           optionally `CENS` (1: below the limit of quantification, `DV` = the limit); or
         - `times`, `values`: the same as sequences (`lloq` marks values below it as censored).
-        - `method`: `"map"` (default; posterior mode and Laplace covariance, milliseconds once
-          compiled) or `"nuts"` (full posterior; `key` and `nuts_options` such as
-          `num_samples`, `num_chains` go to `calibration.fit_individual_nuts`).
+        - `method`: `calibration.MAP()` (default; posterior mode and Laplace covariance by the
+          twin's `estimator`, milliseconds once compiled) or `calibration.NUTS(num_warmup=...,
+          num_samples=..., num_chains=..., ...)` (the full posterior by
+          `calibration.fit_individual_nuts`; needs `key`). The strings `"map"` and `"nuts"`
+          (with the sampler settings as keywords, `nuts_options`) are deprecated.
 
         Raises `ValueError` naming the patient and the row for a non-finite level or time, and
         when no doses have been given.
         """
+        strategy = _update_method(method, nuts_options)
         new = self._new_observations(observations, times, values, lloq)
         if self.history is None:
             raise ValueError(
@@ -299,13 +305,22 @@ class DigitalTwin:
             drop=True
         )
         t0 = _time.perf_counter()
-        if method == "map":
-            self.posterior = self._map(t0)
-        elif method == "nuts":
-            self.posterior = self._nuts(key, t0, **nuts_options)
+        if isinstance(strategy, calibration.NUTS):
+            self.posterior = self._nuts(key, t0, strategy)
         else:
-            raise ValueError(f"update: method must be 'map' or 'nuts', got {method!r}.")
+            self.posterior = self._map(t0)
         return self
+
+    @property
+    def curvature(self) -> str:
+        """Deprecated: the name of `estimator` (`"focei"` or `"laplace"`)."""
+        warnings.warn(
+            "DigitalTwin.curvature is deprecated; read DigitalTwin.estimator "
+            "(calibration.FOCEI() or calibration.Laplace()).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.estimator.name
 
     def _new_observations(self, observations, times, values, lloq) -> pd.DataFrame:
         if observations is not None:
@@ -389,7 +404,9 @@ class DigitalTwin:
         )
 
     def _map(self, t0: float) -> Posterior:
-        ind = calibration.individual_map(self.pm, self._dataset(), self.phi, method=self.curvature)
+        ind = calibration.individual_map(
+            self.pm, self._dataset(), self.phi, estimator=self.estimator
+        )
         mode = ind.eta[0]
         return Posterior(
             method="map",
@@ -401,11 +418,11 @@ class DigitalTwin:
             seconds=_time.perf_counter() - t0,
         )
 
-    def _nuts(self, key, t0: float, **options: Any) -> Posterior:
+    def _nuts(self, key, t0: float, sampler: calibration.NUTS) -> Posterior:
         if key is None:
-            raise ValueError("update(method='nuts'): pass key=jax.random.key(...).")
+            raise ValueError("update(method=NUTS(...)): pass key=jax.random.key(...).")
         fit = calibration.fit_individual_nuts(
-            self.pm, self._dataset(), self.phi, seed=key, **options
+            self.pm, self._dataset(), self.phi, seed=key, **sampler.options()
         )
         eta = fit.idata["posterior"]["eta"]  # (chain, draw, subject, eta_name)
         draws = np.asarray(eta.values)[:, :, 0, :].reshape(-1, self.pm.n_eta)
@@ -647,6 +664,76 @@ class DigitalTwin:
             "lower": float(np.quantile(values, 0.05)),
             "upper": float(np.quantile(values, 0.95)),
         }
+
+
+_CURVATURES = {"focei": calibration.FOCEI, "laplace": calibration.Laplace}
+
+
+def _estimator(estimator: Any, curvature: Any) -> calibration.AbstractEstimator:
+    """`estimator=`, or the deprecated `curvature=` string (a DeprecationWarning)."""
+    if curvature is not None:
+        if estimator is not None:
+            raise TypeError("DigitalTwin: give estimator= or the deprecated curvature=, not both.")
+        if curvature not in _CURVATURES:
+            raise ValueError(
+                f"DigitalTwin: curvature must be 'focei' or 'laplace', got {curvature!r}; "
+                "pass estimator=calibration.FOCEI() or calibration.Laplace()."
+            )
+        new = _CURVATURES[curvature]
+        warnings.warn(
+            f"DigitalTwin: curvature={curvature!r} is deprecated; pass "
+            f"estimator=calibration.{new.__name__}().",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return new()
+    if estimator is None:
+        return calibration.FOCEI()
+    if not isinstance(estimator, calibration.AbstractEstimator):
+        raise TypeError(
+            "DigitalTwin: estimator must be calibration.FOCEI() or calibration.Laplace(), "
+            f"got {estimator!r}."
+        )
+    return estimator
+
+
+def _update_method(method: Any, nuts_options: dict[str, Any]):
+    """`calibration.MAP()` or `calibration.NUTS(...)` from `update`'s `method` (the strings
+    'map' and 'nuts' are deprecated: a DeprecationWarning)."""
+    if isinstance(method, str):
+        if method == "map" and not nuts_options:
+            warnings.warn(
+                "update: method='map' is deprecated; pass method=calibration.MAP() (the default).",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            return calibration.MAP()
+        if method == "nuts":
+            sampler = calibration.NUTS(**nuts_options)
+            settings = ", ".join(f"{k}={v!r}" for k, v in nuts_options.items())
+            warnings.warn(
+                f"update: method='nuts' is deprecated; pass method=calibration.NUTS({settings}).",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            return sampler
+        if method != "map":
+            raise ValueError(
+                f"update: method must be calibration.MAP() or calibration.NUTS(...), got "
+                f"{method!r}."
+            )
+    if nuts_options:
+        raise TypeError(
+            f"update: unexpected keyword(s) {sorted(nuts_options)}; sampler settings go into "
+            "method=calibration.NUTS(...)."
+        )
+    if method is None:
+        return calibration.MAP()
+    if not isinstance(method, calibration.MAP | calibration.NUTS):
+        raise TypeError(
+            f"update: method must be calibration.MAP() or calibration.NUTS(...), got {method!r}."
+        )
+    return method
 
 
 _SMOOTH = 0.05  # width (log scale) of the normal CDFs replacing the window's indicator
