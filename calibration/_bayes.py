@@ -49,6 +49,7 @@ from numpyro.infer.util import log_density
 from ._data import Dataset
 from ._laplace import ConvergenceWarning, PopulationFit
 from ._model import PopulationModel, require_no_iov
+from ._random import key_or_seed
 
 #: R-hat above this flags non-convergence (Vehtari et al. 2021, section 4.4).
 RHAT_MAX = 1.01
@@ -346,10 +347,6 @@ def _initial_params(supports: Mapping[str, Any], centre, key, num_chains: int):
     return out
 
 
-def _key(seed: int | jax.Array) -> jax.Array:
-    return seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
-
-
 # ----------------------------------------------------------------------------- NUTS
 
 
@@ -358,7 +355,7 @@ def _run_nuts(
     supports,
     centre,
     *,
-    seed,
+    key,
     num_warmup,
     num_samples,
     num_chains,
@@ -379,7 +376,7 @@ def _run_nuts(
             f"{fn}: need num_samples >= 4, num_chains >= 1 and num_warmup >= 0, got "
             f"{num_samples}, {num_chains} and {num_warmup}."
         )
-    key_init, key_run = jax.random.split(_key(seed))
+    key_init, key_run = jax.random.split(key)
     init = _initial_params(supports, centre, key_init, num_chains)
     kernel = NUTS(
         model,
@@ -439,12 +436,13 @@ def fit_population_nuts(
     num_warmup: int = 1000,
     num_samples: int = 1000,
     num_chains: int = 4,
-    seed: int | jax.Array = 0,
+    key: jax.Array | int | None = None,
     priors: Mapping[str, dist.Distribution] | None = None,
     chain_method: str = "vectorized",
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
     progress_bar: bool = False,
+    seed: int | jax.Array | None = None,
 ) -> BayesFit:
     """Full Bayesian population fit by NUTS (numpyro), with loud convergence diagnostics.
 
@@ -460,7 +458,10 @@ def fit_population_nuts(
     - `data`: a `Dataset`.
     - `num_warmup`, `num_samples`, `num_chains`: draws per chain; adaptation of the step size
       and the diagonal mass matrix happens in warm-up. Use at least 4 chains for R-hat.
-    - `seed`: an integer or a JAX PRNG key; the same seed gives the same draws.
+    - `key`: a JAX PRNG key (`jax.random.key(...)`) or an int; the same key gives the same
+      draws. (Omitting it uses `jax.random.key(0)` with a `DeprecationWarning`; in the next
+      release it raises `TypeError`.)
+    - `seed`: deprecated spelling of `key` (a `DeprecationWarning`).
     - `priors`: replacements for some of `default_priors(pm)`, by site name, e.g.
       `{"CL": dist.LogNormal(jnp.log(3.0), 0.25), "omega_sd": dist.HalfNormal(0.5)}`.
     - `chain_method`: `"vectorized"` (chains vmapped in one program; the default),
@@ -479,6 +480,7 @@ def fit_population_nuts(
     """
     require_no_iov(pm, "fit_population_nuts")
     fn = "fit_population_nuts"
+    key = key_or_seed(key, seed, fn, default=0)
     _check_names(pm)
     resolved = _resolve_priors(pm, priors, fn)
     names = _param_names(pm, data)
@@ -489,7 +491,7 @@ def fit_population_nuts(
         model,
         supports,
         centre,
-        seed=seed,
+        key=key,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
@@ -516,11 +518,12 @@ def fit_individual_nuts(
     num_warmup: int = 1000,
     num_samples: int = 1000,
     num_chains: int = 4,
-    seed: int | jax.Array = 0,
+    key: jax.Array | int | None = None,
     chain_method: str = "vectorized",
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
     progress_bar: bool = False,
+    seed: int | jax.Array | None = None,
 ) -> BayesFit:
     """NUTS for subjects' etas given fixed population values (the individual posterior).
 
@@ -536,7 +539,7 @@ def fit_individual_nuts(
       (`pm.initial()` form), or None for the model's initial values (a prior model).
     - `subject`: an ID or a list of IDs (values of `data.ids`; None: every subject). Select
       by position with `data.subset([...])`.
-    - the sampler arguments as in `fit_population_nuts`.
+    - the sampler arguments and `key` (`seed`, deprecated) as in `fit_population_nuts`.
 
     **Returns:** a `BayesFit` whose posterior holds `eta`, `z` and `individual` (parameters in
     natural units), and whose table has one row per subject and parameter (kind `eta` and
@@ -544,6 +547,7 @@ def fit_individual_nuts(
     """
     require_no_iov(pm, "fit_individual_nuts")
     fn = "fit_individual_nuts"
+    key = key_or_seed(key, seed, fn, default=0)
     if subject is not None:
         wanted = list(subject) if isinstance(subject, list | tuple | np.ndarray) else [subject]
         ids = np.asarray(data.ids).tolist()
@@ -561,7 +565,7 @@ def fit_individual_nuts(
         model,
         {"z": dist.constraints.real_vector},
         _centre(pm, data.n_subjects, population=False),
-        seed=seed,
+        key=key,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
@@ -608,9 +612,10 @@ def fit_population_svi(
     num_steps: int = 5000,
     learning_rate: float = 0.01,
     num_draws: int = 2000,
-    seed: int | jax.Array = 0,
+    key: jax.Array | int | None = None,
     priors: Mapping[str, dist.Distribution] | None = None,
     progress_bar: bool = False,
+    seed: int | jax.Array | None = None,
 ) -> BayesFit:
     """Variational population fit (numpyro SVI): fast and approximate.
 
@@ -625,7 +630,7 @@ def fit_population_svi(
 
     **Arguments:**
 
-    - `pm`, `data`, `priors`, `seed`: as in `fit_population_nuts`.
+    - `pm`, `data`, `priors`, `key` (`seed`, deprecated): as in `fit_population_nuts`.
     - `guide`: a numpyro autoguide class (`numpyro.infer.autoguide.AutoMultivariateNormal`,
       `AutoNormal`, `AutoLowRankMultivariateNormal`, ...), started at the model's values.
     - `num_steps`, `learning_rate`: Adam's iterations and step size.
@@ -637,6 +642,7 @@ def fit_population_svi(
     """
     require_no_iov(pm, "fit_population_svi")
     fn = "fit_population_svi"
+    key = key_or_seed(key, seed, fn, default=0)
     _check_names(pm)
     if num_steps < 1 or num_draws < 10 or not learning_rate > 0:
         raise ValueError(
@@ -649,7 +655,7 @@ def fit_population_svi(
     centre = _centre(pm, data.n_subjects, population=True)
     approx = guide(model, init_loc_fn=init_to_value(values=centre))
     svi = SVI(model, approx, numpyro.optim.Adam(learning_rate), Trace_ELBO())
-    key_fit, key_draw = jax.random.split(_key(seed))
+    key_fit, key_draw = jax.random.split(key)
     latent = [*pm.theta, "omega_sd", *(["corr_chol"] if _block(pm) else []), *pm.error.names]
     latent.append("z")
     deterministic = ["omega", *(["corr"] if _block(pm) else []), "eta", "individual"]

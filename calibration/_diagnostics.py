@@ -25,6 +25,7 @@ from ._data import Dataset
 from ._estimators import FOCEI, jacobian
 from ._laplace import IndividualFit, PopulationFit, individual_map
 from ._model import Exponential, PopulationModel, require_no_iov
+from ._random import as_key
 
 #: Population values in any of the accepted forms (see `simulate_dataset`).
 Population = PopulationFit | Mapping[str, Any] | None
@@ -177,7 +178,7 @@ def simulate_dataset(
     population: Population,
     data: Dataset,
     *,
-    key: jax.Array,
+    key: jax.Array | int,
     n_rep: int = 1,
     lloq: float | np.ndarray | None = None,
 ) -> Simulation:
@@ -195,7 +196,7 @@ def simulate_dataset(
       matrix, `sigma`), unconstrained values in the `pm.initial()` form, or `None` for the
       model's own values.
     - `data`: the design.
-    - `key`: a JAX PRNG key (the same key gives the same replicates).
+    - `key`: a JAX PRNG key or an int (the same key gives the same replicates).
     - `n_rep`: number of replicates.
     - `lloq`: the limit of quantification applied to simulated values (a number, or an array
       `(subjects, obs)`); values below it are censored (`blq`, `dv = lloq`). By default the
@@ -213,7 +214,7 @@ def simulate_dataset(
         if lloq is None
         else np.broadcast_to(np.asarray(lloq, dtype=float), data.time.shape)
     )
-    keys = jax.random.split(key, (n_rep, data.n_subjects))
+    keys = jax.random.split(as_key(key, "simulate_dataset"), (n_rep, data.n_subjects))
     out = _simulate(pm, nat, data, keys, jnp.asarray(limit))
     return Simulation(
         dv=np.asarray(out["dv"]),
@@ -344,7 +345,7 @@ def residuals(
     fit_or_population: Population,
     data: Dataset,
     *,
-    key: jax.Array,
+    key: jax.Array | int,
     n_sim: int = 1000,
     individual: IndividualFit | None = None,
 ) -> pd.DataFrame:
@@ -375,7 +376,7 @@ def residuals(
     - `pm`: the population model.
     - `fit_or_population`: a `PopulationFit` or population values (see `simulate_dataset`).
     - `data`: the observations.
-    - `key`: PRNG key of the NPDE simulations.
+    - `key`: PRNG key (or an int) of the NPDE simulations.
     - `n_sim`: number of replicates for NPDE (1000 as in Comets et al. 2008).
     - `individual`: the conditional modes to use (an `IndividualFit` of `data`); by default
       those of the fit, or `individual_map` given the population values.
@@ -397,7 +398,7 @@ def residuals(
     phi, nat = _population(pm, fit_or_population)
     ind = _modes_for(pm, fit_or_population, phi, data, individual)
     cond = _conditional(pm, nat, data, jnp.asarray(ind.eta))
-    keys = jax.random.split(key, (n_sim, data.n_subjects))
+    keys = jax.random.split(as_key(key, "residuals"), (n_sim, data.n_subjects))
     no_limit = jnp.full(data.time.shape, -jnp.inf)
     sims = _simulate(pm, nat, data, keys, no_limit)["dv"]
     valid = cond["valid"]
@@ -764,7 +765,7 @@ def vpc(
     population: Population,
     data: Dataset,
     *,
-    key: jax.Array,
+    key: jax.Array | int,
     n_rep: int = 500,
     bins: int | Sequence[float] = 8,
     pred_corrected: bool = False,
@@ -786,7 +787,7 @@ def vpc(
     **Arguments:**
 
     - `pm`, `population`, `data`: as `simulate_dataset`.
-    - `key`: PRNG key of the simulations; `n_rep`: number of replicates.
+    - `key`: PRNG key (or an int) of the simulations; `n_rep`: number of replicates.
     - `bins`: a number of bins (edges at quantiles of the observation times; when the design
       has no more distinct times than that, one bin per time) or the bin edges (h), which
       must cover every observation time.
@@ -800,7 +801,7 @@ def vpc(
     quantiles = tuple(float(q) for q in quantiles)
     if not all(0.0 < q < 1.0 for q in quantiles):
         raise ValueError(f"vpc: quantiles must lie in (0, 1), got {quantiles}.")
-    sim = simulate_dataset(pm, population, data, key=key, n_rep=n_rep)
+    sim = simulate_dataset(pm, population, data, key=as_key(key, "vpc"), n_rep=n_rep)
     m = data.observed
     t_all = data.time[m]
     edges = _bin_edges(t_all, bins)
@@ -910,16 +911,23 @@ PosteriorFn = Callable[..., Any]
 
 
 def laplace_posterior(
-    pm: PopulationModel, phi: Mapping[str, Any], data: Dataset, *, key: jax.Array, n_draws: int
+    pm: PopulationModel,
+    phi: Mapping[str, Any],
+    data: Dataset,
+    *,
+    key: jax.Array | int,
+    n_draws: int,
 ) -> np.ndarray:
     """Draws from the Laplace approximation of each subject's eta posterior.
 
     `N(eta*, H^-1)` with the MAP `eta*` and the inverse Hessian from `individual_map` given
-    the population values `phi` (unconstrained, `pm.initial()` form).
+    the population values `phi` (unconstrained, `pm.initial()` form); `key` (a JAX PRNG key
+    or an int) draws the normal deviates.
 
     **Returns:** `(subjects, n_draws, n_eta)` draws.
     """
     require_no_iov(pm, "laplace_posterior")
+    key = as_key(key, "laplace_posterior")
     ind = individual_map(pm, data, dict(phi))
     chol = np.linalg.cholesky(0.5 * (ind.cov + np.swapaxes(ind.cov, -1, -2)))
     z = np.asarray(jax.random.normal(key, (data.n_subjects, n_draws, pm.n_eta)))
@@ -995,7 +1003,7 @@ def sbc(
     pm: PopulationModel,
     data_design: Dataset,
     *,
-    key: jax.Array,
+    key: jax.Array | int,
     n_sims: int = 200,
     population: Population = None,
     posterior: PosteriorFn = laplace_posterior,
@@ -1014,7 +1022,7 @@ def sbc(
     **Arguments:**
 
     - `pm`: the population model; `data_design`: the design (its DV are ignored).
-    - `key`: PRNG key; `n_sims`: number of simulated subjects.
+    - `key`: PRNG key (or an int); `n_sims`: number of simulated subjects.
     - `population`: the true population values (see `simulate_dataset`; default the model's).
     - `posterior`: `posterior(pm, phi, data, *, key, n_draws) -> (subjects, n_draws, n_eta)`
       eta draws; default `laplace_posterior` (MAP and inverse Hessian, normal on the eta
@@ -1030,7 +1038,7 @@ def sbc(
     if n_sims < 1 or n_draws < 1:
         raise ValueError(f"sbc: expected n_sims, n_draws >= 1, got {n_sims}, {n_draws}.")
     phi, _ = _population(pm, population)
-    k_sim, k_post = jax.random.split(key)
+    k_sim, k_post = jax.random.split(as_key(key, "sbc"))
     design = _tile(data_design, n_sims)
     sim = simulate_dataset(pm, phi, design, key=k_sim)
     data = sim.dataset(0)

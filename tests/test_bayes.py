@@ -8,6 +8,7 @@ reference estimates and from the Monte Carlo error of that many draws.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -74,7 +75,12 @@ def theo_nuts(theo_data) -> tuple[BayesFit, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", C.ConvergenceWarning)
         fit = fit_population_nuts(
-            _theo_model(), theo_data, num_chains=2, num_warmup=500, num_samples=500, seed=0
+            _theo_model(),
+            theo_data,
+            num_chains=2,
+            num_warmup=500,
+            num_samples=500,
+            key=jax.random.key(0),
         )
     return fit, [str(w.message) for w in caught if issubclass(w.category, C.ConvergenceWarning)]
 
@@ -250,7 +256,12 @@ def simulated() -> C.Dataset:
 @pytest.fixture(scope="module")
 def individual_nuts(simulated) -> BayesFit:
     return fit_individual_nuts(
-        _individual_model(), simulated, num_chains=2, num_warmup=400, num_samples=400, seed=1
+        _individual_model(),
+        simulated,
+        num_chains=2,
+        num_warmup=400,
+        num_samples=400,
+        key=jax.random.key(1),
     )
 
 
@@ -292,7 +303,13 @@ def test_poor_convergence_warns(simulated):
     """One chain of 20 draws cannot reach ESS 100: a ConvergenceWarning, converged=False."""
     with pytest.warns(C.ConvergenceWarning, match=r"bulk-ESS < 100 \(100 per chain x 1\) for"):
         fit = fit_individual_nuts(
-            _individual_model(), simulated, subject=2, num_chains=1, num_warmup=20, num_samples=20
+            _individual_model(),
+            simulated,
+            subject=2,
+            num_chains=1,
+            num_warmup=20,
+            num_samples=20,
+            key=jax.random.key(0),
         )
     assert not fit.converged
     assert fit.diagnostics["min_ess_bulk"] < 100
@@ -369,15 +386,15 @@ def test_priors_defaults_and_overrides():
         )
     )
     with pytest.raises(ValueError, match=r"prior given for 'Q'.*sites are"):
-        fit_population_nuts(pm, data, priors={"Q": dist.Normal(0.0, 1.0)})
+        fit_population_nuts(pm, data, priors={"Q": dist.Normal(0.0, 1.0)}, key=0)
     with pytest.raises(ValueError, match=r"prior for 'CL' must put no mass on negative"):
-        fit_population_nuts(pm, data, priors={"CL": dist.Normal(3.0, 1.0)})
+        fit_population_nuts(pm, data, priors={"CL": dist.Normal(3.0, 1.0)}, key=0)
     with pytest.raises(ValueError, match=r"'omega_sd' must be scalar or have shape \(3,\)"):
-        fit_population_nuts(pm, data, priors={"omega_sd": dist.HalfNormal(jnp.ones(2))})
+        fit_population_nuts(pm, data, priors={"omega_sd": dist.HalfNormal(jnp.ones(2))}, key=0)
     with pytest.raises(ValueError, match="chain_method"):
-        fit_population_nuts(pm, data, chain_method="threads")
+        fit_population_nuts(pm, data, chain_method="threads", key=0)
     with pytest.raises(ValueError, match=r"subject ID\(s\) \[7\] not in the data"):
-        fit_individual_nuts(pm, data, subject=7)
+        fit_individual_nuts(pm, data, subject=7, key=0)
 
 
 @pytest.mark.extended
@@ -386,7 +403,9 @@ def test_theophylline_svi(theo_data):
     and a ConvergenceWarning is emitted exactly when it exceeds 0.7."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", C.ConvergenceWarning)
-        fit = fit_population_svi(_theo_model(), theo_data, num_steps=2000, num_draws=500)
+        fit = fit_population_svi(
+            _theo_model(), theo_data, num_steps=2000, num_draws=500, key=jax.random.key(0)
+        )
     flagged = [w for w in caught if issubclass(w.category, C.ConvergenceWarning)]
     k = fit.diagnostics["pareto_k"]
     assert math.isfinite(k) and fit.converged == (k <= 0.7) == (not flagged)
@@ -397,3 +416,36 @@ def test_theophylline_svi(theo_data):
         assert abs(math.log(median / saem[key])) < 0.5 * saem["SE"][se_key], (name, median)
     assert fit.idata.posterior["eta"].shape == (1, 500, 12, 3)
     assert np.isnan(fit.table["r_hat"]).all()
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def test_randomness_comes_from_key(simulated):
+    """`key=` takes a JAX key or an int; `seed=` warns and gives the same draws; a missing key
+    warns (jax.random.key(0), as before) for one release; a wrong key is a TypeError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", C.ConvergenceWarning)  # 5 SVI steps, 10 draws
+        _check_keys(simulated)
+
+
+def _check_keys(simulated):
+    fit = functools.partial(
+        fit_population_svi, _individual_model(), simulated, num_steps=5, num_draws=10
+    )
+    new = fit(key=jax.random.key(3))
+    with pytest.warns(DeprecationWarning, match=r"seed= is deprecated; pass key="):
+        old = fit(seed=3)
+    np.testing.assert_array_equal(
+        old.idata.posterior["eta"].values, new.idata.posterior["eta"].values
+    )
+    # The key is read before any work: these stop at the bad num_steps, after the warning.
+    with pytest.warns(DeprecationWarning, match=r"no key given.*jax\.random\.key\(0\).*TypeError"):
+        with pytest.raises(ValueError, match="num_steps"):
+            fit(num_steps=0)
+    with pytest.raises(TypeError, match="not both"):
+        fit(key=1, seed=1)
+    with pytest.raises(TypeError, match=r"key must be a JAX PRNG key.*got str"):
+        fit(key="3")
+    with pytest.raises(TypeError, match=r"key must be a JAX PRNG key.*got float"):
+        fit_individual_nuts(_individual_model(), simulated, key=3.0)

@@ -437,3 +437,17 @@ def test_simulation_is_compiled_once_per_model_value(design, monkeypatch):
     again = C.simulate_dataset(same, None, design.subset(np.arange(10)), key=key, n_rep=3)
     assert same is not PM and len(traces) == n
     np.testing.assert_array_equal(first.dv, again.dv)
+
+
+def test_keys_of_the_diagnostics(design):
+    """An int key is `jax.random.key(int)`; no key or a wrong one is a TypeError that says
+    to pass key=."""
+    by_int = C.simulate_dataset(PM, None, design, key=5, n_rep=2)
+    by_key = C.simulate_dataset(PM, None, design, key=jax.random.key(5), n_rep=2)
+    np.testing.assert_array_equal(by_int.dv, by_key.dv)
+    with pytest.raises(TypeError, match=r"simulate_dataset draws random numbers: pass key="):
+        C.simulate_dataset(PM, None, design, key=None, n_rep=2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key"):
+        C.vpc(PM, None, design)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"sbc: key must be a JAX PRNG key.*got str"):
+        C.sbc(PM, design, key="3", n_sims=4, n_draws=9)  # type: ignore[arg-type]

@@ -114,7 +114,7 @@ def test_recommend_matches_brute_force_search(truth):
     twin.update(times=times[[3, 6]], values=conc[[3, 6]])
     key = jax.random.key(5)
     rec = twin.recommend("AUC24", interval=12.0, key=key, n_draws=200)
-    eta = twin.posterior.sample(key, 200)
+    eta = twin.posterior.sample(200, key=key)
     start, n = 48.0, rec.n_doses
     grid_t = jnp.linspace(start + n * 12.0 - 24.0, start + n * 12.0, 97)
 
@@ -234,3 +234,32 @@ def test_a_wrong_update_strategy_is_refused_clearly():
     with pytest.raises(TypeError, match=r"num_samples.*go into method=calibration\.NUTS"):
         twin.update(times=[1.0], values=[10.0], num_samples=10)
     assert twin.posterior.method == "prior"  # nothing was added by the refused calls
+
+
+def test_randomness_comes_from_key(truth):
+    """`key=` takes a JAX key or an int; forecast and recommend without a key warn and use
+    jax.random.key(0) as before (for this release); NUTS without a key is a TypeError before
+    anything changes; `Posterior.sample(key, n)` still works, with a warning."""
+    _, _, times, conc = truth
+    twin = twins.DigitalTwin(DRUG, PATIENT).give(_given())
+    twin.update(times=times[:2], values=conc[:2])
+    grid = np.linspace(0.0, 48.0, 13)
+    by_key = twin.forecast(grid, key=jax.random.key(0), n_draws=50)
+    np.testing.assert_array_equal(twin.forecast(grid, key=0, n_draws=50).draws, by_key.draws)
+    with pytest.warns(DeprecationWarning, match=r"DigitalTwin.forecast: no key given"):
+        silent = twin.forecast(grid, n_draws=50)
+    np.testing.assert_array_equal(silent.draws, by_key.draws)
+    with pytest.warns(DeprecationWarning, match=r"DigitalTwin.recommend: no key given"):
+        old = twin.recommend("AUC24", interval=12.0, n_draws=50)
+    assert twin.recommend("AUC24", interval=12.0, n_draws=50, key=0).dose == old.dose
+    with pytest.raises(TypeError, match=r"NUTS\(\.\.\.\)\) draws random numbers: pass key="):
+        twin.update(times=[30.0], values=[10.0], method=C.NUTS())
+    assert twin.posterior.n_observations == 2
+    with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
+        twin.forecast(grid, key="0", n_draws=50)  # type: ignore[arg-type]
+    key = jax.random.key(7)
+    new = twin.posterior.sample(20, key=key)
+    with pytest.warns(DeprecationWarning, match=r"sample\(n, key=key\)"):
+        np.testing.assert_array_equal(twin.posterior.sample(key, 20), new)
+    with pytest.raises(TypeError, match=r"Posterior\.sample draws random numbers"):
+        twin.posterior.sample(20)

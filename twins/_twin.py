@@ -68,9 +68,30 @@ class Posterior:
     seconds: float
     draws: np.ndarray | None = None
 
-    def sample(self, key: jax.Array, n: int) -> jnp.ndarray:
-        """`(n, n_eta)` draws of the etas (from the Laplace approximation, or resampled NUTS
-        draws)."""
+    def sample(self, *args: Any, n: int | None = None, key: Any = None) -> jnp.ndarray:
+        """`sample(n, *, key)`: `(n, n_eta)` draws of the etas (from the Laplace
+        approximation, or resampled NUTS draws); `key` a JAX PRNG key or an int.
+
+        The positional form of earlier releases, `sample(key, n)`, still works for this
+        release with a `DeprecationWarning`.
+        """
+        if len(args) == 2 and n is None and key is None:
+            warnings.warn(
+                "Posterior.sample(key, n) is deprecated; call sample(n, key=key).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            key, n = args
+        elif len(args) == 1 and n is None:
+            (n,) = args
+        elif args:
+            raise TypeError(
+                f"Posterior.sample: expected sample(n, *, key=...), got {len(args)} positional "
+                "argument(s)."
+            )
+        if n is None:
+            raise TypeError("Posterior.sample: pass the number of draws, sample(n, key=...).")
+        key = _as_key(key, "Posterior.sample")
         if self.draws is not None:
             idx = jax.random.choice(key, self.draws.shape[0], (n,), replace=True)
             return jnp.asarray(self.draws)[idx]
@@ -275,7 +296,7 @@ class DigitalTwin:
         values: Sequence[float] | None = None,
         lloq: float | None = None,
         method: calibration.MAP | calibration.NUTS | str | None = None,
-        key: jax.Array | None = None,
+        key: jax.Array | int | None = None,
         **nuts_options: Any,
     ) -> DigitalTwin:
         """Add observed levels and recompute the posterior; returns the twin.
@@ -288,13 +309,16 @@ class DigitalTwin:
         - `method`: `calibration.MAP()` (default; posterior mode and Laplace covariance by the
           twin's `estimator`, milliseconds once compiled) or `calibration.NUTS(num_warmup=...,
           num_samples=..., num_chains=..., ...)` (the full posterior by
-          `calibration.fit_individual_nuts`; needs `key`). The strings `"map"` and `"nuts"`
+          `calibration.fit_individual_nuts`; needs `key`, a JAX PRNG key or an int: without
+          it `TypeError`). The strings `"map"` and `"nuts"`
           (with the sampler settings as keywords, `nuts_options`) are deprecated.
 
         Raises `ValueError` naming the patient and the row for a non-finite level or time, and
         when no doses have been given.
         """
         strategy = _update_method(method, nuts_options)
+        if isinstance(strategy, calibration.NUTS):
+            key = _as_key(key, "DigitalTwin.update(method=NUTS(...))")
         new = self._new_observations(observations, times, values, lloq)
         if self.history is None:
             raise ValueError(
@@ -419,10 +443,8 @@ class DigitalTwin:
         )
 
     def _nuts(self, key, t0: float, sampler: calibration.NUTS) -> Posterior:
-        if key is None:
-            raise ValueError("update(method=NUTS(...)): pass key=jax.random.key(...).")
         fit = calibration.fit_individual_nuts(
-            self.pm, self._dataset(), self.phi, seed=key, **sampler.options()
+            self.pm, self._dataset(), self.phi, key=key, **sampler.options()
         )
         eta = fit.idata["posterior"]["eta"]  # (chain, draw, subject, eta_name)
         draws = np.asarray(eta.values)[:, :, 0, :].reshape(-1, self.pm.n_eta)
@@ -453,7 +475,7 @@ class DigitalTwin:
         times: Any,
         regimen: pkpd.Regimen | None = None,
         *,
-        key: jax.Array | None = None,
+        key: jax.Array | int | None = None,
         n_draws: int = 1000,
         level: float = _LEVEL,
         prediction_interval: bool = False,
@@ -464,16 +486,18 @@ class DigitalTwin:
 
         - `times`: output times (h, the regimen's clock).
         - `regimen`: planned doses, added to those given (default: the history alone).
-        - `key`: for the posterior draws (default `jax.random.key(0)`, reproducible).
+        - `key`: a JAX PRNG key (or an int) for the posterior draws; the same key gives the
+          same forecast. (Omitting it uses `jax.random.key(0)` with a `DeprecationWarning`;
+          in the next release it raises `TypeError`.)
         - `n_draws`, `level`: draws of the posterior and width of the band.
         - `prediction_interval`: add the residual error (where a new level would fall)
           instead of the credible band of the model's prediction.
         """
         times = jnp.asarray(np.asarray(times, dtype=float))
         plan = self._plan(regimen)
-        key = jax.random.key(0) if key is None else key
+        key = _as_key(key, "DigitalTwin.forecast", old_default=True)
         k_eta, k_eps = jax.random.split(key)
-        eta = self.posterior.sample(k_eta, n_draws)
+        eta = self.posterior.sample(n_draws, key=k_eta)
         y = np.asarray(_predict_draws(self.pm, self._theta, self._cov_j, plan, times, eta))
         if prediction_interval:
             y = np.asarray(_with_residual(self.pm.error, self._sigma, jnp.asarray(y), k_eps))
@@ -506,7 +530,7 @@ class DigitalTwin:
         start: float | None = None,
         n_doses: int | None = None,
         probability: float | None = None,
-        key: jax.Array | None = None,
+        key: jax.Array | int | None = None,
         n_draws: int = 500,
         steps: int = 12,
     ) -> Recommendation:
@@ -534,7 +558,9 @@ class DigitalTwin:
           given, or 0); `n_doses`: planned doses (default: enough for 5 days, at least 3).
         - `probability`: a required probability; `achieved` says whether it is met (the
           dose is the most probable one either way).
-        - `key`, `n_draws`, `steps`: posterior draws and Newton ascent steps.
+        - `key`, `n_draws`, `steps`: posterior draws (a JAX PRNG key or an int; omitting it
+          uses `jax.random.key(0)` with a `DeprecationWarning`, and will raise `TypeError`
+          in the next release) and Newton ascent steps.
         """
         tgt = self._target(target)
         usual = interval or self.drug.dosing.interval
@@ -543,8 +569,8 @@ class DigitalTwin:
             raise ValueError(f"recommend: intervals must be > 0 h, got {choices}.")
         if probability is not None and not 0.0 < probability < 1.0:
             raise ValueError(f"recommend: probability must be in (0, 1), got {probability}.")
-        key = jax.random.key(0) if key is None else key
-        eta = self.posterior.sample(key, n_draws)
+        key = _as_key(key, "DigitalTwin.recommend", old_default=True)
+        eta = self.posterior.sample(n_draws, key=key)
         if tgt.metric.lower() not in ("auc24", "trough", "inr", "concentration"):
             raise ValueError(
                 f"recommend: unknown metric {tgt.metric!r}; expected AUC24, trough, INR or "
@@ -664,6 +690,31 @@ class DigitalTwin:
             "lower": float(np.quantile(values, 0.05)),
             "upper": float(np.quantile(values, 0.95)),
         }
+
+
+def _as_key(key: Any, fn: str, *, old_default: bool = False) -> jax.Array:
+    """A JAX PRNG key from `key` (a key, or an int through `jax.random.key`). Missing:
+    `TypeError`, or, where earlier releases silently used `jax.random.key(0)`
+    (`old_default`), that key with a `DeprecationWarning`."""
+    if key is None and old_default:
+        warnings.warn(
+            f"{fn}: no key given, so jax.random.key(0) is used as before; pass "
+            "key=jax.random.key(...) (or an int). Omitting key will raise a TypeError in the "
+            "next release.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return jax.random.key(0)
+    if isinstance(key, jax.Array):
+        return key
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if key is None:
+        raise TypeError(f"{fn} draws random numbers: pass key=jax.random.key(...) (or an int).")
+    raise TypeError(
+        f"{fn}: key must be a JAX PRNG key (jax.random.key(...)) or an int, got "
+        f"{type(key).__name__}."
+    )
 
 
 _CURVATURES = {"focei": calibration.FOCEI, "laplace": calibration.Laplace}
