@@ -23,16 +23,9 @@ from ._bayes import fit_individual_nuts as fit_individual_nuts
 from ._bayes import fit_population_nuts as fit_population_nuts
 from ._bayes import fit_population_svi as fit_population_svi
 from ._data import Dataset as Dataset
-from ._diagnostics import SBCResult as SBCResult
-from ._diagnostics import Simulation as Simulation
-from ._diagnostics import VPCResult as VPCResult
 from ._diagnostics import gof_plots as gof_plots
 from ._diagnostics import individual_plots as individual_plots
-from ._diagnostics import laplace_posterior as laplace_posterior
 from ._diagnostics import residuals as residuals
-from ._diagnostics import sbc as sbc
-from ._diagnostics import simulate_dataset as simulate_dataset
-from ._diagnostics import vpc as vpc
 from ._estimators import FOCEI as FOCEI
 from ._estimators import MAP as MAP
 from ._estimators import NUTS as NUTS
@@ -50,6 +43,13 @@ from ._model import Exponential as Exponential
 from ._model import FrozenDict as FrozenDict
 from ._model import PopulationModel as PopulationModel
 from ._model import Proportional as Proportional
+from ._predictive import SBCResult as SBCResult
+from ._predictive import VPCResult as VPCResult
+from ._predictive import laplace_posterior as laplace_posterior
+from ._predictive import sbc as sbc
+from ._predictive import vpc as vpc
+from ._simulation import Simulation as Simulation
+from ._simulation import simulate_dataset as simulate_dataset
 
 __all__ = [
     "FOCEI",

@@ -39,7 +39,6 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pandas as pd
-import xarray as xr
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoGuide, AutoMultivariateNormal
@@ -49,17 +48,16 @@ from numpyro.infer.util import log_density
 from ._data import Dataset
 from ._laplace import ConvergenceWarning, PopulationFit
 from ._model import PopulationModel, require_no_iov
+from ._posterior_summary import (
+    PARETO_K_MAX,
+    convergence_stats,
+    diagnose,
+    diagnosed_variables,
+    has_block,
+    individual_table,
+    population_table,
+)
 from ._random import key_or_seed
-
-#: R-hat above this flags non-convergence (Vehtari et al. 2021, section 4.4).
-RHAT_MAX = 1.01
-#: Bulk- and tail-ESS below this many per chain flag too few effective draws (Vehtari et al.
-#: 2021: 100 per chain, 400 for the recommended four chains).
-ESS_PER_CHAIN_MIN = 100
-#: E-BFMI below this flags poor exploration of the energy distribution (Betancourt 2016).
-BFMI_MIN = 0.3
-#: Pareto k-hat above this flags an unreliable variational approximation (Yao et al. 2018).
-PARETO_K_MAX = 0.7
 
 _CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 _RESERVED = ("omega_sd", "omega", "corr_chol", "corr", "z", "eta", "individual", "y")
@@ -137,15 +135,11 @@ def _default_priors(pm: PopulationModel) -> dict[str, dist.Distribution]:
         else:
             priors[name] = dist.LogNormal(math.log(v), 1.0)
     priors["omega_sd"] = dist.HalfNormal(1.0)
-    if _block(pm):
+    if has_block(pm):
         priors["corr_chol"] = dist.LKJCholesky(pm.n_eta, 2.0)
     for name in pm.error.names:
         priors[name] = dist.HalfNormal(2.0 * float(getattr(pm.error, name)))
     return priors
-
-
-def _block(pm: PopulationModel) -> bool:
-    return pm.omega_block and pm.n_eta >= 2
 
 
 def _check_names(pm: PopulationModel) -> None:
@@ -204,7 +198,7 @@ def _resolve(
     for name in list(pm.theta) + list(pm.error.names):
         if out[name].batch_shape != () or out[name].event_shape != ():
             raise ValueError(f"{fn}: the prior for {name!r} must be scalar.")
-    if _block(pm) and out["corr_chol"].event_shape != (d, d):
+    if has_block(pm) and out["corr_chol"].event_shape != (d, d):
         raise ValueError(
             f"{fn}: the prior for 'corr_chol' must be over {d}x{d} Cholesky factors "
             f"(e.g. LKJCholesky({d}, 2.0)), got event shape {out['corr_chol'].event_shape}."
@@ -301,7 +295,7 @@ def _population_model(pm: PopulationModel, data: Dataset, priors, names):
         theta = {k: numpyro.sample(k, priors[k]) for k in pm.theta}
         sd = jnp.asarray(numpyro.sample("omega_sd", priors["omega_sd"]))
         numpyro.deterministic("omega", sd**2)
-        if _block(pm):
+        if has_block(pm):
             lc = jnp.asarray(numpyro.sample("corr_chol", priors["corr_chol"]))
             numpyro.deterministic("corr", lc @ lc.T)
             chol = sd[:, None] * lc
@@ -330,7 +324,7 @@ def _centre(pm: PopulationModel, n_subjects: int, population: bool) -> dict[str,
     if population:
         values |= {k: jnp.asarray(float(v)) for k, v in pm.theta.items()}
         values["omega_sd"] = jnp.sqrt(jnp.asarray([float(v) for v in pm.omega.values()]))
-        if _block(pm):
+        if has_block(pm):
             values["corr_chol"] = jnp.eye(pm.n_eta)
         values |= {k: jnp.asarray(float(getattr(pm.error, k))) for k in pm.error.names}
     return values
@@ -502,10 +496,10 @@ def fit_population_nuts(
         fn=fn,
     )
     idata = _to_idata(mcmc, data, pm, names)
-    stats = _convergence_stats(idata, _diagnosed(pm))
-    diagnostics, problems = _diagnose(idata, stats, num_chains, max_tree_depth)
+    stats = convergence_stats(idata, diagnosed_variables(pm))
+    diagnostics, problems = diagnose(idata, stats, num_chains, max_tree_depth)
     diagnostics["wall_time_s"] = wall
-    table = _population_table(pm, idata, stats)
+    table = population_table(pm, idata, stats)
     return _finish(pm, idata, table, diagnostics, problems, "nuts", fn)
 
 
@@ -576,10 +570,10 @@ def fit_individual_nuts(
         fn=fn,
     )
     idata = _to_idata(mcmc, data, pm, names)
-    stats = _convergence_stats(idata, ["eta"])
-    diagnostics, problems = _diagnose(idata, stats, num_chains, max_tree_depth)
+    stats = convergence_stats(idata, ["eta"])
+    diagnostics, problems = diagnose(idata, stats, num_chains, max_tree_depth)
     diagnostics["wall_time_s"] = wall
-    table = _individual_table(idata, stats)
+    table = individual_table(idata, stats)
     return _finish(pm, idata, table, diagnostics, problems, "nuts-individual", fn)
 
 
@@ -656,9 +650,9 @@ def fit_population_svi(
     approx = guide(model, init_loc_fn=init_to_value(values=centre))
     svi = SVI(model, approx, numpyro.optim.Adam(learning_rate), Trace_ELBO())
     key_fit, key_draw = jax.random.split(key)
-    latent = [*pm.theta, "omega_sd", *(["corr_chol"] if _block(pm) else []), *pm.error.names]
+    latent = [*pm.theta, "omega_sd", *(["corr_chol"] if has_block(pm) else []), *pm.error.names]
     latent.append("z")
-    deterministic = ["omega", *(["corr"] if _block(pm) else []), "eta", "individual"]
+    deterministic = ["omega", *(["corr"] if has_block(pm) else []), "eta", "individual"]
 
     def draw(key, params):
         log_q, guide_trace = log_density(numpyro.handlers.seed(approx, key), (), {}, params)
@@ -693,7 +687,7 @@ def fit_population_svi(
     coords, dims = _coords_dims(data, pm, names)
     posterior = {k: np.asarray(v)[None] for k, v in draws.items()}
     idata = az.from_dict(posterior=posterior, coords=coords, dims=dims)
-    table = _population_table(pm, idata, None)
+    table = population_table(pm, idata, None)
     diagnostics: dict[str, Any] = {
         "final_loss": final_loss,
         "pareto_k": pareto_k,
@@ -703,210 +697,3 @@ def fit_population_svi(
         "losses": losses,
     }
     return _finish(pm, idata, table, diagnostics, problems, "svi", fn)
-
-
-# ----------------------------------------------------------------------------- diagnostics
-
-
-def _diagnosed(pm: PopulationModel) -> list[str]:
-    """The posterior variables whose R-hat and ESS are checked (all reported quantities)."""
-    return [*pm.theta, "omega", *(["corr"] if _block(pm) else []), *pm.error.names, "eta"]
-
-
-def _convergence_stats(idata, variables: list[str]) -> dict[str, xr.Dataset]:
-    """Rank-normalised split R-hat, bulk- and tail-ESS of `variables` (Vehtari et al. 2021).
-
-    A correlation matrix enters by its strictly lower triangle (dim `eta_pair`, labels
-    `"CL~KA"`): its diagonal is constant and has no R-hat.
-    """
-    post = idata.posterior
-    data = {}
-    for var in variables:
-        da = post[var]
-        if var == "corr":
-            names = [str(n) for n in da.coords["eta_name"].values]
-            pairs = [(i, j) for i in range(len(names)) for j in range(i)]
-            da = xr.concat(
-                [da.isel(eta_name=i, eta_name_=j, drop=True) for i, j in pairs], dim="eta_pair"
-            )
-            da = da.assign_coords(eta_pair=[f"{names[i]}~{names[j]}" for i, j in pairs])
-            da = da.transpose("chain", "draw", "eta_pair")
-        data[var] = da
-    ds = xr.Dataset(data)
-    # A constant quantity (a stuck chain) gives NaN, which is reported as a problem below.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = {
-            "r_hat": az.rhat(ds),
-            "ess_bulk": az.ess(ds, method="bulk"),
-            "ess_tail": az.ess(ds, method="tail"),
-        }
-    assert all(isinstance(v, xr.Dataset) for v in out.values())
-    return out
-
-
-def _labelled_values(ds: xr.Dataset, var: str) -> list[tuple[str, float]]:
-    """Flatten one variable of a diagnostics Dataset into (label, value) pairs."""
-    da = ds[var]
-    if da.ndim == 0:
-        return [(var, float(da.values))]
-    labels = [[str(c) for c in da.coords[d].values] for d in da.dims]
-    out = []
-    for idx in np.ndindex(*da.shape):
-        parts = [
-            f"ID={labels[k][i]}" if d == "subject" else labels[k][i]
-            for k, (d, i) in enumerate(zip(da.dims, idx, strict=True))
-        ]
-        out.append((f"{var}[{', '.join(parts)}]", float(da.values[idx])))
-    return out
-
-
-def _worst(pairs: list[tuple[str, float]], bad, key, fmt: str, n: int = 5) -> str:
-    flagged = sorted((p for p in pairs if bad(p[1])), key=lambda p: key(p[1]))
-    text = ", ".join(f"{lab} = {fmt.format(v)}" for lab, v in flagged[:n])
-    more = len(flagged) - n
-    return text + (f" and {more} more" if more > 0 else "")
-
-
-def _finite(pairs: list[tuple[str, float]], fn) -> float:
-    vals = [v for _, v in pairs if math.isfinite(v)]
-    return fn(vals) if vals else math.nan
-
-
-def _diagnose(idata, stats: dict[str, xr.Dataset], num_chains: int, max_tree_depth: int):
-    """R-hat, ESS, divergences, E-BFMI and tree depth; a list of problems in words."""
-    variables = [str(v) for v in stats["r_hat"].data_vars]
-    r_pairs = [p for v in variables for p in _labelled_values(stats["r_hat"], v)]
-    b_pairs = [p for v in variables for p in _labelled_values(stats["ess_bulk"], v)]
-    t_pairs = [p for v in variables for p in _labelled_values(stats["ess_tail"], v)]
-    required = ESS_PER_CHAIN_MIN * num_chains
-    sample_stats = idata.sample_stats
-    diverging = np.asarray(sample_stats["diverging"])
-    divergences = int(diverging.sum())
-    hits = 0
-    if "n_steps" in sample_stats:  # ArviZ's name for numpyro's num_steps
-        hits = int((np.asarray(sample_stats["n_steps"]) >= 2**max_tree_depth - 1).sum())
-    bfmi = np.asarray(az.bfmi(idata)) if "energy" in sample_stats else np.full(num_chains, np.nan)
-
-    problems = []
-    if any(not (v <= RHAT_MAX) for _, v in r_pairs):
-        worst = _worst(
-            r_pairs,
-            lambda v: not (v <= RHAT_MAX),
-            lambda v: -np.nan_to_num(v, nan=np.inf),
-            "{:.4f}",
-        )
-        problems.append(f"R-hat > {RHAT_MAX} for {worst}")
-    for what, pairs in (("bulk", b_pairs), ("tail", t_pairs)):
-        if any(not (v >= required) for _, v in pairs):
-            worst = _worst(
-                pairs, lambda v: not (v >= required), lambda v: np.nan_to_num(v, nan=-1.0), "{:.0f}"
-            )
-            problems.append(
-                f"{what}-ESS < {required} ({ESS_PER_CHAIN_MIN} per chain x {num_chains}) "
-                f"for {worst}"
-            )
-    if divergences:
-        problems.append(
-            f"{divergences} divergent transition(s) in {diverging.size} draws (raise "
-            "target_accept or reparameterise)"
-        )
-    low = [f"chain {c}: {b:.2f}" for c, b in enumerate(bfmi) if b < BFMI_MIN]
-    if low:
-        problems.append(f"E-BFMI < {BFMI_MIN} ({', '.join(low)})")
-    diagnostics = {
-        "max_r_hat": _finite(r_pairs, max),
-        "min_ess_bulk": _finite(b_pairs, min),
-        "min_ess_tail": _finite(t_pairs, min),
-        "ess_required": required,
-        "divergences": divergences,
-        "min_bfmi": float(np.min(bfmi)) if bfmi.size else math.nan,
-        "tree_depth_hits": hits,
-        "num_chains": num_chains,
-        "num_draws": int(sample_stats.sizes["draw"]),
-    }
-    return diagnostics, problems
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-def _draws(idata, var: str) -> np.ndarray:
-    """(chains * draws, ...) array of one posterior variable."""
-    a = np.asarray(idata.posterior[var])
-    return a.reshape(-1, *a.shape[2:])
-
-
-def _summary_row(kind, name, draws: np.ndarray, r_hat: float, ess_bulk: float) -> dict[str, Any]:
-    est = float(np.median(draws))
-    sd = float(np.std(draws, ddof=1))
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return {
-        "kind": kind,
-        "parameter": name,
-        "estimate": est,
-        "se": sd,
-        "rse_pct": 100.0 * abs(sd / est) if est else np.nan,
-        "ci_low": float(lo),
-        "ci_high": float(hi),
-        "cv_pct": np.nan,
-        "shrinkage_pct": np.nan,
-        "r_hat": r_hat,
-        "ess_bulk": ess_bulk,
-    }
-
-
-def _population_table(pm: PopulationModel, idata, stats) -> pd.DataFrame:
-    """The estimates table; `stats` from `_convergence_stats`, or None (no R-hat, ESS)."""
-
-    def conv(var, **sel) -> tuple[float, float]:
-        if stats is None:
-            return math.nan, math.nan
-        return (
-            float(stats["r_hat"][var].sel(sel)),
-            float(stats["ess_bulk"][var].sel(sel)),
-        )
-
-    rows = []
-    for k in pm.theta:
-        rows.append(_summary_row("theta", k, _draws(idata, k), *conv(k)))
-    var = _draws(idata, "omega")
-    eta_mean = np.asarray(idata.posterior["eta"].mean(dim=("chain", "draw")))
-    for i, name in enumerate(pm.eta_names):
-        row = _summary_row("omega", name, var[:, i], *conv("omega", eta_name=name))
-        row["cv_pct"] = float(np.median(100.0 * np.sqrt(np.expm1(var[:, i]))))
-        omega_sd = math.sqrt(row["estimate"])
-        row["shrinkage_pct"] = 100.0 * (1.0 - float(np.std(eta_mean[:, i])) / omega_sd)
-        rows.append(row)
-    if _block(pm):
-        corr = _draws(idata, "corr")
-        for i in range(pm.n_eta):
-            for j in range(i):
-                label = f"{pm.eta_names[i]}~{pm.eta_names[j]}"
-                rows.append(
-                    _summary_row("corr", label, corr[:, i, j], *conv("corr", eta_pair=label))
-                )
-    for k in pm.error.names:
-        rows.append(_summary_row("sigma", k, _draws(idata, k), *conv(k)))
-    return pd.DataFrame(rows)
-
-
-def _individual_table(idata, stats) -> pd.DataFrame:
-    """One row per subject and eta / individual parameter. A parameter is a monotone function
-    of its eta, so it has the eta's (rank-based) R-hat and ESS; one without an eta is fixed."""
-    post = idata.posterior
-    eta_names = [str(n) for n in post.coords["eta_name"].values]
-    rows = []
-    for s, sid in enumerate(post.coords["subject"].values.tolist()):
-        for var, dim in (("eta", "eta_name"), ("individual", "param")):
-            for j, name in enumerate(str(n) for n in post.coords[dim].values):
-                draws = np.asarray(post[var].values[:, :, s, j]).reshape(-1)
-                if name in eta_names:
-                    sel = {"subject": sid, "eta_name": name}
-                    r_hat = float(stats["r_hat"]["eta"].sel(sel))
-                    ess = float(stats["ess_bulk"]["eta"].sel(sel))
-                else:
-                    r_hat = ess = math.nan
-                row = _summary_row(var, name, draws, r_hat, ess)
-                del row["cv_pct"], row["shrinkage_pct"]
-                rows.append({"subject": sid} | row)
-    return pd.DataFrame(rows)

@@ -26,8 +26,6 @@ import calibration as C
 import pkpd
 from calibration._bayes import (
     BayesFit,
-    _convergence_stats,
-    _diagnose,
     _loglik,
     _resolve_priors,
     _subject_arrays,
@@ -36,6 +34,7 @@ from calibration._bayes import (
     fit_population_nuts,
     fit_population_svi,
 )
+from calibration._posterior_summary import convergence_stats, diagnose
 
 REF = pathlib.Path(__file__).parent / "data" / "reference"  # vendored, see its README
 
@@ -323,21 +322,21 @@ def test_diagnostic_rules_on_synthetic_draws():
     good = rng.standard_normal((4, 1000))
     stats = {"diverging": np.zeros((4, 1000), dtype=bool)}
     idata = az.from_dict(posterior={"CL": good}, sample_stats=stats)
-    d, problems = _diagnose(idata, _convergence_stats(idata, ["CL"]), 4, 10)
+    d, problems = diagnose(idata, convergence_stats(idata, ["CL"]), 4, 10)
     assert problems == [] and d["max_r_hat"] < 1.01 and d["min_ess_bulk"] > 3000
     # One chain stuck elsewhere: R-hat far above 1.01; three divergent transitions.
     bad = good.copy()
     bad[0] += 3.0
     stats["diverging"][1, [10, 20, 30]] = True
     idata = az.from_dict(posterior={"CL": bad}, sample_stats=stats)
-    d, problems = _diagnose(idata, _convergence_stats(idata, ["CL"]), 4, 10)
+    d, problems = diagnose(idata, convergence_stats(idata, ["CL"]), 4, 10)
     assert d["max_r_hat"] > 1.3 and d["divergences"] == 3
     assert any(p.startswith("R-hat > 1.01 for CL = ") for p in problems), problems
     assert any("3 divergent transition(s) in 4000 draws" in p for p in problems), problems
     # Strongly autocorrelated draws (a random walk): ESS far below 100 per chain.
     walk = np.cumsum(rng.standard_normal((4, 1000)), axis=1)
     idata = az.from_dict(posterior={"CL": walk}, sample_stats={"diverging": stats["diverging"] * 0})
-    d, problems = _diagnose(idata, _convergence_stats(idata, ["CL"]), 4, 10)
+    d, problems = diagnose(idata, convergence_stats(idata, ["CL"]), 4, 10)
     assert d["min_ess_bulk"] < 400 and any("bulk-ESS < 400" in p for p in problems)
     # A correlation matrix is diagnosed by its lower triangle: the constant diagonal would give
     # NaN (and a RuntimeWarning, an error here) instead of an R-hat.
@@ -350,9 +349,9 @@ def test_diagnostic_rules_on_synthetic_draws():
         dims={"corr": ["eta_name", "eta_name_"]},
         sample_stats={"diverging": np.zeros((4, 1000), dtype=bool)},
     )
-    stats = _convergence_stats(idata, ["corr"])
+    stats = convergence_stats(idata, ["corr"])
     assert list(stats["r_hat"]["corr"].coords["eta_pair"].values) == ["V~CL"]
-    d, problems = _diagnose(idata, stats, 4, 10)
+    d, problems = diagnose(idata, stats, 4, 10)
     assert problems == [] and d["max_r_hat"] < 1.01
 
 

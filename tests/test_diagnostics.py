@@ -21,7 +21,7 @@ from scipy import stats
 
 import calibration as C
 import pkpd
-from calibration import _diagnostics as D
+from calibration._simulation import phi_from_natural, tile
 
 #: A realistic oral design: dense absorption phase, 11 samples over 24 h (theophylline-like).
 TIMES = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 24.0)
@@ -73,13 +73,13 @@ def design() -> C.Dataset:
 
 @pytest.fixture(scope="module")
 def cohort(design) -> C.Dataset:
-    return D._tile(design, N_TWINS)
+    return tile(design, N_TWINS)
 
 
 @pytest.fixture(scope="module")
 def data(cohort) -> C.Dataset:
     """240 subjects simulated from the true model."""
-    return D.simulate_dataset(PM, None, cohort, key=jax.random.key(0)).dataset(0)
+    return C.simulate_dataset(PM, None, cohort, key=jax.random.key(0)).dataset(0)
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +89,17 @@ def modes(data) -> C.IndividualFit:
 
 @pytest.fixture(scope="module")
 def res(data, modes) -> pd.DataFrame:
-    return D.residuals(PM, TRUTH, data, key=jax.random.key(1), individual=modes)
+    return C.residuals(PM, TRUTH, data, key=jax.random.key(1), individual=modes)
 
 
 @pytest.fixture(scope="module")
-def vpc_true(data) -> D.VPCResult:
-    return D.vpc(PM, None, data, key=jax.random.key(2), n_rep=200, bins=len(TIMES))
+def vpc_true(data) -> C.VPCResult:
+    return C.vpc(PM, None, data, key=jax.random.key(2), n_rep=200, bins=len(TIMES))
 
 
 @pytest.fixture(scope="module")
-def sbc_result(design) -> D.SBCResult:
-    return D.sbc(PM, design, key=jax.random.key(3), n_sims=N_TWINS)
+def sbc_result(design) -> C.SBCResult:
+    return C.sbc(PM, design, key=jax.random.key(3), n_sims=N_TWINS)
 
 
 # ----------------------------------------------------------------------------- simulation
@@ -128,7 +128,7 @@ def test_simulated_moments_match_closed_form():
         }
     )
     n = 4000
-    sim = D.simulate_dataset(pm, None, C.Dataset.from_records(rec), key=jax.random.key(10), n_rep=n)
+    sim = C.simulate_dataset(pm, None, C.Dataset.from_records(rec), key=jax.random.key(10), n_rep=n)
     assert sim.dv.shape == (n, 1, 3) and sim.eta.shape == (n, 1, 1)
     eta = sim.eta[:, 0, 0]
     assert abs(eta.mean()) < 4 * math.sqrt(omega / n)
@@ -146,11 +146,11 @@ def test_simulated_moments_match_closed_form():
         assert abs(y.mean() - mean) < 4 * math.sqrt(var / n), t
         assert y.var() == pytest.approx(var, rel=0.1), t
     # The same key gives the same replicates; another key others.
-    again = D.simulate_dataset(
+    again = C.simulate_dataset(
         pm, None, C.Dataset.from_records(rec), key=jax.random.key(10), n_rep=n
     )
     np.testing.assert_array_equal(again.dv, sim.dv)
-    other = D.simulate_dataset(
+    other = C.simulate_dataset(
         pm, None, C.Dataset.from_records(rec), key=jax.random.key(11), n_rep=n
     )
     assert not np.allclose(other.dv, sim.dv)
@@ -158,7 +158,7 @@ def test_simulated_moments_match_closed_form():
 
 def test_simulated_residual_error_and_covariates(cohort):
     """Combined error: (DV - IPRED) / sqrt(add^2 + (prop IPRED)^2) ~ N(0, 1); CL follows WT."""
-    sim = D.simulate_dataset(PM, None, cohort, key=jax.random.key(0))
+    sim = C.simulate_dataset(PM, None, cohort, key=jax.random.key(0))
     f, y = sim.ipred[0][cohort.observed], sim.dv[0][cohort.observed]
     z = (y - f) / np.sqrt(0.1**2 + (0.1 * f) ** 2)
     assert abs(z.mean()) < 4 / math.sqrt(z.size) and z.std() == pytest.approx(1.0, abs=0.05)
@@ -169,8 +169,8 @@ def test_simulated_residual_error_and_covariates(cohort):
 
 def test_censoring_and_dataset_round_trip(cohort):
     """Values below the LLOQ are flagged and hold the LLOQ; records carry DV and CENS."""
-    raw = D.simulate_dataset(PM, None, cohort, key=jax.random.key(0))
-    cens = D.simulate_dataset(PM, None, cohort, key=jax.random.key(0), lloq=1.0)
+    raw = C.simulate_dataset(PM, None, cohort, key=jax.random.key(0))
+    cens = C.simulate_dataset(PM, None, cohort, key=jax.random.key(0), lloq=1.0)
     m = cohort.observed
     below = raw.dv[0] < 1.0
     assert 0.02 < below[m].mean() < 0.5
@@ -181,7 +181,7 @@ def test_censoring_and_dataset_round_trip(cohort):
     for name in ("dv", "blq", "lloq", "observed", "time"):
         np.testing.assert_array_equal(getattr(back, name), getattr(ds, name), err_msg=name)
     # The default LLOQ of censored data is the data's own.
-    again = D.simulate_dataset(PM, None, ds, key=jax.random.key(5))
+    again = C.simulate_dataset(PM, None, ds, key=jax.random.key(5))
     np.testing.assert_array_equal(again.lloq[m], 1.0)
     assert np.all(again.dv[0][again.blq[0]] == 1.0) and again.blq[0].any()
 
@@ -198,14 +198,14 @@ def test_population_value_forms():
     phi = pm.initial()
     phi["omega"]["corr"] = jnp.asarray([0.4, -0.3, 0.7])
     nat = pm.natural(phi)
-    back = D._phi_from_natural(pm, jax.tree_util.tree_map(np.asarray, nat))
+    back = phi_from_natural(pm, jax.tree_util.tree_map(np.asarray, nat))
     for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(phi), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     diag = dataclasses.replace(pm, omega_block=False)
     with pytest.raises(ValueError, match="off-diagonal"):
-        D._phi_from_natural(diag, nat)
+        phi_from_natural(diag, nat)
     with pytest.raises(ValueError, match="'sigma' is missing"):
-        D._phi_from_natural(pm, {"theta": nat["theta"], "omega": nat["omega"]})
+        phi_from_natural(pm, {"theta": nat["theta"], "omega": nat["omega"]})
 
 
 # ----------------------------------------------------------------------------- residuals
@@ -218,7 +218,7 @@ def test_residuals_match_reference_computation(data, modes, res):
     replicates, decorrelated with NumPy's Cholesky factor, normal quantiles from SciPy.
     """
     th, om, sg = TRUTH["theta"], TRUTH["omega"], TRUTH["sigma"]
-    reps = D.simulate_dataset(PM, TRUTH, data, key=jax.random.key(1), n_rep=1000, lloq=-np.inf)
+    reps = C.simulate_dataset(PM, TRUTH, data, key=jax.random.key(1), n_rep=1000, lloq=-np.inf)
     predict = jax.jit(lambda e, c, r, t: PM.predict(PM.individual_params(th, c, e), r, t))
     for i in (0, 7, 123):
         sub = res[res["ID"] == data.ids[i]]
@@ -280,7 +280,7 @@ def test_cwres_and_npde_are_standard_normal_under_the_true_model(res):
 def test_cwres_and_npde_detect_misspecification(data, res):
     """Wrong typical CL (x2): NPDE and late CWRES biased upwards (the data are higher than the
     model predicts); residual error too small (x0.4): their SDs well above 1."""
-    cl2 = D.residuals(PM, _with(TRUTH, theta__CL=2 * 2.8), data, key=jax.random.key(1))
+    cl2 = C.residuals(PM, _with(TRUTH, theta__CL=2 * 2.8), data, key=jax.random.key(1))
     late = cl2["TIME"] >= 8.0
     print(
         f"\nCL x2: NPDE mean {cl2['NPDE'].mean():+.3f}, CWRES mean (t >= 8 h) "
@@ -289,7 +289,7 @@ def test_cwres_and_npde_detect_misspecification(data, res):
     assert cl2["NPDE"].mean() > 0.5
     assert cl2.loc[late, "CWRES"].mean() > 0.7
     sig = {k: 0.4 * v for k, v in TRUTH["sigma"].items()}
-    small = D.residuals(PM, _with(TRUTH, sigma=sig), data, key=jax.random.key(1))
+    small = C.residuals(PM, _with(TRUTH, sigma=sig), data, key=jax.random.key(1))
     print(f"sigma x0.4: CWRES SD {small['CWRES'].std():.3f}, NPDE SD {small['NPDE'].std():.3f}")
     assert small["CWRES"].std() > 1.5 and small["NPDE"].std() > 1.4
 
@@ -312,7 +312,7 @@ def test_vpc_true_model_within_intervals(vpc_true, data):
 
 
 def test_vpc_misspecified_model_outside_intervals(data):
-    bad = D.vpc(PM, _with(TRUTH, theta__CL=2 * 2.8), data, key=jax.random.key(2), n_rep=200)
+    bad = C.vpc(PM, _with(TRUTH, theta__CL=2 * 2.8), data, key=jax.random.key(2), n_rep=200)
     print(f"\nVPC, CL x2: {bad.inside.sum()} of {bad.inside.size} percentiles inside")
     assert bad.inside.mean() < 0.5, bad.inside
 
@@ -320,7 +320,7 @@ def test_vpc_misspecified_model_outside_intervals(data):
 def test_pcvpc(vpc_true, data, res):
     """pcDV = DV * median(PRED in bin) / PRED; the correction removes the dose and weight
     spread, so the simulated percentiles are closer together than in the plain VPC."""
-    pc = D.vpc(
+    pc = C.vpc(
         PM, None, data, key=jax.random.key(2), n_rep=200, bins=len(TIMES), pred_corrected=True
     )
     print(f"\npcVPC, true model: {pc.inside.sum()} of {pc.inside.size} percentiles inside")
@@ -338,8 +338,8 @@ def test_pcvpc(vpc_true, data, res):
 
 
 def test_vpc_with_blq_and_bins(data):
-    blq = D.simulate_dataset(PM, None, data, key=jax.random.key(4), lloq=1.0).dataset(0)
-    v = D.vpc(PM, None, blq, key=jax.random.key(2), n_rep=200, bins=[0.0, 1.2, 3.5, 10.0, 24.0])
+    blq = C.simulate_dataset(PM, None, data, key=jax.random.key(4), lloq=1.0).dataset(0)
+    v = C.vpc(PM, None, blq, key=jax.random.key(2), n_rep=200, bins=[0.0, 1.2, 3.5, 10.0, 24.0])
     assert v.frac_blq is not None and v.frac_blq_simulated is not None
     assert v.frac_blq.shape == (4,) and v.frac_blq[-1] > 0.05
     lo, hi = v.frac_blq_simulated[:, 0], v.frac_blq_simulated[:, 2]
@@ -348,7 +348,7 @@ def test_vpc_with_blq_and_bins(data):
     np.testing.assert_array_equal(np.isnan(v.observed), q[None, :] <= v.frac_blq[:, None])
     assert len(v.plot().axes) == 2
     with pytest.raises(ValueError, match="do not cover"):
-        D.vpc(PM, None, blq, key=jax.random.key(2), n_rep=2, bins=[0.5, 30.0])
+        C.vpc(PM, None, blq, key=jax.random.key(2), n_rep=2, bins=[0.5, 30.0])
 
 
 # ----------------------------------------------------------------------------- SBC
@@ -378,7 +378,7 @@ def test_sbc_detects_overconfident_posterior(design, sbc_result):
         z = jax.random.normal(key, (data.n_subjects, n_draws, pm.n_eta))
         return sbc_result.mean[:, None, :] + 0.5 * sbc_result.sd[:, None, :] * np.asarray(z)
 
-    bad = D.sbc(PM, design, key=jax.random.key(3), n_sims=N_TWINS, posterior=overconfident)
+    bad = C.sbc(PM, design, key=jax.random.key(3), n_sims=N_TWINS, posterior=overconfident)
     np.testing.assert_array_equal(bad.truth, sbc_result.truth)
     assert np.all(bad.coverage[0.9] < 0.7), bad.coverage
     assert max(bad.uniformity_pvalue().values()) < 1e-6
@@ -393,13 +393,13 @@ def _saved(fig, path) -> bool:
 
 
 def test_plots(tmp_path, res, data, modes, vpc_true, sbc_result):
-    fig = D.gof_plots(res)
+    fig = C.gof_plots(res)
     assert len(fig.axes) == 6 and _saved(fig, tmp_path / "gof.png")
-    assert len(D.gof_plots(res, log=True).axes) == 6
-    fig = D.individual_plots(PM, TRUTH, data, ids=[1, 2, 3, 4, 5, 6], ncols=3, individual=modes)
+    assert len(C.gof_plots(res, log=True).axes) == 6
+    fig = C.individual_plots(PM, TRUTH, data, ids=[1, 2, 3, 4, 5, 6], ncols=3, individual=modes)
     assert len(fig.axes) == 6 and _saved(fig, tmp_path / "ind.png")
     with pytest.raises(ValueError, match="max_panels"):
-        D.individual_plots(PM, TRUTH, data, individual=modes)
+        C.individual_plots(PM, TRUTH, data, individual=modes)
     fig = vpc_true.plot(log=True)
     assert len(fig.axes) == 1 and _saved(fig, tmp_path / "vpc.png")
     fig = sbc_result.plot()
@@ -408,15 +408,15 @@ def test_plots(tmp_path, res, data, modes, vpc_true, sbc_result):
 
 def test_argument_errors(data, modes):
     with pytest.raises(ValueError, match="n_sim > 11"):
-        D.residuals(PM, TRUTH, data, key=jax.random.key(0), n_sim=11, individual=modes)
+        C.residuals(PM, TRUTH, data, key=jax.random.key(0), n_sim=11, individual=modes)
     with pytest.raises(ValueError, match="do not match the data"):
-        D.residuals(PM, TRUTH, data.subset([0, 1]), key=jax.random.key(0), individual=modes)
+        C.residuals(PM, TRUTH, data.subset([0, 1]), key=jax.random.key(0), individual=modes)
     with pytest.raises(ValueError, match="n_rep >= 1"):
-        D.simulate_dataset(PM, None, data, key=jax.random.key(0), n_rep=0)
+        C.simulate_dataset(PM, None, data, key=jax.random.key(0), n_rep=0)
     with pytest.raises(ValueError, match=r"quantiles must lie in \(0, 1\)"):
-        D.vpc(PM, None, data, key=jax.random.key(0), quantiles=(5, 50, 95))
+        C.vpc(PM, None, data, key=jax.random.key(0), quantiles=(5, 50, 95))
     with pytest.raises(ValueError, match="no subject with ID"):
-        D.individual_plots(PM, TRUTH, data, ids=[9999], individual=modes)
+        C.individual_plots(PM, TRUTH, data, ids=[9999], individual=modes)
 
 
 def test_simulation_is_compiled_once_per_model_value(design, monkeypatch):

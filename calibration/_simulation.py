@@ -1,0 +1,318 @@
+"""Simulation from a population model on the design of a data set, and population values.
+
+`simulate_dataset` draws replicates of a `Dataset` (new etas, kappas and residual errors, the
+same regimens, times and covariates), vmapped over replicates and subjects in one compiled
+call. The helpers here (population values in their accepted forms, the design arrays, the
+population and individual predictions on a grid, data sets tiled to any size) are shared by
+the diagnostics (`_diagnostics`) and the predictive checks (`_predictive`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ._data import Dataset
+from ._laplace import PopulationFit
+from ._model import Exponential, PopulationModel
+from ._random import as_key
+
+#: Population values in any of the accepted forms (see `simulate_dataset`).
+Population = PopulationFit | Mapping[str, Any] | None
+
+
+# ----------------------------------------------------------------------------- population values
+
+
+def population_values(pm: PopulationModel, population: Population) -> tuple[dict[str, Any], Any]:
+    """`(phi, natural)`: unconstrained and natural-scale population values."""
+    if isinstance(population, PopulationFit):
+        phi = population.phi
+    elif population is None:
+        phi = pm.initial()
+    elif isinstance(population.get("omega"), Mapping):
+        phi = dict(population)
+    else:
+        phi = phi_from_natural(pm, population)
+    return phi, pm.natural(phi)
+
+
+def phi_from_natural(pm: PopulationModel, nat: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of `pm.natural`: natural-scale theta / Omega matrix / sigma -> unconstrained."""
+    for part in ("theta", "omega", "sigma"):
+        if part not in nat:
+            raise ValueError(
+                f"population values: expected keys 'theta', 'omega', 'sigma' (natural scale, "
+                f"as PopulationFit.population) or the pm.initial() form; {part!r} is missing."
+            )
+    missing = [k for k in pm.theta if k not in nat["theta"]]
+    if missing:
+        raise ValueError(f"population values: no theta for {missing}.")
+    theta = {
+        k: jnp.asarray(
+            float(nat["theta"][k]) if k in pm.unconstrained else math.log(float(nat["theta"][k]))
+        )
+        for k in pm.theta
+    }
+    omega = np.asarray(nat["omega"], dtype=float)
+    d = pm.n_eta
+    if omega.shape != (d, d):
+        raise ValueError(
+            f"population values: expected an Omega matrix of shape {(d, d)} "
+            f"(etas {list(pm.eta_names)}), got shape {omega.shape}."
+        )
+    sd = np.sqrt(np.diag(omega))
+    out: dict[str, Any] = {"log_sd": jnp.asarray(np.log(sd))}
+    corr = omega / np.outer(sd, sd)
+    if pm.omega_block:
+        # Canonical partial correlations of the Cholesky factor (inverse of
+        # `PopulationModel.omega_cholesky`).
+        low = np.linalg.cholesky(corr)
+        u = []
+        for i in range(1, d):
+            for j in range(i):
+                used = float(np.sum(low[i, :j] ** 2))
+                u.append(math.atanh(low[i, j] / math.sqrt(1.0 - used)))
+        out["corr"] = jnp.asarray(np.asarray(u, dtype=float).reshape(-1))
+    elif np.any(np.abs(corr - np.eye(d)) > 1e-12):
+        raise ValueError(
+            "population values: Omega has off-diagonal elements but the model has "
+            "omega_block=False."
+        )
+    sigma = {k: jnp.asarray(math.log(float(nat["sigma"][k]))) for k in pm.error.names}
+    phi = {"theta": theta, "omega": out, "sigma": sigma}
+    if pm.iov:
+        if "iov" not in nat:
+            raise ValueError("population values: the model has IOV; 'iov' (variances) is missing.")
+        var = np.broadcast_to(np.asarray(nat["iov"], dtype=float), (len(pm.iov),))
+        phi["iov"] = {"log_sd": jnp.asarray(0.5 * np.log(var))}
+    return phi
+
+
+def subject_design(data: Dataset):
+    """Covariates, regimens and observation times of every subject, as JAX arrays."""
+    cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
+    return cov, data.regimen, jnp.asarray(data.time)
+
+
+@eqx.filter_jit
+def curves(pm: PopulationModel, nat, cov, reg, time, eta):
+    """`(IPRED, PRED)` of every subject at its own `time` row."""
+
+    def one(c, r, t, e):
+        ipred = pm.predict(pm.individual_params(nat["theta"], c, e), r, t)
+        pred = pm.predict(pm.individual_params(nat["theta"], c, jnp.zeros_like(e)), r, t)
+        return ipred, pred
+
+    return jax.vmap(one)(cov, reg, time, eta)
+
+
+# ----------------------------------------------------------------------------- simulation
+
+
+@dataclasses.dataclass(frozen=True)
+class Simulation:
+    """Replicates of a data set simulated from a population model on its design.
+
+    - `dv`: `(n_rep, subjects, obs)` simulated observations; a censored value holds its LLOQ
+      (the Monolix/nlmixr2 convention that `Dataset.from_records` reads);
+    - `blq`: `(n_rep, subjects, obs)` True where the simulated value fell below `lloq`;
+    - `ipred`: `(n_rep, subjects, obs)` model predictions of each simulated subject;
+    - `eta`: `(n_rep, subjects, n_eta)` the simulated etas; `params`: individual parameters
+      by name, `(n_rep, subjects)` each;
+    - `lloq`: `(subjects, obs)` the limit used (`-inf`: no censoring);
+    - `observed`: `(subjects, obs)` the design's real (not padding) observations;
+    - `data`: the design;
+    - `kappa`: for a model with IOV, `(n_rep, subjects, occasions, n_iov)` the simulated
+      inter-occasion effects (`params` hold the parameters without them), else None.
+    """
+
+    dv: np.ndarray
+    blq: np.ndarray
+    ipred: np.ndarray
+    eta: np.ndarray
+    params: dict[str, np.ndarray]
+    lloq: np.ndarray
+    observed: np.ndarray
+    data: Dataset
+    kappa: np.ndarray | None = None
+
+    @property
+    def n_rep(self) -> int:
+        return int(self.dv.shape[0])
+
+    def dataset(self, rep: int = 0) -> Dataset:
+        """Replicate `rep` as a `Dataset` (same design, simulated `DV` and `CENS`)."""
+        return _with_observations(self.data, self.dv[rep], self.blq[rep])
+
+
+def simulate_dataset(
+    pm: PopulationModel,
+    population: Population,
+    data: Dataset,
+    *,
+    key: jax.Array | int,
+    n_rep: int = 1,
+    lloq: float | np.ndarray | None = None,
+) -> Simulation:
+    """Simulate replicates of `data`: new etas from Omega and residual errors, same design.
+
+    Each replicate keeps the regimens, observation times and covariates of every subject of
+    `data`; etas are drawn from `N(0, Omega)` and observations from the error model around
+    the individual predictions (`Exponential`: `IPRED * exp(eps)`; others `IPRED + SD * eps`).
+    One compiled call, vmapped over replicates and subjects.
+
+    **Arguments:**
+
+    - `pm`: the population model.
+    - `population`: a `PopulationFit`, its natural-scale `population` dict (`theta`, `omega`
+      matrix, `sigma`), unconstrained values in the `pm.initial()` form, or `None` for the
+      model's own values.
+    - `data`: the design.
+    - `key`: a JAX PRNG key or an int (the same key gives the same replicates).
+    - `n_rep`: number of replicates.
+    - `lloq`: the limit of quantification applied to simulated values (a number, or an array
+      `(subjects, obs)`); values below it are censored (`blq`, `dv = lloq`). By default the
+      data's own: each censored observation keeps its limit, other observations of a subject
+      with censored observations take that subject's lowest limit, and subjects without any
+      take the lowest limit of the data set; no censoring when the data has none.
+
+    **Returns:** a `Simulation`.
+    """
+    if n_rep < 1:
+        raise ValueError(f"simulate_dataset: expected n_rep >= 1, got {n_rep}.")
+    _, nat = population_values(pm, population)
+    limit = (
+        _default_lloq(data)
+        if lloq is None
+        else np.broadcast_to(np.asarray(lloq, dtype=float), data.time.shape)
+    )
+    keys = jax.random.split(as_key(key, "simulate_dataset"), (n_rep, data.n_subjects))
+    out = simulate_replicates(pm, nat, data, keys, jnp.asarray(limit))
+    return Simulation(
+        dv=np.asarray(out["dv"]),
+        blq=np.asarray(out["blq"]),
+        ipred=np.asarray(out["ipred"]),
+        eta=np.asarray(out["eta"]),
+        params={
+            k: np.asarray(jnp.broadcast_to(v, (n_rep, data.n_subjects)))
+            for k, v in out["params"].items()
+        },
+        lloq=np.array(limit),
+        observed=data.observed,
+        data=data,
+        kappa=np.asarray(out["kappa"]).reshape(n_rep, data.n_subjects, data.n_occasions, -1)
+        if pm.iov
+        else None,
+    )
+
+
+def _default_lloq(data: Dataset) -> np.ndarray:
+    blq = data.blq & data.observed
+    if not blq.any():
+        return np.full(data.time.shape, -np.inf)
+    lim = np.where(blq, data.lloq, np.inf)
+    subject = lim.min(axis=1)
+    subject = np.where(np.isfinite(subject), subject, subject.min())
+    return np.where(blq, data.lloq, subject[:, None])
+
+
+def simulate_replicates(pm: PopulationModel, nat, data: Dataset, keys, limit):
+    """Simulated etas, predictions and observations, `(n_rep, subjects, ...)`."""
+    cov, reg, time = subject_design(data)
+    times = {"time": time, "occasion_start": jnp.asarray(data.occasion_start)}
+    observed = jnp.asarray(data.observed)
+    return _simulate_jit(pm, nat, keys, cov, reg, times, jnp.asarray(limit), observed)
+
+
+@eqx.filter_jit
+def _simulate_jit(pm: PopulationModel, nat, keys, cov, reg, times, limit, observed):
+    chol = jnp.linalg.cholesky(nat["omega"])
+    n_occ = times["occasion_start"].shape[-1]
+    iov_sd = jnp.tile(jnp.sqrt(nat["iov"]), n_occ) if pm.iov else jnp.zeros(0)
+    expo = isinstance(pm.error, Exponential)
+
+    def one(key, c, r, t, lim, obs):
+        k_eta, k_eps, k_kap = jax.random.split(key, 3)
+        eta = chol @ jax.random.normal(k_eta, (pm.n_eta,))
+        kappa = iov_sd * jax.random.normal(k_kap, iov_sd.shape)
+        params = pm.individual_params(nat["theta"], c, eta)
+        f = pm.predict_random(nat["theta"], c, r, t, jnp.concatenate([eta, kappa]))
+        sd = pm.error.sd(f, nat["sigma"])
+        eps = jax.random.normal(k_eps, f.shape)
+        y = f * jnp.exp(sd * eps) if expo else f + sd * eps
+        blq = obs & (y < lim)
+        return {
+            "dv": jnp.where(blq, lim, y),
+            "blq": blq,
+            "ipred": f,
+            "eta": eta,
+            "kappa": kappa,
+            "params": params,
+        }
+
+    subjects = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0))
+    reps = jax.vmap(subjects, in_axes=(0, None, None, None, None, None))
+    return reps(keys, cov, reg, times, limit, observed)
+
+
+def _with_observations(data: Dataset, dv: np.ndarray, blq: np.ndarray) -> Dataset:
+    """`data` with new observed values (and censoring flags), arrays and records alike."""
+    dv = np.where(data.observed, dv, data.dv)
+    blq = blq & data.observed
+    lloq = np.where(blq, dv, -np.inf)
+    records: Any = data.records.copy()
+    is_obs = (records["EVID"].to_numpy() == 0) & (records["MDV"].to_numpy() == 0)
+    obs: Any = records[is_obs]
+    subject = pd.Index(data.ids).get_indexer(obs["ID"])
+    pos = obs.groupby("ID", sort=False).cumcount().to_numpy()
+    records["DV"] = records["DV"].astype(float)
+    records.loc[is_obs, "DV"] = dv[subject, pos]
+    cens = np.zeros(len(records), dtype=int)
+    cens[is_obs] = blq[subject, pos].astype(int)
+    records["CENS"] = cens
+    return Dataset(
+        ids=data.ids,
+        regimen=data.regimen,
+        time=data.time,
+        dv=dv,
+        observed=data.observed,
+        blq=blq,
+        lloq=lloq,
+        occasion=data.occasion,
+        covariates=data.covariates,
+        records=records,
+        occasion_start=data.occasion_start,
+    )
+
+
+def tile(data: Dataset, n: int) -> Dataset:
+    """`n` subjects cycling through the subjects of `data`, with IDs 1..n."""
+    index = np.arange(n) % data.n_subjects
+    sub = data.subset(index)
+    groups = {sid: g for sid, g in data.records.groupby("ID", sort=False)}
+    records = pd.concat(
+        [groups[sid].assign(ID=j + 1) for j, sid in enumerate(data.ids[index].tolist())],
+        ignore_index=True,
+    )
+    return Dataset(
+        ids=np.arange(1, n + 1),
+        regimen=sub.regimen,
+        time=sub.time,
+        dv=sub.dv,
+        observed=sub.observed,
+        blq=sub.blq,
+        lloq=sub.lloq,
+        occasion=sub.occasion,
+        covariates=sub.covariates,
+        records=records,
+        occasion_start=sub.occasion_start,
+    )
