@@ -193,3 +193,19 @@ def test_interval_exposure_matches_a_dense_simulation():
     assert errors[0] < 1e-5
     assert errors[1] < errors[0] / 50  # Simpson: fourth order in the sub-step
     assert y.max() > 2 * y[0]  # the dose at 24 h is in the window
+
+
+def test_compiled_runners_live_as_long_as_their_trial():
+    # No module-level identity cache keeps trials alive: the runners go with the trial.
+    import gc
+    import weakref
+
+    from twins.trials import trial_runners
+
+    drug = _drug(pkpd.OneCompartmentOral(), {"KA": 0.9, "CL": 4.0, "V": 40.0}, D.Oral())
+    trial, _, _ = _run(drug, _titrated(100.0), days=3, n=2)
+    assert trial_runners(trial)  # compiled once, reused by the later chunks of the trial
+    ref = weakref.ref(trial)
+    del trial
+    gc.collect()
+    assert ref() is None

@@ -61,6 +61,9 @@ class AbstractModel(eqx.Module):
     #: others (an effect baseline, a maximal effect that may be negative, a slope) may take
     #: any finite value. Checked by `check_domain`.
     positive_params: ClassVar[tuple[str, ...]] = ()
+    #: Whether the vector field ignores the time `t` (true of every built-in model): then a
+    #: window may be propagated from any time origin (`pkpd.advance(length=...)`).
+    autonomous: ClassVar[bool] = False
 
     @property
     def n_states(self) -> int:
@@ -181,6 +184,7 @@ class AbstractLinearModel(AbstractModel):
     """
 
     is_linear: ClassVar[bool] = True
+    autonomous: ClassVar[bool] = True  # dx/dt = K x + rate
 
     @abc.abstractmethod
     def matrix(self, params: Params) -> Float[Array, "states states"]:
@@ -360,6 +364,10 @@ class AsODE(AbstractODEModel):
     @property
     def positive_params(self) -> tuple[str, ...]:  # type: ignore[override]
         return self.model.positive_params
+
+    @property
+    def autonomous(self) -> bool:  # type: ignore[override]
+        return self.model.autonomous
 
     @property
     def output_names(self) -> tuple[str, ...]:  # type: ignore[override]

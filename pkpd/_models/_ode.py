@@ -35,6 +35,7 @@ class OneCompartmentMM(AbstractODEModel):
     state_names: ClassVar[tuple[str, ...]] = ("central",)
     param_names: ClassVar[tuple[str, ...]] = ("VMAX", "KM", "V")
     positive_params: ClassVar[tuple[str, ...]] = ("VMAX", "KM", "V")
+    autonomous: ClassVar[bool] = True
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
@@ -61,6 +62,7 @@ class OneCompartmentOralMM(AbstractODEModel):
     state_names: ClassVar[tuple[str, ...]] = ("depot", "central")
     param_names: ClassVar[tuple[str, ...]] = ("KA", "VMAX", "KM", "V")
     positive_params: ClassVar[tuple[str, ...]] = ("KA", "VMAX", "KM", "V")
+    autonomous: ClassVar[bool] = True
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
@@ -98,6 +100,7 @@ class TwoCompartmentMM(AbstractODEModel):
     state_names: ClassVar[tuple[str, ...]] = ("central", "peripheral")
     param_names: ClassVar[tuple[str, ...]] = ("VMAX", "KM", "V1", "Q", "V2")
     positive_params: ClassVar[tuple[str, ...]] = ("VMAX", "KM", "V1", "Q", "V2")
+    autonomous: ClassVar[bool] = True
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def vector_field(self, t: TimeLike, x: State, params: Params) -> State:
@@ -123,6 +126,7 @@ class TwoCompartmentOralMM(AbstractODEModel):
     state_names: ClassVar[tuple[str, ...]] = ("depot", "central", "peripheral")
     param_names: ClassVar[tuple[str, ...]] = ("KA", "VMAX", "KM", "V1", "Q", "V2")
     positive_params: ClassVar[tuple[str, ...]] = ("KA", "VMAX", "KM", "V1", "Q", "V2")
+    autonomous: ClassVar[bool] = True
     output_names: ClassVar[tuple[str, ...]] = ("C",)
 
     def vector_field(self, t: TimeLike, x: State, params: Params) -> State:

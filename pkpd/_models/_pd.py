@@ -49,6 +49,8 @@ class AbstractPDModel(eqx.Module):
     param_names: ClassVar[tuple[str, ...]]
     #: Parameters that must be > 0 (see `pkpd.AbstractModel.positive_params`).
     positive_params: ClassVar[tuple[str, ...]] = ()
+    #: Whether `vector_field` ignores `t` (see `pkpd.AbstractModel.autonomous`).
+    autonomous: ClassVar[bool] = False
 
     @property
     def n_states(self) -> int:
@@ -78,6 +80,8 @@ class AbstractPDModel(eqx.Module):
 class AbstractDirectEffect(AbstractPDModel):
     """A direct (instantaneous) effect `E = f(C)`: no PD states."""
 
+    autonomous: ClassVar[bool] = True
+
     state_names: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
@@ -96,6 +100,8 @@ class AbstractDirectEffect(AbstractPDModel):
 class AbstractLinearPDModel(AbstractPDModel):
     """A PD model with linear dynamics `dy/dt = a y + b C` (a linear link such as an effect
     compartment). Composed with a linear PK model it keeps `PKPD` linear and exact."""
+
+    autonomous: ClassVar[bool] = True
 
     @abc.abstractmethod
     def linear_parts(
@@ -202,6 +208,8 @@ class AbstractIndirectResponse(AbstractPDModel):
     $R_0 = k_{in}/k_{out}$ is the initial state (and the state after a reset). The effect
     is $E = R$.
     """
+
+    autonomous: ClassVar[bool] = True
 
     state_names: ClassVar[tuple[str, ...]] = ("response",)
 
@@ -367,6 +375,10 @@ class PKPD(AbstractModel):
         return (*self.pk.positive_params, *self.pd.positive_params)
 
     @property
+    def autonomous(self) -> bool:  # type: ignore[override]
+        return self.pk.autonomous and self.pd.autonomous
+
+    @property
     def is_linear(self) -> bool:  # type: ignore[override]
         linear_pd = isinstance(self.pd, AbstractDirectEffect | AbstractLinearPDModel)
         return self.pk.is_linear and linear_pd
@@ -432,10 +444,15 @@ class PKPD(AbstractModel):
         n = self.pk.n_states
         n_steps, h = solver.n_steps(t0, t1)
         k = self.pk.matrix(params)  # type: ignore[attr-defined]
-        aug = jnp.zeros((n + 1, n + 1), dtype=k.dtype)
-        aug = aug.at[:n, :n].set(k * (h / 2)).at[:n, n].set(rate[:n] * (h / 2))
+        # exp([[K, I], [0, 0]] h/2) = [[Phi, Gamma], [0, I]]: the half-step transition Phi
+        # and Gamma = int_0^{h/2} e^{Ks} ds, so that the input enters as Gamma @ rate. Both
+        # are independent of the rate, so a loop of windows whose rates change (doses, the
+        # end of an infusion) computes them once when the step is the same.
+        eye = jnp.eye(n, dtype=k.dtype)
+        aug = jnp.zeros((2 * n, 2 * n), dtype=k.dtype)
+        aug = aug.at[:n, :n].set(k * (h / 2)).at[:n, n:].set(eye * (h / 2))
         e = jax.scipy.linalg.expm(aug)
-        phi, inc = e[:n, :n], e[:n, n]
+        phi, inc = e[:n, :n], e[:n, n:] @ rate[:n]
         rate_pd = rate[n:]
 
         def field(t, c, y):
@@ -497,6 +514,10 @@ class _LinearView(AbstractLinearModel):
     @property
     def positive_params(self) -> tuple[str, ...]:  # type: ignore[override]
         return self.model.positive_params
+
+    @property
+    def autonomous(self) -> bool:  # type: ignore[override]
+        return self.model.autonomous
 
     @property
     def output_names(self) -> tuple[str, ...]:  # type: ignore[override]

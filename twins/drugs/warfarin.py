@@ -173,6 +173,7 @@ class HambergINR(pkpd.AbstractPDModel):
     References: Hamberg AK et al. Clin Pharmacol Ther 2007;81(4):529-538 (Appendix).
     """
 
+    autonomous: ClassVar[bool] = True  # the vector field does not read t
     state_names: ClassVar[tuple[str, ...]] = (
         "fast1",
         "fast2",

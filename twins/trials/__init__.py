@@ -50,6 +50,7 @@ from ._trial import make_runner as make_runner
 from ._trial import model_covariates as model_covariates
 from ._trial import population_rows as population_rows
 from ._trial import simulate_chunk as simulate_chunk
+from ._trial import trial_runners as trial_runners
 from ._twin_arm import TwinArm as TwinArm
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "seed_keys",
     "simulate_chunk",
     "subgroup",
+    "trial_runners",
     "trial_summary",
     "write_summary",
 ]

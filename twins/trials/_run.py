@@ -43,7 +43,7 @@ from .._population import Population
 from ._folder import PART_FOLDERS, PART_NAME, damaged_parts, durable_replace
 from ._subgroups import NAMED_SUBGROUPS, SubgroupError
 from ._summary import difference_table, endpoint_table, read_results
-from ._trial import Trial, population_rows, simulate_chunk
+from ._trial import Trial, population_rows, simulate_chunk, trial_runners
 
 #: The largest seed (JAX keys are made from a 64-bit signed integer).
 SEED_MAX = 2**63 - 1
@@ -434,7 +434,7 @@ def run_trial(
     n_chunks = manifest["n_chunks"]
     done = list(manifest["chunks_done"])
 
-    runners: dict[str, Any] = {}
+    runners = trial_runners(trial)
     wall0 = float(manifest.get("wall_s", 0.0))
     started = time.perf_counter()
     todo = [c for c in range(n_chunks) if c not in set(done)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -283,6 +284,18 @@ def dose_window(trial: Trial, params: Mapping[str, np.ndarray], ids: Any) -> int
     return 1 + math.floor(span / float(trial.interval))
 
 
+#: The compiled runners of each trial, for as long as the trial lives (the key is weak, and
+#: the runners hold its arms and model, not the trial): every chunk and every run of the
+#: same trial object compiles once, and nothing outlives its trial.
+_RUNNERS: weakref.WeakKeyDictionary[Trial, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def trial_runners(trial: Trial) -> dict[Any, Any]:
+    """The compiled runners of `trial` (`simulate_chunk`'s default `runners`), keyed by arm
+    name, dose window and mesh; dropped when the trial is."""
+    return _RUNNERS.setdefault(trial, {})
+
+
 def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
     """The jitted simulation of one arm for a chunk: parameters -> course arrays.
 
@@ -290,7 +303,8 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
     route builds the dose record and the model's `F`, `ALAG`, `R` and `D` apply exactly as
     in `pkpd.simulate`; `window` periods of doses (`dose_window`) are kept so that a dose's
     entries falling in a later period are applied there. Build it once per trial, arm and
-    window and reuse it for every chunk of the same size (`simulate_chunk(runners=...)`).
+    window and reuse it for every chunk of the same size: `simulate_chunk` keeps them in
+    `trial_runners(trial)` (or the `runners=` dict it is given).
     """
     drug = trial.drug
     model = drug.model.model
@@ -334,7 +348,8 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
             t0 = p.astype(x0.dtype) * tau
             out = pkpd.advance(
                 model, params, x, doses, t0, t0 + tau,
-                solver=solver, rates=r, exposure_steps=steps, output=out_idx,
+                solver=solver, rates=r, exposure_steps=steps, output=out_idx, checks=False,
+                length=tau, doses_at_start=True,
             )  # fmt: skip
             exposure = () if out.auc is None else (out.auc, out.cmax)
             return (out.state, out.rates, given, st), (y, measured, amount, *exposure)
@@ -371,7 +386,7 @@ def simulate_chunk(
     first_index: int,
     *,
     key,
-    runners: dict[str, Any] | None = None,
+    runners: dict[Any, Any] | None = None,
     mesh: Any = None,
     size: int | None = None,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Course]]:
@@ -380,7 +395,9 @@ def simulate_chunk(
     Patient `first_index + i`'s etas and assay noise come from `fold_in(key, index)`, so
     results do not depend on the chunk size. With `size` the arrays are padded to that many
     patients (copies of the last one, dropped from the results), so that every chunk has the
-    same shape and the simulation compiles once. Returns `(endpoints, courses)` by arm name.
+    same shape and the simulation compiles once. The compiled runners are kept in `runners`
+    (default: `trial_runners(trial)`, which lives as long as the trial). Returns
+    `(endpoints, courses)` by arm name.
     """
     drug = trial.drug
     pm = drug.model
@@ -403,7 +420,7 @@ def simulate_chunk(
     params = jax.vmap(lambda c, e: pm.individual_params(theta, c, e))(cov_j, eta)
     params = {k: jnp.broadcast_to(jnp.asarray(v, dtype=float), (size,)) for k, v in params.items()}
     window = dose_window(trial, {k: np.asarray(v)[:n] for k, v in params.items()}, population.ids)
-    runners = {} if runners is None else runners
+    runners = trial_runners(trial) if runners is None else runners
     endpoints: dict[str, dict[str, np.ndarray]] = {}
     courses: dict[str, Course] = {}
     days = np.arange(trial.days + 1) * trial.interval / 24.0
@@ -419,7 +436,7 @@ def simulate_chunk(
             level, measured, doses = simulate(trial, cov, host_params, noise_keys[:n])
             exposure = []
         else:
-            slot = (arm.name, window)
+            slot = (arm.name, window, mesh)
             if slot not in runners:
                 runners[slot] = make_runner(trial, arm, window, mesh)
             level, measured, doses, *exposure = runners[slot](*inputs)
