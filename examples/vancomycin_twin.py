@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     twin = twins.DigitalTwin(drug, patient)
     given = drug.regimen(4, amount=1000.0, interval=12.0, duration=1.0)
     twin.give(given)
-    prior = twin.forecast(np.linspace(0.0, 48.0, 97), n_draws=args.draws)
+    prior = twin.forecast(np.linspace(0.0, 48.0, 97), n_draws=args.draws, key=jax.random.key(0))
 
     # Trough before the 3rd dose (23.5 h) and a level 1 h after the 4th infusion (38 h).
     twin.update(times=[23.5, 38.0], values=[8.9, 27.5])

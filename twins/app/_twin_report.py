@@ -230,7 +230,7 @@ def _posterior_section(twin: DigitalTwin, key: jax.Array, n_draws: int) -> str:
         )
     )
     typical = twin._params(np.zeros(pm.n_eta))
-    eta = post.sample(key, n_draws)
+    eta = post.sample(n_draws, key=key)
     draws = jax.vmap(lambda e: pm.individual_params(twin._theta, twin._cov_j, e))(eta)
     q = (1.0 - _LEVEL) / 2.0
     rows = []
