@@ -124,10 +124,10 @@ def main() -> None:
 
     cohort, pm = map_cohort(a.n_map)
     t0 = time.perf_counter()
-    C.individual_map(pm, cohort, method="focei")
+    C.individual_map(pm, cohort, estimator=C.FOCEI())
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ind = C.individual_map(pm, cohort, method="focei")
+    ind = C.individual_map(pm, cohort, estimator=C.FOCEI())
     second = time.perf_counter() - t0
     ns = min(a.scipy_n, a.n_map)
     s = scipy_map(pm, cohort, ns)
@@ -144,7 +144,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", C.ConvergenceWarning)
-            bf = C.fit_population_nuts(THEO_MODEL, data, num_warmup=1000, num_samples=1000)
+            bf = C.fit_population_nuts(THEO_MODEL, data, num_warmup=1000, num_samples=1000, key=0)
         out["theophylline_nuts_4x1000"] = {
             "wall_s": time.perf_counter() - t0,
             "converged": bf.converged,
