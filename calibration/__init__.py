@@ -13,6 +13,8 @@
   numpyro, returning ArviZ `InferenceData` and loud convergence diagnostics.
 - Diagnostics: `residuals` (PRED, IPRED, IWRES, CWRES, NPDE), `gof_plots`,
   `individual_plots`, `vpc` (prediction-corrected too), `sbc`, `simulate_dataset`.
+- `SubjectError`: subjects that cannot be evaluated (parameters outside the model's domain,
+  observations the error model cannot explain), each named with its reason.
 """
 
 import pkpd as _pkpd  # noqa: F401  (turns on float64)
@@ -29,6 +31,7 @@ from ._diagnostics import residuals as residuals
 from ._estimators import FOCEI as FOCEI
 from ._estimators import MAP as MAP
 from ._estimators import NUTS as NUTS
+from ._failures import SubjectError as SubjectError
 from ._estimators import AbstractEstimator as AbstractEstimator
 from ._estimators import Laplace as Laplace
 from ._laplace import ConvergenceWarning as ConvergenceWarning
@@ -70,6 +73,7 @@ __all__ = [
     "Proportional",
     "SBCResult",
     "Simulation",
+    "SubjectError",
     "VPCResult",
     "default_priors",
     "estimates_table",

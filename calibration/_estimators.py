@@ -54,6 +54,7 @@ class AbstractEstimator(eqx.Module):
 
 def _subject_terms(pm: PopulationModel, nat, chol, cov, reg, obs):
     err, sigma = pm.error, nat["sigma"]
+    n_occasions = obs["occasion_start"].shape[-1]
 
     def predict(eta):
         return pm.predict_random(nat["theta"], cov, reg, obs, eta)
@@ -63,10 +64,16 @@ def _subject_terms(pm: PopulationModel, nat, chol, cov, reg, obs):
             err, sigma, fv, obs["dv"], obs["observed"], obs["blq"], obs["lloq"]
         )
 
-    def f(eta):
-        return jnp.sum(nll_obs(predict(eta))) - eta_logprior(chol, eta)
+    def outside(eta, value):
+        """`+inf` for random effects whose parameters are outside the model's domain (the
+        conditional-mode search then rejects them, and the subject's term is not finite)."""
+        ok = pm.subject_in_domain(nat["theta"], cov, eta, n_occasions)
+        return jnp.where(ok, value, jnp.inf)
 
-    return predict, nll_obs, f
+    def f(eta):
+        return outside(eta, jnp.sum(nll_obs(predict(eta))) - eta_logprior(chol, eta))
+
+    return predict, nll_obs, f, outside
 
 
 class Laplace(AbstractEstimator):
@@ -78,7 +85,7 @@ class Laplace(AbstractEstimator):
     name: ClassVar[str] = "laplace"
 
     def local_model(self, pm, nat, chol, cov, reg, obs):
-        _, _, f = _subject_terms(pm, nat, chol, cov, reg, obs)
+        _, _, f, _ = _subject_terms(pm, nat, chol, cov, reg, obs)
         grad, hess = jax.grad(f), jax.hessian(f)
         return f, lambda eta: (f(eta), grad(eta), hess(eta))
 
@@ -93,7 +100,7 @@ class FOCEI(AbstractEstimator):
     name: ClassVar[str] = "focei"
 
     def local_model(self, pm, nat, chol, cov, reg, obs):
-        predict, nll_obs, f = _subject_terms(pm, nat, chol, cov, reg, obs)
+        predict, nll_obs, f, outside = _subject_terms(pm, nat, chol, cov, reg, obs)
         err, sigma = pm.error, nat["sigma"]
         d = chol.shape[0]
         chol_inv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(d), lower=True)
@@ -117,7 +124,7 @@ class FOCEI(AbstractEstimator):
             fv, jac = predict(eta), jacobian(predict, eta)
             nll, vjp = jax.vjp(lambda x: jnp.sum(nll_obs(x)), fv)
             (g_f,) = vjp(jnp.ones(()))
-            fval = nll - eta_logprior(chol, eta)
+            fval = outside(eta, nll - eta_logprior(chol, eta))
             grad = jac.T @ g_f + omega_inv @ eta
             w = weights(fv)
             return fval, grad, (jac * w[:, None]).T @ jac + omega_inv

@@ -36,7 +36,8 @@ from jax.flatten_util import ravel_pytree
 
 from ._data import Dataset
 from ._estimators import FOCEI, AbstractEstimator, Laplace, resolve_estimator
-from ._model import PopulationModel
+from ._failures import SubjectError, check_error_data, domain_reasons, explain_nonfinite
+from ._model import PopulationModel, observation_loglik
 
 
 class ConvergenceWarning(UserWarning):
@@ -75,7 +76,11 @@ class PopulationFit:
     - `individual`: the conditional modes at the estimate (`IndividualFit`);
     - `cov_phi`: covariance of the unconstrained estimate (inverse Hessian), or None;
     - `estimator`: the `FOCEI()` or `Laplace()` used, `method` its name (`"focei"`,
-      `"laplace"`).
+      `"laplace"`);
+    - `diagnostics`: `gradient_evaluations` (finite-difference gradients computed),
+      `rejected_evaluations` (objective evaluations of the outer search and the covariance
+      step rejected because a subject's term was not finite) and `rejected_subjects`
+      (`{subject ID: reason}` for the subjects that caused them, the first reason seen).
     """
 
     model: PopulationModel
@@ -89,6 +94,7 @@ class PopulationFit:
     cov_phi: np.ndarray | None
     method: str
     estimator: AbstractEstimator | None = None
+    diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _n_random(pm: PopulationModel, obs) -> int:
@@ -118,9 +124,11 @@ def _inner(
     Starts from `eta0` (zeros, or the modes at a nearby population value: the outer loop's
     finite differences then take a few iterations each). Returns the mode, the negative log
     joint there, the curvature matrix (exact or first order, see
-    `AbstractEstimator.local_model`) and whether it converged (gradient below
+    `AbstractEstimator.local_model`), whether it converged (gradient below
     1e-6 * (1 + |f|) in the infinity norm; the iteration aims at 1e-11, because the
-    log-determinant term of the population objective moves at first order with the mode).
+    log-determinant term of the population objective moves at first order with the mode) and
+    whether the subject's parameters at the mode are inside the model's domain (outside, the
+    negative log joint is `+inf`: no step is accepted and the subject's term is not finite).
     """
     f, fgh = estimator.local_model(pm, nat, chol, cov, reg, obs)
     d = _n_random(pm, obs)
@@ -147,7 +155,8 @@ def _inner(
     state = (eta0, f(eta0), jnp.asarray(1e-3), jnp.asarray(0), jnp.asarray(False))
     eta, _, _, _, _ = jax.lax.while_loop(cond, body, state)
     fval, g, h = fgh(eta)
-    return eta, fval, h, jnp.max(jnp.abs(g)) <= 1e-6 * (1.0 + jnp.abs(fval))
+    in_dom = pm.subject_in_domain(nat["theta"], cov, eta, obs["occasion_start"].shape[-1])
+    return eta, fval, h, jnp.max(jnp.abs(g)) <= 1e-6 * (1.0 + jnp.abs(fval)), in_dom
 
 
 def _zeros(pm: PopulationModel, data: Dataset) -> jnp.ndarray:
@@ -173,21 +182,82 @@ def _neg_loglik(
 
 
 def _neg_loglik_arrays(pm: PopulationModel, phi, cov, reg, obs, eta0, estimator: AbstractEstimator):
-    """`(-log L, conditional modes, curvatures, converged)`, the modes found from `eta0`."""
-    modes, fval, hess, ok = _modes_arrays(pm, phi, cov, reg, obs, eta0, estimator)
+    """`(-log L, conditional modes, curvatures, converged, terms, in_domain)`, the modes found
+    from `eta0`; `terms` is each subject's share of -log L (not finite for a subject that
+    cannot be evaluated, which makes -log L not finite: the callers look at `terms`) and
+    `in_domain` whether its parameters are inside the model's domain."""
+    modes, fval, hess, ok, in_dom = _modes_arrays(pm, phi, cov, reg, obs, eta0, estimator)
     chol_h = jnp.linalg.cholesky(hess)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol_h, axis1=-2, axis2=-1)), axis=-1)
     d = pm.n_random(obs["occasion_start"].shape[-1])
-    value = jnp.sum(fval + 0.5 * logdet - 0.5 * d * math.log(2 * math.pi))
-    return value, modes, hess, ok
+    terms = fval + 0.5 * logdet - 0.5 * d * math.log(2 * math.pi)
+    return jnp.sum(terms), modes, hess, ok, terms, in_dom
 
 
 @eqx.filter_jit
 def _objective(pm: PopulationModel, phi, data: Dataset, eta0, estimator: AbstractEstimator):
-    """`(-log L, conditional modes, curvatures, converged)` for `data.numeric()`, the modes
-    found from `eta0`. Compiled once per model (compared by value), estimator and data
-    shapes; reused by population fits and individual MAP."""
+    """`(-log L, conditional modes, curvatures, converged, terms, in_domain)` (see
+    `_neg_loglik_arrays`) for `data.numeric()`, the modes found from `eta0`. Compiled once
+    per model (compared by value), estimator and data shapes; reused by population fits and
+    individual MAP."""
     return _neg_loglik_arrays(pm, phi, *_subject_arrays(data), eta0, estimator)
+
+
+@eqx.filter_jit
+def subject_params(pm: PopulationModel, phi, covariates, eta):
+    """Every subject's parameters (without IOV) at its etas `eta` (subjects, n_eta)."""
+    nat = pm.natural(phi)
+    n = eta.shape[0]
+    params = jax.vmap(lambda c, e: pm.individual_params(nat["theta"], c, e))(covariates, eta)
+    return {k: jnp.broadcast_to(v, (n,)) for k, v in params.items()}
+
+
+@eqx.filter_jit
+def _observation_terms(pm: PopulationModel, phi, data: Dataset, b):
+    """Predictions, residual SDs and log-likelihoods `(subjects, obs)` of every observation at
+    the random effects `b` (only computed to explain a subject that failed)."""
+    nat = pm.natural(phi)
+    cov, reg, obs = _subject_arrays(data)
+
+    def one(c, r, o, e):
+        f = pm.predict_random(nat["theta"], c, r, o, e)
+        ll = observation_loglik(
+            pm.error, nat["sigma"], f, o["dv"], o["observed"], o["blq"], o["lloq"]
+        )
+        return f, pm.error.sd(f, nat["sigma"]), ll
+
+    return jax.vmap(one)(cov, reg, obs, b)
+
+
+def _reasons(pm: PopulationModel, phi, data: Dataset, out, bad: np.ndarray, at: str):
+    """`{subject ID: reason}` for the subjects `bad` (a mask) of the objective's output `out`
+    at `phi`: parameters outside the domain (named, with their values), or the first
+    observation whose likelihood is not finite (row, time, DV, prediction)."""
+    modes, in_dom = out[1], np.asarray(out[5])
+    index = np.flatnonzero(bad)
+    found: dict[Any, str] = {}
+    outside = index[~in_dom[index]]
+    if outside.size:
+        cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
+        params = subject_params(pm, phi, cov, modes[:, : pm.n_eta])
+        found |= domain_reasons(pm.model, jax.device_get(params), data, outside)
+    rest = index[in_dom[index]]
+    if rest.size:
+        pred, sd, ll = (np.asarray(a) for a in _observation_terms(pm, phi, data.numeric(), modes))
+        found |= explain_nonfinite(pm, data, rest, pred, sd, ll, at=at)
+    ids = data.ids.tolist() if data.ids is not None else list(range(data.n_subjects))
+    reasons = {}
+    for i in index:
+        reasons[ids[i]] = found.get(
+            ids[i], "individual parameters outside their domain on some occasion (IOV)"
+        )
+    return reasons
+
+
+_REMOVE_HINT = (
+    "Correct or remove the subject's records (Dataset.subset keeps the others), or start from "
+    "population values at which its parameters are valid."
+)
 
 
 def individual_map(
@@ -219,13 +289,16 @@ def individual_map(
     else:
         phi = pm.initial() if population is None else population
     est = resolve_estimator(estimator, method, default=Laplace(), fn="individual_map")
-    return _individual(pm, phi, data, est)
+    return _individual(pm, phi, data, est, who="individual_map")
 
 
 def _individual(
-    pm: PopulationModel, phi, data: Dataset, estimator: AbstractEstimator
+    pm: PopulationModel, phi, data: Dataset, estimator: AbstractEstimator, *, who: str
 ) -> IndividualFit:
-    _, b, hess, ok = _objective(pm, phi, data.numeric(), _zeros(pm, data), estimator)
+    check_error_data(pm, data, who)
+    out = _objective(pm, phi, data.numeric(), _zeros(pm, data), estimator)
+    _, b, hess, ok = out[:4]
+    failed = ~np.isfinite(np.asarray(out[4]))
     d = pm.n_eta
     cov_b = jnp.linalg.inv(hess)
     eta = b[:, :d]
@@ -233,7 +306,32 @@ def _individual(
     nat = pm.natural(phi)
     cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
     params = jax.vmap(lambda c, e: pm.individual_params(nat["theta"], c, e))(cov, eta)
-    ok = np.asarray(ok)
+    ok = np.asarray(ok) & ~failed
+    fit = IndividualFit(
+        ids=data.ids,
+        eta=_nan_rows(eta, failed),
+        cov=_nan_rows(cov_b[:, :d, :d], failed),
+        params={
+            k: _nan_rows(jnp.broadcast_to(v, (data.n_subjects,)), failed)
+            for k, v in params.items()
+        },
+        converged=ok,
+        eta_names=pm.eta_names,
+        kappa=None
+        if kappa is None
+        else np.where(
+            np.isfinite(data.occasion_start)[:, :, None], _nan_rows(kappa, failed), np.nan
+        ),
+    )
+    if failed.any():
+        reasons = _reasons(pm, phi, data, out, failed, at="at the population values given")
+        raise SubjectError(
+            who,
+            reasons,
+            "Their conditional modes cannot be found; the other subjects' estimates are in "
+            "this error's `result` (the failed subjects' rows are NaN). " + _REMOVE_HINT,
+            result=fit,
+        )
     if not ok.all():
         bad = data.ids[~ok][:10].tolist()
         warnings.warn(
@@ -241,17 +339,14 @@ def _individual(
             ConvergenceWarning,
             stacklevel=3,
         )
-    return IndividualFit(
-        ids=data.ids,
-        eta=np.asarray(eta),
-        cov=np.asarray(cov_b[:, :d, :d]),
-        params={k: np.asarray(jnp.broadcast_to(v, (data.n_subjects,))) for k, v in params.items()},
-        converged=ok,
-        eta_names=pm.eta_names,
-        kappa=None
-        if kappa is None
-        else np.where(np.isfinite(data.occasion_start)[:, :, None], np.asarray(kappa), np.nan),
-    )
+    return fit
+
+
+def _nan_rows(a, rows: np.ndarray) -> np.ndarray:
+    """`a` on the host with the leading-axis `rows` (a mask) set to NaN."""
+    out = np.array(a, dtype=float)
+    out[rows] = np.nan
+    return out
 
 
 def fit_population(
@@ -286,8 +381,20 @@ def fit_population(
 
     A failed or unfinished optimisation, a non-positive-definite Hessian or an individual
     mode that did not converge emits a `ConvergenceWarning` and sets `converged=False`.
+
+    **Subjects that cannot be evaluated** (see docs/calibration.md, "When a subject fails"):
+    a subject whose term of -log L is not finite at the initial estimates (its parameters
+    outside the model's domain, e.g. a negative clearance from a covariate model; an
+    observation the error model cannot explain) raises `SubjectError` naming every such
+    subject and the reason, before any optimisation (an `Exponential` error with `DV <= 0`
+    raises `RecordError` naming the subject and row). At a trial point of the outer search
+    such a subject makes the point's objective `+inf`: the point is rejected (the line search
+    backs off; a finite-difference neighbour that is rejected gives a one-sided difference),
+    never a NaN in the gradient. `PopulationFit.diagnostics` counts the rejected evaluations
+    and names the subjects that caused them.
     """
     est = resolve_estimator(estimator, method, default=FOCEI(), fn="fit_population")
+    check_error_data(pm, data, "fit_population")
     phi0 = pm.initial()
     flat0, unravel = ravel_pytree(phi0)
     n_par = flat0.shape[0]
@@ -296,35 +403,83 @@ def fit_population(
 
     design = data.numeric()
     zeros = _zeros(pm, data)
+    rejected: dict[str, Any] = {"evaluations": 0, "subjects": {}}
 
     def compiled(phi, eta0):
         return _objective(pm, phi, design, eta0, est)
 
-    def batch(points):
+    def evaluate(x, eta0, *, start: bool = False):
+        """-log L at `x` (`+inf` when a subject's term is not finite: a rejected point) and
+        the conditional modes (zero for the subjects that failed)."""
+        phi = unravel(x)
+        out = compiled(phi, eta0)
+        bad = ~np.isfinite(np.asarray(out[4]))
+        if bad.any() and eta0 is not zeros:
+            # The failing subjects again from zero etas (a warm start may be what failed).
+            out = compiled(phi, jnp.where(jnp.asarray(bad)[:, None], 0.0, eta0))
+            bad = ~np.isfinite(np.asarray(out[4]))
+        modes = out[1]
+        if not bad.any():
+            return float(out[0]), modes
+        if start:
+            raise SubjectError(
+                "fit_population",
+                _reasons(pm, phi, data, out, bad, at="at the initial estimates"),
+                "Their term of the objective is not finite at the initial estimates, so the "
+                "population fit cannot start. " + _REMOVE_HINT,
+            )
+        rejected["evaluations"] += 1
+        known = rejected["subjects"]
+        if any(sid not in known for sid in np.asarray(data.ids)[bad].tolist()):
+            reasons = _reasons(pm, phi, data, out, bad, at="at a trial point of the search")
+            for sid, why in reasons.items():
+                known.setdefault(sid, why)
+        return math.inf, jnp.where(jnp.asarray(bad)[:, None], 0.0, modes)
+
+    def batch(points, *, start: bool = False):
         # One compiled objective evaluated point by point (a vmap over points would batch the
         # subjects' Newton loops over points too: measured much slower to compile and run).
         # The first point is the base, its modes found from zero; they start the Newton
         # iterations of the other points (all within a finite-difference step of it).
-        v0, modes, _, _ = compiled(unravel(points[0]), zeros)
+        v0, modes = evaluate(points[0], zeros, start=start)
+        if not math.isfinite(v0):  # a rejected point: its neighbours are not needed
+            return np.full(len(points), math.inf)
         if not bool(jnp.all(jnp.isfinite(modes))):
             modes = zeros
-        rest = [float(compiled(unravel(x), modes)[0]) for x in points[1:]]
-        return np.array([float(v0), *rest])
+        rest = [evaluate(x, modes)[0] for x in points[1:]]
+        return np.array([v0, *rest])
 
     # Central differences: each evaluation recomputes the conditional modes, as in NONMEM's
     # outer loop. The same evaluations give the diagonal curvature, which scales BFGS's first
-    # inverse Hessian (instead of the identity).
+    # inverse Hessian (instead of the identity). A rejected neighbour (+inf) gives a one-sided
+    # difference; a rejected base point, or one with both neighbours of a parameter rejected,
+    # is rejected as a whole (+inf, and a zero gradient that the line search never uses).
     evals = {"n": 0}
 
-    def differences(x):
+    def differences(x, *, start: bool = False):
         evals["n"] += 1
-        v = batch(jnp.asarray(x)[None, :] + offsets)
-        grad = (v[1 : n_par + 1] - v[n_par + 1 :]) / (2 * h)
-        curv = (v[1 : n_par + 1] - 2 * v[0] + v[n_par + 1 :]) / h**2
-        return float(v[0]), grad, curv
+        v = batch(jnp.asarray(x)[None, :] + offsets, start=start)
+        v0, up, down = v[0], v[1 : n_par + 1], v[n_par + 1 :]
+        ok_up, ok_down = np.isfinite(up), np.isfinite(down)
+        if not math.isfinite(v0) or not np.all(ok_up | ok_down):
+            if math.isfinite(v0):
+                rejected["evaluations"] += 1
+            return math.inf, np.zeros(n_par), np.full(n_par, np.nan)
+        up, down = np.where(ok_up, up, v0), np.where(ok_down, down, v0)
+        both = ok_up & ok_down
+        grad = np.where(both, (up - down) / (2 * h), (up - down) / h)
+        curv = np.where(both, (up - 2 * v0 + down) / h**2, np.nan)
+        return float(v0), grad, curv
 
     x0 = np.asarray(flat0)
-    first = differences(x0)
+    first = differences(x0, start=True)
+    if not math.isfinite(first[0]):
+        raise SubjectError(
+            "fit_population",
+            rejected["subjects"],
+            "The objective is not finite next to the initial estimates for every change of "
+            "some parameter; start from other values. " + _REMOVE_HINT,
+        )
 
     def value_and_grad(x):
         v, g, _ = first if np.array_equal(x, x0) else differences(x)
@@ -361,16 +516,11 @@ def fit_population(
         converged = False
     cov_phi = None
     if standard_errors:
-        cov_phi = _covariance(batch, flat)
+        cov_phi, problem = _covariance(batch, flat)
         if cov_phi is None:
-            warnings.warn(
-                "the Hessian of -log L is not positive definite at the estimate: "
-                "no standard errors",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+            warnings.warn(f"{problem}: no standard errors", ConvergenceWarning, stacklevel=2)
     phi = unravel(flat)
-    ind = _individual(pm, phi, data, est)
+    ind = _individual(pm, phi, data, est, who="fit_population")
     if not ind.converged.all():
         converged = False
     table = estimates_table(pm, phi, cov_phi, ind)
@@ -386,12 +536,18 @@ def fit_population(
         cov_phi=cov_phi,
         method=est.name,
         estimator=est,
+        diagnostics={
+            "gradient_evaluations": evals["n"],
+            "rejected_evaluations": rejected["evaluations"],
+            "rejected_subjects": dict(rejected["subjects"]),
+        },
     )
 
 
-def _covariance(batch, flat, step: float = 1e-3) -> np.ndarray | None:
+def _covariance(batch, flat, step: float = 1e-3) -> tuple[np.ndarray | None, str]:
     """Inverse Hessian of -log L at `flat` by second differences: central on the diagonal,
-    `f(x + e_j + e_k) - f(x + e_j) - f(x + e_k) + f(x)` off it (1 + 2n + n(n-1)/2 evaluations)."""
+    `f(x + e_j + e_k) - f(x + e_j) - f(x + e_k) + f(x)` off it (1 + 2n + n(n-1)/2
+    evaluations); None and the reason when it cannot be had."""
     n = flat.shape[0]
     e = np.eye(n) * step
     points = [np.zeros(n)]
@@ -400,6 +556,12 @@ def _covariance(batch, flat, step: float = 1e-3) -> np.ndarray | None:
     pairs = [(j, k) for j in range(n) for k in range(j)]
     points += [e[j] + e[k] for j, k in pairs]
     v = batch(flat[None, :] + jnp.asarray(np.stack(points)))
+    if not np.all(np.isfinite(v)):
+        return None, (
+            f"-log L is not finite at {int(np.sum(~np.isfinite(v)))} of the {v.size} points "
+            f"of the covariance step (within {step:g} of the estimate; see "
+            "PopulationFit.diagnostics['rejected_subjects'])"
+        )
     h = np.zeros((n, n))
     for j in range(n):
         h[j, j] = (v[1 + 2 * j] - 2 * v[0] + v[2 + 2 * j]) / step**2
@@ -407,8 +569,8 @@ def _covariance(batch, flat, step: float = 1e-3) -> np.ndarray | None:
         both = v[1 + 2 * n + m]
         h[j, k] = h[k, j] = (both - v[1 + 2 * j] - v[1 + 2 * k] + v[0]) / step**2
     if not np.all(np.isfinite(h)) or np.min(np.linalg.eigvalsh(h)) <= 0:
-        return None
-    return np.linalg.inv(h)
+        return None, "the Hessian of -log L is not positive definite at the estimate"
+    return np.linalg.inv(h), ""
 
 
 def estimates_table(pm: PopulationModel, phi, cov_phi, ind: IndividualFit | None) -> pd.DataFrame:

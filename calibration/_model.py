@@ -346,14 +346,63 @@ class PopulationModel(eqx.Module):
         y = pkpd.simulate_piecewise(self.model, params, start[1:], regimen, obs["time"])
         return y if y.ndim == 1 else y[:, self.output]
 
+    def subject_in_domain(self, theta, covariates, b, n_occasions: int):
+        """Whether one subject's parameters for its random effects `b` (see
+        `predict_random`) are all inside the structural model's domain (finite, positive
+        clearances and volumes, ...: `pkpd.AbstractModel.domain_errors`); a traced boolean.
+        A negative typical value from a covariate model is outside for every eta."""
+        eta = b[: self.n_eta]
+        if not self.iov:
+            return in_domain(self.model, self.individual_params(theta, covariates, eta))
+        kappa = b[self.n_eta :].reshape(n_occasions, len(self.iov))
+        ok = jax.vmap(
+            lambda k: in_domain(self.model, self.individual_params(theta, covariates, eta, k))
+        )(kappa)
+        return jnp.all(ok)
+
     def subject_loglik(self, nat, covariates, regimen, obs, eta):
         """log p(y_i | b_i) for one subject (natural-scale population parameters `nat`;
-        `eta` holds all its random effects, see `predict_random`)."""
+        `eta` holds all its random effects, see `predict_random`); `-inf` when its
+        parameters are outside the model's domain (`subject_in_domain`), so that a sampler
+        or optimiser rejects the point instead of using a prediction of a negative
+        clearance."""
         f = self.predict_random(nat["theta"], covariates, regimen, obs, eta)
         ll = observation_loglik(
             self.error, nat["sigma"], f, obs["dv"], obs["observed"], obs["blq"], obs["lloq"]
         )
-        return jnp.sum(ll)
+        ok = self.subject_in_domain(
+            nat["theta"], covariates, eta, obs["occasion_start"].shape[-1]
+        )
+        return jnp.where(ok, jnp.sum(ll), -jnp.inf)
+
+
+def _domain_rules(model: pkpd.AbstractModel) -> dict[str, Callable[[Any], Any]]:
+    """`name -> predicate of a valid value`, the rules `pkpd.AbstractModel.domain_errors`
+    states (finiteness is checked for every parameter)."""
+    rules: dict[str, Callable[[Any], Any]] = {}
+    for name in model.positive_params:
+        rules[name] = lambda v: v > 0
+    for i in range(model.n_states):
+        rules[f"F{i + 1}"] = lambda v: v >= 0
+        rules[f"ALAG{i + 1}"] = lambda v: v >= 0
+        rules[f"D{i + 1}"] = lambda v: v > 0
+        rules[f"R{i + 1}"] = lambda v: v > 0
+    return rules
+
+
+def in_domain(model: pkpd.AbstractModel, params: Mapping[str, Any]):
+    """True when every parameter of one subject is inside the model's domain: finite, and
+    the rules of `pkpd.AbstractModel.domain_errors`. Works on traced values (inside `jit`
+    and `vmap`), where pkpd's own check cannot look; a scalar boolean array."""
+    rules = _domain_rules(model)
+    ok = jnp.asarray(True)
+    for name, value in params.items():
+        v = jnp.asarray(value)
+        good = jnp.isfinite(v)
+        if name in rules:
+            good = good & rules[name](v)
+        ok = ok & jnp.all(good)
+    return ok
 
 
 def _dosing(name: str) -> bool:
