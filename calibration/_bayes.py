@@ -46,8 +46,7 @@ from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import log_density
 
 from ._data import Dataset
-from ._failures import SubjectError, check_error_data, domain_reasons
-from ._laplace import ConvergenceWarning, PopulationFit, subject_params
+from ._laplace import ConvergenceWarning, PopulationFit, check_start
 from ._model import PopulationModel, require_no_iov
 from ._posterior_summary import (
     PARETO_K_MAX,
@@ -213,25 +212,6 @@ def _resolve(
 def _subject_arrays(data: Dataset):
     cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
     return cov, data.regimen, data.arrays()
-
-
-def _check_start(pm: PopulationModel, data: Dataset, phi, fn: str, where: str) -> None:
-    """Refuse data the error model cannot explain (`RecordError`) and subjects whose
-    parameters at the starting values `phi` (etas 0) are outside the model's domain
-    (`SubjectError` naming each subject, parameter and value): the sampler would start
-    where the log density is -inf."""
-    check_error_data(pm, data, fn)
-    cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
-    params = jax.device_get(subject_params(pm, phi, cov, jnp.zeros((data.n_subjects, pm.n_eta))))
-    reasons = domain_reasons(pm.model, params, data, np.arange(data.n_subjects))
-    if reasons:
-        raise SubjectError(
-            fn,
-            reasons,
-            f"Their typical parameters at {where} are outside the model's domain, where the "
-            "log density is -inf; correct the covariate model or the records, remove the "
-            "subjects (Dataset.subset), or start from other values.",
-        )
 
 
 def _param_names(pm: PopulationModel, data: Dataset) -> list[str]:
@@ -501,7 +481,7 @@ def fit_population_nuts(
     fn = "fit_population_nuts"
     key = key_or_seed(key, seed, fn, default=0)
     _check_names(pm)
-    _check_start(pm, data, pm.initial(), fn, "the model's initial values")
+    check_start(pm, data, pm.initial(), fn, "the model's initial values")
     resolved = _resolve_priors(pm, priors, fn)
     names = _param_names(pm, data)
     model = _population_model(pm, data, resolved, names)
@@ -579,7 +559,7 @@ def fit_individual_nuts(
         phi = population.phi
     else:
         phi = pm.initial() if population is None else population
-    _check_start(pm, data, phi, fn, "the population values given")
+    check_start(pm, data, phi, fn, "the population values given")
     names = _param_names(pm, data)
     model = _individual_model(pm, data, phi, names)
     mcmc, wall = _run_nuts(
@@ -670,7 +650,7 @@ def fit_population_svi(
             f"{fn}: need num_steps >= 1, num_draws >= 10 and learning_rate > 0, got "
             f"{num_steps}, {num_draws} and {learning_rate}."
         )
-    _check_start(pm, data, pm.initial(), fn, "the model's initial values")
+    check_start(pm, data, pm.initial(), fn, "the model's initial values")
     resolved = _resolve_priors(pm, priors, fn)
     names = _param_names(pm, data)
     model = _population_model(pm, data, resolved, names)

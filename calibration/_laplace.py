@@ -254,6 +254,25 @@ def _reasons(pm: PopulationModel, phi, data: Dataset, out, bad: np.ndarray, at: 
     return reasons
 
 
+def check_start(pm: PopulationModel, data: Dataset, phi, who: str, where: str) -> None:
+    """Before any estimation: refuse data the error model cannot explain (`RecordError`) and
+    subjects whose typical parameters (etas 0) at the starting values `phi` are outside the
+    model's domain (`SubjectError` naming each subject, parameter, value, covariates and
+    row). Their likelihood is zero for every eta (the sign of a parameter does not depend
+    on its eta), so no estimator can start; the check costs no simulation."""
+    check_error_data(pm, data, who)
+    cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
+    params = subject_params(pm, phi, cov, jnp.zeros((data.n_subjects, pm.n_eta)))
+    reasons = domain_reasons(pm.model, jax.device_get(params), data, np.arange(data.n_subjects))
+    if reasons:
+        raise SubjectError(
+            who,
+            reasons,
+            f"Their parameters at {where} are outside the model's domain for every eta "
+            "(their likelihood is zero). " + _REMOVE_HINT,
+        )
+
+
 _REMOVE_HINT = (
     "Correct or remove the subject's records (Dataset.subset keeps the others), or start from "
     "population values at which its parameters are valid."
@@ -295,7 +314,7 @@ def individual_map(
 def _individual(
     pm: PopulationModel, phi, data: Dataset, estimator: AbstractEstimator, *, who: str
 ) -> IndividualFit:
-    check_error_data(pm, data, who)
+    check_start(pm, data, phi, who, "the population values given")
     out = _objective(pm, phi, data.numeric(), _zeros(pm, data), estimator)
     _, b, hess, ok = out[:4]
     failed = ~np.isfinite(np.asarray(out[4]))
@@ -394,8 +413,8 @@ def fit_population(
     and names the subjects that caused them.
     """
     est = resolve_estimator(estimator, method, default=FOCEI(), fn="fit_population")
-    check_error_data(pm, data, "fit_population")
     phi0 = pm.initial()
+    check_start(pm, data, phi0, "fit_population", "the initial estimates")
     flat0, unravel = ravel_pytree(phi0)
     n_par = flat0.shape[0]
     h = 1e-4
