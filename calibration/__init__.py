@@ -31,9 +31,9 @@ from ._diagnostics import residuals as residuals
 from ._estimators import FOCEI as FOCEI
 from ._estimators import MAP as MAP
 from ._estimators import NUTS as NUTS
-from ._failures import SubjectError as SubjectError
 from ._estimators import AbstractEstimator as AbstractEstimator
 from ._estimators import Laplace as Laplace
+from ._failures import SubjectError as SubjectError
 from ._laplace import ConvergenceWarning as ConvergenceWarning
 from ._laplace import IndividualFit as IndividualFit
 from ._laplace import PopulationFit as PopulationFit

@@ -82,7 +82,8 @@ def domain_reasons(
         sid = data.ids[i] if data.ids is not None else i
         row = rows.get(sid)
         cov = ", ".join(f"{k}={float(np.asarray(v)[i]):g}" for k, v in data.covariates.items())
-        where = " (covariates " + (cov or "none") + (f", from row {row})" if row is not None else ")")
+        source = f", from row {row}" if row is not None else ""
+        where = f" (covariates {cov or 'none'}{source})"
         reasons[sid] = "individual parameter(s) outside their domain: " + "; ".join(out[i]) + where
     return reasons
 

@@ -331,8 +331,7 @@ def _individual(
         eta=_nan_rows(eta, failed),
         cov=_nan_rows(cov_b[:, :d, :d], failed),
         params={
-            k: _nan_rows(jnp.broadcast_to(v, (data.n_subjects,)), failed)
-            for k, v in params.items()
+            k: _nan_rows(jnp.broadcast_to(v, (data.n_subjects,)), failed) for k, v in params.items()
         },
         converged=ok,
         eta_names=pm.eta_names,

@@ -370,9 +370,7 @@ class PopulationModel(eqx.Module):
         ll = observation_loglik(
             self.error, nat["sigma"], f, obs["dv"], obs["observed"], obs["blq"], obs["lloq"]
         )
-        ok = self.subject_in_domain(
-            nat["theta"], covariates, eta, obs["occasion_start"].shape[-1]
-        )
+        ok = self.subject_in_domain(nat["theta"], covariates, eta, obs["occasion_start"].shape[-1])
         return jnp.where(ok, jnp.sum(ll), -jnp.inf)
 
 
