@@ -4,6 +4,10 @@
 standard covariate dictionary that drug models read (keys `AGE`, `WT`, `HT`, `SEX`, `SCR`,
 `CRCL`, `EGFR`, `BSA`, `LBW`, `ALB`, `<GENE>`, `<GENE>_AS`, `<GENE>_PHENOTYPE`, medication
 flags and extras); `twins.Population.covariates()` returns the same keys as arrays.
+
+Values are checked in two tiers: the hard limits here (`DEMOGRAPHIC_RANGES`, `LABS`: refused
+always) and the plausibility ranges of `twins._plausibility` (refused with an
+`ImplausiblePatientError` listing every field, unless `unusual` says why a value is right).
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ from ._covariates import (
     ideal_body_weight,
     lean_body_weight,
 )
+from ._plausibility import (
+    UNUSUAL_FIELDS,
+    ImplausiblePatientError,
+    find_implausible,
+    normalise_unusual,
+)
 
 #: Patients younger than this get no adult-only covariates (CRCL, EGFR, LBW).
 ADULT_AGE = 18.0
@@ -46,7 +56,8 @@ STANDARD_COVARIATES: tuple[str, ...] = (
 
 SEXES: tuple[str, ...] = ("female", "male")
 
-#: Plausible ranges of the demographic fields: (unit, low, high), inclusive.
+#: Hard limits of the demographic fields: (unit, low, high), inclusive. Values outside are
+#: refused always; the narrower, age-banded plausibility ranges are `twins.PLAUSIBLE_RANGES`.
 DEMOGRAPHIC_RANGES: Mapping[str, tuple[str, float, float]] = MappingProxyType(
     {
         "age": ("years", 0.0, 120.0),
@@ -65,8 +76,9 @@ class LabSpec:
     - `name`: the key in `Patient.labs` and the column name in a `Population`.
     - `unit`: the unit the value must be given in.
     - `description`: what the value is.
-    - `low`, `high`: the plausible range (inclusive); values outside it raise, since they are
-      almost always a unit mistake.
+    - `low`, `high`: the hard limits (inclusive); values outside them raise always, since they
+      are almost always a unit mistake. Some labs also have a narrower plausibility range
+      (`twins.PLAUSIBLE_RANGES`), which `unusual` can lift.
     - `hint`: what a value above `high` usually means.
     """
 
@@ -82,7 +94,7 @@ def _labs(*specs: LabSpec) -> Mapping[str, LabSpec]:
     return MappingProxyType({spec.name: spec for spec in specs})
 
 
-#: The laboratory values a `Patient` accepts, by name, with their units and plausible ranges.
+#: The laboratory values a `Patient` accepts, by name, with their units and hard limits.
 LABS: Mapping[str, LabSpec] = _labs(
     LabSpec(
         "serum_creatinine",
@@ -361,16 +373,20 @@ class Patient:
     **Fields:**
 
     - `id`: patient identifier (a string; an integer is converted).
-    - `age`: years, within [0, 120].
+    - `age`: years, within the hard limits [0, 120] and plausible up to 110.
     - `sex`: `"female"` or `"male"` (case-insensitive; stored lower-case).
-    - `weight`: total body weight, kg, within [0.3, 400].
-    - `height`: cm, within [30, 250].
+    - `weight`: total body weight, kg, within the hard limits [0.3, 400] and the plausible
+      range of the patient's age band (adults 15 to 350 kg; `twins.PLAUSIBLE_RANGES`).
+    - `height`: cm, within the hard limits [30, 250] and the plausible range of the age band
+      (adults 100 to 230 cm); weight / height² must also lie in the band's plausible BMI
+      range (adults 10 to 100 kg/m²).
     - `ancestry`: optional free text, e.g. the IWPC race categories `"White"`, `"Asian"`,
       `"Black or African American"`, `"Unknown"` (`twins.Population.sample` uses those).
     - `labs`: lab name -> value, in the units of `twins.LABS`: `serum_creatinine` (mg/dL),
       `cystatin_c` (mg/L), `albumin` (g/dL), `bilirubin` (total, mg/dL), `alt`, `ast`,
       `alp` (U/L), `inr`, `bun` (mg/dL), `hemoglobin` (g/dL), `platelets` (10^9/L). An
-      unknown name, a non-finite value, or a value outside the plausible range raises.
+      unknown name, a non-finite value, or a value outside the hard limits raises; so does a
+      `serum_creatinine`, `albumin`, `bilirubin` or `inr` outside its plausibility range.
     - `genotypes`: gene -> diplotype as the lab reports it, read by `twins.pgx`
       (`{"CYP2C9": "*1/*3", "VKORC1": "-1639 AG", "CYP2D6": "*1/*1x2"}`; VKORC1 also as
       `"rs9923231 GA"`, `"G/A"`, `"C/T"`, ...). Gene symbols are case-insensitive and stored
@@ -381,12 +397,21 @@ class Patient:
       upper-cased names become covariate keys.
     - `imputed`: names of the fields whose values were imputed (`"weight"`,
       `"serum_creatinine"`, ...), set by `Population.from_dataframe(..., missing="impute")`.
+    - `unusual`: field -> reason, for values that are right although outside their
+      plausibility range: `{"weight": "extremely preterm neonate"}`. Each named field's
+      plausibility range is lifted (its hard limits still apply); the fields are `"age"`,
+      `"weight"`, `"height"`, `"bmi"` and the labs `serum_creatinine`, `albumin`, `bilirubin`,
+      `inr` (the patient must have the lab). Reasons must be non-empty; they are kept (read-only,
+      stripped) so that reports can show them.
 
     **Raises:**
 
     `ValueError` (or `TypeError` for a wrong type) naming the patient and the field, for a
-    value out of range, an unknown lab, an unsupported gene or unknown allele, or a name
-    that collides with a standard covariate key.
+    value outside the hard limits, an unknown lab, an unsupported gene or unknown allele, a
+    name that collides with a standard covariate key, or an `unusual` entry with an unknown
+    field or an empty reason; then, once everything else is valid,
+    `twins.ImplausiblePatientError` (a `ValueError`) naming every field outside its
+    plausibility range, with its value, the range and its age band.
     """
 
     id: str
@@ -400,6 +425,7 @@ class Patient:
     medications: frozenset[str] = frozenset()
     extra: Mapping[str, float] = field(default_factory=dict)
     imputed: frozenset[str] = frozenset()
+    unusual: Mapping[str, str] = field(default_factory=dict)
     _phenotypes: Mapping[str, pgx.PhenotypeResult] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -464,6 +490,22 @@ class Patient:
             )
         set_(self, "imputed", imputed)
 
+        unusual = normalise_unusual(
+            self.unusual,
+            where,
+            ("age", "weight", "height", "bmi", *(n for n in labs if n in UNUSUAL_FIELDS)),
+            "the patient has",
+        )
+        set_(self, "unusual", unusual)
+        found = find_implausible(
+            {"age": self.age, "weight": self.weight, "height": self.height, **labs},
+            [pid],
+            lifted=unusual,
+            rows=False,
+        )
+        if found:
+            raise ImplausiblePatientError(found, where, "Patient(..., unusual={example})")
+
     def __hash__(self) -> int:
         return hash(
             (
@@ -478,6 +520,7 @@ class Patient:
                 self.medications,
                 tuple(sorted(self.extra.items())),
                 self.imputed,
+                tuple(self.unusual.items()),
             )
         )
 
@@ -491,7 +534,7 @@ class Patient:
         ]
         if self.ancestry is not None:
             parts.append(f"ancestry={self.ancestry!r}")
-        for name in ("labs", "genotypes", "extra"):
+        for name in ("labs", "genotypes", "extra", "unusual"):
             if getattr(self, name):
                 parts.append(f"{name}={dict(getattr(self, name))!r}")
         for name in ("medications", "imputed"):
