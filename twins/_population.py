@@ -22,6 +22,12 @@ Columns, in this order:
 The checks of the table (and the imputation of missing numbers) are in
 `twins._population_table`, the distributions of virtual populations in
 `twins._population_sample`; `Demographics` and `iwpc_genotype_counts` are re-exported here.
+
+Every row is checked against the hard limits and then the plausibility ranges
+(`twins.PLAUSIBLE_RANGES`), like a `Patient`. A population may lift the plausibility range of
+whole columns, with a reason (`from_dataframe(..., unusual={"weight": "NICU cohort"})`); its
+patients carry that `unusual` mapping. Sampled populations never need it: the samplers draw
+only plausible patients (`Population.sample`).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ from ._population_table import (
     EXTRA_PREFIX,
     IMPUTED_SUFFIX,
     MED_PREFIX,
+    NO_UNUSUAL,
+    table_unusual,
     validate_table,
 )
 
@@ -73,19 +81,26 @@ class Population:
     - `len(pop)`; `pop[i]` -> `Patient`; `for patient in pop`;
     - `pop[mask]`, `pop[indices]`, `pop[start:stop]`, `pop.subgroup(...)` -> `Population`;
     - `pop.covariates()` -> dict of arrays with the keys of `Patient.covariates`;
-    - `pop.to_dataframe()`, `pop.ids`, `pop.genes`, `pop.labs`, `pop.medications`.
+    - `pop.to_dataframe()`, `pop.ids`, `pop.genes`, `pop.labs`, `pop.medications`,
+      `pop.unusual` (the plausibility ranges lifted, column -> reason; kept by `pop[mask]`
+      and `subgroup`, not by `to_dataframe`).
     """
 
-    __slots__ = ("_frame",)
+    __slots__ = ("_frame", "_unusual")
     _frame: pd.DataFrame
+    _unusual: Mapping[str, str]
 
     def __init__(self, frame: pd.DataFrame):
         self._frame = validate_table(_as_frame(frame), missing="error", key=None)
+        self._unusual = NO_UNUSUAL
 
     @classmethod
-    def _from_valid(cls, frame: pd.DataFrame) -> Population:
+    def _from_valid(
+        cls, frame: pd.DataFrame, unusual: Mapping[str, str] = NO_UNUSUAL
+    ) -> Population:
         population = object.__new__(cls)
         population._frame = frame
+        population._unusual = unusual
         return population
 
     # --- constructors --------------------------------------------------------------------
@@ -98,6 +113,7 @@ class Population:
         *,
         missing: Literal["error", "impute"] = "error",
         key: Any = None,
+        unusual: Mapping[str, str] | None = None,
     ) -> Population:
         """A population from a table of real patients, every row checked.
 
@@ -121,6 +137,11 @@ class Population:
           imputed. Imputed values are range-checked like observed ones. Ids, sex,
           genotypes, medication flags and extras are never imputed: missing ones raise.
         - `key`: a JAX PRNG key or an integer seed, required for `missing="impute"`.
+        - `unusual`: column -> reason, to lift the plausibility range of whole columns
+          (`{"weight": "NICU cohort"}`): `age`, `weight`, `height`, `bmi` (weight /
+          height²) and the lab columns `serum_creatinine`, `albumin`, `bilirubin`, `inr`
+          that the table has. The hard limits still apply. Every patient of the population
+          carries the mapping (`pop[i].unusual`).
 
         **Returns:**
 
@@ -129,8 +150,11 @@ class Population:
         **Raises:**
 
         `ValueError` naming the row (counted from 0 in table order), patient id and column
-        for unknown or missing columns, duplicate ids, non-numeric or out-of-range values,
-        missing values (with `missing="error"`), unknown alleles, and so on.
+        for unknown or missing columns, duplicate ids, non-numeric values or values outside
+        the hard limits, missing values (with `missing="error"`), unknown alleles, an
+        `unusual` entry with an unknown column or an empty reason, and so on; then
+        `twins.ImplausiblePatientError` naming every row, patient id and column with a value
+        outside its plausibility range (all rows are checked before it is raised).
 
         References: van Buuren S, Groothuis-Oudshoorn K. mice: Multivariate Imputation by
         Chained Equations in R. J Stat Softw 2011;45(3):1-67.
@@ -148,7 +172,10 @@ class Population:
             drop = [name for name, new in column_map.items() if new is None]
             rename = {name: new for name, new in column_map.items() if new is not None}
             frame = frame.drop(columns=drop).rename(columns=rename)
-        return cls._from_valid(validate_table(frame, missing=missing, key=key))
+        lifted = table_unusual({} if unusual is None else unusual, frame.columns)
+        return cls._from_valid(
+            validate_table(frame, missing=missing, key=key, unusual=lifted), lifted
+        )
 
     @classmethod
     def from_patients(cls, patients: Iterable[Patient]) -> Population:
@@ -156,7 +183,9 @@ class Population:
 
         Every patient must have the same labs, genes and extras (a table column cannot be
         missing for some patients); medications become `med_<name>` flags, False for the
-        patients who do not take them.
+        patients who do not take them. The population's `unusual` is the union of the
+        patients' (different reasons for one field are joined with `"; "`), and every
+        patient taken from it carries that union.
         """
         patients = list(patients)
         for patient in patients:
@@ -204,7 +233,15 @@ class Population:
         imputed_names = sorted({n for p in patients for n in p.imputed})
         for name in imputed_names:
             frame[name + IMPUTED_SUFFIX] = [name in p.imputed for p in patients]
-        return cls._from_valid(validate_table(frame, missing="error", key=None))
+        reasons: dict[str, list[str]] = {}
+        for p in patients:
+            for name, reason in p.unusual.items():
+                if reason not in reasons.setdefault(name, []):
+                    reasons[name].append(reason)
+        lifted = table_unusual({k: "; ".join(v) for k, v in reasons.items()}, frame.columns)
+        return cls._from_valid(
+            validate_table(frame, missing="error", key=None, unusual=lifted), lifted
+        )
 
     @classmethod
     def sample(
@@ -229,6 +266,12 @@ class Population:
         approximate. Age, sex, height, weight and creatinine do not depend on ancestry
         unless `demographics` is given per ancestry.
 
+        Sampled patients are always plausible (`twins.PLAUSIBLE_RANGES`): height, log-BMI
+        and log-creatinine are drawn from normals truncated at 4 SD, and settings whose
+        truncated ranges leave the plausibility ranges of adults (an `age` beyond 110
+        years, `demographics` that reach a height below 100 cm, a BMI above 100, ...) are
+        refused with a `ValueError` before anything is drawn.
+
         Genotypes by ancestry:
 
         - `CYP2C9` and `VKORC1` (`genes`): drawn from the genotype counts observed in the
@@ -250,8 +293,8 @@ class Population:
           the same cohort, bit for bit (`s` and `jax.random.key(s)` give the same one).
         - `ancestry`: one IWPC category (`"White"`, `"Asian"`, `"Black or African
           American"`, `"Unknown"`) or a mapping category -> fraction (summing to 1).
-        - `age`: `(low, high)` in years, 18 <= low < high <= 120 (the distributions are for
-          adults).
+        - `age`: `(low, high)` in years, 18 <= low < high <= 110 (the distributions are for
+          adults; ages above 110 are implausible).
         - `female_fraction`: probability of a female patient, in [0, 1].
         - `genes`: which of `CYP2C9`, `VKORC1` to draw from the IWPC counts.
         - `allele_frequencies`: `{gene: {ancestry: {allele: frequency}}}` for star-allele
@@ -304,24 +347,26 @@ class Population:
                 raise IndexError(f"Patient index {i} out of range for a population of {len(self)}.")
             return self._patient(i % len(self))
         if isinstance(index, slice):
-            return Population._from_valid(self._frame.iloc[index].reset_index(drop=True))
+            return self._rows(self._frame.iloc[index])
         array = np.asarray(index)
         if array.dtype == bool:
             if array.shape != (len(self),):
                 raise IndexError(
                     f"A boolean mask must have shape ({len(self)},), got {array.shape}."
                 )
-            rows = np.flatnonzero(array)
-            return Population._from_valid(self._frame.iloc[rows].reset_index(drop=True))
+            return self._rows(self._frame.iloc[np.flatnonzero(array)])
         if array.ndim == 1 and (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
             if array.size and (array.max() >= len(self) or array.min() < -len(self)):
                 raise IndexError(f"Patient indices out of range for a population of {len(self)}.")
             positions = array.astype(int) % max(len(self), 1)
-            return Population._from_valid(self._frame.iloc[positions].reset_index(drop=True))
+            return self._rows(self._frame.iloc[positions])
         raise TypeError(
             f"A population is indexed by an integer, a slice, a boolean mask or an integer "
             f"array, got {index!r}."
         )
+
+    def _rows(self, frame: pd.DataFrame) -> Population:
+        return Population._from_valid(frame.reset_index(drop=True), self._unusual)
 
     def subgroup(
         self,
@@ -369,6 +414,12 @@ class Population:
         return self._frame["id"].to_numpy(dtype=object)
 
     @property
+    def unusual(self) -> Mapping[str, str]:
+        """The plausibility ranges lifted for the whole population: column -> reason
+        (read-only; empty for a sampled population)."""
+        return self._unusual
+
+    @property
     def labs(self) -> tuple[str, ...]:
         """Names of the lab columns."""
         return tuple(c for c in self._frame.columns if c in LABS)
@@ -393,9 +444,10 @@ class Population:
     def __repr__(self) -> str:
         counts = self._frame["ancestry"].fillna("None").value_counts()
         mix = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        unusual = f", unusual={dict(self._unusual)!r}" if self._unusual else ""
         return (
             f"Population(n={len(self)}, ancestry={{{mix}}}, labs={list(self.labs)}, "
-            f"genes={list(self.genes)}, medications={list(self.medications)})"
+            f"genes={list(self.genes)}, medications={list(self.medications)}{unusual})"
         )
 
     def _patient(self, i: int) -> Patient:
@@ -416,6 +468,7 @@ class Population:
                 for c in self._frame.columns
                 if c.endswith(IMPUTED_SUFFIX) and bool(row[c])
             ),
+            unusual=self._unusual,
         )
 
     # --- covariates ----------------------------------------------------------------------

@@ -4,6 +4,13 @@ The CYP2C9 and VKORC1 genotype counts of the IWPC cohort by race (`iwpc_genotype
 the height, weight and creatinine distributions (`Demographics`), and `sample_table`, which
 draws the table of a virtual population from a key.
 
+Sampled patients are always plausible (`twins.PLAUSIBLE_RANGES`): the normal draws behind
+height, BMI and creatinine are truncated at `TRUNCATION_SD` standard deviations, and settings
+whose truncated distributions reach outside the plausibility ranges (or ages above the
+plausible 110 years) are refused before anything is drawn. So a trial of any size never
+meets an implausible virtual patient, and `validate_table`'s plausibility check of the drawn
+table is a safety net that never fires.
+
 References: International Warfarin Pharmacogenetics Consortium. Estimation of the warfarin
 dose with clinical and pharmacogenetic data. N Engl J Med 2009;360(8):753-764 (the cohort
 behind the CYP2C9/VKORC1 counts); Fryar CD et al., NHSR no. 122, 2018 and Pottel H et al.,
@@ -28,6 +35,7 @@ import pandas as pd
 
 from . import pgx
 from ._patient import ADULT_AGE, DEMOGRAPHIC_RANGES, as_medications, interpret, normalise_gene
+from ._plausibility import find_implausible, plausible_range
 from ._population_table import MED_PREFIX, generator
 
 IWPC_FREQUENCY_FILE = "IWPC_derived_genotype_frequencies_by_race.csv"
@@ -42,6 +50,10 @@ _VKORC1_GENOTYPES: tuple[tuple[str, str], ...] = (
     ("VKORC1_AA", "-1639 AA"),
 )
 IWPC_GENES: tuple[str, ...] = ("CYP2C9", "VKORC1")
+
+#: The standard normal draws behind height, log-BMI and log-creatinine are truncated at this
+#: many standard deviations (redrawn beyond it: 6.3e-5 of the mass of each is removed).
+TRUNCATION_SD = 4.0
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -84,7 +96,11 @@ class Demographics:
     Height is normal by sex; BMI is log-normal by sex (given by its mean and coefficient of
     variation) and independent of height, and weight = BMI x height², so height and weight
     are positively correlated; serum creatinine is log-normal by sex, independent of the
-    rest. All values are approximate.
+    rest. Each of the three is truncated at `TRUNCATION_SD` (4) standard deviations (on the
+    log scale for BMI and creatinine), and `Population.sample` refuses demographics whose
+    truncated ranges leave the plausibility ranges of adults (`twins.PLAUSIBLE_RANGES`:
+    height 100 to 230 cm, BMI 10 to 100 kg/m², weight 15 to 350 kg, creatinine 0.1 to 15
+    mg/dL): sampled patients are always plausible. All values are approximate.
 
     Defaults (adults, not specific to any ancestry):
 
@@ -173,6 +189,7 @@ def sample_table(
     ):
         raise ValueError(f"female_fraction must be in [0, 1], got {female_fraction!r}.")
     per_group = _demographics(demographics, groups)
+    _check_support(per_group, low, high)
     iwpc_genes = _iwpc_genes(genes)
     hwe = _allele_frequencies(allele_frequencies, groups)
     prevalences = _prevalences(medications)
@@ -181,7 +198,7 @@ def sample_table(
     which = rng.choice(len(labels), size=n, p=np.array([groups[g] for g in labels]))
     female = rng.random(n) < female_fraction
     ages = rng.uniform(low, high, size=n)
-    z = rng.standard_normal((3, n))
+    z = _truncated_normal(rng, (3, n))
 
     def parameter(male: str, female_name: str) -> np.ndarray:
         values = np.array(
@@ -222,6 +239,87 @@ def sample_table(
     for name, prevalence in prevalences.items():
         frame[MED_PREFIX + name] = rng.random(n) < prevalence
     return frame
+
+
+def _truncated_normal(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Standard normal draws truncated at +-TRUNCATION_SD, by rejection: a draw beyond is
+    redrawn from a child generator (`rng.spawn`, which does not advance `rng`), so the draws
+    inside, and everything drawn from `rng` afterwards, are those of plain normal draws."""
+    z = rng.standard_normal(shape)
+    outside = np.abs(z) > TRUNCATION_SD
+    if outside.any():
+        child = rng.spawn(1)[0]
+        while outside.any():
+            z[outside] = child.standard_normal(int(outside.sum()))
+            outside = np.abs(z) > TRUNCATION_SD
+    return z
+
+
+def _support(d: Demographics, sex: str) -> dict[str, tuple[float, float]]:
+    """The (low, high) that the truncated draws of `d` can reach for one sex."""
+    k = TRUNCATION_SD
+    mean, sd = getattr(d, f"height_mean_{sex}"), getattr(d, f"height_sd_{sex}")
+    height = (mean - k * sd, mean + k * sd)
+    sigma = math.sqrt(math.log1p(getattr(d, f"bmi_cv_{sex}") ** 2))
+    mu = math.log(getattr(d, f"bmi_mean_{sex}")) - sigma**2 / 2
+    bmi = (math.exp(mu - k * sigma), math.exp(mu + k * sigma))
+    weight = (bmi[0] * (height[0] / 100.0) ** 2, bmi[1] * (height[1] / 100.0) ** 2)
+    median, log_sd = getattr(d, f"scr_median_{sex}"), getattr(d, f"scr_log_sd_{sex}")
+    scr = (median * math.exp(-k * log_sd), median * math.exp(k * log_sd))
+    return {"height": height, "bmi": bmi, "weight": weight, "serum_creatinine": scr}
+
+
+_SUPPORT_FIELDS = {
+    "height": "height_mean_{sex}, height_sd_{sex}",
+    "bmi": "bmi_mean_{sex}, bmi_cv_{sex}",
+    "weight": "height_mean_{sex}, height_sd_{sex}, bmi_mean_{sex}, bmi_cv_{sex}",
+    "serum_creatinine": "scr_median_{sex}, scr_log_sd_{sex}",
+}
+
+
+def _check_support(per_group: Mapping[str, Demographics], low: float, high: float) -> None:
+    """Refuse settings whose truncated draws could give an implausible patient."""
+    top = plausible_range("age", low)
+    if top is not None and high > top.high:
+        raise ValueError(
+            f"Population.sample: age reaches {high:g} years, beyond the plausible {top.low:g} "
+            f"to {top.high:g} years (twins.PLAUSIBLE_RANGES); sampled patients are always "
+            f"plausible, so the age range must end by {top.high:g}."
+        )
+    problems = []
+    for group, d in per_group.items():
+        if d.height_mean_male - TRUNCATION_SD * d.height_sd_male <= 0 or (
+            d.height_mean_female - TRUNCATION_SD * d.height_sd_female <= 0
+        ):
+            problems.append(f"ancestry {group!r}: heights down to 0 cm or below")
+            continue
+        for sex, word in (("female", "women"), ("male", "men")):
+            support = _support(d, sex)
+            for age in (low, high):
+                corners = {
+                    "age": [age, age],
+                    "height": list(support["height"]),
+                    "weight": list(support["weight"]),
+                    "serum_creatinine": list(support["serum_creatinine"]),
+                }
+                for found in find_implausible(corners, ["low", "high"]):
+                    r = found.range
+                    side = "down to" if found.row == 0 else "up to"
+                    text = (
+                        f"ancestry {group!r}, {word}: {found.field} {side} {found.value:.4g} "
+                        f"{r.unit} ({_SUPPORT_FIELDS[found.field].format(sex=sex)}), outside "
+                        f"the plausible {r.low:g} to {r.high:g} {r.unit} ({r.band})"
+                    )
+                    if text not in problems:
+                        problems.append(text)
+    if problems:
+        raise ValueError(
+            "Population.sample: these demographics could give implausible patients (the "
+            f"normal draws are truncated at {TRUNCATION_SD:g} SD): "
+            + "; ".join(problems)
+            + ". Sampled patients are always within the plausibility ranges "
+            "(twins.PLAUSIBLE_RANGES): narrow or move these distributions."
+        )
 
 
 def _ancestry_fractions(ancestry: str | Mapping[str, float]) -> dict[str, float]:

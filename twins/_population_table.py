@@ -1,13 +1,15 @@
 """The table of a population: its columns, their checks, and the imputation of missing
 numbers.
 
-`validate_table(frame, missing=..., key=...)` turns a DataFrame into the canonical table
-that `twins.Population` holds (the layout is in `twins._population`'s docstring): known
-columns only, ids unique, numbers finite and in range, genotypes read by `twins.pgx`,
-medication flags boolean; missing numbers refused, or imputed by chained equations
-(MICE) with `<column>_imputed` flags. Every error names the row, the patient id and the
-column. `generator(key)` is the NumPy generator that a JAX key or an integer seed
-determines, shared with the sampling of virtual populations.
+`validate_table(frame, missing=..., key=..., unusual=...)` turns a DataFrame into the
+canonical table that `twins.Population` holds (the layout is in `twins._population`'s
+docstring): known columns only, ids unique, numbers finite and within the hard limits,
+genotypes read by `twins.pgx`, medication flags boolean; missing numbers refused, or imputed
+by chained equations (MICE) with `<column>_imputed` flags; then every row's values checked
+against the plausibility ranges (`twins._plausibility`), all rows at once, except in the
+columns that `unusual` names. Every error names the row, the patient id and the column.
+`generator(key)` is the NumPy generator that a JAX key or an integer seed determines, shared
+with the sampling of virtual populations.
 
 References: van Buuren S, Groothuis-Oudshoorn K. mice: Multivariate Imputation by Chained
 Equations in R. J Stat Softw 2011;45(3):1-67.
@@ -15,9 +17,11 @@ Equations in R. J Stat Softw 2011;45(3):1-67.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 import jax
@@ -27,6 +31,12 @@ import pandas as pd
 
 from . import pgx
 from ._patient import DEMOGRAPHIC_RANGES, LABS, check_covariate_names, interpret
+from ._plausibility import (
+    UNUSUAL_FIELDS,
+    ImplausiblePatientError,
+    find_implausible,
+    normalise_unusual,
+)
 
 #: Columns of every population table, in this order.
 BASE_COLUMNS: tuple[str, ...] = ("id", "age", "sex", "weight", "height", "ancestry")
@@ -37,6 +47,12 @@ MED_PREFIX = "med_"
 EXTRA_PREFIX = "extra_"
 #: Suffix of the column flagging imputed values of a numeric column (`<column>_imputed`).
 IMPUTED_SUFFIX = "_imputed"
+#: How an `ImplausiblePatientError` of a table says to accept the values.
+_HOW = (
+    "Population.from_dataframe(..., unusual={example}), for the whole column (in a trial spec: "
+    "an `unusual` table under [population], next to `csv`)"
+)
+NO_UNUSUAL: Mapping[str, str] = MappingProxyType({})
 
 
 # --- randomness -------------------------------------------------------------------------------
@@ -283,14 +299,53 @@ def _impute(
     return masks
 
 
+def table_unusual(unusual: Any, columns: Iterable[Any]) -> Mapping[str, str]:
+    """The `unusual` of a table with these columns, checked (`normalise_unusual`): field ->
+    reason, for `age`, `weight`, `height`, `bmi` and the lab columns with plausibility
+    ranges that the table has."""
+    present = set(columns)
+    available = [
+        *_NUMERIC_BASE,
+        "bmi",
+        *(c for c in LABS if c in present and c in UNUSUAL_FIELDS),
+    ]
+    return normalise_unusual(unusual, "Population", available, "the table has")
+
+
+def _check_plausible(
+    table: Mapping[str, np.ndarray],
+    columns: list[str],
+    ids: np.ndarray,
+    imputed: Mapping[str, np.ndarray],
+    unusual: Mapping[str, str],
+) -> None:
+    found = find_implausible({c: table[c] for c in columns}, ids, lifted=unusual)
+    if not found:
+        return
+    marked = []
+    for item in found:
+        sources = ("weight", "height") if item.field == "bmi" else (item.field,)
+        assert item.row is not None
+        was_imputed = any(name in imputed and bool(imputed[name][item.row]) for name in sources)
+        marked.append(dataclasses.replace(item, imputed=was_imputed))
+    raise ImplausiblePatientError(marked, "Population", _HOW)
+
+
 def validate_table(
-    frame: pd.DataFrame, *, missing: Literal["error", "impute"], key: Any
+    frame: pd.DataFrame,
+    *,
+    missing: Literal["error", "impute"],
+    key: Any,
+    unusual: Mapping[str, str] = NO_UNUSUAL,
 ) -> pd.DataFrame:
     """The canonical, checked table of a cohort (a new DataFrame; the layout is in
     `twins._population`'s docstring): every row and column checked, missing numbers
-    imputed (`missing="impute"`, seeded from `key`) or refused (`"error"`).
+    imputed (`missing="impute"`, seeded from `key`) or refused (`"error"`), then every
+    value checked against its plausibility range except in the columns of `unusual` (as
+    `table_unusual` returns it).
 
-    **Raises:** `ValueError` naming the row, the patient id and the column."""
+    **Raises:** `ValueError` naming the row, the patient id and the column;
+    `ImplausiblePatientError` naming every row and column outside the plausibility ranges."""
     if missing not in ("error", "impute"):
         raise ValueError(f"missing must be 'error' or 'impute', got {missing!r}.")
     roles = _classify(frame.columns)
@@ -377,6 +432,7 @@ def validate_table(
         ids,
         key,
     )
+    _check_plausible(table, numeric_columns, ids, imputed, unusual)
 
     genes = [g for g in pgx.genes() if g in roles["gene"]]
     for gene in genes:
