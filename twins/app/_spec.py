@@ -32,6 +32,7 @@ import numpy as np
 import pkpd
 
 from .. import drugs as _drugs
+from .._plausibility import reason_problem, unusual_name_problem
 from .._population import Demographics, Population
 from ..trials import (
     AUC,
@@ -238,8 +239,15 @@ def _output(r: TomlReader, value: Any, drug: _drugs.Drug) -> int:
 def _population(r: TomlReader, value: Any) -> Population | Callable[..., Population]:
     where = "population"
     if isinstance(value, Mapping) and "csv" in value:
-        table = r.table(value, where, required=("csv",), optional=("column_map",))
+        table = r.table(value, where, required=("csv",), optional=("column_map", "unusual"))
         return _csv_population(r, table)
+    if isinstance(value, Mapping) and "unusual" in value:
+        raise r.error(
+            key_path(where, "unusual"),
+            "unusual lifts plausibility ranges for patients read from a file (`csv = ...`); "
+            "sampled patients are always within the plausibility ranges, so there is nothing "
+            "to lift.",
+        )
     table = r.table(value, where, optional=_SAMPLE_KEYS)
     kwargs: dict[str, Any] = {}
     if "ancestry" in table:
@@ -294,11 +302,29 @@ def _csv_population(r: TomlReader, table: dict[str, Any]) -> Population:
         w = key_path("population", "column_map")
         raw = r.mapping(table["column_map"], w)
         column_map = {k: r.string(v, key_path(w, k)) for k, v in raw.items()}
+    unusual = _unusual(r, table["unusual"]) if "unusual" in table else None
     try:
         frame = pd.read_csv(path)
-        return Population.from_dataframe(frame, column_map)
+        return Population.from_dataframe(frame, column_map, unusual=unusual)
     except (TypeError, ValueError) as error:
         raise r.error(where, f"cannot read the patients of {str(path)!r}: {error}") from error
+
+
+def _unusual(r: TomlReader, value: Any) -> dict[str, str]:
+    """`[population] unusual = { weight = "NICU cohort" }`: field -> reason."""
+    where = key_path("population", "unusual")
+    out: dict[str, str] = {}
+    for name, reason in r.mapping(value, where).items():
+        w = key_path(where, name)
+        problem = unusual_name_problem(name)
+        if problem is not None:
+            raise r.error(w, f"{problem}.")
+        text = r.string(reason, w)
+        problem = reason_problem(text)
+        if problem is not None:
+            raise r.error(w, f"{problem}.")
+        out[name] = text
+    return out
 
 
 def _allele_frequencies(r: TomlReader, value: Any) -> dict[str, dict[str, dict[str, float]]]:
