@@ -425,7 +425,8 @@ def unusual_name_problem(name: Any) -> str | None:
             f"lab {name!r} has hard limits only, no plausibility range to lift; fields with "
             f"plausibility ranges: {', '.join(UNUSUAL_FIELDS)}"
         )
-    close = difflib.get_close_matches(name, UNUSUAL_FIELDS, n=1)
+    close = [name.lower()] if name.lower() in UNUSUAL_FIELDS else []
+    close = close or difflib.get_close_matches(name.lower(), UNUSUAL_FIELDS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return (
         f"unknown field {name!r}{hint}; fields with plausibility ranges: "

@@ -288,12 +288,16 @@ def _check_support(per_group: Mapping[str, Demographics], low: float, high: floa
         )
     problems = []
     for group, d in per_group.items():
-        if d.height_mean_male - TRUNCATION_SD * d.height_sd_male <= 0 or (
-            d.height_mean_female - TRUNCATION_SD * d.height_sd_female <= 0
-        ):
-            problems.append(f"ancestry {group!r}: heights down to 0 cm or below")
-            continue
         for sex, word in (("female", "women"), ("male", "men")):
+            lowest = getattr(d, f"height_mean_{sex}") - TRUNCATION_SD * getattr(
+                d, f"height_sd_{sex}"
+            )
+            if lowest <= 0:
+                problems.append(
+                    f"ancestry {group!r}, {word}: height down to {lowest:.4g} cm "
+                    f"({_SUPPORT_FIELDS['height'].format(sex=sex)})"
+                )
+                continue
             support = _support(d, sex)
             for age in (low, high):
                 corners = {
