@@ -21,6 +21,7 @@ from twins._plausibility import (
     PLAUSIBLE_RANGES,
     UNUSUAL_FIELDS,
     ImplausiblePatientError,
+    PlausibleRange,
     plausible_range,
 )
 from twins._population import Demographics, Population
@@ -30,6 +31,13 @@ from twins.app._spec import SpecError, trial_from_dict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IWPC_CSV = ROOT / "tests" / "data" / "reference" / "datasets" / "iwpc_warfarin_train.csv.gz"
+
+
+def _range(field: str, age: float) -> PlausibleRange:
+    found = plausible_range(field, age)
+    assert found is not None, field
+    return found
+
 
 # --- the ranges themselves ----------------------------------------------------------------
 
@@ -50,7 +58,7 @@ def test_every_range_has_a_source_and_lies_within_the_hard_limits():
     assert all("WHO Child Growth Standards" in r.source for r in child)
     teen = [r for r in PLAUSIBLE_RANGES if r.field == "weight" and 5 <= r.age_low < 18]
     assert all("2000 CDC Growth Charts" in r.source for r in teen)
-    assert "ICD-10" in plausible_range("weight", 0.0).source
+    assert "ICD-10" in _range("weight", 0.0).source
 
 
 def test_age_bands_cover_every_age_once():
@@ -300,7 +308,7 @@ def test_the_sampler_draws_only_plausible_patients():
     for sex in ("female", "male"):
         support = _support(Demographics(), sex)
         for field, (low, high) in support.items():
-            r = plausible_range(field, 18.0)
+            r = _range(field, 18.0)
             assert r.low <= low and high <= r.high, (sex, field, low, high)
     # ... so a large cohort has no implausible patient (validate_table would refuse it).
     pop = Population.sample(20_000, key=5, age=(18.0, 110.0))

@@ -29,6 +29,7 @@ from twins._patient import DEMOGRAPHIC_RANGES, LABS, Patient
 from twins._plausibility import (
     PLAUSIBLE_RANGES,
     ImplausiblePatientError,
+    PlausibleRange,
     find_implausible,
     plausible_range,
 )
@@ -37,6 +38,13 @@ from twins.app._spec import SpecError, trial_from_dict
 
 SETTINGS = settings(max_examples=60, deadline=None)
 LAB_FIELDS = [r.field for r in PLAUSIBLE_RANGES if r.field in LABS]
+
+
+def _range(field: str, age: float) -> PlausibleRange:
+    found = plausible_range(field, age)
+    assert found is not None, field
+    return found
+
 
 # ----------------------------------------------------------------------------- patients
 
@@ -48,9 +56,9 @@ def _within(draw, low: float, high: float) -> float:
 @st.composite
 def plausible_patients(draw) -> dict:
     age = _within(draw, 0.0, 110.0)
-    w = plausible_range("weight", age)
-    h = plausible_range("height", age)
-    b = plausible_range("bmi", age)
+    w = _range("weight", age)
+    h = _range("height", age)
+    b = _range("bmi", age)
     height = _within(draw, h.low, h.high)
     metres2 = (height / 100.0) ** 2
     low = max(b.low, w.low / metres2)
@@ -60,7 +68,7 @@ def plausible_patients(draw) -> dict:
     assume(w.low <= weight <= w.high and b.low <= weight / metres2 <= b.high)
     labs = {}
     for name in draw(st.sets(st.sampled_from(LAB_FIELDS))):
-        r = plausible_range(name, age)
+        r = _range(name, age)
         labs[name] = _within(draw, r.low, r.high)
     return {
         "id": draw(st.sampled_from(["P1", "X-9", "neo"])),
@@ -100,10 +108,10 @@ def test_a_plausible_patient_is_built_and_round_trips(fields):
 def test_outside_one_range_the_field_is_named_and_unusual_lifts_it(fields, field, side, where):
     fields = {**fields, "labs": dict(fields["labs"])}
     if field in LABS:
-        fields["labs"].setdefault(field, plausible_range(field, fields["age"]).low)
+        fields["labs"].setdefault(field, _range(field, fields["age"]).low)
     if field == "age":
         assume(fields["age"] >= 18.0)  # so that the other fields keep their (adult) band
-    r = plausible_range(field, fields["age"] if field != "age" else 0.0)
+    r = _range(field, fields["age"] if field != "age" else 0.0)
     hard_low, hard_high = _hard(field)
     if side == "low":
         assume(hard_low < r.low)
@@ -158,7 +166,7 @@ def test_a_table_is_refused_exactly_where_its_values_are_implausible(rows, lifte
             "serum_creatinine": scr,
         }
         for name, value in values.items():
-            r = plausible_range(name, age)
+            r = _range(name, age)
             if name not in lifted and not r.low <= value <= r.high:
                 expected.add((i, name))
     unusual = {name: "a reason" for name in lifted}

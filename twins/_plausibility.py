@@ -374,7 +374,7 @@ class ImplausiblePatientError(ValueError):
 
 def find_implausible(
     values: Mapping[str, Any],
-    ids: Sequence[str],
+    ids: Sequence[str] | np.ndarray,
     *,
     lifted: Collection[str] = (),
     rows: bool = True,
