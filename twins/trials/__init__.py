@@ -5,9 +5,13 @@
   `FinalLevel`, `AUC`, `Cmax`, `Ctrough`, `TargetAttainment`); the EU-PACT preset
   (`eupact_trial`).
 - Chunk-level simulation: `seed_keys`, `population_rows`, `simulate_chunk` (what the
-  results folder, the surrogates' training sets and the benchmarks are built from).
-- The results folder: `run_trial` (chunked Parquet parts with checksums, resume),
-  `run_trial_ray`, `read_results`, `trial_summary`, `write_summary`.
+  results folder, the surrogates' training sets and the benchmarks are built from), and
+  `simulate_chunk_outcome` (`ChunkOutcome`), which records the patients that cannot be
+  simulated instead of raising `FailedPatientsError`.
+- The results folder: `run_trial` (chunked Parquet parts with checksums, resume; failed
+  patients recorded, the run stopped past `MAX_FAILED_FRACTION` with
+  `TooManyFailuresError`), `run_trial_ray`, `read_results`, `trial_summary`,
+  `write_summary`.
 No plotting and no HTML here: the report is `twins.app` (`twins.write_report`).
 """
 
@@ -27,8 +31,10 @@ from ._endpoints import TimeToRange as TimeToRange
 from ._eupact import eupact_trial as eupact_trial
 from ._ray import run_trial_ray as run_trial_ray
 from ._run import DERIVED_SUBGROUPS as DERIVED_SUBGROUPS
+from ._run import MAX_FAILED_FRACTION as MAX_FAILED_FRACTION
 from ._run import ResultsFolderError as ResultsFolderError
 from ._run import ResumeWarning as ResumeWarning
+from ._run import TooManyFailuresError as TooManyFailuresError
 from ._run import run_trial as run_trial
 from ._run import seed_keys as seed_keys
 from ._run import summary as trial_summary
@@ -44,28 +50,34 @@ from ._subgroups import subgroup as subgroup
 from ._summary import DamagedResultsError as DamagedResultsError
 from ._summary import Results as Results
 from ._summary import read_results as read_results
+from ._trial import ChunkOutcome as ChunkOutcome
+from ._trial import FailedPatientsError as FailedPatientsError
 from ._trial import Trial as Trial
 from ._trial import dose_window as dose_window
 from ._trial import make_runner as make_runner
 from ._trial import model_covariates as model_covariates
 from ._trial import population_rows as population_rows
 from ._trial import simulate_chunk as simulate_chunk
+from ._trial import simulate_chunk_outcome as simulate_chunk_outcome
 from ._trial import trial_runners as trial_runners
 from ._twin_arm import TwinArm as TwinArm
 
 __all__ = [
     "AUC",
     "DERIVED_SUBGROUPS",
+    "MAX_FAILED_FRACTION",
     "NAMED_SUBGROUPS",
     "AgeGroup",
     "AnyAbove",
     "Arm",
+    "ChunkOutcome",
     "Cmax",
     "CovariateLevels",
     "Ctrough",
     "DamagedResultsError",
     "DosingArm",
     "Endpoint",
+    "FailedPatientsError",
     "FinalLevel",
     "MeanDose",
     "Nomogram",
@@ -79,6 +91,7 @@ __all__ = [
     "TargetAttainment",
     "TimeInRange",
     "TimeToRange",
+    "TooManyFailuresError",
     "Trial",
     "TwinArm",
     "dose_window",
@@ -91,6 +104,7 @@ __all__ = [
     "run_trial_ray",
     "seed_keys",
     "simulate_chunk",
+    "simulate_chunk_outcome",
     "subgroup",
     "trial_runners",
     "trial_summary",

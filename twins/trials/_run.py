@@ -42,11 +42,18 @@ import pyarrow.parquet as pq
 from .._population import Population
 from ._folder import PART_FOLDERS, PART_NAME, damaged_parts, durable_replace
 from ._subgroups import NAMED_SUBGROUPS, SubgroupError
-from ._summary import difference_table, endpoint_table, read_results
-from ._trial import Trial, population_rows, simulate_chunk, trial_runners
+from ._summary import difference_table, endpoint_table, failure_summary, read_results
+from ._trial import Trial, population_rows, simulate_chunk_outcome, trial_runners
 
 #: The largest seed (JAX keys are made from a 64-bit signed integer).
 SEED_MAX = 2**63 - 1
+
+#: The default of `run_trial(max_failed_fraction=...)`: a run stops once more than this
+#: fraction of an arm's patients could not be simulated.
+MAX_FAILED_FRACTION = 0.05
+
+#: Failed patients named per chunk and arm in `manifest.json` (and in a stopped run's error).
+FAILED_SHOWN = 5
 
 #: Subgroups known by name (`twins.trials.NAMED_SUBGROUPS`), besides any
 #: `Population.covariates()` key: name -> what it is.
@@ -160,8 +167,12 @@ def _chunk_frames(
     population: Population,
     endpoints: Mapping[str, Mapping[str, np.ndarray]],
     courses: Mapping[str, Any],
+    failures: Mapping[str, Mapping[int, str]],
     trajectories: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """The chunk's patient rows, band counts and (optionally) trajectories. A patient that
+    failed in an arm keeps its row there (`status` "failed", `failure` the reason, endpoint
+    values and `final_dose` missing) and adds nothing to the bands or trajectories."""
     cov = population.covariates()
     groups = _subgroup_columns(trial, population, cov)
     base = {"patient": population.ids.astype(str)}
@@ -171,27 +182,33 @@ def _chunk_frames(
         base[name] = np.asarray(cov[name], dtype=float)
     base.update(groups)
     edges = np.asarray(trial.bands_edges, dtype=float)
+    n = len(population)
     rows, bands, trajs = [], [], []
     for arm in trial.arms:
+        bad = np.zeros(n, dtype=bool)
+        bad[list(failures[arm.name])] = True
+        keep = ~bad
         frame = pd.DataFrame({**base, "arm": arm.name})
         for key, values in endpoints[arm.name].items():
-            frame[key] = values
+            frame[key] = _missing_where(np.asarray(values), bad)
         course = courses[arm.name]
-        frame["final_dose"] = course["doses"][:, -1]
+        frame["final_dose"] = np.where(bad, np.nan, course["doses"][:, -1])
+        frame["status"] = np.where(bad, "failed", "completed")
+        frame["failure"] = [str(r) for r in course["failure"]]
         rows.append(frame)
-        bands.append(_bands(arm.name, course["days"], course["level"], edges))
+        bands.append(_bands(arm.name, course["days"], course["level"][keep], edges))
         if trajectories:
-            n, m = course["level"].shape
+            level = course["level"][keep]
+            k, m = level.shape
+            doses = np.concatenate([course["doses"][keep], np.full((k, 1), np.nan)], axis=1)
             trajs.append(
                 pd.DataFrame(
                     {
-                        "patient": np.repeat(base["patient"], m),
+                        "patient": np.repeat(base["patient"][keep], m),
                         "arm": arm.name,
-                        "day": np.tile(course["days"], n),
-                        "level": course["level"].ravel(),
-                        "dose": np.concatenate(
-                            [course["doses"], np.full((n, 1), np.nan)], axis=1
-                        ).ravel(),
+                        "day": np.tile(course["days"], k),
+                        "level": level.ravel(),
+                        "dose": doses.ravel(),
                     }
                 )
             )
@@ -202,6 +219,22 @@ def _chunk_frames(
         pd.concat(bands, ignore_index=True),
         pd.concat(trajs, ignore_index=True) if trajectories else None,
     )
+
+
+def _missing_where(values: np.ndarray, bad: np.ndarray) -> Any:
+    """An endpoint column with the rows `bad` missing. Flags and integers become pandas'
+    nullable types (`boolean`, `Int64`; Parquet `bool`, `int64` with nulls) in every chunk,
+    so that all parts have one schema whether patients failed in them or not."""
+    if values.dtype == bool:
+        out = pd.array(values, dtype="boolean")
+    elif np.issubdtype(values.dtype, np.integer):
+        out = pd.array(values, dtype="Int64")
+    elif np.issubdtype(values.dtype, np.floating):
+        return np.where(bad, np.nan, values)
+    else:
+        out = pd.array(values.astype(object), dtype=object)
+    out[bad] = pd.NA if out.dtype != object else None
+    return out
 
 
 def progress_bar(enabled: bool):
@@ -237,6 +270,52 @@ class ResultsFolderError(ValueError):
 
 class ResumeWarning(UserWarning):
     """A resumed run found a recorded part missing or damaged and simulates its chunk again."""
+
+
+class TooManyFailuresError(ValueError):
+    """A run stopped because more of an arm's patients could not be simulated than
+    `run_trial(max_failed_fraction=...)` allows. The chunks written are kept: running
+    again with a larger `max_failed_fraction` resumes the run."""
+
+
+def failed_patients(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The patients that could not be simulated in the chunks done, by arm, from the
+    records of `manifest.json`: `{arm: {"n": count, "first": [[id, reason], ...]}}` (the
+    first `FAILED_SHOWN`, in patient order); arms without failures are left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for chunk in sorted(manifest.get("chunks_done", [])):
+        record = manifest["parts"].get(f"patients/part-{chunk:05d}.parquet", {})
+        for arm, failed in record.get("failed", {}).items():
+            entry = out.setdefault(arm, {"n": 0, "first": []})
+            entry["n"] += int(failed["n"])
+            entry["first"] += failed["first"][: FAILED_SHOWN - len(entry["first"])]
+    return out
+
+
+def check_failures(
+    trial: Trial, out: Path, manifest: Mapping[str, Any], max_failed_fraction: float
+) -> None:
+    """Raise `TooManyFailuresError` when, in the chunks done, more than
+    `max_failed_fraction` of an arm's `manifest["n_patients"]` patients failed."""
+    n = int(manifest["n_patients"])
+    for arm, failed in failed_patients(manifest).items():
+        k = failed["n"]
+        if k / n <= max_failed_fraction:
+            continue
+        first = "; ".join(f"{pid}: {why}" for pid, why in failed["first"])
+        more = f" (and {k - len(failed['first'])} more)" if k > len(failed["first"]) else ""
+        done = len(manifest["chunks_done"])
+        raise TooManyFailuresError(
+            f"run_trial: trial {trial.name!r}, arm {arm!r}: {k} of the {n} patients "
+            f"({100 * k / n:.3g}%) could not be simulated, more than "
+            f"max_failed_fraction={max_failed_fraction:g} allows "
+            f"({math.floor(max_failed_fraction * n)} patients); the run stops. First: "
+            f"{first}{more}. The {done} of {manifest['n_chunks']} chunk(s) done are kept in "
+            f"{out} (manifest.json records them; every failed patient is in patients/ with "
+            "status 'failed' and its reason). Check these patients' parameters or the "
+            "solver; to accept the failures, run again with a larger max_failed_fraction "
+            f"(at least {k / n:.3g}; 1 never stops), which resumes the run."
+        )
 
 
 def _chunk_parts(chunk: int, trajectories: bool) -> list[str]:
@@ -390,6 +469,7 @@ def run_trial(
     summary: bool = True,
     mesh: Any = None,
     report: bool | None = None,
+    max_failed_fraction: float = MAX_FAILED_FRACTION,
 ) -> Path:
     """Run a trial and write its results folder; resume it if interrupted.
 
@@ -409,12 +489,23 @@ def run_trial(
       over several devices (`chunk_size` must be a multiple of the device count).
     - `report`: deprecated (run_trial no longer writes `report.html`): `report=False` is
       `summary=False`; call `twins.write_report(out)` for the report.
+    - `max_failed_fraction`: the largest fraction of an arm's `n` patients that may fail
+      (parameters outside the model's domain, a non-finite or raising simulation; see
+      `simulate_chunk_outcome`), 0 to 1. A failed patient keeps its rows in `patients/`
+      (`status` "failed", `failure` the reason, endpoints missing) and is left out of the
+      estimates; once more than this fraction of an arm's patients have failed, the run
+      stops (`TooManyFailuresError`). 0: any failure stops the run; 1: never. It does not
+      change the numbers, so a stopped run resumes with a larger value.
 
     **Returns:** the results folder.
 
     **Raises:** `ResultsFolderError` (a `ValueError`) if `out` is not a new or empty
     folder nor one this trial wrote (see `prepare_folder`); for example when it holds the
     results of a different trial, N, seed or chunk size (its spec hash differs).
+    `TooManyFailuresError` (a `ValueError`) when more patients failed than
+    `max_failed_fraction` allows, checked as each chunk completes (and on resuming): it
+    names the arm, the count, the fraction and the first patients with their reasons; the
+    chunks written are kept and recorded.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"run_trial: n must be a positive integer, got {n!r}.")
@@ -423,6 +514,15 @@ def run_trial(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"run_trial: chunk_size must be a positive integer, got {chunk_size!r}.")
     chunk_size = min(chunk_size, n)
+    if (
+        isinstance(max_failed_fraction, bool)
+        or not isinstance(max_failed_fraction, int | float)
+        or not 0 <= max_failed_fraction <= 1
+    ):
+        raise ValueError(
+            "run_trial: max_failed_fraction must be a number from 0 to 1, got "
+            f"{max_failed_fraction!r}."
+        )
     if mesh is not None and chunk_size % mesh.size:
         raise ValueError(
             f"run_trial: chunk_size {chunk_size} must be a multiple of the {mesh.size} devices."
@@ -433,6 +533,7 @@ def run_trial(
     )
     n_chunks = manifest["n_chunks"]
     done = list(manifest["chunks_done"])
+    check_failures(trial, out, manifest, max_failed_fraction)
 
     runners = trial_runners(trial)
     wall0 = float(manifest.get("wall_s", 0.0))
@@ -453,6 +554,7 @@ def run_trial(
             write_json(out / "manifest.json", manifest)
             rate = count * len(trial.arms) / (time.perf_counter() - t0)
             bar.update(task, advance=count, rate=f"{rate:,.0f} patient-arms/s")
+            check_failures(trial, out, manifest, max_failed_fraction)
     manifest.update(finished_utc=now_utc(), wall_s=wall0 + time.perf_counter() - started)
     write_json(out / "manifest.json", manifest)
     if summary:
@@ -488,7 +590,10 @@ def run_chunk(
     """Simulate chunk `chunk` of a run and write its parts (bands, trajectories, then
     patients, each durably and atomically). Returns the number of patients in it and the
     parts' records for the manifest (`{"patients/part-00003.parquet": {rows, bytes,
-    sha256}, ...}`, see `record_chunk`).
+    sha256, failed}, ...}`, see `record_chunk`). The patients part's `failed` record holds,
+    per arm with failed patients, their count `n` and the first `FAILED_SHOWN` as
+    `[id, reason]` (`simulate_chunk_outcome`; every failed patient is in the part, with
+    `status` "failed").
 
     A pure function of its arguments (and of nothing already written): running a chunk twice
     writes the same parts, which is what makes resuming (and fanning chunks out to Ray
@@ -500,16 +605,24 @@ def run_chunk(
     if not 0 <= lo < hi:
         raise ValueError(f"run_chunk: chunk {chunk} is outside the {n} patients.")
     pop = population_rows(trial, lo, hi, key=pop_key)
-    endpoints, courses = simulate_chunk(
+    outcome = simulate_chunk_outcome(
         trial, pop, lo, key=sim_key, runners=runners, mesh=mesh, size=chunk_size
     )
-    patients, bands, trajs = _chunk_frames(trial, pop, endpoints, courses, trajectories)
+    patients, bands, trajs = _chunk_frames(
+        trial, pop, outcome.endpoints, outcome.courses, outcome.failures, trajectories
+    )
     name = f"part-{chunk:05d}.parquet"
     records = {f"bands/{name}": _write_parquet(out / "bands" / name, bands)}
     if trajs is not None:
         (out / "trajectories").mkdir(exist_ok=True)
         records[f"trajectories/{name}"] = _write_parquet(out / "trajectories" / name, trajs)
     records[f"patients/{name}"] = _write_parquet(out / "patients" / name, patients)
+    ids = pop.ids.astype(str)
+    records[f"patients/{name}"]["failed"] = {
+        arm: {"n": len(f), "first": [[ids[i], why] for i, why in list(f.items())[:FAILED_SHOWN]]}
+        for arm, f in outcome.failures.items()
+        if f
+    }
     return hi - lo, records
 
 
@@ -535,7 +648,12 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     `{arm: {endpoint: {label, unit, kind, n, estimate, ci_low, ci_high, published}}}`, plus
     `"differences"` (`{arm: {endpoint: {difference, ci_low, ci_high, method}}}` against the
     reference arm), `"published"` (the published figures, their source and notes, and
-    `"differences"`), `"n_per_arm"` and `"provenance"`.
+    `"differences"`), `"n_per_arm"`, `"complete"`, `"failures"` and `"provenance"`.
+
+    `"failures"` is `{arm: {n_patients, n_failed, failed: [{patient, reason}, ...]}}`, the
+    patients that could not be simulated (the first `FAILED_LISTED`, 100, listed; see
+    `failure_summary`). The estimates are over the completed patients only: `n` counts
+    them, and a failed patient is neither a responder nor a non-responder.
     """
     results = read_results(path)
     table = endpoint_table(results)
@@ -559,6 +677,7 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     out["published"] = published
     out["n_per_arm"] = results.manifest.get("n_patients")
     out["complete"] = results.manifest.get("complete")
+    out["failures"] = failure_summary(results)
     out["provenance"] = {**spec.get("provenance", {}), "wall_s": results.manifest.get("wall_s")}
     return out
 

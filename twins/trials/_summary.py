@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from scipy import stats
 
 from ._results import ENDPOINT_KINDS as ENDPOINT_KINDS
@@ -33,6 +34,9 @@ from ._results import reference_arm as reference_arm
 
 #: Level label used for a missing subgroup or categorical value.
 MISSING_LEVEL = "(missing)"
+
+#: Failed patients listed per arm by `failure_summary` (and in summary.json) by default.
+FAILED_LISTED = 100
 
 _EPS = 1e-9  # tolerance of the S(t) <= 0.5 comparisons (products of fractions)
 
@@ -640,4 +644,46 @@ def population_summary(results: Results) -> pd.DataFrame:
     ).reset_index(drop=True)
     out["n"] = out["n"].astype(np.int64)
     out["count"] = out["count"].astype(float)
+    return out
+
+
+def failure_summary(results: Results, *, limit: int = FAILED_LISTED) -> dict[str, Any]:
+    """The patients that could not be simulated, by arm (`run_trial` writes them with
+    `status` "failed", `failure` the reason and their endpoints missing; `endpoint_table`
+    and the other tables leave them out, so their `n` counts the completed patients only).
+
+    **Arguments:**
+
+    - `results`: from `read_results`; the `status` and `failure` columns are read from its
+      patient parts (parts without a `status` column have no failed patients).
+    - `limit`: how many failed patients to list per arm (the first, in part and row order).
+
+    **Returns:**
+
+    `{arm: {"n_patients": rows of the arm, "n_failed": count, "failed": [{"patient": id,
+    "reason": reason}, ...]}}`, every arm of the spec in order; `failed` holds at most
+    `limit` entries (`n_failed` counts them all).
+    """
+    names = arm_names(results.spec)
+    rows = np.bincount(
+        pd.Categorical(results.patients["arm"], categories=names).codes, minlength=len(names)
+    )
+    out = {
+        a: {"n_patients": int(r), "n_failed": 0, "failed": []}
+        for a, r in zip(names, rows, strict=True)
+    }
+    for part in results.patient_parts:
+        file = results.path / "patients" / part
+        if "status" not in pq.read_schema(file).names:
+            continue
+        table = pq.read_table(
+            file, columns=["patient", "arm", "failure"], filters=[("status", "==", "failed")]
+        )
+        for pid, arm, why in zip(
+            *(table[c].to_pylist() for c in ("patient", "arm", "failure")), strict=True
+        ):
+            entry = out[str(arm)]
+            entry["n_failed"] += 1
+            if len(entry["failed"]) < limit:
+                entry["failed"].append({"patient": str(pid), "reason": str(why)})
     return out

@@ -21,7 +21,7 @@ import hashlib
 import math
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,9 @@ from ._subgroups import Subgroup, subgroup
 #: Virtual patients are drawn in blocks of this size, block b from `fold_in(key, b)`, so that
 #: patient i is the same whatever N and the chunk size are.
 POPULATION_BLOCK = 1000
+
+#: Columns of the patient table that the engine writes itself (no endpoint may take them).
+RESERVED_COLUMNS = ("patient", "arm", "final_dose", "status", "failure")
 
 
 def describe_population(population: Any) -> dict[str, Any]:
@@ -155,6 +158,12 @@ class Trial:
         enames = [e.name for e in self.endpoints]
         if len(set(enames)) != len(enames):
             raise ValueError(f"Trial {self.name!r}: endpoint names must be unique: {enames}.")
+        taken = [e for e in enames if e in RESERVED_COLUMNS]
+        if taken:
+            raise ValueError(
+                f"Trial {self.name!r}: the endpoint name(s) {taken} are columns the results "
+                f"always hold ({list(RESERVED_COLUMNS)}); choose others."
+            )
         if not (isinstance(self.days, int) and self.days >= 1):
             raise ValueError(f"Trial {self.name!r}: days must be an integer >= 1.")
         if not (isinstance(self.exposure_steps, int) and self.exposure_steps >= 2):
@@ -380,6 +389,69 @@ def _even(k: float) -> int:
     return max(2, 2 * math.ceil(k / 2))
 
 
+class FailedPatientsError(ValueError):
+    """Some patients of a chunk could not be simulated; the others were.
+
+    Raised by `simulate_chunk`; `run_trial` records such patients in its results instead
+    (through `simulate_chunk_outcome`).
+
+    **Attributes:**
+
+    - `failures`: `{arm name: {patient id: reason}}`, every arm named (empty where none
+      failed). A reason is a parameter outside the model's domain (by
+      `pkpd.AbstractModel.domain_errors`: not finite, a clearance or volume <= 0, `F` or
+      `ALAG` < 0, `D` or `R` <= 0), a simulation that gave non-finite values, or an error
+      raised while simulating that patient.
+    - `endpoints`, `courses`: what `simulate_chunk` would have returned for every patient,
+      with the failed patients' values NaN (so their flags, such as a proportion endpoint's,
+      are floats there: 1.0, 0.0 or NaN) and `courses[arm]["failure"]` holding each
+      patient's reason (`""` for the patients simulated). Every other row is that patient's
+      own result, the same bits as in a chunk without the failed patients.
+    """
+
+    def __init__(
+        self,
+        trial: str,
+        failures: Mapping[str, Mapping[str, str]],
+        endpoints: dict[str, dict[str, np.ndarray]],
+        courses: dict[str, Course],
+    ):
+        self.failures = {a: dict(f) for a, f in failures.items()}
+        self.endpoints = endpoints
+        self.courses = courses
+        parts = []
+        for arm, fails in self.failures.items():
+            if fails:
+                shown = "; ".join(f"{pid}: {why}" for pid, why in list(fails.items())[:5])
+                more = len(fails) - 5
+                parts.append(
+                    f"arm {arm!r}: {len(fails)} patient(s) ({shown}"
+                    f"{f'; and {more} more' if more > 0 else ''})"
+                )
+        super().__init__(
+            f"Trial {trial!r}: some patients could not be simulated; the others were (their "
+            "results are in this error's `endpoints` and `courses`). " + ". ".join(parts) + "."
+        )
+
+
+class ChunkOutcome(NamedTuple):
+    """What `simulate_chunk_outcome` returns.
+
+    - `endpoints`: `{arm: {column: (n,) array}}`, as `simulate_chunk`'s.
+    - `courses`: `{arm: Course}`; `Course["failure"]` `(n,)` holds each patient's reason
+      of failure (`""` for the patients simulated).
+    - `failures`: `{arm: {row: reason}}`, rows counted from 0 within the chunk.
+
+    The values in a failed patient's row are not results (they may be another patient's
+    numbers, standing in for the failed one so that the others are computed unchanged):
+    mask them with `failures` before using them, as `run_trial` does.
+    """
+
+    endpoints: dict[str, dict[str, np.ndarray]]
+    courses: dict[str, Course]
+    failures: dict[str, dict[int, str]]
+
+
 def simulate_chunk(
     trial: Trial,
     population: Population,
@@ -398,6 +470,76 @@ def simulate_chunk(
     same shape and the simulation compiles once. The compiled runners are kept in `runners`
     (default: `trial_runners(trial)`, which lives as long as the trial). Returns
     `(endpoints, courses)` by arm name.
+
+    **Raises:** `FailedPatientsError` (a `ValueError`) naming, per arm, every patient that
+    could not be simulated and why; it carries the other patients' results, which a failed
+    patient does not change (`simulate_chunk_outcome` returns them without raising).
+    """
+    outcome = simulate_chunk_outcome(
+        trial, population, first_index, key=key, runners=runners, mesh=mesh, size=size
+    )
+    if not any(outcome.failures.values()):
+        return outcome.endpoints, outcome.courses
+    ids = population.ids.astype(str)
+    named = {a: {ids[i]: why for i, why in f.items()} for a, f in outcome.failures.items()}
+    endpoints, courses = {}, {}
+    for arm, values in outcome.endpoints.items():
+        bad = np.zeros(len(population), dtype=bool)
+        bad[list(outcome.failures[arm])] = True
+        endpoints[arm] = {k: _masked(v, bad) for k, v in values.items()}
+        course = Course(outcome.courses[arm])
+        for k in ("level", "measured", "doses", "auc", "cmax"):
+            if k in course:
+                course[k] = _masked(course[k], bad)
+        courses[arm] = course
+    raise FailedPatientsError(trial.name, named, endpoints, courses)
+
+
+def _masked(values: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """`values` as floats with the rows `bad` NaN."""
+    out = np.array(values, dtype=float)
+    out[bad] = np.nan
+    return out
+
+
+def domain_failures(trial: Trial, params: Mapping[str, np.ndarray]) -> dict[int, str]:
+    """`{row: reason}` for the patients whose parameters (`{name: (n,) array}`) are outside
+    the drug model's domain, by `pkpd.AbstractModel.domain_errors` (every value finite;
+    clearances, volumes and rate constants > 0; `F<n>`, `ALAG<n>` >= 0; `D<n>`, `R<n>` > 0).
+    Each reason names the parameters, their values and what was expected."""
+    found: dict[int, list[str]] = {}
+    for name, bad, expect in trial.drug.model.model.domain_errors(dict(params)):
+        values = np.asarray(params[name], dtype=float)
+        for i in np.flatnonzero(np.broadcast_to(bad, values.shape)):
+            found.setdefault(int(i), []).append(f"{name} = {values[i]:g} (expected {expect})")
+    return {
+        i: "parameters outside the model's domain: " + "; ".join(found[i]) for i in sorted(found)
+    }
+
+
+def simulate_chunk_outcome(
+    trial: Trial,
+    population: Population,
+    first_index: int,
+    *,
+    key,
+    runners: dict[Any, Any] | None = None,
+    mesh: Any = None,
+    size: int | None = None,
+) -> ChunkOutcome:
+    """`simulate_chunk` that records the patients it cannot simulate instead of raising.
+
+    A patient fails in an arm when its parameters are outside the model's domain
+    (`domain_failures`; then in every arm), when its simulated course holds a non-finite
+    value, or when simulating it raises an error at run time (a solver's step limit, an
+    `eqx.error_if` in an arm's rule, or a host-driven arm such as `TwinArm` that raises for
+    that patient). For the simulation a failed patient's row is filled with another
+    patient's inputs (the first one who does not fail); a compiled chunk computes each row
+    from its own inputs alone, so every other patient's results are the same bits as in a
+    chunk without the failed one. The failed patient is named with its reason in
+    `ChunkOutcome.failures` and `Course["failure"]`.
+
+    Arguments as `simulate_chunk`.
     """
     drug = trial.drug
     pm = drug.model
@@ -408,64 +550,218 @@ def simulate_chunk(
     size = n if size is None else int(size)
     if size < n:
         raise ValueError(f"simulate_chunk: size {size} is smaller than the {n} patients.")
+    # The etas and parameters of `size` rows (the same shapes in every chunk), of which
+    # the first `n` are the patients'.
     index = np.arange(first_index, first_index + size)
     k_eta, k_noise = jax.random.split(key)
     eta_keys = jax.vmap(lambda i: jax.random.fold_in(k_eta, i))(index)
-    noise_keys = jax.vmap(lambda i: jax.random.fold_in(k_noise, i))(index)
+    noise_keys = jax.vmap(lambda i: jax.random.fold_in(k_noise, i))(index)[:n]
     chol = jnp.linalg.cholesky(jnp.asarray(drug.omega_matrix()))
     z = jax.vmap(lambda k: jax.random.normal(k, (pm.n_eta,)))(eta_keys)
     eta = z @ chol.T
     theta = {k: jnp.asarray(v, dtype=float) for k, v in pm.theta.items()}
     cov_j = {k: jnp.asarray(_pad(v, size)) for k, v in mcov.items()}
     params = jax.vmap(lambda c, e: pm.individual_params(theta, c, e))(cov_j, eta)
-    params = {k: jnp.broadcast_to(jnp.asarray(v, dtype=float), (size,)) for k, v in params.items()}
-    window = dose_window(trial, {k: np.asarray(v)[:n] for k, v in params.items()}, population.ids)
+    own = {  # each patient's own parameters
+        k: np.broadcast_to(np.asarray(v, dtype=float), (size,))[:n] for k, v in params.items()
+    }
+    domain = domain_failures(trial, own)
+    good = [i for i in range(n) if i not in domain]
+    # The patient simulated in each of the `size` rows: the padding rows repeat the last
+    # patient, and a failed patient's row is another's (a stand-in; its values are dropped).
+    rows = np.minimum(np.arange(size), n - 1)
+    if good:
+        rows[np.isin(rows, list(domain))] = good[0]
+    window = dose_window(trial, {k: v[good] for k, v in own.items()}, population.ids[good])
     runners = trial_runners(trial) if runners is None else runners
     endpoints: dict[str, dict[str, np.ndarray]] = {}
     courses: dict[str, Course] = {}
+    failures: dict[str, dict[int, str]] = {}
     days = np.arange(trial.days + 1) * trial.interval / 24.0
     for arm in trial.arms:
-        state = {k: jnp.asarray(_pad(v, size)) for k, v in arm.start(cov).items()}
-        inputs = (params, state, noise_keys)
-        if mesh is not None:
-            spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
-            inputs = jax.device_put(inputs, jax.sharding.NamedSharding(mesh, spec))
-        if getattr(arm, "host_driven", False):  # e.g. TwinArm: decisions on the host
-            host_params = {k: np.asarray(v)[:n] for k, v in params.items()}
-            simulate = getattr(arm, "simulate")  # noqa: B009  # host-driven arms define it
-            level, measured, doses = simulate(trial, cov, host_params, noise_keys[:n])
-            exposure = []
+        fails = dict(domain)
+        if not good:
+            arrays = _nan_course(trial, arm, n)
+        elif getattr(arm, "host_driven", False):  # e.g. TwinArm: decisions on the host
+            arrays, more = _host_arm(trial, arm, cov, own, noise_keys, good)
+            fails.update(more)
         else:
             slot = (arm.name, window, mesh)
             if slot not in runners:
                 runners[slot] = make_runner(trial, arm, window, mesh)
-            level, measured, doses, *exposure = runners[slot](*inputs)
+            state = {k: np.asarray(v) for k, v in arm.start(cov).items()}
+            inputs = (own, state, noise_keys)
+            arrays, more = _jitted_arm(trial, arm, runners[slot], inputs, rows, good, mesh)
+            fails.update(more)
+        level, measured, doses, *exposure = (np.asarray(x)[:n] for x in arrays)
+        for i in _non_finite(level, measured, doses, *exposure):
+            fails.setdefault(i, _non_finite_reason(level[i], days, own, i))
         course = Course(
             days=days,
-            level=np.asarray(level)[:n],
+            level=level,
             visit_days=days[np.asarray(arm.visits, dtype=int)],
-            measured=np.asarray(measured)[:n],
-            doses=np.asarray(doses)[:n],
-            params={k: np.asarray(v)[:n] for k, v in params.items()},
+            measured=measured,
+            doses=doses,
+            params=own,
             interval_h=float(trial.interval),
         )
         if exposure:
-            course["auc"] = np.asarray(exposure[0])[:n]
-            course["cmax"] = np.asarray(exposure[1])[:n]
-        bad = ~np.isfinite(course["level"]).all(axis=1)
-        if bad.any():
-            ids = population.ids[bad][:5]
-            raise FloatingPointError(
-                f"Trial {trial.name!r}, arm {arm.name!r}: the simulation gave non-finite "
-                f"values for {int(bad.sum())} patients (first: {list(ids)}); check their "
-                "parameters or use a smaller solver step."
-            )
+            course["auc"] = exposure[0]
+            course["cmax"] = exposure[1]
         values: dict[str, np.ndarray] = {}
         for e in trial.endpoints:
             values.update({k: np.asarray(v) for k, v in e(course).items()})
+        reason = np.full(n, "", dtype=object)
+        for i, why in fails.items():
+            reason[i] = why
+        course["failure"] = reason
         endpoints[arm.name] = values
         courses[arm.name] = course
-    return endpoints, courses
+        failures[arm.name] = dict(sorted(fails.items()))
+    return ChunkOutcome(endpoints, courses, failures)
+
+
+def _nan_course(trial: Trial, arm: Arm, n: int) -> list[np.ndarray]:
+    """The course arrays `(level, measured, doses, *exposure)` of `n` patients none of whom
+    could be simulated: NaN (masked as failures)."""
+    shapes = [(n, trial.days + 1), (n, len(arm.visits)), (n, trial.days)]
+    shapes += [(n, trial.days)] * (2 if trial.needs_exposure else 0)  # AUC, Cmax
+    return [np.full(shape, np.nan) for shape in shapes]
+
+
+#: Patients per try when a compiled chunk raised and the patients that make it raise are
+#: searched for (a smaller compiled shape, so that many failures stay cheap to find).
+_SEARCH_BATCH = 64
+
+
+def _jitted_arm(
+    trial: Trial, arm: Arm, runner, inputs, rows: np.ndarray, good: list[int], mesh: Any
+) -> tuple[list[np.ndarray], dict[int, str]]:
+    """Run a compiled arm with row `j` simulating patient `rows[j]` of `inputs` (`(params,
+    state, noise keys)`, one entry per patient).
+
+    When the run raises at run time (a solver's step limit, an `eqx.error_if`), the
+    patients that make it raise are found by bisection: the patients `good` in batches of
+    `_SEARCH_BATCH`, each try one compiled call of that many rows (the batch repeated),
+    halving the batches that raise (an error that every patient of the first batch, two
+    or more, raises alike is not a patient's: it is raised). The chunk is then run again
+    with those patients' rows given to another patient. Returns the course arrays
+    `(level, measured, doses, *exposure)` of the `rows.size` rows and `{patient: reason}`."""
+
+    def call(which: np.ndarray):
+        picked = jax.tree.map(lambda v: v[which], inputs)
+        if mesh is not None:
+            spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+            picked = jax.device_put(picked, jax.sharding.NamedSharding(mesh, spec))
+        return jax.block_until_ready(runner(*picked))
+
+    try:
+        return [np.asarray(x) for x in call(rows)], {}
+    except RuntimeError as error:  # raised while running (equinox's error_if, XLA)
+        first = error
+    devices = 1 if mesh is None else mesh.size
+    batch = min(rows.size, devices * max(1, _SEARCH_BATCH // devices))
+    found: dict[int, str] = {}
+
+    def search(patients: np.ndarray) -> None:
+        try:
+            call(np.resize(patients, batch))
+            return
+        except RuntimeError as error:
+            if patients.size == 1:
+                found[int(patients[0])] = (
+                    f"the simulation raised an error: {_runtime_reason(error)}"
+                )
+                return
+        half = patients.size // 2
+        search(patients[:half])
+        search(patients[half:])
+
+    candidates = np.asarray(good)
+    for start in range(0, candidates.size, batch):
+        search(candidates[start : start + batch])
+        if start == 0:
+            _raise_if_systematic(first, [found.get(int(i)) for i in candidates[:batch]])
+    rest = [i for i in good if i not in found]
+    if not rest:
+        return _nan_course(trial, arm, rows.size), found
+    rows = rows.copy()
+    rows[np.isin(rows, list(found))] = rest[0]
+    return [np.asarray(x) for x in call(rows)], found
+
+
+def _raise_if_systematic(error: BaseException, reasons: list[str | None]) -> None:
+    """Raise `error` when the first patients searched (two or more) all failed with one
+    reason: an error that is no patient's (a wrong setting, a broken model)."""
+    if len(reasons) > 1 and None not in reasons and len(set(reasons)) == 1:
+        raise error
+
+
+def _runtime_reason(error: BaseException) -> str:
+    """The message of an error raised while a compiled simulation ran, shortened."""
+    text = str(error)
+    if "max_steps" in text or "maximum number of solver steps" in text:
+        return "the solver reached its step limit (max_steps): a stiff or extreme patient"
+    lines = [ln for ln in text.splitlines() if "EquinoxRuntimeError:" in ln]
+    if lines:
+        return lines[-1].split("EquinoxRuntimeError:", 1)[1].strip()[:200]
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(error).__name__}: {first[:200]}"
+
+
+def _host_arm(trial, arm, cov, params, noise_keys, good):
+    """Simulate a host-driven arm (`simulate(trial, cov, params, noise_keys)`) for the
+    patients `good`; when it raises, patient by patient, recording those that raise. An
+    error that the first `_SEARCH_BATCH` patients (two or more) all raise alike is not a
+    patient's: it is raised.
+    Returns the course arrays `(level, measured, doses)` of all the chunk's patients (NaN
+    for those not simulated) and `{patient: reason}`."""
+    simulate = getattr(arm, "simulate")  # noqa: B009  # host-driven arms define it
+    out = _nan_course(trial, arm, len(noise_keys))[:3]
+
+    def run(which):
+        which = np.asarray(which)
+        sub_cov = {k: np.asarray(v)[which] for k, v in cov.items()}
+        sub_params = {k: v[which] for k, v in params.items()}
+        return simulate(trial, sub_cov, sub_params, noise_keys[jnp.asarray(which)])
+
+    failures: dict[int, str] = {}
+    try:
+        groups = [(good, run(good))]
+    except (ArithmeticError, RuntimeError, ValueError) as first:
+        groups = []
+        for k, i in enumerate(good):
+            try:
+                groups.append(([i], run([i])))
+            except (ArithmeticError, RuntimeError, ValueError) as error:
+                text = str(error).strip().splitlines()
+                failures[i] = (
+                    f"the arm raised {type(error).__name__}: {text[0][:200] if text else ''}"
+                )
+            if k + 1 == min(len(good), _SEARCH_BATCH):
+                _raise_if_systematic(first, [failures.get(j) for j in good[: k + 1]])
+    for which, arrays in groups:
+        for target, values in zip(out, arrays, strict=True):
+            target[np.asarray(which)] = np.asarray(values)
+    return out, failures
+
+
+def _non_finite(*arrays: np.ndarray) -> list[int]:
+    """The rows holding a non-finite value in any of `arrays` (patient axis first)."""
+    bad = np.zeros(arrays[0].shape[0], dtype=bool)
+    for a in arrays:
+        bad |= ~np.isfinite(np.asarray(a, dtype=float).reshape(a.shape[0], -1)).all(axis=1)
+    return np.flatnonzero(bad).tolist()
+
+
+def _non_finite_reason(level: np.ndarray, days: np.ndarray, params, i: int) -> str:
+    bad = ~np.isfinite(level)
+    when = f" (the output from day {days[int(np.argmax(bad))]:g})" if bad.any() else ""
+    shown = ", ".join(f"{k} = {float(v[i]):.4g}" for k, v in params.items())
+    return (
+        f"the simulation gave non-finite values{when}; parameters {shown}: check them, or "
+        "use a smaller solver step"
+    )
 
 
 def _pad(x: np.ndarray, size: int) -> np.ndarray:
