@@ -28,6 +28,7 @@ from ..trials._summary import (
     band_resolution,
     difference_table,
     endpoint_table,
+    failure_summary,
     population_summary,
     read_results,
     reference_arm,
@@ -74,6 +75,7 @@ def _header(results: Results) -> str:
         out.append(f"<p>{escape(spec['description'])}</p>")
     out.append(f'<p class="meta">{" · ".join(meta)}</p>')
     out.append(_completeness_warning(results))
+    out.append(_failure_notice(results))
     rows = [
         [
             f"<b>{escape(labels[a['name']])}</b> ({escape(a['name'])})",
@@ -96,6 +98,44 @@ def _completeness_warning(results: Results) -> str:
         f"{escape(json.dumps(manifest.get('complete')))}; {escape(n_done)} of "
         f"{escape(manifest.get('n_chunks', '?'))} chunks done). The results below are from the "
         "patients simulated so far.</div>"
+    )
+
+
+#: Failed patients listed per arm in the report.
+_FAILED_IN_REPORT = 20
+
+
+def _failure_notice(results: Results) -> str:
+    """A warning naming, per arm, the patients that could not be simulated (none: "")."""
+    failures = failure_summary(results, limit=_FAILED_IN_REPORT)
+    total = sum(f["n_failed"] for f in failures.values())
+    if total == 0:
+        return ""
+    labels = arm_labels(results.spec)
+    counts = []
+    rows = []
+    for arm, f in failures.items():
+        k, n = f["n_failed"], f["n_patients"]
+        share = f", {fmt_number(100 * k / n)}%" if n else ""
+        counts.append(f"{escape(labels.get(arm, arm))}: {escape(k)} of {escape(n)}{share}")
+        rows += [
+            [escape(labels.get(arm, arm)), escape(p["patient"]), escape(p["reason"])]
+            for p in f["failed"]
+        ]
+        if k > len(f["failed"]):
+            rows.append(
+                [escape(labels.get(arm, arm)), "…", f"and {escape(k - len(f['failed']))} more"]
+            )
+    return (
+        '<div class="warning">Warning: some patients could not be simulated (by arm: '
+        f"{'; '.join(counts)}). Their endpoints are missing: the estimates and n below count "
+        "the completed patients only (a failed patient is neither a responder nor a "
+        "non-responder). Every failed patient is in the patients/ parts with status "
+        '"failed" and its reason; summary.json lists the first 100 per arm.</div>\n'
+        "<details open><summary>Patients not simulated (the first "
+        f"{_FAILED_IN_REPORT} per arm)</summary>"
+        + html_table(["Arm", "Patient", "Reason"], rows)
+        + "</details>"
     )
 
 
