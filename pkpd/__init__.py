@@ -12,6 +12,7 @@ from ._advance import Advanced as Advanced
 from ._advance import advance as advance
 from ._advance import interval_exposure as interval_exposure
 from ._advance import running_rates as running_rates
+from ._advance import state_before as state_before
 from ._cohort import CohortError as CohortError
 from ._cohort import Exposure as Exposure
 from ._cohort import simulate_cohort as simulate_cohort
@@ -220,6 +221,7 @@ __all__ = [
     "simulate_records",
     "simulate_states",
     "stack",
+    "state_before",
     "steady_state",
     "validate_records",
 ]

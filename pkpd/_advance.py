@@ -35,6 +35,7 @@ from . import _engine as E
 from ._custom_types import Array, ArrayLike, Params
 from ._models._base import AbstractModel, ODESolver
 from ._regimen import Regimen
+from ._simulate import concrete
 
 
 class Advanced(NamedTuple):
@@ -92,8 +93,10 @@ def advance(
     - `model`, `params`, `solver`: as `simulate` (`params` scalars for one patient).
     - `state`: the state at `t0`.
     - `regimen`: the doses given so far (and any in the window); times are absolute (h),
-      the same clock as `t0` and `t1`. Steady-state doses are not supported here (use
-      `simulate`).
+      the same clock as `t0` and `t1`. Steady-state records (SS=1/2) may come before the
+      window (take the state at `t0` from `state_before`, which applies them as `simulate`
+      does); one inside the window is refused (`ValueError` when the times are known on the
+      host, else a runtime error).
     - `t0`, `t1`: the window (h), `t0 <= t1`.
     - `rates`: the zero-order inputs running at `t0` (`Advanced.rates` of the previous
       window); default none.
@@ -116,11 +119,6 @@ def advance(
 
     **Returns:** an `Advanced` (state and running inputs at `t1`, and the exposure).
     """
-    if regimen.has_ss:
-        raise ValueError(
-            "advance: steady-state doses (SS=1/2) are not supported window by window; use "
-            "pkpd.simulate for regimens with steady-state records."
-        )
     if exposure_steps is not None:
         simpson_weights(exposure_steps)  # checks the count
     n = model.n_states
@@ -132,6 +130,8 @@ def advance(
     doses = E.dose_quantities(model, params, regimen, checks=checks)
     s, _ = E.sort_entries(E.event_entries(regimen, doses))
     inside = s.valid & (s.time >= t0) & (s.time < t1)
+    if regimen.has_ss:
+        x = _no_steady_state_inside(x, s, inside, t0, t1)
     s = s._replace(
         time=jnp.where(inside, s.time, t0),
         bolus=jnp.where(inside, s.bolus, 0.0),
@@ -222,6 +222,60 @@ def advance(
     return Advanced(x, r, auc, cmax)
 
 
+def _no_steady_state_inside(x, s, inside, t0, t1):
+    """`x`, after refusing a steady-state record (SS=1/2) among the window's entries."""
+    ss_inside = inside & (s.ss_slot >= 0)
+    message = (
+        "advance: a steady-state record (SS=1/2) falls in the window [t0, t1); window by "
+        "window, steady state is only taken from before the window (pkpd.state_before)."
+    )
+    known = concrete(ss_inside)
+    if known is not None:
+        if np.any(known):
+            times = np.asarray(concrete(s.time))[np.asarray(known)]
+            raise ValueError(f"{message} Record time(s): {times.tolist()} h.")
+        return x
+    return eqx.error_if(x, jnp.any(ss_inside), message)
+
+
+def state_before(
+    model: AbstractModel,
+    params: Params,
+    regimen: Regimen,
+    t: ArrayLike,
+    *,
+    solver: ODESolver,
+) -> tuple[Array, Array]:
+    """The state and the running zero-order inputs just before time `t`: every entry of
+    `regimen` before `t` applied, none at `t` or after.
+
+    The engine's timeline as `simulate` runs it (steady-state records SS=1/2 with their
+    implied earlier doses and overlapping infusions, resets, lags, infusions), so that
+    `advance` can go on from `t` (`advance(..., state, regimen, t, t1, rates=rates)`) with
+    the entries at `t` still to apply. One patient; jittable.
+
+    **Returns:** `(state, rates)`: amounts (mg, and PD states) and mg/h per state.
+    """
+    dtype = jnp.result_type(float)
+    t = jnp.asarray(t, dtype=dtype)
+    doses = E.dose_quantities(model, params, regimen)
+    s, _ = E.sort_entries(E.event_entries(regimen, doses))
+    m = s.time.shape[0]
+    x_init = jnp.asarray(model.initial_state(params), dtype=dtype)
+    zero = jnp.zeros(model.n_states, dtype)
+    if m == 0:
+        return x_init, zero
+    ss_x, ss_r = E.ss_tables(model, solver, params, regimen, doses, s)
+    xs, rs = E.run(model, solver, E.broadcast_params(params, m), s, ss_x, ss_r, x_init)
+    j = jnp.sum(s.valid & (s.time < t)) - 1  # the last entry before t (sorted by time)
+    none = j < 0
+    k = jnp.clip(j, 0)
+    x0 = jnp.where(none, x_init, xs[k])
+    r0 = jnp.where(none, zero, rs[k])
+    ta = jnp.where(none, t, s.time[k])
+    return model.propagate(params, x0, r0, ta, t, solver), r0
+
+
 def interval_exposure(
     model: AbstractModel,
     params: Params,
@@ -235,31 +289,25 @@ def interval_exposure(
 ) -> tuple[Array, Array]:
     """AUC and Cmax of one patient's output over `[t0, t1]` under `regimen`.
 
-    Both windows go through `advance`: from the first record to `t0` (the state and the
-    running inputs just before `t0`), then `[t0, t1]` with the exposure (Simpson on `steps`
+    The state and the running inputs just before `t0` come from `state_before` (the whole
+    timeline, steady-state records included), then `advance` covers `[t0, t1]` with the
+    exposure (Simpson on `steps`
     sub-steps between consecutive dosing entries, so that kinks at a lag time or at the end
     of an infusion fall on segment ends). Jittable; `jax.vmap` it over parameters for many
     patients or posterior draws.
 
     **Returns:** `(auc, cmax)`, output units x h and output units.
     """
-    if regimen.has_ss:
-        raise ValueError("interval_exposure: steady-state doses are not supported; use simulate.")
-    dtype = jnp.result_type(float)
-    t0 = jnp.asarray(t0, dtype=dtype)
-    first = jnp.min(jnp.where(regimen.mask, regimen.time, jnp.inf), initial=jnp.inf)
-    start = jnp.minimum(first, t0)
-    before = advance(model, params, model.initial_state(params), regimen, start, t0,
-                     solver=solver)  # fmt: skip
+    state, rates = state_before(model, params, regimen, t0, solver=solver)
     out = advance(
         model,
         params,
-        before.state,
+        state,
         regimen,
         t0,
         t1,
         solver=solver,
-        rates=before.rates,
+        rates=rates,
         exposure_steps=even_steps(steps),
         output=output,
     )

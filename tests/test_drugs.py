@@ -219,7 +219,7 @@ def test_vancomycin_steady_state_auc24_is_daily_dose_over_cl():
     conc = simulate(drug.model.model, params, regimen, times)
     auc24 = auc(times, conc)
     assert auc24 == pytest.approx(2000.0 / params["CL"], rel=1e-3)
-    target = next(t for t in drug.targets if t.metric == "AUC24")
+    target = next(t for t in drug.targets if t.metric == D.AUCOver(24))
     assert (target.low, target.high, target.unit) == (400.0, 600.0, "mg·h/L")
     assert target.contains(auc24) == (400.0 <= auc24 <= 600.0)
     buelga = D.get("vancomycin_buelga2005").typical_params(PATIENT)
@@ -413,7 +413,7 @@ def test_bad_drug_definitions_are_refused():
     with pytest.raises(ValueError, match="disagrees with the route"):
         D.Dosing(route=D.Infusion(duration=1.0), amount=1.0, interval=12.0, duration=2.0)
     with pytest.raises(ValueError, match="expected finite low < high"):
-        D.Target(metric="AUC24", low=600.0, high=400.0, unit="mg·h/L", reference="-")
+        D.Target(metric=D.AUCOver(24), low=600.0, high=400.0, unit="mg·h/L", reference="-")
     with pytest.raises(ValueError, match="expected weight > 0"):
         D.get("vernakalant_mao2012").regimen(1)
     message = "target INR between BASE=1.0 and BASE + INRMAX=21.0"

@@ -19,6 +19,11 @@
   demo`, `twins trial spec.toml`, `twins report DIR`).
 """
 
+from calibration import FOCEI as FOCEI
+from calibration import MAP as MAP
+from calibration import NUTS as NUTS
+from calibration import Laplace as Laplace
+
 from . import drugs as drugs
 from . import pgx as pgx
 from . import validation as validation
@@ -36,6 +41,11 @@ from ._patient import LABS as LABS
 from ._patient import LabSpec as LabSpec
 from ._patient import MissingCovariateError as MissingCovariateError
 from ._patient import Patient as Patient
+from ._plausibility import PLAUSIBLE_RANGES as PLAUSIBLE_RANGES
+from ._plausibility import ImplausiblePatientError as ImplausiblePatientError
+from ._plausibility import ImplausibleValue as ImplausibleValue
+from ._plausibility import PlausibleRange as PlausibleRange
+from ._plausibility import plausible_range as plausible_range
 from ._population import Demographics as Demographics
 from ._population import Population as Population
 from ._population import iwpc_genotype_counts as iwpc_genotype_counts
@@ -43,11 +53,16 @@ from ._twin import DigitalTwin as DigitalTwin
 from ._twin import Forecast as Forecast
 from ._twin import Posterior as Posterior
 from ._twin import Recommendation as Recommendation
+from .drugs import AUCOver as AUCOver
 from .drugs import Bolus as Bolus
 from .drugs import Drug as Drug
 from .drugs import Infusion as Infusion
+from .drugs import Metric as Metric
 from .drugs import Oral as Oral
+from .drugs import Peak as Peak
 from .drugs import Route as Route
+from .drugs import Target as Target
+from .drugs import Trough as Trough
 
 # The trials wing and the app floor, above the core (they import it; it never imports them).
 from . import trials as trials  # isort: skip
@@ -77,7 +92,12 @@ from .trials import trial_summary as trial_summary  # isort: skip
 
 __all__ = [
     "AUC",
+    "FOCEI",
     "LABS",
+    "MAP",
+    "NUTS",
+    "PLAUSIBLE_RANGES",
+    "AUCOver",
     "AnyAbove",
     "Arm",
     "Bolus",
@@ -90,21 +110,29 @@ __all__ = [
     "Endpoint",
     "FinalLevel",
     "Forecast",
+    "ImplausiblePatientError",
+    "ImplausibleValue",
     "Infusion",
     "LabSpec",
+    "Laplace",
     "MeanDose",
+    "Metric",
     "MissingCovariateError",
     "Nomogram",
     "Oral",
     "Patient",
+    "Peak",
+    "PlausibleRange",
     "Population",
     "Posterior",
     "Recommendation",
     "Route",
+    "Target",
     "TargetAttainment",
     "TimeInRange",
     "TimeToRange",
     "Trial",
+    "Trough",
     "TwinArm",
     "allometric",
     "app",
@@ -121,6 +149,7 @@ __all__ = [
     "iwpc_genotype_counts",
     "lean_body_weight",
     "pgx",
+    "plausible_range",
     "read_results",
     "run_trial",
     "run_trial_ray",

@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +36,8 @@ import calibration
 import pkpd
 
 from ._patient import Patient
-from ._twin_numerics import optimise_dose, predict_draws, with_residual
+from ._recommend import Recommendation, plan_doses, recommend_dose
+from ._twin_numerics import predict_draws, with_residual
 from .drugs import Drug, Target
 
 _LEVEL = 0.9
@@ -148,57 +148,13 @@ class Forecast:
         dose_times = np.asarray(self.regimen.time)[np.asarray(self.regimen.mask)]
         for t in dose_times:
             ax.axvline(float(t), color="0.8", lw=0.8, zorder=0)
-        if target is not None and target.metric.lower() in ("inr", "concentration", "trough"):
+        if target is not None and target.metric.on_level:
             ax.axhspan(target.low, target.high, color="tab:green", alpha=0.08, label="target")
         ax.set_xlabel("time (h)")
         ax.set_ylabel(self.unit)
         ax.set_title(title or f"{self.drug}: forecast")
         ax.legend(loc="best", fontsize="small")
         return ax
-
-
-@dataclasses.dataclass(frozen=True)
-class Recommendation:
-    """A dose found for a target.
-
-    - `dose`: the amount per dose (`unit`; per kg for drugs dosed per kg), `interval` (h),
-      `n_doses`, `regimen` (the plan, in absolute amounts);
-    - `target`: the window; `metric_median`, `metric_lower`, `metric_upper`: the metric's
-      posterior median and central 90% interval at that dose;
-    - `probability`: posterior probability that the metric lies in the window at that dose;
-    - `required_probability`: what was asked (None: the most probable dose was asked for), and
-      `achieved`: whether `probability >= required_probability`;
-    - `candidates`: one row per interval tried (dose, probability, median metric).
-    """
-
-    dose: float
-    interval: float
-    n_doses: int
-    regimen: pkpd.Regimen
-    target: Target
-    metric_median: float
-    metric_lower: float
-    metric_upper: float
-    probability: float
-    required_probability: float | None
-    achieved: bool
-    unit: str
-    candidates: pd.DataFrame
-
-    def __str__(self) -> str:
-        t = self.target
-        asked = (
-            ""
-            if self.required_probability is None
-            else f" (asked >= {self.required_probability:.0%}: "
-            f"{'met' if self.achieved else 'NOT met'})"
-        )
-        return (
-            f"{self.dose:.4g} {self.unit} every {self.interval:g} h: {t.metric} median "
-            f"{self.metric_median:.4g} (90% {self.metric_lower:.4g}-{self.metric_upper:.4g}) "
-            f"{t.unit}; P({t.low:g} <= {t.metric} <= {t.high:g}) = {self.probability:.0%}"
-            f"{asked}"
-        )
 
 
 class DigitalTwin:
@@ -537,20 +493,20 @@ class DigitalTwin:
         """The dose that maximises the posterior probability of reaching `target`.
 
         The plan is `n_doses` doses of the drug's usual form (`drug.regimen`) every
-        `interval` hours from `start`, after the doses given. The target's metric is read on
-        the plan's last dosing interval: `"AUC24"` the AUC of the last 24 h, `"trough"` the
-        level at the end of the last interval, `"INR"` or `"concentration"` the value then.
-        For each interval tried, the log-dose is first set so that the posterior geometric
-        mean of the metric hits the window's centre (Newton steps with `jax.grad` through the
-        model), then moved by Newton ascent on a smoothed posterior probability of the window
-        (the indicator replaced by normal CDFs 5% wide on the log scale; slope and curvature
-        by JAX), both over the same posterior draws; the reported probability is the plain
-        fraction of draws in the window. AUC24 is the trapezoidal integral on a 15-min grid.
+        `interval` hours from `start`, after the doses given. The target's metric
+        (`twins.drugs.AUCOver`, `Trough`, `Peak`) is read on the plan's end, when the next dose
+        would be due: `AUCOver(24)` the AUC of the last 24 h (Simpson through
+        `pkpd.interval_exposure`, the trials' engine), `Trough()` the level then, `Peak()` the
+        maximum over the last interval. The search is `twins._recommend.recommend_dose`: for
+        each interval tried, Newton steps set the posterior geometric mean of the metric on
+        the window's centre, then Newton ascent on a smoothed posterior probability of the
+        window moves the log-dose (slopes and curvatures by JAX through the model); the
+        reported probability is the plain fraction of draws in the window.
 
         **Arguments:**
 
-        - `target`: a `Target`, or the metric name of one of the drug's targets (default its
-          first).
+        - `target`: a `Target`, or the metric name of one of the drug's targets (`"AUC24"`,
+          `"trough"`, `"INR"`; default its first).
         - `interval` or `intervals`: the dosing interval (h), or several to choose from (the
           most probable wins; within half a percentage point, the longer interval); default
           the drug's usual one.
@@ -569,51 +525,28 @@ class DigitalTwin:
             raise ValueError(f"recommend: intervals must be > 0 h, got {choices}.")
         if probability is not None and not 0.0 < probability < 1.0:
             raise ValueError(f"recommend: probability must be in (0, 1), got {probability}.")
+        try:
+            plans = plan_doses(
+                self.drug, self.history, choices, tgt.metric, start=start, n_doses=n_doses,
+                weight=self._weight,
+            )  # fmt: skip
+        except ValueError as error:
+            raise ValueError(f"recommend for patient {self.patient_id}: {error}") from error
         key = _as_key(key, "DigitalTwin.recommend", old_default=True)
         eta = self.posterior.sample(n_draws, key=key)
-        if tgt.metric.lower() not in ("auc24", "trough", "inr", "concentration"):
-            raise ValueError(
-                f"recommend: unknown metric {tgt.metric!r}; expected AUC24, trough, INR or "
-                "concentration."
-            )
-        rows, best = [], None
-        for tau, n, first, plan in self._plans(tgt, choices, start, n_doses):
-            rec = self._recommend_interval(tgt, tau, n, first, plan, eta, steps)
-            rows.append(
-                {
-                    "interval": rec["interval"],
-                    "dose": rec["dose"],
-                    "daily_dose": rec["dose"] * 24.0 / rec["interval"],
-                    "probability": rec["probability"],
-                    "metric_median": rec["median"],
-                }
-            )
-            # Within half a percentage point the longer interval wins (fewer administrations).
-            better = best is None or (
-                rec["probability"] > best["probability"] + 0.005
-                or (
-                    rec["probability"] >= best["probability"] - 0.005
-                    and rec["interval"] > best["interval"]
-                )
-            )
-            if better:
-                best = rec
-        assert best is not None
-        achieved = probability is None or best["probability"] >= probability
-        return Recommendation(
-            dose=best["dose"],
-            interval=best["interval"],
-            n_doses=best["n_doses"],
-            regimen=best["regimen"],
-            target=tgt,
-            metric_median=best["median"],
-            metric_lower=best["lower"],
-            metric_upper=best["upper"],
-            probability=best["probability"],
-            required_probability=probability,
-            achieved=achieved,
+        return recommend_dose(
+            self.pm,
+            self._theta,
+            self._cov_j,
+            self.history,
+            plans,
+            tgt,
+            eta,
+            u0=math.log(float(self.drug.dosing.amount)),
+            steps=steps,
+            probability=probability,
             unit=self.drug.units.dose,
-            candidates=pd.DataFrame(rows),
+            who=self.patient_id,
         )
 
     def _target(self, target: str | Target | None) -> Target:
@@ -624,72 +557,12 @@ class DigitalTwin:
         if target is None:
             return self.drug.targets[0]
         for t in self.drug.targets:
-            if t.metric.lower() == str(target).lower():
+            if t.metric.name.lower() == str(target).strip().lower():
                 return t
         raise ValueError(
             f"recommend: {self.drug.name} has no target {target!r}; its targets are "
-            f"{[t.metric for t in self.drug.targets]} (or pass a twins.drugs.Target)."
+            f"{[t.metric.name for t in self.drug.targets]} (or pass a twins.drugs.Target)."
         )
-
-    def _plans(self, tgt, choices, start, n_doses) -> list[tuple[float, int, float, Any]]:
-        """One plan of unit doses per interval, all padded to one number of events (so that
-        the dose optimisation compiles once for every interval)."""
-        plans = []
-        for tau in choices:
-            first = start
-            if first is None:
-                first = 0.0
-                if self.history is not None:
-                    given = np.asarray(self.history.time)[np.asarray(self.history.mask)]
-                    first = float(given.max()) + tau if given.size else 0.0
-            n = n_doses or max(3, math.ceil(120.0 / tau))
-            plan = self.drug.regimen(n, amount=1.0, interval=tau, start=first, weight=self._weight)
-            plans.append((float(tau), n, first, plan))
-        size = _bucket(max(p[3].n_events for p in plans))
-        return [(tau, n, first, plan.pad(size)) for tau, n, first, plan in plans]
-
-    def _recommend_interval(self, tgt, tau, n, first, plan, eta, steps) -> dict[str, Any]:
-        metric = tgt.metric.lower()
-        end = first + n * tau
-        if metric == "auc24":
-            window = min(24.0, n * tau)
-            grid = jnp.linspace(end - window, end, 97)
-        else:
-            grid = jnp.asarray([end - 1e-6])
-        full = self._plan(plan)
-        n_hist = 0 if self.history is None else self.history.n_events
-        scale = jnp.concatenate([jnp.zeros(n_hist), jnp.ones(plan.n_events)])
-        u0 = jnp.log(jnp.asarray(float(self.drug.dosing.amount)))
-        best_u, values = optimise_dose(
-            self.pm,
-            metric == "auc24",
-            steps,
-            self._theta,
-            self._cov_j,
-            full,
-            scale,
-            grid,
-            eta,
-            jnp.asarray([math.log(tgt.low), math.log(tgt.high)]),
-            u0,
-        )
-        values = np.asarray(values)
-        dose = float(jnp.exp(best_u))  # per kg when the drug is dosed per kg
-        if not (np.all(np.isfinite(values)) and math.isfinite(dose)):
-            raise FloatingPointError(
-                f"recommend: non-finite {tgt.metric} for patient {self.patient_id} at dose "
-                f"{dose:.4g} every {tau:g} h."
-            )
-        return {
-            "interval": tau,
-            "dose": dose,
-            "n_doses": n,
-            "regimen": eqx.tree_at(lambda r: r.amount, plan, plan.amount * dose),
-            "probability": float(np.mean((values >= tgt.low) & (values <= tgt.high))),
-            "median": float(np.median(values)),
-            "lower": float(np.quantile(values, 0.05)),
-            "upper": float(np.quantile(values, 0.95)),
-        }
 
 
 def _as_key(key: Any, fn: str, *, old_default: bool = False) -> jax.Array:

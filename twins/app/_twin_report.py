@@ -130,7 +130,7 @@ def _drug_section(twin: DigitalTwin) -> str:
     ]
     if drug.targets:
         rows = [
-            [escape(t.metric), f"{t.low:g}–{t.high:g}", escape(t.unit), escape(t.reference)]
+            [escape(t.metric.name), f"{t.low:g}–{t.high:g}", escape(t.unit), escape(t.reference)]
             for t in drug.targets
         ]
         out.append(html_table(["Target", "Window", "Unit", "Reference"], rows))
@@ -319,7 +319,7 @@ def _recommendation_section(
     out = [
         "<h2>Dose recommendation</h2>",
         f"<p><b>{escape(str(rec))}</b></p>",
-        f'<p class="note">Target: {escape(t.metric)} {t.low:g}–{t.high:g} {escape(t.unit)} '
+        f'<p class="note">Target: {escape(t.metric.name)} {t.low:g}–{t.high:g} {escape(t.unit)} '
         f"({escape(t.reference)}). The dose maximises the posterior probability of the window "
         f"over {rec.n_doses} doses; the metric is read on the last dosing interval.</p>",
     ]
@@ -346,7 +346,7 @@ def _recommendation_section(
                     "Dose",
                     "Daily dose",
                     "P(in window)",
-                    f"Median {escape(t.metric)}",
+                    f"Median {escape(t.metric.name)}",
                 ],
                 rows,
                 [True] * 5,

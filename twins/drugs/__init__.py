@@ -36,6 +36,11 @@ from ._drug import patient_flag as patient_flag
 from ._drug import patient_number as patient_number
 from ._drug import patient_sex as patient_sex
 from ._drug import patient_text as patient_text
+from ._metrics import AUCOver as AUCOver
+from ._metrics import Metric as Metric
+from ._metrics import Peak as Peak
+from ._metrics import Trough as Trough
+from ._metrics import metric_from_name as metric_from_name
 from ._routes import Bolus as Bolus
 from ._routes import Infusion as Infusion
 from ._routes import Oral as Oral
@@ -93,18 +98,23 @@ def get(name: str) -> Drug:
 
 
 __all__ = [
+    "AUCOver",
     "Bolus",
     "CovariateError",
     "Dosing",
     "Drug",
     "Infusion",
+    "Metric",
     "Oral",
+    "Peak",
     "Route",
     "Target",
+    "Trough",
     "Units",
     "available",
     "citalopram",
     "get",
+    "metric_from_name",
     "patient_flag",
     "patient_number",
     "patient_sex",

@@ -14,6 +14,7 @@ import numpy as np
 import calibration
 import pkpd
 
+from ._metrics import Metric, metric_from_name
 from ._routes import Route, route_from_name
 
 PatientCovariates = Mapping[str, Any]
@@ -133,15 +134,17 @@ class Target:
 
     **Fields:**
 
-    - `metric`: what is measured: `"AUC24"` (AUC over 24 h at steady state), `"trough"`,
-      `"INR"`, `"concentration"`.
+    - `metric`: what is measured, a `Metric`: `AUCOver(24)` (the AUC24 of the last 24 h of a
+      plan), `Trough()` (the level when the next dose is due; `Trough("INR")` for an INR),
+      `Peak()` (Cmax of the last interval). A name (`"AUC24"`, `"trough"`, `"INR"`, ...) is
+      still accepted, with a `DeprecationWarning`, for one release.
     - `low`, `high`: the window (inclusive), in `unit`.
     - `unit`: e.g. `"mg·h/L"`, `"mg/L"`, `"-"` for a ratio.
     - `reference`: the guideline or paper that sets the window (authors, year, journal).
     - `note`: context (indication, when to sample).
     """
 
-    metric: str
+    metric: Metric
     low: float
     high: float
     unit: str
@@ -149,9 +152,23 @@ class Target:
     note: str = ""
 
     def __post_init__(self):
+        if isinstance(self.metric, str):
+            metric = metric_from_name(self.metric)
+            warnings.warn(
+                f"Target(metric={self.metric!r}) is deprecated; pass metric="
+                f"twins.drugs.{metric!r} (a name will be refused in the next release).",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "metric", metric)
+        elif not isinstance(self.metric, Metric):
+            raise TypeError(
+                f"Target: metric must be a twins.drugs.Metric (AUCOver(hours), Trough(), Peak()), "
+                f"got {self.metric!r}."
+            )
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
             raise ValueError(
-                f"Target {self.metric!r}: expected finite low < high, got low={self.low}, "
+                f"Target {self.metric}: expected finite low < high, got low={self.low}, "
                 f"high={self.high}."
             )
 

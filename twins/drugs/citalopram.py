@@ -59,6 +59,7 @@ from ._drug import (
     Units,
     patient_number,
 )
+from ._metrics import Trough
 from ._routes import Oral
 
 NAME = "citalopram_akil2016"
@@ -172,7 +173,7 @@ def drug() -> Drug:
         reference=REFERENCE,
         targets=(
             Target(
-                metric="concentration",
+                metric=Trough("concentration"),
                 low=0.015,
                 high=0.080,
                 unit="mg/L",

@@ -29,6 +29,7 @@ import calibration
 import pkpd
 
 from ._drug import Dosing, Drug, PatientCovariates, Target, Units
+from ._metrics import Trough
 from ._routes import Oral
 
 NAME = "theophylline"
@@ -74,7 +75,7 @@ def drug() -> Drug:
         reference=REFERENCE,
         targets=(
             Target(
-                metric="concentration",
+                metric=Trough("concentration"),
                 low=5.0,
                 high=15.0,
                 unit="mg/L",

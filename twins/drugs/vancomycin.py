@@ -59,6 +59,7 @@ from ._drug import (
     patient_number,
     patient_sex,
 )
+from ._metrics import AUCOver, Trough
 from ._routes import Infusion
 
 GOTI = "vancomycin_goti2018"
@@ -78,7 +79,7 @@ BUELGA_REFERENCE = (
 
 TARGETS = (
     Target(
-        metric="AUC24",
+        metric=AUCOver(24),
         low=400.0,
         high=600.0,
         unit="mg·h/L",
@@ -86,7 +87,7 @@ TARGETS = (
         note="AUC over 24 h at steady state, serious MRSA infections, MIC 1 mg/L",
     ),
     Target(
-        metric="trough",
+        metric=Trough(),
         low=10.0,
         high=20.0,
         unit="mg/L",

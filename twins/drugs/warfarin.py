@@ -83,6 +83,7 @@ from ._drug import (
     patient_number,
     patient_text,
 )
+from ._metrics import Trough
 from ._routes import Oral
 
 NAME = "warfarin_hamberg2007"
@@ -337,7 +338,7 @@ def drug() -> Drug:
         reference=REFERENCE,
         targets=(
             Target(
-                metric="INR",
+                metric=Trough("INR"),
                 low=2.0,
                 high=3.0,
                 unit="-",

@@ -80,7 +80,7 @@ class TwinArm(DosingArm):
             if self.target is None and not drug.targets:
                 raise ValueError(f"{drug.name} has no targets; give the arm a twins.drugs.Target.")
             return
-        metrics = [t.metric for t in drug.targets]
+        metrics = [t.metric.name for t in drug.targets]
         if self.target.lower() not in [m.lower() for m in metrics]:
             raise ValueError(
                 f"target {self.target!r} is not one of {drug.name}'s targets {metrics}."
