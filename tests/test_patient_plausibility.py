@@ -420,3 +420,18 @@ def test_spec_mistakes_in_unusual_are_refused(tmp_path, population, message):
     _dialysis().to_csv(tmp_path / "nicu.csv", index=False)
     with pytest.raises(SpecError, match=message):
         trial_from_dict(_spec(population), base_dir=tmp_path)
+
+
+def test_the_twin_report_shows_why_a_value_is_unusual():
+    import twins
+    from twins.app._twin_report import _patient_section
+
+    patient = twins.Patient(
+        id="BIG", age=45, sex="male", weight=400.0, height=180.0,
+        labs={"serum_creatinine": 1.0},
+        unusual={"weight": "<b>bariatric</b> clinic", "bmi": "bariatric clinic"},
+    )  # fmt: skip
+    html = _patient_section(twins.DigitalTwin(twins.drugs.get("vancomycin_goti2018"), patient))
+    assert "Unusual weight" in html and "&lt;b&gt;bariatric&lt;/b&gt; clinic" in html
+    assert "<b>" not in html
+    assert "Unusual bmi" in html

@@ -58,6 +58,9 @@ def _patient_section(twin: DigitalTwin) -> str:
             rows.append([escape(name), _number(value)])
         if patient.imputed:
             rows.append(["Imputed fields", escape(", ".join(sorted(patient.imputed)))])
+        for name, reason in sorted(patient.unusual.items()):
+            # A value outside its plausibility range, kept on the clinician's word.
+            rows.append([f"Unusual {escape(name)}", f"outside the usual range: {escape(reason)}"])
         out.append(html_table(["Field", "Value"], rows))
         cov = patient.covariates()
         derived = [
