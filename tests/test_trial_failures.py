@@ -11,21 +11,28 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 import calibration
 import pkpd
 import twins
 from twins import drugs as D
+from twins.app._cli import app
+from twins.app._spec import load_trial
 from twins.trials import (
     FailedPatientsError,
     TooManyFailuresError,
+    _ray,
+    _run,
     population_rows,
     read_results,
     run_trial,
+    run_trial_ray,
     simulate_chunk,
     simulate_chunk_outcome,
     trial_runners,
 )
+from twins.trials._run import run_chunk
 
 N, CHUNK = 16, 8
 BAD = 3  # the patient (index) whose clearance is <= 0, in chunk 0
@@ -290,3 +297,177 @@ def test_a_patient_that_makes_the_simulation_raise_is_found_and_the_others_kept(
     pop = population_rows(everyone, 0, CHUNK, key=jax.random.key(1))
     with pytest.raises(RuntimeError, match="a fragile patient"):
         simulate_chunk_outcome(everyone, pop, 0, key=jax.random.key(2), size=CHUNK)
+
+
+# ----------------------------------------------------------------------------- run_trial_ray
+
+
+class _InProcessRay:
+    """Just enough of Ray for `run_trial_ray`'s driver, in this process: a task runs
+    `run_chunk` when its result is asked for, with the trial's compiled runners (the real
+    tasks, `_chunk_task`, are exercised in tests/test_trial_ray.py, which needs Ray)."""
+
+    def __init__(self, trial):
+        self.trial, self.submitted = trial, []
+
+    def is_initialized(self):
+        return True
+
+    def put(self, payload):
+        return payload
+
+    def cluster_resources(self):
+        return {"CPU": 1.0}
+
+    def remote(self, _body):
+        return _Task(self)
+
+    def wait(self, refs, num_returns, timeout):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        return ref()
+
+    def cancel(self, ref):
+        pass
+
+
+@dataclasses.dataclass
+class _Task:
+    ray: _InProcessRay
+
+    def options(self, **_):
+        return self
+
+    def remote(self, _box, _digest, _x64, out, chunk, n, seed, chunk_size, trajectories):
+        self.ray.submitted.append(chunk)
+        trial = self.ray.trial
+        return lambda: run_chunk(
+            trial, out, chunk, n=n, seed=seed, chunk_size=chunk_size,
+            trajectories=trajectories, runners=trial_runners(trial),
+        )  # fmt: skip
+
+
+@pytest.fixture
+def in_process_ray(bad_trial, monkeypatch):
+    fake = _InProcessRay(bad_trial)
+    monkeypatch.setattr(_ray, "_import_ray", lambda: fake)
+    monkeypatch.setattr(_ray, "_pickle", lambda trial: b"the trial")
+    return fake
+
+
+def test_run_trial_ray_applies_max_failed_fraction(bad_trial, bad_run, in_process_ray, tmp_path):
+    out = tmp_path / "ray"
+    kw = {"n": N, "chunk_size": CHUNK, "progress": False, "max_in_flight": 1}
+    message = r"run_trial_ray: trial 'failures', arm 'low': 1 of the 16 patients \(6.25%\)"
+    with pytest.raises(TooManyFailuresError, match=message):
+        run_trial_ray(bad_trial, out, **kw)  # default: 0.05
+    # Stopped after the chunk that holds the failed patient: no new chunk submitted.
+    assert in_process_ray.submitted == [0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["chunks_done"] == [0] and manifest["complete"] is False
+    assert "finished_utc" not in manifest and not (out / "summary.json").exists()
+    assert not (out / "patients" / "part-00001.parquet").exists()
+    # Resuming with the same limit stops before submitting anything.
+    with pytest.raises(TooManyFailuresError, match=message):
+        run_trial_ray(bad_trial, out, **kw)
+    assert in_process_ray.submitted == [0]
+    # Exactly the failed fraction passes: the run completes, equal to run_trial's.
+    run_trial_ray(bad_trial, out, **kw, max_failed_fraction=1 / 16)
+    assert in_process_ray.submitted == [0, 1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True and "finished_utc" in manifest
+    reference = json.loads((bad_run / "manifest.json").read_text())
+    assert manifest["parts"] == reference["parts"]
+    assert json.loads((out / "summary.json").read_text())["failures"]["low"]["n_failed"] == 1
+    for bad in (-0.1, 1.5, True, "0.1", float("nan")):
+        with pytest.raises(ValueError, match="run_trial_ray: max_failed_fraction must be a"):
+            run_trial_ray(bad_trial, tmp_path / "x", n=N, max_failed_fraction=bad)
+
+
+def test_run_trial_ray_records_the_running_chunks_before_it_stops(
+    bad_trial, in_process_ray, tmp_path
+):
+    """Two chunks in flight: the one past the limit stops new submissions, the other one
+    is still recorded, and the error counts every chunk recorded."""
+    bad = _share_runners(bad_trial, _trial(_population({BAD: 100.0, CHUNK + 1: 100.0})))
+    in_process_ray.trial = bad
+    out = tmp_path / "ray"
+    with pytest.raises(TooManyFailuresError, match=r"arm 'low': 2 of the 16 patients \(12.5%\)"):
+        run_trial_ray(bad, out, n=N, chunk_size=CHUNK, progress=False, max_in_flight=2)
+    assert in_process_ray.submitted == [0, 1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["chunks_done"] == [0, 1] and "finished_utc" not in manifest
+    assert not (out / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------- spec and CLI
+
+
+def _spec_folder(tmp_path, max_failed_fraction=None):
+    """A tiny trial spec of DRUG (registered as "test_drug") whose CSV cohort holds the
+    patient outside the domain."""
+    _population({BAD: 100.0}).to_dataframe().to_csv(tmp_path / "patients.csv", index=False)
+    run = (
+        f"max_failed_fraction = {max_failed_fraction}\n" if max_failed_fraction is not None else ""
+    )
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'name = "cli_failures"\ndrug = "test_drug"\ndays = 4\n\n'
+        '[population]\ncsv = "patients.csv"\n\n'
+        '[[arms]]\nname = "low"\ninitial = { maintenance = 100.0 }\n\n'
+        '[[endpoints]]\ntype = "final_level"\nname = "trough"\n\n'
+        f'[run]\nn = {N}\nchunk_size = {CHUNK}\nout = "res"\n{run}'
+    )
+    return spec
+
+
+@pytest.fixture
+def test_drug(monkeypatch):
+    monkeypatch.setitem(D._FACTORIES, "test_drug", lambda: DRUG)
+
+
+def test_the_spec_max_failed_fraction_reaches_run_trial(tmp_path, test_drug, monkeypatch):
+    spec = _spec_folder(tmp_path, 0.25)
+    _, options = load_trial(spec)
+    assert options.max_failed_fraction == 0.25
+    (tmp_path / "default").mkdir()
+    _, default = load_trial(_spec_folder(tmp_path / "default"))
+    assert default.max_failed_fraction == twins.trials.MAX_FAILED_FRACTION == 0.05
+    seen = []
+
+    def spy(trial, out, **kwargs):
+        seen.append(kwargs["max_failed_fraction"])
+        raise TooManyFailuresError("stopped by the spy")
+
+    monkeypatch.setattr(_run, "run_trial", spy)
+    runner = CliRunner()
+    assert runner.invoke(app, ["trial", str(spec)]).exit_code == 2
+    assert runner.invoke(app, ["trial", str(spec), "--max-failed-fraction", "0.5"]).exit_code == 2
+    assert seen == [0.25, 0.5]
+    result = runner.invoke(app, ["trial", str(spec), "--max-failed-fraction", "1.5"])
+    assert result.exit_code == 2 and seen == [0.25, 0.5]  # refused by the option's range
+
+
+def test_cli_stops_past_max_failed_fraction_with_exit_code_2(tmp_path, test_drug):
+    spec = _spec_folder(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["trial", str(spec)])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    paragraph = " ".join(result.stderr.split())
+    assert paragraph.startswith("Too many patients could not be simulated: run_trial: trial")
+    assert "arm 'low': 1 of the 16 patients (6.25%) could not be simulated" in paragraph
+    assert "On the command line: `--max-failed-fraction` (or `[run] max_failed_fraction`" in (
+        paragraph
+    )
+    assert len(result.stderr.strip().splitlines()) == 1  # one paragraph
+    folder = tmp_path / "res"
+    assert json.loads((folder / "manifest.json").read_text())["chunks_done"] == [0]
+    assert not (folder / "report.html").exists()
+    # The override resumes the run to the end.
+    result = runner.invoke(app, ["trial", str(spec), "--max-failed-fraction", "0.0625"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((folder / "manifest.json").read_text())["complete"] is True
+    assert (folder / "report.html").is_file()

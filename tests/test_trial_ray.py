@@ -125,3 +125,77 @@ def test_ray_arguments_and_missing_ray(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install 'pkpd-twins\[ray\]'"):
         run_trial_ray(trial, tmp_path, n=4)
+
+
+def _failing_trial() -> Any:
+    """A small trial whose patient 3 has a clearance <= 0 (outside the model's domain). Its
+    functions are local, so that cloudpickle sends them by value to the workers."""
+    import jax
+    import numpy as np
+
+    import calibration
+    import pkpd
+    import twins
+    from twins import drugs as D
+
+    def covariates(patient):
+        wt = D.patient_number(patient, "WT", drug="test", what="kg")
+        return {"WT": wt, "SHIFT": float(patient["SHIFT"])}
+
+    def typical(theta, cov):
+        cl = theta["CL"] * cov["WT"] / 70.0 - cov["SHIFT"]
+        return {"KA": theta["KA"], "CL": cl, "V": theta["V"] * cov["WT"] / 70.0}
+
+    def initial(cov):
+        n = len(cov["ID"])
+        return np.zeros((n, 0)), np.full(n, 100.0)
+
+    drug = D.Drug(
+        name="test_drug",
+        model=calibration.PopulationModel(
+            pkpd.OneCompartmentOral(),
+            theta={"KA": 1.0, "CL": 5.0, "V": 50.0},
+            omega={"CL": 0.09, "V": 0.04},
+            error=calibration.Proportional(0.1),
+            typical=typical,
+        ),
+        covariate_fn=covariates,
+        units=D.Units(dose="mg", concentration="mg/L", observed="concentration, mg/L"),
+        dosing=D.Dosing(route=D.Oral(), amount=100.0, interval=24.0),
+        reference="a test drug",
+    )
+    frame = twins.Population.sample(N, key=jax.random.key(0)).to_dataframe()
+    frame["extra_SHIFT"] = 0.0
+    frame.loc[3, "extra_SHIFT"] = 100.0
+    return twins.Trial(
+        name="ray_failures",
+        drug=drug,
+        population=twins.Population.from_dataframe(frame),
+        arms=(twins.DosingArm("low", "100 mg", "", initial, visits=(1, 3)),),
+        endpoints=(twins.FinalLevel("trough", "trough"),),
+        days=4,
+    )
+
+
+@pytest.mark.extended
+def test_ray_stops_past_max_failed_fraction(local_ray, tmp_path):
+    """The tasks record a patient outside the domain as `run_trial` does, and the driver
+    applies `max_failed_fraction` as each chunk is recorded: no chunk after the limit is
+    passed is started; a larger limit resumes the run to `run_trial`'s results."""
+    from twins.trials import TooManyFailuresError
+
+    trial = _failing_trial()
+    kw: dict[str, Any] = {"n": N, "chunk_size": CHUNK, "progress": False}
+    ray_kw: dict[str, Any] = {**kw, "num_cpus_per_task": 2, "max_in_flight": 1}
+    out = tmp_path / "ray"
+    message = r"run_trial_ray: trial 'ray_failures', arm 'low': 1 of the 40 patients \(2\.5%\)"
+    with pytest.raises(TooManyFailuresError, match=message):
+        run_trial_ray(trial, out, **ray_kw, max_failed_fraction=0.0)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["chunks_done"] == [0] and "finished_utc" not in manifest
+    assert manifest["parts"]["patients/part-00000.parquet"]["failed"]["low"]["n"] == 1
+    assert not (out / "patients" / "part-00001.parquet").exists()
+    run_trial_ray(trial, out, **ray_kw, max_failed_fraction=1 / 40)  # exactly: it passes
+    sequential = run_trial(trial, tmp_path / "seq", **kw, max_failed_fraction=1.0)
+    _assert_same_results(out, sequential)
+    assert (_patients(out)["status"] == "failed").sum() == 1

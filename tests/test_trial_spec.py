@@ -164,6 +164,12 @@ def test_base_spec_builds():
         (("run", "n"), 10.0, "run.n", "expected an integer, got the float 10.0"),
         (("run", "seeds"), 1, "run.seeds", "did you mean 'seed'"),
         (("run", "trajectories"), "yes", "run.trajectories", "expected true or false"),
+        (("run", "max_failed_fraction"), 1.5, "run.max_failed_fraction", "a number <= 1"),
+        (("run", "max_failed_fraction"), -0.1, "run.max_failed_fraction", "a number >= 0"),
+        (("run", "max_failed_fraction"), "5%", "run.max_failed_fraction", "the string '5%'"),
+        (("run", "max_failed_fraction"), True, "run.max_failed_fraction", "got the boolean"),
+        (("run", "max_failed_fraction"), float("nan"), "run.max_failed_fraction", "finite"),
+        (("run", "max_failed"), 0.1, "run.max_failed", "did you mean 'max_failed_fraction'"),
         (("published",), {"titrated": {"tr": 60.0}}, "published.titrated.tr", "unknown key"),
         (("bands",), {"low": 0.0, "high": 5.0}, "bands.low", "expected a number > 0"),
     ],
@@ -409,6 +415,14 @@ def test_optional_fields():
     assert trial.published_differences["titrated"]["ttr"]["ci_high"] == 2.0
     assert trial.assumptions == ("a", "b") and trial.covariates == ("AGE",)
     assert options == RunOptions(n=20, seed=1)
+    assert options.max_failed_fraction == twins.trials.MAX_FAILED_FRACTION
+    for value in (0, 1, 0.25):
+        _, options = trial_from_dict(_broken(("run", "max_failed_fraction"), value))
+        assert options == RunOptions(n=20, seed=1, max_failed_fraction=value)
+    # It does not change the numbers, so it is not in the spec hash: a stopped run resumes.
+    assert _spec_of(trial_from_dict(_broken(("run", "max_failed_fraction"), 0.5))[0]) == (
+        _spec_of(trial_from_dict(BASE)[0])
+    )
 
 
 def test_howto_minimal_spec_loads():

@@ -53,6 +53,16 @@ def _print_summary(console: Console, out: Path) -> None:
     console.print(f"Results: {out}  Report: {out / 'report.html'}")
 
 
+def _too_many_failures(error: Exception, hint: str) -> typer.Exit:
+    """Print why a run stopped on failed patients (one paragraph, on stderr, no traceback)
+    with `hint` (how to allow more); the caller raises the returned exit (code 2)."""
+    Console(stderr=True, soft_wrap=True).print(
+        f"[red]Too many patients could not be simulated:[/red] {escape(str(error))} {escape(hint)}",
+        highlight=False,
+    )
+    return typer.Exit(code=2)
+
+
 def _folder_name(name: str) -> str:
     """A trial's name as one safe folder name (no separators, no `..`)."""
     import re
@@ -82,7 +92,7 @@ def demo(
     """
     _x64()
     from ..trials._eupact import eupact_trial
-    from ..trials._run import ResultsFolderError, run_trial
+    from ..trials._run import ResultsFolderError, TooManyFailuresError, run_trial
     from ._report import write_report
 
     console = Console()
@@ -93,6 +103,12 @@ def demo(
             f"[red]Results folder refused:[/red] {escape(str(error))}", highlight=False
         )
         raise typer.Exit(code=2) from None
+    except TooManyFailuresError as error:
+        raise _too_many_failures(
+            error,
+            'The demo allows 5%; to allow more, run a spec of `preset = "eupact"` with '
+            "a larger `[run] max_failed_fraction` through `twins trial`.",
+        ) from None
     write_report(out)
     _print_summary(console, out)
 
@@ -100,13 +116,25 @@ def demo(
 @app.command()
 def trial(
     spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Trial spec (TOML)."),
-    out: Path | None = typer.Option(None, help="Results folder (default: the spec's [run] out)."),
-    n: int | None = typer.Option(None, "--n", min=1, help="Override [run] n."),
-    seed: int | None = typer.Option(None, help="Override [run] seed."),
+    out: Path | None = typer.Option(None, help="Results folder (default: the spec's \\[run] out)."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Override \\[run] n."),
+    seed: int | None = typer.Option(None, help="Override \\[run] seed."),
+    max_failed_fraction: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=1.0,
+        help="Override \\[run] max_failed_fraction: the largest fraction of an arm's patients "
+        "that may fail to simulate before the run stops (0: none; 1: never stop).",
+    ),
 ) -> None:
-    """Run the virtual trial described by a TOML spec; resume it if interrupted."""
+    """Run the virtual trial described by a TOML spec; resume it if interrupted.
+
+    Patients that cannot be simulated are recorded (status "failed" in the patients table,
+    listed in the report); more than \\[run] max_failed_fraction of an arm's patients (default
+    0.05) stops the run with exit code 2, keeping the chunks done.
+    """
     _x64()
-    from ..trials._run import ResultsFolderError, run_trial
+    from ..trials._run import ResultsFolderError, TooManyFailuresError, run_trial
     from ._report import write_report
     from ._spec import SpecError, load_trial
 
@@ -126,12 +154,21 @@ def trial(
             seed=options.seed if seed is None else seed,
             chunk_size=options.chunk_size,
             trajectories=options.trajectories,
+            max_failed_fraction=(
+                options.max_failed_fraction if max_failed_fraction is None else max_failed_fraction
+            ),
         )
     except ResultsFolderError as error:
         Console(stderr=True, soft_wrap=True).print(
             f"[red]Results folder refused:[/red] {escape(str(error))}", highlight=False
         )
         raise typer.Exit(code=2) from None
+    except TooManyFailuresError as error:
+        raise _too_many_failures(
+            error,
+            "On the command line: `--max-failed-fraction` (or `[run] max_failed_fraction` in "
+            f"{spec}).",
+        ) from None
     write_report(folder)
     _print_summary(Console(), folder)
 

@@ -48,7 +48,8 @@ from ..trials import (
     Trial,
     eupact_trial,
 )
-from ..trials._run import SEED_MAX
+from ..trials._endpoints import READINGS, metric_from_reading
+from ..trials._run import MAX_FAILED_FRACTION, SEED_MAX
 from ._spec_arms import INITIAL_RULES as INITIAL_RULES
 from ._spec_arms import NOMOGRAMS as NOMOGRAMS
 from ._spec_arms import FixedDoses as FixedDoses
@@ -78,6 +79,11 @@ class RunOptions:
       may not name an absolute path or climb out with `..`); `None` when the spec does not
       say, and the caller chooses.
     - `trajectories`: also store every patient's output and dose in every period.
+    - `max_failed_fraction`: the largest fraction of an arm's patients that may fail to
+      simulate (outside the model's domain, non-finite, raising) before the run stops with
+      `TooManyFailuresError`, 0 to 1 (`run_trial(max_failed_fraction=...)`; default
+      `twins.trials.MAX_FAILED_FRACTION`, 0.05). It does not change the numbers (nor the
+      spec hash), so a stopped run resumes with a larger value.
     """
 
     n: int = 1000
@@ -85,6 +91,7 @@ class RunOptions:
     chunk_size: int = 10_000
     out: Path | None = None
     trajectories: bool = False
+    max_failed_fraction: float = MAX_FAILED_FRACTION
 
 
 # ----------------------------------------------------------------------------- the schema
@@ -405,13 +412,17 @@ def _endpoint(r: TomlReader, value: Any, where: str, days: int) -> Endpoint:
         if key == "source":
             kwargs[key] = r.string(table[key], w, _SOURCES)
         elif key == "metric":
-            kwargs[key] = r.string(table[key], w, ("auc", "cmax", "trough"))
+            kwargs[key] = r.string(table[key], w, READINGS)
         elif key == "days":
             kwargs[key] = r.integer(table[key], w, low=1)
             if kwargs[key] > days:
                 raise r.error(w, f"expected at most the trial's {days} periods, got {kwargs[key]}.")
         else:
             kwargs[key] = r.number(table[key], w)
+    if "metric" in kwargs:  # a spec names it; the endpoint takes the twins.drugs type
+        kwargs["metric"], kwargs["hours"] = metric_from_reading(
+            kwargs["metric"], kwargs.get("hours")
+        )
     try:
         probe = cls(**kwargs)
     except ValueError as error:
@@ -492,6 +503,12 @@ def _run_options(r: TomlReader, value: Any, trial: Trial) -> RunOptions:
         trajectories=r.boolean(
             table.get("trajectories", defaults.trajectories), key_path(where, "trajectories")
         ),
+        max_failed_fraction=r.number(
+            table.get("max_failed_fraction", defaults.max_failed_fraction),
+            key_path(where, "max_failed_fraction"),
+            low=0.0,
+            high=1.0,
+        ),
     )
 
 
@@ -532,7 +549,8 @@ def load_trial(path_or_text: str | os.PathLike[str]) -> tuple[Trial, RunOptions]
 
     **Returns:** `(trial, options)`: a `twins._trial.Trial` and the `RunOptions` of the
     `[run]` table, for `run_trial(trial, options.out, n=options.n, seed=options.seed,
-    chunk_size=options.chunk_size, trajectories=options.trajectories)`.
+    chunk_size=options.chunk_size, trajectories=options.trajectories,
+    max_failed_fraction=options.max_failed_fraction)`.
 
     **Raises:** `SpecError` naming the file, the entry (`arms[1].rules[0].nomogram.change`)
     and what was expected; `FileNotFoundError` for a path that does not exist.

@@ -10,8 +10,8 @@
   simulated instead of raising `FailedPatientsError`.
 - The results folder: `run_trial` (chunked Parquet parts with checksums, resume; failed
   patients recorded, the run stopped past `MAX_FAILED_FRACTION` with
-  `TooManyFailuresError`), `run_trial_ray`, `read_results`, `trial_summary`,
-  `write_summary`.
+  `TooManyFailuresError`), `run_trial_ray` (the same folder and policy, one Ray task per
+  chunk), `read_results`, `trial_summary`, `write_summary`.
 No plotting and no HTML here: the report is `twins.app` (`twins.write_report`).
 """
 

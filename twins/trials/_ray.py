@@ -8,7 +8,8 @@ task per chunk, in parallel on every core of a local machine or of a cluster:
   (`ray.put`);
 - each task calls `run_chunk`, which writes the chunk's Parquet parts itself, atomically:
   the folder must be on storage that every node sees at the same absolute path;
-- the driver updates `manifest.json` as tasks finish and shows the progress;
+- the driver updates `manifest.json` as tasks finish, shows the progress and applies
+  `max_failed_fraction` to the patients that could not be simulated, as `run_trial` does;
 - at the end the driver writes `summary.json`, as `run_trial` does.
 
 A chunk is a pure function of the trial, N, seed and chunk size, so a failed or interrupted
@@ -31,6 +32,10 @@ from typing import Any
 import jax
 
 from ._run import (
+    MAX_FAILED_FRACTION,
+    TooManyFailuresError,
+    check_failures,
+    check_max_failed_fraction,
     check_seed,
     deprecated_report,
     now_utc,
@@ -127,6 +132,7 @@ def run_trial_ray(
     progress: bool = True,
     summary: bool = True,
     report: bool | None = None,
+    max_failed_fraction: float = MAX_FAILED_FRACTION,
 ) -> Path:
     """Run a trial with one Ray task per chunk and write its results folder; resume it if
     interrupted.
@@ -161,6 +167,13 @@ def run_trial_ray(
     - `summary`: write `summary.json` at the end (`twins.write_report(out)` writes the
       HTML report).
     - `report`: deprecated, as in `run_trial`.
+    - `max_failed_fraction`: the largest fraction of an arm's `n` patients that may fail
+      (0 to 1, default 0.05), as in `run_trial`: failed patients are recorded in
+      `patients/` and left out of the estimates, and once more than this fraction of an
+      arm's patients have failed in the chunks recorded, no new chunk is started; the
+      chunks already running finish and are recorded, then `TooManyFailuresError` is
+      raised. Checked as each chunk is recorded and on resuming; a larger value resumes a
+      stopped run.
 
     **Returns:** the results folder.
 
@@ -168,7 +181,9 @@ def run_trial_ray(
     different trial, N, seed or chunk size; `TypeError` if the trial cannot be pickled;
     `RuntimeError` naming every chunk that failed and its error (no new chunk is started
     after a failure; the chunks already running finish, and every chunk written stays, so
-    running again resumes).
+    running again resumes). `TooManyFailuresError` (a `ValueError`, as from `run_trial`)
+    when more patients could not be simulated than `max_failed_fraction` allows, with the
+    counts of every chunk recorded (when chunks also failed, the `RuntimeError` says so).
     """
     ray = _import_ray()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -190,11 +205,13 @@ def run_trial_ray(
             f"run_trial_ray: max_in_flight must be None or a positive integer, got "
             f"{max_in_flight!r}."
         )
+    check_max_failed_fraction(max_failed_fraction, "run_trial_ray")
     chunk_size = min(chunk_size, n)
     out = Path(out).resolve()  # the workers need the absolute path
     manifest = prepare_folder(
         trial, out, n=n, seed=seed, chunk_size=chunk_size, trajectories=trajectories
     )
+    check_failures(trial, out, manifest, max_failed_fraction, "run_trial_ray")
     todo = [c for c in range(manifest["n_chunks"]) if c not in set(manifest["chunks_done"])]
     payload = _pickle(trial) if todo else b""
     started_ray = bool(todo) and not ray.is_initialized()
@@ -209,10 +226,18 @@ def run_trial_ray(
             ray, trial, out, manifest, todo, payload, n=n, seed=seed, chunk_size=chunk_size,
             trajectories=trajectories, num_cpus_per_task=num_cpus_per_task,
             max_in_flight=max_in_flight, progress=progress,
+            max_failed_fraction=max_failed_fraction,
         )  # fmt: skip
     finally:
         if started_ray:
             ray.shutdown()  # a local instance we started stops; a cluster only loses us
+    try:
+        check_failures(trial, out, manifest, max_failed_fraction, "run_trial_ray")
+        too_many = None
+    except TooManyFailuresError as err:
+        if not failures:
+            raise
+        too_many = err
     if failures:
         lines = [
             f"chunk {c} (patients {c * chunk_size} to {min((c + 1) * chunk_size, n) - 1}): "
@@ -225,6 +250,7 @@ def run_trial_ray(
             + "\n  ".join(lines)
             + f"\n{written} of {manifest['n_chunks']} chunks are written in {out}; run again "
             "with the same arguments to resume."
+            + (f"\nBesides, too many patients failed. {too_many}" if too_many else "")
         ) from failures[0][1]
     if summary:
         write_summary(out)
@@ -258,14 +284,18 @@ def _run_tasks(
     num_cpus_per_task: float,
     max_in_flight: int | None,
     progress: bool,
+    max_failed_fraction: float,
 ) -> list[tuple[int, BaseException]]:
     """Submit the chunks in `todo` (at most `max_in_flight` at a time), record each one done
     in `manifest.json` as it finishes, and return the failed ones (sorted by chunk) with
-    their errors. After a failure no new chunk is submitted; those running finish."""
+    their errors. After a failure, or once more patients could not be simulated than
+    `max_failed_fraction` allows (`check_failures`), no new chunk is submitted; those
+    running finish and are recorded (the caller raises)."""
     done = list(manifest["chunks_done"])
     wall0 = float(manifest.get("wall_s", 0.0))
     started = time.perf_counter()
     failures: list[tuple[int, BaseException]] = []
+    too_many = False  # more failed patients than max_failed_fraction allows
     finished = False
     try:
         with progress_bar(progress) as bar:
@@ -283,8 +313,10 @@ def _run_tasks(
                 running: dict[Any, int] = {}
                 simulated = 0
                 try:
-                    while running or (queue and not failures):
-                        while queue and not failures and len(running) < max_in_flight:
+                    while running or (queue and not failures and not too_many):
+                        while (
+                            queue and not failures and not too_many and len(running) < max_in_flight
+                        ):
                             c = queue.popleft()
                             ref = remote.options(
                                 num_cpus=num_cpus_per_task, name=f"{trial.name}:chunk-{c:05d}"
@@ -304,13 +336,17 @@ def _run_tasks(
                             manifest.update(wall_s=wall0 + time.perf_counter() - started)
                             write_json(out / "manifest.json", manifest)
                             bar.update(task, advance=count)
+                            try:
+                                check_failures(trial, out, manifest, max_failed_fraction)
+                            except TooManyFailuresError:
+                                too_many = True  # raised by the caller, counts up to date
                         rate = simulated * len(trial.arms) / (time.perf_counter() - started)
                         bar.update(task, rate=f"{rate:,.0f} patient-arms/s")
                 except BaseException:  # interrupted (Ctrl-C) or the driver failed
                     for ref in running:
                         ray.cancel(ref)
                     raise
-        finished = not failures
+        finished = not failures and not too_many
     finally:
         manifest.update(wall_s=wall0 + time.perf_counter() - started)
         if finished:

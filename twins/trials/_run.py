@@ -274,8 +274,9 @@ class ResumeWarning(UserWarning):
 
 class TooManyFailuresError(ValueError):
     """A run stopped because more of an arm's patients could not be simulated than
-    `run_trial(max_failed_fraction=...)` allows. The chunks written are kept: running
-    again with a larger `max_failed_fraction` resumes the run."""
+    `run_trial(max_failed_fraction=...)` (or `run_trial_ray`) allows. The chunks written are
+    kept: running again with a larger `max_failed_fraction` resumes the run (`twins trial`:
+    `--max-failed-fraction`)."""
 
 
 def failed_patients(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -293,10 +294,15 @@ def failed_patients(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def check_failures(
-    trial: Trial, out: Path, manifest: Mapping[str, Any], max_failed_fraction: float
+    trial: Trial,
+    out: Path,
+    manifest: Mapping[str, Any],
+    max_failed_fraction: float,
+    who: str = "run_trial",
 ) -> None:
     """Raise `TooManyFailuresError` when, in the chunks done, more than
-    `max_failed_fraction` of an arm's `manifest["n_patients"]` patients failed."""
+    `max_failed_fraction` of an arm's `manifest["n_patients"]` patients failed (`who`
+    begins the message)."""
     n = int(manifest["n_patients"])
     for arm, failed in failed_patients(manifest).items():
         k = failed["n"]
@@ -306,7 +312,7 @@ def check_failures(
         more = f" (and {k - len(failed['first'])} more)" if k > len(failed["first"]) else ""
         done = len(manifest["chunks_done"])
         raise TooManyFailuresError(
-            f"run_trial: trial {trial.name!r}, arm {arm!r}: {k} of the {n} patients "
+            f"{who}: trial {trial.name!r}, arm {arm!r}: {k} of the {n} patients "
             f"({100 * k / n:.3g}%) could not be simulated, more than "
             f"max_failed_fraction={max_failed_fraction:g} allows "
             f"({math.floor(max_failed_fraction * n)} patients); the run stops. First: "
@@ -457,6 +463,13 @@ def record_chunk(manifest: dict[str, Any], chunk: int, records: Mapping[str, Any
     manifest.update(chunks_done=sorted(done), complete=len(done) == manifest["n_chunks"])
 
 
+def check_max_failed_fraction(value: Any, who: str) -> float:
+    """A run's `max_failed_fraction`: a number from 0 to 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"{who}: max_failed_fraction must be a number from 0 to 1, got {value!r}.")
+    return float(value)
+
+
 def run_trial(
     trial: Trial,
     out: str | os.PathLike[str],
@@ -514,15 +527,7 @@ def run_trial(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"run_trial: chunk_size must be a positive integer, got {chunk_size!r}.")
     chunk_size = min(chunk_size, n)
-    if (
-        isinstance(max_failed_fraction, bool)
-        or not isinstance(max_failed_fraction, int | float)
-        or not 0 <= max_failed_fraction <= 1
-    ):
-        raise ValueError(
-            "run_trial: max_failed_fraction must be a number from 0 to 1, got "
-            f"{max_failed_fraction!r}."
-        )
+    check_max_failed_fraction(max_failed_fraction, "run_trial")
     if mesh is not None and chunk_size % mesh.size:
         raise ValueError(
             f"run_trial: chunk_size {chunk_size} must be a multiple of the {mesh.size} devices."
