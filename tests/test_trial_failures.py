@@ -471,3 +471,25 @@ def test_cli_stops_past_max_failed_fraction_with_exit_code_2(tmp_path, test_drug
     assert result.exit_code == 0, result.output
     assert json.loads((folder / "manifest.json").read_text())["complete"] is True
     assert (folder / "report.html").is_file()
+
+
+def test_the_plausibility_overrides_are_in_the_provenance(bad_trial, bad_run, tmp_path):
+    frame = _population({}).to_dataframe()
+    frame.loc[BAD, "weight"] = 400.0  # implausible for an adult, allowed with a reason
+    unusual = {"weight": "bariatric cohort", "bmi": "bariatric cohort"}
+    trial = _share_runners(
+        bad_trial, _trial(twins.Population.from_dataframe(frame, unusual=unusual))
+    )
+    out = run_trial(trial, tmp_path / "run", n=N, chunk_size=CHUNK, **QUIET)
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["population"]["unusual"] == {
+        "bmi": "bariatric cohort",
+        "weight": "bariatric cohort",
+    }
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provenance"]["unusual"] == spec["population"]["unusual"]
+    assert all(f["n_failed"] == 0 for f in summary["failures"].values())
+    run_trial(trial, out, n=N, chunk_size=CHUNK, **QUIET)  # the same spec hash: it resumes
+    # Without overrides neither records any.
+    assert "unusual" not in json.loads((bad_run / "spec.json").read_text())["population"]
+    assert "unusual" not in json.loads((bad_run / "summary.json").read_text())["provenance"]

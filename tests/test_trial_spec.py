@@ -2,6 +2,7 @@
 run; every mistake is refused with the file, the entry and what was expected."""
 
 import copy
+import hashlib
 from pathlib import Path
 
 import jax
@@ -372,6 +373,58 @@ def test_csv_population(tmp_path):
     no_scr.to_csv(tmp_path / "no_scr.csv", index=False)
     with pytest.raises(SpecError, match=r"<dict>: drug: vancomycin_goti2018 cannot find"):
         trial_from_dict({**spec, "population": {"csv": "no_scr.csv"}}, base_dir=tmp_path)
+
+
+def test_csv_population_records_its_plausibility_overrides(tmp_path):
+    """`[population] unusual` is in the described population (spec.json, the spec hash);
+    without it the description, and so the hash of existing runs, is what it was."""
+    frame = pd.DataFrame(
+        {
+            "id": ["P1", "P2"],
+            "age": [70.0, 55.0],
+            "sex": ["female", "male"],
+            "weight": [60.0, 400.0],
+            "height": [160.0, 180.0],
+            "serum_creatinine": [0.8, 1.1],
+        }
+    )
+    frame.to_csv(tmp_path / "patients.csv", index=False)
+    spec = {
+        "name": "csv",
+        "drug": "vancomycin_goti2018",
+        "days": 4,
+        "population": {
+            "csv": "patients.csv",
+            "unusual": {"weight": " bariatric cohort ", "bmi": "bariatric cohort"},
+        },
+        "arms": [{"name": "a", "initial": {"maintenance": 1000}}],
+        "endpoints": [{"type": "final_level", "name": "trough"}],
+        "run": {"n": 2},
+    }
+    trial, _ = trial_from_dict(spec, base_dir=tmp_path)
+    table = trial.population.to_dataframe().to_csv(index=False).encode()
+    plain = {"fixed_cohort_rows": 2, "sha256": hashlib.sha256(table).hexdigest()}
+    described = trial.describe()["population"]
+    assert described == {
+        **plain,
+        "unusual": {"bmi": "bariatric cohort", "weight": "bariatric cohort"},
+    }
+    assert list(described["unusual"]) == ["bmi", "weight"]  # sorted: the hash is stable
+    # Another reason is another spec (the folder of the first is refused, not resumed).
+    other = copy.deepcopy(spec)
+    other["population"]["unusual"]["weight"] = "another reason"
+    assert _spec_of(trial_from_dict(other, base_dir=tmp_path)[0]) != _spec_of(trial)
+    # Without overrides: exactly the description (and hash) of before.
+    frame.loc[1, "weight"] = 90.0
+    frame.to_csv(tmp_path / "plausible.csv", index=False)
+    spec["population"] = {"csv": "plausible.csv"}
+    plausible, _ = trial_from_dict(spec, base_dir=tmp_path)
+    assert plausible.population.unusual == {}
+    table = plausible.population.to_dataframe().to_csv(index=False).encode()
+    assert plausible.describe()["population"] == {
+        "fixed_cohort_rows": 2,
+        "sha256": hashlib.sha256(table).hexdigest(),
+    }
 
 
 def test_population_options_reach_the_sampler():

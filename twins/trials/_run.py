@@ -653,7 +653,9 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     `{arm: {endpoint: {label, unit, kind, n, estimate, ci_low, ci_high, published}}}`, plus
     `"differences"` (`{arm: {endpoint: {difference, ci_low, ci_high, method}}}` against the
     reference arm), `"published"` (the published figures, their source and notes, and
-    `"differences"`), `"n_per_arm"`, `"complete"`, `"failures"` and `"provenance"`.
+    `"differences"`), `"n_per_arm"`, `"complete"`, `"failures"` and `"provenance"` (with
+    `"unusual"`, `{column: reason}`, when the patients were read with plausibility ranges
+    lifted; `spec.json` records it under `"population"`).
 
     `"failures"` is `{arm: {n_patients, n_failed, failed: [{patient, reason}, ...]}}`, the
     patients that could not be simulated (the first `FAILED_LISTED`, 100, listed; see
@@ -684,6 +686,9 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     out["complete"] = results.manifest.get("complete")
     out["failures"] = failure_summary(results)
     out["provenance"] = {**spec.get("provenance", {}), "wall_s": results.manifest.get("wall_s")}
+    unusual = (spec.get("population") or {}).get("unusual")
+    if unusual:
+        out["provenance"]["unusual"] = dict(unusual)
     return out
 
 

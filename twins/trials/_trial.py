@@ -52,11 +52,21 @@ RESERVED_COLUMNS = ("patient", "arm", "final_dose", "status", "failure")
 
 def describe_population(population: Any) -> dict[str, Any]:
     """What determines the virtual patients: the sampler and its arguments, or a hash of a
-    fixed cohort's table (part of the spec hash, so that editing either starts afresh)."""
+    fixed cohort's table (part of the spec hash, so that editing either starts afresh).
+
+    A fixed cohort read with plausibility ranges lifted (`Population.unusual`) also records
+    them, `"unusual": {column: reason}` (sorted), so that the provenance shows which
+    overrides a run used; without any, the description is what it was before `unusual`
+    existed (and so is the spec hash: such runs still resume)."""
     if isinstance(population, Population):
         frame = population.to_dataframe()
         digest = hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
-        return {"fixed_cohort_rows": len(frame), "sha256": digest}
+        described: dict[str, Any] = {"fixed_cohort_rows": len(frame), "sha256": digest}
+        if population.unusual:
+            described["unusual"] = {
+                k: str(population.unusual[k]) for k in sorted(population.unusual)
+            }
+        return described
     func = getattr(population, "func", population)
     name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
     return {
