@@ -205,7 +205,18 @@ def test_exposure_endpoints_of_an_infused_drug_match_dense_simulation():
             twins.AUC("auc_day1", "AUC 0-24", end_h=24.0),
             twins.Cmax("cmax", "Cmax"),
             twins.Ctrough("trough48", "trough at 48 h", end_h=48.0),
-            twins.TargetAttainment("pta", "AUC24 400-600", metric="auc", low=400.0, high=600.0),
+            twins.TargetAttainment(
+                "pta", "AUC24 400-600", metric=twins.AUCOver(24), low=400.0, high=600.0
+            ),
+            twins.TargetAttainment("pta_peak", "Cmax <= 40", metric=twins.Peak(), high=40.0),
+            twins.TargetAttainment(
+                "pta_trough",
+                "trough at 48 h 10-20",
+                metric=twins.Trough(),
+                low=10.0,
+                high=20.0,
+                end_h=48.0,
+            ),
         ),
         days=8,
         interval=12.0,
@@ -225,6 +236,8 @@ def test_exposure_endpoints_of_an_infused_drug_match_dense_simulation():
         np.testing.assert_allclose(got["cmax"][i], cmax_last, rtol=1e-6)
         np.testing.assert_allclose(got["trough48"][i], courses["fixed"]["level"][i, 4])
         assert got["pta"][i] == (400.0 <= got["auc24"][i] <= 600.0)
+        assert got["pta_peak"][i] == (got["cmax"][i] <= 40.0)
+        assert got["pta_trough"][i] == (10.0 <= got["trough48"][i] <= 20.0)
         assert auc_last > auc_first > 0.0  # accumulation: the comparison is not vacuous
         assert y_first.max() > y_first[-1]
 
@@ -262,6 +275,32 @@ def test_exposure_endpoint_windows_are_checked():
             dataclasses.replace(trial, endpoints=(endpoint,))
     with pytest.raises(ValueError, match="give a target"):
         twins.TargetAttainment("p", "p")
+    with pytest.raises(TypeError, match=r"AUCOver\(hours\), Peak\(\) or Trough\(\)"):
+        twins.TargetAttainment("p", "p", metric=24.0, low=1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="the AUC's window is the metric's hours"):
+        twins.TargetAttainment("p", "p", metric=twins.AUCOver(24), hours=12.0, low=1.0)
+    with pytest.raises(ValueError, match="hours does not apply"):
+        twins.TargetAttainment("p", "p", metric=twins.Trough(), hours=12.0, low=1.0)
+
+
+def test_target_attainment_names_of_earlier_releases():
+    """`metric="auc"` (with `hours`), `"cmax"`, `"trough"` still work, warned, and are the
+    same endpoint, with the same description (so a spec's hash, and resuming, is unchanged)."""
+    cases = [
+        (dict(metric="auc", hours=12.0), dict(metric=twins.AUCOver(12))),
+        (dict(metric="auc"), dict(metric=twins.AUCOver(24))),
+        (dict(metric="cmax", hours=12.0), dict(metric=twins.Peak(), hours=12.0)),
+        (dict(metric="trough"), dict(metric=twins.Trough())),
+    ]
+    for old_kw, new_kw in cases:
+        with pytest.warns(DeprecationWarning, match="TargetAttainment.metric=.* is deprecated"):
+            old = twins.TargetAttainment("p", "p", low=1.0, **old_kw)
+        new = twins.TargetAttainment("p", "p", low=1.0, **new_kw)
+        assert old.metric == new.metric and old.describe() == new.describe()
+        assert new.describe()["metric"] == old_kw["metric"]
+        assert new.describe()["hours"] == old_kw.get("hours", 24.0)
+    with pytest.raises(ValueError, match=r"metric must be a twins\.drugs metric"):
+        twins.TargetAttainment("p", "p", metric="AUC24", low=1.0)  # type: ignore[arg-type]
 
 
 def test_nomogram_arm_changes_and_withholds_doses():

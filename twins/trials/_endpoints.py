@@ -11,11 +11,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import jax.numpy as jnp
 import numpy as np
+
+from ..drugs import AUCOver, Metric, Peak, Trough
 
 Source = Literal["measured", "true"]
 
@@ -174,7 +177,25 @@ class FinalLevel(Endpoint):
         return {self.name: y[..., -1]}
 
 
-Metric = Literal["auc", "cmax", "trough"]
+#: What the course reads for a metric: the per-period AUC, the per-period Cmax, or the level.
+Reading = Literal["auc", "cmax", "trough"]
+
+#: The metric names of earlier releases (`TargetAttainment(metric="auc")`), and of a spec.
+READINGS: tuple[Reading, ...] = ("auc", "cmax", "trough")
+
+
+def metric_from_reading(reading: str, hours: float | None) -> tuple[Metric, float | None]:
+    """The metric a name of earlier releases meant (`"auc"`, `"cmax"`, `"trough"`, as in a
+    spec's `metric = "auc"`) with the `hours` that go with it: `"auc"` becomes
+    `AUCOver(hours)` (default 24; hours then belong to the metric: None is returned),
+    `"cmax"` `Peak()` over `hours`, `"trough"` `Trough()`."""
+    if reading == "auc":
+        return AUCOver(24.0 if hours is None else hours), None
+    if reading == "cmax":
+        return Peak(), hours
+    if reading == "trough":
+        return Trough(), hours
+    raise ValueError(f"expected a metric 'auc', 'cmax' or 'trough', got {reading!r}.")
 
 
 def _window(course, end_h: float | None, hours: float, who: str) -> tuple[int, int]:
@@ -198,7 +219,7 @@ def _window(course, end_h: float | None, hours: float, who: str) -> tuple[int, i
     return first_i, stop_i
 
 
-def _metric(course, metric: Metric, end_h: float | None, hours: float, who: str):
+def _metric(course, metric: Reading, end_h: float | None, hours: float, who: str):
     if metric == "trough":
         tau = float(course["interval_h"])
         n_periods = len(course["days"]) - 1
@@ -267,35 +288,82 @@ class Ctrough(Endpoint):
 
 @dataclasses.dataclass(frozen=True)
 class TargetAttainment(Endpoint):
-    """Probability of target attainment: the share of patients whose `metric` (`"auc"`,
-    `"cmax"` or `"trough"`, over the window of `AUC`/`Cmax`/`Ctrough`) lies in
+    """Probability of target attainment: the share of patients whose `metric` lies in
     `[low, high]` (either bound may be omitted), e.g. AUC24 in 400-600 mg.h/L for
-    vancomycin (Rybak MJ et al. Am J Health Syst Pharm 2020;77(11):835-864)."""
+    vancomycin (Rybak MJ et al. Am J Health Syst Pharm 2020;77(11):835-864).
 
-    metric: Metric = "auc"
+    `metric` is a target metric of `twins.drugs` (the types a drug's `Target` holds), read
+    on the window ending at `end_h` (default: the end of the trial) as the `AUC`, `Cmax` and
+    `Ctrough` endpoints read it: `AUCOver(hours)` the AUC of the last `hours` (default
+    `AUCOver(24)`), `Peak()` the highest value over `hours` (default 24), `Trough()` the
+    level just before the dose at `end_h`. The names `"auc"`, `"cmax"` and `"trough"` still
+    work, with a `DeprecationWarning`, for one release (`"auc"` takes `hours`, default 24).
+    """
+
+    metric: Metric = AUCOver(24.0)  # noqa: RUF009  # frozen, hashable: a safe default
     low: float | None = None
     high: float | None = None
     end_h: float | None = None
-    hours: float = 24.0
+    hours: float | None = None
     kind: ClassVar[str] = "proportion"
     unit: ClassVar[str] = "% of patients"
 
     def __post_init__(self):
-        if self.metric not in ("auc", "cmax", "trough"):
-            raise ValueError(
-                f"{self.name}: metric must be 'auc', 'cmax' or 'trough', got {self.metric!r}."
+        metric = self.metric
+        if isinstance(metric, str):
+            if metric not in READINGS:
+                raise ValueError(
+                    f"{self.name}: metric must be a twins.drugs metric (AUCOver(hours), Peak(), "
+                    f"Trough()), got {metric!r}."
+                )
+            new, hours = metric_from_reading(metric, self.hours)
+            object.__setattr__(self, "hours", hours)
+            warnings.warn(
+                f"TargetAttainment(metric={metric!r}) is deprecated; pass metric="
+                f"twins.drugs.{new!r} (a name will be refused in the next release).",
+                DeprecationWarning,
+                stacklevel=3,
             )
+            object.__setattr__(self, "metric", new)
+        elif not isinstance(metric, AUCOver | Peak | Trough):
+            raise TypeError(
+                f"{self.name}: metric must be twins.drugs.AUCOver(hours), Peak() or Trough(), "
+                f"got {metric!r}."
+            )
+        if isinstance(self.metric, AUCOver) and self.hours not in (None, self.metric.hours):
+            raise ValueError(
+                f"{self.name}: hours = {self.hours:g} but the metric is {self.metric!r}; the "
+                "AUC's window is the metric's hours (leave hours out)."
+            )
+        if isinstance(self.metric, Trough) and self.hours is not None:
+            raise ValueError(f"{self.name}: a trough is read at end_h; hours does not apply.")
         if self.low is None and self.high is None:
             raise ValueError(f"{self.name}: give a target: low, high or both.")
         if self.low is not None and self.high is not None and not self.low < self.high:
             raise ValueError(f"{self.name}: expected low < high, got {self.low} and {self.high}.")
 
     @property
+    def reading(self) -> tuple[Reading, float]:
+        """What the course reads (`"auc"`, `"cmax"` or `"trough"`) and over how many hours."""
+        if isinstance(self.metric, AUCOver):
+            return "auc", float(self.metric.hours)
+        hours = 24.0 if self.hours is None else float(self.hours)
+        return ("cmax" if isinstance(self.metric, Peak) else "trough"), hours
+
+    @property
     def needs_exposure(self) -> bool:  # type: ignore[override]
-        return self.metric != "trough"
+        return not isinstance(self.metric, Trough)
+
+    def describe(self) -> dict[str, Any]:
+        # In the form of earlier releases (the metric's reading and its hours), so that the
+        # hash of a spec, and with it resuming a results folder, does not change.
+        reading, hours = self.reading
+        return {**super().describe(), "metric": reading, "hours": hours}
 
     def __call__(self, course):
-        value = _metric(course, self.metric, self.end_h, self.hours, self.name)
+        reading, hours = self.reading
+        value = _metric(course, reading, self.end_h, 0.0 if reading == "trough" else hours,
+                        self.name)  # fmt: skip
         ok = np.ones(np.shape(value), dtype=bool)
         if self.low is not None:
             ok &= np.asarray(value) >= self.low
