@@ -76,12 +76,14 @@ from .trials import Cmax as Cmax  # isort: skip
 from .trials import Ctrough as Ctrough  # isort: skip
 from .trials import DosingArm as DosingArm  # isort: skip
 from .trials import Endpoint as Endpoint  # isort: skip
+from .trials import FailedPatientsError as FailedPatientsError  # isort: skip
 from .trials import FinalLevel as FinalLevel  # isort: skip
 from .trials import MeanDose as MeanDose  # isort: skip
 from .trials import Nomogram as Nomogram  # isort: skip
 from .trials import TargetAttainment as TargetAttainment  # isort: skip
 from .trials import TimeInRange as TimeInRange  # isort: skip
 from .trials import TimeToRange as TimeToRange  # isort: skip
+from .trials import TooManyFailuresError as TooManyFailuresError  # isort: skip
 from .trials import Trial as Trial  # isort: skip
 from .trials import TwinArm as TwinArm  # isort: skip
 from .trials import eupact_trial as eupact_trial  # isort: skip
@@ -108,6 +110,7 @@ __all__ = [
     "DosingArm",
     "Drug",
     "Endpoint",
+    "FailedPatientsError",
     "FinalLevel",
     "Forecast",
     "ImplausiblePatientError",
@@ -131,6 +134,7 @@ __all__ = [
     "TargetAttainment",
     "TimeInRange",
     "TimeToRange",
+    "TooManyFailuresError",
     "Trial",
     "Trough",
     "TwinArm",
