@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +38,6 @@ import pkpd
 
 from ._patient import Patient
 from ._recommend import Recommendation, plan_doses, recommend_dose
-from ._twin_numerics import predict_draws, with_residual
 from .drugs import Drug, Target
 
 _LEVEL = 0.9
@@ -658,3 +658,25 @@ def _update_method(method: Any, nuts_options: dict[str, Any]):
             f"update: method must be calibration.MAP() or calibration.NUTS(...), got {method!r}."
         )
     return method
+
+
+# Compiled numerics: module-level jitted functions (`equinox.filter_jit`) that take the
+# population model as an argument, so that every twin of an equal model reuses them for the
+# same shapes (the dose search is in `_recommend`).
+
+
+@eqx.filter_jit
+def predict_draws(pm: calibration.PopulationModel, theta, cov, regimen, times, eta):
+    """The observed output at `times` of every draw `eta` `(n_draws, n_eta)` (one compiled
+    call per model value and shapes)."""
+
+    def one(e):
+        params = pm.individual_params(theta, cov, e)
+        return pm.predict(params, regimen, times)
+
+    return jax.vmap(one)(eta)
+
+
+def with_residual(error, sigma, y, key):
+    """`y` as measured: the error model's noise added to every prediction."""
+    return error.observe(y, sigma, jax.random.normal(key, y.shape))
