@@ -7,7 +7,9 @@
   random forest, SVM); Flax (`flax.nnx`) `MLPSurrogate` (the fast emulator),
   `LSTMSurrogate`, `TransformerSurrogate` and `HybridSurrogate` (the three fused by a small
   head), deep ensembles.
-- Training data from the trial engine: `training_set(trial, n, arm=...)` -> `TrainingSet`.
+- Training data from the trial engine: `training_set(trial, n, arm=...)` -> `TrainingSet`
+  (patients that cannot be simulated left out, named in `TrainingSet.failures`, with a
+  `FailedPatientsWarning`).
 - Comparisons on held-out virtual patients: `regression_table`, `classification_table`,
   `roc_figure`, and the task of the docs, `warfarin_response_task`.
 - Explanations: `explain` (SHAP: Tree SHAP for trees, permutation/kernel SHAP for any
@@ -26,6 +28,7 @@ from ._compare import classification_table as classification_table
 from ._compare import regression_table as regression_table
 from ._compare import roc_figure as roc_figure
 from ._compare import warfarin_response_task as warfarin_response_task
+from ._data import FailedPatientsWarning as FailedPatientsWarning
 from ._data import TrainingSet as TrainingSet
 from ._data import training_set as training_set
 from ._explain import Explanation as Explanation
@@ -46,6 +49,7 @@ from ._training import Training as Training
 __all__ = [
     "Explanation",
     "ExtrapolationWarning",
+    "FailedPatientsWarning",
     "HybridSurrogate",
     "Inputs",
     "LSTMSurrogate",

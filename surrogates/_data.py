@@ -16,27 +16,57 @@ same seed) and returns, per patient:
 - targets: every endpoint of the trial for that arm (AUC, trough, TTR, INR at day N, the
   adverse-event flag, ...) and the true level at the start of every period after `observe`
   (the future trajectory).
+
+A patient that cannot be simulated (`twins.trials.simulate_chunk_outcome`: parameters outside
+the model's domain, a non-finite course, an error raised while simulating it) is left out:
+its row holds another patient's numbers and is never trained on. `TrainingSet.failures`
+names every such patient with its reason, a `FailedPatientsWarning` says how many were left
+out, and past `max_failed_fraction` of the `n` patients the build stops with
+`twins.trials.TooManyFailuresError`, as `twins.run_trial` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from twins.trials import Trial, model_covariates, population_rows, seed_keys, simulate_chunk
+from twins.trials import (
+    MAX_FAILED_FRACTION,
+    TooManyFailuresError,
+    Trial,
+    model_covariates,
+    population_rows,
+    seed_keys,
+    simulate_chunk_outcome,
+)
 
 from ._base import Inputs
 
 _NUMERIC = ("AGE", "WT", "HT", "SEX", "SCR", "CRCL", "EGFR", "BSA", "LBW", "ALB")
 
+#: Failed patients named in `training_set`'s warning and error.
+_FAILED_SHOWN = 5
+
+
+class FailedPatientsWarning(UserWarning):
+    """`training_set` left out patients that could not be simulated (fewer than its
+    `max_failed_fraction`); `TrainingSet.failures` names each with its reason."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSet:
     """Simulated patients of one arm: `inputs`, `targets` (one column per endpoint value),
-    `trajectory` (n, H): the true level at `trajectory_days`, and `patients` (ids)."""
+    `trajectory` (n, H): the true level at `trajectory_days`, and `patients` (ids).
+
+    `failures`: `{patient id: reason}` for the patients of the build that could not be
+    simulated and are not in the set (empty when none failed); `take` and `split` keep it,
+    as the record of who the set was built without."""
 
     inputs: Inputs
     targets: pd.DataFrame
@@ -44,6 +74,7 @@ class TrainingSet:
     trajectory_days: np.ndarray
     patients: np.ndarray
     arm: str
+    failures: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.patients)
@@ -57,6 +88,7 @@ class TrainingSet:
             self.trajectory_days,
             self.patients[index],
             self.arm,
+            self.failures,
         )
 
     def split(self, test_fraction: float = 0.2, *, key: int = 0) -> tuple[TrainingSet, TrainingSet]:
@@ -105,6 +137,7 @@ def training_set(
     observe: int | None = None,
     parameters: bool = False,
     chunk_size: int = 5_000,
+    max_failed_fraction: float = MAX_FAILED_FRACTION,
 ) -> TrainingSet:
     """Simulate `n` patients of `arm` (default the first) of `trial` for a surrogate.
 
@@ -112,6 +145,16 @@ def training_set(
       up to the last visit before half the trial; 0 for no sequence).
     - `parameters`: add each patient's model parameters to the static features.
     - `seed`: the trial's seed (patient i is the same as in `run_trial(..., seed=seed)`).
+    - `max_failed_fraction` (0 to 1; default `twins.trials.MAX_FAILED_FRACTION`, as
+      `run_trial`): the patients that cannot be simulated are left out of the set and named
+      in `TrainingSet.failures` with their reasons, with a `FailedPatientsWarning`; once
+      more than this fraction of the `n` patients failed the build stops with
+      `twins.trials.TooManyFailuresError` (a `ValueError`). 0: any failure stops it; 1:
+      never (but a set with no patient left is refused).
+
+    Without failures the set has `n` rows in patient order; with them, `n` minus the failed,
+    every other row the same bits as when the failed patients are replaced by good ones
+    (their randomness comes from their index, not from their neighbours).
     """
     names = [a.name for a in trial.arms]
     arm_name = names[0] if arm is None else arm
@@ -120,6 +163,15 @@ def training_set(
     the_arm = trial.arms[names.index(arm_name)]
     if not (isinstance(n, int) and n >= 20):
         raise ValueError(f"training_set: n must be an integer >= 20, got {n!r}.")
+    if (
+        isinstance(max_failed_fraction, bool)
+        or not isinstance(max_failed_fraction, int | float)
+        or not 0 <= max_failed_fraction <= 1
+    ):
+        raise ValueError(
+            "training_set: max_failed_fraction must be a number from 0 to 1, got "
+            f"{max_failed_fraction!r}."
+        )
     visits = np.asarray(the_arm.visits, dtype=int)  # 0-based periods
     if observe is None:
         early = visits[visits < trial.days // 2]
@@ -138,20 +190,27 @@ def training_set(
     pop_key, sim_key = seed_keys(seed)
     runners: dict[str, Any] = {}
     statics, seqs, targets, trajs, ids = [], [], [], [], []
+    failures: dict[str, str] = {}
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
         pop = population_rows(sub, start, stop, key=pop_key)
-        endpoints, courses = simulate_chunk(
+        outcome = simulate_chunk_outcome(
             sub, pop, start, key=sim_key, runners=runners, size=min(chunk_size, n)
         )
+        # A failed patient's row holds a stand-in's numbers: dropped, never trained on.
+        failed = outcome.failures[arm_name]
+        keep = np.array([i for i in range(len(pop)) if i not in failed], dtype=int)
+        chunk_ids = pop.ids.astype(str)
+        failures.update({str(chunk_ids[i]): why for i, why in failed.items()})
+        _check_failures(sub, arm_name, failures, stop, n, max_failed_fraction)
         cov = pop.covariates()
         state = the_arm.start(cov)
         static = static_features(sub, pop, cov, state)
-        course = courses[arm_name]
+        course = outcome.courses[arm_name]
         if parameters:
             for k, v in course["params"].items():
                 static[f"param_{k}"] = np.asarray(v, dtype=float)
-        statics.append(static)
+        statics.append(static.iloc[keep])
         if observe:
             m = len(pop)
             measured = np.zeros((m, observe))
@@ -161,15 +220,35 @@ def training_set(
                     measured[:, v] = course["measured"][:, j]
                     mask[:, v] = 1.0
             doses = course["doses"][:, :observe]
-            seqs.append(np.stack([doses, measured, mask], axis=-1))
-        targets.append(pd.DataFrame({k: np.asarray(v) for k, v in endpoints[arm_name].items()}))
-        trajs.append(course["level"][:, observe:])
-        ids.append(pop.ids.astype(str))
+            seqs.append(np.stack([doses, measured, mask], axis=-1)[keep])
+        values = {k: np.asarray(v)[keep] for k, v in outcome.endpoints[arm_name].items()}
+        targets.append(pd.DataFrame(values))
+        trajs.append(course["level"][keep, observe:])
+        ids.append(chunk_ids[keep])
+    if len(failures) == n:
+        raise TooManyFailuresError(
+            f"training_set: trial {trial.name!r}, arm {arm_name!r}: none of the {n} "
+            f"patients could be simulated. First: {_first(failures)}."
+        )
+    if failures:
+        k = len(failures)
+        warnings.warn(
+            f"training_set: trial {trial.name!r}, arm {arm_name!r}: {k} of the {n} patients "
+            f"({100 * k / n:.3g}%) could not be simulated and are left out of the training "
+            f"set ({n - k} rows; TrainingSet.failures names each with its reason). First: "
+            f"{_first(failures)}.",
+            FailedPatientsWarning,
+            stacklevel=2,
+        )
     static = pd.concat(statics, ignore_index=True)
     # Columns present in some chunks only (e.g. an ancestry nobody in a chunk has) are 0.
     static = static.fillna({c: 0.0 for c in static.columns if c.startswith("ancestry_")})
     # Activity scores CPIC does not define (VKORC1, CYP2C19) are NaN for everyone: dropped.
     static = static.loc[:, static.notna().any()]
+    if failures:  # an ancestry only failed patients had: no column (none without failures)
+        static = static.loc[
+            :, [not (c.startswith("ancestry_") and (static[c] == 0).all()) for c in static]
+        ]
     interval = float(trial.interval)
     sequence = np.concatenate(seqs) if observe else None
     inputs = Inputs(
@@ -186,4 +265,32 @@ def training_set(
         days[observe:],
         np.concatenate(ids),
         arm_name,
+        failures,
+    )
+
+
+def _first(failures: Mapping[str, str]) -> str:
+    """The first failed patients with their reasons, for a message."""
+    shown = list(failures.items())[:_FAILED_SHOWN]
+    more = len(failures) - len(shown)
+    text = "; ".join(f"{pid}: {why}" for pid, why in shown)
+    return text + (f" (and {more} more)" if more > 0 else "")
+
+
+def _check_failures(
+    trial: Trial, arm: str, failures: Mapping[str, str], done: int, n: int, limit: float
+) -> None:
+    """Raise `TooManyFailuresError` once more than `limit` of the `n` patients failed
+    (`failures`, counted in the first `done` simulated)."""
+    k = len(failures)
+    if k / n <= limit:
+        return
+    where = f"the {n}" if done == n else f"the first {done} of the {n}"
+    raise TooManyFailuresError(
+        f"training_set: trial {trial.name!r}, arm {arm!r}: {k} of {where} patients could not "
+        f"be simulated ({100 * k / n:.3g}% of {n}), more than max_failed_fraction={limit:g} "
+        f"allows ({math.floor(limit * n)} patients); the build stops. First: "
+        f"{_first(failures)}. Check these patients' parameters or the solver; to train on "
+        f"the others, pass a larger max_failed_fraction (at least {k / n:.3g}; 1 never "
+        "stops)."
     )
