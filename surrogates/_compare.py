@@ -16,6 +16,7 @@ regression fidelity against the mechanistic model.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import warnings
@@ -207,6 +208,6 @@ def warfarin_response_task(
     inputs = Inputs(
         pd.DataFrame(static[keep]), ts.inputs.sequence, ts.inputs.channels, ts.inputs.times
     )
-    ts = TrainingSet(inputs, ts.targets, ts.trajectory, ts.trajectory_days, ts.patients, ts.arm)
+    ts = dataclasses.replace(ts, inputs=inputs)  # the patients left out stay recorded
     inr = ts.targets["inr_end"].to_numpy()
     return ts, ((inr >= 2.0) & (inr <= 3.0)).astype(float)

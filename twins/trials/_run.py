@@ -273,10 +273,12 @@ class ResumeWarning(UserWarning):
 
 
 class TooManyFailuresError(ValueError):
-    """A run stopped because more of an arm's patients could not be simulated than
-    `run_trial(max_failed_fraction=...)` (or `run_trial_ray`) allows. The chunks written are
-    kept: running again with a larger `max_failed_fraction` resumes the run (`twins trial`:
-    `--max-failed-fraction`)."""
+    """More of an arm's patients could not be simulated than `max_failed_fraction` allows.
+
+    Raised by `run_trial` and `run_trial_ray` (the chunks written are kept: running again
+    with a larger `max_failed_fraction` resumes the run; `twins trial`:
+    `--max-failed-fraction`) and by `surrogates.training_set` (nothing is kept: build the
+    set again with a larger limit, or mend the patients named)."""
 
 
 def failed_patients(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
