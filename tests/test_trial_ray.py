@@ -17,7 +17,13 @@ from twins.trials._ray import run_trial_ray
 from twins.trials._run import ResumeWarning, run_trial
 from twins.trials._trial import DosingArm
 
-ray = pytest.importorskip("ray")
+try:
+    import ray
+except ImportError as error:  # a dev dependency (pyproject.toml): never skipped for want of it
+    raise ImportError(
+        "tests/test_trial_ray.py needs Ray: `make test` installs it with the dev extra "
+        "(pip install -e '.[dev]')."
+    ) from error
 
 N, CHUNK, SEED = 40, 20, 3
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
