@@ -120,3 +120,46 @@ def _reference_matrix(name: str, p: dict[str, float]) -> np.ndarray:
         full[1, 0] = p["KA"]
         k = full
     return k
+
+
+# --- a drug with one patient outside the domain (the failed-patient tests) ----------------
+
+
+def _shift_covariates(patient):
+    from twins import drugs as D
+
+    return {
+        "WT": D.patient_number(patient, "WT", drug="test", what="kg"),
+        "SHIFT": float(patient["SHIFT"]),
+    }
+
+
+def _shift_typical(theta, cov):
+    # SHIFT is subtracted from the clearance: SHIFT = 100 L/h gives CL < 0.
+    return {
+        "KA": theta["KA"],
+        "CL": theta["CL"] * cov["WT"] / 70.0 - cov["SHIFT"],
+        "V": theta["V"] * cov["WT"] / 70.0,
+    }
+
+
+def shifted_clearance_drug():
+    """A 1-compartment oral test drug whose clearance is the typical one minus the patient's
+    `SHIFT` (an extra column): a patient with SHIFT = 100 has CL < 0, outside the domain."""
+    import calibration
+    from twins import drugs as D
+
+    return D.Drug(
+        name="test_drug",
+        model=calibration.PopulationModel(
+            pkpd.OneCompartmentOral(),
+            theta={"KA": 1.0, "CL": 5.0, "V": 50.0},
+            omega={"CL": 0.09, "V": 0.04},
+            error=calibration.Proportional(0.1),
+            typical=_shift_typical,
+        ),
+        covariate_fn=_shift_covariates,
+        units=D.Units(dose="mg", concentration="mg/L", observed="concentration, mg/L"),
+        dosing=D.Dosing(route=D.Oral(), amount=100.0, interval=24.0),
+        reference="a test drug",
+    )

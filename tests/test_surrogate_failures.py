@@ -7,49 +7,18 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import shifted_clearance_drug
 
-import calibration
-import pkpd
 import surrogates
 import twins
 from surrogates import FailedPatientsWarning, training_set
-from twins import drugs as D
 from twins.trials import TooManyFailuresError
 
 N, CHUNK = 24, 10
 BAD = 13  # the patient (index) whose clearance is <= 0, in the second chunk
 
 
-def _covariates(patient):
-    return {
-        "WT": D.patient_number(patient, "WT", drug="test", what="kg"),
-        "SHIFT": float(patient["SHIFT"]),
-    }
-
-
-def _typical(theta, cov):
-    # SHIFT is subtracted from the clearance: SHIFT = 100 L/h gives CL < 0.
-    return {
-        "KA": theta["KA"],
-        "CL": theta["CL"] * cov["WT"] / 70.0 - cov["SHIFT"],
-        "V": theta["V"] * cov["WT"] / 70.0,
-    }
-
-
-DRUG = D.Drug(
-    name="test_drug",
-    model=calibration.PopulationModel(
-        pkpd.OneCompartmentOral(),
-        theta={"KA": 1.0, "CL": 5.0, "V": 50.0},
-        omega={"CL": 0.09, "V": 0.04},
-        error=calibration.Proportional(0.1),
-        typical=_typical,
-    ),
-    covariate_fn=_covariates,
-    units=D.Units(dose="mg", concentration="mg/L", observed="concentration, mg/L"),
-    dosing=D.Dosing(route=D.Oral(), amount=100.0, interval=24.0),
-    reference="a test drug",
-)
+DRUG = shifted_clearance_drug()
 
 
 def _initial(cov):
