@@ -198,8 +198,7 @@ def test_a_second_twin_reuses_the_compiled_functions(monkeypatch):
 
 def test_update_strategies_and_the_old_strings(truth):
     """`estimator=FOCEI()` and `update(method=MAP())` are the defaults; `curvature="focei"`
-    and `method="map"` warn and give the same posterior; `method="nuts"` with keywords warns
-    and gives the draws of `NUTS(...)` with the same key."""
+    and `method="map"` warn and give the same posterior."""
     _, _, times, conc = truth
 
     def twin(**kw):
@@ -215,6 +214,16 @@ def test_update_strategies_and_the_old_strings(truth):
         np.testing.assert_array_equal(other.posterior.mode, new.posterior.mode)
         np.testing.assert_array_equal(other.posterior.cov, new.posterior.cov)
     assert default.estimator == C.FOCEI()
+
+
+@pytest.mark.extended  # two NUTS compilations (~60 s on 2 cores); the MAP spellings above stay
+def test_update_nuts_old_string_gives_the_same_draws(truth):
+    """`method="nuts"` with keywords warns and gives the draws of `NUTS(...)` with the same
+    key."""
+    _, _, times, conc = truth
+
+    def twin(**kw):
+        return twins.DigitalTwin(DRUG, PATIENT, **kw).give(_given())
 
     settings = dict(num_warmup=40, num_samples=40, num_chains=1)
     key = jax.random.key(4)
