@@ -59,6 +59,7 @@ def simulate_cohort(
     chunk_size: int | None = 512,
     exposure: bool = False,
     order_stacks: bool = True,
+    checks: bool = True,
 ) -> CohortOutput:
     """Simulate a cohort sharing one regimen and one sampling schedule.
 
@@ -93,6 +94,7 @@ def simulate_cohort(
 
     - `exposure`: also return a `pkpd.Exposure` (AUC by the linear trapezoid over `times`,
       which must then be non-decreasing, and Cmax over `times`) of every patient.
+    - `checks`: the run-time checks of traced parameters and doses, as `simulate`.
 
     **Returns:** `(patients, times)` or `(patients, times, outputs)`; with `exposure=True`, the
     pair `(outputs, Exposure)`, the exposure of shape `(patients,)` or `(patients, outputs)`.
@@ -102,9 +104,11 @@ def simulate_cohort(
 
     def solve(q):
         if mesh is not None:
-            return _sharded(model, q, regimen, times, solver, mesh, chunk_size, order_stacks)
+            return _sharded(
+                model, q, regimen, times, solver, mesh, chunk_size, order_stacks, checks
+            )
         layout = _layout(model, q, regimen, times)
-        return _cohort(model, q, regimen, times, solver, chunk_size, layout, order_stacks)
+        return _cohort(model, q, regimen, times, solver, chunk_size, layout, order_stacks, checks)
 
     if _traced(params):
         y, auc, cmax = solve(params)
@@ -255,7 +259,9 @@ def _layout(model, params, regimen, times):
     return schedule, plan
 
 
-def _cohort(model, params, regimen, times, solver, chunk_size, layout, order_stacks=True):
+def _cohort(
+    model, params, regimen, times, solver, chunk_size, layout, order_stacks=True, checks=True
+):
     """`(outputs, auc, cmax)` of one device's cohort."""
     model.check_params(params)
     leaves = [jnp.asarray(v) for v in params.values()]
@@ -270,10 +276,13 @@ def _cohort(model, params, regimen, times, solver, chunk_size, layout, order_sta
     in_axes = {k: 0 if b else None for k, b in batched.items()}
     schedule, plan = layout
     if plan is not None:
+        if checks:  # the time-major path computes no dose from the parameters
+            params = E.domain_checks(model, params, params)
         return _time_major(model, params, in_axes, n_pat, solver, plan)
     if model.is_linear or schedule is None:
         y = jax.vmap(
-            lambda p: simulate(model, p, regimen, times, solver=solver), in_axes=(in_axes,)
+            lambda p: simulate(model, p, regimen, times, solver=solver, checks=checks),
+            in_axes=(in_axes,),
         )(params)
         return y, *_exposure_of(y, times)
     if chunk_size and n_pat > chunk_size:
@@ -298,14 +307,14 @@ def _cohort(model, params, regimen, times, solver, chunk_size, layout, order_sta
 
         def one(q):
             return _stacked_ode(
-                model, {**shared, **q}, in_axes, chunk_size, regimen, solver, schedule
+                model, {**shared, **q}, in_axes, chunk_size, regimen, solver, schedule, checks
             )
 
         y = jax.lax.map(one, qs)
         y = jnp.reshape(y, (n_chunks * chunk_size, *y.shape[2:]))[:n_pat]
         y = y[jnp.argsort(order)]
     else:
-        y = _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule)
+        y = _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule, checks)
     return y, *_exposure_of(y, times)
 
 
@@ -341,7 +350,9 @@ def _stiffness_order(model, params, in_axes, schedule):
     return jnp.argsort(jnp.where(jnp.isnan(keys), jnp.inf, keys))
 
 
-def _sharded(model, params, regimen, times, solver, mesh, chunk_size, order_stacks=True):
+def _sharded(
+    model, params, regimen, times, solver, mesh, chunk_size, order_stacks=True, checks=True
+):
     from jax.sharding import PartitionSpec
 
     if len(mesh.axis_names) != 1:
@@ -364,7 +375,9 @@ def _sharded(model, params, regimen, times, solver, mesh, chunk_size, order_stac
     specs = {k: PartitionSpec(axis) if v.ndim >= 1 else PartitionSpec() for k, v in arrays.items()}
     layout = _layout(model, params, regimen, times)
     fn = jax.shard_map(
-        lambda q: _cohort(model, q, regimen, times, solver, chunk_size, layout, order_stacks),
+        lambda q: _cohort(
+            model, q, regimen, times, solver, chunk_size, layout, order_stacks, checks
+        ),
         mesh=mesh,
         in_specs=(specs,),
         out_specs=PartitionSpec(axis),
@@ -373,18 +386,20 @@ def _sharded(model, params, regimen, times, solver, mesh, chunk_size, order_stac
     return tuple(a[:n_pat] for a in fn(arrays))
 
 
-def _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule):
+def _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule, checks=True):
     perm, t_sorted, _, idx, t_out = schedule
     n = model.n_states
     n_valid = int(np.sum(np.isfinite(t_sorted)))
     vp = jax.vmap  # shorthand
     x_init = vp(model.initial_state, in_axes=(in_axes,))(params)
     if n_valid == 0:
+        if checks:  # no dose to carry the check
+            params = E.domain_checks(model, params, params)
         states = jnp.broadcast_to(x_init[:, None, :], (n_pat, t_out.size, n))
         return _outputs(model, params, in_axes, states)
 
     def per_patient(p):
-        doses = E.dose_quantities(model, p, regimen)
+        doses = E.dose_quantities(model, p, regimen, checks=checks)
         ev = E.event_entries(regimen, doses)
         s, _ = E.sort_entries(ev, perm)
         ss_x, ss_r = E.ss_tables(model, solver, p, regimen, doses, s)

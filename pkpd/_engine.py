@@ -81,7 +81,9 @@ def dose_quantities(
     """Apply the model's `F<n>`, `ALAG<n>`, `R<n>` and `D<n>` to every event.
 
     `ev_params` values are scalars or arrays with one value per event (the parameters in
-    force on the record that generated the event).
+    force on the record that generated the event). With `checks`, the doses and every
+    parameter are checked at run time (`equinox.error_if`: `domain_checks`), which is how
+    traced values inside `jax.jit` are refused.
     """
     n = model.n_states
     m = reg.n_events
@@ -115,6 +117,7 @@ def dose_quantities(
     # Checks that must survive tracing (concrete regimens are checked before, with ValueError).
     if checks:
         amount = _dose_checks(amount, reg, is_dose, mod_dur, d_mod, mod_rate, r_mod, n)
+        amount = domain_checks(model, ev_params, amount)
     return _doses(reg, lag, amount, rate, duration, is_infusion, is_dose, is_reset, is_ss, cmt)
 
 
@@ -135,6 +138,45 @@ def _dose_checks(amount, reg, is_dose, mod_dur, d_mod, mod_rate, r_mod, n):
         "regimen: RATE=-1 (modelled rate) needs the parameter R<cmt> > 0.",
     )
     return amount
+
+
+def domain_checks(model: AbstractModel, params: Params, x: Any) -> Any:
+    """`x`, with a run-time check that every parameter is inside the model's domain.
+
+    The traced counterpart of `AbstractModel.check_domain`: every numeric value finite and
+    meeting its rule of `model.domain_rules()` (a clearance > 0, `F<n>` >= 0, ...), for
+    values with any shape (one patient, a cohort's patient axis, one value per event).
+    A few comparisons per parameter and one `equinox.branched_error_if` in all, outside any
+    time loop; the error names the first parameter outside its domain and every rule it has
+    (the message is fixed when the program is built, so it cannot show the value: outside
+    `jax.jit`, `simulate` names it, and `simulate_cohort` the patient). Use the returned
+    value, or the check is dropped.
+    """
+    rules = model.domain_rules()
+    name_list, bad_list = [], []
+    for name, value in params.items():
+        if isinstance(value, str):
+            continue
+        v = jnp.asarray(value)
+        if not jnp.issubdtype(v.dtype, jnp.number):
+            continue
+        bad = ~jnp.isfinite(v)
+        if name in rules:
+            bad = bad | rules[name][0](v)
+        name_list.append(name)
+        bad_list.append(jnp.any(bad))
+    if not bad_list:
+        return x
+    bad = jnp.stack(bad_list)
+    who = type(model).__name__
+    messages = [
+        f"{who}: parameter {name} is outside its domain: expected {name} finite"
+        + (f" and {rules[name][1]}" if name in rules else "")
+        + " (checked at run time; outside jax.jit the value is named, and the patient by "
+        "simulate_cohort)."
+        for name in name_list
+    ]
+    return eqx.branched_error_if(x, jnp.any(bad), jnp.argmax(bad), messages)
 
 
 def _doses(reg, lag, amount, rate, duration, is_infusion, is_dose, is_reset, is_ss, cmt):

@@ -19,15 +19,16 @@ def simulate_states(
     times: Times,
     *,
     solver: ODESolver = ODESolver(),
+    checks: bool = True,
 ) -> Float[Array, "times states"]:
     """The state (compartment amounts in mg, and PD states) at each output time.
 
     Same arguments and conventions as `simulate`.
     """
-    return _solve(model, params, regimen, times, solver, lambda x: x)
+    return _solve(model, params, regimen, times, solver, lambda x: x, checks)
 
 
-def _solve(model, params, regimen, times, solver, fn):
+def _solve(model, params, regimen, times, solver, fn, checks=True):
     """States at `times` mapped through `fn` (the output function, or the identity)."""
     model.check_params(params)
     model.check_domain(params)
@@ -38,7 +39,7 @@ def _solve(model, params, regimen, times, solver, fn):
         raise ValueError(
             f"simulate: expected a 1-d array of output times, got shape {times.shape}."
         )
-    doses = E.dose_quantities(model, params, regimen)
+    doses = E.dose_quantities(model, params, regimen, checks=checks)
     ev = E.event_entries(regimen, doses)
     x_init = model.initial_state(params)
     n = model.n_states
@@ -228,6 +229,7 @@ def simulate(
     times: Times,
     *,
     solver: ODESolver = ODESolver(),
+    checks: bool = True,
 ) -> Float[Array, " times"] | Float[Array, "times outputs"]:
     """Simulate one patient: the model's output at each time.
 
@@ -245,11 +247,23 @@ def simulate(
     - `regimen`: the dosing events, a `pkpd.Regimen`.
     - `times`: output times (h), 1-d.
     - `solver`: how ODE models are integrated (`pkpd.ODESolver`); linear models are exact.
+    - `checks`: the run-time checks of traced values (inside `jax.jit`): every parameter in
+      its domain (`model.domain_rules()`: a clearance > 0, `F<n>` >= 0, every value
+      finite), naming the parameter, and the doses (compartment, modelled rate or
+      duration > 0). Concrete values are always checked, before anything is computed,
+      with a `ValueError` naming the value. Pass `False` only where the caller deals with
+      values outside the domain itself: an estimator evaluating trial points, which rejects
+      them (`calibration` does), or a trial that checked its patients beforehand.
+
+    **Raises:** `ValueError` for a parameter outside its domain or an impossible dose
+    (concrete values); `equinox.EquinoxRuntimeError` (`jax.errors.JaxRuntimeError` under
+    `jax.jit`) for the same found at run time, naming the parameter and the rules;
+    `FloatingPointError` for a non-finite result of concrete values.
 
     **Returns:** shape `(times,)` for single-output models (concentration in mg/L for PK
     models), `(times, outputs)` for models with several outputs (`model.output_names`).
     """
-    y = _solve(model, params, regimen, times, solver, lambda x: model.output(params, x))
+    y = _solve(model, params, regimen, times, solver, lambda x: model.output(params, x), checks)
     check_finite(y, times, "simulate")
     return y[:, 0] if len(model.output_names) == 1 else y
 
@@ -279,6 +293,7 @@ def simulate_piecewise(
     times: Times,
     *,
     solver: ODESolver = ODESolver(),
+    checks: bool = True,
 ) -> Float[Array, " times"] | Float[Array, "times outputs"]:
     """Simulate one patient whose parameters change at given times (occasions, periods).
 
@@ -291,7 +306,9 @@ def simulate_piecewise(
 
     **Arguments:**
 
-    - `model`, `regimen`, `times`, `solver`: as `simulate`.
+    - `model`, `regimen`, `times`, `solver`, `checks`: as `simulate` (every segment's
+      parameters are checked; a concrete value outside the domain is named with its
+      segment index).
     - `params`: parameter values by name, each of shape `(segments,)` with
       `segments = len(change_times) + 1` (a scalar applies to every segment).
     - `change_times`: sorted times (h) at which the next segment starts.
@@ -303,6 +320,10 @@ def simulate_piecewise(
     seg = {n: jnp.broadcast_to(jnp.asarray(v), (k,)) for n, v in params.items()}
     first = {n: v[0] for n, v in seg.items()}
     model.check_params(first)
+    model.check_domain(seg)
+    if checks:
+        seg = E.domain_checks(model, seg, seg)
+        first = {n: v[0] for n, v in seg.items()}
     check_regimen(model, first, regimen)
     times = jnp.asarray(times, dtype=jnp.result_type(float))
     if times.ndim != 1:
@@ -312,7 +333,7 @@ def simulate_piecewise(
     # A dose at a change time belongs to the new segment; so does an output.
     ev_seg = jnp.searchsorted(change, regimen.time, side="right")
     ev_params = {n: v[ev_seg] for n, v in seg.items()}
-    doses = E.dose_quantities(model, ev_params, regimen)
+    doses = E.dose_quantities(model, ev_params, regimen, checks=checks)
     ev = E.event_entries(regimen, doses)
     out = E.output_entries(times, jnp.full(times.shape, jnp.inf), model.n_states)
     s, perm = E.sort_entries(E.concat_entries(ev, out, 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -137,3 +138,71 @@ def test_a_steady_state_infusion_over_too_many_intervals_is_refused(ii):
     # Within the limit it runs (an infusion of 1 h every 0.5 h: two overlapping).
     reg = pkpd.steady_state(pkpd.infusion(10.0, rate=10.0), ii=0.5)
     assert reg.ss_intervals <= pkpd.MAX_SS_INTERVALS
+
+
+# ----------------------------------------------------------------------------- under jax.jit
+
+ONE = pkpd.OneCompartment()
+T2 = jnp.array([1.0, 2.0])
+
+
+def _runtime(message):
+    # A runtime check surfaces as jax's runtime error (a `RuntimeError`, or a `ValueError`
+    # from jax's fast dispatch path), carrying equinox's message.
+    return pytest.raises((RuntimeError, ValueError), match=message)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (
+            {"CL": -2.0, "V": 20.0},
+            r"OneCompartment: parameter CL is outside its domain: expected CL finite and > 0",
+        ),
+        ({"CL": 2.0, "V": float("nan")}, r"parameter V is outside .* expected V finite and > 0"),
+        ({"CL": 2.0, "V": 20.0, "F1": -1.0}, r"parameter F1 .* finite and >= 0 \(a bioavailable"),
+        ({"CL": 2.0, "V": 20.0, "ALAG1": -5.0}, r"parameter ALAG1 .* finite and >= 0 h"),
+    ],
+)
+def test_a_traced_parameter_outside_its_domain_is_refused_by_name(params, message):
+    # Before: jax.jit(pkpd.simulate) skipped the domain check of traced values and simulated
+    # CL = -2 (rising concentrations) without a word.
+    run = jax.jit(lambda p: pkpd.simulate(ONE, p, pkpd.bolus(100.0), T2))
+    good = {"CL": 2.0, "V": 20.0, **{k: 0.5 for k in params if k not in ("CL", "V")}}
+    expected = pkpd.simulate(ONE, good, pkpd.bolus(100.0), T2)
+    np.testing.assert_allclose(run(good), expected, rtol=1e-12)  # jit and eager agree
+    with _runtime(message):
+        run(params)
+
+
+def test_traced_checks_keep_what_the_model_leaves_free_and_can_be_turned_off():
+    model = pkpd.PKPD(ONE, pkpd.Emax())
+    run = jax.jit(lambda p: pkpd.simulate(model, p, pkpd.bolus(100.0), T2))
+    params = {"CL": 2.0, "V": 20.0, "E0": -1.0, "EMAX": -5.0, "EC50": 1.0}
+    assert float(run(params)[0, 1]) < -1.0  # negative baseline and maximal effect: allowed
+    with _runtime(r"parameter EC50 is outside .* expected EC50 finite and > 0"):
+        run({**params, "EC50": -1.0})
+    # checks=False: for a caller that rejects such points itself (calibration's objectives
+    # give +inf outside the domain, `in_domain`): the value is simulated.
+    loose = jax.jit(lambda p: pkpd.simulate(ONE, p, pkpd.bolus(100.0), T2, checks=False))
+    assert np.isfinite(np.asarray(loose({"CL": -2.0, "V": 20.0}))).all()
+
+
+def test_traced_cohorts_and_occasions_are_checked():
+    # The stacked ODE path and the time-major linear path compute their own doses: both check.
+    stacked = jax.jit(lambda p: pkpd.simulate_cohort(MM, p, pkpd.oral(100.0), T2))
+    cohort = {k: jnp.full(3, v) for k, v in BASE.items()}
+    assert np.isfinite(np.asarray(stacked(cohort))).all()
+    with _runtime(r"OneCompartmentOralMM: parameter VMAX is outside its domain"):
+        stacked({**cohort, "VMAX": cohort["VMAX"].at[1].set(-10.0)})
+    time_major = jax.jit(lambda p: pkpd.simulate_cohort(ONE, p, pkpd.bolus(100.0), T2))
+    with _runtime(r"OneCompartment: parameter CL is outside its domain"):
+        time_major({"CL": jnp.array([2.0, -1.0]), "V": jnp.full(2, 20.0)})
+    # Occasions: every segment's parameters, concrete (named with the segment) or traced.
+    seg = {"CL": jnp.array([2.0, -1.0]), "V": jnp.full(2, 20.0)}
+    change = jnp.array([1.5])
+    with pytest.raises(ValueError, match=r"CL = -1 at index \(1,\) \(expected > 0\)"):
+        pkpd.simulate_piecewise(ONE, seg, change, pkpd.bolus(100.0), T2)
+    piecewise = jax.jit(lambda p: pkpd.simulate_piecewise(ONE, p, change, pkpd.bolus(100.0), T2))
+    with _runtime(r"parameter CL is outside its domain"):
+        piecewise(seg)

@@ -117,16 +117,16 @@ class AbstractModel(eqx.Module):
                 f"compartments n = 1..{self.n_states}."
             )
 
-    def domain_errors(self, params: Params) -> list[tuple[str, Any, str]]:
-        """The parameters outside their domain, as `(name, bad values mask, expectation)`.
+    def domain_rules(self) -> dict[str, tuple[Callable[[Any], Any], str]]:
+        """`name -> (bad, expectation)`: the rules beyond finiteness, one per parameter.
 
-        Every numeric parameter must be finite; those of `positive_params` > 0; the dosing
-        parameters `F<n>` (bioavailability) and `ALAG<n>` (lag time) >= 0, `D<n>` (modelled
-        duration) and `R<n>` (modelled rate) > 0. Only concrete values are checked (traced
-        values inside `jax.jit` are not known yet); the mask has the shape of the value (one
-        entry per patient for a cohort).
+        `bad(value)` is true where the value breaks the rule (NumPy or JAX arrays, traced or
+        not); `expectation` says what was expected. Those of `positive_params` must be > 0;
+        the dosing parameters `F<n>` (bioavailability) and `ALAG<n>` (lag time) >= 0,
+        `D<n>` (modelled duration) and `R<n>` (modelled rate) > 0. A parameter without a
+        rule (an effect baseline, a slope) may take any finite value.
         """
-        rules: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {}
+        rules: dict[str, tuple[Callable[[Any], Any], str]] = {}
         for name in self.positive_params:
             rules[name] = (lambda v: ~(v > 0), "> 0")
         for i in range(self.n_states):
@@ -134,6 +134,17 @@ class AbstractModel(eqx.Module):
             rules[f"ALAG{i + 1}"] = (lambda v: ~(v >= 0), ">= 0 h (a lag time)")
             rules[f"D{i + 1}"] = (lambda v: ~(v > 0), "> 0 h (a modelled infusion duration)")
             rules[f"R{i + 1}"] = (lambda v: ~(v > 0), "> 0 (a modelled infusion rate)")
+        return rules
+
+    def domain_errors(self, params: Params) -> list[tuple[str, Any, str]]:
+        """The parameters outside their domain, as `(name, bad values mask, expectation)`.
+
+        Every numeric parameter must be finite, and meet its rule of `domain_rules`. Only
+        concrete values are checked here (traced values inside `jax.jit` are not known yet:
+        the engine checks them at run time, `pkpd.simulate(..., checks=True)`); the mask has
+        the shape of the value (one entry per patient for a cohort).
+        """
+        rules = self.domain_rules()
         out = []
         for name, value in params.items():
             if isinstance(value, str | jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
