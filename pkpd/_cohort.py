@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Callable
 from typing import NamedTuple
 
 import diffrax as dfx
@@ -48,6 +50,11 @@ def _patient_max_rms(x: Array) -> Array:
     return jnp.sqrt(jnp.max(sq) / size)
 
 
+# Solved alone, apart from the stacks: patients whose linearised rates are more than this many
+# times the cohort's median (`simulate_cohort(isolate_above=...)`).
+ISOLATE_ABOVE = 10.0
+
+
 def simulate_cohort(
     model: AbstractModel,
     params: Params,
@@ -59,6 +66,7 @@ def simulate_cohort(
     chunk_size: int | None = 512,
     exposure: bool = False,
     order_stacks: bool = True,
+    isolate_above: float | None = ISOLATE_ABOVE,
     checks: bool = True,
 ) -> CohortOutput:
     """Simulate a cohort sharing one regimen and one sampling schedule.
@@ -78,6 +86,13 @@ def simulate_cohort(
     the output keep the time-major layout (`out_shardings=jax.experimental.layout.Format(
     Layout(major_to_minor=(1, 0)))`) to skip that copy, as `benchmarks/run.py` does.
 
+    Called with concrete parameters (outside `jax.jit`), one patient never sinks or slows
+    the cohort: a patient outside the model's domain is not simulated, a stiff one (see
+    `isolate_above`) is solved alone, and one that fails at run time (the solver's step
+    limit) is found and named; every other patient's result is then bit for bit the result
+    of the cohort without the failed and isolated patients. The failures are raised
+    together as a `pkpd.CohortError` holding everyone else's results.
+
     **Arguments:**
 
     - `model`, `regimen`, `times`, `solver`: as `simulate`.
@@ -91,16 +106,32 @@ def simulate_cohort(
       vector field at the initial state), so that each stack's hardest patient is like the
       rest; outputs come back in the caller's order. `order_stacks=False` keeps the
       caller's order (for comparison: 1.4-1.6x slower on W2).
-
     - `exposure`: also return a `pkpd.Exposure` (AUC by the linear trapezoid over `times`,
       which must then be non-decreasing, and Cmax over `times`) of every patient.
+    - `isolate_above`: ODE models, concrete parameters: a patient whose linearised rate (the
+      Frobenius norm of the Jacobian of the vector field at the initial state, the key that
+      orders the stacks) is more than this many times the cohort's median is solved alone,
+      after the others, instead of making its stack take the small steps it needs (for
+      example Michaelis-Menten with `KM = 1e-3` among patients with `KM = 2`: 9.6x slower
+      for a stack of 64 patients, every one of them). `None` stacks every patient. Inside
+      `jax.jit` the values are not known when the program is built and nothing is
+      isolated: a stiff patient slows (and moves, within the tolerance) the patients of its
+      own stack, which the ordering by stiffness keeps to the last one.
     - `checks`: the run-time checks of traced parameters and doses, as `simulate`.
 
     **Returns:** `(patients, times)` or `(patients, times, outputs)`; with `exposure=True`, the
     pair `(outputs, Exposure)`, the exposure of shape `(patients,)` or `(patients, outputs)`.
+
+    **Raises:** `pkpd.CohortError` (concrete parameters) naming every patient that could
+    not be simulated, with the others' results.
     """
     if exposure:
         _check_exposure_times(times)
+    if isolate_above is not None and not isolate_above > 1:
+        raise ValueError(
+            f"simulate_cohort: expected isolate_above > 1 (a ratio to the cohort's median "
+            f"rate) or None, got {isolate_above!r}."
+        )
 
     def solve(q):
         if mesh is not None:
@@ -113,7 +144,22 @@ def simulate_cohort(
     if _traced(params):
         y, auc, cmax = solve(params)
     else:
-        y, auc, cmax = _guarded(model, params, regimen, times, solver, solve)
+        key = _cache_key(model, regimen, times, solver, mesh, chunk_size, order_stacks, checks)
+        task = _Task(
+            model,
+            regimen,
+            times,
+            solver,
+            _compiled(key, "cohort", lambda: jax.jit(solve)),
+            _compiled(
+                key,
+                "patient",
+                lambda: jax.jit(
+                    lambda p: simulate(model, p, regimen, times, solver=solver, checks=checks)
+                ),
+            ),
+        )
+        y, auc, cmax = _guarded(task, params, isolate_above)
     return (y, Exposure(auc=auc, cmax=cmax)) if exposure else y
 
 
@@ -151,8 +197,75 @@ def _batch_size(params) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _guarded(model, params, regimen, times, solver, solve):
-    """Solve a concrete cohort; a patient that cannot be simulated is named, not fatal."""
+class _Task(NamedTuple):
+    """What a concrete cohort solve needs besides the parameters."""
+
+    model: AbstractModel
+    regimen: Regimen
+    times: Times
+    solver: ODESolver
+    solve: Callable  # parameters of a group of patients -> (outputs, auc, cmax)
+    single: Callable  # one patient's parameters -> outputs (compiled once per call)
+
+
+# Compiled solves of concrete cohorts, by model, regimen, times and options (the regimen and
+# times are built into the program): a second call with the same setting, or the solve of
+# part of a cohort, does not compile again. The oldest are dropped past this many.
+_CACHE_SIZE = 16
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+
+
+def _cache_key(model, regimen, times, solver, mesh, chunk_size, order_stacks, checks):
+    """A hashable key of everything a concrete cohort's compiled solve is built from, or None
+    (an unhashable model or solver: then nothing is kept)."""
+
+    def arrays(tree):
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        out = []
+        for leaf in leaves:
+            a = np.asarray(leaf)
+            out.append((a.shape, a.dtype.str, a.tobytes()))
+        return treedef, tuple(out)
+
+    try:
+        key = (model, solver, arrays(regimen), arrays(times), mesh, chunk_size, order_stacks)
+        key = (*key, checks)
+        hash(key)
+    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+        return None
+    return key
+
+
+def _compiled(key, what, build):
+    """The function `build()` made for `key` (and `what`), built once while it is kept."""
+    if key is None:
+        return build()
+    full = (key, what)
+    try:
+        fn = _CACHE.pop(full)
+    except KeyError:
+        fn = build()
+    except (TypeError, ValueError):  # keys that compare ambiguously: nothing is kept
+        return build()
+    _CACHE[full] = fn
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return fn
+
+
+def _take(params, rows) -> dict:
+    rows = np.asarray(rows, dtype=int)
+    return {k: (np.asarray(v)[rows] if np.ndim(v) >= 1 else v) for k, v in params.items()}
+
+
+def _guarded(task: _Task, params, isolate_above):
+    """Solve a concrete cohort; a patient that cannot be simulated is named, not fatal.
+
+    The patients outside the domain are left out, the stiff ones (`_stiff_patients`) are
+    solved one at a time, and the others as one cohort (`task.solve`): their results are
+    those of a cohort holding only them.
+    """
+    model = task.model
     model.check_params(params)
     n_pat = _batch_size(params)
     failures: dict[int, str] = {}
@@ -162,34 +275,115 @@ def _guarded(model, params, regimen, times, solver, solve):
             model.check_domain({name: params[name]})  # shared by every patient: plain error
         for i in np.flatnonzero(bad):
             failures.setdefault(int(i), f"{name} = {value[i]:g} (expected {expect})")
-    good = np.setdiff1d(np.arange(n_pat or 0), list(failures))
-    if failures and good.size == 0:
-        raise CohortError(failures, *_nan_result(model, times, n_pat))
-    q = params
-    if failures:  # the failed patients' rows are replaced by a good patient's for the solve
-        donor = int(good[0])
-        rows = np.arange(n_pat)
-        rows[list(failures)] = donor
-        q = {k: (jnp.asarray(v)[rows] if np.ndim(v) >= 1 else v) for k, v in params.items()}
-    try:
-        y, auc, cmax = solve(q)
-        y_host = np.asarray(y)
-    except (RuntimeError, ValueError) as error:  # e.g. the step limit
-        if n_pat is None or not _is_runtime(error):
-            raise
-        y, auc, cmax, more = _one_by_one(model, q, regimen, times, solver, n_pat, error)
-        failures.update({i: r for i, r in more.items() if i not in failures})
-        y_host = np.asarray(y)
-    finite = np.isfinite(y_host.reshape(y_host.shape[0], -1)).all(axis=1)
-    for i in np.flatnonzero(~finite):
-        failures.setdefault(int(i), "the simulation gave non-finite values")
+    if n_pat is None:
+        return task.solve(params)  # no common patient axis: the solve says what is wrong
+    good = [i for i in range(n_pat) if i not in failures]
+    alone = _stiff_patients(task, params, good, isolate_above)
+    main = [i for i in good if i not in alone]
+    rows: dict[int, tuple] = {}
+    if main:
+        everyone = not failures and not alone
+        whole = _solve_group(task, params if everyone else _take(params, main))
+        if everyone and whole is not None and np.isfinite(np.asarray(whole[0])).all():
+            return whole  # the common case: one solve, nothing failed
+        if whole is not None:
+            rows.update({i: tuple(np.asarray(a)[k] for a in whole) for k, i in enumerate(main)})
+        else:
+            done, more = _each_then_together(task, params, main)
+            rows.update(done)
+            failures.update(more)
+    for i in alone:
+        row, reason = _alone(task, params, i)
+        if row is None:
+            failures[i] = reason
+        else:
+            rows[i] = row
+    for i, (y, _, _) in rows.items():
+        if not np.isfinite(y).all():
+            failures.setdefault(i, "the simulation gave non-finite values")
+    y, auc, cmax = _assemble(model, task.times, n_pat, rows, failures)
     if failures:
-        rows = jnp.asarray(sorted(failures))
-        y = jnp.asarray(y).at[rows].set(jnp.nan)
-        auc = jnp.asarray(auc).at[rows].set(jnp.nan)
-        cmax = jnp.asarray(cmax).at[rows].set(jnp.nan)
         raise CohortError(failures, y, Exposure(auc=auc, cmax=cmax))
     return y, auc, cmax
+
+
+def _solve_group(task: _Task, params):
+    """`(outputs, auc, cmax)` of the patients of `params` solved as one cohort, or None when
+    the solve fails at run time (the step limit, a runtime check)."""
+    try:
+        y, auc, cmax = task.solve(params)
+        jax.block_until_ready(y)
+        return y, auc, cmax
+    except (RuntimeError, ValueError) as error:
+        if not _is_runtime(error):
+            raise
+        return None
+
+
+def _each_then_together(task: _Task, params, main):
+    """After the solve of `main` together failed: each patient alone, to name those that
+    fail (and why), then the others together again, so that their results are those of the
+    cohort without the failed ones. Returns `({index: row}, {index: reason})`."""
+    rows, failures = {}, {}
+    for i in main:
+        row, reason = _alone(task, params, i)
+        if row is None:
+            failures[i] = reason
+        else:
+            rows[i] = row
+    survivors = [i for i in main if i not in failures]
+    if failures and survivors:
+        again = _solve_group(task, _take(params, survivors))
+        if again is not None:  # else: a stack failed where each patient alone did not
+            rows = {i: tuple(np.asarray(a)[k] for a in again) for k, i in enumerate(survivors)}
+    return rows, failures
+
+
+def _alone(task: _Task, params, i):
+    """Patient `i` simulated alone: `((outputs, auc, cmax), None)` or `(None, reason)`."""
+    p = {k: (jnp.asarray(v)[i] if np.ndim(v) >= 1 else v) for k, v in params.items()}
+    try:
+        y = task.single(p)
+        auc, cmax = _exposure_of(y[None], task.times)
+        return (np.asarray(y), np.asarray(auc[0]), np.asarray(cmax[0])), None
+    except (RuntimeError, ValueError) as e:
+        if not _is_runtime(e):
+            raise
+        return None, _reason(str(e))
+
+
+def _assemble(model, times, n_pat, rows, failures):
+    """Outputs, AUC and Cmax of every patient from their rows (NaN for the failed)."""
+    nan_y, nan_ex = _nan_result(model, times, 1)
+    template = (np.asarray(nan_y)[0], np.asarray(nan_ex.auc)[0], np.asarray(nan_ex.cmax)[0])
+    parts = []
+    for j in range(3):
+        stacked = [
+            np.full_like(template[j], np.nan) if i in failures else rows[i][j] for i in range(n_pat)
+        ]
+        parts.append(jnp.asarray(np.stack(stacked)))
+    return tuple(parts)
+
+
+def _stiff_patients(task: _Task, params, good, isolate_above) -> list[int]:
+    """The patients of `good` to solve alone: ODE models, linearised rate above
+    `isolate_above` times the median (or undefined)."""
+    model = task.model
+    if model.is_linear or isolate_above is None or len(good) < 3:
+        return []
+    q = _take(params, good)
+    in_axes = {k: 0 if np.ndim(v) >= 1 else None for k, v in q.items()}
+    t = concrete(task.regimen.time)
+    t0 = float(np.min(t[np.isfinite(t)])) if t is not None and np.isfinite(t).any() else 0.0
+    keys = _stiffness_keys(model, q, in_axes, t0)
+    if keys is None:
+        return []
+    rate = np.sqrt(np.asarray(keys, dtype=float))
+    finite = rate[np.isfinite(rate)]
+    median = float(np.median(finite)) if finite.size else 0.0
+    if not median > 0:
+        return []
+    return [good[k] for k in np.flatnonzero(~(rate <= isolate_above * median))]
 
 
 def _nan_result(model, times, n_pat):
@@ -199,34 +393,6 @@ def _nan_result(model, times, n_pat):
     ex_shape = (n_pat,) if n_out == 1 else (n_pat, n_out)
     nan = jnp.full(shape, jnp.nan)
     return nan, Exposure(auc=jnp.full(ex_shape, jnp.nan), cmax=jnp.full(ex_shape, jnp.nan))
-
-
-def _one_by_one(model, params, regimen, times, solver, n_pat, error):
-    """After a failed cohort solve: each patient alone, to name those that fail (and why)."""
-    one = jax.jit(lambda p: simulate(model, p, regimen, times, solver=solver))
-    rows, failures = [], {}
-    del error
-    for i in range(n_pat):
-        p = {k: (jnp.asarray(v)[i] if np.ndim(v) >= 1 else v) for k, v in params.items()}
-        try:
-            rows.append(np.asarray(one(p)))
-        except (RuntimeError, ValueError) as e:
-            if not _is_runtime(e):
-                raise
-            failures[i] = _reason(str(e))
-            rows.append(None)
-    shape = next((r.shape for r in rows if r is not None), None)
-    if shape is None:
-        shape = np.asarray(_nan_result(model, times, 1)[0]).shape[1:]
-    y = np.stack([r if r is not None else np.full(shape, np.nan) for r in rows])
-    y = jnp.asarray(y)
-    auc, cmax = _exposure_of(y, times) if _sorted(times) else (y[:, 0] * jnp.nan,) * 2
-    return y, auc, cmax, failures
-
-
-def _sorted(times) -> bool:
-    t = np.asarray(times)
-    return t.ndim == 1 and (t.size < 2 or bool(np.all(np.diff(t) >= 0)))
 
 
 def _is_runtime(error: Exception) -> bool:
@@ -333,6 +499,20 @@ def _stiffness_order(model, params, in_axes, schedule):
     t_sorted = schedule[1]
     finite = t_sorted[np.isfinite(t_sorted)]
     t0 = float(finite[0]) if finite.size else 0.0
+    keys = _stiffness_keys(model, params, in_axes, t0)
+    if keys is None:
+        # A vector field that cannot be differentiated forward (for example a host callback
+        # without a JVP rule): keep the caller's order, which is only slower.
+        n_pat = next(jnp.shape(v)[0] for k, v in params.items() if in_axes[k] == 0)
+        return jnp.arange(n_pat)
+    # NaN keys (a patient whose rates are undefined) sort last; the solve then reports them.
+    return jnp.argsort(jnp.where(jnp.isnan(keys), jnp.inf, keys))
+
+
+def _stiffness_keys(model, params, in_axes, t0):
+    """Each patient's squared Frobenius norm of the Jacobian of the vector field at the
+    initial state and time `t0` (its linearised rates), or None for a vector field that
+    cannot be differentiated forward."""
 
     def key(p):
         x0 = model.initial_state(p)
@@ -340,14 +520,9 @@ def _stiffness_order(model, params, in_axes, schedule):
         return jnp.sum(jnp.square(jac))
 
     try:
-        keys = jax.lax.stop_gradient(jax.vmap(key, in_axes=(in_axes,))(params))
+        return jax.lax.stop_gradient(jax.vmap(key, in_axes=(in_axes,))(params))
     except (TypeError, NotImplementedError, ValueError):
-        # A vector field that cannot be differentiated forward (for example a host callback
-        # without a JVP rule): keep the caller's order, which is only slower.
-        n_pat = next(jnp.shape(v)[0] for k, v in params.items() if in_axes[k] == 0)
-        return jnp.arange(n_pat)
-    # NaN keys (a patient whose rates are undefined) sort last; the solve then reports them.
-    return jnp.argsort(jnp.where(jnp.isnan(keys), jnp.inf, keys))
+        return None
 
 
 def _sharded(
