@@ -329,8 +329,12 @@ class PopulationModel(eqx.Module):
         }
 
     def predict(self, params, regimen, times):
-        """Model output observed at `times` for one subject."""
-        y = pkpd.simulate(self.model, params, regimen, times)
+        """Model output observed at `times` for one subject.
+
+        The engine's run-time domain checks are off (`checks=False`): estimators evaluate
+        trial points outside the domain and reject them themselves (`subject_in_domain`,
+        +inf objective), and concrete parameters are still checked on the host."""
+        y = pkpd.simulate(self.model, params, regimen, times, checks=False)
         return y if y.ndim == 1 else y[:, self.output]
 
     def predict_random(self, theta, covariates, regimen, obs, b):
@@ -343,7 +347,8 @@ class PopulationModel(eqx.Module):
         start = obs["occasion_start"]
         kappa = b[self.n_eta :].reshape(start.shape[0], len(self.iov))
         params = jax.vmap(lambda k: self.individual_params(theta, covariates, eta, k))(kappa)
-        y = pkpd.simulate_piecewise(self.model, params, start[1:], regimen, obs["time"])
+        y = pkpd.simulate_piecewise(self.model, params, start[1:], regimen, obs["time"],
+                                    checks=False)  # fmt: skip  # as predict
         return y if y.ndim == 1 else y[:, self.output]
 
     def subject_in_domain(self, theta, covariates, b, n_occasions: int):
