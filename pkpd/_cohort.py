@@ -158,6 +158,7 @@ def simulate_cohort(
                     lambda p: simulate(model, p, regimen, times, solver=solver, checks=checks)
                 ),
             ),
+            _compiled(key, "keys", lambda: jax.jit(lambda q: _keys_or_none(model, regimen, q))),
         )
         y, auc, cmax = _guarded(task, params, isolate_above)
     return (y, Exposure(auc=auc, cmax=cmax)) if exposure else y
@@ -205,7 +206,8 @@ class _Task(NamedTuple):
     times: Times
     solver: ODESolver
     solve: Callable  # parameters of a group of patients -> (outputs, auc, cmax)
-    single: Callable  # one patient's parameters -> outputs (compiled once per call)
+    single: Callable  # one patient's parameters -> outputs
+    keys: Callable  # parameters of a group of patients -> `_stiffness_keys`
 
 
 # Compiled solves of concrete cohorts, by model, regimen, times and options (the regimen and
@@ -287,7 +289,8 @@ def _guarded(task: _Task, params, isolate_above):
         if everyone and whole is not None and np.isfinite(np.asarray(whole[0])).all():
             return whole  # the common case: one solve, nothing failed
         if whole is not None:
-            rows.update({i: tuple(np.asarray(a)[k] for a in whole) for k, i in enumerate(main)})
+            host = [np.asarray(a) for a in whole]
+            rows.update({i: tuple(a[k] for a in host) for k, i in enumerate(main)})
         else:
             done, more = _each_then_together(task, params, main)
             rows.update(done)
@@ -335,17 +338,19 @@ def _each_then_together(task: _Task, params, main):
     if failures and survivors:
         again = _solve_group(task, _take(params, survivors))
         if again is not None:  # else: a stack failed where each patient alone did not
-            rows = {i: tuple(np.asarray(a)[k] for a in again) for k, i in enumerate(survivors)}
+            host = [np.asarray(a) for a in again]
+            rows = {i: tuple(a[k] for a in host) for k, i in enumerate(survivors)}
     return rows, failures
 
 
 def _alone(task: _Task, params, i):
     """Patient `i` simulated alone: `((outputs, auc, cmax), None)` or `(None, reason)`."""
-    p = {k: (jnp.asarray(v)[i] if np.ndim(v) >= 1 else v) for k, v in params.items()}
+    p = {k: (np.asarray(v)[i] if np.ndim(v) >= 1 else v) for k, v in params.items()}
     try:
-        y = task.single(p)
-        auc, cmax = _exposure_of(y[None], task.times)
-        return (np.asarray(y), np.asarray(auc[0]), np.asarray(cmax[0])), None
+        y = np.asarray(task.single(p))
+        w = _trapezoid_weights(np.asarray(task.times, dtype=float))
+        auc = np.sum(y * (w[:, None] if y.ndim == 2 else w), axis=0)
+        return (y, auc, np.max(y, axis=0)), None
     except (RuntimeError, ValueError) as e:
         if not _is_runtime(e):
             raise
@@ -354,8 +359,8 @@ def _alone(task: _Task, params, i):
 
 def _assemble(model, times, n_pat, rows, failures):
     """Outputs, AUC and Cmax of every patient from their rows (NaN for the failed)."""
-    nan_y, nan_ex = _nan_result(model, times, 1)
-    template = (np.asarray(nan_y)[0], np.asarray(nan_ex.auc)[0], np.asarray(nan_ex.cmax)[0])
+    k, t = len(model.output_names), np.shape(times)[0]
+    template = (np.zeros((t,) if k == 1 else (t, k)),) + (np.zeros(() if k == 1 else (k,)),) * 2
     parts = []
     for j in range(3):
         stacked = [
@@ -371,12 +376,8 @@ def _stiff_patients(task: _Task, params, good, isolate_above) -> list[int]:
     model = task.model
     if model.is_linear or isolate_above is None or len(good) < 3:
         return []
-    q = _take(params, good)
-    in_axes = {k: 0 if np.ndim(v) >= 1 else None for k, v in q.items()}
-    t = concrete(task.regimen.time)
-    t0 = float(np.min(t[np.isfinite(t)])) if t is not None and np.isfinite(t).any() else 0.0
-    keys = _stiffness_keys(model, q, in_axes, t0)
-    if keys is None:
+    keys, ok = task.keys(_take(params, good))
+    if not bool(ok):
         return []
     rate = np.sqrt(np.asarray(keys, dtype=float))
     finite = rate[np.isfinite(rate)]
@@ -384,6 +385,18 @@ def _stiff_patients(task: _Task, params, good, isolate_above) -> list[int]:
     if not median > 0:
         return []
     return [good[k] for k in np.flatnonzero(~(rate <= isolate_above * median))]
+
+
+def _keys_or_none(model, regimen, params):
+    """`(keys, True)` of `_stiffness_keys` at the first dose time, or `(zeros, False)`."""
+    n_pat = _batch_size(params)
+    in_axes = {k: 0 if jnp.ndim(v) >= 1 else None for k, v in params.items()}
+    t = concrete(regimen.time)
+    t0 = float(np.min(t[np.isfinite(t)])) if t is not None and np.isfinite(t).any() else 0.0
+    keys = _stiffness_keys(model, params, in_axes, t0)
+    if keys is None:
+        return jnp.zeros(n_pat), jnp.asarray(False)
+    return keys, jnp.asarray(True)
 
 
 def _nan_result(model, times, n_pat):
@@ -443,7 +456,7 @@ def _cohort(
     schedule, plan = layout
     if plan is not None:
         if checks:  # the time-major path computes no dose from the parameters
-            params = E.domain_checks(model, params, params)
+            params = E.checked_params(model, params)
         return _time_major(model, params, in_axes, n_pat, solver, plan)
     if model.is_linear or schedule is None:
         y = jax.vmap(
@@ -566,15 +579,15 @@ def _stacked_ode(model, params, in_axes, n_pat, regimen, solver, schedule, check
     n = model.n_states
     n_valid = int(np.sum(np.isfinite(t_sorted)))
     vp = jax.vmap  # shorthand
+    if checks:  # on the parameters: the doses of the concrete regimen stay constants
+        params = E.checked_params(model, params)
     x_init = vp(model.initial_state, in_axes=(in_axes,))(params)
     if n_valid == 0:
-        if checks:  # no dose to carry the check
-            params = E.domain_checks(model, params, params)
         states = jnp.broadcast_to(x_init[:, None, :], (n_pat, t_out.size, n))
         return _outputs(model, params, in_axes, states)
 
     def per_patient(p):
-        doses = E.dose_quantities(model, p, regimen, checks=checks)
+        doses = E.dose_quantities(model, p, regimen, checks=checks, domain=False)
         ev = E.event_entries(regimen, doses)
         s, _ = E.sort_entries(ev, perm)
         ss_x, ss_r = E.ss_tables(model, solver, p, regimen, doses, s)

@@ -76,14 +76,21 @@ def _has_any(params: Params, prefix: str, n_states: int) -> bool:
 
 
 def dose_quantities(
-    model: AbstractModel, ev_params: Params, reg: Regimen, *, checks: bool = True
+    model: AbstractModel,
+    ev_params: Params,
+    reg: Regimen,
+    *,
+    checks: bool = True,
+    domain: bool = True,
 ) -> Doses:
     """Apply the model's `F<n>`, `ALAG<n>`, `R<n>` and `D<n>` to every event.
 
     `ev_params` values are scalars or arrays with one value per event (the parameters in
-    force on the record that generated the event). With `checks`, the doses and every
-    parameter are checked at run time (`equinox.error_if`: `domain_checks`), which is how
-    traced values inside `jax.jit` are refused.
+    force on the record that generated the event). With `checks`, the doses and (with
+    `domain`) every parameter are checked at run time (`equinox.error_if`: `domain_checks`),
+    which is how traced values inside `jax.jit` are refused. A caller that has put the
+    parameter check on the parameters themselves passes `domain=False`: the doses of a
+    concrete regimen then stay constants of the program.
     """
     n = model.n_states
     m = reg.n_events
@@ -117,7 +124,8 @@ def dose_quantities(
     # Checks that must survive tracing (concrete regimens are checked before, with ValueError).
     if checks:
         amount = _dose_checks(amount, reg, is_dose, mod_dur, d_mod, mod_rate, r_mod, n)
-        amount = domain_checks(model, ev_params, amount)
+        if domain:
+            amount = domain_checks(model, ev_params, amount)
     return _doses(reg, lag, amount, rate, duration, is_infusion, is_dose, is_reset, is_ss, cmt)
 
 
@@ -138,6 +146,22 @@ def _dose_checks(amount, reg, is_dose, mod_dur, d_mod, mod_rate, r_mod, n):
         "regimen: RATE=-1 (modelled rate) needs the parameter R<cmt> > 0.",
     )
     return amount
+
+
+def checked_params(model: AbstractModel, params: Params) -> Params:
+    """`params` carrying the run-time domain check of `domain_checks` (numeric values as
+    arrays): every computation from them is checked, and nothing else is held back (the
+    doses of a concrete regimen stay constants of the program)."""
+    numeric = {}
+    for name, value in params.items():
+        if isinstance(value, str):
+            continue
+        v = jnp.asarray(value)
+        if jnp.issubdtype(v.dtype, jnp.number):
+            numeric[name] = v
+    if not numeric:
+        return params
+    return {**params, **domain_checks(model, numeric, numeric)}
 
 
 def domain_checks(model: AbstractModel, params: Params, x: Any) -> Any:

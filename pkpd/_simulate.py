@@ -39,7 +39,9 @@ def _solve(model, params, regimen, times, solver, fn, checks=True):
         raise ValueError(
             f"simulate: expected a 1-d array of output times, got shape {times.shape}."
         )
-    doses = E.dose_quantities(model, params, regimen, checks=checks)
+    if checks:  # on the parameters themselves: a concrete regimen's doses stay constants
+        params = E.checked_params(model, params)
+    doses = E.dose_quantities(model, params, regimen, checks=checks, domain=False)
     ev = E.event_entries(regimen, doses)
     x_init = model.initial_state(params)
     n = model.n_states
@@ -322,7 +324,7 @@ def simulate_piecewise(
     model.check_params(first)
     model.check_domain(seg)
     if checks:
-        seg = E.domain_checks(model, seg, seg)
+        seg = E.checked_params(model, seg)
         first = {n: v[0] for n, v in seg.items()}
     check_regimen(model, first, regimen)
     times = jnp.asarray(times, dtype=jnp.result_type(float))
@@ -333,7 +335,7 @@ def simulate_piecewise(
     # A dose at a change time belongs to the new segment; so does an output.
     ev_seg = jnp.searchsorted(change, regimen.time, side="right")
     ev_params = {n: v[ev_seg] for n, v in seg.items()}
-    doses = E.dose_quantities(model, ev_params, regimen, checks=checks)
+    doses = E.dose_quantities(model, ev_params, regimen, checks=checks, domain=False)
     ev = E.event_entries(regimen, doses)
     out = E.output_entries(times, jnp.full(times.shape, jnp.inf), model.n_states)
     s, perm = E.sort_entries(E.concat_entries(ev, out, 0))
