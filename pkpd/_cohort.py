@@ -16,6 +16,7 @@ from ._custom_types import Array, Float, Params, Times
 from ._models._base import AbstractModel, ODESolver
 from ._regimen import Regimen
 from ._simulate import concrete, interval_saves, simulate, static_schedule
+from ._time_major import time_major, time_major_plan, trapezoid_weights
 
 
 class Exposure(NamedTuple):
@@ -37,9 +38,6 @@ CohortOutput = (
     | Float[Array, "patients times outputs"]
     | tuple[Float[Array, "patients times"] | Float[Array, "patients times outputs"], Exposure]
 )
-
-# The time-major path handles at most this many runs of equal step length (one scan each).
-_MAX_TM_RUNS = 64
 
 
 def _patient_max_rms(x: Array) -> Array:
@@ -348,7 +346,7 @@ def _alone(task: _Task, params, i):
     p = {k: (np.asarray(v)[i] if np.ndim(v) >= 1 else v) for k, v in params.items()}
     try:
         y = np.asarray(task.single(p))
-        w = _trapezoid_weights(np.asarray(task.times, dtype=float))
+        w = trapezoid_weights(np.asarray(task.times, dtype=float))
         auc = np.sum(y * (w[:, None] if y.ndim == 2 else w), axis=0)
         return (y, auc, np.max(y, axis=0)), None
     except (RuntimeError, ValueError) as e:
@@ -434,7 +432,7 @@ def _layout(model, params, regimen, times):
     schedule = static_schedule(model, params, regimen, times)
     plan = None
     if model.is_linear and schedule is not None:
-        plan = _time_major_plan(model, params, regimen, schedule[-1])
+        plan = time_major_plan(model, params, regimen, schedule[-1])
     return schedule, plan
 
 
@@ -457,7 +455,7 @@ def _cohort(
     if plan is not None:
         if checks:  # the time-major path computes no dose from the parameters
             params = E.checked_params(model, params)
-        return _time_major(model, params, in_axes, n_pat, solver, plan)
+        return time_major(model, params, in_axes, n_pat, solver, plan)
     if model.is_linear or schedule is None:
         y = jax.vmap(
             lambda p: simulate(model, p, regimen, times, solver=solver, checks=checks),
@@ -653,15 +651,6 @@ def _outputs(model, params, in_axes, states):
     return y[..., 0] if len(model.output_names) == 1 else y
 
 
-def _trapezoid_weights(t):
-    """Weights `w` with `sum(w * y)` = the linear-trapezoid AUC of `y` on the grid `t`."""
-    xp = np if isinstance(t, np.ndarray) else jnp
-    if t.shape[0] < 2:
-        return xp.zeros_like(t)
-    dt = xp.diff(t)
-    return xp.concatenate([dt[:1], dt[1:] + dt[:-1], dt[-1:]]) / 2.0
-
-
 def _check_exposure_times(times):
     t = concrete(times)
     if t is None:
@@ -675,133 +664,6 @@ def _check_exposure_times(times):
 
 def _exposure_of(y, times):
     """AUC and Cmax of outputs `y` (patients, times[, outputs]) on `times`."""
-    w = _trapezoid_weights(jnp.asarray(times, dtype=y.dtype))
+    w = trapezoid_weights(jnp.asarray(times, dtype=y.dtype))
     w = w[None, :, None] if y.ndim == 3 else w[None, :]
     return jnp.sum(y * w, axis=1), jnp.max(y, axis=1)
-
-
-class _Plan(NamedTuple):
-    """Static layout of the time-major path (see `_time_major_plan`)."""
-
-    x0_dose: np.ndarray  # (states,) amounts given at the first grid point
-    dose: np.ndarray  # (points, states) amounts arriving at the next point (last row unused)
-    weight: np.ndarray  # (points,) trapezoid weight of each grid point (0 if not an output)
-    is_output: np.ndarray  # (points,) bool
-    runs: list[tuple[int, int, float]]  # (start, stop, step to the next point)
-    rows: np.ndarray | None  # grid point of each output time (None: one point per output)
-    f_cmts: tuple[int, ...]  # compartments (0-based) with an F<n> parameter
-
-
-def _time_major_plan(model, params, regimen, t_out):
-    """The grid, doses and runs of the time-major path, or None when it does not apply."""
-    if t_out.size == 0 or np.any(np.diff(t_out) < 0):
-        return None
-    n = model.n_states
-    with jax.ensure_compile_time_eval():
-        doses = E.dose_quantities(model, {}, regimen, checks=False)
-        d = {k: np.asarray(v) for k, v in doses._asdict().items()}
-    mask = np.asarray(regimen.mask)
-    if np.any(mask & (d["is_reset"] | d["is_ss"] | (d["is_dose"] & d["is_infusion"]))):
-        return None
-    give = d["is_dose"] & mask & (d["t_arrival"] <= t_out[-1])
-    t_dose = d["t_arrival"][give]
-    grid = np.union1d(t_out, t_dose)
-    dose = np.zeros((grid.size, n))
-    np.add.at(dose, (np.searchsorted(grid, t_dose), d["cmt"][give]), d["amount"][give])
-    # Before the first dose the state stays at the initial state (as in `simulate`).
-    first = np.searchsorted(grid, t_dose.min()) if t_dose.size else grid.size
-    step = np.diff(grid)
-    step[: max(first, 0)] = 0.0
-    step = np.append(step, step[-1] if step.size else 0.0)
-    cuts = np.flatnonzero(np.diff(step)) + 1
-    starts = np.concatenate([[0], cuts]).astype(int)
-    stops = np.concatenate([cuts, [grid.size]]).astype(int)
-    if starts.size > _MAX_TM_RUNS:
-        return None
-    pos = np.searchsorted(grid, t_out)
-    weight = np.zeros(grid.size)
-    np.add.at(weight, pos, _trapezoid_weights(t_out.astype(float)))
-    is_output = np.zeros(grid.size, dtype=bool)
-    is_output[pos] = True
-    rows = None if pos.size == grid.size and np.all(pos == np.arange(grid.size)) else pos
-    f_cmts = tuple(i for i in range(n) if f"F{i + 1}" in params)
-    return _Plan(
-        x0_dose=dose[0],
-        dose=np.concatenate([dose[1:], np.zeros((1, n))]),
-        weight=weight,
-        is_output=is_output,
-        runs=[(int(a), int(b), float(step[a])) for a, b in zip(starts, stops, strict=True)],
-        rows=rows,
-        f_cmts=f_cmts,
-    )
-
-
-def _time_major(model, params, in_axes, n_pat, solver, plan):
-    """Linear model, instantaneous doses on a known grid: a scan over time, all patients at once.
-
-    The state is kept as one `(patients,)` vector per compartment; each grid point records the
-    outputs, then advances by the transition matrix of its step (computed once per distinct
-    step and patient) and adds the doses arriving at the next point (times `F<n>`).
-    """
-    n = model.n_states
-    vp = jax.vmap
-    x_init = vp(model.initial_state, in_axes=(in_axes,))(params)  # (patients, states)
-    x_init = jnp.broadcast_to(x_init, (n_pat, n))
-    f = [
-        jnp.broadcast_to(jnp.asarray(params[f"F{i + 1}"], dtype=float), (n_pat,))
-        if i in plan.f_cmts
-        else None
-        for i in range(n)
-    ]
-
-    def transition(dt):
-        """(states, states, patients): column k is the state after `dt` from unit amount in k."""
-
-        def one(p):
-            zero = jnp.zeros(n)
-            cols = vp(lambda e: model.propagate(p, e, zero, 0.0, dt, solver))(jnp.eye(n))
-            return cols.T
-
-        return jnp.transpose(vp(one, in_axes=(in_axes,))(params), (1, 2, 0))
-
-    k = len(model.output_names)
-
-    def outputs(x):
-        y = vp(model.output, in_axes=(in_axes, 0))(params, jnp.stack(x, axis=1))
-        y = jnp.broadcast_to(y, (n_pat, k))
-        return y[:, 0] if k == 1 else y
-
-    def add_dose(x, amounts):
-        return [xi + (amounts[i] if f[i] is None else amounts[i] * f[i]) for i, xi in enumerate(x)]
-
-    x = add_dose([x_init[:, i] for i in range(n)], jnp.asarray(plan.x0_dose))
-    shape = (n_pat,) if k == 1 else (n_pat, k)
-    auc = jnp.zeros(shape)
-    cmax = jnp.full(shape, -jnp.inf)
-    every_point = bool(np.all(plan.is_output))
-    pieces = []
-    for start, stop, dt in plan.runs:
-        phi = transition(dt)
-
-        def body(carry, inputs, phi=phi):
-            x, auc, cmax = carry
-            amounts, w, out = inputs
-            y = outputs(x)
-            auc = auc + w * y
-            top = jnp.maximum(cmax, y)
-            cmax = top if every_point else jnp.where(out, top, cmax)
-            x = [sum(phi[i, j] * x[j] for j in range(n)) for i in range(n)]
-            return (add_dose(x, amounts), auc, cmax), y
-
-        sl = slice(start, stop)
-        inputs = (
-            jnp.asarray(plan.dose[sl]),
-            jnp.asarray(plan.weight[sl]),
-            jnp.asarray(plan.is_output[sl]),
-        )
-        (x, auc, cmax), ys = jax.lax.scan(body, (x, auc, cmax), inputs, unroll=4)
-        pieces.append(ys)
-    ys = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)  # (points, patients[, k])
-    if plan.rows is not None:
-        ys = ys[plan.rows]
-    return jnp.moveaxis(ys, 0, 1), auc, cmax

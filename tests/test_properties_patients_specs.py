@@ -327,7 +327,8 @@ def test_a_random_spec_loads_or_names_the_entry(population, change, top):
         first = re.split(r"[.\[]", entry)[0].strip('"')
         assert first in spec or entry == "top level", message
         if first == "population":
-            rest = entry[len("population") :].lstrip(".").split(".")[0].strip('"')
+            # the key of [population] named, without an element index (`age[0]`)
+            rest = re.split(r"[.\[]", entry[len("population") :].lstrip("."))[0].strip('"')
             assert not rest or rest in population, message
     else:
         event("loaded")
