@@ -10,7 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ._cli_audit import register as register_governance
+
 app = typer.Typer(help="pkpd-twins: PK/PD digital twins and virtual cohorts.", no_args_is_help=True)
+register_governance(app)
 
 
 @app.callback()
