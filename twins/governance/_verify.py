@@ -136,8 +136,9 @@ class AuditReport:
 
     @property
     def first_bad(self) -> Problem | None:
-        """The problem that names the earliest bad entry (`seq`; with `last_seq` when the
-        heads narrow it to a range only), or `None` when no entry is bad."""
+        """The problem that names the earliest bad entry: entry `seq` (line `line`), or,
+        when `last_seq` is set, one of the entries `seq..last_seq` (where only a signed
+        head over a batch shows that one of them is bad). `None` when no entry is bad."""
         by_kind = {}
         for p in self.problems:
             by_kind.setdefault(p.kind, p)
@@ -145,10 +146,24 @@ class AuditReport:
         mismatch = by_kind.get(ProblemKind.HEAD_MISMATCH)
         missing = by_kind.get(ProblemKind.MISSING_ENTRIES)
         if mismatch is not None:
+            # The heads show the first bad entry is in seq..last_seq; a chain break at c in
+            # that range narrows it to seq..c (the entries before c chain correctly but
+            # may have been inserted with a recomputed chain).
             assert mismatch.seq is not None and mismatch.last_seq is not None
-            if chain is not None and chain.seq is not None and chain.seq <= mismatch.last_seq:
+            c = chain.seq if chain is not None else None
+            if c is not None and mismatch.seq <= c <= mismatch.last_seq:
+                if c == mismatch.seq:
+                    return chain
+                narrowed = (
+                    f"{mismatch.message} The hash chain breaks at entry {c}, so the first "
+                    f"bad entry is among {mismatch.seq}..{c}."
+                )
+                return dataclasses.replace(mismatch, last_seq=c, message=narrowed)
+            if c is not None and c < mismatch.seq:
                 return chain
             return mismatch
+        if missing is not None:  # the first missing entry is the first bad one, exactly
+            missing = dataclasses.replace(missing, last_seq=None)
         options = [p for p in (chain, missing) if p is not None and p.seq is not None]
         return min(options, key=lambda p: p.seq or 0) if options else None
 
