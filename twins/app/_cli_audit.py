@@ -161,11 +161,16 @@ def audit_verify(
         report = verify(log, key, known_head=head)
     except OSError as error:
         raise _fail(f"Cannot read the audit log {log}: {error}") from None
+    if public_key.resolve().parent == log.resolve().parent:
+        Console(stderr=True, soft_wrap=True).print(
+            "[yellow]Note:[/yellow] the public key is in the log's folder; whoever can edit "
+            "the log may have replaced it. Verify with a copy kept elsewhere.",
+            highlight=False,
+        )
     if as_json:
         _print_json(report.to_json())
     else:
-        console = Console(soft_wrap=True, highlight=False)
-        console.print(escape(report.summary()), markup=False)
+        typer.echo(report.summary())
     if report.tampered:
         raise typer.Exit(code=EXIT_TAMPERED)
     if not report.ok:

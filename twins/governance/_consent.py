@@ -285,7 +285,7 @@ def _refusal_event(
         "purpose": refusal.purpose.value,
         "at": at.isoformat(),
     }
-    if refusal.source:
+    if refusal.source.strip():
         details["reason"] = "denied by a consent in force"
         details["consent"] = pseudonymizer.pseudonym(refusal.source.strip())
     else:
@@ -330,7 +330,7 @@ def log_consents(
             "start": None if c.start is None else c.start.isoformat(),
             "end": None if c.end is None else c.end.isoformat(),
         }
-        if c.source:
+        if c.source.strip():
             details["consent"] = pseudonymizer.pseudonym(c.source.strip())
         events.append(
             AuditEvent(
