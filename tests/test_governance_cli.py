@@ -30,7 +30,8 @@ def _invoke(*args: str):
 def signed_log(tmp_path):
     assert _invoke("audit", "keygen", tmp_path / "audit.key").exit_code == 0
     key = load_signing_key(tmp_path / "audit.key")
-    log = AuditLog(tmp_path / "audit.jsonl", key)
+    (tmp_path / "logs").mkdir()
+    log = AuditLog(tmp_path / "logs" / "audit.jsonl", key)
     for i in range(6):
         log.append(AuditAction.FORECAST, actor="svc", details={"i": i})
     return log.path, tmp_path / "audit.key.pub"
@@ -69,7 +70,11 @@ def test_no_pseudonym_key_is_a_clear_error(tmp_path):
 def test_verify_exit_codes(signed_log, tmp_path):
     log, public = signed_log
     result = _invoke("audit", "verify", log, "--public-key", public)
-    assert result.exit_code == 0 and result.output.startswith("OK")
+    assert result.exit_code == 0 and result.output.startswith("OK"), result.output
+    beside = log.parent / "audit.key.pub"
+    beside.write_bytes(public.read_bytes())
+    result = _invoke("audit", "verify", log, "--public-key", beside)
+    assert result.exit_code == 0 and "the public key is in the log's folder" in result.output
     # Tampered: exit 1, the first bad entry named.
     lines = log.read_bytes().split(b"\n")
     lines[3] = lines[3].replace(b'"i":3', b'"i":9')
