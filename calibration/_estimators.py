@@ -24,16 +24,28 @@ import jax.numpy as jnp
 from ._model import Exponential, PopulationModel, eta_logprior, observation_loglik
 
 
-def jacobian(fn, x):
-    """`d fn / d x`, forward mode (few random effects, many observations), or reverse mode
-    when the model cannot be differentiated forward: an ODE solved with diffrax's
-    `RecursiveCheckpointAdjoint` (a custom VJP) supports reverse mode only."""
+def value_and_jacobian(fn, x):
+    """`(fn(x), d fn / d x)` from one trace of `fn`: forward mode (few random effects, many
+    observations), or reverse mode when the model cannot be differentiated forward: an ODE
+    solved with diffrax's `RecursiveCheckpointAdjoint` (a custom VJP) supports reverse mode
+    only."""
+
+    def with_value(x):
+        y = fn(x)
+        return y, y
+
     try:
-        return jax.jacfwd(fn)(x)
+        jac, value = jax.jacfwd(with_value, has_aux=True)(x)
     except TypeError as error:
         if "custom_vjp" not in str(error):
             raise
-        return jax.jacrev(fn)(x)
+        jac, value = jax.jacrev(with_value, has_aux=True)(x)
+    return value, jac
+
+
+def jacobian(fn, x):
+    """`d fn / d x` (see `value_and_jacobian`)."""
+    return value_and_jacobian(fn, x)[1]
 
 
 class AbstractEstimator(eqx.Module):
@@ -86,8 +98,19 @@ class Laplace(AbstractEstimator):
 
     def local_model(self, pm, nat, chol, cov, reg, obs):
         _, _, f, _ = _subject_terms(pm, nat, chol, cov, reg, obs)
-        grad, hess = jax.grad(f), jax.hessian(f)
-        return f, lambda eta: (f(eta), grad(eta), hess(eta))
+
+        def grad_and_aux(eta):
+            value, grad = jax.value_and_grad(f)(eta)
+            return grad, (value, grad)
+
+        def fgh(eta):
+            # Forward over reverse, the value and gradient riding along: the model is traced
+            # once for all three (jax.hessian plus separate f and grad calls traced it three
+            # times, and compiling those copies dominated a twin's first update).
+            hess, (value, grad) = jax.jacfwd(grad_and_aux, has_aux=True)(eta)
+            return value, grad, hess
+
+        return f, fgh
 
 
 class FOCEI(AbstractEstimator):
@@ -121,7 +144,7 @@ class FOCEI(AbstractEstimator):
             return jnp.where(obs["observed"], jnp.where(obs["blq"], exact, info), 0.0)
 
         def fgh(eta):
-            fv, jac = predict(eta), jacobian(predict, eta)
+            fv, jac = value_and_jacobian(predict, eta)
             nll, vjp = jax.vjp(lambda x: jnp.sum(nll_obs(x)), fv)
             (g_f,) = vjp(jnp.ones(()))
             fval = outside(eta, nll - eta_logprior(chol, eta))

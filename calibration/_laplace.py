@@ -130,33 +130,50 @@ def _inner(
     whether the subject's parameters at the mode are inside the model's domain (outside, the
     negative log joint is `+inf`: no step is accepted and the subject's term is not finite).
     """
-    f, fgh = estimator.local_model(pm, nat, chol, cov, reg, obs)
+    _, fgh = estimator.local_model(pm, nat, chol, cov, reg, obs)
     d = _n_random(pm, obs)
     eye = jnp.eye(d)
 
+    # One evaluation of `fgh` per iteration, at the candidate `cand`, and none after the loop:
+    # the model and its derivatives are traced (and compiled) once. The first evaluation is
+    # at `eta0` itself; its gradient and curvature give the first step even where `f(eta0)`
+    # is not finite (a start outside the domain).
     def cond(state):
-        k, done = state[3], state[4]
-        return (k < max_steps) & ~done
+        k, done = state[6], state[7]
+        return (k <= max_steps) & ~done
 
     def body(state):
-        eta, fval, lam, k, _ = state
-        _, g, h = fgh(eta)
-        step = -jnp.linalg.solve(h + lam * eye, g)
-        new = eta + step
-        fnew = f(new)
-        ok = jnp.isfinite(fnew) & (fnew <= fval) & jnp.all(jnp.isfinite(step))
-        eta = jnp.where(ok, new, eta)
-        fval = jnp.where(ok, fnew, fval)
-        lam = jnp.where(ok, lam * 0.1, jnp.maximum(lam, 1e-6) * 10.0)
-        small = jnp.max(jnp.abs(g)) <= 1e-11 * (1.0 + jnp.abs(fval))
-        done = small | (ok & (jnp.max(jnp.abs(step)) < 1e-12))
-        return eta, fval, lam, k + 1, done
+        eta, fval, g, h, cand, lam, k, _ = state
+        fc, gc, hc = fgh(cand)
+        first = k == 0
+        ok = jnp.isfinite(fc) & (fc <= fval)
+        take = ok | first
+        step = cand - eta
+        eta = jnp.where(ok, cand, eta)
+        fval = jnp.where(ok, fc, fval)
+        g = jnp.where(take, gc, g)
+        h = jnp.where(take, hc, h)
+        lam = jnp.where(first, lam, jnp.where(ok, lam * 0.1, jnp.maximum(lam, 1e-6) * 10.0))
+        small = jnp.isfinite(fval) & (jnp.max(jnp.abs(g)) <= 1e-11 * (1.0 + jnp.abs(fval)))
+        done = small | (ok & ~first & (jnp.max(jnp.abs(step)) < 1e-12))
+        cand = eta - jnp.linalg.solve(h + lam * eye, g)
+        return eta, fval, g, h, cand, lam, k + 1, done
 
-    state = (eta0, f(eta0), jnp.asarray(1e-3), jnp.asarray(0), jnp.asarray(False))
-    eta, _, _, _, _ = jax.lax.while_loop(cond, body, state)
-    fval, g, h = fgh(eta)
+    zero_h = jnp.zeros((d, d), eta0.dtype)
+    state = (
+        eta0,
+        jnp.asarray(jnp.inf, eta0.dtype),
+        jnp.zeros_like(eta0),
+        zero_h,
+        eta0,
+        jnp.asarray(1e-3, eta0.dtype),
+        jnp.asarray(0),
+        jnp.asarray(False),
+    )
+    eta, fval, g, h, _, _, _, _ = jax.lax.while_loop(cond, body, state)
     in_dom = pm.subject_in_domain(nat["theta"], cov, eta, obs["occasion_start"].shape[-1])
-    return eta, fval, h, jnp.max(jnp.abs(g)) <= 1e-6 * (1.0 + jnp.abs(fval)), in_dom
+    converged = jnp.isfinite(fval) & (jnp.max(jnp.abs(g)) <= 1e-6 * (1.0 + jnp.abs(fval)))
+    return eta, fval, h, converged, in_dom
 
 
 def _zeros(pm: PopulationModel, data: Dataset) -> jnp.ndarray:

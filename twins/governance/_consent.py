@@ -176,7 +176,7 @@ class ConsentRegistry:
         self,
         consents: Iterable[Consent] = (),
         *,
-        defaults: Mapping[Purpose, Decision] | None = None,
+        defaults: Mapping[Purpose, Decision | str] | None = None,
     ):
         self._by_patient: dict[str, list[Consent]] = {}
         for c in consents:
