@@ -1,0 +1,58 @@
+"""twins.io: data in and out. FHIR R4 (read with the `fhir.resources` R4B models).
+
+- `read_fhir(bundle_or_path, *, reference_time, substance=..., ...)`: a Bundle (dict or
+  JSON file, one or many patients) or a bulk-data NDJSON folder -> `FhirImport`:
+  `twins.Patient`s (age at the reference time, sex, weight, height, labs, CYP2C9 / CYP2C19
+  / CYP2D6 / VKORC1 genotypes), NONMEM records of the doses and levels of one substance
+  (for `calibration.Dataset.from_records` and `twins.DigitalTwin`), governance `Consent`s,
+  and an `ImportReport` of everything not read. Malformed or unusable resources raise
+  `FhirError` naming the resource type, id and field (listed instead with `lenient=True`).
+- `recommendation_request(...)`, `forecast_observations(...)`, `fhir_bundle(...)`: a twin's
+  dose recommendation as a MedicationRequest of `intent = proposal` and its forecast as
+  Observations with `derivedFrom` the levels used, subjects pseudonymised on request.
+- `write_import(...)`: the pseudonymised records, patients and report of an import into
+  a new or empty folder (`twins fhir import`).
+- Tables: `LOINC` (observation codes read), `SUBSTANCES`, `HGNC`, `RECORD_COLUMNS`.
+
+See docs/fhir.md.
+"""
+
+from ._codes import CREATININE_MOLAR_MASS as CREATININE_MOLAR_MASS
+from ._codes import HGNC as HGNC
+from ._codes import LOINC as LOINC
+from ._codes import SUBSTANCES as SUBSTANCES
+from ._codes import LoincCode as LoincCode
+from ._codes import Substance as Substance
+from ._errors import FhirError as FhirError
+from ._errors import ImportReport as ImportReport
+from ._errors import Issue as Issue
+from ._read import FhirImport as FhirImport
+from ._read import ForecastPoint as ForecastPoint
+from ._read import Proposal as Proposal
+from ._read import read_fhir as read_fhir
+from ._records import RECORD_COLUMNS as RECORD_COLUMNS
+from ._units import convert as convert_ucum
+from ._write import fhir_bundle as fhir_bundle
+from ._write import forecast_observations as forecast_observations
+from ._write import recommendation_request as recommendation_request
+
+__all__ = [
+    "CREATININE_MOLAR_MASS",
+    "HGNC",
+    "LOINC",
+    "RECORD_COLUMNS",
+    "SUBSTANCES",
+    "FhirError",
+    "FhirImport",
+    "ForecastPoint",
+    "ImportReport",
+    "Issue",
+    "LoincCode",
+    "Proposal",
+    "Substance",
+    "convert_ucum",
+    "fhir_bundle",
+    "forecast_observations",
+    "read_fhir",
+    "recommendation_request",
+]

@@ -1,0 +1,243 @@
+"""What each resource is read as: the status policies, and the readers of Observations,
+Consents and medication resources (into values, doses, regimens, proposals)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from typing import Any
+
+from ._codes import TWINS_EXTENSION
+from ._dosing import administration, medication_matches, regimen
+from ._errors import Collector, FhirError
+from ._resources import (
+    OBSERVATION_IGNORED,
+    OBSERVATION_READ,
+    consents,
+    forecast_value,
+    is_forecast,
+    loinc_code,
+    observation_time,
+    observation_value,
+)
+from ._source import Index, Resource
+
+_STATUS = {
+    "MedicationAdministration": (
+        ("completed", "stopped"),
+        ("not-done", "entered-in-error", "on-hold"),
+    ),
+    "MedicationRequest": (
+        ("active", "completed"),
+        ("draft", "cancelled", "entered-in-error", "on-hold", "stopped"),
+    ),
+    "MedicationStatement": (
+        ("active", "completed"),
+        ("intended", "not-taken", "entered-in-error", "on-hold", "stopped"),
+    ),
+    "Consent": (("active",), ("draft", "proposed", "rejected", "inactive", "entered-in-error")),
+}
+_REGIMEN_INTENTS = (
+    "order",
+    "original-order",
+    "reflex-order",
+    "filler-order",
+    "instance-order",
+    "plan",
+)
+_FAR = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Proposal:
+    """A proposed regimen (a MedicationRequest of `intent = proposal`, as
+    `twins.io.recommendation_request` writes): `patient`, `start` (aware) and `time` (h from
+    the patient's origin, `nan` without one), `dose` (mg), `interval` (h), `n_doses`,
+    `duration` (h, infusion), and when given: `metric`, `low`, `high`, `target_unit`,
+    `probability`; `source`."""
+
+    patient: str
+    start: dt.datetime
+    time: float
+    dose: float
+    interval: float
+    n_doses: int
+    duration: float
+    metric: str | None
+    low: float | None
+    high: float | None
+    target_unit: str | None
+    probability: float | None
+    source: str
+
+
+def patient_key(r: Resource, index: Index, field: str, patients: dict[str, Resource]) -> str:
+    ref = getattr(r.model, field)
+    target = index.get(ref.reference if ref is not None else None)
+    if target is None or target.rtype != "Patient":
+        raise FhirError(
+            r.rtype,
+            r.rid,
+            f"{field}.reference",
+            "expected a reference to a Patient in the same bundle or export.",
+        )
+    patients.setdefault(target.rid, target)
+    return target.rid
+
+
+def _status(r: Resource, col: Collector, policy: tuple[tuple[str, ...], tuple[str, ...]]) -> bool:
+    status = r.model.status
+    read, ignored = policy
+    if status in read:
+        return True
+    if status in ignored:
+        col.note("ignored", r.rtype, r.rid, "status", f"status {status!r} is not read")
+        return False
+    raise FhirError(
+        r.rtype,
+        r.rid,
+        "status",
+        f"status {status!r} cannot be used; expected one of {list(read + ignored)}.",
+    )
+
+
+def proposal(r: Resource, patient: str, substance: Any) -> Proposal:
+    doses, _ = regimen(r, substance, "dosageInstruction", _FAR)
+    d = doses[0]
+    rep = r.model.dosageInstruction[0].timing.repeat
+    interval = d.ii if d.ii > 0 else (float(rep.period) / int(rep.frequency or 1) if rep else 0.0)
+    values: dict[str, Any] = {}
+    for e in r.model.extension or ():
+        if e.url.startswith(TWINS_EXTENSION):
+            name = e.url[len(TWINS_EXTENSION) :]
+            values[name] = e.valueDecimal if e.valueDecimal is not None else e.valueString
+    num = {
+        k: float(values[k]) if k in values else None
+        for k in ("target-low", "target-high", "probability")
+    }
+    return Proposal(
+        patient,
+        d.start,
+        math.nan,
+        d.amount,
+        interval,
+        d.addl + 1,
+        d.duration,
+        values.get("target-metric"),
+        num["target-low"],
+        num["target-high"],
+        values.get("target-unit"),
+        num["probability"],
+        f"{r.rtype}/{r.rid}",
+    )
+
+
+def read_resource(
+    r,
+    index,
+    col,
+    drug,
+    patients,
+    values,
+    doses,
+    planned,
+    consent_list,
+    proposals,
+    forecasts,
+    reference_time,
+    preliminary,
+) -> None:
+    """Read one resource into the collections (or note why not)."""
+    rt = r.rtype
+    if rt == "Patient":
+        return  # built once its observations are known
+    if rt == "Medication":
+        col.count(rt)  # read through the references of medication resources
+        return
+    if rt == "Observation":
+        _observation(r, index, col, drug, patients, values, forecasts, reference_time, preliminary)
+        return
+    if rt == "Consent":
+        if _status(r, col, _STATUS[rt]):
+            pid = patient_key(r, index, "patient", patients)
+            consent_list.extend(consents(r, pid))
+            col.count(rt)
+        return
+    if rt not in ("MedicationAdministration", "MedicationRequest", "MedicationStatement"):
+        col.note("ignored", rt, r.rid, "resourceType", "a resource type that is not read")
+        return
+    if rt == "MedicationRequest" and r.model.intent == "proposal":
+        if r.model.status in ("cancelled", "entered-in-error"):
+            col.note("ignored", rt, r.rid, "status", f"a proposal of status {r.model.status!r}")
+            return
+        if not medication_matches(r, index, drug):
+            col.note("ignored", rt, r.rid, "medication[x]", f"not {drug.name}")
+            return
+        proposals.append(proposal(r, patient_key(r, index, "subject", patients), drug))
+        col.count(rt)
+        return
+    if not _status(r, col, _STATUS[rt]):
+        return
+    if not medication_matches(r, index, drug):
+        col.note("ignored", rt, r.rid, "medication[x]", f"not {drug.name}: not in the records")
+        return
+    pid = patient_key(r, index, "subject", patients)
+    if rt == "MedicationAdministration":
+        dose = administration(r, drug)
+        if dose.start > reference_time:
+            col.note("ignored", rt, r.rid, "effective[x]", "after the reference time")
+            return
+        doses.setdefault(pid, []).append(dose)
+        col.count(rt)
+        return
+    if rt == "MedicationRequest" and r.model.intent not in _REGIMEN_INTENTS:
+        col.note("ignored", rt, r.rid, "intent", f"intent {r.model.intent!r} is not read")
+        return
+    field = "dosageInstruction" if rt == "MedicationRequest" else "dosage"
+    ds, future = regimen(r, drug, field, reference_time)
+    if not ds:
+        col.note("ignored", rt, r.rid, field, "no dose due at or before the reference time")
+        return
+    planned.setdefault(pid, []).append((r, ds, future))
+
+
+def _observation(r, index, col, drug, patients, values, forecasts, reference_time, preliminary):
+    m = r.model
+    status = m.status
+    if is_forecast(m):  # written by forecast_observations: read whatever its status
+        if status in ("cancelled", "entered-in-error"):
+            col.note("ignored", r.rtype, r.rid, "status", f"a forecast of status {status!r}")
+            return
+        forecasts.append(forecast_value(r, patient_key(r, index, "subject", patients)))
+        col.count(r.rtype)
+        return
+    if status not in OBSERVATION_READ and not (preliminary and status == "preliminary"):
+        if status in OBSERVATION_IGNORED:
+            col.note("ignored", r.rtype, r.rid, "status", f"status {status!r} is not read")
+            return
+        raise FhirError(
+            r.rtype,
+            r.rid,
+            "status",
+            f"status {status!r} cannot be used; expected one of "
+            f"{list(OBSERVATION_READ + OBSERVATION_IGNORED)}.",
+        )
+    loinc, seen = loinc_code(m.code)
+    if loinc is None:
+        what = f"LOINC {', '.join(seen)}" if seen else "no LOINC code"
+        col.note("ignored", r.rtype, r.rid, "code", f"{what}: not in twins.io.LOINC")
+        return
+    if loinc.kind == "level" and loinc.code not in drug.levels:
+        col.note("ignored", r.rtype, r.rid, "code", f"a {loinc.field} level: not {drug.name}")
+        return
+    pid = patient_key(r, index, "subject", patients)
+    if m.dataAbsentReason is not None and m.valueQuantity is None:
+        col.note("ignored", r.rtype, r.rid, "dataAbsentReason", "no value (data absent)")
+        return
+    time = observation_time(r, exact=loinc.code in drug.levels)
+    if time > reference_time:
+        col.note("ignored", r.rtype, r.rid, "effective[x]", "after the reference time")
+        return
+    values.setdefault(pid, []).append(observation_value(r, pid, loinc, time))
+    col.count(r.rtype)

@@ -1,0 +1,243 @@
+"""FHIR R4 out: a twin's dose recommendation and forecast, validated by fhir.resources."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..governance import Pseudonymizer
+from ._codes import (
+    RXNORM_SYSTEM,
+    SNOMED_SYSTEM,
+    SUBSTANCES,
+    TWINS_EXTENSION,
+    TWINS_SYSTEM,
+)
+from ._times import check_aware
+from ._units import UCUM
+
+_NAMESPACE = uuid.UUID("6b0f3f52-5d0e-4c55-9a43-4f1f7f2a9e31")  # ids of written resources
+
+
+def _ref(rtype: str, rid: str, pseudonymizer: Pseudonymizer | None) -> str:
+    """A reference to `rtype` `rid`: `Type/id`, the `urn:uuid:` itself for a bundle's
+    id-less resource, or `Type/<pseudonym>` when a pseudonymizer is given."""
+    if pseudonymizer is not None:
+        return f"{rtype}/{pseudonymizer.pseudonym(f'{rtype}/{rid}')}"
+    return rid if rid.startswith("urn:") else f"{rtype}/{rid}"
+
+
+def _source_ref(source: str, pseudonymizer: Pseudonymizer | None) -> str:
+    rtype, _, rid = source.partition("/")
+    if not rtype or not rid:
+        raise ValueError(f"expected a resource named as 'Type/id', got {source!r}.")
+    return _ref(rtype, rid, pseudonymizer)
+
+
+def _substance(name: str):
+    if name not in SUBSTANCES:
+        raise ValueError(f"expected a substance of {list(SUBSTANCES)}, got {name!r}.")
+    return SUBSTANCES[name]
+
+
+def _at(origin: dt.datetime, hours: float) -> str:
+    return (origin + dt.timedelta(hours=float(hours))).isoformat()
+
+
+def _id(*parts: Any) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "|".join(str(p) for p in parts)))
+
+
+def _doses(regimen: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Times (h), amounts (mg) and infusion durations (h) of a regimen's real events."""
+    mask = np.asarray(regimen.mask, dtype=bool)
+    time = np.asarray(regimen.time, dtype=float)[mask]
+    amount = np.asarray(regimen.amount, dtype=float)[mask]
+    rate = np.asarray(regimen.rate, dtype=float)[mask]
+    duration = np.asarray(regimen.duration, dtype=float)[mask]
+    dur = np.where(rate > 0, amount / np.where(rate > 0, rate, 1.0), 0.0)
+    dur = np.where(rate == -2, duration, dur)
+    if np.any((rate < 0) & (rate != -2)):
+        raise ValueError("a dose whose rate comes from the model (RATE=-1) has no duration.")
+    return time, amount, dur
+
+
+def recommendation_request(
+    recommendation: Any,
+    *,
+    patient: str,
+    origin: dt.datetime,
+    substance: str = "vancomycin",
+    pseudonymizer: Pseudonymizer | None = None,
+    authored: dt.datetime | None = None,
+) -> Any:
+    """A `twins.Recommendation` as a FHIR R4 MedicationRequest of `intent = proposal`.
+
+    **Arguments:**
+
+    - `recommendation`: from `DigitalTwin.recommend` (its `regimen` gives the absolute
+      doses, their times and the infusion duration).
+    - `patient`: the patient's id as read (`FhirImport.patients` key).
+    - `origin`: the aware datetime of the patient's `TIME = 0` (`FhirImport.origins`).
+    - `substance`: the drug (`twins.io.SUBSTANCES`), coded by RxNorm.
+    - `pseudonymizer`: when given, `subject` is `Patient/<pseudonym of "Patient/<id>">`.
+    - `authored`: `authoredOn` (an aware datetime; default none).
+
+    **Returns:** a `fhir.resources.R4B.medicationrequest.MedicationRequest` (validated):
+    `status = draft`, `dosageInstruction` with `timing.repeat` (`boundsPeriod.start`,
+    `count`, `period`/`periodUnit = h`, `duration`/`durationUnit = h` for an infusion) and
+    `doseAndRate.doseQuantity` in mg (UCUM); the target (metric, window, unit) and the
+    posterior probability in extensions and in a note.
+    """
+    from fhir.resources.R4B.medicationrequest import MedicationRequest
+
+    check_aware(origin, "recommendation_request: origin")
+    drug = _substance(substance)
+    times, amounts, durations = _doses(recommendation.regimen)
+    if times.size == 0:
+        raise ValueError("recommendation_request: the recommendation's regimen has no dose.")
+    if not (np.allclose(amounts, amounts[0]) and np.allclose(durations, durations[0])):
+        raise ValueError("recommendation_request: expected equal doses in the regimen.")
+    interval = float(recommendation.interval)
+    repeat: dict[str, Any] = {
+        "boundsPeriod": {"start": _at(origin, times[0])},
+        "count": int(times.size),
+        "frequency": 1,
+        "period": interval,
+        "periodUnit": "h",
+    }
+    if durations[0] > 0:
+        repeat["duration"] = float(durations[0])
+        repeat["durationUnit"] = "h"
+    target = recommendation.target
+    ext = [
+        {"url": TWINS_EXTENSION + "target-metric", "valueString": str(target.metric)},
+        {"url": TWINS_EXTENSION + "target-low", "valueDecimal": float(target.low)},
+        {"url": TWINS_EXTENSION + "target-high", "valueDecimal": float(target.high)},
+        {"url": TWINS_EXTENSION + "target-unit", "valueString": str(target.unit)},
+        {"url": TWINS_EXTENSION + "probability", "valueDecimal": float(recommendation.probability)},
+    ]
+    dosage: dict[str, Any] = {
+        "text": f"{amounts[0]:.6g} mg every {interval:g} h, {times.size} doses",
+        "timing": {"repeat": repeat},
+        "doseAndRate": [
+            {
+                "doseQuantity": {
+                    "value": float(amounts[0]),
+                    "unit": "mg",
+                    "system": UCUM,
+                    "code": "mg",
+                }
+            }
+        ],
+    }
+    if durations[0] > 0:
+        dosage["route"] = {
+            "coding": [
+                {"system": SNOMED_SYSTEM, "code": "47625008", "display": "Intravenous route"}
+            ]
+        }
+    data: dict[str, Any] = {
+        "resourceType": "MedicationRequest",
+        "id": _id("recommendation", patient, origin.isoformat(), times[0], amounts[0], interval),
+        "extension": ext,
+        "status": "draft",
+        "intent": "proposal",
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM_SYSTEM, "code": drug.rxnorm[0], "display": drug.name}]
+        },
+        "subject": {"reference": _ref("Patient", patient, pseudonymizer)},
+        "dosageInstruction": [dosage],
+        "note": [{"text": f"pkpd-twins recommendation: {recommendation}"}],
+    }
+    if authored is not None:
+        data["authoredOn"] = check_aware(authored, "recommendation_request: authored").isoformat()
+    return MedicationRequest.model_validate(data)
+
+
+def forecast_observations(
+    forecast: Any,
+    *,
+    patient: str,
+    origin: dt.datetime,
+    derived_from: Sequence[str],
+    unit: str = "mg/L",
+    pseudonymizer: Pseudonymizer | None = None,
+) -> list[Any]:
+    """A `twins.Forecast` as FHIR R4 Observations, one per forecast time.
+
+    **Arguments:**
+
+    - `forecast`: from `DigitalTwin.forecast` (`times` in h from the origin, `median`,
+      `lower`, `upper`, `level`).
+    - `patient`, `origin`: as for `recommendation_request`.
+    - `derived_from`: the levels the twin was calibrated on, as `Type/id`
+      (`FhirImport.observations(patient)["SOURCE"]`): each Observation's `derivedFrom`.
+    - `unit`: the UCUM code of the forecast values (the drug's observed unit).
+    - `pseudonymizer`: when given, `subject` and `derivedFrom` are pseudonyms.
+
+    **Returns:** validated `fhir.resources.R4B.observation.Observation`s of `status =
+    preliminary`, code and method the project's `forecast` code (not a LOINC code: a
+    forecast is not a measurement), `valueQuantity` the median, components `lower` and
+    `upper` the band, and its level in the extension `band-level`.
+    """
+    from fhir.resources.R4B.observation import Observation
+
+    check_aware(origin, "forecast_observations: origin")
+    forecast_code = {
+        "coding": [
+            {"system": TWINS_SYSTEM, "code": "forecast", "display": "pkpd-twins model forecast"}
+        ]
+    }
+    derived = [{"reference": _source_ref(s, pseudonymizer)} for s in derived_from]
+    out = []
+    for t, med, lo, hi in zip(
+        np.asarray(forecast.times, dtype=float),
+        np.asarray(forecast.median, dtype=float),
+        np.asarray(forecast.lower, dtype=float),
+        np.asarray(forecast.upper, dtype=float),
+        strict=True,
+    ):
+
+        def q(v: float) -> dict[str, Any]:
+            return {"value": float(v), "unit": unit, "system": UCUM, "code": unit}
+
+        data = {
+            "resourceType": "Observation",
+            "id": _id("forecast", patient, origin.isoformat(), t, med),
+            "extension": [
+                {"url": TWINS_EXTENSION + "band-level", "valueDecimal": float(forecast.level)}
+            ],
+            "status": "preliminary",
+            "code": {**forecast_code, "text": f"{forecast.drug}: forecast of {forecast.unit}"},
+            "method": forecast_code,
+            "subject": {"reference": _ref("Patient", patient, pseudonymizer)},
+            "effectiveDateTime": _at(origin, t),
+            "valueQuantity": q(med),
+            "component": [
+                {
+                    "code": {"coding": [{"system": TWINS_SYSTEM, "code": name}]},
+                    "valueQuantity": q(v),
+                }
+                for name, v in (("lower", lo), ("upper", hi))
+            ],
+            "derivedFrom": derived or None,
+        }
+        out.append(Observation.model_validate({k: v for k, v in data.items() if v is not None}))
+    return out
+
+
+def fhir_bundle(resources: Sequence[Any], *, kind: str = "collection") -> Any:
+    """A Bundle (`type = kind`) of fhir.resources models, each entry's `fullUrl` its
+    `Type/id`; validated. Write it with `.model_dump_json()`."""
+    from fhir.resources.R4B.bundle import Bundle
+
+    entries = []
+    for r in resources:
+        data = r.model_dump(mode="json", exclude_none=True)
+        entries.append({"fullUrl": f"urn:uuid:{data['id']}", "resource": data})
+    return Bundle.model_validate({"resourceType": "Bundle", "type": kind, "entry": entries})
