@@ -11,9 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._cli_audit import register as register_governance
+from ._cli_fhir import register as register_fhir
 
 app = typer.Typer(help="pkpd-twins: PK/PD digital twins and virtual cohorts.", no_args_is_help=True)
 register_governance(app)
+register_fhir(app)
 
 
 @app.callback()

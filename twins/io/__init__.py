@@ -26,6 +26,9 @@ from ._codes import Substance as Substance
 from ._errors import FhirError as FhirError
 from ._errors import ImportReport as ImportReport
 from ._errors import Issue as Issue
+from ._export import OutputFolderError as OutputFolderError
+from ._export import claim_empty_folder as claim_empty_folder
+from ._export import write_import as write_import
 from ._read import FhirImport as FhirImport
 from ._read import ForecastPoint as ForecastPoint
 from ._read import Proposal as Proposal
@@ -48,11 +51,14 @@ __all__ = [
     "ImportReport",
     "Issue",
     "LoincCode",
+    "OutputFolderError",
     "Proposal",
     "Substance",
+    "claim_empty_folder",
     "convert_ucum",
     "fhir_bundle",
     "forecast_observations",
     "read_fhir",
     "recommendation_request",
+    "write_import",
 ]
