@@ -131,11 +131,12 @@ def _build_patient(r: Resource, values: list[Value], reference_time: dt.datetime
             )
     labs = {f: v.value for (k, f), v in latest.items() if k == "lab"}
     genotypes = {f: v.value for (k, f), v in latest.items() if k == "genotype"}
+    sex = _gender(r)
     try:
         return Patient(
             id=r.rid,
             age=age_years(birth, reference_time),
-            sex=_gender(r),
+            sex=sex,
             weight=latest[("weight", "weight")].value,
             height=latest[("height", "height")].value,
             labs=labs,
