@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -82,12 +82,13 @@ class FhirImport:
         """One patient's records (a copy), or `KeyError` naming the patients known."""
         if patient not in self.patients:
             raise KeyError(f"FhirImport: no patient {patient!r}; known: {sorted(self.patients)}.")
-        return self.records[self.records["ID"] == patient].reset_index(drop=True)
+        mine = cast(pd.DataFrame, self.records.loc[self.records["ID"] == patient])
+        return mine.reset_index(drop=True)
 
     def regimen(self, patient: str) -> pkpd.Regimen:
         """The patient's doses as a `pkpd.Regimen` (for `DigitalTwin.give`)."""
         rec = self.patient_records(patient)
-        doses = rec[rec["EVID"] == 1]
+        doses = cast(pd.DataFrame, rec.loc[rec["EVID"] == 1])
         if doses.empty:
             raise ValueError(f"FhirImport: patient {patient!r} has no doses of {self.substance}.")
         return pkpd.regimen_from_records(doses.drop(columns=["SOURCE"]))
@@ -95,8 +96,8 @@ class FhirImport:
     def observations(self, patient: str) -> pd.DataFrame:
         """The patient's levels as `TIME, DV, CENS` (for `DigitalTwin.update`)."""
         rec = self.patient_records(patient)
-        obs = rec[rec["EVID"] == 0]
-        return obs[["TIME", "DV", "CENS", "SOURCE"]].reset_index(drop=True)
+        obs = cast(pd.DataFrame, rec.loc[rec["EVID"] == 0, ["TIME", "DV", "CENS", "SOURCE"]])
+        return obs.reset_index(drop=True)
 
 
 def _gender(r: Resource) -> str:

@@ -60,6 +60,11 @@ class ForecastValue:
     source: str
 
 
+def codings(concept: Any) -> list[Any]:
+    """The codings of a CodeableConcept (none for a missing one)."""
+    return list(concept.coding or []) if concept is not None else []
+
+
 def loinc_code(concept: Any) -> tuple[LoincCode | None, list[str]]:
     """The first coding of `concept` in the LOINC table, and every LOINC code seen."""
     seen = []
@@ -130,7 +135,7 @@ def _diplotype(r: Resource, gene: str | None) -> tuple[str, str]:
 
 def _gene_studied(r: Resource) -> str | None:
     for i, comp in enumerate(r.model.component or ()):
-        codes = [c.code for c in comp.code.coding or () if c.system == LOINC_SYSTEM]
+        codes = [c.code for c in codings(comp.code) if c.system == LOINC_SYSTEM]
         if GENE_STUDIED not in codes:
             continue
         cc = comp.valueCodeableConcept
@@ -203,7 +208,7 @@ def forecast_value(r: Resource, patient: str) -> ForecastValue:
     median = float(quantity_value(m.valueQuantity, where))
     bands: dict[str, float] = {}
     for i, comp in enumerate(m.component or ()):
-        codes = [c.code for c in comp.code.coding or () if c.system == TWINS_SYSTEM]
+        codes = [c.code for c in codings(comp.code) if c.system == TWINS_SYSTEM]
         for name in ("lower", "upper"):
             if name in codes:
                 w = r.at(f"component[{i}].valueQuantity")
