@@ -219,3 +219,11 @@ def test_bulk_folder_reads_as_the_bundle():
     assert a.patients == b.patients
     one = tio.read_fhir(DATA / "bulk" / "Patient.ndjson", reference_time=REF_UNITS, lenient=True)
     assert one.records.empty and one.report.errors  # no weight: listed, not raised
+
+
+def test_docs_list_every_code_read():
+    text = (Path(__file__).parents[1] / "docs" / "fhir.md").read_text()
+    for code in tio.LOINC:
+        assert f"`{code}`" in text, code
+    for name, substance in tio.SUBSTANCES.items():
+        assert f"`{name}`" in text and f"`{substance.rxnorm[0]}`" in text
