@@ -225,7 +225,7 @@ def regimen(
     if rep is None:
         raise FhirError(r.rtype, r.rid, f"{f}.timing", "expected timing.event or timing.repeat.")
     for name in _UNSUPPORTED_REPEAT:
-        if getattr(rep, name, None) not in (None, []):
+        if getattr(rep, name) not in (None, []):
             raise FhirError(
                 r.rtype,
                 r.rid,
