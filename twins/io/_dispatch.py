@@ -8,12 +8,15 @@ import datetime as dt
 import math
 from typing import Any
 
-from ._codes import TWINS_EXTENSION
-from ._dosing import administration, medication_matches, regimen
+from ..governance import Consent
+from ._codes import TWINS_EXTENSION, Substance
+from ._dosing import Dose, administration, medication_matches, regimen
 from ._errors import Collector, FhirError
 from ._resources import (
     OBSERVATION_IGNORED,
     OBSERVATION_READ,
+    ForecastValue,
+    Value,
     consents,
     forecast_value,
     is_forecast,
@@ -72,7 +75,30 @@ class Proposal:
     source: str
 
 
-def patient_key(r: Resource, index: Index, field: str, patients: dict[str, Resource]) -> str:
+@dataclasses.dataclass
+class Reading:
+    """What `read_fhir` reads with (`index`, `col`, `drug`, `reference_time`,
+    `preliminary`) and gathers, by patient key: `values` (Observations), `doses`
+    (administrations), `planned` (regimens: resource, doses due, doses after), and
+    `consents`, `proposals`, `forecasts`."""
+
+    index: Index
+    col: Collector
+    drug: Substance
+    reference_time: dt.datetime
+    preliminary: bool
+    values: dict[str, list[Value]] = dataclasses.field(default_factory=dict)
+    doses: dict[str, list[Dose]] = dataclasses.field(default_factory=dict)
+    planned: dict[str, list[tuple[Resource, list[Dose], int]]] = dataclasses.field(
+        default_factory=dict
+    )
+    consents: list[Consent] = dataclasses.field(default_factory=list)
+    proposals: list[Proposal] = dataclasses.field(default_factory=list)
+    forecasts: list[ForecastValue] = dataclasses.field(default_factory=list)
+
+
+def patient_key(r: Resource, index: Index, field: str) -> str:
+    """The key of the Patient that `r.<field>` references, or `FhirError`."""
     ref = getattr(r.model, field)
     target = index.get(ref.reference if ref is not None else None)
     if target is None or target.rtype != "Patient":
@@ -82,7 +108,6 @@ def patient_key(r: Resource, index: Index, field: str, patients: dict[str, Resou
             f"{field}.reference",
             "expected a reference to a Patient in the same bundle or export.",
         )
-    patients.setdefault(target.rid, target)
     return target.rid
 
 
@@ -105,8 +130,6 @@ def _status(r: Resource, col: Collector, policy: tuple[tuple[str, ...], tuple[st
 def proposal(r: Resource, patient: str, substance: Any) -> Proposal:
     doses, _ = regimen(r, substance, "dosageInstruction", _FAR)
     d = doses[0]
-    rep = r.model.dosageInstruction[0].timing.repeat
-    interval = d.ii if d.ii > 0 else (float(rep.period) / int(rep.frequency or 1) if rep else 0.0)
     values: dict[str, Any] = {}
     for e in r.model.extension or ():
         if e.url.startswith(TWINS_EXTENSION):
@@ -121,7 +144,7 @@ def proposal(r: Resource, patient: str, substance: Any) -> Proposal:
         d.start,
         math.nan,
         d.amount,
-        interval,
+        d.ii,
         d.addl + 1,
         d.duration,
         values.get("target-metric"),
@@ -133,88 +156,76 @@ def proposal(r: Resource, patient: str, substance: Any) -> Proposal:
     )
 
 
-def read_resource(
-    r,
-    index,
-    col,
-    drug,
-    patients,
-    values,
-    doses,
-    planned,
-    consent_list,
-    proposals,
-    forecasts,
-    reference_time,
-    preliminary,
-) -> None:
+def read_resource(r: Resource, rd: Reading) -> None:
     """Read one resource into the collections (or note why not)."""
     rt = r.rtype
     if rt == "Patient":
         return  # built once its observations are known
     if rt == "Medication":
-        col.count(rt)  # read through the references of medication resources
+        rd.col.count(rt)  # read through the references of medication resources
         return
     if rt == "Observation":
-        _observation(r, index, col, drug, patients, values, forecasts, reference_time, preliminary)
+        _observation(r, rd)
         return
     if rt == "Consent":
-        if _status(r, col, _STATUS[rt]):
-            pid = patient_key(r, index, "patient", patients)
-            consent_list.extend(consents(r, pid))
-            col.count(rt)
+        if _status(r, rd.col, _STATUS[rt]):
+            pid = patient_key(r, rd.index, "patient")
+            rd.consents.extend(consents(r, pid))
+            rd.col.count(rt)
         return
     if rt not in ("MedicationAdministration", "MedicationRequest", "MedicationStatement"):
-        col.note("ignored", rt, r.rid, "resourceType", "a resource type that is not read")
+        rd.col.note("ignored", rt, r.rid, "resourceType", "a resource type that is not read")
         return
     if rt == "MedicationRequest" and r.model.intent == "proposal":
         if r.model.status in ("cancelled", "entered-in-error"):
-            col.note("ignored", rt, r.rid, "status", f"a proposal of status {r.model.status!r}")
+            rd.col.note("ignored", rt, r.rid, "status", f"a proposal of status {r.model.status!r}")
             return
-        if not medication_matches(r, index, drug):
-            col.note("ignored", rt, r.rid, "medication[x]", f"not {drug.name}")
+        if not medication_matches(r, rd.index, rd.drug):
+            rd.col.note("ignored", rt, r.rid, "medication[x]", f"not {rd.drug.name}")
             return
-        proposals.append(proposal(r, patient_key(r, index, "subject", patients), drug))
-        col.count(rt)
+        rd.proposals.append(proposal(r, patient_key(r, rd.index, "subject"), rd.drug))
+        rd.col.count(rt)
         return
-    if not _status(r, col, _STATUS[rt]):
+    if not _status(r, rd.col, _STATUS[rt]):
         return
-    if not medication_matches(r, index, drug):
-        col.note("ignored", rt, r.rid, "medication[x]", f"not {drug.name}: not in the records")
+    if not medication_matches(r, rd.index, rd.drug):
+        rd.col.note(
+            "ignored", rt, r.rid, "medication[x]", f"not {rd.drug.name}: not in the records"
+        )
         return
-    pid = patient_key(r, index, "subject", patients)
+    pid = patient_key(r, rd.index, "subject")
     if rt == "MedicationAdministration":
-        dose = administration(r, drug)
-        if dose.start > reference_time:
-            col.note("ignored", rt, r.rid, "effective[x]", "after the reference time")
+        dose = administration(r, rd.drug)
+        if dose.start > rd.reference_time:
+            rd.col.note("ignored", rt, r.rid, "effective[x]", "after the reference time")
             return
-        doses.setdefault(pid, []).append(dose)
-        col.count(rt)
+        rd.doses.setdefault(pid, []).append(dose)
+        rd.col.count(rt)
         return
     if rt == "MedicationRequest" and r.model.intent not in _REGIMEN_INTENTS:
-        col.note("ignored", rt, r.rid, "intent", f"intent {r.model.intent!r} is not read")
+        rd.col.note("ignored", rt, r.rid, "intent", f"intent {r.model.intent!r} is not read")
         return
     field = "dosageInstruction" if rt == "MedicationRequest" else "dosage"
-    ds, future = regimen(r, drug, field, reference_time)
+    ds, future = regimen(r, rd.drug, field, rd.reference_time)
     if not ds:
-        col.note("ignored", rt, r.rid, field, "no dose due at or before the reference time")
+        rd.col.note("ignored", rt, r.rid, field, "no dose due at or before the reference time")
         return
-    planned.setdefault(pid, []).append((r, ds, future))
+    rd.planned.setdefault(pid, []).append((r, ds, future))
 
 
-def _observation(r, index, col, drug, patients, values, forecasts, reference_time, preliminary):
+def _observation(r: Resource, rd: Reading) -> None:
     m = r.model
     status = m.status
     if is_forecast(m):  # written by forecast_observations: read whatever its status
         if status in ("cancelled", "entered-in-error"):
-            col.note("ignored", r.rtype, r.rid, "status", f"a forecast of status {status!r}")
+            rd.col.note("ignored", r.rtype, r.rid, "status", f"a forecast of status {status!r}")
             return
-        forecasts.append(forecast_value(r, patient_key(r, index, "subject", patients)))
-        col.count(r.rtype)
+        rd.forecasts.append(forecast_value(r, patient_key(r, rd.index, "subject")))
+        rd.col.count(r.rtype)
         return
-    if status not in OBSERVATION_READ and not (preliminary and status == "preliminary"):
+    if status not in OBSERVATION_READ and not (rd.preliminary and status == "preliminary"):
         if status in OBSERVATION_IGNORED:
-            col.note("ignored", r.rtype, r.rid, "status", f"status {status!r} is not read")
+            rd.col.note("ignored", r.rtype, r.rid, "status", f"status {status!r} is not read")
             return
         raise FhirError(
             r.rtype,
@@ -226,18 +237,18 @@ def _observation(r, index, col, drug, patients, values, forecasts, reference_tim
     loinc, seen = loinc_code(m.code)
     if loinc is None:
         what = f"LOINC {', '.join(seen)}" if seen else "no LOINC code"
-        col.note("ignored", r.rtype, r.rid, "code", f"{what}: not in twins.io.LOINC")
+        rd.col.note("ignored", r.rtype, r.rid, "code", f"{what}: not in twins.io.LOINC")
         return
-    if loinc.kind == "level" and loinc.code not in drug.levels:
-        col.note("ignored", r.rtype, r.rid, "code", f"a {loinc.field} level: not {drug.name}")
+    if loinc.kind == "level" and loinc.code not in rd.drug.levels:
+        rd.col.note("ignored", r.rtype, r.rid, "code", f"a {loinc.field} level: not {rd.drug.name}")
         return
-    pid = patient_key(r, index, "subject", patients)
+    pid = patient_key(r, rd.index, "subject")
     if m.dataAbsentReason is not None and m.valueQuantity is None:
-        col.note("ignored", r.rtype, r.rid, "dataAbsentReason", "no value (data absent)")
+        rd.col.note("ignored", r.rtype, r.rid, "dataAbsentReason", "no value (data absent)")
         return
-    time = observation_time(r, exact=loinc.code in drug.levels)
-    if time > reference_time:
-        col.note("ignored", r.rtype, r.rid, "effective[x]", "after the reference time")
+    time = observation_time(r, exact=loinc.code in rd.drug.levels)
+    if time > rd.reference_time:
+        rd.col.note("ignored", r.rtype, r.rid, "effective[x]", "after the reference time")
         return
-    values.setdefault(pid, []).append(observation_value(r, pid, loinc, time))
-    col.count(r.rtype)
+    rd.values.setdefault(pid, []).append(observation_value(r, pid, loinc, time))
+    rd.col.count(r.rtype)

@@ -15,12 +15,10 @@ import pkpd
 from .._patient import Patient
 from ..governance import Consent, ConsentRegistry
 from ._codes import SUBSTANCES
-from ._dispatch import Proposal, read_resource
-from ._dosing import Dose
+from ._dispatch import Proposal, Reading, read_resource
 from ._errors import Collector, FhirError, ImportReport
 from ._records import build_records
 from ._resources import (
-    ForecastValue,
     Value,
 )
 from ._source import Index, Resource, load
@@ -197,31 +195,13 @@ def read_fhir(
     resources = load(source, col)
     index = Index(resources)
     patients: dict[str, Resource] = {r.rid: r for r in resources if r.rtype == "Patient"}
-    values: dict[str, list[Value]] = {}
-    doses: dict[str, list[Dose]] = {}
-    planned: dict[str, list[tuple[Resource, list[Dose], int]]] = {}
-    consent_list: list[Consent] = []
-    proposals: list[Proposal] = []
-    forecasts: list[ForecastValue] = []
+    rd = Reading(index, col, drug, reference_time, preliminary)
     for r in resources:
         try:
-            read_resource(
-                r,
-                index,
-                col,
-                drug,
-                patients,
-                values,
-                doses,
-                planned,
-                consent_list,
-                proposals,
-                forecasts,
-                reference_time,
-                preliminary,
-            )
+            read_resource(r, rd)
         except FhirError as error:
             col.fail(error)
+    values, doses, planned = rd.values, rd.doses, rd.planned
     administered = {pid for pid, ds in doses.items() if ds}
     for pid, items in planned.items():
         for r, ds, future in items:
@@ -266,9 +246,9 @@ def read_fhir(
         patients=out_patients,
         records=records,
         origins=origins,
-        consents=tuple(consent_list),
+        consents=tuple(rd.consents),
         proposals=tuple(
-            dataclasses.replace(p, time=_rel(p.start, origins.get(p.patient))) for p in proposals
+            dataclasses.replace(p, time=_rel(p.start, origins.get(p.patient))) for p in rd.proposals
         ),
         forecasts=tuple(
             ForecastPoint(
@@ -284,7 +264,7 @@ def read_fhir(
                 f.derived_from,
                 f.source,
             )
-            for f in forecasts
+            for f in rd.forecasts
         ),
         report=col.report(),
         reference_time=reference_time,
