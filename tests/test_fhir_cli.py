@@ -131,3 +131,16 @@ def test_reference_time_needs_a_zone(tmp_path):
         DATA / "units.json", "--out", tmp_path / "o", "--reference-time", "2026-03-10T12:00"
     )
     assert result.exit_code == 2 and "time zone" in result.output
+
+
+def test_import_of_a_bulk_export_folder(tmp_path):
+    out = tmp_path / "out"
+    result = _invoke(DATA / "bulk", "--out", out, "--reference-time", REF)
+    assert result.exit_code == 0, result.output
+    assert (out / "records.csv").read_text() == _records_of(DATA / "units.json", tmp_path)
+
+
+def _records_of(bundle: Path, tmp_path: Path) -> str:
+    out = tmp_path / "from-bundle"
+    assert _invoke(bundle, "--out", out, "--reference-time", REF).exit_code == 0
+    return (out / "records.csv").read_text()

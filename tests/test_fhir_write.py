@@ -123,7 +123,7 @@ def test_subjects_are_pseudonyms_with_a_pseudonymizer():
     text = tio.fhir_bundle([mr, *obs]).model_dump_json()
     Bundle.model_validate_json(text)
     assert PID not in text and "trough-1" not in text
-    assert mr.subject.reference == f"Patient/{psn.pseudonym('Patient/' + PID)}"
+    assert mr.subject.reference == f"Patient/{psn.pseudonym(PID)}"  # as in the records
     assert obs[0].derivedFrom[0].reference == f"Observation/{psn.pseudonym('Observation/trough-1')}"
 
 

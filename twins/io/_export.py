@@ -15,6 +15,7 @@ from typing import Any
 
 from ..governance import Pseudonymizer
 from ._read import FhirImport
+from ._write import reference_pseudonym
 
 
 class OutputFolderError(ValueError):
@@ -45,7 +46,7 @@ def _write(path: Path, text: str) -> None:
 
 def _ref(source: str, psn: Pseudonymizer) -> str:
     rtype, _, rid = source.partition("/")
-    return f"{rtype}/{psn.pseudonym(source)}" if rid else psn.pseudonym(source)
+    return f"{rtype}/{reference_pseudonym(rtype, rid, psn)}"
 
 
 def write_import(
@@ -55,12 +56,12 @@ def write_import(
 
     Files:
 
-    - `records.csv`: `FhirImport.records` with `ID` the patient's pseudonym and `SOURCE`
-      `Type/<pseudonym of "Type/id">`.
+    - `records.csv`: `FhirImport.records` with `ID` the patient's pseudonym (of the
+      patient's id) and `SOURCE` `Type/<pseudonym of "Type/id">`.
     - `patients.csv` and `patients.json`: one row per patient: `id` (pseudonym), `age`
       (completed years at the reference time), `sex`, `weight` (kg), `height` (cm), the
       labs (`twins.LABS` units) and genotypes. No name, birth date or identifier.
-    - `report.json`: the `ImportReport` (resource ids as pseudonyms of `Type/id`), the
+    - `report.json`: the `ImportReport` (resource ids as pseudonyms, as in `SOURCE`), the
       reference time, substance, the pseudonymizer's purpose and key id, and the files.
 
     **Arguments:**
@@ -106,8 +107,7 @@ def write_import(
     report = result.report.to_dict()
     for issue in report["issues"]:
         rid = issue["resource_id"]
-        ref = f"{issue['resource_type']}/{rid}"
-        pseudo = psn.pseudonym(ref)
+        pseudo = reference_pseudonym(issue["resource_type"], rid, psn)
         detail = issue["detail"]
         for raw, p in (*raw_ids.items(), (rid, pseudo)):
             detail = detail.replace(raw, p)

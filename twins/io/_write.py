@@ -23,11 +23,17 @@ from ._units import UCUM
 _NAMESPACE = uuid.UUID("6b0f3f52-5d0e-4c55-9a43-4f1f7f2a9e31")  # ids of written resources
 
 
+def reference_pseudonym(rtype: str, rid: str, pseudonymizer: Pseudonymizer) -> str:
+    """The pseudonym of a resource: of the id itself for a Patient (the same as in the
+    records, the audit log and consent refusals), of `Type/id` for any other resource."""
+    return pseudonymizer.pseudonym(rid if rtype == "Patient" else f"{rtype}/{rid}")
+
+
 def _ref(rtype: str, rid: str, pseudonymizer: Pseudonymizer | None) -> str:
     """A reference to `rtype` `rid`: `Type/id`, the `urn:uuid:` itself for a bundle's
     id-less resource, or `Type/<pseudonym>` when a pseudonymizer is given."""
     if pseudonymizer is not None:
-        return f"{rtype}/{pseudonymizer.pseudonym(f'{rtype}/{rid}')}"
+        return f"{rtype}/{reference_pseudonym(rtype, rid, pseudonymizer)}"
     return rid if rid.startswith("urn:") else f"{rtype}/{rid}"
 
 
@@ -84,7 +90,7 @@ def recommendation_request(
     - `patient`: the patient's id as read (`FhirImport.patients` key).
     - `origin`: the aware datetime of the patient's `TIME = 0` (`FhirImport.origins`).
     - `substance`: the drug (`twins.io.SUBSTANCES`), coded by RxNorm.
-    - `pseudonymizer`: when given, `subject` is `Patient/<pseudonym of "Patient/<id>">`.
+    - `pseudonymizer`: when given, `subject` is `Patient/<pseudonym of the id>`.
     - `authored`: `authoredOn` (an aware datetime; default none).
 
     **Returns:** a `fhir.resources.R4B.medicationrequest.MedicationRequest` (validated):
