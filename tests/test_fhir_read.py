@@ -227,3 +227,43 @@ def test_docs_list_every_code_read():
         assert f"`{code}`" in text, code
     for name, substance in tio.SUBSTANCES.items():
         assert f"`{name}`" in text and f"`{substance.rxnorm[0]}`" in text
+
+
+def _genotype(gid, value, gene=None):
+    r = {
+        "resourceType": "Observation", "id": gid, "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "84413-4"}]},
+        "subject": {"reference": "Patient/van-units"}, "effectiveDateTime": "2025-06-01",
+        **value,
+    }  # fmt: skip
+    if gene is not None:
+        r["component"] = [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "48018-6"}]},
+                "valueCodeableConcept": {
+                    "coding": [{"system": "http://www.genenames.org", "code": gene}]
+                },
+            }
+        ]
+    return r
+
+
+def test_genotypes_as_codes_strings_and_gene_prefixes():
+    import json
+
+    bundle = json.loads((DATA / "units.json").read_text())
+
+    def coded(**coding):
+        return {
+            "valueCodeableConcept": {"coding": [{"system": "https://www.pharmvar.org", **coding}]}
+        }
+
+    extra = [
+        _genotype("g-2c19", coded(code="*2/*17"), "HGNC:2621"),  # gene from the component
+        _genotype("g-2d6", {"valueString": "CYP2D6 *1/*4"}),  # gene from the prefix
+        _genotype("g-2c9", coded(display="CYP2C9*1/*2")),
+    ]
+    bundle["entry"] += [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in extra]
+    p = tio.read_fhir(bundle, reference_time=REF_UNITS).patients["van-units"]
+    assert dict(p.genotypes) == {"CYP2C19": "*2/*17", "CYP2C9": "*1/*2", "CYP2D6": "*1/*4"}
+    assert p.phenotype("CYP2D6").phenotype.startswith("Intermediate")
