@@ -170,7 +170,8 @@ def read_fhir(
       datetime, or None (default): each patient's earliest dose or level.
     - `cmt`: the dosing compartment written to `CMT` (1-based, the drug's `dosing.cmt`).
     - `preliminary`: read Observations of status `preliminary` (default: listed, not read).
-    - `lenient`: list malformed or unusable resources in `report` instead of raising.
+    - `lenient`: list malformed or unusable resources in `report` instead of raising (an
+      input that is not a Bundle, not JSON, or an empty folder still raises).
 
     **Returns:** a `FhirImport`.
 
