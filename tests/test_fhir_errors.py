@@ -216,3 +216,20 @@ def test_a_lab_the_model_needs_is_named():
         patient.covariates(required=["CRCL"])
     with pytest.raises(ValueError, match=r"van-units.*SCR"):
         twins.DigitalTwin(twins.drugs.get("vancomycin_goti2018"), patient)
+
+
+def test_two_values_of_one_lab_at_one_time_are_refused():
+    other = copy.deepcopy(
+        next(e["resource"] for e in BASE["entry"] if e["resource"]["id"] == "alb-gl")
+    )
+    other["id"] = "alb-gl-2"
+    other["valueQuantity"]["value"] = 28
+    with pytest.raises(tio.FhirError) as info:
+        tio.read_fhir(_bundle(None, (other,)), reference_time=REF)
+    assert (info.value.resource_type, info.value.resource_id, info.value.field) == (
+        "Observation", "alb-gl-2", "value[x]",
+    )  # fmt: skip
+    assert "different albumin at the same time" in str(info.value)
+    other["valueQuantity"]["value"] = 35  # the same value twice is no conflict
+    result = tio.read_fhir(_bundle(None, (other,)), reference_time=REF)
+    assert result.patients["van-units"].labs["albumin"] == 3.5

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ..governance import Pseudonymizer
 from ._read import FhirImport
 from ._write import reference_pseudonym
@@ -94,8 +96,6 @@ def write_import(
         row.update({f"lab_{k}": v for k, v in sorted(p.labs.items())})
         row.update({f"genotype_{k}": v for k, v in sorted(p.genotypes.items())})
         rows.append(row)
-    import pandas as pd
-
     records = result.records.copy()
     records["ID"] = [patient_psn(i) for i in records["ID"]]
     records["SOURCE"] = [_ref(s, psn) for s in records["SOURCE"]]

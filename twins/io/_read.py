@@ -118,7 +118,19 @@ def _build_patient(r: Resource, values: list[Value], reference_time: dt.datetime
     latest: dict[tuple[str, str], Value] = {}
     for v in sorted(values, key=lambda v: v.time):
         if v.loinc.kind in ("weight", "height", "lab", "genotype"):
-            latest[(v.loinc.kind, v.gene or v.loinc.field)] = v
+            key = (v.loinc.kind, v.gene or v.loinc.field)
+            old = latest.get(key)
+            if old is not None and old.time == v.time and old.value != v.value:
+                rtype, _, rid = v.source.partition("/")
+                raise FhirError(
+                    rtype,
+                    rid,
+                    "value[x]",
+                    f"another Observation gives a different {key[1]} at the same time "
+                    f"({old.value!r} and {v.value!r}); expected one value (mark the wrong "
+                    "one entered-in-error, or correct it as a new version).",
+                )
+            latest[key] = v
     for kind, code in (("weight", "29463-7"), ("height", "8302-2")):
         if (kind, kind) not in latest:
             raise FhirError(

@@ -40,8 +40,10 @@ def registry() -> Any:
     return PintUcumRegistry()
 
 
+@functools.lru_cache(maxsize=512)
 def _unit(code: str) -> Any:
-    """The pint quantity of one UCUM unit code (`ValueError` if it is not UCUM)."""
+    """The pint quantity of one UCUM unit code (`ValueError` if it is not UCUM); cached, as
+    a bulk export repeats a few codes many times."""
     from ucumvert import InvalidUcumError
 
     text = code.strip()
