@@ -233,3 +233,42 @@ def test_two_values_of_one_lab_at_one_time_are_refused():
     other["valueQuantity"]["value"] = 35  # the same value twice is no conflict
     result = tio.read_fhir(_bundle(None, (other,)), reference_time=REF)
     assert result.patients["van-units"].labs["albumin"] == 3.5
+
+
+def _paths(node, prefix=()):
+    """Every (path, value) under a JSON node."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield (*prefix, k), v
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield (*prefix, i), v
+            yield from _paths(v, (*prefix, i))
+
+
+def test_random_damage_is_a_fhir_error_or_read_never_another_error():
+    """A seeded fuzzer: 300 single edits (an element deleted, or replaced by a wrong type
+    or a wrong value) anywhere in the units bundle's resources. Strict reading raises
+    only FhirError (naming a type, id and field) or reads; lenient reading never raises."""
+    import random
+
+    rng = random.Random(16)
+    paths = [p for p in _paths(BASE) if p[0][0] == "entry" and len(p[0]) > 3]
+    replacements = [None, "", "x", -1, 0, 1e308, [], {}, True, "2026-13-45T25:00:00Z", "urn:x"]
+    for _ in range(300):
+        path, _value = rng.choice(paths)
+        b = copy.deepcopy(BASE)
+        node = b
+        for key in path[:-1]:
+            node = node[key]
+        if rng.random() < 0.3 and isinstance(node, dict):
+            del node[path[-1]]
+        else:
+            node[path[-1]] = rng.choice(replacements)
+        try:
+            tio.read_fhir(b, reference_time=REF)
+        except tio.FhirError as error:
+            assert error.resource_type and error.resource_id and error.field
+            assert str(error).startswith(f"{error.resource_type}/{error.resource_id} ")
+        tio.read_fhir(b, reference_time=REF, lenient=True)

@@ -72,9 +72,9 @@ def _validate(raw: Any, full_url: str | None, fallback: str, col: Collector) -> 
         col.fail(FhirError("Resource", fallback, "(resource)", "expected a JSON object."))
         return None
     rtype = raw.get("resourceType")
-    rid = raw.get("id") if isinstance(raw.get("id"), str) else None
+    rid = raw.get("id") if isinstance(raw.get("id"), str) and raw.get("id") else None
     ident = rid or full_url or fallback
-    if not isinstance(rtype, str):
+    if not isinstance(rtype, str) or not rtype.strip():
         col.fail(FhirError("Resource", ident, "resourceType", "expected a resource type."))
         return None
     cls = _model_class(rtype)
