@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import types
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -256,9 +257,9 @@ def read_fhir(
             )
     records, origins = build_records(out_patients, values, doses, origin, cmt, drug)
     return FhirImport(
-        patients=out_patients,
+        patients=types.MappingProxyType(out_patients),
         records=records,
-        origins=origins,
+        origins=types.MappingProxyType(origins),
         consents=tuple(rd.consents),
         proposals=tuple(
             dataclasses.replace(p, time=_rel(p.start, origins.get(p.patient))) for p in rd.proposals
