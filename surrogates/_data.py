@@ -36,10 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from twins.governance import Governance
 from twins.trials import (
     MAX_FAILED_FRACTION,
     TooManyFailuresError,
     Trial,
+    consented_trial,
     model_covariates,
     population_rows,
     seed_keys,
@@ -138,6 +140,7 @@ def training_set(
     parameters: bool = False,
     chunk_size: int = 5_000,
     max_failed_fraction: float = MAX_FAILED_FRACTION,
+    governance: Governance | None = None,
 ) -> TrainingSet:
     """Simulate `n` patients of `arm` (default the first) of `trial` for a surrogate.
 
@@ -151,6 +154,10 @@ def training_set(
       more than this fraction of the `n` patients failed the build stops with
       `twins.trials.TooManyFailuresError` (a `ValueError`). 0: any failure stops it; 1:
       never (but a set with no patient left is refused).
+    - `governance`: a `twins.governance.Governance`, required when the trial's fixed
+      population carries consents (`twins.Population.consents`): only the patients who
+      consented to research are taken (ids as pseudonyms of purpose `"training"`), each
+      refusal and each patient used logged (as `twins.run_trial`).
 
     Without failures the set has `n` rows in patient order; with them, `n` minus the failed,
     every other row the same bits as when the failed patients are replaced by good ones
@@ -180,6 +187,10 @@ def training_set(
         raise ValueError(
             f"training_set: observe must be in [0, {trial.days}) periods, got {observe}."
         )
+    trial = consented_trial(
+        trial, governance, use=f"surrogate training set of trial {trial.name!r}",
+        output_purpose="training",
+    )  # fmt: skip
     sub = Trial(
         **{
             **{f.name: getattr(trial, f.name) for f in dataclasses.fields(trial)},

@@ -27,6 +27,8 @@ from calibration import Laplace as Laplace
 from . import drugs as drugs
 from . import pgx as pgx
 from . import validation as validation
+from ._consented import ConsentRequiredError as ConsentRequiredError
+from ._consented import consented_population as consented_population
 from ._covariates import allometric as allometric
 from ._covariates import bmi as bmi
 from ._covariates import bsa_dubois as bsa_dubois
@@ -104,6 +106,7 @@ __all__ = [
     "Arm",
     "Bolus",
     "Cmax",
+    "ConsentRequiredError",
     "Ctrough",
     "Demographics",
     "DigitalTwin",
@@ -145,6 +148,7 @@ __all__ = [
     "bsa_mosteller",
     "ckd_epi_2021",
     "cockcroft_gault",
+    "consented_population",
     "creatinine_mg_dl_to_umol",
     "creatinine_umol_to_mg_dl",
     "drugs",

@@ -65,6 +65,7 @@ from ._population_table import (
     table_unusual,
     validate_table,
 )
+from .governance import ConsentRegistry
 
 # --- the cohort -----------------------------------------------------------------------------------
 
@@ -83,24 +84,35 @@ class Population:
     - `pop.covariates()` -> dict of arrays with the keys of `Patient.covariates`;
     - `pop.to_dataframe()`, `pop.ids`, `pop.genes`, `pop.labs`, `pop.medications`,
       `pop.unusual` (the plausibility ranges lifted, column -> reason; kept by `pop[mask]`
-      and `subgroup`, not by `to_dataframe`).
+      and `subgroup`, not by `to_dataframe`);
+    - `pop.consents`: the patients' consent decisions (a `twins.governance.ConsentRegistry`
+      given to `from_dataframe`, `from_patients` or `with_consents`, kept by `pop[mask]`
+      and `subgroup`), or None. A population that carries them is a real cohort whose uses
+      are governed: a trial (`twins.run_trial`) or a surrogate training set takes only the
+      patients who consented to research, and logs every refusal (see docs/governance.md).
     """
 
-    __slots__ = ("_frame", "_unusual")
+    __slots__ = ("_consents", "_frame", "_unusual")
     _frame: pd.DataFrame
     _unusual: Mapping[str, str]
+    _consents: ConsentRegistry | None
 
     def __init__(self, frame: pd.DataFrame):
         self._frame = validate_table(_as_frame(frame), missing="error", key=None)
         self._unusual = NO_UNUSUAL
+        self._consents = None
 
     @classmethod
     def _from_valid(
-        cls, frame: pd.DataFrame, unusual: Mapping[str, str] = NO_UNUSUAL
+        cls,
+        frame: pd.DataFrame,
+        unusual: Mapping[str, str] = NO_UNUSUAL,
+        consents: ConsentRegistry | None = None,
     ) -> Population:
         population = object.__new__(cls)
         population._frame = frame
         population._unusual = unusual
+        population._consents = _check_consents(consents)
         return population
 
     # --- constructors --------------------------------------------------------------------
@@ -114,6 +126,7 @@ class Population:
         missing: Literal["error", "impute"] = "error",
         key: Any = None,
         unusual: Mapping[str, str] | None = None,
+        consents: ConsentRegistry | None = None,
     ) -> Population:
         """A population from a table of real patients, every row checked.
 
@@ -142,6 +155,9 @@ class Population:
           height²) and the lab columns `serum_creatinine`, `albumin`, `bilirubin`, `inr`
           that the table has. The hard limits still apply. Every patient of the population
           carries the mapping (`pop[i].unusual`).
+        - `consents`: the patients' consent decisions, by the ids of the `id` column (a
+          `twins.governance.ConsentRegistry`): the population's research uses then take
+          only the patients who consented (see the class docstring).
 
         **Returns:**
 
@@ -174,12 +190,14 @@ class Population:
             frame = frame.drop(columns=drop).rename(columns=rename)
         lifted = table_unusual({} if unusual is None else unusual, frame.columns)
         return cls._from_valid(
-            validate_table(frame, missing=missing, key=key, unusual=lifted), lifted
+            validate_table(frame, missing=missing, key=key, unusual=lifted), lifted, consents
         )
 
     @classmethod
-    def from_patients(cls, patients: Iterable[Patient]) -> Population:
-        """A population from `Patient` objects.
+    def from_patients(
+        cls, patients: Iterable[Patient], *, consents: ConsentRegistry | None = None
+    ) -> Population:
+        """A population from `Patient` objects (`consents`: as in `from_dataframe`).
 
         Every patient must have the same labs, genes and extras (a table column cannot be
         missing for some patients); medications become `med_<name>` flags, False for the
@@ -240,7 +258,7 @@ class Population:
                     reasons[name].append(reason)
         lifted = table_unusual({k: "; ".join(v) for k, v in reasons.items()}, frame.columns)
         return cls._from_valid(
-            validate_table(frame, missing="error", key=None, unusual=lifted), lifted
+            validate_table(frame, missing="error", key=None, unusual=lifted), lifted, consents
         )
 
     @classmethod
@@ -366,7 +384,25 @@ class Population:
         )
 
     def _rows(self, frame: pd.DataFrame) -> Population:
-        return Population._from_valid(frame.reset_index(drop=True), self._unusual)
+        return Population._from_valid(frame.reset_index(drop=True), self._unusual, self._consents)
+
+    def with_consents(self, consents: ConsentRegistry | None) -> Population:
+        """The same patients carrying `consents` (a `ConsentRegistry` keyed by their ids;
+        None: none)."""
+        return Population._from_valid(self._frame, self._unusual, consents)
+
+    def with_ids(self, ids: Iterable[str]) -> Population:
+        """The same patients under new ids (one per row, unique; for pseudonyms), carrying
+        no consents (those were keyed by the old ids)."""
+        new = [str(i) for i in ids]
+        if len(new) != len(self) or len(set(new)) != len(new):
+            raise ValueError(
+                f"with_ids: expected {len(self)} unique ids, got {len(new)} "
+                f"({len(set(new))} unique)."
+            )
+        frame = self._frame.copy()
+        frame["id"] = np.asarray(new, dtype=object)
+        return Population._from_valid(frame, self._unusual, None)
 
     def subgroup(
         self,
@@ -412,6 +448,11 @@ class Population:
     def ids(self) -> np.ndarray:
         """Patient ids, in row order (object array of str)."""
         return self._frame["id"].to_numpy(dtype=object)
+
+    @property
+    def consents(self) -> ConsentRegistry | None:
+        """The patients' consent decisions, or None (see the class docstring)."""
+        return self._consents
 
     @property
     def unusual(self) -> Mapping[str, str]:
@@ -555,6 +596,15 @@ class Population:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _check_consents(consents: Any) -> ConsentRegistry | None:
+    if consents is not None and not isinstance(consents, ConsentRegistry):
+        raise TypeError(
+            "consents must be a twins.governance.ConsentRegistry or None, got "
+            f"{type(consents).__name__}."
+        )
+    return consents
 
 
 def _as_frame(df: Any) -> pd.DataFrame:

@@ -68,6 +68,8 @@ from ._pseudonym import load_pseudonym_key as load_pseudonym_key
 from ._pseudonym import load_pseudonymizer as load_pseudonymizer
 from ._pseudonym import read_pseudonym_key_file as read_pseudonym_key_file
 from ._pseudonym import write_pseudonym_key as write_pseudonym_key
+from ._use import AUDIT_PURPOSE as AUDIT_PURPOSE
+from ._use import Governance as Governance
 from ._verify import AuditReport as AuditReport
 from ._verify import Problem as Problem
 from ._verify import ProblemKind as ProblemKind
@@ -77,6 +79,7 @@ from ._verify import read_heads as read_heads
 from ._verify import verify as verify
 
 __all__ = [
+    "AUDIT_PURPOSE",
     "DEFAULTS",
     "EMPTY_ROOT",
     "GENESIS_HASH",
@@ -95,6 +98,7 @@ __all__ = [
     "ConsistencyProof",
     "Decision",
     "EntryError",
+    "Governance",
     "HeadError",
     "InclusionProof",
     "MasterKey",

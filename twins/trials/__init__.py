@@ -18,6 +18,7 @@ No plotting and no HTML here: the report is `twins.app` (`twins.write_report`).
 from ._arms import Arm as Arm
 from ._arms import DosingArm as DosingArm
 from ._arms import Nomogram as Nomogram
+from ._consent import consented_trial as consented_trial
 from ._endpoints import AUC as AUC
 from ._endpoints import AnyAbove as AnyAbove
 from ._endpoints import Cmax as Cmax
@@ -94,6 +95,7 @@ __all__ = [
     "TooManyFailuresError",
     "Trial",
     "TwinArm",
+    "consented_trial",
     "dose_window",
     "eupact_trial",
     "make_runner",

@@ -31,6 +31,8 @@ from typing import Any
 
 import jax
 
+from ..governance import Governance
+from ._consent import consented_trial
 from ._run import (
     MAX_FAILED_FRACTION,
     TooManyFailuresError,
@@ -133,6 +135,7 @@ def run_trial_ray(
     summary: bool = True,
     report: bool | None = None,
     max_failed_fraction: float = MAX_FAILED_FRACTION,
+    governance: Governance | None = None,
 ) -> Path:
     """Run a trial with one Ray task per chunk and write its results folder; resume it if
     interrupted.
@@ -174,6 +177,8 @@ def run_trial_ray(
       chunks already running finish and are recorded, then `TooManyFailuresError` is
       raised. Checked as each chunk is recorded and on resuming; a larger value resumes a
       stopped run.
+    - `governance`: as in `run_trial` (a real cohort's consents; the workers get only the
+      patients taken, under their pseudonyms).
 
     **Returns:** the results folder.
 
@@ -208,6 +213,9 @@ def run_trial_ray(
     check_max_failed_fraction(max_failed_fraction, "run_trial_ray")
     chunk_size = min(chunk_size, n)
     out = Path(out).resolve()  # the workers need the absolute path
+    trial = consented_trial(
+        trial, governance, use=f"trial {trial.name!r}", output_purpose="results"
+    )
     manifest = prepare_folder(
         trial, out, n=n, seed=seed, chunk_size=chunk_size, trajectories=trajectories
     )

@@ -40,6 +40,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .._population import Population
+from ..governance import Governance
+from ._consent import consented_trial
 from ._folder import PART_FOLDERS, PART_NAME, damaged_parts, durable_replace
 from ._subgroups import NAMED_SUBGROUPS, SubgroupError
 from ._summary import difference_table, endpoint_table, failure_summary, read_results
@@ -485,6 +487,7 @@ def run_trial(
     mesh: Any = None,
     report: bool | None = None,
     max_failed_fraction: float = MAX_FAILED_FRACTION,
+    governance: Governance | None = None,
 ) -> Path:
     """Run a trial and write its results folder; resume it if interrupted.
 
@@ -511,6 +514,11 @@ def run_trial(
       estimates; once more than this fraction of an arm's patients have failed, the run
       stops (`TooManyFailuresError`). 0: any failure stops the run; 1: never. It does not
       change the numbers, so a stopped run resumes with a larger value.
+    - `governance`: a `twins.governance.Governance` (audit log, pseudonym key, actor):
+      required when the trial's fixed population carries consents (`Population.consents`).
+      Only the patients who consented to research at the time of the run are taken
+      (renamed by pseudonyms of purpose `"results"`), each refusal and each patient used is
+      logged; `n` counts the patients taken. Ignored for sampled populations.
 
     **Returns:** the results folder.
 
@@ -535,6 +543,9 @@ def run_trial(
             f"run_trial: chunk_size {chunk_size} must be a multiple of the {mesh.size} devices."
         )
     out = Path(out)
+    trial = consented_trial(
+        trial, governance, use=f"trial {trial.name!r}", output_purpose="results"
+    )
     manifest = prepare_folder(
         trial, out, n=n, seed=seed, chunk_size=chunk_size, trajectories=trajectories
     )
