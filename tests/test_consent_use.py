@@ -6,6 +6,7 @@ name patients by pseudonyms only, and a use without governance is refused."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 import surrogates
 import twins
+import twins.io as tio
 from twins import drugs
 from twins.governance import (
     AuditAction,
@@ -173,3 +175,28 @@ def test_nobody_consented_is_an_error_and_a_virtual_population_is_not_governed(t
         Governance(audit=gov.audit, key=gov.key, at=dt.datetime(2026, 1, 1))
     with pytest.raises(TypeError, match="ConsentRegistry"):
         pop.with_consents({"V00001": "permit"})
+
+
+def test_a_fhir_cohort_enters_a_trial_only_with_consent(tmp_path):
+    """A FHIR bundle's patients and consents (tests/data/fhir/several_patients.json: w-1
+    permits research, w-2 denies it, w-3 permits treatment only) as a trial's cohort."""
+    at = dt.datetime(2026, 4, 5, tzinfo=UTC)
+    bundle = tio.read_fhir(
+        Path(__file__).parent / "data" / "fhir" / "several_patients.json",
+        reference_time=at,
+        substance="warfarin",
+    )
+    pop = bundle.population()
+    assert list(pop.ids) == ["w-1", "w-2", "w-3"] and pop.consents is not None
+    gov = Governance(
+        audit=AuditLog(tmp_path / "audit.jsonl", SIGNING), key=generate_pseudonym_key(), at=at
+    )
+    out = twins.run_trial(_trial(pop), tmp_path / "run", n=1, progress=False, governance=gov)
+    frame = pd.read_parquet(out / "patients")
+    assert list(frame["patient"].astype(str).unique()) == [
+        gov.pseudonymizer("results").pseudonym("w-1")
+    ]
+    audit = gov.pseudonymizer("audit")
+    refusals = [e for e in read_entries(gov.audit.path) if e.action is AuditAction.CONSENT_REFUSAL]
+    assert [e.subject for e in refusals] == [audit.pseudonym("w-2"), audit.pseudonym("w-3")]
+    assert verify(gov.audit.path, SIGNING.public_key()).ok

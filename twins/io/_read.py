@@ -14,6 +14,7 @@ import pandas as pd
 import pkpd
 
 from .._patient import Patient
+from .._population import Population
 from ..governance import Consent, ConsentRegistry
 from ._codes import SUBSTANCES
 from ._dispatch import Proposal, Reading, read_resource
@@ -76,6 +77,14 @@ class FhirImport:
     def consent_registry(self) -> ConsentRegistry:
         """A `ConsentRegistry` of `consents`."""
         return ConsentRegistry(self.consents)
+
+    def population(self) -> Population:
+        """The patients as a `twins.Population` (in id order) carrying their consents: a
+        trial or training set on it takes only those who consented to research
+        (docs/governance.md, 'Where consent is enforced'). Every patient must have the
+        same labs and genes (`Population.from_patients`)."""
+        ordered = [self.patients[k] for k in sorted(self.patients)]
+        return Population.from_patients(ordered, consents=self.consent_registry())
 
     def patient_records(self, patient: str) -> pd.DataFrame:
         """One patient's records (a copy), or `KeyError` naming the patients known."""
