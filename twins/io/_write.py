@@ -149,7 +149,14 @@ def recommendation_request(
         }
     data: dict[str, Any] = {
         "resourceType": "MedicationRequest",
-        "id": _id("recommendation", patient, origin.isoformat(), times[0], amounts[0], interval),
+        "id": _id(
+            "recommendation",
+            _ref("Patient", patient, pseudonymizer),
+            origin.isoformat(),
+            times[0],
+            amounts[0],
+            interval,
+        ),
         "extension": ext,
         "status": "draft",
         "intent": "proposal",
@@ -214,7 +221,9 @@ def forecast_observations(
 
         data = {
             "resourceType": "Observation",
-            "id": _id("forecast", patient, origin.isoformat(), t, med),
+            "id": _id(
+                "forecast", _ref("Patient", patient, pseudonymizer), origin.isoformat(), t, med
+            ),
             "extension": [
                 {"url": TWINS_EXTENSION + "band-level", "valueDecimal": float(forecast.level)}
             ],
