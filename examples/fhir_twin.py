@@ -103,6 +103,10 @@ def _keys(args: argparse.Namespace, out: Path):
     return master, signing, public, demo
 
 
+def _target(t: twins.drugs.Target) -> str:
+    return f"{t.metric} {t.low:g}-{t.high:g} {t.unit}"
+
+
 def _plan_start(data: twins.io.FhirImport, pid: str) -> float:
     """Hours from the patient's origin to the plan's first dose: the reference time, or
     the end of an infusion still running then."""
@@ -185,7 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
         line = []
         for purpose in (Purpose.TREATMENT, Purpose.RESEARCH):
             ok, reason = registry.decide(pid, purpose, ref)
-            why = reason if reason.startswith("no consent") else "by a consent in force"
+            why = "by a consent in force"
+            if reason.startswith("no consent"):
+                why = f"no consent in force, default {'permit' if ok else 'deny'}"
             line.append(f"{purpose.value} {'permitted' if ok else 'DENIED'} ({why})")
         print(f"   patient {i}: " + "; ".join(line))
     for r in refused:
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     forecasts: dict[str, twins.Forecast] = {}
     digital_twins: dict[str, twins.DigitalTwin] = {}
     resources: list[Any] = []
-    print(f"\n3. twins of {drug.name}, target {drug.targets[0]}:")
+    print(f"\n3. twins of {drug.name}, target {_target(drug.targets[0])}:")
     for pid in allowed:
         i, subject = ids.index(pid) + 1, who.pseudonym(pid)
         levels = data.observations(pid)
@@ -235,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "interval_h": rec.interval,
                 "n_doses": rec.n_doses,
                 "first_dose_h": round(start, 6),
-                "target": str(rec.target),
+                "target": _target(rec.target),
                 "probability": rec.probability,
                 "auc24_median": round(rec.metric_median, 6),
             },
