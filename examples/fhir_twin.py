@@ -208,7 +208,11 @@ def main(argv: list[str] | None = None) -> dict:
     for pid in allowed:
         i, subject = ids.index(pid) + 1, who.pseudonym(pid)
         levels = data.observations(pid)
-        twin = twins.DigitalTwin(drug, data.patients[pid]).give(data.regimen(pid))
+        # The doses padded to a power of two (at least 8 events): recommend and forecast
+        # then compile once for every patient with up to that many doses.
+        given = data.regimen(pid)
+        given = given.pad(max(8, 1 << (given.n_events - 1).bit_length()))
+        twin = twins.DigitalTwin(drug, data.patients[pid]).give(given)
         twin.update(levels)
         post = twin.posterior
         log.append(
