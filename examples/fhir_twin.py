@@ -103,6 +103,14 @@ def _keys(args: argparse.Namespace, out: Path):
     return master, signing, public, demo
 
 
+def _digest(path: Path) -> str:
+    """SHA-256 of the bundle file (or of a bulk-data folder's NDJSON files, in name order)."""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.ndjson")) if path.is_dir() else [path]:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def _target(t: twins.drugs.Target) -> str:
     return f"{t.metric} {t.low:g}-{t.high:g} {t.unit}"
 
@@ -148,8 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
     log = AuditLog(out / "audit.jsonl", signing)
 
     # 1. Read the bundle.
-    raw = args.bundle.read_bytes()
-    data = twins.io.read_fhir(args.bundle, reference_time=ref, substance="vancomycin")
+    try:
+        data = twins.io.read_fhir(args.bundle, reference_time=ref, substance="vancomycin")
+    except twins.io.FhirError as error:
+        parser.error(f"{args.bundle} cannot be read (nothing was done with it): {error}")
     ids = sorted(data.patients)
     log.append_many(
         AuditEvent(
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
             who.pseudonym(pid),
             {
                 "operation": "read_fhir",
-                "bundle_sha256": hashlib.sha256(raw).hexdigest(),
+                "bundle_sha256": _digest(args.bundle),
                 "reference_time": ref.isoformat(),
                 "substance": data.substance,
                 "records": len(data.patient_records(pid)),

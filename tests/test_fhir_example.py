@@ -22,7 +22,12 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 import twins.io as tio
-from twins.governance import read_pseudonym_key_file, verify
+from twins.governance import (
+    read_pseudonym_key_file,
+    verify,
+    write_pseudonym_key,
+    write_signing_key,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 INPUT = EXAMPLES / "data" / "fhir_vancomycin.json"
@@ -209,6 +214,25 @@ def test_denied_treatment_gives_no_twin_and_a_logged_refusal(run, tmp_path):
     assert entries[2]["details"]["purpose"] == "treatment"
     text = (out / "recommendation.json").read_text("utf-8")
     assert key.pseudonymizer("results").pseudonym(first) not in text
+
+
+def test_keys_given_are_used_and_none_are_made(tmp_path):
+    keys = tmp_path / "secrets"
+    keys.mkdir(mode=0o700)
+    master = write_pseudonym_key(keys / "pseudonym.key")
+    write_signing_key(keys / "audit.key")
+    out = tmp_path / "out"
+    flags = ["--key-file", str(keys / "pseudonym.key"), "--signing-key", str(keys / "audit.key")]
+    result = _example().main(["--draws", DRAWS, "--out", str(out), *flags])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "audit.jsonl",
+        "audit.jsonl.heads",
+        "recommendation.json",
+    ]
+    assert verify(out / "audit.jsonl", keys / "audit.key.pub").ok and result["verify"].ok
+    first = _patient_ids(_input())[0]
+    text = (out / "recommendation.json").read_text("utf-8")
+    assert f"Patient/{master.pseudonymizer('results').pseudonym(first)}" in text
 
 
 def test_a_non_empty_out_is_refused(tmp_path, capsys):
