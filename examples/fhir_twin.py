@@ -218,25 +218,30 @@ def main(argv: list[str] | None = None) -> dict:
     for pid in allowed:
         i, subject = ids.index(pid) + 1, who.pseudonym(pid)
         levels = data.observations(pid)
+        if not (data.patient_records(pid)["EVID"] == 1).any():
+            print(f"   patient {i}: no {data.substance} doses in the bundle, no twin")
+            continue
         # The doses padded to a power of two (at least 8 events): recommend and forecast
         # then compile once for every patient with up to that many doses.
         given = data.regimen(pid)
         given = given.pad(max(8, 1 << (given.n_events - 1).bit_length()))
         twin = twins.DigitalTwin(drug, data.patients[pid]).give(given)
-        twin.update(levels)
+        if len(levels):  # without levels the twin stays at the prior (a priori dosing)
+            twin.update(levels)
+            log.append(
+                AuditAction.TWIN_UPDATE,
+                actor=ACTOR,
+                subject=subject,
+                details={
+                    "drug": drug.name,
+                    "levels": len(levels),
+                    "method": twin.posterior.method,
+                    "converged": twin.posterior.converged,
+                    "params": {k: round(float(v), 6) for k, v in twin.posterior.params.items()},
+                },
+            )
         post = twin.posterior
-        log.append(
-            AuditAction.TWIN_UPDATE,
-            actor=ACTOR,
-            subject=subject,
-            details={
-                "drug": drug.name,
-                "levels": len(levels),
-                "method": post.method,
-                "converged": post.converged,
-                "params": {k: round(float(v), 6) for k, v in post.params.items()},
-            },
-        )
+        basis = f"MAP of {len(levels)} levels" if len(levels) else "the prior: no levels"
         start = _plan_start(data, pid)
         rec = twin.recommend(
             "AUC24",
@@ -288,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
             pseudonymizer=results,
         )
         print(f"   patient {i}: CL {post.params['CL']:.2f} L/h, V1 {post.params['V1']:.1f} L "
-              f"(MAP of {len(levels)} levels, converged {post.converged})")  # fmt: skip
+              f"({basis}, converged {post.converged})")  # fmt: skip
         print(f"     recommend {rec}")
         print(f"     from {(origin + dt.timedelta(hours=start)).isoformat()}, {rec.n_doses} doses; "
               f"forecast median {fc.median.min():.1f}-{fc.median.max():.1f} mg/L "
@@ -314,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"\n4. wrote {bundle_path}: {len(recommendations)} MedicationRequest(s) "
           f"(intent=proposal), {len(resources) - len(recommendations)} forecast "
-          "Observation(s) with derivedFrom; subjects as pseudonyms")  # fmt: skip
+          "Observation(s) (derivedFrom: the levels used); subjects as pseudonyms")  # fmt: skip
 
     # 5. The audit log, verified from the files and the public key alone.
     report = verify(log.path, public if public is not None else signing.public_key())
