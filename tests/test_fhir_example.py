@@ -242,3 +242,14 @@ def test_a_non_empty_out_is_refused(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "is not empty" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["something.txt"]
+
+
+def test_shipped_bundle_is_what_its_generator_writes():
+    spec = importlib.util.spec_from_file_location(
+        "make_fhir_vancomycin", EXAMPLES / "data" / "make_fhir_vancomycin.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.bundle() == _input()
+    Bundle.model_validate(_input())
