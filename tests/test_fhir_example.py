@@ -6,7 +6,8 @@ the audit log verifies, holds the expected actions in order, and a one-byte edit
 naming the entry; no file written holds a raw id, name or birth date of the input; a
 denied treatment consent gives no twin and a logged refusal; a non-empty --out is refused.
 
-One run of the example (one compilation of the twin's functions) serves the module."""
+The example runs three times in one test (default keys; a treatment denied; keys passed),
+compiling the twin's functions once."""
 
 from __future__ import annotations
 
@@ -52,13 +53,6 @@ def _patient_ids(bundle: dict) -> list[str]:
                   if e["resource"]["resourceType"] == "Patient")  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fhir_twin") / "out"
-    result = _example().main(["--draws", DRAWS, "--out", str(out)])
-    return out, result
-
-
 def _results_pseudonyms(out: Path) -> dict[str, str]:
     """pseudonym -> raw patient id, as the holder of the (demo) key computes them."""
     key = read_pseudonym_key_file(out / "keys" / "pseudonym.key")
@@ -66,8 +60,7 @@ def _results_pseudonyms(out: Path) -> dict[str, str]:
     return {psn.pseudonym(pid): pid for pid in _patient_ids(_input())}
 
 
-def test_written_bundle_is_valid_r4b(run):
-    out, result = run
+def _check_written_bundle_is_valid_r4b(out, result):
     assert result["bundle"] == out / "recommendation.json"
     bundle = Bundle.model_validate_json((out / "recommendation.json").read_text("utf-8"))
     types = [e.resource.get_resource_type() for e in bundle.entry]
@@ -84,8 +77,7 @@ def test_written_bundle_is_valid_r4b(run):
             )
 
 
-def test_read_back_gives_the_recommendations(run):
-    out, result = run
+def _check_read_back_gives_the_recommendations(out, result):
     back = _results_pseudonyms(out)
     written = json.loads((out / "recommendation.json").read_text("utf-8"))
     for e in written["entry"]:  # the key holder links the proposals to the patients again
@@ -112,8 +104,7 @@ def test_read_back_gives_the_recommendations(run):
     assert len(read.records) == len(tio.read_fhir(_input(), reference_time=REF).records)
 
 
-def test_recommended_auc24_in_window(run):
-    _, result = run
+def _check_recommended_auc24_in_window(result):
     for pid, rec in result["recommendations"].items():
         assert 400.0 <= rec.metric_median <= 600.0
         # the AUC of the last 24 h of the plan, by the trapezoid rule over forecast draws
@@ -135,8 +126,7 @@ def _actions(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text("utf-8").splitlines()]
 
 
-def test_audit_log_verifies_with_the_actions_in_order(run):
-    out, result = run
+def _check_audit_log_verifies_with_the_actions_in_order(out, result):
     log = out / "audit.jsonl"
     report = verify(log, out / "keys" / "audit-signing.key.pub")
     assert report.ok and not report.tampered and report.first_bad is None
@@ -148,11 +138,11 @@ def test_audit_log_verifies_with_the_actions_in_order(run):
     assert entries[-1]["details"]["file"] == "recommendation.json"
 
 
-def test_one_byte_edit_of_the_log_is_detected_naming_the_entry(run, tmp_path):
-    out, _ = run
-    log = tmp_path / "audit.jsonl"
+def _check_one_byte_edit_of_the_log_is_detected_naming_the_entry(out, folder):
+    folder.mkdir()
+    log = folder / "audit.jsonl"
     shutil.copy(out / "audit.jsonl", log)
-    shutil.copy(out / "audit.jsonl.heads", tmp_path / "audit.jsonl.heads")
+    shutil.copy(out / "audit.jsonl.heads", folder / "audit.jsonl.heads")
     lines = log.read_bytes().split(b"\n")
     assert json.loads(lines[5])["action"] == "twin-update"  # entry 5: the second twin's
     at = lines[5].index(b'"levels":') + len(b'"levels":')
@@ -168,8 +158,7 @@ def test_one_byte_edit_of_the_log_is_detected_naming_the_entry(run, tmp_path):
     assert "entry 5" in report.summary()
 
 
-def test_no_output_holds_raw_identifiers(run):
-    out, _ = run
+def _check_no_output_holds_raw_identifiers(out):
     secrets = set()
     for e in _input()["entry"]:
         r = e["resource"]
@@ -188,16 +177,17 @@ def test_no_output_holds_raw_identifiers(run):
             assert s.encode("utf-8") not in data, f"{path.name} holds {s!r} of the input"
 
 
-def test_denied_treatment_gives_no_twin_and_a_logged_refusal(run, tmp_path):
+def _check_denied_treatment_gives_no_twin_and_a_logged_refusal(folder):
+    folder.mkdir()
     bundle = copy.deepcopy(_input())
     first, second = _patient_ids(bundle)
     for e in bundle["entry"]:
         r = e["resource"]
         if r["resourceType"] == "Consent" and r["patient"]["reference"] == f"Patient/{first}":
             r["provision"]["type"] = "deny"  # the first patient now refuses treatment
-    path = tmp_path / "bundle.json"
+    path = folder / "bundle.json"
     path.write_text(json.dumps(bundle), encoding="utf-8")
-    out = tmp_path / "out"
+    out = folder / "out"
     result = _example().main(["--draws", DRAWS, "--out", str(out), "--bundle", str(path)])
     assert [r.patient for r in result["refused"]] == [first]
     assert list(result["recommendations"]) == [second]
@@ -216,12 +206,13 @@ def test_denied_treatment_gives_no_twin_and_a_logged_refusal(run, tmp_path):
     assert key.pseudonymizer("results").pseudonym(first) not in text
 
 
-def test_keys_given_are_used_and_none_are_made(tmp_path):
-    keys = tmp_path / "secrets"
+def _check_keys_given_are_used_and_none_are_made(folder):
+    folder.mkdir()
+    keys = folder / "secrets"
     keys.mkdir(mode=0o700)
     master = write_pseudonym_key(keys / "pseudonym.key")
     write_signing_key(keys / "audit.key")
-    out = tmp_path / "out"
+    out = folder / "out"
     flags = ["--key-file", str(keys / "pseudonym.key"), "--signing-key", str(keys / "audit.key")]
     result = _example().main(["--draws", DRAWS, "--out", str(out), *flags])
     assert sorted(p.name for p in out.iterdir()) == [
@@ -233,6 +224,21 @@ def test_keys_given_are_used_and_none_are_made(tmp_path):
     first = _patient_ids(_input())[0]
     text = (out / "recommendation.json").read_text("utf-8")
     assert f"Patient/{master.pseudonymizer('results').pseudonym(first)}" in text
+
+
+def test_fhir_twin_example_end_to_end(tmp_path):
+    """One test, so that the example's later runs reuse the first run's compiled functions
+    (also when make test spreads tests over workers)."""
+    out = tmp_path / "out"
+    result = _example().main(["--draws", DRAWS, "--out", str(out)])
+    _check_written_bundle_is_valid_r4b(out, result)
+    _check_read_back_gives_the_recommendations(out, result)
+    _check_recommended_auc24_in_window(result)
+    _check_audit_log_verifies_with_the_actions_in_order(out, result)
+    _check_one_byte_edit_of_the_log_is_detected_naming_the_entry(out, tmp_path / "tampered")
+    _check_no_output_holds_raw_identifiers(out)
+    _check_denied_treatment_gives_no_twin_and_a_logged_refusal(tmp_path / "denied")
+    _check_keys_given_are_used_and_none_are_made(tmp_path / "keys")
 
 
 def test_a_non_empty_out_is_refused(tmp_path, capsys):
