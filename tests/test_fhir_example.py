@@ -202,6 +202,7 @@ def _check_denied_treatment_gives_no_twin_and_a_logged_refusal(folder):
     key = read_pseudonym_key_file(out / "keys" / "pseudonym.key")
     assert entries[2]["subject"] == key.pseudonymizer("audit").pseudonym(first)
     assert entries[2]["details"]["purpose"] == "treatment"
+    _check_no_output_holds_raw_identifiers(out)  # the refusal names the consent by pseudonym
     text = (out / "recommendation.json").read_text("utf-8")
     assert key.pseudonymizer("results").pseudonym(first) not in text
 
