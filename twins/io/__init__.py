@@ -12,6 +12,11 @@
   Observations with `derivedFrom` the levels used, subjects pseudonymised on request.
 - `write_import(...)`: the pseudonymised records, patients and report of an import into
   a new or empty folder (`twins fhir import`).
+- `inspect_resource(resource, *, substances=...)`: one resource of a stream, validated and
+  read on its own (`ResourceInfo`: type, id, version, patient, time, substances).
+- `TwinService`: live twins fed by FHIR messages (SQLite-backed, idempotent, order-proof,
+  dead letters, audit log); `serve_mqtt` runs one on an MQTT broker (`twins serve`). See
+  docs/live-twins.md.
 - Tables: `LOINC` (observation codes read), `SUBSTANCES`, `HGNC`, `RECORD_COLUMNS`.
 
 See docs/fhir.md.
@@ -34,6 +39,11 @@ from ._read import ForecastPoint as ForecastPoint
 from ._read import Proposal as Proposal
 from ._read import read_fhir as read_fhir
 from ._records import RECORD_COLUMNS as RECORD_COLUMNS
+from ._service import Receipt as Receipt
+from ._service import Topics as Topics
+from ._service import TwinService as TwinService
+from ._stream_read import ResourceInfo as ResourceInfo
+from ._stream_read import inspect_resource as inspect_resource
 from ._units import convert as convert_ucum
 from ._write import fhir_bundle as fhir_bundle
 from ._write import forecast_observations as forecast_observations
@@ -53,11 +63,16 @@ __all__ = [
     "LoincCode",
     "OutputFolderError",
     "Proposal",
+    "Receipt",
+    "ResourceInfo",
     "Substance",
+    "Topics",
+    "TwinService",
     "claim_empty_folder",
     "convert_ucum",
     "fhir_bundle",
     "forecast_observations",
+    "inspect_resource",
     "read_fhir",
     "recommendation_request",
     "write_import",

@@ -120,6 +120,17 @@ def _gender(r: Resource) -> str:
     return g
 
 
+def check_patient(r: Resource) -> dt.date:
+    """What a Patient resource alone must give (`gender` female/male, a full `birthDate`):
+    its birth date, or `FhirError` naming the field."""
+    birth = r.model.birthDate
+    if not isinstance(birth, dt.date):
+        detail = "a partial date (year or month only)" if birth is not None else "none"
+        raise FhirError(r.rtype, r.rid, "birthDate", f"expected a full date, got {detail}.")
+    _gender(r)
+    return birth
+
+
 def _build_patient(r: Resource, values: list[Value], reference_time: dt.datetime) -> Patient:
     birth = r.model.birthDate
     if not isinstance(birth, dt.date):

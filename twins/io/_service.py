@@ -1,0 +1,484 @@
+"""`TwinService`: live digital twins fed by FHIR R4 messages (see docs/live-twins.md).
+
+The service keeps one `DigitalTwin` per (pseudonymised) patient and drug. Its two steps:
+
+1. `receive(topic, payload)`: a message (one FHIR resource as JSON) is checked by
+   `inspect_resource` and stored in the `ServiceStore` (one SQLite transaction) before it
+   is acknowledged; a duplicate (same type, id and version, same content) changes nothing;
+   anything unusable becomes a dead letter with the reason. Nothing raises.
+2. `process()`: the messages received since the last call are processed together. Each
+   patient they concern is rebuilt once, from its stored messages (`replay`), as of the
+   last message of the batch; then the twin's dose recommendation and forecast are written
+   as FHIR (subjects as pseudonyms) to the outbox, every update, recommendation, forecast
+   and consent refusal to the audit log (one signed append per batch), and the messages are
+   marked processed, in one transaction.
+
+A crash between the audit append and that commit would repeat the batch on restart: the
+service reads the log when it starts, and a batch already logged is not logged again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+
+from .._twin import DigitalTwin
+from ..drugs import Drug
+from ..governance import (
+    AuditAction,
+    AuditEvent,
+    Governance,
+    read_entries,
+)
+from ._codes import SUBSTANCES
+from ._errors import FhirError
+from ._service_store import ServiceStore, StoredMessage, digest
+from ._service_twin import Replay, outputs, posterior_json, replay
+from ._stream_read import inspect_resource
+from ._write import reference_pseudonym
+
+log = logging.getLogger("twins.serve")
+
+STREAMED = ("Patient", "Observation", "MedicationAdministration", "Consent")
+
+
+@dataclasses.dataclass(frozen=True)
+class Topics:
+    """The MQTT topics of one site (docs/live-twins.md):
+
+    - `twins/<site>/in/<ResourceType>`: messages in (`Patient`, `Observation`,
+      `MedicationAdministration`, `Consent`); `subscription` is `twins/<site>/in/+`;
+    - `twins/<site>/out/recommendation`, `twins/<site>/out/forecast`: results;
+    - `twins/<site>/dead-letter`: what could not be used, with the reason;
+    - `twins/<site>/status`: the service's status (retained).
+    """
+
+    site: str
+
+    def __post_init__(self):
+        if (
+            not self.site
+            or any(c in self.site for c in "/+#\x00")
+            or self.site != self.site.strip()
+        ):
+            raise ValueError(
+                f"Topics: the site must be a non-empty name without '/', '+', '#' or spaces "
+                f"at its ends, got {self.site!r}."
+            )
+
+    def input(self, resource_type: str) -> str:
+        return f"twins/{self.site}/in/{resource_type}"
+
+    @property
+    def subscription(self) -> str:
+        return f"twins/{self.site}/in/+"
+
+    @property
+    def recommendation(self) -> str:
+        return f"twins/{self.site}/out/recommendation"
+
+    @property
+    def forecast(self) -> str:
+        return f"twins/{self.site}/out/forecast"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"twins/{self.site}/dead-letter"
+
+    @property
+    def status(self) -> str:
+        return f"twins/{self.site}/status"
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """What `receive` did: `outcome` `"stored"`, `"duplicate"` or `"dead-letter"`;
+    `message` (the stored message's number) or `dead_letter` (its number); `reason`."""
+
+    outcome: str
+    message: int | None = None
+    dead_letter: int | None = None
+    reason: str = ""
+
+
+class TwinService:
+    """Live twins of one site (see the module docstring and docs/live-twins.md).
+
+    **Arguments:**
+
+    - `store`: the SQLite database file (created if missing; reopened after a restart).
+    - `site`: the site's name in the topics (`Topics`).
+    - `drugs`: substance (`twins.io.SUBSTANCES` name) -> `twins.Drug` of its twins, e.g.
+      `{"vancomycin": twins.drugs.get("vancomycin_goti2018")}`.
+    - `governance`: the audit log, pseudonym key and actor (`twins.governance.Governance`):
+      outputs name patients and resources by pseudonyms of purpose `"results"`, the log by
+      pseudonyms of purpose `"audit"`.
+    - `intervals`: dosing intervals (h) the recommendation chooses from (default: the
+      drug's usual one); `forecast_hours`: forecast times (h) from the plan's first dose.
+    - `n_draws`: posterior draws of the recommendation and forecast; `seed`: their key
+      (folded with the batch's last message number, so a rerun gives the same numbers).
+    - `batch_size`: at most this many messages per `process()` call.
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike,
+        *,
+        site: str,
+        drugs: Mapping[str, Drug],
+        governance: Governance,
+        intervals: Sequence[float] | None = None,
+        forecast_hours: Sequence[float] = (0.0, 6.0, 12.0, 24.0),
+        n_draws: int = 200,
+        seed: int = 0,
+        batch_size: int = 256,
+    ):
+        if not drugs or any(s not in SUBSTANCES for s in drugs):
+            raise ValueError(
+                f"TwinService: drugs must map names of {list(SUBSTANCES)} to twins.Drug, "
+                f"got {list(drugs)}."
+            )
+        for s, d in drugs.items():
+            if not isinstance(d, Drug):
+                raise TypeError(f"TwinService: drugs[{s!r}] must be a twins.Drug, got {d!r}.")
+        if not isinstance(governance, Governance):
+            raise TypeError(f"TwinService: expected a Governance, got {governance!r}.")
+        self.topics = Topics(site)
+        self.drugs = dict(drugs)
+        self.governance = governance
+        self.intervals = None if intervals is None else tuple(float(i) for i in intervals)
+        self.forecast_hours = tuple(float(h) for h in forecast_hours)
+        self.n_draws = int(n_draws)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.store = ServiceStore(store)
+        self._results = governance.pseudonymizer("results")
+        self._audit_names = governance.pseudonymizer("audit")
+        self._twins: dict[tuple[str, str], DigitalTwin] = {}
+        self._logged = self._logged_messages()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def receive(self, topic: str, payload: bytes | str) -> Receipt:
+        """Check and store one message (see the module docstring); never raises for bad
+        input: a dead letter says why."""
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        try:
+            return self._receive(topic, data)
+        except _Dead as dead:
+            return self._dead(topic, data, str(dead), None)
+
+    def _receive(self, topic: str, data: bytes) -> Receipt:
+        prefix = self.topics.input("")
+        if not topic.startswith(prefix) or topic[len(prefix) :] not in STREAMED:
+            raise _Dead(f"topic {topic!r}: expected {prefix}<one of {list(STREAMED)}>")
+        expected = topic[len(prefix) :]
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise _Dead(f"not UTF-8 JSON: {error}") from None
+        if not isinstance(raw, dict):
+            raise _Dead(f"expected a JSON object (a FHIR resource), got {type(raw).__name__}")
+        if raw.get("resourceType") != expected:
+            raise _Dead(
+                f"the topic is for {expected} resources, got resourceType "
+                f"{raw.get('resourceType')!r}"
+            )
+        try:
+            info = inspect_resource(raw, substances=list(self.drugs))
+        except FhirError as error:
+            raise _Dead(str(error)) from None
+        except Exception as error:  # any other failure of a reader is the input's fault
+            raise _Dead(f"{expected}: cannot be read ({type(error).__name__}: {error})") from None
+        where = f"{info.resource_type}/{info.id}"
+        version = info.version or ""
+        if version and not version.isdigit():
+            raise _Dead(
+                f"{where} meta.versionId: expected a whole number (versions are ordered by "
+                f"it), got {version!r}"
+            )
+        if not info.read and info.status != "entered-in-error":
+            why = "; ".join(f"{i.field}: {i.detail}" for i in info.notes) or "not read"
+            raise _Dead(f"{where} is not used by this service ({why})")
+        if info.resource_type != "Patient" and not self.store.has_patient(info.patient):
+            raise _Dead(
+                f"{where}: unknown patient Patient/{info.patient} (send its Patient resource "
+                "first, then this message again)"
+            )
+        payload = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+        with self.store.transaction() as db:
+            old = self.store.find(info.resource_type, info.id, version)
+            if old is not None:
+                if old[1] == digest(payload):
+                    return Receipt("duplicate", message=old[0])
+                raise _Dead(
+                    f"{where} meta.versionId: a different resource with the same id and version "
+                    f"({version or 'none'}) was received before; expected a new versionId"
+                )
+            seq = self.store.add_message(
+                db,
+                rtype=info.resource_type,
+                rid=info.id,
+                version=version,
+                patient=info.patient,
+                time=info.time,
+                status=info.status,
+                topic=topic,
+                payload=payload,
+            )
+        return Receipt("stored", message=seq)
+
+    def _dead(self, topic: str, data: bytes, reason: str, message: int | None) -> Receipt:
+        log.warning("dead letter (%s): %s", topic, reason)
+        with self.store.transaction() as db:
+            seq = self._dead_in(db, topic, data, reason, message)
+        return Receipt("dead-letter", dead_letter=seq, reason=reason)
+
+    def _dead_in(self, db, topic: str, data: bytes, reason: str, message: int | None) -> int:
+        seq = self.store.add_dead_letter(
+            db, topic=topic, payload=data, reason=reason, message=message
+        )
+        body = {"dead_letter": seq, "topic": topic, "reason": reason, "message": message}
+        self.store.add_output(db, self.topics.dead_letter, json.dumps(body, sort_keys=True))
+        return seq
+
+    # --- processing ----------------------------------------------------------------------
+
+    def _logged_messages(self) -> set[int]:
+        """The message numbers that batches already in the audit log name."""
+        path = self.governance.audit.path
+        if not os.path.exists(path):
+            return set()
+        done: set[int] = set()
+        for e in read_entries(path):
+            if e.actor == self.governance.actor and isinstance(e.details, Mapping):
+                for seq in e.details.get("messages", ()) or ():
+                    if isinstance(seq, int):
+                        done.add(seq)
+        return done
+
+    def process(self) -> list[tuple[str, dict[str, Any]]]:
+        """Process the messages received and not yet processed (at most `batch_size`).
+
+        **Returns:** the outputs written to the outbox, as `(topic, JSON)`.
+        """
+        batch = self.store.pending(self.batch_size)
+        if not batch:
+            return []
+        redo = [m.seq for m in batch if m.seq in self._logged]
+        if redo:  # a batch logged before a crash: the same messages again, not logged again
+            batch = [m for m in batch if m.seq <= max(redo)]
+        asof = max(m.seq for m in batch)
+        by_patient: dict[str, list[StoredMessage]] = {}
+        for m in batch:
+            by_patient.setdefault(m.patient, []).append(m)
+        events: list[AuditEvent] = []
+        out: list[tuple[str, dict[str, Any]]] = []
+        dead: list[tuple[StoredMessage, str]] = []
+        rejected: list[tuple[StoredMessage, str]] = []
+        twins: list[tuple[str, str, DigitalTwin | None]] = []
+        notes: dict[int, str] = {}
+        for pid, mine in by_patient.items():
+            history = self.store.history(pid, asof)
+            for substance, drug in self.drugs.items():
+                r = replay(
+                    history,
+                    patient=pid,
+                    substance=substance,
+                    drug=drug,
+                    asof=asof,
+                    pseudonym=self._results.pseudonym(pid),
+                )
+                for m in mine:
+                    if (m.rtype, m.rid) in r.errors:
+                        rejected.append((m, r.errors[(m.rtype, m.rid)]))
+                self._one(r, mine, events, out, dead, twins, notes)
+        if not redo:
+            self.governance.audit.append_many(events)
+        with self.store.transaction() as db:
+            for m, reason in rejected:
+                self.store.set_state(db, [m.seq], "rejected", reason)
+                self._dead_in(db, m.topic, m.payload.encode(), reason, m.seq)
+            for m, reason in dead:
+                self._dead_in(db, m.topic, m.payload.encode(), reason, m.seq)
+            bad = {m.seq for m, _ in rejected}
+            for m in batch:
+                if m.seq not in bad:
+                    self.store.set_state(db, [m.seq], "done", notes.get(m.seq))
+            for pid, substance, twin in twins:
+                name = self._results.pseudonym(pid)
+                if twin is None:
+                    db.execute(
+                        "DELETE FROM twins WHERE patient=? AND substance=?", (name, substance)
+                    )
+                else:
+                    self.store.put_twin(db, name, substance, posterior_json(twin), asof)
+            for topic, body in out:
+                self.store.add_output(db, topic, json.dumps(body, sort_keys=True))
+        for m, reason in [*rejected, *dead]:
+            log.warning("dead letter (message %d, %s): %s", m.seq, m.topic, reason)
+        for pid, substance, twin in twins:
+            key = (self._results.pseudonym(pid), substance)
+            if twin is None:
+                self._twins.pop(key, None)
+            else:
+                self._twins[key] = twin
+        return out
+
+    def _one(self, r: Replay, mine, events, out, dead, twins, notes) -> None:
+        pid, substance = r.patient, r.substance
+        seqs = sorted(m.seq for m in mine)
+        subject = self._audit_names.pseudonym(pid)
+        actor = self.governance.actor
+        if r.refused is not None:
+            reason, source = r.refused
+            details: dict[str, Any] = {
+                "purpose": "treatment",
+                "at": r.reference_time.isoformat() if r.reference_time else None,
+                "drug": self.drugs[substance].name,
+                "messages": seqs,
+            }
+            if source:
+                details["reason"] = "denied by a consent in force"
+                details["consent"] = self._audit_names.pseudonym(source)
+            else:
+                details["reason"] = reason
+            events.append(AuditEvent(AuditAction.CONSENT_REFUSAL, actor, subject, details))
+            for m in mine:
+                if m.rtype not in ("Patient", "Consent"):
+                    dead.append((m, f"{m.rtype}/{m.rid}: consent forbids treatment ({reason})"))
+            twins.append((pid, substance, None))
+            return
+        if r.twin is None:
+            for m in mine:
+                notes.setdefault(m.seq, f"{substance}: {r.waiting}")
+            twins.append((pid, substance, None))  # e.g. its only dose retracted
+            return
+        cause = max(mine, key=lambda m: m.seq)
+        key = jax.random.fold_in(jax.random.key(self.seed), r.asof)
+        res = outputs(
+            r,
+            results=self._results,
+            intervals=self.intervals,
+            forecast_hours=self.forecast_hours,
+            n_draws=self.n_draws,
+            key=key,
+        )
+        post = r.twin.posterior
+        drug = self.drugs[substance].name
+        audit_cause = reference_pseudonym(cause.rtype, cause.rid, self._audit_names)
+        base = {"drug": drug, "messages": seqs, "cause": audit_cause, "asof": r.asof}
+        events.append(
+            AuditEvent(
+                AuditAction.TWIN_UPDATE,
+                actor,
+                subject,
+                {
+                    **base,
+                    "method": post.method,
+                    "levels": int(post.n_observations),
+                    "converged": bool(post.converged),
+                    "mode": [round(float(x), 9) for x in post.mode],
+                },
+            )
+        )
+        rec = res.recommendation
+        events.append(
+            AuditEvent(
+                AuditAction.RECOMMENDATION,
+                actor,
+                subject,
+                {
+                    **base,
+                    "dose_mg": round(float(rec.dose), 6),
+                    "interval_h": float(rec.interval),
+                    "n_doses": int(rec.n_doses),
+                    "first_dose_h": round(res.start, 6),
+                    "probability": float(rec.probability),
+                },
+            )
+        )
+        fc = res.forecast
+        events.append(
+            AuditEvent(
+                AuditAction.FORECAST,
+                actor,
+                subject,
+                {
+                    **base,
+                    "times_h": [round(float(t), 6) for t in fc.times],
+                    "median": [round(float(v), 6) for v in fc.median],
+                    "band_level": float(fc.level),
+                },
+            )
+        )
+        envelope = {
+            "patient": f"Patient/{self._results.pseudonym(pid)}",
+            "substance": substance,
+            "cause": {
+                "reference": f"{cause.rtype}/"
+                + reference_pseudonym(cause.rtype, cause.rid, self._results),
+                "versionId": cause.version or None,
+                "message": cause.seq,
+            },
+            "messages": seqs,
+            "asof": r.asof,
+            "reference_time": r.reference_time.isoformat() if r.reference_time else None,
+        }
+        out.append((self.topics.recommendation, {**envelope, "resource": res.request}))
+        out.append((self.topics.forecast, {**envelope, "resource": res.observations}))
+        twins.append((pid, substance, r.twin))
+
+    # --- what it holds -------------------------------------------------------------------
+
+    def twin(self, patient: str, substance: str) -> DigitalTwin | None:
+        """The twin of `patient` (the raw id, as in the messages) on `substance`, rebuilt
+        from the stored messages processed so far (`None`: no twin)."""
+        key = (self._results.pseudonym(patient), substance)
+        if key in self._twins:
+            return self._twins[key]
+        done = [m.seq for m in self.store.messages() if m.state != "pending"]
+        if not done:
+            return None
+        r = replay(
+            self.store.history(patient, max(done)),
+            patient=patient,
+            substance=substance,
+            drug=self.drugs[substance],
+            asof=max(done),
+            pseudonym=key[0],
+        )
+        if r.twin is not None:
+            self._twins[key] = r.twin
+        return r.twin
+
+    def posteriors(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """`(pseudonym, substance) -> posterior` (JSON: mode, cov, params, ...) of every
+        twin, as stored; the pseudonym is the patient's, of purpose `"results"`."""
+        return self.store.twins()
+
+    def status(self) -> dict[str, Any]:
+        """Counts: twins, messages by state, dead letters, outputs not yet published."""
+        states: dict[str, int] = {}
+        for m in self.store.messages():
+            states[m.state] = states.get(m.state, 0) + 1
+        return {
+            "site": self.topics.site,
+            "twins": len(self.store.twins()),
+            "messages": states,
+            "dead_letters": len(self.store.dead_letters()),
+            "unpublished": len(self.store.unpublished()),
+        }
+
+
+class _Dead(Exception):
+    """A message that cannot be used (the reason)."""

@@ -1,0 +1,192 @@
+"""A twin rebuilt from a patient's stored messages (the service's replay), and the FHIR
+outputs of one update: the recommendation (a MedicationRequest of `intent = proposal`) and
+the forecast (Observations), subjects as pseudonyms.
+
+The twin is a function of the messages alone: the patient's current resources (the latest
+version of each, as of a message number) go through `read_fhir` as one bundle, at the
+reference time of the latest level, lab or dose among them. So the same messages give the
+same twin, whatever order they came in, and a restarted service rebuilds what it had.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from .._twin import DigitalTwin
+from ..drugs import Drug
+from ..governance import Pseudonymizer, Purpose
+from ._codes import SUBSTANCES
+from ._read import FhirImport, read_fhir
+from ._service_store import StoredMessage
+from ._write import fhir_bundle, forecast_observations, recommendation_request
+
+
+@dataclasses.dataclass
+class Replay:
+    """What replaying a patient's messages for one substance gave.
+
+    - `patient`, `substance`, `asof` (the last message number included), `reference_time`
+      (`None`: no level, lab or dose yet), `data` (the `FhirImport`; `None` without a
+      reference time).
+    - `twin`: the calibrated `DigitalTwin`, or `None`, with `waiting` saying why (no dose of
+      the substance yet, the patient's covariates incomplete, ...) or `refused` (the
+      consent decision that forbids treatment).
+    - `errors`: `(resource type, id) -> reason` for resources `read_fhir` could not read.
+    """
+
+    patient: str
+    substance: str
+    asof: int
+    reference_time: dt.datetime | None
+    data: FhirImport | None = None
+    twin: DigitalTwin | None = None
+    waiting: str | None = None
+    refused: tuple[str, str] | None = None
+    errors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+
+
+def bundle_of(messages: Sequence[StoredMessage]) -> dict[str, Any]:
+    """The messages' resources as one collection Bundle (in the order given)."""
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": json.loads(m.payload)} for m in messages],
+    }
+
+
+def reference_time(messages: Sequence[StoredMessage]) -> dt.datetime | None:
+    """The time of the latest level, lab, vital sign or dose among `messages` that is not
+    retracted (`entered-in-error`), or `None`."""
+    times = [m.time for m in messages if m.time is not None and m.status != "entered-in-error"]
+    return max(times) if times else None
+
+
+def replay(
+    messages: Sequence[StoredMessage],
+    *,
+    patient: str,
+    substance: str,
+    drug: Drug,
+    asof: int,
+    pseudonym: str,
+) -> Replay:
+    """Rebuild the twin of `patient` on `substance` from `messages` (`ServiceStore.history`).
+
+    The twin's patient is named by `pseudonym` (the twin never holds the raw id).
+    """
+    at = reference_time(messages)
+    out = Replay(patient, substance, asof, at)
+    if at is None:
+        out.waiting = "no level, lab or dose yet"
+        return out
+    data = read_fhir(bundle_of(messages), reference_time=at, substance=substance, lenient=True)
+    out.data = data
+    for issue in data.report.errors:
+        if (issue.resource_type, issue.resource_id) != ("Patient", patient):
+            out.errors[(issue.resource_type, issue.resource_id)] = issue.detail
+    if patient not in data.patients:
+        why = [i.detail for i in data.report.errors if i.resource_id == patient]
+        out.waiting = "the patient cannot be built yet: " + ("; ".join(why) or "no Patient")
+        return out
+    doses = data.patient_records(patient)
+    if not (doses["EVID"] == 1).any():
+        out.waiting = f"no dose of {substance} yet"
+        return out
+    allowed, reason = data.consent_registry().decide(patient, Purpose.TREATMENT, at)
+    if not allowed:
+        sources = [
+            c.source
+            for c in data.consents
+            if c.patient == patient and c.purpose is Purpose.TREATMENT and c.in_force(at)
+        ]
+        out.refused = (reason, sources[0] if sources else "")
+        return out
+    person = dataclasses.replace(data.patients[patient], id=pseudonym)
+    twin = DigitalTwin(drug, person)
+    twin.give(data.regimen(patient))
+    levels = data.observations(patient)
+    if len(levels):
+        twin.update(levels)
+    out.twin = twin
+    return out
+
+
+def posterior_json(twin: DigitalTwin) -> dict[str, Any]:
+    """The twin's posterior as JSON values (mode, covariance, parameters, ...)."""
+    p = twin.posterior
+    return {
+        "method": p.method,
+        "mode": [float(x) for x in np.asarray(p.mode)],
+        "cov": [[float(x) for x in row] for row in np.asarray(p.cov)],
+        "params": {k: float(v) for k, v in p.params.items()},
+        "converged": bool(p.converged),
+        "n_observations": int(p.n_observations),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """One update's results: the recommendation and forecast (twins objects), their FHIR
+    resources (JSON), and the audit details of each."""
+
+    recommendation: Any
+    forecast: Any
+    request: dict[str, Any]
+    observations: dict[str, Any]
+    start: float
+
+
+def outputs(
+    r: Replay,
+    *,
+    results: Pseudonymizer,
+    intervals: Sequence[float] | None,
+    forecast_hours: Sequence[float],
+    n_draws: int,
+    key: jax.Array,
+) -> Outputs:
+    """Recommend and forecast from the replayed twin; write them as FHIR (subjects and
+    `derivedFrom` as pseudonyms of `results`)."""
+    assert r.twin is not None and r.data is not None and r.reference_time is not None
+    twin, data, pid = r.twin, r.data, r.patient
+    origin = data.origins[pid]
+    now = (r.reference_time - origin).total_seconds() / 3600.0
+    assert twin.history is not None
+    given = np.asarray(twin.history.time)[np.asarray(twin.history.mask)]
+    usual = float(twin.drug.dosing.interval)
+    start = max(now, float(given.max()) + usual) if given.size else now
+    k_rec, k_fc = jax.random.split(key)
+    rec = twin.recommend(intervals=intervals, start=start, key=k_rec, n_draws=n_draws)
+    times = start + np.asarray(forecast_hours, dtype=float)
+    fc = twin.forecast(times, rec.regimen, key=k_fc, n_draws=n_draws)
+    request = recommendation_request(
+        rec,
+        patient=pid,
+        origin=origin,
+        substance=r.substance,
+        pseudonymizer=results,
+        authored=r.reference_time,
+    )
+    levels = [str(s) for s in data.observations(pid)["SOURCE"]]
+    obs = forecast_observations(
+        fc,
+        patient=pid,
+        origin=origin,
+        derived_from=levels,
+        unit=SUBSTANCES[r.substance].unit,
+        pseudonymizer=results,
+    )
+    return Outputs(
+        rec,
+        fc,
+        json.loads(request.model_dump_json()),
+        json.loads(fhir_bundle(obs).model_dump_json()),
+        start,
+    )
