@@ -15,7 +15,7 @@
 - `inspect_resource(resource, *, substances=...)`: one resource of a stream, validated and
   read on its own (`ResourceInfo`: type, id, version, patient, time, substances).
 - `TwinService`: live twins fed by FHIR messages (SQLite-backed, idempotent, order-proof,
-  dead letters, audit log); `serve_mqtt` runs one on an MQTT broker (`twins serve`). See
+  dead letters, audit log); `MqttService` runs one on an MQTT broker (`twins serve`). See
   docs/live-twins.md.
 - Tables: `LOINC` (observation codes read), `SUBSTANCES`, `HGNC`, `RECORD_COLUMNS`.
 

@@ -1,0 +1,125 @@
+"""`twins serve`: the live twin service on an MQTT broker (docs/live-twins.md).
+
+Runs until SIGINT or SIGTERM. Exit codes: 0 stopped; 2 a usage error (broker address, drug,
+keys, audit log that fails verification).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/red] {escape(message)}")
+    return typer.Exit(code=2)
+
+
+def serve(
+    broker: str = typer.Option(..., help="The MQTT broker, HOST:PORT."),
+    site: str = typer.Option(..., help="The site: topics twins/SITE/..."),
+    state: Path = typer.Option(..., help="The service's SQLite database (created if missing)."),
+    audit: Path = typer.Option(..., help="The audit log (created if missing)."),
+    signing_key: Path = typer.Option(
+        ..., help="The audit log's Ed25519 signing key (twins audit keygen)."
+    ),
+    key_file: Path | None = typer.Option(
+        None, help="Pseudonym key file (default: PKPD_TWINS_PSEUDONYM_KEY(_FILE))."
+    ),
+    drug: list[str] = typer.Option(
+        ["vancomycin=vancomycin_goti2018"],
+        help="SUBSTANCE=DRUG: the twins.drugs model of a substance's twins (repeatable).",
+    ),
+    interval: list[float] = typer.Option(
+        [], help="A dosing interval (h) the recommendation may choose (repeatable)."
+    ),
+    draws: int = typer.Option(200, min=10, help="Posterior draws per recommendation/forecast."),
+    client_id: str | None = typer.Option(
+        None, help="MQTT client id: names the persistent session (default twins-serve-SITE)."
+    ),
+    actor: str = typer.Option("twins-serve", help="The actor of the audit entries."),
+    compilation_cache: Path | None = typer.Option(
+        None, help="A JAX compilation cache folder (a restart compiles less)."
+    ),
+    status_every: float = typer.Option(5.0, min=0.1, help="Seconds between status messages."),
+) -> None:
+    """Serve live twins: FHIR messages in on twins/SITE/in/<ResourceType>; recommendations
+    and forecasts out on twins/SITE/out/...; dead letters on twins/SITE/dead-letter."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    if compilation_cache is not None:
+        jax.config.update("jax_compilation_cache_dir", str(compilation_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    from .. import drugs as drug_library
+    from ..governance import (
+        AuditLog,
+        AuditLogError,
+        Governance,
+        PseudonymKeyError,
+        SigningKeyError,
+        load_pseudonym_key,
+        load_signing_key,
+    )
+    from ..io import SUBSTANCES, MqttService, TwinService
+    from ..io._service_mqtt import parse_broker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        host, port = parse_broker(broker)
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    models = {}
+    for item in drug:
+        substance, sep, name = item.partition("=")
+        if not sep or substance not in SUBSTANCES:
+            raise _fail(
+                f"--drug: expected SUBSTANCE=DRUG, SUBSTANCE one of {list(SUBSTANCES)}; "
+                f"got {item!r}."
+            )
+        try:
+            models[substance] = drug_library.get(name)
+        except (KeyError, ValueError) as error:
+            raise _fail(f"--drug {item}: {error}") from None
+    try:
+        key = load_pseudonym_key(key_file)
+        log = AuditLog(audit, load_signing_key(signing_key))
+    except (PseudonymKeyError, SigningKeyError, AuditLogError, OSError, ValueError) as error:
+        raise _fail(str(error)) from None
+    governance = Governance(log, key, actor=actor)
+    try:
+        service = TwinService(
+            state,
+            site=site,
+            drugs=models,
+            governance=governance,
+            intervals=interval or None,
+            n_draws=draws,
+        )
+    except (TypeError, ValueError) as error:
+        raise _fail(str(error)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runner = MqttService(service, host, port, client_id=client_id, status_every=status_every)
+    topics = service.topics
+    typer.echo(
+        f"twins serve: site {site}, broker {host}:{port}, in {topics.subscription}, out "
+        f"{topics.recommendation} and {topics.forecast}, dead letters {topics.dead_letter}",
+        err=True,
+    )
+    try:
+        runner.run(stop)
+    finally:
+        service.close()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `twins serve` to the `twins` command line."""
+    app.command("serve")(serve)

@@ -1,0 +1,264 @@
+"""A `TwinService` on an MQTT broker (paho-mqtt 2.x, MQTT 5): `MqttService`.
+
+- Subscribes to `twins/<site>/in/+` with QoS 1 on a persistent session (`clean_start`
+  False and a session expiry), so the broker keeps what arrives while the service is down
+  and sends it again after a restart.
+- Acknowledges each message (PUBACK, `manual_ack`) only after `TwinService.receive` has
+  committed it (or its dead letter) to the store: a message the broker thinks delivered is
+  never lost; one received twice is a duplicate and changes nothing.
+- Processes what has arrived in batches (`TwinService.process`) and publishes the outbox
+  with QoS 1, marking each output published when the broker has acknowledged it; outputs
+  not yet acknowledged are published again after a restart (consumers tell repeats apart
+  by `asof` and `cause.message`).
+- Publishes a status message (retained) on `twins/<site>/status` every `status_every`
+  seconds, and `{"state": "offline"}` as its will.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from ._service import TwinService
+
+log = logging.getLogger("twins.serve")
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (port 1883 when left out) as `(host, port)`, or `ValueError`."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, "1883"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"--broker: expected HOST:PORT (for example 127.0.0.1:1883), got {text!r}."
+        )
+    return host, int(port)
+
+
+class MqttService:
+    """`service` connected to the broker at `host:port` (see the module docstring).
+
+    **Arguments:**
+
+    - `service`: the `TwinService`.
+    - `host`, `port`: the broker.
+    - `client_id`: the MQTT client id, which names the persistent session (default
+      `twins-serve-<site>`): a restarted service must use the same one to catch up.
+    - `session_expiry`: seconds the broker keeps the session while disconnected.
+    - `status_every`: seconds between status messages (and status log lines).
+
+    `start()` connects and runs in background threads; `stop()` ends them. `run(stop)`
+    does both around a wait on the event `stop` (the command line's loop).
+    """
+
+    def __init__(
+        self,
+        service: TwinService,
+        host: str,
+        port: int,
+        *,
+        client_id: str | None = None,
+        session_expiry: int = 7 * 24 * 3600,
+        keepalive: int = 30,
+        status_every: float = 5.0,
+    ):
+        import paho.mqtt.client as mqtt
+
+        self.service = service
+        self.topics = service.topics
+        self.host, self.port = host, int(port)
+        self.client_id = client_id or f"twins-serve-{self.topics.site}"
+        self.session_expiry = int(session_expiry)
+        self.keepalive = int(keepalive)
+        self.status_every = float(status_every)
+        self.connected = threading.Event()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._inflight: dict[int, Any] = {}
+        self._received: dict[int, float] = {}
+        self._latency: deque[float] = deque(maxlen=10_000)
+        self._count = 0
+        self._last = (time.monotonic(), 0)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        self.client.will_set(
+            self.topics.status, json.dumps({"state": "offline"}), qos=1, retain=True
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # --- paho callbacks (the network thread) ---------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            return
+        log.info(
+            "connected to %s:%d as %s (session present: %s)",
+            self.host,
+            self.port,
+            self.client_id,
+            flags.session_present,
+        )
+        client.subscribe(self.topics.subscription, qos=1)
+        self.connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning(
+                "disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason_code
+            )
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            receipt = self.service.receive(message.topic, message.payload)
+        except Exception:  # the store failed: no PUBACK, so the broker sends it again
+            log.exception("could not store a message on %s; not acknowledged", message.topic)
+            return
+        if receipt.message is not None and receipt.outcome == "stored":
+            self._received[receipt.message] = time.monotonic()
+        client.ack(message.mid, message.qos)
+        self._count += 1
+        self._wake.set()
+
+    # --- the worker ----------------------------------------------------------------------
+
+    def start(self) -> MqttService:
+        """Connect (retrying until the broker answers) and start processing."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry
+        self.client.connect_async(
+            self.host, self.port, self.keepalive, clean_start=False, properties=props
+        )
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._work, name="twins-serve", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop processing, publish the status `stopped`, disconnect."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.connected.is_set():
+            info = self.client.publish(
+                self.topics.status, json.dumps({"state": "stopped"}), qos=1, retain=True
+            )
+            info.wait_for_publish(timeout=2.0)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def run(self, stop: threading.Event) -> None:
+        """`start()`, wait for `stop`, `stop()`."""
+        self.start()
+        try:
+            while not stop.wait(0.5):
+                if self._thread is not None and not self._thread.is_alive():
+                    raise RuntimeError("twins serve: the processing thread ended unexpectedly")
+        finally:
+            self.stop()
+
+    def _work(self) -> None:
+        last_status = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(0.25)
+            self._wake.clear()
+            try:
+                while not self._stop.is_set():
+                    outs = self.service.process()
+                    self._measure(outs)
+                    self._publish()
+                    if not outs and not self.service.store.pending(1):
+                        break
+                self._publish()
+            except Exception:  # keep serving: the batch stays pending and is retried
+                log.exception("processing failed; retrying")
+                self._stop.wait(1.0)
+            now = time.monotonic()
+            if now - last_status >= self.status_every:
+                self._status()
+                last_status = now
+
+    def _measure(self, outs) -> None:
+        now = time.monotonic()
+        for topic, body in outs:
+            if topic != self.topics.recommendation:
+                continue
+            for seq in body.get("messages", ()):
+                t0 = self._received.pop(seq, None)
+                if t0 is not None:
+                    self._latency.append(now - t0)
+
+    def _publish(self) -> None:
+        done = [seq for seq, info in self._inflight.items() if info.is_published()]
+        if done:
+            self.service.store.mark_published(done)
+            for seq in done:
+                del self._inflight[seq]
+        if not self.connected.is_set():
+            return
+        for seq, topic, payload in self.service.store.unpublished():
+            if seq in self._inflight:
+                continue
+            info = self.client.publish(topic, payload, qos=1)
+            if info.rc != 0:
+                return  # not connected: tried again later
+            self._inflight[seq] = info
+
+    def _status(self) -> None:
+        s = self.service.status()
+        now, count = time.monotonic(), self._count
+        rate = (count - self._last[1]) / max(now - self._last[0], 1e-9)
+        self._last = (now, count)
+        lat = np.asarray(self._latency) if self._latency else None
+        body = {
+            "state": "running" if self.connected.is_set() else "disconnected",
+            **s,
+            "received": self._count,
+            "messages_per_s": rate,
+            "latency_s": None
+            if lat is None
+            else {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)},
+        }
+        log.info(
+            "status: %d twins, %d messages received (%.1f/s), %d dead letters, latency %s",
+            s["twins"],
+            self._count,
+            rate,
+            s["dead_letters"],
+            "-"
+            if lat is None
+            else "p50 {:.2f} s, p95 {:.2f} s, p99 {:.2f} s".format(
+                *np.percentile(lat, [50, 95, 99])
+            ),
+        )
+        if self.connected.is_set():
+            self.client.publish(self.topics.status, json.dumps(body), qos=1, retain=True)
+
+    def idle(self) -> bool:
+        """Nothing pending, nothing unpublished, nothing waiting for the broker's PUBACK."""
+        return (
+            not self.service.store.pending(1)
+            and not self.service.store.unpublished(1)
+            and not self._inflight
+        )
