@@ -158,7 +158,8 @@ def test_same_twin_as_a_bundle_and_outputs_pseudonymous(tmp_path, keys):
         assert send(svc, r).outcome == "stored"
     out = svc.process()
     # the reference: the same resources as one bundle, read and calibrated directly
-    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for _, r in msgs]}  # fmt: skip
+    entries = [{"resource": r} for _, r in msgs]
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
     at = T0 + dt.timedelta(hours=36)  # the last dose
     data = read_fhir(bundle, reference_time=at)
     twin = twins.DigitalTwin(twins.drugs.get("vancomycin_goti2018"), data.patients["p-1"])
@@ -277,7 +278,7 @@ def test_consent_forbidding_treatment(tmp_path, keys):
             ],
         },
     }
-    for _, r in msgs[:1] + [("Consent", deny)] + msgs[1:]:
+    for _, r in [*msgs[:1], ("Consent", deny), *msgs[1:]]:
         assert send(svc, r).outcome == "stored"
     assert svc.process() == []
     assert svc.posteriors() == {}

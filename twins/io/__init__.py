@@ -42,6 +42,7 @@ from ._records import RECORD_COLUMNS as RECORD_COLUMNS
 from ._service import Receipt as Receipt
 from ._service import Topics as Topics
 from ._service import TwinService as TwinService
+from ._service_mqtt import MqttService as MqttService
 from ._stream_read import ResourceInfo as ResourceInfo
 from ._stream_read import inspect_resource as inspect_resource
 from ._units import convert as convert_ucum
@@ -61,6 +62,7 @@ __all__ = [
     "ImportReport",
     "Issue",
     "LoincCode",
+    "MqttService",
     "OutputFolderError",
     "Proposal",
     "Receipt",
