@@ -120,6 +120,31 @@ def assert_same_twins(a: dict, b: dict) -> None:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-9, err_msg=str(k))
 
 
+def assert_processed_once(audit_path, n_messages: int, *, every: bool = False) -> None:
+    """No message is named by two `twin-update` entries; every dose and level is named by
+    one (`every`: every message, when each batch found a twin to update)."""
+    seen: dict[int, int] = {}
+    for e in read_entries(audit_path):
+        if e.action.value == "twin-update":
+            for seq in e.details["messages"]:
+                seen[seq] = seen.get(seq, 0) + 1
+    assert set(seen.values()) == {1}, {k: v for k, v in seen.items() if v != 1}
+    assert set(seen) <= set(range(1, n_messages + 1))
+    if every:
+        assert sorted(seen) == list(range(1, n_messages + 1))
+
+
+def assert_doses_and_levels_updated(service, audit_path) -> None:
+    named = {
+        seq
+        for e in read_entries(audit_path)
+        if e.action.value == "twin-update"
+        for seq in e.details["messages"]
+    }
+    wanted = {m.seq for m in service.store.messages() if "-dose-" in m.rid or "-level-" in m.rid}
+    assert wanted <= named, sorted(wanted - named)
+
+
 @pytest.fixture(scope="module")
 def keys():
     return generate_pseudonym_key(), generate_signing_key()
@@ -382,12 +407,7 @@ def test_crash_between_audit_and_commit_is_not_repeated(tmp_path, keys, monkeypa
     again.process()
     assert again.process() == []
     assert_same_twins(modes(again), modes(ref))
-    seen: dict[int, int] = {}
-    for e in read_entries(tmp_path / "svc" / "audit.jsonl"):
-        if e.action.value == "twin-update":
-            for seq in e.details["messages"]:
-                seen[seq] = seen.get(seq, 0) + 1
-    assert sorted(seen) == list(range(1, len(msgs) + 1)) and set(seen.values()) == {1}
+    assert_processed_once(tmp_path / "svc" / "audit.jsonl", len(msgs), every=True)
     assert verify(tmp_path / "svc" / "audit.jsonl", keys[1].public_key()).ok
     ref.close()
     again.close()
