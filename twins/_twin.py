@@ -454,7 +454,10 @@ class DigitalTwin:
         key = _as_key(key, "DigitalTwin.forecast", old_default=True)
         k_eta, k_eps = jax.random.split(key)
         eta = self.posterior.sample(n_draws, key=k_eta)
-        y = np.asarray(predict_draws(self.pm, self._theta, self._cov_j, plan, times, eta))
+        # Padded to a bucket of event slots, as the update's data set: twins whose histories
+        # differ by a few doses share one compiled prediction.
+        padded = plan.pad(_bucket(plan.n_events))
+        y = np.asarray(predict_draws(self.pm, self._theta, self._cov_j, padded, times, eta))
         if prediction_interval:
             y = np.asarray(with_residual(self.pm.error, self._sigma, jnp.asarray(y), k_eps))
         q = (1.0 - level) / 2.0
@@ -534,11 +537,14 @@ class DigitalTwin:
             raise ValueError(f"recommend for patient {self.patient_id}: {error}") from error
         key = _as_key(key, "DigitalTwin.recommend", old_default=True)
         eta = self.posterior.sample(n_draws, key=key)
+        history = self.history
+        if history is not None:  # a bucket of slots: one compilation for similar histories
+            history = history.pad(_bucket(history.n_events))
         return recommend_dose(
             self.pm,
             self._theta,
             self._cov_j,
-            self.history,
+            history,
             plans,
             tgt,
             eta,
