@@ -301,19 +301,20 @@ def test_sigkill_mid_stream_then_restart(broker, tmp_path):
         "--status-every", "1",
     ]  # fmt: skip
     logs = tmp_path / "serve.log"
+    listener = Listener(broker.port)
+    half = len(msgs) // 2
     with open(logs, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
-            sender = threading.Thread(
-                target=publish, args=(broker.port, msgs), kwargs={"delay": 0.2}
-            )
-            sender.start()
+            status = f"twins/{SITE}/status"
+            wait_for(lambda: listener.on(status), 120, f"the service's status (log: {logs})")
+            publish(broker.port, msgs[:half], delay=0.05)
             wait_for(lambda: _db_counts(state)[1] >= 8, 240, "some messages processed")
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(signal.SIGKILL)  # mid-stream: messages stored, not all processed
             proc.wait(10)
-            sender.join(60)
             before = _db_counts(state)
-            assert before[0] < len(msgs) or before[1] < len(msgs), "killed too late to test"
+            assert before[1] < len(msgs)
+            publish(broker.port, msgs[half:])  # while it is dead: the broker keeps them
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
             wait_for(
                 lambda: _db_counts(state) == (len(msgs), len(msgs), 0),
@@ -327,6 +328,7 @@ def test_sigkill_mid_stream_then_restart(broker, tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+            listener.close()
     ref = make_service(tmp_path, "ref", key=key, signing=signing)
     for _, r in msgs:
         send(ref, r)
