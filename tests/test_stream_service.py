@@ -316,6 +316,44 @@ def test_consent_forbidding_treatment(tmp_path, keys):
     svc.close()
 
 
+def test_waits_for_a_missing_lab_and_survives_a_failing_update(tmp_path, keys, monkeypatch):
+    """No serum creatinine yet: no twin, the messages wait (no dead letter) until it
+    comes. An update that fails (here: the recommendation raises) dead-letters that
+    patient's messages with the reason; the other patient of the batch is updated."""
+    svc = make_service(tmp_path, key=keys[0])
+    msgs = patient_messages("p-1", n_doses=2, levels=((11.5, 9.0),))
+    scr = [r for _, r in msgs if r["id"] == "p-1-scr"]
+    for _, r in msgs:
+        if r["id"] != "p-1-scr":
+            send(svc, r)
+    assert svc.process() == [] and svc.posteriors() == {}
+    assert svc.store.dead_letters() == []
+    notes = {m.note for m in svc.store.messages() if m.rtype == "MedicationAdministration"}
+    assert len(notes) == 1 and "cannot be built yet" in notes.pop()
+    send(svc, scr[0])
+    assert len(svc.process()) == 2 and len(svc.posteriors()) == 1
+    import twins.io._service as service_module
+
+    real = service_module.outputs
+
+    def failing(r, **kw):
+        if r.patient == "p-2":
+            raise RuntimeError("the dose search did not converge")
+        return real(r, **kw)
+
+    monkeypatch.setattr(service_module, "outputs", failing)
+    for _, r in patient_messages("p-2", n_doses=2, levels=()):
+        send(svc, r)
+    send(svc, level("p-1", 5, 23.0, 12.0))
+    out = svc.process()
+    p1 = keys[0].pseudonymizer("results").pseudonym("p-1")
+    assert [b["patient"] for _, b in out] == [f"Patient/{p1}"] * 2
+    reasons = [reason for _, _, _, reason, _ in svc.store.dead_letters()]
+    assert len(reasons) == 6 and all("did not converge" in r for r in reasons)
+    assert svc.store.pending(10) == []
+    svc.close()
+
+
 def _fuzzed(rng: random.Random, valid: list[dict]) -> tuple[str, bytes]:
     r = copy.deepcopy(rng.choice(valid))
     rtype = r["resourceType"]

@@ -290,18 +290,24 @@ class TwinService:
         for pid, mine in by_patient.items():
             history = self.store.history(pid, asof)
             for substance, drug in self.drugs.items():
-                r = replay(
-                    history,
-                    patient=pid,
-                    substance=substance,
-                    drug=drug,
-                    asof=asof,
-                    pseudonym=self._results.pseudonym(pid),
-                )
-                for m in mine:
-                    if (m.rtype, m.rid) in r.errors:
-                        rejected.append((m, r.errors[(m.rtype, m.rid)]))
-                self._one(r, mine, events, out, dead, twins, notes)
+                try:
+                    r = replay(
+                        history,
+                        patient=pid,
+                        substance=substance,
+                        drug=drug,
+                        asof=asof,
+                        pseudonym=self._results.pseudonym(pid),
+                    )
+                    for m in mine:
+                        if (m.rtype, m.rid) in r.errors:
+                            rejected.append((m, r.errors[(m.rtype, m.rid)]))
+                    self._one(r, mine, events, out, dead, twins, notes)
+                except Exception as error:  # one patient's failure stops no one else
+                    log.exception("the %s twin of a patient could not be updated", substance)
+                    kind = type(error).__name__
+                    why = f"the {substance} twin could not be updated ({kind}: {error})"
+                    dead.extend((m, f"{m.rtype}/{m.rid}: {why}") for m in mine)
         if not redo:
             self.governance.audit.append_many(events)
         with self.store.transaction() as db:

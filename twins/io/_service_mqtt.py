@@ -84,6 +84,7 @@ class MqttService:
         self._thread: threading.Thread | None = None
         self._inflight: dict[int, Any] = {}
         self._received: dict[int, float] = {}
+        self._rx = threading.Lock()
         self._latency: deque[float] = deque(maxlen=10_000)
         self._count = 0
         self._last = (time.monotonic(), 0)
@@ -132,7 +133,10 @@ class MqttService:
             log.exception("could not store a message on %s; not acknowledged", message.topic)
             return
         if receipt.message is not None and receipt.outcome == "stored":
-            self._received[receipt.message] = time.monotonic()
+            with self._rx:
+                self._received[receipt.message] = time.monotonic()
+                while len(self._received) > 100_000:  # messages that caused no output
+                    self._received.pop(next(iter(self._received)))
         client.ack(message.mid, message.qos)
         self._count += 1
         self._wake.set()
@@ -205,7 +209,8 @@ class MqttService:
             if topic != self.topics.recommendation:
                 continue
             for seq in body.get("messages", ()):
-                t0 = self._received.pop(seq, None)
+                with self._rx:
+                    t0 = self._received.pop(seq, None)
                 if t0 is not None:
                     self._latency.append(now - t0)
 

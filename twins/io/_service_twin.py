@@ -19,8 +19,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from .._patient import MissingCovariateError
 from .._twin import DigitalTwin
-from ..drugs import Drug
+from ..drugs import CovariateError, Drug
 from ..governance import Pseudonymizer, Purpose
 from ._codes import SUBSTANCES
 from ._read import FhirImport, read_fhir
@@ -109,7 +110,11 @@ def replay(
         out.refused = (reason, sources[0] if sources else "")
         return out
     person = dataclasses.replace(data.patients[patient], id=pseudonym)
-    twin = DigitalTwin(drug, person)
+    try:
+        twin = DigitalTwin(drug, person)
+    except (MissingCovariateError, CovariateError) as error:  # e.g. no creatinine yet
+        out.waiting = f"the twin cannot be built yet: {error}"
+        return out
     twin.give(data.regimen(patient))
     levels = data.observations(patient)
     if len(levels):
