@@ -269,7 +269,9 @@ class TwinService:
     def process(self) -> list[tuple[str, dict[str, Any]]]:
         """Process the messages received and not yet processed (at most `batch_size`).
 
-        **Returns:** the outputs written to the outbox, as `(topic, JSON)`.
+        **Returns:** the outputs written to the outbox, as `(topic, JSON)` (none for a batch
+        whose patients have no twin yet: to drain the store, loop while
+        `store.pending(1)` is not empty).
         """
         batch = self.store.pending(self.batch_size)
         if not batch:
