@@ -35,6 +35,7 @@ from calibration._bayes import (
     fit_population_svi,
 )
 from calibration._posterior_summary import convergence_stats, diagnose
+from calibration._random import key_or_seed
 
 REF = pathlib.Path(__file__).parent / "data" / "reference"  # vendored, see its README
 
@@ -210,8 +211,9 @@ def test_likelihood_gradient_matches_autodiff(theo_data):
     f1 = lambda *a: jnp.sum(w * fast(*a, cov, reg, obs))
     f2 = lambda *a: jnp.sum(w * plain(*a))
     assert float(f1(theta, sigma, eta)) == pytest.approx(float(f2(theta, sigma, eta)), rel=1e-14)
-    g1 = jax.grad(f1, argnums=(0, 1, 2))(theta, sigma, eta)
-    g2 = jax.grad(f2, argnums=(0, 1, 2))(theta, sigma, eta)
+    # compiled (eager reverse mode through the vmapped model dispatches op by op, slowly)
+    g1 = jax.jit(jax.grad(f1, argnums=(0, 1, 2)))(theta, sigma, eta)
+    g2 = jax.jit(jax.grad(f2, argnums=(0, 1, 2)))(theta, sigma, eta)
     for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
@@ -421,11 +423,28 @@ def test_theophylline_svi(theo_data):
 
 
 def test_randomness_comes_from_key(simulated):
-    """`key=` takes a JAX key or an int; `seed=` warns and gives the same draws; a missing key
-    warns (jax.random.key(0), as before) for one release; a wrong key is a TypeError."""
+    """`key=` takes a JAX key or an int; `seed=` warns and gives the key of that int (the
+    same draws: `test_seed_gives_the_same_svi_draws_as_its_key`, extended); a missing key
+    warns (jax.random.key(0), as before) for one release; a wrong key is a TypeError. One
+    short SVI fit runs end to end here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", C.ConvergenceWarning)  # 5 SVI steps, 10 draws
         _check_keys(simulated)
+
+
+@pytest.mark.extended  # a second SVI compilation; make test checks the seed -> key conversion
+def test_seed_gives_the_same_svi_draws_as_its_key(simulated):
+    fit = functools.partial(
+        fit_population_svi, _individual_model(), simulated, num_steps=5, num_draws=10
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", C.ConvergenceWarning)
+        new = fit(key=jax.random.key(3))
+        with pytest.warns(DeprecationWarning, match=r"seed= is deprecated; pass key="):
+            old = fit(seed=3)
+    np.testing.assert_array_equal(
+        old.idata.posterior["eta"].values, new.idata.posterior["eta"].values
+    )
 
 
 def _check_keys(simulated):
@@ -433,10 +452,13 @@ def _check_keys(simulated):
         fit_population_svi, _individual_model(), simulated, num_steps=5, num_draws=10
     )
     new = fit(key=jax.random.key(3))
+    assert new.idata.posterior["eta"].shape[:2] == (1, 10)
+    assert np.all(np.isfinite(new.idata.posterior["eta"].values))
+    # seed=3 is the key of 3, with a warning (every estimator converts through key_or_seed)
     with pytest.warns(DeprecationWarning, match=r"seed= is deprecated; pass key="):
-        old = fit(seed=3)
+        converted = key_or_seed(None, 3, "fit_population_svi")
     np.testing.assert_array_equal(
-        old.idata.posterior["eta"].values, new.idata.posterior["eta"].values
+        jax.random.key_data(converted), jax.random.key_data(jax.random.key(3))
     )
     # The key is read before any work: these stop at the bad num_steps, after the warning.
     with pytest.warns(DeprecationWarning, match=r"no key given.*jax\.random\.key\(0\).*TypeError"):
