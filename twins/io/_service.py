@@ -287,10 +287,13 @@ class TwinService:
         out: list[tuple[str, dict[str, Any]]] = []
         dead: list[tuple[StoredMessage, str]] = []
         rejected: list[tuple[StoredMessage, str]] = []
-        twins: list[tuple[str, str, DigitalTwin | None]] = []
+        twins: list[tuple[str, str, DigitalTwin | None, int]] = []
         notes: dict[int, str] = {}
         for pid, mine in by_patient.items():
             history = self.store.history(pid, asof)
+            # the twin, its key and its outputs depend on the patient's messages alone, not
+            # on how they were batched: as of the patient's last message
+            upto = max((m.seq for m in history), default=asof)
             for substance, drug in self.drugs.items():
                 try:
                     r = replay(
@@ -298,7 +301,7 @@ class TwinService:
                         patient=pid,
                         substance=substance,
                         drug=drug,
-                        asof=asof,
+                        asof=upto,
                         pseudonym=self._results.pseudonym(pid),
                     )
                     for m in mine:
@@ -322,19 +325,19 @@ class TwinService:
             for m in batch:
                 if m.seq not in bad:
                     self.store.set_state(db, [m.seq], "done", notes.get(m.seq))
-            for pid, substance, twin in twins:
+            for pid, substance, twin, upto in twins:
                 name = self._results.pseudonym(pid)
                 if twin is None:
                     db.execute(
                         "DELETE FROM twins WHERE patient=? AND substance=?", (name, substance)
                     )
                 else:
-                    self.store.put_twin(db, name, substance, posterior_json(twin), asof)
+                    self.store.put_twin(db, name, substance, posterior_json(twin), upto)
             for topic, body in out:
                 self.store.add_output(db, topic, json.dumps(body, sort_keys=True))
         for m, reason in [*rejected, *dead]:
             log.warning("dead letter (message %d, %s): %s", m.seq, m.topic, reason)
-        for pid, substance, twin in twins:
+        for pid, substance, twin, _ in twins:
             key = (self._results.pseudonym(pid), substance)
             if twin is None:
                 self._twins.pop(key, None)
@@ -364,12 +367,12 @@ class TwinService:
             for m in mine:
                 if m.rtype not in ("Patient", "Consent"):
                     dead.append((m, f"{m.rtype}/{m.rid}: consent forbids treatment ({reason})"))
-            twins.append((pid, substance, None))
+            twins.append((pid, substance, None, r.asof))
             return
         if r.twin is None:
             for m in mine:
                 notes.setdefault(m.seq, f"{substance}: {r.waiting}")
-            twins.append((pid, substance, None))  # e.g. its only dose retracted
+            twins.append((pid, substance, None, r.asof))  # e.g. its only dose retracted
             return
         cause = max(mine, key=lambda m: m.seq)
         key = jax.random.fold_in(jax.random.key(self.seed), r.asof)
@@ -444,7 +447,7 @@ class TwinService:
         }
         out.append((self.topics.recommendation, {**envelope, "resource": res.request}))
         out.append((self.topics.forecast, {**envelope, "resource": res.observations}))
-        twins.append((pid, substance, r.twin))
+        twins.append((pid, substance, r.twin, r.asof))
 
     # --- what it holds -------------------------------------------------------------------
 
