@@ -12,6 +12,8 @@ import copy
 import datetime as dt
 import json
 import random
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -351,6 +353,43 @@ def test_waits_for_a_missing_lab_and_survives_a_failing_update(tmp_path, keys, m
     reasons = [reason for _, _, _, reason, _ in svc.store.dead_letters()]
     assert len(reasons) == 6 and all("did not converge" in r for r in reasons)
     assert svc.store.pending(10) == []
+    svc.close()
+
+
+def test_receiving_while_processing_in_another_thread(tmp_path, keys):
+    """As over MQTT: messages received in one thread while another processes them (the
+    unit parser behind twins.io is not thread-safe: the service serialises FHIR reading).
+    Every message is stored, none dead-lettered, the twins those of an in-order run."""
+    msgs = [m for i in range(4) for m in patient_messages(f"p-{i}", n_doses=2)]
+    ref = make_service(tmp_path, "ref", key=keys[0])
+    for _, r in msgs:
+        send(ref, r)
+    ref.process()
+    svc = make_service(tmp_path, key=keys[0])
+    errors: list[BaseException] = []
+
+    def receive(part):
+        try:
+            for _, r in part:
+                assert send(svc, r).outcome == "stored"
+        except BaseException as error:
+            errors.append(error)
+
+    by_patient = [msgs[i : i + len(msgs) // 4] for i in range(0, len(msgs), len(msgs) // 4)]
+    threads = [threading.Thread(target=receive, args=(part,)) for part in by_patient]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    busy = lambda: any(t.is_alive() for t in threads) or svc.store.pending(1)
+    while busy() and time.monotonic() < deadline:
+        svc.process()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors
+    assert svc.store.dead_letters() == []
+    assert len(svc.store.messages()) == len(msgs)
+    assert_same_twins(modes(svc), modes(ref))
+    ref.close()
     svc.close()
 
 

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -161,6 +162,9 @@ class TwinService:
         self._results = governance.pseudonymizer("results")
         self._audit_names = governance.pseudonymizer("audit")
         self._twins: dict[tuple[str, str], DigitalTwin] = {}
+        # held while FHIR is read: receive() runs in the MQTT thread, process() in another,
+        # and the unit conversions of twins.io (ucumvert's lark parser) are not thread-safe
+        self._reading = threading.Lock()
         self._logged = self._logged_messages()
 
     def close(self) -> None:
@@ -194,7 +198,8 @@ class TwinService:
                 f"{raw.get('resourceType')!r}"
             )
         try:
-            info = inspect_resource(raw, substances=list(self.drugs))
+            with self._reading:  # twins.io's unit parser is not thread-safe
+                info = inspect_resource(raw, substances=list(self.drugs))
         except FhirError as error:
             raise _Dead(str(error)) from None
         except Exception as error:  # any other failure of a reader is the input's fault
@@ -303,6 +308,7 @@ class TwinService:
                         drug=drug,
                         asof=upto,
                         pseudonym=self._results.pseudonym(pid),
+                        reading=self._reading,
                     )
                     for m in mine:
                         if (m.rtype, m.rid) in r.errors:
@@ -467,6 +473,7 @@ class TwinService:
             drug=self.drugs[substance],
             asof=max(done),
             pseudonym=key[0],
+            reading=self._reading,
         )
         if r.twin is not None:
             self._twins[key] = r.twin

@@ -10,10 +10,12 @@ same twin, whatever order they came in, and a restarted service rebuilds what it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import jax
@@ -77,17 +79,21 @@ def replay(
     drug: Drug,
     asof: int,
     pseudonym: str,
+    reading: AbstractContextManager | None = None,
 ) -> Replay:
     """Rebuild the twin of `patient` on `substance` from `messages` (`ServiceStore.history`).
 
     The twin's patient is named by `pseudonym` (the twin never holds the raw id).
+    `reading` is held while the FHIR resources are read: the unit conversions of
+    `twins.io` (ucumvert's parser) are not safe to run in two threads at once.
     """
     at = reference_time(messages)
     out = Replay(patient, substance, asof, at)
     if at is None:
         out.waiting = "no level, lab or dose yet"
         return out
-    data = read_fhir(bundle_of(messages), reference_time=at, substance=substance, lenient=True)
+    with reading or contextlib.nullcontext():
+        data = read_fhir(bundle_of(messages), reference_time=at, substance=substance, lenient=True)
     out.data = data
     for issue in data.report.errors:
         if (issue.resource_type, issue.resource_id) != ("Patient", patient):
@@ -96,8 +102,8 @@ def replay(
         why = [i.detail for i in data.report.errors if i.resource_id == patient]
         out.waiting = "the patient cannot be built yet: " + ("; ".join(why) or "no Patient")
         return out
-    doses = data.patient_records(patient)
-    if not (doses["EVID"] == 1).any():
+    evid = data.patient_records(patient)["EVID"].to_numpy()
+    if not np.any(evid == 1):
         out.waiting = f"no dose of {substance} yet"
         return out
     allowed, reason = data.consent_registry().decide(patient, Purpose.TREATMENT, at)
