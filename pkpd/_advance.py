@@ -193,6 +193,14 @@ def advance(
         x, a, c = segment(x, r, 0.0, float(length), local=True)
         return x, r, a, c
 
+    def at_start_no_inputs(x):
+        """`at_start` for doses that are all bolus-like and no zero-order input running
+        (no `rates` given, no infusion in the regimen): the rates are the constant zero,
+        which the compiler folds into the propagation."""
+        x = x + jnp.sum(jax.nn.one_hot(s.cmt, n, dtype=dtype) * s.bolus[:, None], axis=0)
+        x, a, c = segment(x, zero, 0.0, float(length), local=True)
+        return x, zero, a, c
+
     # The fast path, chosen when tracing (a branch chosen at run time, `lax.cond`, would cost
     # as much as it saves: XLA does not optimise loops inside a conditional as well): the
     # caller says every dose is given at t0, and nothing can move it (no lag parameter) or
@@ -214,7 +222,10 @@ def advance(
                         & (doses.t_arrival < t1)),
                 "advance(doses_at_start=True): a dose of the window is not given at t0.",
             )  # fmt: skip
-        x, r, auc, cmax = at_start(x, r)
+        if rates is None:  # no infusion (fast) and none running: no zero-order input
+            x, r, auc, cmax = at_start_no_inputs(x)
+        else:
+            x, r, auc, cmax = at_start(x, r)
     else:
         x, r, auc, cmax = general(x, r)
     if steps is None:

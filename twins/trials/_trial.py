@@ -343,6 +343,9 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
     solver = trial.solver
     steps = _even(trial.exposure_steps) if trial.needs_exposure else None
     ages = np.arange(window - 1, -1, -1, dtype=float)  # oldest dose first
+    # Only an infusion route runs zero-order inputs from one period into the next; without
+    # one, `advance` is told none run (`rates=None`), and the rates stay zero.
+    infused = route.duration is not None
 
     def one(params, state, key):
         x0 = model.initial_state(params)
@@ -367,8 +370,8 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
             t0 = p.astype(x0.dtype) * tau
             out = pkpd.advance(
                 model, params, x, doses, t0, t0 + tau,
-                solver=solver, rates=r, exposure_steps=steps, output=out_idx, checks=False,
-                length=tau, doses_at_start=True,
+                solver=solver, rates=r if infused else None, exposure_steps=steps,
+                output=out_idx, checks=False, length=tau, doses_at_start=True,
             )  # fmt: skip
             exposure = () if out.auc is None else (out.auc, out.cmax)
             return (out.state, out.rates, given, st), (y, measured, amount, *exposure)
