@@ -6,6 +6,7 @@ name patients by pseudonyms only, and a use without governance is refused."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import jax
@@ -120,6 +121,9 @@ def test_a_trial_takes_only_the_consented_and_logs_every_refusal(cohort, tmp_pat
     assert {e.details["purpose"] for e in refusals} == {"research"}
     assert [e.subject for e in accesses] == [audit.pseudonym(p) for p in permitted]
     assert {e.details["use"] for e in accesses} == {"trial 'consented'"}
+    export = entries[-1]  # the results folder written, after every access
+    assert export.action is AuditAction.EXPORT and export.subject is None
+    assert export.details["patient_count"] == 20 and export.details["folder"] == str(out)
     log_bytes = gov.audit.path.read_bytes()
     for p in permitted + refused:
         assert p.encode() not in log_bytes
@@ -177,12 +181,30 @@ def test_nobody_consented_is_an_error_and_a_virtual_population_is_not_governed(t
         pop.with_consents({"V00001": "permit"})
 
 
+FHIR_COHORT = Path(__file__).parent / "data" / "fhir" / "several_patients.json"
+
+
+def _identities(bundle_path):
+    """Every patient id, identifier value, name part and birth date of a bundle."""
+    found = set()
+    for entry in json.loads(bundle_path.read_text())["entry"]:
+        r = entry["resource"]
+        if r["resourceType"] != "Patient":
+            continue
+        found.add(r["id"])
+        found.update(i["value"] for i in r.get("identifier", []) if "value" in i)
+        for name in r.get("name", []):
+            found.update([name.get("family", ""), *name.get("given", [])])
+        found.add(r.get("birthDate", ""))
+    return sorted(t for t in found if t)
+
+
 def test_a_fhir_cohort_enters_a_trial_only_with_consent(tmp_path):
     """A FHIR bundle's patients and consents (tests/data/fhir/several_patients.json: w-1
     permits research, w-2 denies it, w-3 permits treatment only) as a trial's cohort."""
     at = dt.datetime(2026, 4, 5, tzinfo=UTC)
     bundle = tio.read_fhir(
-        Path(__file__).parent / "data" / "fhir" / "several_patients.json",
+        FHIR_COHORT,
         reference_time=at,
         substance="warfarin",
     )
@@ -192,6 +214,14 @@ def test_a_fhir_cohort_enters_a_trial_only_with_consent(tmp_path):
         audit=AuditLog(tmp_path / "audit.jsonl", SIGNING), key=generate_pseudonym_key(), at=at
     )
     out = twins.run_trial(_trial(pop), tmp_path / "run", n=1, progress=False, governance=gov)
+    twins.write_report(out)
+    assert (out / "report.html").is_file() and (out / "summary.json").is_file()
+    # Nothing written (results, summary, report, manifest, the audit log) names a patient.
+    written = _all_bytes(out) + gov.audit.path.read_bytes()
+    secrets = _identities(FHIR_COHORT)
+    assert len(secrets) >= 6  # three ids and three birth dates at least
+    for text in secrets:
+        assert text.encode() not in written, text
     frame = pd.read_parquet(out / "patients")
     assert list(frame["patient"].astype(str).unique()) == [
         gov.pseudonymizer("results").pseudonym("w-1")

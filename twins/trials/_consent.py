@@ -11,10 +11,11 @@ leaves the trial as it is.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from .._consented import consented_population
 from .._population import Population
-from ..governance import Governance, Purpose
+from ..governance import AuditAction, Governance, Purpose
 from ._trial import Trial
 
 
@@ -36,3 +37,18 @@ def consented_trial(
         output_purpose=output_purpose,
     )  # fmt: skip
     return dataclasses.replace(trial, population=kept)
+
+
+def record_export(
+    governance: Governance | None, original: Trial, used: Trial, out: str | os.PathLike[str], n: int
+) -> None:
+    """An `export` entry in the audit log for a results folder written from a governed
+    cohort (`used` is not `original`: `consented_trial` replaced its population): the use,
+    the folder's name and the number of patients; nothing for other trials."""
+    if governance is None or used is original:
+        return
+    governance.audit.append(
+        AuditAction.EXPORT,
+        actor=governance.actor,
+        details={"use": f"trial {original.name!r}", "folder": os.fspath(out), "patient_count": n},
+    )

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 
 from ..governance import Governance
-from ._consent import consented_trial
+from ._consent import consented_trial, record_export
 from ._run import (
     MAX_FAILED_FRACTION,
     TooManyFailuresError,
@@ -213,8 +213,9 @@ def run_trial_ray(
     check_max_failed_fraction(max_failed_fraction, "run_trial_ray")
     chunk_size = min(chunk_size, n)
     out = Path(out).resolve()  # the workers need the absolute path
-    trial = consented_trial(
-        trial, governance, use=f"trial {trial.name!r}", output_purpose="results"
+    original, trial = (
+        trial,
+        consented_trial(trial, governance, use=f"trial {trial.name!r}", output_purpose="results"),
     )
     manifest = prepare_folder(
         trial, out, n=n, seed=seed, chunk_size=chunk_size, trajectories=trajectories
@@ -262,6 +263,7 @@ def run_trial_ray(
         ) from failures[0][1]
     if summary:
         write_summary(out)
+    record_export(governance, original, trial, out, n)
     return out
 
 

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from .._population import Population
 from ..governance import Governance
-from ._consent import consented_trial
+from ._consent import consented_trial, record_export
 from ._folder import PART_FOLDERS, PART_NAME, damaged_parts, durable_replace
 from ._subgroups import NAMED_SUBGROUPS, SubgroupError
 from ._summary import difference_table, endpoint_table, failure_summary, read_results
@@ -518,7 +518,8 @@ def run_trial(
       required when the trial's fixed population carries consents (`Population.consents`).
       Only the patients who consented to research at the time of the run are taken
       (renamed by pseudonyms of purpose `"results"`), each refusal and each patient used is
-      logged; `n` counts the patients taken. Ignored for sampled populations.
+      logged, and the finished folder too (an `export` entry); `n` counts the patients
+      taken. Ignored for sampled populations.
 
     **Returns:** the results folder.
 
@@ -543,8 +544,9 @@ def run_trial(
             f"run_trial: chunk_size {chunk_size} must be a multiple of the {mesh.size} devices."
         )
     out = Path(out)
-    trial = consented_trial(
-        trial, governance, use=f"trial {trial.name!r}", output_purpose="results"
+    original, trial = (
+        trial,
+        consented_trial(trial, governance, use=f"trial {trial.name!r}", output_purpose="results"),
     )
     manifest = prepare_folder(
         trial, out, n=n, seed=seed, chunk_size=chunk_size, trajectories=trajectories
@@ -577,6 +579,7 @@ def run_trial(
     write_json(out / "manifest.json", manifest)
     if summary:
         write_summary(out)
+    record_export(governance, original, trial, out, n)
     return out
 
 
