@@ -37,6 +37,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 
+from twins.governance import AuditAction, Governance
+
 from . import _files
 
 Task = Literal["regression", "classification"]
@@ -368,11 +370,15 @@ class Surrogate(abc.ABC):
         y: Any,
         *,
         key: int = 0,
+        governance: Governance | None = None,
     ) -> Surrogate:
         """Fit on inputs `x` and targets `y` ((n,) or (n, H)); returns self.
 
         Regressors keep `calibration_fraction` of the patients apart (chosen with `key`)
-        for the conformal intervals and fit on the rest."""
+        for the conformal intervals and fit on the rest. With `governance` (a
+        `twins.governance.Governance`, as for a training set of a real cohort), the fit is
+        recorded in its audit log as a `training-round` entry (the surrogate, the number of
+        patients, the features; no identifier)."""
         who = f"{self.name}.fit"
         inputs = self._inputs(x, who)
         target = np.asarray(y, dtype=float)
@@ -413,6 +419,17 @@ class Surrogate(abc.ABC):
             m = scores.shape[0]
             rank = min(math.ceil((m + 1) * self.level), m)
             self.conformal_q = np.sort(scores, axis=0)[rank - 1]
+        if governance is not None:
+            governance.audit.append(
+                AuditAction.TRAINING_ROUND,
+                actor=governance.actor,
+                details={
+                    "surrogate": self.name,
+                    "patient_count": len(inputs),
+                    "features": list(self.features),
+                    "channels": list(self.channels),
+                },
+            )
         return self
 
     def _require_fitted(self, who: str) -> None:

@@ -160,6 +160,13 @@ def test_a_training_set_takes_only_the_consented(cohort, tmp_path):
     ]
     uses = {e.details["use"] for e in entries if e.action is AuditAction.DATA_ACCESS}
     assert uses == {"surrogate training set of trial 'consented'"}
+    # A surrogate fitted on it records the training round (no identifier in it).
+    model = surrogates.XGBoostSurrogate(n_estimators=5)
+    model.fit(ts.inputs, ts.targets.iloc[:, 0].to_numpy(), governance=gov)
+    last = read_entries(gov.audit.path)[-1]
+    assert last.action is AuditAction.TRAINING_ROUND and last.subject is None
+    assert last.details["patient_count"] == 20 and last.details["surrogate"] == model.name
+    assert verify(gov.audit.path, SIGNING.public_key()).ok
 
 
 def test_nobody_consented_is_an_error_and_a_virtual_population_is_not_governed(tmp_path):
