@@ -70,6 +70,7 @@ class MqttService:
         status_every: float = 5.0,
     ):
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self.service = service
         self.topics = service.topics
@@ -89,7 +90,7 @@ class MqttService:
         self._count = 0
         self._last = (time.monotonic(), 0)
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
