@@ -354,3 +354,28 @@ def test_sigkill_mid_stream_then_restart(broker, tmp_path):
     wanted = {seq for seq, rid in rids.items() if "-dose-" in rid or "-level-" in rid}
     assert wanted <= named, sorted(wanted - named)
     ref.close()
+
+
+def test_serve_refuses_bad_arguments(tmp_path):
+    """`twins serve` stops with exit code 2 and a reason, before connecting."""
+    from typer.testing import CliRunner
+
+    from twins.app._cli import app
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    write_pseudonym_key(keys / "pseudonym.key")
+    write_signing_key(keys / "audit.key")
+    base = ["serve", "--site", SITE, "--state", str(tmp_path / "s.db")]
+    base += ["--audit", str(tmp_path / "a.jsonl"), "--signing-key", str(keys / "audit.key")]
+    base += ["--key-file", str(keys / "pseudonym.key")]
+    runner = CliRunner()
+    for extra, why in (
+        (["--broker", "localhost:port"], "HOST:PORT"),
+        (["--broker", "127.0.0.1:1883", "--drug", "aspirin=x"], "SUBSTANCE=DRUG"),
+        (["--broker", "127.0.0.1:1883", "--drug", "vancomycin=no_such_model"], "--drug"),
+    ):
+        result = runner.invoke(app, base + extra)
+        assert result.exit_code == 2, (extra, result.output)
+        assert why in result.output, (why, result.output)
+    assert not (tmp_path / "s.db").exists()
