@@ -144,3 +144,44 @@ def _records_of(bundle: Path, tmp_path: Path) -> str:
     out = tmp_path / "from-bundle"
     assert _invoke(bundle, "--out", out, "--reference-time", REF).exit_code == 0
     return (out / "records.csv").read_text()
+
+
+def test_an_audited_import_records_each_patient_consent_and_the_export(tmp_path):
+    """--audit LOG --signing-key KEY: a data-access entry per patient read, a consent-change
+    entry per consent, an export entry for the folder, all by pseudonym (purpose "audit");
+    the log verifies and names no raw id; --audit without a key is a usage error."""
+    from twins.governance import AuditAction, read_entries, verify, write_signing_key
+
+    key_path = tmp_path / "audit.key"
+    write_signing_key(key_path)
+    log = tmp_path / "audit.jsonl"
+    out = tmp_path / "o"
+    ref = "2026-04-05T00:00:00Z"
+    bundle = DATA / "several_patients.json"
+    result = _invoke(
+        bundle, "--out", out, "--reference-time", ref, "--substance", "warfarin",
+        "--audit", log, "--signing-key", key_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    audit = MasterKey(KEY).pseudonymizer("audit")
+    entries = read_entries(log)
+    actions = [e.action for e in entries]
+    # one consent-change entry per decision read (a Consent resource may hold several)
+    import datetime as dt
+
+    import twins.io as tio
+
+    read = tio.read_fhir(bundle, reference_time=dt.datetime(2026, 4, 5, tzinfo=dt.UTC),
+                         substance="warfarin")  # fmt: skip
+    n_consents = len(read.consents)
+    assert n_consents >= 3
+    assert actions == [AuditAction.DATA_ACCESS] * 3 + [AuditAction.CONSENT_CHANGE] * n_consents + [
+        AuditAction.EXPORT
+    ]
+    assert [e.subject for e in entries[:3]] == [audit.pseudonym(p) for p in ("w-1", "w-2", "w-3")]
+    assert entries[-1].details["patient_count"] == 3
+    assert verify(log, tmp_path / "audit.key.pub").ok
+    text = log.read_text()
+    assert not any(raw in text for raw in ('"w-1"', '"w-2"', '"w-3"', "1961-05-20"))
+    again = _invoke(bundle, "--out", tmp_path / "o2", "--reference-time", ref, "--audit", log)
+    assert again.exit_code == 2 and "--audit needs --signing-key" in again.output

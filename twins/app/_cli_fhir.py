@@ -13,7 +13,18 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..governance import PseudonymKeyError, load_pseudonymizer
+from ..governance import (
+    AuditAction,
+    AuditEvent,
+    AuditLog,
+    AuditLogError,
+    PseudonymKeyError,
+    SecretFileError,
+    SigningKeyError,
+    load_pseudonymizer,
+    load_signing_key,
+    log_consents,
+)
 from ..io import SUBSTANCES, FhirError, OutputFolderError, read_fhir, write_import
 
 fhir_app = typer.Typer(help="FHIR R4 in and out (twins.io).", no_args_is_help=True)
@@ -58,16 +69,35 @@ def fhir_import(
     lenient: bool = typer.Option(
         False, help="List malformed resources in the report instead of stopping."
     ),
+    audit: Path | None = typer.Option(
+        None, help="Audit log to record the import in (needs --signing-key)."
+    ),
+    signing_key: Path | None = typer.Option(
+        None, help="The audit log's Ed25519 signing key (PEM, owner-only)."
+    ),
 ) -> None:
     """Read a FHIR R4 bundle; write records.csv, patients.csv/json and report.json.
 
     Patient ids are pseudonyms (HMAC-SHA256 with the pseudonym key; no key, no import);
-    patients carry ages, not birth dates, and no names.
+    patients carry ages, not birth dates, and no names. With --audit, the import is recorded
+    in the audit log: a data-access entry per patient read, a consent-change entry per
+    consent, and an export entry for the folder (subjects as pseudonyms of purpose "audit").
     """
     try:
         pseudonymizer = load_pseudonymizer(purpose, key_file)
+        audit_names = load_pseudonymizer("audit", key_file) if audit is not None else None
     except (PseudonymKeyError, ValueError) as error:
         raise _fail(str(error)) from None
+    log = None
+    if audit is not None:
+        if signing_key is None:
+            raise _fail("--audit needs --signing-key (the log's Ed25519 key).")
+        try:
+            log = AuditLog(audit, load_signing_key(signing_key))
+        except (SigningKeyError, SecretFileError, AuditLogError, OSError) as error:
+            raise _fail(f"--audit {audit}: {error}") from None
+    elif signing_key is not None:
+        raise _fail("--signing-key is for --audit LOG; give both or neither.")
     if substance not in SUBSTANCES:
         raise _fail(f"--substance: expected one of {list(SUBSTANCES)}, got {substance!r}.")
     at = _reference_time(reference_time)
@@ -79,6 +109,25 @@ def fhir_import(
         paths = write_import(result, out, pseudonymizer=pseudonymizer)
     except OutputFolderError as error:
         raise _fail(str(error)) from None
+    if log is not None:
+        assert audit_names is not None
+        details = {"use": "fhir import", "substance": substance}
+        log.append_many(
+            AuditEvent(
+                AuditAction.DATA_ACCESS, "twins fhir import", audit_names.pseudonym(p), details
+            )
+            for p in sorted(result.patients)
+        )
+        log_consents(result.consents, log, pseudonymizer=audit_names, actor="twins fhir import")
+        log.append(
+            AuditAction.EXPORT,
+            actor="twins fhir import",
+            details={
+                "use": "fhir import",
+                "folder": str(out),
+                "patient_count": len(result.patients),
+            },
+        )
     issues = result.report.to_dict()["not_read"]
     typer.echo(
         f"{len(result.patients)} patient(s), {len(result.records)} record(s) written to {out} "
