@@ -106,6 +106,9 @@ from ._models._pd import (
 from ._models._pd import (
     SigmoidEmax as SigmoidEmax,
 )
+from ._models._uva_padova import (
+    UVAPadova as UVAPadova,
+)
 from ._records import (
     MAX_DOSES as MAX_DOSES,
 )
@@ -205,6 +208,7 @@ __all__ = [
     "TwoCompartmentMM",
     "TwoCompartmentOral",
     "TwoCompartmentOralMM",
+    "UVAPadova",
     "advance",
     "bolus",
     "concatenate",
