@@ -244,6 +244,11 @@ def event_entries(reg: Regimen, doses: Doses) -> Entries:
             source=idx,
         )
 
+    if reg.has_reset or reg.has_ss:
+        # A reset cancels the doses of earlier records that have not entered yet.
+        live = ~pending_cancelled(reg, doses)
+        inf_dose = inf_dose & live
+        bolus_dose = bolus_dose & live
     blocks = []
     if reg.has_reset or reg.has_ss:
         blocks.append(
@@ -294,6 +299,36 @@ def event_entries(reg: Regimen, doses: Doses) -> Entries:
             block(end, SUB_SS_END, zeros, -doses.rate, jnp.zeros(m, bool), neg, idx, valid)
         )
     return Entries(*(jnp.concatenate(parts) for parts in zip(*blocks, strict=True)))
+
+
+def pending_cancelled(reg: Regimen, doses: Doses) -> Array:
+    """(m,) bool: the doses that a reset cancels before they enter the system.
+
+    NONMEM's rule (Users Guide VI, section V.K; help entry "SS DATA ITEM"): a reset
+    (EVID 3), a reset-and-dose (EVID 4) and a steady-state dose with SS=1 "deactivate any
+    previous dose event record which happens to be active": the record's additional doses
+    (ADDL) and its lagged doses that have not entered the system by then are never given
+    (infusions in progress are stopped by the reset itself). So a dose is cancelled when a
+    reset lies, in the order of the timeline, after the record that initiated the dose (for
+    an additional dose, the record carrying the ADDL: `Regimen.addl_offset`) and before the
+    dose enters (its time plus lag). A record's own reset comes before its own doses, and an
+    SS=2 record resets nothing, so neither cancels anything. One sort of 3m keys.
+    """
+    m = reg.n_events
+    idx = jnp.arange(m, dtype=jnp.int32)
+    off = jnp.zeros(m, jnp.int32) if reg.addl_offset is None else reg.addl_offset
+    src = jnp.clip(idx - off, 0, m - 1)
+    inf = jnp.full((m,), jnp.inf)
+    time = jnp.concatenate(
+        [jnp.where(doses.is_reset, reg.time, inf), reg.time[src], doses.t_arrival]
+    )
+    order = jnp.concatenate([reg.order, reg.order[src], reg.order])
+    # At equal (time, order): a record's reset, then that record (the anchor), then arrivals.
+    sub = jnp.repeat(jnp.arange(3, dtype=jnp.int32), m)
+    is_reset = jnp.concatenate([doses.is_reset, jnp.zeros(2 * m, bool)])
+    perm = jnp.lexsort((sub, order, time))
+    before = jnp.cumsum(is_reset[perm].astype(jnp.int32))[jnp.argsort(perm)]
+    return before[2 * m :] > before[m : 2 * m]
 
 
 def output_entries(times: Array, order: Array, n_states: int) -> Entries:

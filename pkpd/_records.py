@@ -289,7 +289,8 @@ def _subject_regimen(
 ) -> tuple[Regimen, np.ndarray]:
     """Regimen of one subject's records (ADDL expanded) and each event's record position."""
     cols: dict[str, list] = {
-        k: [] for k in ("time", "amount", "cmt", "rate", "evid", "ss", "ii", "order", "rec")
+        k: []
+        for k in ("time", "amount", "cmt", "rate", "evid", "ss", "ii", "order", "rec", "offset")
     }
     ss_need = 1
     for i, row in enumerate(df.itertuples(index=False)):
@@ -309,7 +310,15 @@ def _subject_regimen(
             raise RecordError(
                 f"{_where(df, i)}: RATE=-2 needs the parameter D{int(row.CMT)} (modelled duration)."
             )
-        if row.SS > 0 and row.II > 0:
+        if evid != 3 and row.SS > 0 and row.II > 0:
+            lag = float(p[f"ALAG{int(row.CMT)}"][i]) if f"ALAG{int(row.CMT)}" in p else 0.0
+            if lag >= row.II:
+                raise RecordError(
+                    f"{_where(df, i)}: SS={int(row.SS)} with a lag time ALAG{int(row.CMT)} = "
+                    f"{lag:g} h and II = {row.II:g} h; expected a lag shorter than the interval "
+                    "(NONMEM's steady state for a lag >= II is not physical: it goes negative). "
+                    "Give the doses without SS, or shift the record time by the lag."
+                )
             span = _dose_span(model, p, i, row)
             if not span / row.II <= MAX_SS_INTERVALS:
                 raise RecordError(
@@ -330,6 +339,7 @@ def _subject_regimen(
             cols["ii"].append(row.II)
             cols["order"].append(float(i) if k == 0 else -1.0)
             cols["rec"].append(i)
+            cols["offset"].append(k)  # the k-th additional dose sits k events after its record
     n = len(cols["time"])
     if n == 0:
         # No dose: one padding event keeps the arrays non-empty.
@@ -361,6 +371,7 @@ def _subject_regimen(
         ii=jnp.asarray(cols["ii"], float),
         order=jnp.asarray(cols["order"], float),
         mask=jnp.ones(n, bool),
+        addl_offset=jnp.asarray(cols["offset"], jnp.int32),
         ss_intervals=ss_need,
         has_ss=bool(np.any(np.asarray(cols["ss"]) > 0)),
         has_reset=bool(np.any(np.isin(cols["evid"], (3, 4))))

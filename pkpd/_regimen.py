@@ -60,6 +60,12 @@ class Regimen(eqx.Module):
       and `ss == 1` means a constant infusion at steady state.
     - `order`: tie-break at equal times (smaller first).
     - `mask`: `False` on padding events.
+    - `addl_offset`: how many events before this one the dose record that initiated it
+      sits: `0` for a record's own dose, `k * n` for the `k`-th additional dose (`ADDL`) of
+      `repeat` over `n` events; `None` (the default) means 0 for every event. A reset
+      (EVID 3 or 4, or SS=1) cancels the doses of earlier records that have not entered the
+      system yet: their additional doses and their lagged doses (NONMEM Users Guide VI,
+      section V.K).
 
     `ss_intervals` (static) bounds how many earlier intervals a steady-state dose's lag plus
     infusion duration may span; it is raised automatically by the constructors where the
@@ -81,6 +87,7 @@ class Regimen(eqx.Module):
     ii: EventFloat
     order: EventFloat
     mask: EventBool
+    addl_offset: EventInt | None = None
     ss_intervals: int = eqx.field(static=True, default=1)
     has_ss: bool = eqx.field(static=True, default=False)
     has_reset: bool = eqx.field(static=True, default=True)
@@ -131,6 +138,10 @@ class Regimen(eqx.Module):
             name: jnp.concatenate([getattr(self, name), jnp.full((extra,), value, dtype)])
             for name, value, dtype in ((k, v, getattr(self, k).dtype) for k, v in fill.items())
         }
+        if self.addl_offset is not None:
+            arrays["addl_offset"] = jnp.concatenate(
+                [self.addl_offset, jnp.zeros((extra,), self.addl_offset.dtype)]
+            )
         return Regimen(
             **arrays,
             ss_intervals=self.ss_intervals,
@@ -346,9 +357,14 @@ def repeat(regimen: Regimen, *, ii: float, addl: int) -> Regimen:
         np.isfinite(ii) & (np.asarray(ii) > 0) if _is_concrete(ii) else True,
         f"repeat: expected an interdose interval ii > 0 (h), got ii={ii}.",
     )
+    n = regimen.n_events
+    own = _offsets(regimen)
     copies = []
     for k in range(addl + 1):
         shifted = eqx.tree_at(lambda r: r.time, regimen, regimen.time + k * ii)
+        # The k-th copy of event j points back to event j of the first copy (k * n events
+        # before), or further back to the record that initiated event j itself.
+        shifted = _with_offsets(shifted, own + k * n)
         if k > 0:
             doses = regimen.evid != 3
             shifted = eqx.tree_at(
@@ -358,6 +374,24 @@ def repeat(regimen: Regimen, *, ii: float, addl: int) -> Regimen:
             )
         copies.append(shifted)
     return concatenate(copies)
+
+
+def _offsets(regimen: Regimen) -> Array:
+    """`regimen.addl_offset`, zeros where it is `None`."""
+    if regimen.addl_offset is None:
+        return jnp.zeros(regimen.time.shape, jnp.int32)
+    return regimen.addl_offset
+
+
+def _with_offsets(regimen: Regimen, offsets: Array) -> Regimen:
+    return Regimen(
+        **{f: getattr(regimen, f) for f in _ALL_FIELDS},
+        addl_offset=jnp.asarray(offsets, jnp.int32),
+        ss_intervals=regimen.ss_intervals,
+        has_ss=regimen.has_ss,
+        has_reset=regimen.has_reset,
+        has_infusion=regimen.has_infusion,
+    )
 
 
 def steady_state(regimen: Regimen, *, ii: float = 0.0, ss: int = 1) -> Regimen:
@@ -402,6 +436,7 @@ def steady_state(regimen: Regimen, *, ii: float = 0.0, ss: int = 1) -> Regimen:
     )
     return Regimen(
         **{f: getattr(out, f) for f in _ALL_FIELDS},
+        addl_offset=out.addl_offset,
         ss_intervals=_ss_bound(out),
         has_ss=True,
         has_reset=True,
@@ -453,6 +488,9 @@ def concatenate(regimens: Sequence[Regimen]) -> Regimen:
     arrays = {f: jnp.concatenate([getattr(r, f) for r in regimens]) for f in _ALL_FIELDS}
     n = arrays["time"].shape[0]
     arrays["order"] = jnp.where(arrays["mask"], jnp.arange(n, dtype=arrays["order"].dtype), jnp.inf)
+    if any(r.addl_offset is not None for r in regimens):
+        # Offsets count events back inside each part, so they survive the concatenation.
+        arrays["addl_offset"] = jnp.concatenate([_offsets(r) for r in regimens])
     return Regimen(**arrays, **_merge_flags(regimens))
 
 
@@ -475,4 +513,6 @@ def stack(regimens: Sequence[Regimen]) -> Regimen:
     n = max(r.n_events for r in regimens)
     padded = [r.pad(n) for r in regimens]
     arrays = {f: jnp.stack([getattr(r, f) for r in padded]) for f in _ALL_FIELDS}
+    if any(r.addl_offset is not None for r in regimens):
+        arrays["addl_offset"] = jnp.stack([_offsets(r) for r in padded])
     return Regimen(**arrays, **_merge_flags(regimens))
