@@ -303,6 +303,7 @@ def individual_map(
     *,
     estimator: AbstractEstimator | None = None,
     method: str | None = None,
+    start: Any = None,
 ) -> IndividualFit:
     """MAP estimates of every subject's parameters given population values (one vmapped call).
 
@@ -317,6 +318,10 @@ def individual_map(
       first-order (Gauss-Newton) form, cheaper to compile. The modes are the same.
     - `method`: deprecated spelling of `estimator` (`"laplace"` or `"focei"`; a
       `DeprecationWarning`).
+    - `start`: where each subject's conditional-mode search starts, `(n_subjects, n_eta)`
+      etas (a warm start: the previous modes of twins given one more level); default the
+      typical values (etas 0). Kappas (IOV) start at 0. The modes found are the same to
+      the inner optimiser's tolerance; a start closer to the mode takes fewer Newton steps.
 
     **Returns:** an `IndividualFit`.
     """
@@ -325,14 +330,36 @@ def individual_map(
     else:
         phi = pm.initial() if population is None else population
     est = resolve_estimator(estimator, method, default=Laplace(), fn="individual_map")
-    return _individual(pm, phi, data, est, who="individual_map")
+    return _individual(pm, phi, data, est, who="individual_map", start=start)
+
+
+def _start(pm: PopulationModel, data: Dataset, start: Any, who: str) -> jnp.ndarray:
+    """The random effects the modes are searched from: `start`'s etas (kappas 0), checked."""
+    eta0 = _zeros(pm, data)
+    if start is None:
+        return eta0
+    s = np.asarray(start, dtype=float)
+    want = (data.n_subjects, pm.n_eta)
+    if s.shape != want:
+        raise ValueError(f"{who}: start must have shape (subjects, etas) = {want}, got {s.shape}.")
+    bad = ~np.isfinite(s).all(axis=1)
+    if bad.any():
+        ids = data.ids[bad][:10].tolist()
+        raise ValueError(f"{who}: start has non-finite etas for subject(s) {ids}.")
+    return eta0.at[:, : pm.n_eta].set(jnp.asarray(s, dtype=eta0.dtype))
 
 
 def _individual(
-    pm: PopulationModel, phi, data: Dataset, estimator: AbstractEstimator, *, who: str
+    pm: PopulationModel,
+    phi,
+    data: Dataset,
+    estimator: AbstractEstimator,
+    *,
+    who: str,
+    start: Any = None,
 ) -> IndividualFit:
     check_start(pm, data, phi, who, "the population values given")
-    out = _objective(pm, phi, data.numeric(), _zeros(pm, data), estimator)
+    out = _objective(pm, phi, data.numeric(), _start(pm, data, start, who), estimator)
     _, b, hess, ok = out[:4]
     failed = ~np.isfinite(np.asarray(out[4]))
     d = pm.n_eta

@@ -177,7 +177,7 @@ def test_recommend_for_a_peak_target_matches_a_dense_search():
     @jax.jit
     def peaks(reg):
         def one(e):
-            params = twin.pm.individual_params(twin._theta, twin._cov_j, e)
+            params = twin.pm.individual_params(twin.theta, twin.covariate_arrays, e)
             return drug.model.predict(params, reg, last).max()
 
         return jax.vmap(one)(eta)

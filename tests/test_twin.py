@@ -124,7 +124,7 @@ def test_recommend_matches_brute_force_search(truth):
     @jax.jit
     def levels(reg):
         def one(e):
-            params = twin.pm.individual_params(twin._theta, twin._cov_j, e)
+            params = twin.pm.individual_params(twin.theta, twin.covariate_arrays, e)
             return DRUG.model.predict(params, reg, grid_t)
 
         return jax.vmap(one)(eta)

@@ -8,7 +8,9 @@
 - `twins.drugs`: the drug library (`Drug`: a published `calibration.PopulationModel` plus
   clinical metadata).
 - `DigitalTwin`: a drug and a patient; `update` with observed levels, `forecast`,
-  `recommend`; `write_twin_report(twin, path)` writes its self-contained HTML report.
+  `recommend`; `write_twin_report(twin, path)` writes its self-contained HTML report;
+  `update_twins`, `recommend_twins`, `forecast_twins`: the same for many twins in one
+  vmapped call per drug model.
 - `twins.validation`: evaluations on real data (IWPC warfarin doses).
 - `twins.trials` (re-exported here): virtual trials: `Trial` (population x arms x
   endpoints), `DosingArm` with `Nomogram` rules, endpoints (`TimeInRange`, `AnyAbove`,
@@ -55,6 +57,9 @@ from ._twin import DigitalTwin as DigitalTwin
 from ._twin import Forecast as Forecast
 from ._twin import Posterior as Posterior
 from ._twin import Recommendation as Recommendation
+from ._twin_batch import forecast_twins as forecast_twins
+from ._twin_batch import recommend_twins as recommend_twins
+from ._twin_batch import update_twins as update_twins
 from .drugs import AUCOver as AUCOver
 from .drugs import Bolus as Bolus
 from .drugs import Drug as Drug
@@ -153,16 +158,19 @@ __all__ = [
     "creatinine_umol_to_mg_dl",
     "drugs",
     "eupact_trial",
+    "forecast_twins",
     "ideal_body_weight",
     "iwpc_genotype_counts",
     "lean_body_weight",
     "pgx",
     "plausible_range",
     "read_results",
+    "recommend_twins",
     "run_trial",
     "run_trial_ray",
     "trial_summary",
     "trials",
+    "update_twins",
     "validation",
     "write_report",
     "write_twin_report",

@@ -149,9 +149,20 @@ def recommend_dose(
     doses in `history`. `u0` is the log-dose the search starts from; `steps` Newton ascent
     steps; `probability` a required probability (`achieved` says whether it is met); `who`
     names the patient in errors."""
+    recs = [
+        _best_for_plan(pm, theta, covariates, history, plan, target, eta, u0, steps, who)
+        for plan in plans
+    ]
+    return choose(recs, target, probability, unit)
+
+
+def choose(
+    recs: Sequence[dict[str, Any]], target: Target, probability: float | None, unit: str
+) -> Recommendation:
+    """The `Recommendation` of the best of `recs` (one result per plan, as `_plan_result`
+    gives): the most probable; within half a percentage point, the longer interval."""
     rows, best = [], None
-    for plan in plans:
-        rec = _best_for_plan(pm, theta, covariates, history, plan, target, eta, u0, steps, who)
+    for rec in recs:
         rows.append(
             {
                 "interval": rec["interval"],
@@ -199,8 +210,14 @@ def _best_for_plan(pm, theta, cov, history, plan, target, eta, u0, steps, who):
         pm, target.metric, steps, theta, cov, full, scale, window, eta, bounds,
         jnp.asarray(u0, float),
     )  # fmt: skip
+    return plan_result(plan, target, best_u, values, who)
+
+
+def plan_result(plan: Plan, target: Target, best_u: Any, values: Any, who: str) -> dict[str, Any]:
+    """One plan's result at the log-dose `best_u`, from the metric `values` of every draw
+    there; a non-finite metric or dose is a `FloatingPointError` naming the patient `who`."""
     values = np.asarray(values)
-    dose = float(jnp.exp(best_u))  # per kg when the drug is dosed per kg
+    dose = float(np.exp(best_u))  # per kg when the drug is dosed per kg
     if not (np.all(np.isfinite(values)) and math.isfinite(dose)):
         raise FloatingPointError(
             f"recommend: non-finite {target.metric} for patient {who} at dose {dose:.4g} "
@@ -335,3 +352,139 @@ def optimise_dose(pm, metric, steps, theta, cov, full, scale, window, eta, bound
             best_u, best_p = u, float(p)
         u = u + _ascent_step(g, curvature(u))
     return best_u, metric_draws(*args[:-1], best_u)
+
+
+# --- many patients at once ------------------------------------------------------------------
+
+
+def recommend_doses(
+    pm: Any,
+    theta: Any,
+    covariates: Any,
+    histories: Sequence[pkpd.Regimen],
+    plans: Sequence[Sequence[Plan]],
+    target: Target,
+    eta: jax.Array,
+    *,
+    u0: float,
+    steps: int = 12,
+    probability: float | None = None,
+    unit: str = "",
+    who: Sequence[str] = (),
+) -> list[Recommendation | Exception]:
+    """`recommend_dose` for K patients of one population model in one vmapped search per
+    plan: `covariates` name -> `(K,)`, `histories` K regimens of one number of events,
+    `plans[k]` patient k's plans (the same intervals and sizes for every patient), `eta`
+    `(K, n_draws, n_eta)`. The same numbers as K calls of `recommend_dose`, to rounding.
+
+    **Returns:** one `Recommendation` per patient, or the exception (a `FloatingPointError`
+    naming the patient) that stopped that patient's search; the others are unaffected."""
+    k = len(histories)
+    if len(plans) != k or eta.shape[0] != k or k == 0:
+        raise ValueError(
+            f"recommend_doses: {k} histories, {len(plans)} plan lists and {eta.shape[0]} "
+            "posterior draw sets; expected the same number (> 0)."
+        )
+    sizes = {h.n_events for h in histories}
+    shapes = {tuple((p.interval, p.regimen.n_events) for p in ps) for ps in plans}
+    if len(sizes) != 1 or len(shapes) != 1:
+        raise ValueError(
+            "recommend_doses: every patient needs histories of one size and the same plans "
+            f"(got history sizes {sorted(sizes)} and {len(shapes)} plan layouts)."
+        )
+    names = list(who) or [str(i) for i in range(k)]
+    n_hist = histories[0].n_events
+    bounds = jnp.asarray([math.log(target.low), math.log(target.high)])
+    results: list[list[dict[str, Any]]] = [[] for _ in range(k)]
+    errors: dict[int, Exception] = {}
+    for j in range(len(plans[0])):
+        mine = [ps[j] for ps in plans]
+        full = pkpd.stack([h + p.regimen for h, p in zip(histories, mine, strict=True)])
+        scale = jnp.concatenate([jnp.zeros(n_hist), jnp.ones(mine[0].regimen.n_events)])
+        window = (
+            jnp.asarray([p.end for p in mine], float),
+            jnp.asarray([p.interval for p in mine], float),
+        )
+        best_u, values = optimise_doses(
+            pm, target.metric, steps, theta, covariates, full, scale, window, eta, bounds,
+            jnp.full((k,), u0, float),
+        )  # fmt: skip
+        best_u, values = np.asarray(best_u), np.asarray(values)
+        for i, plan in enumerate(mine):
+            if i in errors:
+                continue
+            try:
+                results[i].append(plan_result(plan, target, best_u[i], values[i], names[i]))
+            except FloatingPointError as error:
+                errors[i] = error
+    return [
+        errors[i] if i in errors else choose(results[i], target, probability, unit)
+        for i in range(k)
+    ]
+
+
+@eqx.filter_jit
+def metric_draws_many(pm, metric, theta, cov, full, scale, window, eta, u):
+    """`metric_draws` for K patients: `cov`, `full`, `window`, `eta`, `u` with a leading
+    patient axis; `scale` shared."""
+
+    def one(c, f, w, e, v):
+        return metric_draws(pm, metric, theta, c, f, scale, w, e, v)
+
+    return jax.vmap(one)(cov, full, window, eta, u)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _optimise_affine_many(steps, without, per_unit, bounds, u0):
+    return jax.vmap(lambda w, p, u: _optimise_affine(steps, w, p, bounds, u))(without, per_unit, u0)
+
+
+@eqx.filter_jit
+def _gap_value_grad_many(pm, metric, theta, cov, full, scale, window, eta, bounds, u):
+    def one(c, f, w, e, v):
+        return _gap_value_grad(pm, metric, theta, c, f, scale, w, e, bounds, v)
+
+    return jax.vmap(one)(cov, full, window, eta, u)
+
+
+@eqx.filter_jit
+def _probability_value_grad_many(pm, metric, theta, cov, full, scale, window, eta, bounds, u):
+    def one(c, f, w, e, v):
+        return _probability_value_grad(pm, metric, theta, c, f, scale, w, e, bounds, v)
+
+    return jax.vmap(one)(cov, full, window, eta, u)
+
+
+def optimise_doses(pm, metric, steps, theta, cov, full, scale, window, eta, bounds, u0):
+    """`optimise_dose` for K patients at once (`cov`, `full`, `window`, `eta`, `u0` with a
+    leading patient axis): the same steps, each one vmapped call for all of them.
+
+    **Returns:** the best log-doses `(K,)` and the metric of every draw there `(K, n_draws)`."""
+    sim = functools.partial(metric_draws_many, pm, metric, theta, cov, full, scale, window, eta)
+    if pm.model.is_linear and metric.additive:
+        without = sim(jnp.full(u0.shape, -jnp.inf))
+        per_unit = sim(jnp.zeros(u0.shape)) - without
+        best = _optimise_affine_many(steps, without, per_unit, bounds, u0)
+        return best, without + jnp.exp(best)[:, None] * per_unit
+
+    args = (pm, metric, theta, cov, full, scale, window, eta, bounds)
+    u = u0
+    for _ in range(8):
+        u = _newton_gap(u, *_gap_value_grad_many(*args, u))
+
+    def curvature(u, h=1e-3):
+        return (
+            _probability_value_grad_many(*args, u + h)[1]
+            - _probability_value_grad_many(*args, u - h)[1]
+        ) / (2.0 * h)
+
+    best_u, best_p = np.asarray(u), np.full(u.shape, -1.0)
+    for _ in range(steps + 1):
+        p, g = _probability_value_grad_many(*args, u)
+        p = np.asarray(p)
+        better = p > best_p
+        best_u = np.where(better, np.asarray(u), best_u)
+        best_p = np.where(better, p, best_p)
+        u = u + _ascent_step(g, curvature(u))
+    best = jnp.asarray(best_u)
+    return best, sim(best)

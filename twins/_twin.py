@@ -182,7 +182,13 @@ class DigitalTwin:
     - `curvature`: deprecated spelling of `estimator` (`"focei"` or `"laplace"`; a
       `DeprecationWarning`).
 
-    The twin is updated in place (`give`, `update`); `posterior` is the current belief.
+    The twin is updated in place (`give`, `observe`, `update`); `posterior` is the current
+    belief. Read-only attributes: `pm` (the population model), `phi`, `theta`, `sigma`,
+    `omega` (population values; natural scale for the last three), `covariates` (the
+    model's covariates of the patient) and `covariate_arrays` (the same as JAX arrays),
+    `weight` (kg, or None), `history` (doses given), `observations`. Many twins of one drug
+    are updated, dosed and forecast together by `twins.update_twins`,
+    `twins.recommend_twins` and `twins.forecast_twins` (one vmapped call each).
     """
 
     def __init__(
@@ -204,14 +210,14 @@ class DigitalTwin:
         self.patient_id = str(cov_dict.get("ID", getattr(patient, "id", "patient")))
         self.covariates = drug.covariates(cov_dict)
         weight = cov_dict.get("WT")
-        self._weight = None if weight is None else float(weight)
+        self.weight = None if weight is None else float(weight)
         self.pm = drug.model
         self.phi: dict[str, Any] = dict(drug.population() if population is None else population)
         nat = self.pm.natural(self.phi)
-        self._theta = nat["theta"]
-        self._sigma = nat["sigma"]
-        self._omega = np.asarray(nat["omega"])
-        self._cov_j = {k: jnp.asarray(v) for k, v in self.covariates.items()}
+        self.theta = nat["theta"]
+        self.sigma = nat["sigma"]
+        self.omega = np.asarray(nat["omega"])
+        self.covariate_arrays = {k: jnp.asarray(v) for k, v in self.covariates.items()}
         self.history: pkpd.Regimen | None = None
         if regimen is not None:
             self.give(regimen)
@@ -220,7 +226,7 @@ class DigitalTwin:
         self.posterior = Posterior(
             method="prior",
             mode=np.zeros(d),
-            cov=self._omega.copy(),
+            cov=self.omega.copy(),
             params=self._params(np.zeros(d)),
             converged=True,
             n_observations=0,
@@ -239,7 +245,7 @@ class DigitalTwin:
         return self
 
     def _params(self, eta) -> dict[str, float]:
-        p = self.pm.individual_params(self._theta, self._cov_j, jnp.asarray(eta))
+        p = self.pm.individual_params(self.theta, self.covariate_arrays, jnp.asarray(eta))
         return {k: float(v) for k, v in p.items()}
 
     # --- calibration ---------------------------------------------------------------------
@@ -262,6 +268,8 @@ class DigitalTwin:
         - `observations`: a DataFrame with `TIME` (h, on the regimen's clock) and `DV`, and
           optionally `CENS` (1: below the limit of quantification, `DV` = the limit); or
         - `times`, `values`: the same as sequences (`lloq` marks values below it as censored).
+          With none of these, the posterior is recomputed on the levels already observed
+          (`observe` adds levels without recomputing).
         - `method`: `calibration.MAP()` (default; posterior mode and Laplace covariance by the
           twin's `estimator`, milliseconds once compiled) or `calibration.NUTS(num_warmup=...,
           num_samples=..., num_chains=..., ...)` (the full posterior by
@@ -275,20 +283,33 @@ class DigitalTwin:
         strategy = _update_method(method, nuts_options)
         if isinstance(strategy, calibration.NUTS):
             key = _as_key(key, "DigitalTwin.update(method=NUTS(...))")
-        new = self._new_observations(observations, times, values, lloq)
         if self.history is None:
             raise ValueError(
                 f"DigitalTwin {self.patient_id}: no doses given; call give(regimen) before update."
             )
-        self.observations = pd.concat([self.observations, new], ignore_index=True)
-        self.observations = self.observations.sort_values("TIME", kind="stable").reset_index(
-            drop=True
-        )
+        if observations is not None or times is not None or values is not None:
+            self.observe(observations, times=times, values=values, lloq=lloq)
         t0 = _time.perf_counter()
         if isinstance(strategy, calibration.NUTS):
             self.posterior = self._nuts(key, t0, strategy)
         else:
             self.posterior = self._map(t0)
+        return self
+
+    def observe(
+        self,
+        observations: pd.DataFrame | None = None,
+        *,
+        times: Sequence[float] | None = None,
+        values: Sequence[float] | None = None,
+        lloq: float | None = None,
+    ) -> DigitalTwin:
+        """Add observed levels (as `update` takes them) without recomputing the posterior;
+        returns the twin. Then `update()` recomputes it, or `twins.update_twins` the
+        posteriors of many twins in one vmapped MAP."""
+        new = self._new_observations(observations, times, values, lloq)
+        obs = pd.concat([self.observations, new], ignore_index=True)
+        self.observations = obs.sort_values("TIME", kind="stable").reset_index(drop=True)
         return self
 
     @property
@@ -352,36 +373,7 @@ class DigitalTwin:
     def _dataset(self) -> calibration.Dataset:
         """The patient's doses and levels as a one-subject Dataset of bucketed sizes (so that
         new levels and doses reuse the compiled estimator)."""
-        assert self.history is not None
-        obs = self.observations
-        k = len(obs)
-        n_obs = _bucket(k)
-        t = obs["TIME"].to_numpy(dtype=float)
-        time = np.full((1, n_obs), t[-1] if k else 0.0)
-        time[0, :k] = t
-        dv = np.zeros((1, n_obs))
-        dv[0, :k] = obs["DV"].to_numpy(dtype=float)
-        observed = np.zeros((1, n_obs), dtype=bool)
-        observed[0, :k] = True
-        blq = np.zeros((1, n_obs), dtype=bool)
-        blq[0, :k] = obs["CENS"].to_numpy() == 1
-        lloq = np.where(blq, dv, -np.inf)
-        reg = self.history.pad(_bucket(self.history.n_events))
-        records = pd.DataFrame(
-            {"ID": self.patient_id, "TIME": t, "EVID": 0, "MDV": 0, "DV": dv[0, :k]}
-        )
-        return calibration.Dataset(
-            ids=np.asarray([self.patient_id]),
-            regimen=pkpd.stack([reg]),
-            time=time,
-            dv=dv,
-            observed=observed,
-            blq=blq,
-            lloq=lloq,
-            occasion=np.zeros((1, n_obs), dtype=np.int32),
-            covariates={k: np.asarray([v]) for k, v in self.covariates.items()},
-            records=records,
-        )
+        return twins_dataset([self])
 
     def _map(self, t0: float) -> Posterior:
         ind = calibration.individual_map(
@@ -457,9 +449,11 @@ class DigitalTwin:
         # Padded to a bucket of event slots, as the update's data set: twins whose histories
         # differ by a few doses share one compiled prediction.
         padded = plan.pad(_bucket(plan.n_events))
-        y = np.asarray(predict_draws(self.pm, self._theta, self._cov_j, padded, times, eta))
+        y = np.asarray(
+            predict_draws(self.pm, self.theta, self.covariate_arrays, padded, times, eta)
+        )
         if prediction_interval:
-            y = np.asarray(with_residual(self.pm.error, self._sigma, jnp.asarray(y), k_eps))
+            y = np.asarray(with_residual(self.pm.error, self.sigma, jnp.asarray(y), k_eps))
         q = (1.0 - level) / 2.0
         lo, med, hi = np.quantile(y, [q, 0.5, 1.0 - q], axis=0)
         return Forecast(
@@ -521,7 +515,7 @@ class DigitalTwin:
           uses `jax.random.key(0)` with a `DeprecationWarning`, and will raise `TypeError`
           in the next release) and Newton ascent steps.
         """
-        tgt = self._target(target)
+        tgt = self.find_target(target)
         usual = interval or self.drug.dosing.interval
         choices = list(intervals) if intervals is not None else [usual]
         if not choices or any(not (c > 0) for c in choices):
@@ -531,7 +525,7 @@ class DigitalTwin:
         try:
             plans = plan_doses(
                 self.drug, self.history, choices, tgt.metric, start=start, n_doses=n_doses,
-                weight=self._weight,
+                weight=self.weight,
             )  # fmt: skip
         except ValueError as error:
             raise ValueError(f"recommend for patient {self.patient_id}: {error}") from error
@@ -542,8 +536,8 @@ class DigitalTwin:
             history = history.pad(_bucket(history.n_events))
         return recommend_dose(
             self.pm,
-            self._theta,
-            self._cov_j,
+            self.theta,
+            self.covariate_arrays,
             history,
             plans,
             tgt,
@@ -555,7 +549,9 @@ class DigitalTwin:
             who=self.patient_id,
         )
 
-    def _target(self, target: str | Target | None) -> Target:
+    def find_target(self, target: str | Target | None) -> Target:
+        """`target` as a `Target`: itself, or the drug's target of that metric name
+        (default the first); `ValueError` naming the drug's targets otherwise."""
         if isinstance(target, Target):
             return target
         if not self.drug.targets:
@@ -569,6 +565,61 @@ class DigitalTwin:
             f"recommend: {self.drug.name} has no target {target!r}; its targets are "
             f"{[t.metric.name for t in self.drug.targets]} (or pass a twins.drugs.Target)."
         )
+
+
+def twins_dataset(
+    twins: Sequence[DigitalTwin], *, n_subjects: int | None = None
+) -> calibration.Dataset:
+    """The doses and levels of `twins` (of one drug model) as one calibration `Dataset`:
+    observations and doses padded to the bucket (a power of two, at least 8) of the largest
+    count among them, so that new levels and doses, and batches of similar twins, reuse the
+    compiled estimator. `n_subjects` (>= `len(twins)`) pads the subjects too, with copies of
+    the first twin (ids `"<id>~pad<k>"`), whose results the caller drops."""
+    if not twins:
+        raise ValueError("twins_dataset: no twins.")
+    for tw in twins:
+        if tw.history is None:
+            raise ValueError(
+                f"DigitalTwin {tw.patient_id}: no doses given; call give(regimen) before update."
+            )
+    rows = list(twins)
+    if n_subjects is not None:
+        if n_subjects < len(rows):
+            raise ValueError(f"twins_dataset: n_subjects={n_subjects} < {len(rows)} twins.")
+        rows += [rows[0]] * (n_subjects - len(rows))
+    n = len(rows)
+    n_obs = _bucket(max(len(tw.observations) for tw in rows))
+    n_events = _bucket(max(tw.history.n_events for tw in rows))  # type: ignore[union-attr]
+    time = np.zeros((n, n_obs))
+    dv = np.zeros((n, n_obs))
+    observed = np.zeros((n, n_obs), dtype=bool)
+    blq = np.zeros((n, n_obs), dtype=bool)
+    ids, records = [], []
+    for i, tw in enumerate(rows):
+        obs = tw.observations
+        k = len(obs)
+        t = obs["TIME"].to_numpy(dtype=float)
+        time[i] = t[-1] if k else 0.0
+        time[i, :k] = t
+        dv[i, :k] = obs["DV"].to_numpy(dtype=float)
+        observed[i, :k] = True
+        blq[i, :k] = obs["CENS"].to_numpy() == 1
+        pid = tw.patient_id if i < len(twins) else f"{tw.patient_id}~pad{i}"
+        ids.append(pid)
+        records.append(pd.DataFrame({"ID": pid, "TIME": t, "EVID": 0, "MDV": 0, "DV": dv[i, :k]}))
+    names = list(rows[0].covariates)
+    return calibration.Dataset(
+        ids=np.asarray(ids),
+        regimen=pkpd.stack([tw.history.pad(n_events) for tw in rows]),  # type: ignore[union-attr]
+        time=time,
+        dv=dv,
+        observed=observed,
+        blq=blq,
+        lloq=np.where(blq, dv, -np.inf),
+        occasion=np.zeros((n, n_obs), dtype=np.int32),
+        covariates={c: np.asarray([tw.covariates[c] for tw in rows]) for c in names},
+        records=pd.concat(records, ignore_index=True),
+    )
 
 
 def _as_key(key: Any, fn: str, *, old_default: bool = False) -> jax.Array:

@@ -216,7 +216,7 @@ def _posterior_section(twin: DigitalTwin, key: jax.Array, n_draws: int) -> str:
             '<div class="warning">The posterior did not converge: treat the forecast and any '
             "recommendation with caution.</div>"
         )
-    prior_sd = np.sqrt(np.diag(np.asarray(twin._omega, dtype=float)))
+    prior_sd = np.sqrt(np.diag(np.asarray(twin.omega, dtype=float)))
     post_sd = np.sqrt(np.clip(np.diag(np.asarray(post.cov, dtype=float)), 0.0, None))
     rows = []
     for name, m, s, w in zip(pm.eta_names, post.mode, post_sd, prior_sd, strict=True):
@@ -234,7 +234,7 @@ def _posterior_section(twin: DigitalTwin, key: jax.Array, n_draws: int) -> str:
     )
     typical = twin._params(np.zeros(pm.n_eta))
     eta = post.sample(n_draws, key=key)
-    draws = jax.vmap(lambda e: pm.individual_params(twin._theta, twin._cov_j, e))(eta)
+    draws = jax.vmap(lambda e: pm.individual_params(twin.theta, twin.covariate_arrays, e))(eta)
     q = (1.0 - _LEVEL) / 2.0
     rows = []
     for name, value in post.params.items():

@@ -27,9 +27,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
+import numpy as np
 
 from .._twin import DigitalTwin
+from .._twin_batch import forecast_twins, recommend_twins, update_twins
 from ..drugs import Drug
 from ..governance import (
     AuditAction,
@@ -40,7 +41,7 @@ from ..governance import (
 from ._codes import SUBSTANCES
 from ._errors import FhirError
 from ._service_store import ServiceStore, StoredMessage, digest
-from ._service_twin import Replay, outputs, posterior_json, replay
+from ._service_twin import Replay, output_keys, outputs, plan_start, posterior_json, replay
 from ._stream_read import inspect_resource
 from ._write import reference_pseudonym
 
@@ -294,6 +295,7 @@ class TwinService:
         rejected: list[tuple[StoredMessage, str]] = []
         twins: list[tuple[str, str, DigitalTwin | None, int]] = []
         notes: dict[int, str] = {}
+        replays: list[tuple[str, list[StoredMessage], Replay]] = []
         for pid, mine in by_patient.items():
             history = self.store.history(pid, asof)
             # the twin, its key and its outputs depend on the patient's messages alone, not
@@ -309,16 +311,22 @@ class TwinService:
                         asof=upto,
                         pseudonym=self._results.pseudonym(pid),
                         reading=self._reading,
+                        calibrate=False,
                     )
                     for m in mine:
                         if (m.rtype, m.rid) in r.errors:
                             rejected.append((m, r.errors[(m.rtype, m.rid)]))
-                    self._one(r, mine, events, out, dead, twins, notes)
+                    replays.append((pid, mine, r))
                 except Exception as error:  # one patient's failure stops no one else
-                    log.exception("the %s twin of a patient could not be updated", substance)
-                    kind = type(error).__name__
-                    why = f"the {substance} twin could not be updated ({kind}: {error})"
-                    dead.extend((m, f"{m.rtype}/{m.rid}: {why}") for m in mine)
+                    log.exception("the %s twin of a patient could not be rebuilt", substance)
+                    dead.extend(_failed(mine, substance, error))
+        computed = self._compute([r for _, _, r in replays])
+        for _, mine, r in replays:
+            try:
+                self._one(r, mine, events, out, dead, twins, notes, computed.get(id(r)))
+            except Exception as error:  # one patient's failure stops no one else
+                log.exception("the %s twin of a patient could not be updated", r.substance)
+                dead.extend(_failed(mine, r.substance, error))
         if not redo:
             self.governance.audit.append_many(events)
         with self.store.transaction() as db:
@@ -351,7 +359,53 @@ class TwinService:
                 self._twins[key] = twin
         return out
 
-    def _one(self, r: Replay, mine, events, out, dead, twins, notes) -> None:
+    def _compute(self, replays: list[Replay]) -> dict[int, Any]:
+        """The posteriors, recommendations and forecasts of the replayed twins, each step one
+        vmapped call for the twins of a drug (`twins.update_twins`, `recommend_twins`,
+        `forecast_twins`); each twin warm-started from its previous posterior. Returns
+        `id(replay) ->` `(recommendation, forecast, start)` or the exception that stopped
+        that twin."""
+        ready = [r for r in replays if r.twin is not None and r.refused is None]
+        for r in ready:
+            previous = self._twins.get((self._results.pseudonym(r.patient), r.substance))
+            if (
+                previous is not None
+                and previous.posterior.mode.shape == r.twin.posterior.mode.shape
+            ):
+                r.twin.posterior = previous.posterior  # the warm start of the mode search
+        result: dict[int, Any] = {}
+        errors = update_twins([r.twin for r in ready])
+        for r, error in zip(ready, errors, strict=True):
+            if error is not None:
+                result[id(r)] = error
+        ready = [r for r in ready if id(r) not in result]
+        if not ready:
+            return result
+        keys = [output_keys(self.seed, r.asof) for r in ready]
+        starts = [plan_start(r) for r in ready]
+        recs = recommend_twins(
+            [r.twin for r in ready],
+            keys=[k for k, _ in keys],
+            intervals=self.intervals,
+            starts=starts,
+            n_draws=self.n_draws,
+        )
+        ok = [j for j, rec in enumerate(recs) if not isinstance(rec, Exception)]
+        fcs = forecast_twins(
+            [ready[j].twin for j in ok],
+            [starts[j] + np.asarray(self.forecast_hours) for j in ok],
+            [recs[j].regimen for j in ok],  # type: ignore[union-attr]
+            keys=[keys[j][1] for j in ok],
+            n_draws=self.n_draws,
+        )
+        for j, rec in enumerate(recs):
+            result[id(ready[j])] = rec
+        for j, fc in zip(ok, fcs, strict=True):
+            r = ready[j]
+            result[id(r)] = fc if isinstance(fc, Exception) else (recs[j], fc, starts[j])
+        return result
+
+    def _one(self, r: Replay, mine, events, out, dead, twins, notes, computed) -> None:
         pid, substance = r.patient, r.substance
         seqs = sorted(m.seq for m in mine)
         subject = self._audit_names.pseudonym(pid)
@@ -381,15 +435,10 @@ class TwinService:
             twins.append((pid, substance, None, r.asof))  # e.g. its only dose retracted
             return
         cause = max(mine, key=lambda m: m.seq)
-        key = jax.random.fold_in(jax.random.key(self.seed), r.asof)
-        res = outputs(
-            r,
-            results=self._results,
-            intervals=self.intervals,
-            forecast_hours=self.forecast_hours,
-            n_draws=self.n_draws,
-            key=key,
-        )
+        if isinstance(computed, Exception):
+            raise computed
+        rec, fc, start = computed
+        res = outputs(r, results=self._results, recommendation=rec, forecast=fc, start=start)
         post = r.twin.posterior
         drug = self.drugs[substance].name
         audit_cause = reference_pseudonym(cause.rtype, cause.rid, self._audit_names)
@@ -496,6 +545,12 @@ class TwinService:
             "dead_letters": len(self.store.dead_letters()),
             "unpublished": len(self.store.unpublished()),
         }
+
+
+def _failed(mine: Sequence[StoredMessage], substance: str, error: Exception):
+    """Dead letters for a patient's messages when its twin on `substance` failed."""
+    why = f"the {substance} twin could not be updated ({type(error).__name__}: {error})"
+    return [(m, f"{m.rtype}/{m.rid}: {why}") for m in mine]
 
 
 class _Dead(Exception):

@@ -80,12 +80,15 @@ def replay(
     asof: int,
     pseudonym: str,
     reading: AbstractContextManager | None = None,
+    calibrate: bool = True,
 ) -> Replay:
     """Rebuild the twin of `patient` on `substance` from `messages` (`ServiceStore.history`).
 
     The twin's patient is named by `pseudonym` (the twin never holds the raw id).
     `reading` is held while the FHIR resources are read: the unit conversions of
-    `twins.io` (ucumvert's parser) are not safe to run in two threads at once.
+    `twins.io` (ucumvert's parser) are not safe to run in two threads at once. With
+    `calibrate=False` the twin is given its doses and levels (`DigitalTwin.observe`) but its
+    posterior is left for the caller (`twins.update_twins`, many twins in one call).
     """
     at = reference_time(messages)
     out = Replay(patient, substance, asof, at)
@@ -124,7 +127,9 @@ def replay(
     twin.give(data.regimen(patient))
     levels = data.observations(patient)
     if len(levels):
-        twin.update(levels)
+        twin.observe(levels)
+        if calibrate:
+            twin.update()
     out.twin = twin
     return out
 
@@ -154,29 +159,41 @@ class Outputs:
     start: float
 
 
+def plan_start(r: Replay) -> float:
+    """When the recommended plan starts (h from the patient's origin): at the reference
+    time, or one usual interval after the last dose given if that is later."""
+    assert r.twin is not None and r.data is not None and r.reference_time is not None
+    origin = r.data.origins[r.patient]
+    now = (r.reference_time - origin).total_seconds() / 3600.0
+    assert r.twin.history is not None
+    given = np.asarray(r.twin.history.time)[np.asarray(r.twin.history.mask)]
+    usual = float(r.twin.drug.dosing.interval)
+    return max(now, float(given.max()) + usual) if given.size else now
+
+
+def output_keys(seed: int, asof: int) -> tuple[jax.Array, jax.Array]:
+    """The keys of the recommendation and the forecast of the update as of message `asof`
+    (a rerun, or a restarted service, gives the same numbers)."""
+    key = jax.random.fold_in(jax.random.key(seed), asof)
+    k_rec, k_fc = jax.random.split(key)
+    return k_rec, k_fc
+
+
 def outputs(
     r: Replay,
     *,
     results: Pseudonymizer,
-    intervals: Sequence[float] | None,
-    forecast_hours: Sequence[float],
-    n_draws: int,
-    key: jax.Array,
+    recommendation: Any,
+    forecast: Any,
+    start: float,
 ) -> Outputs:
-    """Recommend and forecast from the replayed twin; write them as FHIR (subjects and
-    `derivedFrom` as pseudonyms of `results`)."""
+    """The update's recommendation and forecast (`twins.recommend_twins`,
+    `twins.forecast_twins`) written as FHIR (subjects and `derivedFrom` as pseudonyms of
+    `results`)."""
     assert r.twin is not None and r.data is not None and r.reference_time is not None
-    twin, data, pid = r.twin, r.data, r.patient
+    data, pid = r.data, r.patient
     origin = data.origins[pid]
-    now = (r.reference_time - origin).total_seconds() / 3600.0
-    assert twin.history is not None
-    given = np.asarray(twin.history.time)[np.asarray(twin.history.mask)]
-    usual = float(twin.drug.dosing.interval)
-    start = max(now, float(given.max()) + usual) if given.size else now
-    k_rec, k_fc = jax.random.split(key)
-    rec = twin.recommend(intervals=intervals, start=start, key=k_rec, n_draws=n_draws)
-    times = start + np.asarray(forecast_hours, dtype=float)
-    fc = twin.forecast(times, rec.regimen, key=k_fc, n_draws=n_draws)
+    rec, fc = recommendation, forecast
     request = recommendation_request(
         rec,
         patient=pid,

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -82,11 +84,48 @@ def _validate(raw: Any, full_url: str | None, fallback: str, col: Collector) -> 
         col.fail(FhirError(rtype, ident, "resourceType", "not a FHIR R4B resource type."))
         return None
     try:
-        model = cls.model_validate(raw)
-    except ValidationError as error:
-        col.fail(_validation_error(rtype, ident, error))
-        return None
+        text: str | None = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):  # not plain JSON: validated, never cached
+        text = None
+    model = None if text is None else _VALID.get(text)
+    if model is None:
+        try:
+            model = cls.model_validate(raw)
+        except ValidationError as error:
+            col.fail(_validation_error(rtype, ident, error))
+            return None
+        if text is not None:
+            _VALID.put(text, model)
     return Resource(rtype, ident, full_url, raw, model)
+
+
+class _Validated:
+    """The models of the resources validated last (canonical JSON -> model), at most
+    `size`: a live service reads a patient's same resources again for every new level, and
+    validation by fhir.resources is most of the cost of reading. A resource is looked up
+    by its whole content, so a changed resource is validated again; invalid ones are not
+    kept. The models are only read, never changed."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> Any:
+        with self._lock:
+            model = self._items.get(text)
+            if model is not None:
+                self._items.move_to_end(text)
+            return model
+
+    def put(self, text: str, model: Any) -> None:
+        with self._lock:
+            self._items[text] = model
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+_VALID = _Validated(20_000)
 
 
 def _bundle_items(bundle: Any, name: str, col: Collector) -> Iterator[tuple[Any, str | None, str]]:

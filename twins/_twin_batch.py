@@ -1,0 +1,350 @@
+"""Many twins at once: one vmapped MAP update, dose search and forecast for twins of a drug.
+
+A service that keeps a twin per patient (`twins.io.TwinService`) gets levels for many
+patients at a time. `update_twins`, `recommend_twins` and `forecast_twins` do for a list of
+twins what `DigitalTwin.update`, `recommend` and `forecast` do for one, with one compiled,
+vmapped call per step for all twins of one population model (grouped automatically), instead
+of one call per twin:
+
+- the twins' levels and doses are padded to one bucket of sizes (powers of two, at least 8,
+  for observations, doses and patients), so batches of similar sizes reuse one compilation;
+- `update_twins` starts each conditional-mode search from the twin's current posterior mode
+  (a warm start; `warm_start=False` starts from the typical values as `update` does): the
+  modes are the same to the inner optimiser's tolerance, found in fewer Newton steps;
+- the numbers are those of the one-twin calls to rounding (tests/test_twin_batch.py), and
+  one twin that fails (a non-finite likelihood or metric) gets its exception in the result,
+  the others their results.
+"""
+
+from __future__ import annotations
+
+import math
+import time as _time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import calibration
+import pkpd
+
+from ._recommend import Recommendation, plan_doses, recommend_doses
+from ._twin import (
+    DigitalTwin,
+    Forecast,
+    Posterior,
+    _as_key,
+    _bucket,
+    predict_draws,
+    twins_dataset,
+)
+
+_LEVEL = 0.9
+
+
+def _groups(twins: Sequence[DigitalTwin]) -> list[list[int]]:
+    """Indices of `twins` by population model, population values and estimator (those that
+    one vmapped call can take together), in first-seen order."""
+    out: dict[Any, list[int]] = {}
+    for i, tw in enumerate(twins):
+        if not isinstance(tw, DigitalTwin):
+            raise TypeError(f"expected DigitalTwin objects, got {type(tw).__name__} at {i}.")
+        leaves, tree = jax.tree_util.tree_flatten(tw.phi)
+        phi = (str(tree), tuple(np.asarray(v, dtype=float).tobytes() for v in leaves))
+        out.setdefault((id(tw.pm), phi, repr(tw.estimator)), []).append(i)
+    return list(out.values())
+
+
+def update_twins(
+    twins: Sequence[DigitalTwin], *, warm_start: bool = True
+) -> list[Exception | None]:
+    """Recompute the MAP posterior of every twin on its levels (added with
+    `DigitalTwin.observe`), in one vmapped `calibration.individual_map` per drug model.
+
+    **Arguments:**
+
+    - `twins`: the twins (any drugs; those of one model and population values go together).
+    - `warm_start`: start each twin's mode search from its current posterior mode.
+
+    **Returns:** per twin, `None` (its `posterior` is the new MAP posterior; `seconds` is the
+    wall time of its batch) or the exception that stopped it (a `ValueError` for a twin
+    with no doses, a `calibration.SubjectError` for a twin whose mode cannot be found);
+    a failed twin keeps its previous posterior. A mode that did not converge is a
+    `ConvergenceWarning` naming the twins, as `update` gives.
+    """
+    results: list[Exception | None] = [None] * len(twins)
+    for group in _groups(twins):
+        ready = []
+        for i in group:
+            if twins[i].history is None:
+                results[i] = ValueError(
+                    f"DigitalTwin {twins[i].patient_id}: no doses given; call give(regimen) "
+                    "before update."
+                )
+            else:
+                ready.append(i)
+        if ready:
+            _update_group([twins[i] for i in ready], ready, results, warm_start)
+    return results
+
+
+def _update_group(group, where, results, warm_start) -> None:
+    t0 = _time.perf_counter()
+    first = group[0]
+    n = _bucket(len(group))
+    data = twins_dataset(group, n_subjects=n)
+    start = None
+    if warm_start:
+        modes = [np.asarray(tw.posterior.mode, dtype=float) for tw in group]
+        start = np.stack(modes + [modes[0]] * (n - len(group)))
+    failed: dict[int, Exception] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", calibration.ConvergenceWarning)
+        try:
+            fit = calibration.individual_map(
+                first.pm, data, first.phi, estimator=first.estimator, start=start
+            )
+        except calibration.SubjectError as error:
+            fit = error.result
+            for j in range(len(group)):
+                if not np.all(np.isfinite(fit.eta[j])):
+                    failed[j] = error
+    for w in caught:
+        if not issubclass(w.category, calibration.ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    seconds = _time.perf_counter() - t0
+    late = [tw.patient_id for j, tw in enumerate(group) if j not in failed and not fit.converged[j]]
+    if late:
+        warnings.warn(
+            f"individual MAP did not converge for {len(late)} twin(s): IDs {late[:10]}",
+            calibration.ConvergenceWarning,
+            stacklevel=3,
+        )
+    for j, tw in enumerate(group):
+        if j in failed:
+            results[where[j]] = failed[j]
+            continue
+        tw.posterior = Posterior(
+            method="map",
+            mode=np.asarray(fit.eta[j]),
+            cov=np.asarray(fit.cov[j]),
+            params={k: float(v[j]) for k, v in fit.params.items()},
+            converged=bool(fit.converged[j]),
+            n_observations=len(tw.observations),
+            seconds=seconds,
+        )
+
+
+@eqx.filter_jit
+def _sample_many(modes, covs, keys, n: int):
+    """`Posterior.sample(n, key=...)` of K Laplace posteriors at once."""
+
+    def one(m, c, k):
+        chol = jnp.linalg.cholesky(c)
+        z = jax.random.normal(k, (n, m.shape[0]))
+        return m[None, :] + z @ chol.T
+
+    return jax.vmap(one)(modes, covs, keys)
+
+
+def _draws(twins: Sequence[DigitalTwin], keys: Sequence[jax.Array], n: int) -> jax.Array:
+    """`(K, n, n_eta)` posterior draws of the twins (NUTS posteriors resampled one by one)."""
+    if all(tw.posterior.draws is None for tw in twins):
+        modes = jnp.asarray(np.stack([tw.posterior.mode for tw in twins]))
+        covs = jnp.asarray(np.stack([tw.posterior.cov for tw in twins]))
+        return _sample_many(modes, covs, jnp.stack(list(keys)), n)
+    return jnp.stack([tw.posterior.sample(n, key=k) for tw, k in zip(twins, keys, strict=True)])
+
+
+def _keys(key: Any, n: int, fn: str) -> list[jax.Array]:
+    """Per-twin keys: a sequence of keys (or ints) as given, one per twin."""
+    if isinstance(key, jax.Array) or key is None or isinstance(key, int | np.integer):
+        raise TypeError(f"{fn}: keys must be one JAX PRNG key (or int) per twin, got {key!r}.")
+    keys = [_as_key(k, fn) for k in key]
+    if len(keys) != n:
+        raise ValueError(f"{fn}: {len(keys)} keys for {n} twins; expected one per twin.")
+    return keys
+
+
+def _padded(items: list, n: int) -> list:
+    return items + [items[0]] * (n - len(items))
+
+
+def recommend_twins(
+    twins: Sequence[DigitalTwin],
+    *,
+    keys: Sequence[Any],
+    target: Any = None,
+    intervals: Sequence[float] | None = None,
+    starts: Sequence[float | None] | None = None,
+    n_doses: int | None = None,
+    probability: float | None = None,
+    n_draws: int = 500,
+    steps: int = 12,
+) -> list[Recommendation | Exception]:
+    """`DigitalTwin.recommend` for many twins: one vmapped dose search per plan for all the
+    twins of one drug model (the numbers of one-twin calls with the same keys, to rounding).
+
+    **Arguments:** as `recommend`, per twin where it says so: `keys` one JAX PRNG key (or
+    int) per twin; `starts` the first planned dose of each (`None`: one interval after its
+    last dose); `target` (a `Target` or a metric name of each twin's drug), `intervals`
+    (default each drug's usual one), `n_doses`, `probability`, `n_draws`, `steps` shared.
+
+    **Returns:** per twin a `Recommendation`, or the exception that stopped it (no doses
+    given, a plan too short for the metric, a non-finite metric); the others are unaffected.
+    """
+    ks = _keys(keys, len(twins), "recommend_twins")
+    if starts is not None and len(starts) != len(twins):
+        raise ValueError(f"recommend_twins: {len(starts)} starts for {len(twins)} twins.")
+    out: list[Recommendation | Exception | None] = [None] * len(twins)
+    for group in _groups(twins):
+        jobs: dict[tuple, list[tuple[int, Any, list]]] = {}
+        for i in group:
+            tw = twins[i]
+            try:
+                tgt = tw.find_target(target)
+                if tw.history is None:
+                    raise ValueError(
+                        f"DigitalTwin {tw.patient_id}: no doses given; nothing to plan after."
+                    )
+                choices = list(intervals) if intervals is not None else [tw.drug.dosing.interval]
+                if not choices or any(not (c > 0) for c in choices):
+                    raise ValueError(f"recommend: intervals must be > 0 h, got {choices}.")
+                if probability is not None and not 0.0 < probability < 1.0:
+                    raise ValueError(
+                        f"recommend: probability must be in (0, 1), got {probability}."
+                    )
+                plans = plan_doses(
+                    tw.drug, tw.history, choices, tgt.metric,
+                    start=None if starts is None else starts[i], n_doses=n_doses, weight=tw.weight,
+                )  # fmt: skip
+            except ValueError as error:
+                out[i] = ValueError(f"recommend for patient {tw.patient_id}: {error}")
+                continue
+            layout = (tgt, tuple((p.interval, p.regimen.n_events) for p in plans))
+            jobs.setdefault(layout, []).append((i, tgt, plans))
+        for (tgt, _), job in jobs.items():
+            idx = [i for i, _, _ in job]
+            members = [twins[i] for i in idx]
+            n = _bucket(len(idx))
+            size = _bucket(max(tw.history.n_events for tw in members))  # type: ignore[union-attr]
+            hist = _padded([tw.history.pad(size) for tw in members], n)  # type: ignore[union-attr]
+            plans = _padded([p for _, _, p in job], n)
+            eta = _draws(_padded(members, n), _padded([ks[i] for i in idx], n), n_draws)
+            first = members[0]
+            covs = {
+                c: jnp.asarray([tw.covariates[c] for tw in _padded(members, n)])
+                for c in first.covariates
+            }
+            recs = recommend_doses(
+                first.pm, first.theta, covs, hist, plans, tgt, eta,
+                u0=math.log(float(first.drug.dosing.amount)), steps=steps,
+                probability=probability, unit=first.drug.units.dose,
+                who=[tw.patient_id for tw in _padded(members, n)],
+            )  # fmt: skip
+            for i, rec in zip(idx, recs, strict=False):
+                out[i] = rec
+    return out  # type: ignore[return-value]
+
+
+@eqx.filter_jit
+def _predict_many(pm, theta, cov, regimen, times, eta):
+    def one(c, r, t, e):
+        return predict_draws(pm, theta, c, r, t, e)
+
+    return jax.vmap(one)(cov, regimen, times, eta)
+
+
+def forecast_twins(
+    twins: Sequence[DigitalTwin],
+    times: Sequence[Any],
+    regimens: Sequence[Any] | None = None,
+    *,
+    keys: Sequence[Any],
+    n_draws: int = 1000,
+    level: float = _LEVEL,
+) -> list[Forecast | Exception]:
+    """`DigitalTwin.forecast` (credible bands) for many twins: one vmapped simulation of the
+    posterior draws for the twins of one drug model.
+
+    **Arguments:** `times[k]`, `regimens[k]` (planned doses added to those given, or `None`)
+    and `keys[k]` (a JAX PRNG key or int) per twin; the twins of one model need the same
+    number of times. `n_draws`, `level` shared.
+
+    **Returns:** per twin a `Forecast`, or the exception that stopped it (no doses and no
+    regimen). The draws are those of `forecast` with the same key.
+    """
+    ks = _keys(keys, len(twins), "forecast_twins")
+    regs = list(regimens) if regimens is not None else [None] * len(twins)
+    if len(times) != len(twins) or len(regs) != len(twins):
+        raise ValueError(
+            f"forecast_twins: {len(times)} time grids and {len(regs)} regimens for "
+            f"{len(twins)} twins; expected one each."
+        )
+    out: list[Forecast | Exception | None] = [None] * len(twins)
+    for group in _groups(twins):
+        ready, plans = [], []
+        for i in group:
+            tw = twins[i]
+            try:
+                if regs[i] is None and tw.history is None:
+                    raise ValueError(f"DigitalTwin {tw.patient_id}: no doses given and no regimen.")
+                plan = regs[i] if tw.history is None else (
+                    tw.history if regs[i] is None else tw.history + regs[i]
+                )  # fmt: skip
+            except ValueError as error:
+                out[i] = error
+                continue
+            ready.append(i)
+            plans.append(plan)
+        if not ready:
+            continue
+        grids = [np.asarray(times[i], dtype=float) for i in ready]
+        if len({g.shape for g in grids}) != 1:
+            raise ValueError(
+                "forecast_twins: the twins of one drug model need time grids of one length, "
+                f"got {sorted({g.size for g in grids})}."
+            )
+        members = [twins[i] for i in ready]
+        n = _bucket(len(ready))
+        size = _bucket(max(p.n_events for p in plans))
+        padded = _padded([p.pad(size) for p in plans], n)
+        eta_keys = [jax.random.split(ks[i])[0] for i in ready]
+        eta = _draws(_padded(members, n), _padded(eta_keys, n), n_draws)
+        first = members[0]
+        covs = {
+            c: jnp.asarray([tw.covariates[c] for tw in _padded(members, n)])
+            for c in first.covariates
+        }
+        y = np.asarray(
+            _predict_many(
+                first.pm,
+                first.theta,
+                covs,
+                pkpd.stack(padded),
+                jnp.asarray(np.stack(_padded(grids, n))),
+                eta,
+            )
+        )
+        q = (1.0 - level) / 2.0
+        for j, i in enumerate(ready):
+            lo, med, hi = np.quantile(y[j], [q, 0.5, 1.0 - q], axis=0)
+            tw = twins[i]
+            out[i] = Forecast(
+                times=grids[j],
+                median=med,
+                lower=lo,
+                upper=hi,
+                draws=y[j],
+                level=level,
+                prediction_interval=False,
+                observations=tw.observations.copy(),
+                regimen=plans[j],
+                unit=tw.drug.units.observed,
+                drug=tw.drug.name,
+            )
+    return out  # type: ignore[return-value]
