@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -320,3 +321,42 @@ def test_ss_lag_not_shorter_than_ii_is_a_record_error(lag):
     # A lag just under II is accepted.
     rec.loc[row, "LAGT"] = 11.9
     check(rec, rtol=1e-8)
+
+
+# ----------------------------------------------------------------------------- Regimen API
+
+
+def test_simulate_regimen_reset_cancels_repeated_and_lagged_doses():
+    """The same rule through `pkpd.simulate` with `repeat` and `reset` (static schedule, and a
+    traced lag under `jax.jit`), against the reference of the equivalent records."""
+    import equinox as eqx
+
+    lag = 2.0
+    regimen = (
+        pkpd.repeat(pkpd.oral(100.0, lag=lag), ii=12.0, addl=5)
+        + pkpd.infusion(30.0, rate=5.0, time=29.0, cmt=2, lag=lag)
+        + pkpd.reset(time=30.0)
+        + pkpd.oral(50.0, time=40.0, lag=lag)
+    )
+    events = [
+        {"TIME": 0.0, "EVID": 1, "AMT": 100.0, "CMT": 1, "II": 12.0, "ADDL": 5, "LAGT": lag},
+        {"TIME": 29.0, "EVID": 1, "AMT": 30.0, "CMT": 2, "RATE": 5.0, "LAGT": lag},
+        {"TIME": 30.0, "EVID": 3, "CMT": 2},
+        {"TIME": 40.0, "EVID": 1, "AMT": 50.0, "CMT": 1, "LAGT": lag},
+    ]
+    times = np.arange(0.0, 80.0, 0.5)
+    rec = records(events, times)
+    want = reference(rec)[rec.EVID.to_numpy() == 0]
+    model = pkpd.OneCompartmentOral()
+    params = {"CL": CL, "V": V, "KA": KA}
+    np.testing.assert_allclose(pkpd.simulate(model, params, regimen, times), want, rtol=1e-9)
+    # The lag as a traced model parameter (ALAG) moves the entries at run time.
+    no_lag = (
+        pkpd.repeat(pkpd.oral(100.0), ii=12.0, addl=5)
+        + pkpd.infusion(30.0, rate=5.0, time=29.0, cmt=2)
+        + pkpd.reset(time=30.0)
+        + pkpd.oral(50.0, time=40.0)
+    )
+    jitted = eqx.filter_jit(lambda p: pkpd.simulate(model, p, no_lag, times))
+    got = jitted({**params, "ALAG1": jnp.asarray(lag), "ALAG2": jnp.asarray(lag)})
+    np.testing.assert_allclose(got, want, rtol=1e-9)
