@@ -76,7 +76,7 @@ def _natural_spline(y: Array, h: float, t: Array) -> Array:
     inner = jax.lax.linalg.tridiagonal_solve(lower, diag, upper, rhs[:, None])[:, 0]
     m = jnp.concatenate([jnp.zeros((1,), y.dtype), inner, jnp.zeros((1,), y.dtype)])
     i = jnp.clip(jnp.floor(t / h).astype(jnp.int32), 0, n - 2)
-    a = (t - i * h) / h
+    a = (t - i.astype(t.dtype) * h) / h
     b = 1.0 - a
     return b * y[i] + a * y[i + 1] + ((b**3 - b) * m[i] + (a**3 - a) * m[i + 1]) * h**2 / 6.0
 
