@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all lint format typecheck bench docs clean
 
-# (Re)create the environment when it is missing or pyproject.toml changed.
-$(STAMP): pyproject.toml
+# (Re)create the environment when it is missing or pyproject.toml or this file changed.
+# simglucose (a test reference) without its dependencies: they pin gym==0.9.4 and gymnasium.
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "simglucose==0.2.11"
 	touch $(STAMP)
 
 demo: $(STAMP)
