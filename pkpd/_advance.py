@@ -10,15 +10,22 @@ that fall in `[t0, t1)` and propagates between them with the model's `propagate`
 before `t0` are taken as already applied (they were, in an earlier window), entries at or
 after `t1` are left for a later one, so a run of adjacent windows applies every entry once.
 
-With `exposure_steps` it also integrates the output over the window: between consecutive
-entries (where the curve is smooth) by the composite Simpson rule on that many equal
-sub-steps, and records the highest value on the same points. This is the project's one
-model-AUC implementation (`advance`, `interval_exposure`); `simulate_cohort(exposure=True)`
-instead reports the linear trapezoid over the caller's output times, as an NCA of those
-samples would.
+With `exposure_steps` it also integrates the output over the window, segment by segment
+between consecutive entries (where the curve is smooth), and records the highest value on
+`exposure_steps` equal sub-steps of each segment. For a linear model with a linear output
+(`AbstractLinearModel`, or the concentration of a linear `PKPD`) the AUC is exact: the state
+is augmented with the integral of the output, and one transition of the augmented system
+over the sub-step `h = (tb - ta) / steps` (`exposure_transition`: a closed form or one
+matrix exponential) is applied `steps` times, a matrix-vector product each, which also gives
+the sub-step values for Cmax. Any other model integrates the output by the composite Simpson
+rule on the sub-steps, each propagated by the model. This is the project's one model-AUC
+implementation (`advance`, `interval_exposure`); `simulate_cohort(exposure=True)` instead
+reports the linear trapezoid over the caller's output times, as an NCA of those samples
+would.
 
 References: Beal SL, Sheiner LB, Boeckmann AJ, Bauer RJ. NONMEM Users Guides (1989-2009),
-Icon Development Solutions (event records); Simpson's rule: Atkinson KE (1989). An
+Icon Development Solutions (event records); Van Loan CF (1978). *IEEE Trans Autom Control*
+23:395-404 (integrals of the matrix exponential); Simpson's rule: Atkinson KE (1989). An
 Introduction to Numerical Analysis, 2nd ed., Wiley, section 5.1.
 """
 
@@ -33,7 +40,14 @@ import numpy as np
 
 from . import _engine as E
 from ._custom_types import Array, ArrayLike, Params
-from ._models._base import AbstractModel, ODESolver
+from ._models._base import (
+    AbstractLinearModel,
+    AbstractModel,
+    ODESolver,
+    expm_exposure_transition,
+    linear_output,
+)
+from ._models._pd import PKPD
 from ._regimen import Regimen
 from ._simulate import concrete
 
@@ -100,9 +114,10 @@ def advance(
     - `t0`, `t1`: the window (h), `t0 <= t1`.
     - `rates`: the zero-order inputs running at `t0` (`Advanced.rates` of the previous
       window); default none.
-    - `exposure_steps`: with an even number >= 2, also the AUC (Simpson on that many
-      sub-steps between consecutive entries) and the maximum of output `output` over the
-      window.
+    - `exposure_steps`: with an even number >= 2, also the AUC and the maximum of output
+      `output` over the window. The maximum is taken on that many equal sub-steps between
+      consecutive entries; the AUC is exact for a linear model with a linear output
+      (`exact_exposure`), else by Simpson's rule on the same sub-steps.
     - `checks`: the engine's runtime checks of the doses (compartment in range, a modelled
       rate or duration > 0). They run as host callbacks inside compiled code, which is
       costly in a loop of windows: a caller that has checked its doses beforehand (a trial
@@ -140,6 +155,10 @@ def advance(
     )
     zero = jnp.zeros(n, dtype)
     steps = exposure_steps
+    transition = exact_exposure(model, output) if steps is not None else None
+    row = offset = None
+    if transition is not None:
+        row, offset = linear_output(model, params, output, n)
 
     def level(x):
         return model.output(params, x)[output]
@@ -152,6 +171,20 @@ def advance(
             x = model.propagate(params, x, r, ta, tb, solver)
             return x, jnp.zeros((), dtype), jnp.full((), -jnp.inf, dtype)
         h = (tb - ta) / steps
+        if transition is not None:
+            # Exact: (x, z) -> (phi x + u, z + w.x + v), z the integral of the output.
+            phi, u, w, v = transition(params, r, row, offset, h)
+
+            def exact_sub(carry, _):
+                x, z = carry
+                z = z + w @ x + v
+                x = phi @ x + u
+                return (x, z), level(x)
+
+            y0 = level(x)
+            (x, auc), ys = jax.lax.scan(exact_sub, (x, jnp.zeros((), dtype)), None, length=steps)
+            cmax = jnp.where(tb > ta, jnp.maximum(y0, ys.max()), -jnp.inf)
+            return x, auc, cmax
 
         def sub(x, j):
             if local:
@@ -233,6 +266,35 @@ def advance(
     return Advanced(x, r, auc, cmax)
 
 
+def exact_exposure(model: AbstractModel, output: int):
+    """The exact exposure map of `model`'s output `output` (`exposure_transition`, with the
+    signature of `AbstractLinearModel.exposure_transition`), or `None` where the AUC is
+    integrated by Simpson's rule.
+
+    Exact for an `AbstractLinearModel` (whose outputs are linear in the state) and for the
+    concentration (output 0) of a linear `PKPD` whose PK model is an `AbstractLinearModel`
+    (with a direct effect: the PK model's own map; with an effect compartment: the matrix
+    exponential of the joint system). The effect of a `PKPD` (a non-linear function of the
+    concentration) and every ODE model keep Simpson's rule.
+    """
+    if isinstance(model, AbstractLinearModel):
+        return model.exposure_transition
+    if (
+        isinstance(model, PKPD)
+        and model.is_linear
+        and output == 0
+        and isinstance(model.pk, AbstractLinearModel)
+    ):
+        if model.pd.n_states == 0:
+            return model.pk.exposure_transition
+
+        def joint(params, rate, row, offset, dt):
+            return expm_exposure_transition(model.matrix(params), rate, row, offset, dt)
+
+        return joint
+    return None
+
+
 def _no_steady_state_inside(x, s, inside, t0, t1):
     """`x`, after refusing a steady-state record (SS=1/2) among the window's entries."""
     ss_inside = inside & (s.ss_slot >= 0)
@@ -302,10 +364,12 @@ def interval_exposure(
 
     The state and the running inputs just before `t0` come from `state_before` (the whole
     timeline, steady-state records included), then `advance` covers `[t0, t1]` with the
-    exposure (Simpson on `steps`
-    sub-steps between consecutive dosing entries, so that kinks at a lag time or at the end
-    of an infusion fall on segment ends). Jittable; `jax.vmap` it over parameters for many
-    patients or posterior draws.
+    exposure, segment by segment between consecutive dosing entries (so that kinks at a lag
+    time or at the end of an infusion fall on segment ends). For a linear model (linear
+    output) the AUC is exact and Cmax is the highest value on `steps` equal sub-steps of
+    each segment (exact when the peak is at a segment end, as at the end of an infusion);
+    for other models both are taken on those sub-steps, the AUC by Simpson's rule.
+    Jittable; `jax.vmap` it over parameters for many patients or posterior draws.
 
     **Returns:** `(auc, cmax)`, output units x h and output units.
     """

@@ -1,13 +1,34 @@
-"""Linear mammillary compartment models (NONMEM ADVAN1-4, 11, 12)."""
+"""Linear mammillary compartment models (NONMEM ADVAN1-4, 11, 12).
+
+The intravenous models (`OneCompartment`, `TwoCompartment`, `ThreeCompartment`) are
+propagated in closed form from the eigenvalues of their rate-constant matrix (the
+macro-constants alpha, beta, gamma of the multi-exponential disposition), which are real,
+negative and distinct for positive parameters; the models with a depot, whose absorption rate
+may coincide with an eigenvalue, keep the matrix exponential (except `OneCompartmentOral`,
+written to stay exact at `KA == CL/V`).
+
+References: Bertrand J, Mentre F (2008). Mathematical expressions of the pharmacokinetic and
+pharmacodynamic models implemented in the Monolix software. INSERM U738, Paris (sections
+1.1-1.3: the roots of the 2- and 3-compartment characteristic polynomials); Gibaldi M,
+Perrier D (1982). *Pharmacokinetics*, 2nd ed. Marcel Dekker, ch. 2-3.
+"""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
 import jax.numpy as jnp
+import numpy as np
 
 from .._custom_types import Array, Float, Params, State
-from ._base import AbstractLinearModel, ODESolver, get, phi1
+from ._base import (
+    AbstractLinearModel,
+    ODESolver,
+    get,
+    phi1,
+    spectral_propagate,
+    spectral_transition,
+)
 
 
 class OneCompartment(AbstractLinearModel):
@@ -38,6 +59,12 @@ class OneCompartment(AbstractLinearModel):
         k = get(params, "CL") / get(params, "V")
         decay = jnp.exp(-k * dt)
         return x * decay + rate * dt * phi1(k * dt, decay)
+
+    def exposure_transition(self, params, rate, row, offset, dt):
+        k = get(params, "CL") / get(params, "V")
+        return spectral_transition(
+            jnp.reshape(-k, (1,)), jnp.ones((1, 1, 1), dtype=k.dtype), rate, row, offset, dt
+        )
 
     def output(self, params: Params, x: State) -> Float[Array, " 1"]:
         return x[..., 0:1] / get(params, "V")
@@ -111,6 +138,68 @@ def _three_cmt_matrix(cl, v1, q2, v2, q3, v3) -> Array:
     )
 
 
+def _two_cmt_spectrum(cl, v1, q, v2) -> tuple[Array, Array]:
+    r"""Eigenvalues and spectral projectors of the 2-compartment matrix `K`.
+
+    With $k_{10} = CL/V_1$, $k_{12} = Q/V_1$, $k_{21} = Q/V_2$ the macro-constants are
+    $\alpha, \beta = (s \pm \sqrt{\Delta})/2$, $s = k_{10} + k_{12} + k_{21}$,
+    $\Delta = (k_{10} + k_{12} - k_{21})^2 + 4 k_{12} k_{21} > 0$ (written so, without
+    cancellation), $\beta = k_{10} k_{21} / \alpha$; the eigenvalues are $-\alpha$,
+    $-\beta$, and the projectors $(K + \beta I)/(\beta - \alpha)$ and
+    $(K + \alpha I)/(\alpha - \beta)$. The gap $\sqrt{\Delta} \ge 2 Q/\sqrt{V_1 V_2}$.
+
+    References: Bertrand J, Mentre F (2008), section 1.2; Gibaldi M, Perrier D (1982), ch. 3.
+    """
+    k10, k12, k21 = cl / v1, q / v1, q / v2
+    root = jnp.sqrt((k10 + k12 - k21) ** 2 + 4.0 * k12 * k21)
+    alpha = 0.5 * (k10 + k12 + k21 + root)
+    beta = k10 * k21 / alpha
+    k = _two_cmt_matrix(cl, v1, q, v2)
+    eye = jnp.eye(2, dtype=k.dtype)
+    projs = jnp.stack([-(k + beta * eye) / root, (k + alpha * eye) / root])
+    return jnp.stack([-alpha, -beta]), projs
+
+
+def _three_cmt_spectrum(cl, v1, q2, v2, q3, v3) -> tuple[Array, Array]:
+    r"""Eigenvalues and spectral projectors of the 3-compartment mammillary matrix `K`.
+
+    The macro-constants $\alpha > \beta > \gamma > 0$ are the roots of
+    $x^3 - a_2 x^2 + a_1 x - a_0$ with $a_2 = k_{10} + k_{12} + k_{13} + k_{21} + k_{31}$,
+    $a_1 = k_{10} k_{31} + k_{21} k_{31} + k_{21} k_{13} + k_{10} k_{21} + k_{31} k_{12}$,
+    $a_0 = k_{10} k_{21} k_{31}$, by the trigonometric solution of the cubic (Bertrand &
+    Mentre 2008, section 1.3), each polished by one Newton step on the polynomial. `K` is
+    similar to a symmetric arrowhead matrix, so for positive parameters its eigenvalues are
+    real and distinct (Cauchy interlacing); the projectors are
+    $P_i = \prod_{j \ne i} (K - \lambda_j I)/(\lambda_i - \lambda_j)$.
+
+    References: Bertrand J, Mentre F (2008), section 1.3; Gibaldi M, Perrier D (1982), ch. 3.
+    """
+    k10, k12, k21, k13, k31 = cl / v1, q2 / v1, q2 / v2, q3 / v1, q3 / v3
+    a2 = k10 + k12 + k13 + k21 + k31
+    a1 = k10 * k31 + k21 * k31 + k21 * k13 + k10 * k21 + k31 * k12
+    a0 = k10 * k21 * k31
+    # x = y + a2/3: y^3 + p y + q = 0, three real roots (p < 0).
+    p = a1 - a2 * a2 / 3.0
+    q = -2.0 * a2**3 / 27.0 + a1 * a2 / 3.0 - a0
+    m = jnp.sqrt(-p / 3.0)
+    arg = jnp.clip(-q / (2.0 * m**3), -1.0, 1.0)
+    theta = jnp.arccos(arg) / 3.0
+    shifts = jnp.asarray([0.0, -2.0 * np.pi / 3.0, 2.0 * np.pi / 3.0], dtype=m.dtype)
+    x = a2 / 3.0 + 2.0 * m * jnp.cos(theta + shifts)  # alpha >= beta >= gamma
+    f = ((x - a2) * x + a1) * x - a0
+    df = (3.0 * x - 2.0 * a2) * x + a1
+    x = x - f / df
+    lams = -x
+    k = _three_cmt_matrix(cl, v1, q2, v2, q3, v3)
+    eye = jnp.eye(3, dtype=k.dtype)
+    projs = []
+    for i in range(3):
+        a, b = [o for o in range(3) if o != i]
+        num = (k - lams[a] * eye) @ (k - lams[b] * eye)
+        projs.append(num / ((lams[i] - lams[a]) * (lams[i] - lams[b])))
+    return lams, jnp.stack(projs)
+
+
 def _with_depot(k: Array, ka: Array) -> Array:
     """Prepend a first-order absorption depot feeding the first compartment of `k`."""
     n = k.shape[0]
@@ -128,9 +217,15 @@ class TwoCompartment(AbstractLinearModel):
 
     **Parameters:** `CL` (L/h), `V1` central volume (L), `Q` intercompartmental clearance
     (L/h), `V2` peripheral volume (L). **Compartments:** 1 central, 2 peripheral.
-    **Output:** `C` (mg/L). Propagated exactly by the matrix exponential.
+    **Output:** `C` (mg/L).
+
+    Propagated in closed form, $A(t) = \sum_{i} e^{\lambda_i t} P_i A(0)$ plus the input
+    term, from the eigenvalues $-\alpha, -\beta$ of the rate-constant matrix
+    (`_two_cmt_spectrum`); the exposure's integral likewise (`exposure_transition`).
 
     References: Gibaldi M, Perrier D (1982). *Pharmacokinetics*, 2nd ed., ch. 3;
+    Bertrand J, Mentre F (2008). Mathematical expressions of the pharmacokinetic and
+    pharmacodynamic models implemented in the Monolix software, section 1.2;
     NONMEM Users Guides Part VI (ADVAN3, TRANS4).
     """
 
@@ -141,6 +236,15 @@ class TwoCompartment(AbstractLinearModel):
 
     def matrix(self, params: Params) -> Float[Array, "2 2"]:
         return _two_cmt_matrix(*(get(params, n) for n in self.param_names))
+
+    def propagate(self, params, x, rate, t0, t1, solver: ODESolver) -> State:
+        del solver
+        lams, projs = _two_cmt_spectrum(*(get(params, n) for n in self.param_names))
+        return spectral_propagate(lams, projs, x, rate, t1 - t0)
+
+    def exposure_transition(self, params, rate, row, offset, dt):
+        lams, projs = _two_cmt_spectrum(*(get(params, n) for n in self.param_names))
+        return spectral_transition(lams, projs, rate, row, offset, dt)
 
     def output(self, params: Params, x: State) -> Float[Array, " 1"]:
         return x[..., 0:1] / get(params, "V1")
@@ -179,7 +283,12 @@ class ThreeCompartment(AbstractLinearModel):
 
     **Parameters:** `CL`, `V1`, `Q2`, `V2`, `Q3`, `V3` (L/h and L). **Output:** `C` (mg/L).
 
+    Propagated in closed form from the eigenvalues $-\alpha, -\beta, -\gamma$ of the
+    rate-constant matrix (`_three_cmt_spectrum`), the exposure's integral likewise.
+
     References: Gibaldi M, Perrier D (1982). *Pharmacokinetics*, 2nd ed.;
+    Bertrand J, Mentre F (2008). Mathematical expressions of the pharmacokinetic and
+    pharmacodynamic models implemented in the Monolix software, section 1.3;
     NONMEM Users Guides Part VI (ADVAN11, TRANS4).
     """
 
@@ -190,6 +299,15 @@ class ThreeCompartment(AbstractLinearModel):
 
     def matrix(self, params: Params) -> Float[Array, "3 3"]:
         return _three_cmt_matrix(*(get(params, n) for n in self.param_names))
+
+    def propagate(self, params, x, rate, t0, t1, solver: ODESolver) -> State:
+        del solver
+        lams, projs = _three_cmt_spectrum(*(get(params, n) for n in self.param_names))
+        return spectral_propagate(lams, projs, x, rate, t1 - t0)
+
+    def exposure_transition(self, params, rate, row, offset, dt):
+        lams, projs = _three_cmt_spectrum(*(get(params, n) for n in self.param_names))
+        return spectral_transition(lams, projs, rate, row, offset, dt)
 
     def output(self, params: Params, x: State) -> Float[Array, " 1"]:
         return x[..., 0:1] / get(params, "V1")
