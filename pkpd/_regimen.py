@@ -28,6 +28,16 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)  # pyright: ignore[reportAttributeAccessIssue]
 
 
+def _join(parts: Sequence[Any], *, stack: bool = False) -> Array:
+    """`jnp.concatenate` (or `jnp.stack`) of `parts`; when none is traced, joined on the host
+    by NumPy and transferred once (a regimen built from records or planned for a twin is
+    concrete: one transfer instead of a dispatched operation per piece)."""
+    if all(_is_concrete(p) for p in parts):
+        host = [np.asarray(p) for p in parts]
+        return jnp.asarray(np.stack(host) if stack else np.concatenate(host))
+    return jnp.stack(list(parts)) if stack else jnp.concatenate(list(parts))
+
+
 def _check(cond: Any, message: str) -> None:
     """Raise `ValueError(message)` when a concrete condition is false (skipped under tracing)."""
     if _is_concrete(cond) and not bool(np.all(np.asarray(cond))):
@@ -135,12 +145,12 @@ class Regimen(eqx.Module):
             "mask": False,
         }
         arrays = {
-            name: jnp.concatenate([getattr(self, name), jnp.full((extra,), value, dtype)])
+            name: _join([getattr(self, name), np.full((extra,), value, dtype)])
             for name, value, dtype in ((k, v, getattr(self, k).dtype) for k, v in fill.items())
         }
         if self.addl_offset is not None:
-            arrays["addl_offset"] = jnp.concatenate(
-                [self.addl_offset, jnp.zeros((extra,), self.addl_offset.dtype)]
+            arrays["addl_offset"] = _join(
+                [self.addl_offset, np.zeros((extra,), self.addl_offset.dtype)]
             )
         return Regimen(
             **arrays,
@@ -485,12 +495,17 @@ def concatenate(regimens: Sequence[Regimen]) -> Regimen:
     """Join regimens into one; event order (the tie-break at equal times) follows the list."""
     if not regimens:
         raise ValueError("concatenate: expected at least one regimen, got none.")
-    arrays = {f: jnp.concatenate([getattr(r, f) for r in regimens]) for f in _ALL_FIELDS}
+    arrays = {f: _join([getattr(r, f) for r in regimens]) for f in _ALL_FIELDS}
     n = arrays["time"].shape[0]
-    arrays["order"] = jnp.where(arrays["mask"], jnp.arange(n, dtype=arrays["order"].dtype), jnp.inf)
+    mask = arrays["mask"]
+    if _is_concrete(mask):
+        rank = np.arange(n, dtype=arrays["order"].dtype)
+        arrays["order"] = jnp.asarray(np.where(np.asarray(mask), rank, np.inf))
+    else:
+        arrays["order"] = jnp.where(mask, jnp.arange(n, dtype=arrays["order"].dtype), jnp.inf)
     if any(r.addl_offset is not None for r in regimens):
         # Offsets count events back inside each part, so they survive the concatenation.
-        arrays["addl_offset"] = jnp.concatenate([_offsets(r) for r in regimens])
+        arrays["addl_offset"] = _join([_offsets(r) for r in regimens])
     return Regimen(**arrays, **_merge_flags(regimens))
 
 
@@ -512,7 +527,7 @@ def stack(regimens: Sequence[Regimen]) -> Regimen:
         raise ValueError("stack: expected at least one regimen, got none.")
     n = max(r.n_events for r in regimens)
     padded = [r.pad(n) for r in regimens]
-    arrays = {f: jnp.stack([getattr(r, f) for r in padded]) for f in _ALL_FIELDS}
+    arrays = {f: _join([getattr(r, f) for r in padded], stack=True) for f in _ALL_FIELDS}
     if any(r.addl_offset is not None for r in regimens):
-        arrays["addl_offset"] = jnp.stack([_offsets(r) for r in padded])
+        arrays["addl_offset"] = _join([_offsets(r) for r in padded], stack=True)
     return Regimen(**arrays, **_merge_flags(regimens))

@@ -123,10 +123,27 @@ def plan_doses(
                 first = float(given.max()) + tau if given.size else 0.0
         n = n_doses or max(3, math.ceil(120.0 / tau))
         metric.check_plan(tau, n)
-        plan = drug.regimen(n, amount=1.0, interval=tau, start=first, weight=weight)
+        plan = _unit_plan(drug, n, tau, weight)
+        plan = eqx.tree_at(lambda r: r.time, plan, plan.time + first)
         plans.append(Plan(tau, n, float(first), float(first) + n * tau, plan))
     size = _bucket(max(p.regimen.n_events for p in plans))
     return [p._replace(regimen=p.regimen.pad(size)) for p in plans]
+
+
+_PLANS: dict[tuple, pkpd.Regimen] = {}
+
+
+def _unit_plan(drug: Drug, n: int, tau: float, weight: float | None) -> pkpd.Regimen:
+    """`drug.regimen(n, amount=1, interval=tau, start=0, weight=weight)`, kept: a service
+    plans the same doses for every patient, only shifted in time (`start + k * tau` is the
+    same number whichever is built first)."""
+    key = (drug.name, repr(drug.dosing), n, tau, weight)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        plan = _PLANS[key] = drug.regimen(n, amount=1.0, interval=tau, start=0.0, weight=weight)
+    return plan
 
 
 def recommend_dose(

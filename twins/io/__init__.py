@@ -9,7 +9,8 @@
   `FhirError` naming the resource type, id and field (listed instead with `lenient=True`).
 - `recommendation_request(...)`, `forecast_observations(...)`, `fhir_bundle(...)`: a twin's
   dose recommendation as a MedicationRequest of `intent = proposal` and its forecast as
-  Observations with `derivedFrom` the levels used, subjects pseudonymised on request.
+  Observations with `derivedFrom` the levels used, subjects pseudonymised on request;
+  `update_json(...)` both as validated JSON, as the live service publishes them.
 - `write_import(...)`: the pseudonymised records, patients and report of an import into
   a new or empty folder (`twins fhir import`).
 - `inspect_resource(resource, *, substances=...)`: one resource of a stream, validated and
@@ -49,6 +50,7 @@ from ._units import convert as convert_ucum
 from ._write import fhir_bundle as fhir_bundle
 from ._write import forecast_observations as forecast_observations
 from ._write import recommendation_request as recommendation_request
+from ._write import update_json as update_json
 
 __all__ = [
     "CREATININE_MOLAR_MASS",
@@ -77,5 +79,6 @@ __all__ = [
     "inspect_resource",
     "read_fhir",
     "recommendation_request",
+    "update_json",
     "write_import",
 ]

@@ -28,7 +28,7 @@ from ..governance import Pseudonymizer, Purpose
 from ._codes import SUBSTANCES
 from ._read import FhirImport, read_fhir
 from ._service_store import StoredMessage
-from ._write import fhir_bundle, forecast_observations, recommendation_request
+from ._write import update_json
 
 
 @dataclasses.dataclass
@@ -124,7 +124,7 @@ def replay(
     except (MissingCovariateError, CovariateError) as error:  # e.g. no creatinine yet
         out.waiting = f"the twin cannot be built yet: {error}"
         return out
-    twin.give(data.regimen(patient))
+    twin.give(_regimen(data, patient))
     levels = data.observations(patient)
     if len(levels):
         twin.observe(levels)
@@ -132,6 +132,23 @@ def replay(
             twin.update()
     out.twin = twin
     return out
+
+
+_REGIMENS: dict[tuple, Any] = {}
+
+
+def _regimen(data: FhirImport, patient: str) -> Any:
+    """`data.regimen(patient)`, kept by the dose records' values: a new level leaves a
+    patient's doses as they were, and checking NONMEM records is most of a replay's cost."""
+    rec = data.patient_records(patient)
+    doses = rec.loc[rec["EVID"] == 1].drop(columns=["SOURCE"])
+    key = (tuple(doses.columns), tuple(doses.itertuples(index=False, name=None)))
+    reg = _REGIMENS.get(key)
+    if reg is None:
+        if len(_REGIMENS) > 4096:
+            _REGIMENS.clear()
+        reg = _REGIMENS[key] = data.regimen(patient)
+    return reg
 
 
 def posterior_json(twin: DigitalTwin) -> dict[str, Any]:
@@ -194,27 +211,15 @@ def outputs(
     data, pid = r.data, r.patient
     origin = data.origins[pid]
     rec, fc = recommendation, forecast
-    request = recommendation_request(
+    request, bundle = update_json(
         rec,
+        fc,
         patient=pid,
         origin=origin,
+        derived_from=[str(s) for s in data.observations(pid)["SOURCE"]],
         substance=r.substance,
+        unit=SUBSTANCES[r.substance].unit,
         pseudonymizer=results,
         authored=r.reference_time,
     )
-    levels = [str(s) for s in data.observations(pid)["SOURCE"]]
-    obs = forecast_observations(
-        fc,
-        patient=pid,
-        origin=origin,
-        derived_from=levels,
-        unit=SUBSTANCES[r.substance].unit,
-        pseudonymizer=results,
-    )
-    return Outputs(
-        rec,
-        fc,
-        json.loads(request.model_dump_json()),
-        json.loads(fhir_bundle(obs).model_dump_json()),
-        start,
-    )
+    return Outputs(rec, fc, request, bundle, start)

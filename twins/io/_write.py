@@ -101,6 +101,11 @@ def recommendation_request(
     """
     from fhir.resources.R4B.medicationrequest import MedicationRequest
 
+    data = _recommendation_data(recommendation, patient, origin, substance, pseudonymizer, authored)
+    return MedicationRequest.model_validate(data)
+
+
+def _recommendation_data(recommendation, patient, origin, substance, pseudonymizer, authored):
     check_aware(origin, "recommendation_request: origin")
     drug = _substance(substance)
     times, amounts, durations = _doses(recommendation.regimen)
@@ -169,7 +174,7 @@ def recommendation_request(
     }
     if authored is not None:
         data["authoredOn"] = check_aware(authored, "recommendation_request: authored").isoformat()
-    return MedicationRequest.model_validate(data)
+    return data
 
 
 def forecast_observations(
@@ -200,6 +205,11 @@ def forecast_observations(
     """
     from fhir.resources.R4B.observation import Observation
 
+    items = _forecast_data(forecast, patient, origin, derived_from, unit, pseudonymizer)
+    return [Observation.model_validate(data) for data in items]
+
+
+def _forecast_data(forecast, patient, origin, derived_from, unit, pseudonymizer):
     check_aware(origin, "forecast_observations: origin")
     forecast_code = {
         "coding": [
@@ -242,7 +252,7 @@ def forecast_observations(
             ],
             "derivedFrom": derived or None,
         }
-        out.append(Observation.model_validate({k: v for k, v in data.items() if v is not None}))
+        out.append({k: v for k, v in data.items() if v is not None})
     return out
 
 
@@ -256,3 +266,39 @@ def fhir_bundle(resources: Sequence[Any], *, kind: str = "collection") -> Any:
         data = r.model_dump(mode="json", exclude_none=True)
         entries.append({"fullUrl": f"urn:uuid:{data['id']}", "resource": data})
     return Bundle.model_validate({"resourceType": "Bundle", "type": kind, "entry": entries})
+
+
+def update_json(
+    recommendation: Any,
+    forecast: Any,
+    *,
+    patient: str,
+    origin: dt.datetime,
+    derived_from: Sequence[str],
+    substance: str = "vancomycin",
+    unit: str = "mg/L",
+    pseudonymizer: Pseudonymizer | None = None,
+    authored: dt.datetime | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`recommendation_request` and `fhir_bundle(forecast_observations(...))` as JSON, for
+    a service that publishes them: each validated once by fhir.resources (the
+    MedicationRequest, and the Bundle with its Observations), then the JSON itself returned
+    (no serialisation of the models). Arguments as those two functions'.
+
+    **Returns:** `(medication_request, bundle)`, JSON objects.
+    """
+    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B.medicationrequest import MedicationRequest
+
+    request = _recommendation_data(
+        recommendation, patient, origin, substance, pseudonymizer, authored
+    )
+    MedicationRequest.model_validate(request)
+    items = _forecast_data(forecast, patient, origin, derived_from, unit, pseudonymizer)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"fullUrl": f"urn:uuid:{d['id']}", "resource": d} for d in items],
+    }
+    Bundle.model_validate(bundle)
+    return request, bundle
