@@ -48,6 +48,15 @@ def serve(
         None, help="A JAX compilation cache folder (a restart compiles less)."
     ),
     status_every: float = typer.Option(5.0, min=0.1, help="Seconds between status messages."),
+    tls_ca: Path | None = typer.Option(
+        None, help="Connect over TLS: the PEM CA certificate that signed the broker's."
+    ),
+    tls_cert: Path | None = typer.Option(None, help="The service's client certificate (PEM)."),
+    tls_key: Path | None = typer.Option(None, help="The client certificate's key (PEM)."),
+    username: str | None = typer.Option(None, help="The broker account's user name."),
+    password_file: Path | None = typer.Option(
+        None, help="A file holding the broker account's password (never on the command line)."
+    ),
 ) -> None:
     """Serve live twins: FHIR messages in on twins/SITE/in/<ResourceType>; recommendations
     and forecasts out on twins/SITE/out/...; dead letters on twins/SITE/dead-letter."""
@@ -67,7 +76,7 @@ def serve(
         load_pseudonym_key,
         load_signing_key,
     )
-    from ..io import SUBSTANCES, MqttService, TwinService
+    from ..io import SUBSTANCES, MqttService, MqttTls, TwinService
     from ..io._service_mqtt import parse_broker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -75,6 +84,26 @@ def serve(
         host, port = parse_broker(broker)
     except ValueError as error:
         raise _fail(str(error)) from None
+    tls = None
+    if tls_cert is not None or tls_key is not None:
+        if tls_ca is None:
+            raise _fail("--tls-cert/--tls-key: also give --tls-ca (the broker's CA).")
+    if tls_ca is not None:
+        try:
+            tls = MqttTls(tls_ca, tls_cert, tls_key)
+            tls.context()
+        except (ValueError, OSError) as error:  # ssl.SSLError is an OSError
+            raise _fail(f"--tls-ca/--tls-cert/--tls-key: {error}") from None
+    password = None
+    if password_file is not None:
+        if not username:
+            raise _fail("--password-file: also give --username.")
+        try:
+            password = password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise _fail(f"--password-file: {error}") from None
+        if not password:
+            raise _fail(f"--password-file {password_file}: the file is empty.")
     models = {}
     for item in drug:
         substance, sep, name = item.partition("=")
@@ -107,11 +136,15 @@ def serve(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    runner = MqttService(service, host, port, client_id=client_id, status_every=status_every)
+    runner = MqttService(
+        service, host, port, client_id=client_id, status_every=status_every, tls=tls,
+        username=username, password=password,
+    )  # fmt: skip
     topics = service.topics
     typer.echo(
         f"twins serve: site {site}, broker {host}:{port}, in {topics.subscription}, out "
-        f"{topics.recommendation} and {topics.forecast}, dead letters {topics.dead_letter}",
+        f"{topics.recommendation} and {topics.forecast}, dead letters {topics.dead_letter}"
+        + (", over TLS" if tls is not None else ", plain TCP (no TLS)"),
         err=True,
     )
     try:

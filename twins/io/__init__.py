@@ -16,8 +16,8 @@
 - `inspect_resource(resource, *, substances=...)`: one resource of a stream, validated and
   read on its own (`ResourceInfo`: type, id, version, patient, time, substances).
 - `TwinService`: live twins fed by FHIR messages (SQLite-backed, idempotent, order-proof,
-  dead letters, audit log); `MqttService` runs one on an MQTT broker (`twins serve`). See
-  docs/live-twins.md.
+  dead letters, audit log); `MqttService` runs one on an MQTT broker (`twins serve`;
+  TLS by `MqttTls`). See docs/live-twins.md.
 - Tables: `LOINC` (observation codes read), `SUBSTANCES`, `HGNC`, `RECORD_COLUMNS`.
 
 See docs/fhir.md.
@@ -44,6 +44,7 @@ from ._service import Receipt as Receipt
 from ._service import Topics as Topics
 from ._service import TwinService as TwinService
 from ._service_mqtt import MqttService as MqttService
+from ._service_mqtt import MqttTls as MqttTls
 from ._stream_read import ResourceInfo as ResourceInfo
 from ._stream_read import inspect_resource as inspect_resource
 from ._units import convert as convert_ucum
@@ -65,6 +66,7 @@ __all__ = [
     "Issue",
     "LoincCode",
     "MqttService",
+    "MqttTls",
     "OutputFolderError",
     "Proposal",
     "Receipt",

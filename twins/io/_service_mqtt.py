@@ -12,12 +12,18 @@
   by `asof` and `cause.message`).
 - Publishes a status message (retained) on `twins/<site>/status` every `status_every`
   seconds, and `{"state": "offline"}` as its will.
+- Connects over TLS (`MqttTls`: the CA that signed the broker's certificate, checked with
+  its host name; optionally a client certificate) and with a user name and password when
+  given; a hospital broker should require both (docs/live-twins.md, "Security").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import ssl
 import threading
 import time
 from collections import deque
@@ -42,6 +48,38 @@ def parse_broker(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+@dataclasses.dataclass(frozen=True)
+class MqttTls:
+    """TLS to the broker (TLS 1.2 or later).
+
+    - `ca_file`: the PEM certificate(s) of the authority that signed the broker's
+      certificate; the broker's certificate is checked against it and against the host
+      name (or IP address) connected to, always.
+    - `cert_file`, `key_file`: the service's own certificate and key (PEM), for a broker
+      that requires client certificates (`require_certificate true`); both or neither.
+    """
+
+    ca_file: str | os.PathLike
+    cert_file: str | os.PathLike | None = None
+    key_file: str | os.PathLike | None = None
+
+    def __post_init__(self):
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("MqttTls: give both cert_file and key_file, or neither.")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"MqttTls: {name} {str(path)!r} is not a file.")
+
+    def context(self) -> ssl.SSLContext:
+        """The client's SSL context: certificate and host name checked, TLS >= 1.2."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file is not None:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return ctx
+
+
 class MqttService:
     """`service` connected to the broker at `host:port` (see the module docstring).
 
@@ -53,6 +91,10 @@ class MqttService:
       `twins-serve-<site>`): a restarted service must use the same one to catch up.
     - `session_expiry`: seconds the broker keeps the session while disconnected.
     - `status_every`: seconds between status messages (and status log lines).
+    - `tls`: an `MqttTls` to connect over TLS (default: plain TCP, for a broker on
+      127.0.0.1 only).
+    - `username`, `password`: the broker account (MQTT CONNECT credentials; over TLS, so
+      that they are not sent in the clear). A password without a user name is refused.
 
     `start()` connects and runs in background threads; `stop()` ends them. `run(stop)`
     does both around a wait on the event `stop` (the command line's loop).
@@ -68,6 +110,9 @@ class MqttService:
         session_expiry: int = 7 * 24 * 3600,
         keepalive: int = 30,
         status_every: float = 5.0,
+        tls: MqttTls | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ):
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -98,7 +143,17 @@ class MqttService:
         self.client.will_set(
             self.topics.status, json.dumps({"state": "offline"}), qos=1, retain=True
         )
+        if tls is not None:
+            if not isinstance(tls, MqttTls):
+                raise TypeError(f"MqttService: tls must be an MqttTls, got {tls!r}.")
+            self.client.tls_set_context(tls.context())
+        if password is not None and not username:
+            raise ValueError("MqttService: a password needs a username.")
+        if username:
+            self.client.username_pw_set(username, password)
+        self.tls = tls
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -119,6 +174,13 @@ class MqttService:
         client.subscribe(self.topics.subscription, qos=1)
         self.connected.set()
         self._wake.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        log.error(
+            "could not connect to %s:%d%s; retrying", self.host, self.port,
+            " over TLS (is the CA right, and the host name in the broker's certificate?)"
+            if self.tls is not None else "",
+        )  # fmt: skip
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
