@@ -156,9 +156,7 @@ def advance(
     zero = jnp.zeros(n, dtype)
     steps = exposure_steps
     transition = exact_exposure(model, output) if steps is not None else None
-    row = offset = None
-    if transition is not None:
-        row, offset = linear_output(model, params, output, n)
+    lin = linear_output(model, params, output, n) if transition is not None else None
 
     def level(x):
         return model.output(params, x)[output]
@@ -173,7 +171,8 @@ def advance(
         h = (tb - ta) / steps
         if transition is not None:
             # Exact: (x, z) -> (phi x + u, z + w.x + v), z the integral of the output.
-            phi, u, w, v = transition(params, r, row, offset, h)
+            assert lin is not None
+            phi, u, w, v = transition(params, r, *lin, h)
 
             def exact_sub(carry, _):
                 x, z = carry

@@ -186,8 +186,8 @@ def test_closed_form_transition_matches_the_augmented_expm(name):
         return jnp.sum(phi) + jnp.sum(u) + jnp.sum(w) + v + jnp.sum(x) / 100.0
 
     p = jnp.log(jnp.asarray([case.params[k] for k in names]))
-    grad = jax.grad(scalar)
-    h = np.asarray(jax.jit(jax.jacfwd(grad))(p))
+    grad = jax.jit(jax.grad(scalar))
+    h = np.asarray(jax.jit(jax.jacfwd(jax.grad(scalar)))(p))
     eps = 1e-5
     fd = np.stack([(grad(p.at[i].add(eps)) - grad(p.at[i].add(-eps))) / (2 * eps)
                    for i in range(len(names))])  # fmt: skip
