@@ -51,9 +51,10 @@ def _free_port() -> int:
 
 
 class Mosquitto:
-    """A mosquitto process with a generated config in `folder` (persistence on)."""
+    """A mosquitto process with a generated config in `folder` (persistence on); `settings`
+    are the listener's config lines (default: anonymous clients allowed, plain TCP)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *, settings: str = "allow_anonymous true\n"):
         exe = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
         )
@@ -69,7 +70,7 @@ class Mosquitto:
         (folder / "data").mkdir()
         self.config.write_text(
             f"listener {self.port} {HOST}\n"
-            "allow_anonymous true\n"
+            f"{settings}"
             "persistence true\n"
             f"persistence_location {folder / 'data'}/\n"
             "autosave_interval 1\n"

@@ -183,11 +183,20 @@ class MqttService:
         )  # fmt: skip
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected.is_set()
         self.connected.clear()
-        if not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        if was:
             log.warning(
                 "disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason_code
             )
+        else:  # closed before the broker accepted the connection
+            log.error(
+                "the broker %s:%d closed the connection before accepting it (%s)%s; retrying",
+                self.host, self.port, reason_code,
+                "" if self.tls is not None else ": does it require TLS (--tls-ca)?",
+            )  # fmt: skip
 
     def _on_message(self, client, userdata, message) -> None:
         try:
