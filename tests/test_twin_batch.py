@@ -146,3 +146,30 @@ def test_batch_arguments_are_checked():
         twins.update_twins([many[0], "p1"])
     bad = twins.recommend_twins(many[:2], keys=[0, 1], intervals=(-1.0,))
     assert all(isinstance(b, ValueError) and "intervals must be > 0" in str(b) for b in bad)
+
+
+# about 95 s on 2 cores (60 s of CPU), most of it compiling the reverse-mode derivatives of
+# the peak twice (one twin, then a batch); the additive search above is in make test.
+@pytest.mark.extended
+def test_recommend_twins_non_additive_metric_is_the_one_twin_search():
+    """A peak target is not additive in the dose, so the search takes the Newton steps of
+    `optimise_dose` (simulated at every step) instead of superposition: batched, the same."""
+    peak = twins.Target(
+        metric=twins.Peak(), low=25.0, high=40.0, unit="mg/L", reference="a test window"
+    )
+    one, many = _pairs()
+    one, many = one[:3], many[:3]
+    assert twins.update_twins(many) == [None] * 3
+    keys = [jax.random.key(7 + i) for i in range(3)]
+    solo = [
+        tw.recommend(peak, key=k, n_draws=16, start=60.0, steps=4)
+        for tw, k in zip(one, keys, strict=True)
+    ]
+    batch = twins.recommend_twins(
+        many, target=peak, keys=keys, n_draws=16, starts=[60.0] * 3, steps=4
+    )
+    for a, b in zip(solo, batch, strict=True):
+        assert isinstance(b, twins.Recommendation)
+        np.testing.assert_allclose(b.dose, a.dose, rtol=1e-6)
+        assert abs(b.probability - a.probability) <= 1.0 / 16
+        np.testing.assert_allclose(b.metric_median, a.metric_median, rtol=1e-6)
