@@ -173,17 +173,17 @@ def test_closed_form_transition_matches_the_augmented_expm(name):
     n = case.matrix().shape[0]
     rate = jnp.linspace(3.0, 1.0, n)
     row = jnp.asarray(_row(case))
+    closed = jax.jit(lambda dt: case.model.exposure_transition(case.params, rate, row, 0.5, dt))
+    k = jnp.asarray(case.matrix())
+    augmented = jax.jit(lambda dt: expm_exposure_transition(k, rate, row, 0.5, dt))
     for dt in (0.0, 1e-6, 0.3, 30.0):
-        got = case.model.exposure_transition(case.params, rate, row, 0.5, dt)
-        ref = expm_exposure_transition(jnp.asarray(case.matrix()), rate, row, 0.5, dt)
-        for a, b in zip(got, ref, strict=True):
+        for a, b in zip(closed(dt), augmented(dt), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
     def scalar(logp):
         params = {k: jnp.exp(v) for k, v in zip(names, logp, strict=True)}
         phi, u, w, v = case.model.exposure_transition(params, rate, row, 0.0, 2.5)
-        x = case.model.propagate(params, jnp.arange(1.0, n + 1.0), rate, 0.0, 7.0, SOLVER)
-        return jnp.sum(phi) + jnp.sum(u) + jnp.sum(w) + v + jnp.sum(x) / 100.0
+        return jnp.sum(phi) + jnp.sum(u) + jnp.sum(w) + v
 
     p = jnp.log(jnp.asarray([case.params[k] for k in names]))
     grad = jax.jit(jax.grad(scalar))
