@@ -157,7 +157,6 @@ def test_target_metric_is_typed():
     assert [t.metric for t in vanco.targets] == [D.AUCOver(24), D.Trough()]
 
 
-@pytest.mark.extended  # ~50-100 s on 2 cores, mostly compiling the reverse-mode exposure
 def test_recommend_for_a_peak_target_matches_a_dense_search():
     """A Cmax target (not additive: the optimiser simulates every step, no superposition):
     the dose found reaches the best probability on a grid, each dose's peak taken from a
