@@ -4,7 +4,11 @@ Structural models only: regimens, PK/PD models and `simulate`. Knows nothing of 
 
 Importing `pkpd` turns on JAX's double precision (`jax_enable_x64`), the project's default:
 concentrations span many decades and calibration needs accurate gradients. Turn it off after
-the import (`jax.config.update("jax_enable_x64", False)`) to trade accuracy for speed.
+the import (`jax.config.update("jax_enable_x64", False)`) to trade accuracy for speed. It also
+turns on JAX's persistent compilation cache in the user's cache folder, so that a first call
+compiles once per machine rather than once per process: `PKPD_TWINS_CACHE=<folder>` moves it,
+`PKPD_TWINS_CACHE=off` turns it off, and `pkpd.set_compilation_cache(path | None)` changes it
+in a running process (docs/getting-started.md, "Compilation cache").
 """
 
 from . import _config as _config
@@ -16,6 +20,7 @@ from ._advance import state_before as state_before
 from ._cohort import CohortError as CohortError
 from ._cohort import Exposure as Exposure
 from ._cohort import simulate_cohort as simulate_cohort
+from ._config import set_compilation_cache as set_compilation_cache
 from ._models._base import (
     AbstractLinearModel as AbstractLinearModel,
 )
@@ -219,6 +224,7 @@ __all__ = [
     "repeat",
     "reset",
     "running_rates",
+    "set_compilation_cache",
     "simulate",
     "simulate_cohort",
     "simulate_piecewise",

@@ -45,7 +45,9 @@ def serve(
     ),
     actor: str = typer.Option("twins-serve", help="The actor of the audit entries."),
     compilation_cache: Path | None = typer.Option(
-        None, help="A JAX compilation cache folder (a restart compiles less)."
+        None,
+        help="The JAX compilation cache folder, instead of the user cache folder or "
+        "PKPD_TWINS_CACHE (pkpd.set_compilation_cache).",
     ),
     status_every: float = typer.Option(5.0, min=0.1, help="Seconds between status messages."),
     tls_ca: Path | None = typer.Option(
@@ -60,12 +62,13 @@ def serve(
 ) -> None:
     """Serve live twins: FHIR messages in on twins/SITE/in/<ResourceType>; recommendations
     and forecasts out on twins/SITE/out/...; dead letters on twins/SITE/dead-letter."""
-    import jax
+    import pkpd  # double precision and the default compilation cache
 
-    jax.config.update("jax_enable_x64", True)
     if compilation_cache is not None:
-        jax.config.update("jax_compilation_cache_dir", str(compilation_cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        try:
+            pkpd.set_compilation_cache(compilation_cache)
+        except OSError as error:
+            raise _fail(f"--compilation-cache: {error}") from None
     from .. import drugs as drug_library
     from ..governance import (
         AuditLog,
