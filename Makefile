@@ -18,13 +18,22 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/twins demo
 
+# The tests' JAX compilation cache (pkpd/_config.py), outside the clone; CI may point it at a
+# folder it keeps between runs (make test TEST_CACHE=...) or turn it off (TEST_CACHE=off).
+# Both xdist workers share it. JAX writes an entry with a plain write: a worker that reads one
+# the other is still writing gets JAX's warning and compiles the program itself, which is not
+# an error here (docs/getting-started.md, "Compilation cache").
+TEST_CACHE ?= $(HOME)/.cache/pkpd-twins/jax-test
+TEST_ENV := PKPD_TWINS_CACHE="$(TEST_CACHE)"
+CACHE_RACE := -W "ignore:Error reading persistent compilation cache entry:UserWarning"
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not extended"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist worksteal $(CACHE_RACE) -m "not extended"
 
 # Every test, the extended ones included: slow checks, most of whose ground `make test` also
 # covers (each says so where it is marked); several of them take minutes on 2 cores.
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist worksteal $(CACHE_RACE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
