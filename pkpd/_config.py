@@ -138,7 +138,8 @@ def _from_environment() -> None:
     if value.lower() in _OFF and value:
         _use(None)
         return
-    if not value and jax.config.jax_compilation_cache_dir:  # the user set JAX's own
+    jax_dir = jax.config.jax_compilation_cache_dir  # pyright: ignore[reportAttributeAccessIssue]
+    if not value and jax_dir:  # the user set JAX's own (JAX_COMPILATION_CACHE_DIR)
         return
     try:
         set_compilation_cache(Path(value) if value else default_root())
