@@ -13,7 +13,7 @@ posterior:
   (`calibration.fit_individual_nuts`).
 
 `forecast` simulates posterior draws (credible bands of the model's prediction, and prediction
-bands with the residual error on request); `recommend` finds, by gradients through the model,
+bands with the residual error on request); `recommend` finds, by Newton steps through the model,
 the dose that maximises the posterior probability of reaching a target window (AUC24, trough,
 a concentration or the INR at the end of the regimen).
 """
@@ -492,13 +492,14 @@ class DigitalTwin:
         The plan is `n_doses` doses of the drug's usual form (`drug.regimen`) every
         `interval` hours from `start`, after the doses given. The target's metric
         (`twins.drugs.AUCOver`, `Trough`, `Peak`) is read on the plan's end, when the next dose
-        would be due: `AUCOver(24)` the AUC of the last 24 h (Simpson through
+        would be due: `AUCOver(24)` the AUC of the last 24 h (exact for linear models, through
         `pkpd.interval_exposure`, the trials' engine), `Trough()` the level then, `Peak()` the
         maximum over the last interval. The search is `twins._recommend.recommend_dose`: for
         each interval tried, Newton steps set the posterior geometric mean of the metric on
         the window's centre, then Newton ascent on a smoothed posterior probability of the
-        window moves the log-dose (slopes and curvatures by JAX through the model); the
-        reported probability is the plain fraction of draws in the window.
+        window moves the log-dose (slopes and curvatures by JAX through superposition for an
+        AUC or level of a linear model, by central differences of the simulated metric
+        otherwise); the reported probability is the plain fraction of draws in the window.
 
         **Arguments:**
 

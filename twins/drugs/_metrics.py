@@ -13,8 +13,9 @@ trials. Metrics are frozen dataclasses (hashable: static under `jax.jit`).
 | `Trough("INR")` | the same, labelled by what the output is | warfarin INR 2-3 |
 | `Peak()` | the maximum over the last dosing interval | aminoglycoside Cmax |
 
-The AUC is Simpson's rule on sub-steps between consecutive dosing entries (kinks at a lag
-time or at the end of an infusion fall on segment ends); the peak is the largest value on the
+The AUC is exact for linear models (one transition per segment, `pkpd.interval_exposure`)
+and Simpson's rule on sub-steps between consecutive dosing entries for ODE models (kinks at
+a lag time or at the end of an infusion fall on segment ends); the peak is the largest value on the
 same sub-steps, so it can fall short of the true maximum by the curvature over one sub-step
 (`steps` sub-steps per segment, default 24).
 """
