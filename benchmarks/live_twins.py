@@ -86,7 +86,7 @@ def _cohort(n: int, *, n_stream: int, seed: int = 7) -> tuple[list[list[dict]], 
     25.5 h, one an hour then every 0.1 h), every level simulated from the patient's own
     parameters (a prior draw) with the model's residual error."""
     import jax
-    from live_twin import RXNORM, UCUM, _at, _observation
+    from live_twin import _observation, dose_message
 
     import twins
 
@@ -117,20 +117,7 @@ def _cohort(n: int, *, n_stream: int, seed: int = 7) -> tuple[list[list[dict]], 
             _observation(f"{pid}-ht", pid, "8302-2", -1.0, round(height, 1), "cm"),
             _observation(f"{pid}-scr", pid, "2160-0", -1.0, round(scr, 2), "mg/dL"),
         ]  # fmt: skip
-        for k in range(3):
-            msgs.append(
-                {
-                    "resourceType": "MedicationAdministration",
-                    "id": f"{pid}-dose-{k}",
-                    "status": "completed",
-                    "medicationCodeableConcept": {
-                        "coding": [{"system": RXNORM, "code": "11124", "display": "vancomycin"}]
-                    },
-                    "subject": {"reference": f"Patient/{pid}"},
-                    "effectivePeriod": {"start": _at(12.0 * k), "end": _at(12.0 * k + 1.0)},
-                    "dosage": {"dose": {"value": 1.0, "unit": "g", "system": UCUM, "code": "g"}},
-                }
-            )
+        msgs.extend(dose_message(pid, k) for k in range(3))
         for k, h in enumerate(level_times[:2]):
             msgs.append(
                 _observation(f"{pid}-level-{k}", pid, "4092-3", h, round(values[k], 2), "mg/L")

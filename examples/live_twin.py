@@ -60,6 +60,21 @@ def _observation(rid: str, pid: str, loinc: str, h: float, value: float, unit: s
     }
 
 
+def dose_message(pid: str, k: int) -> dict:
+    """The `k`-th 1 g vancomycin infusion (1 h, every 12 h from T0) of patient `pid`."""
+    return {
+        "resourceType": "MedicationAdministration",
+        "id": f"{pid}-dose-{k}",
+        "status": "completed",
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "11124", "display": "vancomycin"}]
+        },
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectivePeriod": {"start": _at(12.0 * k), "end": _at(12.0 * k + 1.0)},
+        "dosage": {"dose": {"value": 1.0, "unit": "g", "system": UCUM, "code": "g"}},
+    }
+
+
 def messages(i: int, n_levels: int) -> list[dict]:
     """An invented patient's messages, in the order a ward would send them."""
     pid = f"demo-{i + 1:03d}"
@@ -71,19 +86,7 @@ def messages(i: int, n_levels: int) -> list[dict]:
         _observation(f"{pid}-scr", pid, "2160-0", -1.0, 0.8 + 0.25 * i, "mg/dL"),
     ]  # fmt: skip
     for k in range(n_levels + 1):
-        out.append(
-            {
-                "resourceType": "MedicationAdministration",
-                "id": f"{pid}-dose-{k}",
-                "status": "completed",
-                "medicationCodeableConcept": {
-                    "coding": [{"system": RXNORM, "code": "11124", "display": "vancomycin"}]
-                },
-                "subject": {"reference": f"Patient/{pid}"},
-                "effectivePeriod": {"start": _at(12.0 * k), "end": _at(12.0 * k + 1.0)},
-                "dosage": {"dose": {"value": 1.0, "unit": "g", "system": UCUM, "code": "g"}},
-            }
-        )
+        out.append(dose_message(pid, k))
         if k < n_levels:  # a trough just before the next dose
             trough = 7.0 + 2.0 * k + 1.5 * i
             h = 12.0 * k + 11.5
