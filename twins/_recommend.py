@@ -133,6 +133,19 @@ def plan_doses(
     return [p._replace(regimen=p.regimen.pad(size)) for p in plans]
 
 
+def dosing_choices(
+    intervals: Sequence[float] | None, usual: float, probability: float | None
+) -> list[float]:
+    """The intervals a recommendation chooses from (default `[usual]`), checked with the
+    required probability: `ValueError` for an interval <= 0 or a probability outside (0, 1)."""
+    choices = list(intervals) if intervals is not None else [usual]
+    if not choices or any(not (c > 0) for c in choices):
+        raise ValueError(f"recommend: intervals must be > 0 h, got {choices}.")
+    if probability is not None and not 0.0 < probability < 1.0:
+        raise ValueError(f"recommend: probability must be in (0, 1), got {probability}.")
+    return choices
+
+
 _PLANS: dict[tuple, pkpd.Regimen] = {}
 
 

@@ -37,7 +37,7 @@ import calibration
 import pkpd
 
 from ._patient import Patient
-from ._recommend import Recommendation, plan_doses, recommend_dose
+from ._recommend import Recommendation, dosing_choices, plan_doses, recommend_dose
 from .drugs import Drug, Target
 
 _LEVEL = 0.9
@@ -517,12 +517,7 @@ class DigitalTwin:
           in the next release) and Newton ascent steps.
         """
         tgt = self.find_target(target)
-        usual = interval or self.drug.dosing.interval
-        choices = list(intervals) if intervals is not None else [usual]
-        if not choices or any(not (c > 0) for c in choices):
-            raise ValueError(f"recommend: intervals must be > 0 h, got {choices}.")
-        if probability is not None and not 0.0 < probability < 1.0:
-            raise ValueError(f"recommend: probability must be in (0, 1), got {probability}.")
+        choices = dosing_choices(intervals, interval or self.drug.dosing.interval, probability)
         try:
             plans = plan_doses(
                 self.drug, self.history, choices, tgt.metric, start=start, n_doses=n_doses,

@@ -32,7 +32,7 @@ import numpy as np
 import calibration
 import pkpd
 
-from ._recommend import Recommendation, plan_doses, recommend_doses
+from ._recommend import Recommendation, dosing_choices, plan_doses, recommend_doses
 from ._twin import (
     DigitalTwin,
     Forecast,
@@ -211,13 +211,7 @@ def recommend_twins(
                     raise ValueError(
                         f"DigitalTwin {tw.patient_id}: no doses given; nothing to plan after."
                     )
-                choices = list(intervals) if intervals is not None else [tw.drug.dosing.interval]
-                if not choices or any(not (c > 0) for c in choices):
-                    raise ValueError(f"recommend: intervals must be > 0 h, got {choices}.")
-                if probability is not None and not 0.0 < probability < 1.0:
-                    raise ValueError(
-                        f"recommend: probability must be in (0, 1), got {probability}."
-                    )
+                choices = dosing_choices(intervals, tw.drug.dosing.interval, probability)
                 plans = plan_doses(
                     tw.drug, tw.history, choices, tgt.metric,
                     start=None if starts is None else starts[i], n_doses=n_doses, weight=tw.weight,
