@@ -9,6 +9,7 @@ import types
 from collections.abc import Mapping
 from typing import Any, cast
 
+import numpy as np
 import pandas as pd
 
 import pkpd
@@ -308,3 +309,65 @@ def read_fhir(
 
 def _rel(t: dt.datetime, origin: dt.datetime | None) -> float:
     return math.nan if origin is None else hours(t, origin)
+
+
+@dataclasses.dataclass(frozen=True)
+class NewLevels:
+    """What `read_new_levels` read: `levels` (`TIME, DV, CENS, SOURCE`, h from the given
+    origin, in time order), `other` (how many values that are not levels of the substance,
+    e.g. a lab, were among them: they change the patient, not only the data), and `errors`
+    (the `ImportReport` errors)."""
+
+    levels: pd.DataFrame
+    other: int
+    errors: tuple[Any, ...]
+
+
+def read_new_levels(
+    patient_resource: Mapping[str, Any],
+    observations: list[Mapping[str, Any]],
+    *,
+    patient: str,
+    origin: dt.datetime,
+    reference_time: dt.datetime,
+    substance: str,
+    cmt: int = 1,
+) -> NewLevels:
+    """Read Observations of one patient as `read_fhir` reads them, without the rest of the
+    patient's resources: the levels they give on the clock of `origin`. The live twin
+    service uses it to add a new level to a twin without replaying the patient's history
+    (`twins.io.TwinService`); whatever else the Observations give (a lab, an error) is
+    reported, for the caller to fall back to `read_fhir`.
+
+    The rows are those `read_fhir` would give for these Observations with the same origin
+    and reference time (the same readers, unit conversions and record builder)."""
+    drug = SUBSTANCES[substance]
+    col = Collector(True)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in (patient_resource, *observations)],
+    }
+    resources = load(bundle, col)
+    rd = Reading(Index(resources), col, drug, reference_time, False)
+    for r in resources:
+        if r.rtype == "Observation":
+            try:
+                read_resource(r, rd)
+            except FhirError as error:
+                col.fail(error)
+    mine = rd.values.get(patient, [])
+    levels = [v for v in mine if v.loinc.code in drug.levels]
+    other = len(mine) - len(levels) + sum(len(v) for k, v in rd.values.items() if k != patient)
+    # the level rows of `build_records` (in time order; stable for equal times), without
+    # building the records of every column
+    rows = sorted(((hours(v.time, origin), v) for v in levels), key=lambda item: item[0])
+    frame = pd.DataFrame(
+        {
+            "TIME": np.asarray([t for t, _ in rows], dtype=float),
+            "DV": np.asarray([v.value for _, v in rows], dtype=float),
+            "CENS": np.asarray([int(v.censored) for _, v in rows], dtype=int),
+            "SOURCE": [str(v.source) for _, v in rows],
+        }
+    )
+    return NewLevels(frame, other, col.report().errors)

@@ -41,7 +41,15 @@ from ..governance import (
 from ._codes import SUBSTANCES
 from ._errors import FhirError
 from ._service_store import ServiceStore, StoredMessage, digest
-from ._service_twin import Replay, output_keys, outputs, plan_start, posterior_json, replay
+from ._service_twin import (
+    Replay,
+    extend,
+    output_keys,
+    outputs,
+    plan_start,
+    posterior_json,
+    replay,
+)
 from ._stream_read import inspect_resource
 from ._write import reference_pseudonym
 
@@ -126,6 +134,9 @@ class TwinService:
     - `n_draws`: posterior draws of the recommendation and forecast; `seed`: their key
       (folded with the batch's last message number, so a rerun gives the same numbers).
     - `batch_size`: at most this many messages per `process()` call.
+    - `incremental`: a patient's new levels extend its twin (`extend` in
+      twins/io/_service_twin.py) where that gives the replay's twin; `False`: every update
+      replays the patient's messages (the same results, slower; for checking).
     """
 
     def __init__(
@@ -140,6 +151,7 @@ class TwinService:
         n_draws: int = 200,
         seed: int = 0,
         batch_size: int = 256,
+        incremental: bool = True,
     ):
         if not drugs or any(s not in SUBSTANCES for s in drugs):
             raise ValueError(
@@ -159,10 +171,16 @@ class TwinService:
         self.n_draws = int(n_draws)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
+        self.incremental = bool(incremental)
         self.store = ServiceStore(store)
         self._results = governance.pseudonymizer("results")
         self._audit_names = governance.pseudonymizer("audit")
         self._twins: dict[tuple[str, str], DigitalTwin] = {}
+        # (patient, substance) -> the replay (or extension) of the twin computed last: a
+        # new level extends it (`extend`) instead of replaying the patient's messages
+        self._replays: dict[tuple[str, str], Replay] = {}
+        #: twins rebuilt since the service started: by `extend` or by a full replay
+        self.counts = {"extended": 0, "replayed": 0}
         # held while FHIR is read: receive() runs in the MQTT thread, process() in another,
         # and the unit conversions of twins.io (ucumvert's lark parser) are not thread-safe
         self._reading = threading.Lock()
@@ -303,16 +321,21 @@ class TwinService:
             upto = max((m.seq for m in history), default=asof)
             for substance, drug in self.drugs.items():
                 try:
-                    r = replay(
-                        history,
-                        patient=pid,
-                        substance=substance,
-                        drug=drug,
-                        asof=upto,
-                        pseudonym=self._results.pseudonym(pid),
-                        reading=self._reading,
-                        calibrate=False,
-                    )
+                    before = self._replays.get((pid, substance))
+                    r = None
+                    if before is not None and self.incremental:
+                        r = extend(before, history, asof=upto, reading=self._reading)
+                    if r is None:
+                        r = replay(
+                            history,
+                            patient=pid,
+                            substance=substance,
+                            drug=drug,
+                            asof=upto,
+                            pseudonym=self._results.pseudonym(pid),
+                            reading=self._reading,
+                            calibrate=False,
+                        )
                     for m in mine:
                         if (m.rtype, m.rid) in r.errors:
                             rejected.append((m, r.errors[(m.rtype, m.rid)]))
@@ -357,6 +380,13 @@ class TwinService:
                 self._twins.pop(key, None)
             else:
                 self._twins[key] = twin
+        updated = {(pid, substance) for pid, substance, twin, _ in twins if twin is not None}
+        for pid, _, r in replays:
+            self.counts["extended" if r.incremental else "replayed"] += 1
+            if (pid, r.substance) in updated:
+                self._replays[(pid, r.substance)] = dataclasses.replace(r, data=None)
+            else:  # no twin, refused, or failed: the next message replays
+                self._replays.pop((pid, r.substance), None)
         return out
 
     def _compute(self, replays: list[Replay]) -> dict[int, Any]:
@@ -544,6 +574,7 @@ class TwinService:
             "messages": states,
             "dead_letters": len(self.store.dead_letters()),
             "unpublished": len(self.store.unpublished()),
+            "rebuilt": dict(self.counts),
         }
 
 

@@ -6,11 +6,21 @@ The twin is a function of the messages alone: the patient's current resources (t
 version of each, as of a message number) go through `read_fhir` as one bundle, at the
 reference time of the latest level, lab or dose among them. So the same messages give the
 same twin, whatever order they came in, and a restarted service rebuilds what it had.
+
+`extend` is the incremental form of the same function: when a patient's new messages are
+only new level Observations (the common case of a live stream), the previous twin gets the
+new levels (read by `read_new_levels`, as `read_fhir` reads them) without the patient's
+history being read again. It applies only where the result is the replay's: nothing read
+before changed or was retracted, the new Observations give levels and nothing else (a lab
+would change the patient), no level moves the patient's time origin, the reference time is
+on the same date (ages are computed at its date), and the consent decision at it still
+allows treatment. Otherwise it returns `None` and the caller replays.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime as dt
 import json
@@ -20,13 +30,14 @@ from typing import Any
 
 import jax
 import numpy as np
+import pandas as pd
 
 from .._patient import MissingCovariateError
 from .._twin import DigitalTwin
 from ..drugs import CovariateError, Drug
-from ..governance import Pseudonymizer, Purpose
+from ..governance import ConsentRegistry, Pseudonymizer, Purpose
 from ._codes import SUBSTANCES
-from ._read import FhirImport, read_fhir
+from ._read import FhirImport, read_fhir, read_new_levels
 from ._service_store import StoredMessage
 from ._write import update_json
 
@@ -42,6 +53,10 @@ class Replay:
       the substance yet, the patient's covariates incomplete, ...) or `refused` (the
       consent decision that forbids treatment).
     - `errors`: `(resource type, id) -> reason` for resources `read_fhir` could not read.
+    - `origin` (the patient's `TIME = 0`), `levels` (`TIME, DV, CENS, SOURCE`: the levels
+      the twin was given), `seen` (`(resource type, id) -> message number` of the resources
+      read), `registry` (the consents read): what `extend` builds on.
+    - `incremental`: the twin was extended (`extend`), not replayed.
     """
 
     patient: str
@@ -53,6 +68,11 @@ class Replay:
     waiting: str | None = None
     refused: tuple[str, str] | None = None
     errors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    origin: dt.datetime | None = None
+    levels: pd.DataFrame | None = None
+    seen: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    registry: ConsentRegistry | None = None
+    incremental: bool = False
 
 
 def bundle_of(messages: Sequence[StoredMessage]) -> dict[str, Any]:
@@ -98,6 +118,8 @@ def replay(
     with reading or contextlib.nullcontext():
         data = read_fhir(bundle_of(messages), reference_time=at, substance=substance, lenient=True)
     out.data = data
+    out.seen = {(m.rtype, m.rid): m.seq for m in messages}
+    out.registry = data.consent_registry()
     for issue in data.report.errors:
         if (issue.resource_type, issue.resource_id) != ("Patient", patient):
             out.errors[(issue.resource_type, issue.resource_id)] = issue.detail
@@ -105,11 +127,13 @@ def replay(
         why = [i.detail for i in data.report.errors if i.resource_id == patient]
         out.waiting = "the patient cannot be built yet: " + ("; ".join(why) or "no Patient")
         return out
+    out.origin = data.origins.get(patient)
+    out.levels = data.observations(patient)
     evid = data.patient_records(patient)["EVID"].to_numpy()
     if not np.any(evid == 1):
         out.waiting = f"no dose of {substance} yet"
         return out
-    allowed, reason = data.consent_registry().decide(patient, Purpose.TREATMENT, at)
+    allowed, reason = out.registry.decide(patient, Purpose.TREATMENT, at)
     if not allowed:
         sources = [
             c.source
@@ -125,13 +149,80 @@ def replay(
         out.waiting = f"the twin cannot be built yet: {error}"
         return out
     twin.give(_regimen(data, patient))
-    levels = data.observations(patient)
+    levels = out.levels
     if len(levels):
         twin.observe(levels)
         if calibrate:
             twin.update()
     out.twin = twin
     return out
+
+
+def extend(
+    previous: Replay,
+    messages: Sequence[StoredMessage],
+    *,
+    asof: int,
+    reading: AbstractContextManager | None = None,
+) -> Replay | None:
+    """`replay(messages, ...)` built on `previous` (the replay or extension of the same
+    patient and substance from fewer messages) when the new messages are only new levels;
+    `None` when it does not apply (see the module docstring): then replay. The twin is a
+    copy of the previous one with the new levels observed, its posterior left as it was
+    (the warm start; the caller recomputes it, as after `replay(calibrate=False)`)."""
+    p = previous
+    if (
+        p.twin is None
+        or p.refused is not None
+        or p.origin is None
+        or p.levels is None
+        or p.reference_time is None
+        or p.registry is None
+    ):
+        return None
+    current = {(m.rtype, m.rid): m for m in messages}
+    if any(key not in current or current[key].seq != seq for key, seq in p.seen.items()):
+        return None  # a resource read before has a new version, or was rejected
+    new = [m for key, m in current.items() if key not in p.seen]
+    if any(m.rtype != "Observation" or m.status == "entered-in-error" for m in new):
+        return None
+    at = reference_time(messages)
+    if at is None or at.date() != p.reference_time.date():
+        return None  # ages are computed at the reference time's date
+    person = current.get(("Patient", p.patient))
+    if person is None:
+        return None
+    with reading or contextlib.nullcontext():
+        got = read_new_levels(
+            json.loads(person.payload),
+            [json.loads(m.payload) for m in new],
+            patient=p.patient,
+            origin=p.origin,
+            reference_time=at,
+            substance=p.substance,
+        )
+    if got.errors or got.other or (got.levels["TIME"].to_numpy() < 0).any():
+        return None  # a lab, an unreadable resource, or a level before the origin
+    allowed, _ = p.registry.decide(p.patient, Purpose.TREATMENT, at)
+    if not allowed:
+        return None
+    twin = copy.copy(p.twin)
+    if len(got.levels):
+        twin.observe(got.levels)
+    levels = pd.concat([p.levels, got.levels], ignore_index=True)
+    levels = levels.sort_values("TIME", kind="stable").reset_index(drop=True)
+    return Replay(
+        p.patient,
+        p.substance,
+        asof,
+        at,
+        twin=twin,
+        origin=p.origin,
+        levels=levels,
+        seen={key: m.seq for key, m in current.items()},
+        registry=p.registry,
+        incremental=True,
+    )
 
 
 _REGIMENS: dict[tuple, Any] = {}
@@ -179,9 +270,8 @@ class Outputs:
 def plan_start(r: Replay) -> float:
     """When the recommended plan starts (h from the patient's origin): at the reference
     time, or one usual interval after the last dose given if that is later."""
-    assert r.twin is not None and r.data is not None and r.reference_time is not None
-    origin = r.data.origins[r.patient]
-    now = (r.reference_time - origin).total_seconds() / 3600.0
+    assert r.twin is not None and r.origin is not None and r.reference_time is not None
+    now = (r.reference_time - r.origin).total_seconds() / 3600.0
     assert r.twin.history is not None
     given = np.asarray(r.twin.history.time)[np.asarray(r.twin.history.mask)]
     usual = float(r.twin.drug.dosing.interval)
@@ -207,16 +297,15 @@ def outputs(
     """The update's recommendation and forecast (`twins.recommend_twins`,
     `twins.forecast_twins`) written as FHIR (subjects and `derivedFrom` as pseudonyms of
     `results`)."""
-    assert r.twin is not None and r.data is not None and r.reference_time is not None
-    data, pid = r.data, r.patient
-    origin = data.origins[pid]
+    assert r.twin is not None and r.origin is not None and r.reference_time is not None
+    assert r.levels is not None
     rec, fc = recommendation, forecast
     request, bundle = update_json(
         rec,
         fc,
-        patient=pid,
-        origin=origin,
-        derived_from=[str(s) for s in data.observations(pid)["SOURCE"]],
+        patient=r.patient,
+        origin=r.origin,
+        derived_from=[str(s) for s in r.levels["SOURCE"]],
         substance=r.substance,
         unit=SUBSTANCES[r.substance].unit,
         pseudonymizer=results,
