@@ -12,12 +12,14 @@ from rich.table import Table
 
 from ._cli_audit import register as register_governance
 from ._cli_fhir import register as register_fhir
+from ._cli_nonmem import register as register_nonmem
 from ._cli_plugins import register_plugins
 from ._cli_serve import register as register_serve
 
 app = typer.Typer(help="pkpd-twins: PK/PD digital twins and virtual cohorts.", no_args_is_help=True)
 register_governance(app)
 register_fhir(app)
+register_nonmem(app)
 register_serve(app)
 # `twins federated ...` and other commands of packages above twins (group pkpd_twins.cli)
 register_plugins(app)
