@@ -44,6 +44,23 @@ def _check(cond: Any, message: str) -> None:
         raise ValueError(message)
 
 
+#: The values of padding events (`Regimen.pad`): no dose (`mask=False`, amount 0), sorted last.
+_PAD_FILL: dict[str, Any] = {
+    "time": 0.0,
+    "amount": 0.0,
+    "cmt": 1,
+    "rate": 0.0,
+    "duration": 0.0,
+    "lag": 0.0,
+    "bioav": 1.0,
+    "evid": 1,
+    "ss": 0,
+    "ii": 0.0,
+    "order": np.inf,
+    "mask": False,
+}
+
+
 class Regimen(eqx.Module):
     """A dosing regimen for one patient: event arrays of one fixed length.
 
@@ -130,23 +147,9 @@ class Regimen(eqx.Module):
             )
         if extra == 0:
             return self
-        fill = {
-            "time": 0.0,
-            "amount": 0.0,
-            "cmt": 1,
-            "rate": 0.0,
-            "duration": 0.0,
-            "lag": 0.0,
-            "bioav": 1.0,
-            "evid": 1,
-            "ss": 0,
-            "ii": 0.0,
-            "order": np.inf,
-            "mask": False,
-        }
         arrays = {
-            name: _join([getattr(self, name), np.full((extra,), value, dtype)])
-            for name, value, dtype in ((k, v, getattr(self, k).dtype) for k, v in fill.items())
+            name: _join([getattr(self, name), np.full((extra,), value, getattr(self, name).dtype)])
+            for name, value in _PAD_FILL.items()
         }
         if self.addl_offset is not None:
             arrays["addl_offset"] = _join(
@@ -518,16 +521,40 @@ def _merge_flags(regimens: Sequence[Regimen]) -> dict[str, Any]:
     }
 
 
-def stack(regimens: Sequence[Regimen]) -> Regimen:
+def stack(regimens: Sequence[Regimen], n_events: int | None = None) -> Regimen:
     """Pad regimens to one length and stack them along a new leading (patient) axis.
 
     The result `jax.vmap`s over patients: `jax.vmap(simulate, (None, 0, 0, None))`.
+    `n_events`: the length (default: the longest regimen's); concrete regimens are padded
+    and stacked on the host and transferred once per field.
     """
     if not regimens:
         raise ValueError("stack: expected at least one regimen, got none.")
     n = max(r.n_events for r in regimens)
+    if n_events is not None:
+        if n_events < n:
+            raise ValueError(
+                f"stack: n_events={n_events} is shorter than the longest regimen ({n} events)."
+            )
+        n = int(n_events)
+    offsets = any(r.addl_offset is not None for r in regimens)
+    if all(_is_concrete(getattr(r, f)) for r in regimens for f in _ALL_FIELDS):
+        arrays = {}
+        for f, value in _PAD_FILL.items():
+            host = [np.asarray(getattr(r, f)) for r in regimens]
+            arrays[f] = jnp.asarray(
+                np.stack(
+                    [np.concatenate([h, np.full(n - h.shape[-1], value, h.dtype)]) for h in host]
+                )
+            )
+        if offsets:
+            host = [np.asarray(_offsets(r)) for r in regimens]
+            arrays["addl_offset"] = jnp.asarray(
+                np.stack([np.concatenate([h, np.zeros(n - h.shape[-1], h.dtype)]) for h in host])
+            )
+        return Regimen(**arrays, **_merge_flags(regimens))
     padded = [r.pad(n) for r in regimens]
     arrays = {f: _join([getattr(r, f) for r in padded], stack=True) for f in _ALL_FIELDS}
-    if any(r.addl_offset is not None for r in regimens):
+    if offsets:
         arrays["addl_offset"] = _join([_offsets(r) for r in padded], stack=True)
     return Regimen(**arrays, **_merge_flags(regimens))

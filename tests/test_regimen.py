@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import numpy as np
 import pandas as pd
+import pytest
 from helpers import LINEAR_MODELS, REGIMEN_FIELDS
 
 import pkpd
@@ -379,3 +380,22 @@ def test_event_order_at_equal_times_follows_the_list():
         rtol=1e-13,
     )
     np.testing.assert_array_equal(np.asarray(simulate(model, params, drop, times)), [0, 0])
+
+
+def test_stack_to_a_length_on_the_host_equals_padding_each():
+    """`stack(regimens, n_events)` (concrete regimens: padded and stacked by NumPy) gives
+    the arrays of padding each regimen and stacking them under tracing (the jnp path)."""
+    regs = [
+        pkpd.repeat(pkpd.infusion(1000.0, duration=1.0), ii=12.0, addl=2),
+        pkpd.oral(250.0, time=2.0) + pkpd.reset(time=30.0),
+        pkpd.steady_state(pkpd.bolus(100.0), ii=8.0),
+    ]
+    host = pkpd.stack(regs, 16)
+    traced = jax.jit(lambda rs: pkpd.stack(rs, 16))(regs)
+    assert host.time.shape == (3, 16)
+    for name in REGIMEN_FIELDS:
+        np.testing.assert_array_equal(getattr(host, name), getattr(traced, name), err_msg=name)
+        assert getattr(host, name).dtype == getattr(traced, name).dtype, name
+    assert (host.has_ss, host.has_reset, host.has_infusion) == (True, True, True)
+    with pytest.raises(ValueError, match="n_events=2 is shorter"):
+        pkpd.stack(regs, 2)

@@ -606,7 +606,7 @@ def twins_dataset(
     names = list(rows[0].covariates)
     return calibration.Dataset(
         ids=np.asarray(ids),
-        regimen=pkpd.stack([tw.history.pad(n_events) for tw in rows]),  # type: ignore[union-attr]
+        regimen=pkpd.stack([tw.history for tw in rows], n_events),  # type: ignore[misc]
         time=time,
         dv=dv,
         observed=observed,

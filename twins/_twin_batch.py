@@ -306,7 +306,7 @@ def forecast_twins(
         members = [twins[i] for i in ready]
         n = _bucket(len(ready))
         size = _bucket(max(p.n_events for p in plans))
-        padded = _padded([p.pad(size) for p in plans], n)
+        padded = _padded(plans, n)
         eta_keys = [jax.random.split(ks[i])[0] for i in ready]
         eta = _draws(_padded(members, n), _padded(eta_keys, n), n_draws)
         first = members[0]
@@ -319,7 +319,7 @@ def forecast_twins(
                 first.pm,
                 first.theta,
                 covs,
-                pkpd.stack(padded),
+                pkpd.stack(padded, size),
                 jnp.asarray(np.stack(_padded(grids, n))),
                 eta,
             )
