@@ -194,8 +194,8 @@ class NonmemGeneralError:
     def sd(self, f, s):
         raise TypeError(
             "this NONMEM model's residual error depends on ETAs or on data items of each record, "
-            "not on the prediction alone, so it has no SD(f); fit it with "
-            "estimator=calibration.NonmemFOCEI() (or NonmemLaplace()), as NonmemImport.fit does."
+            "not on the prediction alone, so it has no SD(f); fit it with NonmemImport.fit() "
+            "(calibration.read_nonmem(path).fit()), whose estimator NonmemFOCEI computes it."
         )
 
     def observe(self, f, s, eps):

@@ -464,6 +464,15 @@ def read_nonmem(
     docs/nonmem-import.md for the citation).
     """
     _pharmpy()
+    import warnings
+
+    with warnings.catch_warnings():
+        # pharmpy's own deprecation warnings (pandas, numpy) are not the user's to act on.
+        warnings.filterwarnings("ignore", module=r"pharmpy(\.|$)")
+        return _read(path, data, ode_solver)
+
+
+def _read(path, data, ode_solver) -> NonmemImport:
     import pharmpy.modeling as pm_
     import sympy
 
@@ -791,8 +800,8 @@ def read_nonmem(
             prog.append(
                 (name, translate(dosing[name], where=f"{path.name}: {name}", rename=rename))
             )
-    unused = [n for n, _, _ in pk_stmts if n not in needed]
-    if unused:
+    unused = [n for n, _, _ in pk_stmts if n not in needed and n not in alias]
+    if unused and not is_pred:
         notes.append(
             f"${record} variables not used by the model (only for tables): {', '.join(unused)}"
         )
@@ -1544,7 +1553,10 @@ def _method(model) -> str:
 
 def _problem(cs) -> str:
     r = cs.get_records("PROBLEM")
-    return str(r[0]).strip()[len("$PROBLEM") :].strip() if r else ""
+    if not r:
+        return ""
+    first = str(r[0]).strip().splitlines()[0]
+    return re.sub(r"^\$PROB\w*", "", first, flags=re.I).strip()
 
 
 def _data_path(model, path, data) -> Any:

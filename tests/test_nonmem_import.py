@@ -1,0 +1,275 @@
+"""calibration.read_nonmem: NONMEM control streams in, checked against NONMEM's own output.
+
+pharmpy's example models (pheno, pheno_linear: NONMEM 7.5 output, read from the installed
+package, not copied here) and hand-written theophylline control streams
+(tests/data/nonmem_import/) compared with the same models built directly in calibration.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("pharmpy")
+
+import calibration as C
+import pkpd
+from calibration._laplace import _neg_loglik
+from calibration._nonmem_model import block_parameters
+from calibration._nonmem_translate import NonmemTranslationError, translate
+
+HERE = pathlib.Path(__file__).parent / "data" / "nonmem_import"
+
+
+def _examples() -> pathlib.Path:
+    import pharmpy
+
+    return pathlib.Path(pharmpy.__file__).parent / "internals" / "example_models"
+
+
+@pytest.fixture(scope="module")
+def pheno():
+    return C.read_nonmem(_examples() / "pheno.mod")
+
+
+def test_pheno_reproduces_nonmem_pred_ipred_and_ofv(pheno):
+    """Every record of NONMEM's table (744: doses too), PRED and CIPREDI within 1e-4
+    (relative; the table prints 5 significant digits), and -2LL at the final estimates =
+    OFV + n log(2 pi) (NONMEM's FOCE-I OFV leaves the constant out: INCLUDE LNTWOPI: NO in
+    pheno.lst)."""
+    assert pheno.plain and isinstance(pheno.model, C._nonmem_model.NonmemLinearPK)
+    assert isinstance(pheno.model.inner, pkpd.OneCompartment)
+    tab = pheno.final.predictions
+    ours = pheno.predictions()
+    assert len(ours) == len(tab) == 744
+    np.testing.assert_allclose(ours["PRED"], tab["PRED"], rtol=1e-4)
+    np.testing.assert_allclose(ours["IPRED"], tab["CIPREDI"], rtol=1e-4)
+    n = pheno.n_observations
+    assert n == 155
+    m2ll = pheno.objective()
+    assert m2ll - n * math.log(2 * math.pi) == pytest.approx(pheno.final.ofv, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_pheno_refit_gives_nonmem_estimates(pheno):
+    """FOCE-I from the initial estimates: NONMEM's final estimates within 0.1% (NONMEM stops
+    at 3 significant digits, SIGDIGITS; ours at a predicted step below 1e-3 on the log
+    scale), the OFV within 1e-3."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", C.ConvergenceWarning)
+        fit = pheno.fit(standard_errors=False)
+    got = pheno.estimates(fit)
+    want = pheno.final.estimates
+    for name in want.index:
+        assert got[name] == pytest.approx(want[name], rel=1e-3), name
+    ofv = fit.ofv - pheno.n_observations * math.log(2 * math.pi)
+    assert ofv == pytest.approx(pheno.final.ofv, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def pheno_linear():
+    return C.read_nonmem(_examples() / "pheno_linear.mod")
+
+
+def test_pheno_linear_pred_model_reproduces_nonmem(pheno_linear):
+    """$PRED with data items of each record and an ETA-dependent residual error: IPRED at
+    NONMEM's ETAs equals OPRED + D_ETA (ETA - OETA) computed from the data (no table was
+    written), and -2LL at the final estimates = OFV + n log(2 pi)."""
+    imp = pheno_linear
+    assert not imp.plain and imp.subroutines == "$PRED"
+    rec = imp.records
+    p = imp.predictions()
+    etas = imp.final.etas.loc[rec["ID"]].to_numpy()
+    expect = (
+        rec["OPRED"].to_numpy()
+        + rec["D_ETA1"].to_numpy() * (etas[:, 0] - rec["OETA1"].to_numpy())
+        + rec["D_ETA2"].to_numpy() * (etas[:, 1] - rec["OETA2"].to_numpy())
+    )
+    np.testing.assert_allclose(p["IPRED"], expect, rtol=1e-12)
+    n = imp.n_observations
+    assert imp.objective() - n * math.log(2 * math.pi) == pytest.approx(imp.final.ofv, abs=1e-4)
+
+
+@pytest.mark.extended
+def test_pheno_linear_refit_gives_nonmem_estimates(pheno_linear):
+    """NonmemFOCEI (the variance's ETA dependence in the curvature) from the initial
+    estimates: NONMEM's estimates within 0.2%."""
+    imp = pheno_linear
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", C.ConvergenceWarning)
+        fit = imp.fit(standard_errors=False)
+    got = imp.estimates(fit)
+    for name, value in imp.final.estimates.items():
+        assert got[name] == pytest.approx(value, rel=2e-3), name
+
+
+@pytest.fixture(scope="module")
+def advan2():
+    return C.read_nonmem(HERE / "theo_advan2.ctl")
+
+
+def _direct_advan2():
+    def typical(th, cov):
+        return {"CL": th["CL"] * (cov["WT"] / 70) ** 0.75, "V": th["V"], "KA": th["KA"]}
+
+    return C.PopulationModel(
+        pkpd.OneCompartmentOral(),
+        theta={"CL": 3.0, "V": 30.0, "KA": 1.0},
+        omega={"KA": 0.3, "CL": 0.1, "V": 0.1},
+        error=C.Additive(1.0),
+        typical=typical,
+    )
+
+
+def test_advan2_fix_matches_calibration_model(advan2):
+    """ADVAN2 TRANS2 with a FIXed THETA is a plain PopulationModel on pkpd's
+    OneCompartmentOral: its -2LL equals the same model built directly in calibration."""
+    assert advan2.plain and type(advan2.population_model) is C.PopulationModel
+    assert isinstance(advan2.model.inner, pkpd.OneCompartmentOral)
+    assert advan2.data.n_subjects == 12 and advan2.n_observations == 132
+    direct = _direct_advan2()
+    values = {"THETA_1": 2.7, "TVV": 32.0, "TVKA": 1.6, "OMEGA_1_1": 0.4, "OMEGA_2_2": 0.08,
+              "OMEGA_3_3": 0.02, "SIGMA_1_1": 0.5}  # fmt: skip
+    phi = {
+        "theta": {"CL": jnp.log(2.7), "V": jnp.log(32.0), "KA": jnp.log(1.6)},
+        "omega": {"log_sd": 0.5 * jnp.log(jnp.asarray([0.4, 0.08, 0.02]))},
+        "sigma": {"add_sd": 0.5 * jnp.log(0.5)},
+    }
+    want = 2 * float(_neg_loglik(direct, phi, advan2.data))
+    assert advan2.objective(values) == pytest.approx(want, rel=1e-10)
+
+
+@pytest.mark.extended
+def test_advan2_fit_matches_calibration_fit(advan2):
+    """The same fit: the imported model and the direct one give the same estimates."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", C.ConvergenceWarning)
+        a = advan2.fit(standard_errors=False)
+        b = C.fit_population(_direct_advan2(), advan2.data, standard_errors=False)
+    got = advan2.estimates(a)
+    assert got["THETA_1"] == pytest.approx(float(b.population["theta"]["CL"]), rel=2e-3)
+    assert got["TVV"] == pytest.approx(float(b.population["theta"]["V"]), rel=2e-3)
+    assert got["TVKA"] == pytest.approx(float(b.population["theta"]["KA"]), rel=2e-3)
+    assert got["SIGMA_1_1"] == pytest.approx(float(b.population["sigma"]["add_sd"]) ** 2, rel=5e-3)
+    assert a.ofv == pytest.approx(b.ofv, abs=1e-3)
+
+
+def test_advan4_block_fix_matches_calibration_model():
+    """ADVAN4 TRANS4, $OMEGA BLOCK(2) and a FIXed $OMEGA, W = SQRT(THETA^2 + THETA^2 F^2)
+    with $SIGMA 1 FIX, IGNORE=(ID.EQ.12): a NonmemPopulationModel whose -2LL equals that of
+    pkpd.TwoCompartmentOral with the equivalent Omega and Combined error built directly."""
+    imp = C.read_nonmem(HERE / "theo_advan4_block.ctl")
+    assert not imp.plain and imp.data.n_subjects == 11
+    assert isinstance(imp.model.inner, pkpd.TwoCompartmentOral)
+    assert imp.population_model.error.form == "combined"
+
+    def typical(th, cov):
+        return {"CL": th["CL"], "V1": th["V2"], "Q": th["Q"], "V2": th["V3"], "KA": th["KA"]}
+
+    theta = {"CL": 2.8, "V2": 30.0, "Q": 5.0, "V3": 10.0, "KA": 1.5}
+    direct = C.PopulationModel(
+        pkpd.TwoCompartmentOral(), theta=theta, omega={"CL": 0.1, "V1": 0.05, "KA": 0.4},
+        error=C.Combined(0.5, 0.1), typical=typical, omega_block=True,
+    )  # fmt: skip
+    log_sd, z = block_parameters(np.array([[0.1, 0.02, 0], [0.02, 0.05, 0], [0, 0, 0.4]]))
+    phi = {
+        "theta": {k: jnp.log(v) for k, v in theta.items()},
+        "omega": {"log_sd": jnp.asarray(log_sd), "corr": jnp.asarray(z)},
+        "sigma": {"add_sd": jnp.log(0.5), "prop_sd": jnp.log(0.1)},
+    }
+    want = 2 * float(_neg_loglik(direct, phi, imp.data))
+    assert imp.objective(imp.initial) == pytest.approx(want, rel=1e-10)
+    # The FIXed OMEGA stays where it is whatever phi says.
+    nat = imp.population_model.natural(imp.phi(imp.initial | {"OMEGA_3_3": 9.0}))
+    assert float(nat["omega"][2, 2]) == pytest.approx(0.4)
+
+
+_BASE = """$PROBLEM refused
+$INPUT ID TIME DV AMT EVID CMT WT
+$DATA {data} IGNORE=@
+$SUBROUTINES {advan}
+$PK
+{pk}
+CL = THETA(1)*EXP(ETA(1))
+V = THETA(2)
+KA = THETA(3)
+S2 = V
+$ERROR
+Y = F + EPS(1)
+$THETA (0, 3) (0, 30) (0, 1)
+$OMEGA 0.1
+$SIGMA 1
+{extra}
+"""
+
+
+@pytest.mark.parametrize(
+    ("advan", "pk", "extra", "message"),
+    [
+        ("ADVAN2 TRANS2", "MTIME(1) = 5", "", "MTIME"),
+        ("ADVAN2 TRANS2", '"  FIRST', "", "verbatim"),
+        ("ADVAN2 TRANS2", "", "$PRIOR NWPRI", "priors"),
+        ("ADVAN2 TRANS2", "", "$MIX\nP(1) = THETA(1)", "mixture"),
+        ("ADVAN10", "VM = 1\nKM = 1", "", "ADVAN10"),
+        ("ADVAN2 TRANS2", "IF (NEWIND.NE.2) X = 1\nKA = X", "", "NEWIND"),
+    ],
+)
+def test_what_cannot_be_translated_is_named(tmp_path, advan, pk, extra, message):
+    ctl = tmp_path / "m.ctl"
+    ctl.write_text(_BASE.format(data=HERE / "theo.csv", advan=advan, pk=pk, extra=extra))
+    with pytest.raises(NonmemTranslationError, match=message) as info:
+        C.read_nonmem(ctl)
+    assert "m.ctl" in str(info.value)
+
+
+def test_translator_is_an_allow_list():
+    import sympy
+
+    x, y = sympy.symbols("x y")
+    e = translate(sympy.Piecewise((sympy.exp(x) * y, x < 1), (sympy.sqrt(y), True)), where="t")
+    assert float(e.evaluate({"x": 0.0, "y": 4.0})) == pytest.approx(4.0)
+    assert float(e.evaluate({"x": 2.0, "y": 4.0})) == pytest.approx(2.0)
+    assert e == translate(sympy.Piecewise((sympy.exp(x) * y, x < 1), (sympy.sqrt(y), True)),
+                          where="t")  # fmt: skip
+    with pytest.raises(NonmemTranslationError, match="Integral"):
+        translate(sympy.Integral(x, y), where="test statement")
+
+
+def test_pharmpy_is_not_imported_with_calibration():
+    code = "import sys, calibration; print('pharmpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_missing_pharmpy_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pharmpy", None)
+    with pytest.raises(ImportError, match=r'pip install "pkpd-twins\[nonmem\]"'):
+        C.read_nonmem(HERE / "theo_advan2.ctl")
+
+
+def test_cli_nonmem_import(tmp_path):
+    from typer.testing import CliRunner
+
+    from twins.app._cli import app
+
+    out = tmp_path / "summary.json"
+    res = CliRunner().invoke(app, ["nonmem", "import", str(HERE / "theo_advan2.ctl"),
+                                   "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "ADVAN2 TRANS2" in res.output and "12 subjects" in res.output
+    import json
+
+    summary = json.loads(out.read_text())
+    assert summary["data"]["observations"] == 132
+    assert [p["name"] for p in summary["parameters"]][:2] == ["THETA_1", "TVV"]
+    bad = tmp_path / "bad.ctl"
+    bad.write_text(_BASE.format(data=HERE / "theo.csv", advan="ADVAN10", pk="", extra=""))
+    res = CliRunner().invoke(app, ["nonmem", "import", str(bad)])
+    assert res.exit_code == 2 and "ADVAN10" in res.output
