@@ -50,6 +50,12 @@ def serve(
         "PKPD_TWINS_CACHE (pkpd.set_compilation_cache).",
     ),
     status_every: float = typer.Option(5.0, min=0.1, help="Seconds between status messages."),
+    hold_unknown: float = typer.Option(
+        60.0,
+        min=0.0,
+        help="Seconds a message about a patient whose Patient has not arrived is held "
+        "before it becomes a dead letter (0: at once).",
+    ),
     tls_ca: Path | None = typer.Option(
         None, help="Connect over TLS: the PEM CA certificate that signed the broker's."
     ),
@@ -133,6 +139,7 @@ def serve(
             governance=governance,
             intervals=interval or None,
             n_draws=draws,
+            hold_unknown=hold_unknown,
         )
     except (TypeError, ValueError) as error:
         raise _fail(str(error)) from None

@@ -20,6 +20,7 @@ service reads the log when it starts, and a batch already logged is not logged a
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -108,13 +109,16 @@ class Topics:
 
 @dataclasses.dataclass(frozen=True)
 class Receipt:
-    """What `receive` did: `outcome` `"stored"`, `"duplicate"` or `"dead-letter"`;
-    `message` (the stored message's number) or `dead_letter` (its number); `reason`."""
+    """What `receive` did: `outcome` `"stored"`, `"duplicate"`, `"held"` (about a patient
+    whose Patient resource has not arrived: kept, and received again when it comes) or
+    `"dead-letter"`; `message` (the stored message's number), `held` or `dead_letter` (the
+    number of the held message or of the dead letter); `reason`."""
 
     outcome: str
     message: int | None = None
     dead_letter: int | None = None
     reason: str = ""
+    held: int | None = None
 
 
 class TwinService:
@@ -134,6 +138,10 @@ class TwinService:
     - `n_draws`: posterior draws of the recommendation and forecast; `seed`: their key
       (folded with the batch's last message number, so a rerun gives the same numbers).
     - `batch_size`: at most this many messages per `process()` call.
+    - `hold_unknown`: seconds a message about a patient whose Patient resource has not
+      arrived is held (stored apart, acknowledged) before it becomes a dead letter; when
+      the Patient comes, the held messages are received again, in the order they came.
+      `0`: a dead letter at once.
     - `incremental`: a patient's new levels extend its twin (`extend` in
       twins/io/_service_twin.py) where that gives the replay's twin; `False`: every update
       replays the patient's messages (the same results, slower; for checking).
@@ -152,6 +160,7 @@ class TwinService:
         seed: int = 0,
         batch_size: int = 256,
         incremental: bool = True,
+        hold_unknown: float = 60.0,
     ):
         if not drugs or any(s not in SUBSTANCES for s in drugs):
             raise ValueError(
@@ -172,6 +181,11 @@ class TwinService:
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.incremental = bool(incremental)
+        if not (isinstance(hold_unknown, int | float) and 0 <= hold_unknown < float("inf")):
+            raise ValueError(
+                f"TwinService: hold_unknown must be a number of seconds >= 0, got {hold_unknown!r}."
+            )
+        self.hold_unknown = float(hold_unknown)
         self.store = ServiceStore(store)
         self._results = governance.pseudonymizer("results")
         self._audit_names = governance.pseudonymizer("audit")
@@ -185,6 +199,11 @@ class TwinService:
         # and the unit conversions of twins.io (ucumvert's lark parser) are not thread-safe
         self._reading = threading.Lock()
         self._logged = self._logged_messages()
+        # held messages are released (received again) or expired under this lock, never both
+        self._holding = threading.RLock()
+        for pid in sorted({h[3] for h in self.store.held()}):
+            if self.store.has_patient(pid):  # the Patient came just before a stop
+                self._release(pid)
 
     def close(self) -> None:
         self.store.close()
@@ -196,9 +215,51 @@ class TwinService:
         input: a dead letter says why."""
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         try:
-            return self._receive(topic, data)
+            receipt = self._receive(topic, data)
+        except _Held as held:
+            return self._hold(topic, data, held.patient, str(held))
         except _Dead as dead:
             return self._dead(topic, data, str(dead), None)
+        if receipt.outcome == "stored" and topic == self.topics.input("Patient"):
+            self._release(json.loads(data)["id"])
+        return receipt
+
+    def _hold(self, topic: str, data: bytes, patient: str, reason: str) -> Receipt:
+        with self.store.transaction() as db:
+            seq = self.store.add_held(db, topic=topic, payload=data, patient=patient)
+        log.info("held (%s): %s", topic, reason)
+        return Receipt("held", held=seq, reason=reason)
+
+    def _release(self, patient: str) -> None:
+        """Receive again the messages held for `patient` (its Patient has been stored)."""
+        with self._holding:
+            for seq, topic, payload, _, _ in self.store.held(patient):
+                receipt = self.receive(topic, payload)
+                log.info("released held message %d (%s): %s", seq, topic, receipt.outcome)
+                with self.store.transaction() as db:
+                    self.store.drop_held(db, seq)
+
+    def expire_held(self, now: dt.datetime | None = None) -> int:
+        """Dead-letter the messages held longer than `hold_unknown` (their Patient did not
+        come); returns how many. `process()` calls it."""
+        now = now or dt.datetime.now(dt.UTC)
+        expired = 0
+        with self._holding:
+            for seq, topic, payload, patient, received in self.store.held():
+                since = dt.datetime.fromisoformat(received)
+                if (now - since).total_seconds() < self.hold_unknown:
+                    continue
+                reason = (
+                    f"unknown patient Patient/{patient}: its Patient resource did not arrive "
+                    f"within {self.hold_unknown:g} s (held since {received}); send the Patient "
+                    "first, then this message again"
+                )
+                log.warning("dead letter (%s): %s", topic, reason)
+                with self.store.transaction() as db:
+                    self._dead_in(db, topic, payload, reason, None)
+                    self.store.drop_held(db, seq)
+                expired += 1
+        return expired
 
     def _receive(self, topic: str, data: bytes) -> Receipt:
         prefix = self.topics.input("")
@@ -234,6 +295,12 @@ class TwinService:
             why = "; ".join(f"{i.field}: {i.detail}" for i in info.notes) or "not read"
             raise _Dead(f"{where} is not used by this service ({why})")
         if info.resource_type != "Patient" and not self.store.has_patient(info.patient):
+            if self.hold_unknown > 0:
+                raise _Held(
+                    f"{where}: unknown patient Patient/{info.patient}, held up to "
+                    f"{self.hold_unknown:g} s for its Patient resource",
+                    info.patient,
+                )
             raise _Dead(
                 f"{where}: unknown patient Patient/{info.patient} (send its Patient resource "
                 "first, then this message again)"
@@ -297,6 +364,8 @@ class TwinService:
         whose patients have no twin yet: to drain the store, loop while
         `store.pending(1)` is not empty).
         """
+        if self.hold_unknown > 0:
+            self.expire_held()
         batch = self.store.pending(self.batch_size)
         if not batch:
             return []
@@ -574,6 +643,7 @@ class TwinService:
             "messages": states,
             "dead_letters": len(self.store.dead_letters()),
             "unpublished": len(self.store.unpublished()),
+            "held": len(self.store.held()),
             "rebuilt": dict(self.counts),
         }
 
@@ -586,3 +656,11 @@ def _failed(mine: Sequence[StoredMessage], substance: str, error: Exception):
 
 class _Dead(Exception):
     """A message that cannot be used (the reason)."""
+
+
+class _Held(Exception):
+    """A message about a patient whose Patient resource has not arrived (the reason)."""
+
+    def __init__(self, reason: str, patient: str):
+        super().__init__(reason)
+        self.patient = patient

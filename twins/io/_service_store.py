@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     message INTEGER,
     received TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS held (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    patient TEXT NOT NULL,
+    received TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS held_patient ON held (patient, seq);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -224,6 +232,27 @@ class ServiceStore:
         db.executemany(
             "UPDATE messages SET state=?, note=? WHERE seq=?", [(state, note, s) for s in seqs]
         )
+
+    # --- messages held for a Patient that has not arrived ---------------------------------
+
+    def add_held(self, db: sqlite3.Connection, *, topic: str, payload: bytes, patient: str) -> int:
+        cur = db.execute(
+            "INSERT INTO held (topic, payload, patient, received) VALUES (?, ?, ?, ?)",
+            (topic, payload, patient, _now()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def held(self, patient: str | None = None) -> list[tuple[int, str, bytes, str, str]]:
+        """`(seq, topic, payload, patient, received)` of the messages held (for `patient`,
+        or all), oldest first."""
+        sql = "SELECT seq, topic, payload, patient, received FROM held"
+        rows = self._query(sql + " WHERE patient=? ORDER BY seq", (patient,)) if patient else (
+            self._query(sql + " ORDER BY seq")
+        )  # fmt: skip
+        return [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
+
+    def drop_held(self, db: sqlite3.Connection, seq: int) -> None:
+        db.execute("DELETE FROM held WHERE seq=?", (seq,))
 
     # --- dead letters, outbox, twins -----------------------------------------------------
 
