@@ -636,6 +636,11 @@ def _read(path, data, ode_solver) -> NonmemImport:
                     if v is None or sympy.sympify(v) == 0:
                         continue
                     v = sy(v).xreplace(const)
+                    # pharmpy names a modelled rate or duration D1.0 when D1 is a constant
+                    v = v.xreplace(
+                        {x: sympy.Symbol(re.sub(r"\.0$", "", x.name)) for x in v.free_symbols
+                         if re.fullmatch(r"[DR]\d+\.0", x.name)}
+                    )  # fmt: skip
                     if not {str(x) for x in v.free_symbols} & set(data_items):
                         dosing[f"{key}{n}"] = v  # modelled (RATE=-1/-2), not the data's RATE
             if comp.input is not None and sympy.sympify(comp.input) != 0:

@@ -191,6 +191,81 @@ def test_advan4_block_fix_matches_calibration_model():
     assert float(nat["omega"][2, 2]) == pytest.approx(0.4)
 
 
+@pytest.fixture(scope="module")
+def des():
+    return C.read_nonmem(HERE / "theo_des_mm.ctl")
+
+
+def test_des_translates_to_the_vector_field(des):
+    """$DES (ADVAN13, $MODEL) with F1, ALAG1 and D1 for RATE=-2 records, ACCEPT=(ID.LT.7):
+    DADT equals pkpd.OneCompartmentOralMM's vector field; F1, ALAG1, D1 are the dosing
+    parameters (fast: no solve; the solve is checked in the extended tests)."""
+    imp = des
+    assert isinstance(imp.model, C._nonmem_model.NonmemODE) and imp.plain
+    assert imp.data.n_subjects == 6
+    params = imp.population_model.individual_params(
+        {"THETA_1": 10.0, "THETA_2": 2.0, "THETA_3": 30.0, "THETA_4": 1.5, "THETA_5": 0.2},
+        {}, jnp.asarray([0.1, -0.2]),
+    )  # fmt: skip
+    assert float(params["F1"]) == 0.9 and float(params["D1"]) == 0.5
+    assert float(params["ALAG1"]) == 0.2
+    x = jnp.asarray([40.0, 25.0])
+    mm = {"VMAX": params["VM"], "KM": params["KM"], "V": params["V"], "KA": params["KA"]}
+    want = pkpd.OneCompartmentOralMM().vector_field(0.0, x, mm)
+    np.testing.assert_allclose(imp.model.vector_field(0.0, x, params), want, rtol=1e-14)
+    np.testing.assert_allclose(imp.model.output(params, x), x[1:] / params["V"], rtol=1e-14)
+
+
+@pytest.mark.extended
+def test_des_matches_pkpd_model(des):
+    """The typical predictions on every record equal pkpd.OneCompartmentOralMM's."""
+    import jax
+
+    imp = des
+    pred = imp.predictions(etas=np.zeros((6, 2)))
+    params = {"VMAX": 10.0, "KM": 2.0, "V": 30.0, "KA": 1.5, "ALAG1": 0.2, "F1": 0.9, "D1": 0.5}
+    for i, sid in enumerate(imp.data.ids):
+        reg = jax.tree_util.tree_map(lambda a, i=i: a[i], imp.data.regimen)
+        rows = pred[pred["ID"] == sid]
+        y = pkpd.simulate(pkpd.OneCompartmentOralMM(), params, reg, rows["TIME"].to_numpy())
+        np.testing.assert_allclose(rows["PRED"], np.ravel(y), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.extended
+def test_des_likelihood_matches_pkpd_model(des):
+    """-2LL (FOCE-I) of the $DES model equals that of the model built directly."""
+    imp = des
+    direct = C.PopulationModel(
+        pkpd.OneCompartmentOralMM(),
+        theta={"VMAX": 10.0, "KM": 2.0, "V": 30.0, "KA": 1.5, "ALAG1": 0.2},
+        omega={"VMAX": 0.1, "V": 0.1},
+        error=C.Combined(math.sqrt(0.1), math.sqrt(0.01)),
+        typical=lambda th, cov: dict(th) | {"F1": 0.9, "D1": 0.5},
+    )
+    phi = direct.initial()
+    want = 2 * float(_neg_loglik(direct, phi, imp.data))
+    assert imp.objective(imp.initial) == pytest.approx(want, rel=1e-8)
+
+
+def test_map_etas_match_nonmem_phi(pheno):
+    """The conditional modes at NONMEM's final estimates are NONMEM's ETAs (.phi)."""
+    ind = C.individual_map(pheno.population_model, pheno.data, pheno.phi())
+    want = pheno.final.etas.to_numpy()
+    np.testing.assert_allclose(ind.eta, want, atol=2e-5)
+
+
+def test_time_varying_covariate_in_pk_is_refused(tmp_path):
+    """A covariate that varies within subjects in $PK changes parameters over time: refused
+    with the subject named (calibration's Dataset takes baseline covariates)."""
+    df = __import__("pandas").read_csv(HERE / "theo.csv")
+    df.loc[(df["ID"] == 3) & (df["TIME"] > 5), "WT"] += 1.0
+    df.to_csv(tmp_path / "tv.csv", index=False)
+    ctl = tmp_path / "tv.ctl"
+    ctl.write_text((HERE / "theo_advan2.ctl").read_text().replace("theo.csv", "tv.csv"))
+    with pytest.raises(NonmemTranslationError, match="WT.*vary within subjects.*ID=3"):
+        C.read_nonmem(ctl)
+
+
 _BASE = """$PROBLEM refused
 $INPUT ID TIME DV AMT EVID CMT WT
 $DATA {data} IGNORE=@
