@@ -57,6 +57,9 @@ from ._twin import DigitalTwin as DigitalTwin
 from ._twin import Forecast as Forecast
 from ._twin import Posterior as Posterior
 from ._twin import Recommendation as Recommendation
+from ._population_sim import PopulationSimulation as PopulationSimulation
+from ._population_sim import drug_covariates as drug_covariates
+from ._population_sim import simulate_population as simulate_population
 from ._twin_batch import forecast_twins as forecast_twins
 from ._twin_batch import recommend_twins as recommend_twins
 from ._twin_batch import update_twins as update_twins
@@ -171,6 +174,9 @@ __all__ = [
     "trial_summary",
     "trials",
     "update_twins",
+    "simulate_population",
+    "PopulationSimulation",
+    "drug_covariates",
     "validation",
     "write_report",
     "write_twin_report",
