@@ -12,8 +12,10 @@ pharmpy-core is LGPL-3.0 and an optional extra (`pip install "pkpd-twins[nonmem]
 imported here, inside `read_nonmem`, never when `calibration` is imported.
 
 References: Beal SL, Sheiner LB, Boeckmann AJ, Bauer RJ (eds). NONMEM 7.5 Users Guides. ICON
-plc, Gaithersburg, MD, 1989-2020. Nordgren R, Belin S, Chen X, Ueckert S, Karlsson MO (?)
-see `_PHARMPY_CITATION`.
+plc, Gaithersburg, MD, 1989-2020 (Part IV NM-TRAN, Part V PREDPP, Part VII conditional
+estimation, Part VIII $ESTIMATION LNTWOPI). Nordgren R, Belin S, Chen X, Ueckert S, Karlsson
+MO, Hooker AC et al. Pharmpy (pharmpy-core), Uppsala University, https://pharmpy.github.io
+(software; version 2.1.1 used).
 """
 
 from __future__ import annotations
@@ -460,8 +462,9 @@ def read_nonmem(
     **Returns:** a `NonmemImport`.
 
     References: Beal SL, Sheiner LB, Boeckmann AJ, Bauer RJ (eds). NONMEM 7.5 Users Guides.
-    ICON plc, 1989-2020 (Parts IV, V and VIII). pharmpy: Nordgren R et al. (see
-    docs/nonmem-import.md for the citation).
+    ICON plc, 1989-2020 (Parts IV, V, VII and VIII). Pharmpy: Nordgren R, Belin S, Chen X,
+    Ueckert S, Karlsson MO, Hooker AC et al., Uppsala University, https://pharmpy.github.io
+    (the software; docs/nonmem-import.md).
     """
     _pharmpy()
     import warnings
@@ -656,8 +659,6 @@ def _read(path, data, ode_solver) -> NonmemImport:
         raise NonmemTranslationError(
             f"{path.name}: no Y = ... in ${'PRED' if is_pred else 'ERROR'}"
         )
-    if is_pred:
-        pass
     eps_syms = [sympy.Symbol(n) for n in eps_all]
     zero_eps = {e: 0 for e in eps_syms}
     mean = y.xreplace(zero_eps)
@@ -673,6 +674,30 @@ def _read(path, data, ode_solver) -> NonmemImport:
             "Y is not linear in EPS: its prediction and variance are taken at EPS = 0 (as "
             "NONMEM's FOCE linearises in EPS)"
         )
+    # The variance in terms of the prediction: the $ERROR variable equal to it (IPRED) held
+    # as the symbol __f__ (W = SQRT(THETA(4)**2*IPRED**2 + ...) after IF(IPRED.LT.x) ...).
+    f_sym = sympy.Symbol("__f__")
+    variance_f = None
+    if not is_pred:
+        last = {name: k for k, (name, _, _) in enumerate(err_stmts)}
+        pinned = [n for n, k in last.items() if n != "Y" and err_env.get(sympy.Symbol(n)) == mean]
+        if pinned:
+            pin = max(pinned, key=lambda n: last[n])
+            env_f: dict[Any, Any] = {}
+            for k, (name, e, st) in enumerate(err_stmts):
+                env_f = substitute([(name, e, st)], env_f)
+                if k == last[pin]:
+                    env_f[sympy.Symbol(pin)] = f_sym
+            y_f = env_f[sympy.Symbol("Y")]
+            g_f = [sympy.diff(y_f, e).xreplace(zero_eps) for e in eps_syms]
+            v = sympy.Integer(0)
+            for k in range(len(eps_syms)):
+                for m_ in range(len(eps_syms)):
+                    if g_f[k] != 0 and g_f[m_] != 0 and sigma_m[k][m_] != 0:
+                        v += g_f[k] * g_f[m_] * sigma_m[k][m_]
+            params_ = {str(p.name) for p in model.parameters}
+            if v != 0 and all(str(x) in params_ or x == f_sym for x in v.free_symbols):
+                variance_f = v
     for e in (mean, variance):
         for fn in e.atoms(sympy.Function):
             if not isinstance(fn, sympy.Function) or type(fn).__name__ not in _KNOWN_FUNCS:
@@ -716,7 +741,9 @@ def _read(path, data, ode_solver) -> NonmemImport:
             inputs.append(k_)
 
     # Which data items vary within a subject (record-level).
-    records = _records(model, path, data, advan, ode, is_pred)
+    obs_amounts = sorted(int(str(x)[2:-1]) for x in mean.free_symbols if x in set(amounts.values()))
+    obs_cmt = obs_amounts[0] if len(obs_amounts) == 1 else None
+    records = _records(model, path, data, advan, ode, is_pred, obs_cmt)
     varying = _varying(records, data_items)
     input_full = {}
     for name in inputs:
@@ -817,7 +844,9 @@ def _read(path, data, ode_solver) -> NonmemImport:
     f_sym = sympy.Symbol("__f__")
     if variance == 0:
         raise NonmemTranslationError(f"{path.name}: Y has no residual error (EPS)")
-    v_f = _variance_of_prediction(variance, mean, f_sym, amounts, theta_names | sigma_names)
+    v_f = variance_f
+    if v_f is None:
+        v_f = _variance_of_prediction(variance, mean, f_sym, amounts, theta_names | sigma_names)
     pk_theta_syms = set()
     for e in input_full.values():
         pk_theta_syms |= {s for s in e.free_symbols if str(s) in theta_names}
@@ -1310,16 +1339,20 @@ def _variance_of_prediction(variance, mean, f_sym, amounts, param_names):
 
     if not rest(variance):
         return variance
+    if mean.free_symbols:
+        candidate = variance.xreplace({mean: f_sym})
+        if not rest(candidate) - {f_sym}:
+            return candidate
     amount_syms = [s for s in mean.free_symbols if s in set(amounts.values())]
     if len(amount_syms) != 1:
         return None
     try:
         sol = sympy.solve(sympy.Eq(mean, f_sym), amount_syms[0], dict=True)
-    except Exception:
+        if len(sol) != 1:
+            return None
+        candidate = sympy.simplify(variance.xreplace(sol[0]))
+    except Exception:  # sympy cannot invert the prediction: the general path
         return None
-    if len(sol) != 1:
-        return None
-    candidate = sympy.simplify(variance.xreplace(sol[0]))
     if rest(candidate) - {f_sym}:
         return None
     return candidate
@@ -1394,7 +1427,7 @@ def _plain_form(out_ok, is_pred, general, record_items, blocks, input_full, etas
     return True, ""
 
 
-def _records(model, path, data, advan, ode, is_pred) -> pd.DataFrame:
+def _records(model, path, data, advan, ode, is_pred, obs_cmt=None) -> pd.DataFrame:
     """NONMEM records from pharmpy's dataset (`$INPUT` names, `DROP`, `IGNORE`, `ACCEPT`),
     with the data items the records need as `pkpd.validate_records` names them."""
     import pharmpy.modeling as pm_
@@ -1445,10 +1478,20 @@ def _records(model, path, data, advan, ode, is_pred) -> pd.DataFrame:
     if "CMT" not in out.columns or out["CMT"].isna().all():
         dose_cmt = next((i + 1 for i, n in enumerate(ode.compartment_names)
                          if ode.find_compartment(n).doses), 1)  # fmt: skip
-        central = [n.upper() for n in ode.compartment_names]
-        obs_cmt = central.index("CENTRAL") + 1 if "CENTRAL" in central else 1
-        out["CMT"] = np.where(out["EVID"].isin([1, 4]), dose_cmt, obs_cmt)
+        out["CMT"] = np.where(out["EVID"].isin([1, 4]), dose_cmt, obs_cmt or 1)
     out["CMT"] = out["CMT"].astype(int)
+    is_obs = (out["EVID"] == 0).to_numpy()
+    if obs_cmt is not None:
+        other = is_obs & ~out["CMT"].isin([0, obs_cmt]).to_numpy()
+        if other.any():
+            k = int(np.flatnonzero(other)[0])
+            raise NonmemTranslationError(
+                f"{path.name}: observation records with CMT={int(out['CMT'].iloc[k])} (row {k} "
+                f"of the data after IGNORE/ACCEPT): NONMEM then predicts that compartment's "
+                f"amount; only the default observation compartment {obs_cmt} (or CMT=0) is "
+                "translated"
+            )
+        out.loc[is_obs, "CMT"] = obs_cmt
     bad = out["CMT"] < 0
     if bad.any():
         raise NonmemTranslationError(

@@ -260,6 +260,8 @@ def translate(expr: Any, *, where: str, rename: Mapping[str, str] | None = None)
             return ("or", *(go(a) for a in e.args))
         if isinstance(e, sympy.Not):
             return ("not", go(e.args[0]))
+        if isinstance(e, sympy.ITE):  # if-then-else of conditions (from folded IFs)
+            return ("pw", ((go(e.args[0]), go(e.args[1])), (("c", True), go(e.args[2]))))
         if isinstance(e, sympy.Function) and name in _SYMPY_FUNCTIONS and len(e.args) == 1:
             return ("f", _SYMPY_FUNCTIONS[name], go(e.args[0]))
         raise NonmemTranslationError(
