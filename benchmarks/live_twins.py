@@ -16,10 +16,12 @@ twins fit data their model could have produced. The twins are built once. Then:
    batch, `twins.update_twins` / `recommend_twins` / `forecast_twins`) and by one with
    `batch_size=1` (each message its own batch: its own calls, audit append and commit), on
    fresh stores; the rate is levels per second from the first publish to the last
-   recommendation; the ratio is printed.
+   recommendation; the ratio is printed. A third run is batched with every twin rebuilt by
+   replay (`incremental=False`): the ratio incremental / replay is the gain of extending
+   twins with their new levels (`TwinService`'s incremental update).
 
 Only vancomycin: a warfarin twin's dose search (INR, a nonlinear ODE model solved by
-diffrax, derivatives by reverse mode) takes about 25 s per twin on this machine, far from a
+diffrax, by central differences) takes about 4.7 s per twin on this machine, far from a
 live rate (docs/live-twins.md, "Limits").
 
     python benchmarks/live_twins.py --patients 20 --rate 1 --seconds 20 --burst 40
@@ -135,7 +137,15 @@ def _cohort(n: int, *, n_stream: int, seed: int = 7) -> tuple[list[list[dict]], 
 class _Run:
     """A broker-connected service on a fresh store, a publisher and a subscriber."""
 
-    def __init__(self, folder: Path, port: int, patients: list[list[dict]], draws: int, batch: int):
+    def __init__(
+        self,
+        folder: Path,
+        port: int,
+        patients: list[list[dict]],
+        draws: int,
+        batch: int,
+        incremental: bool = True,
+    ):
         import paho.mqtt.client as mqtt
 
         import twins
@@ -161,6 +171,7 @@ class _Run:
             governance=gov,
             n_draws=draws,
             batch_size=batch,
+            incremental=incremental,
         )
         for msgs in patients:  # setup, not timed: the twins exist before the stream
             for r in msgs:
@@ -247,15 +258,18 @@ def main() -> dict:
                 paced.publish(stream[k % len(pids)][k // len(pids)])
             lat = paced.latencies(timeout=120 + 5 * n)
             paced.close()
-            rates = {}
-            for name, batch in (("batched", 256), ("one_by_one", 1)):
-                run = _Run(folder / name, port, patients, args.draws, batch)
+            rates, rebuilt = {}, {}
+            runs = (("batched", 256, True), ("one_by_one", 1, True), ("batched_replay", 256, False))
+            for name, batch, incremental in runs:
+                run = _Run(folder / name, port, patients, args.draws, batch, incremental)
+                before = dict(run.service.counts)
                 t1 = time.monotonic()
                 for k in range(args.burst):
                     run.publish(stream[k % len(pids)][k // len(pids)])
                 done = run.latencies(timeout=120 + 5 * args.burst)
                 assert done.size == args.burst
                 rates[name] = args.burst / (run.last - t1)
+                rebuilt[name] = {k: v - before[k] for k, v in run.service.counts.items()}
                 run.close()
         finally:
             broker.terminate()
@@ -268,6 +282,8 @@ def main() -> dict:
         "burst": args.burst,
         "rate_per_s": rates,
         "batched_over_one_by_one": rates["batched"] / rates["one_by_one"],
+        "incremental_over_replay": rates["batched"] / rates["batched_replay"],
+        "rebuilt": rebuilt,
         "setup_s": setup,
         "warm_up_s": warm,
     }
@@ -281,6 +297,10 @@ def main() -> dict:
         print(f"burst of {args.burst} levels: batched {rates['batched']:.2f} levels/s, one by "
               f"one {rates['one_by_one']:.2f} levels/s, ratio "
               f"{result['batched_over_one_by_one']:.2f}")  # fmt: skip
+        print(f"the same burst batched with every twin replayed (incremental=False): "
+              f"{rates['batched_replay']:.2f} levels/s; incremental / replay "
+              f"{result['incremental_over_replay']:.2f}; twins extended / replayed in the "
+              f"batched burst: {rebuilt['batched']}")  # fmt: skip
         print(f"(setup {setup:.1f} s and warm-up {warm:.1f} s, compilation included, not timed)")
     return result
 
