@@ -239,10 +239,18 @@ def simulate_population(
 def drug_covariates(drug: Drug, population: Population) -> dict[str, np.ndarray]:
     """The drug's numeric model covariates of every patient of `population` (`Drug.covariates`
     per patient), as arrays."""
-    cov = population.covariates()
+    return model_covariates(drug, population.covariates())
+
+
+def model_covariates(drug: Drug, cov: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The drug's numeric model covariates for every patient (`Drug.covariates` per row of
+    `Population.covariates()`)."""
     n = len(cov["ID"])
     keys = list(cov)
-    rows = [drug.covariates({k: cov[k][i] for k in keys}) for i in range(n)]
+    columns = [cov[k] for k in keys]
+    rows = [
+        drug.covariates({k: c[i] for k, c in zip(keys, columns, strict=True)}) for i in range(n)
+    ]
     names = list(rows[0]) if rows else []
     return {k: np.array([r[k] for r in rows], dtype=float) for k in names}
 

@@ -30,6 +30,7 @@ import numpy as np
 import pkpd
 
 from .._population import Population
+from .._population_sim import model_covariates as model_covariates
 from ..drugs import Drug
 from ._arms import Arm
 from ._arms import DosingArm as DosingArm
@@ -265,18 +266,6 @@ def population_rows(trial: Trial, start: int, stop: int, *, key) -> Population:
     frame = pd.concat([p.to_dataframe() for p in parts], ignore_index=True)
     frame["id"] = [f"V{i + 1:07d}" for i in range(start, stop)]
     return Population._from_valid(frame)
-
-
-def model_covariates(drug: Drug, cov: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The drug's numeric model covariates for every patient (`Drug.covariates` per row)."""
-    n = len(cov["ID"])
-    keys = list(cov)
-    columns = [cov[k] for k in keys]
-    rows = [
-        drug.covariates({k: c[i] for k, c in zip(keys, columns, strict=True)}) for i in range(n)
-    ]
-    names = list(rows[0]) if rows else []
-    return {k: np.array([r[k] for r in rows], dtype=float) for k in names}
 
 
 def dose_window(trial: Trial, params: Mapping[str, np.ndarray], ids: Any) -> int:
