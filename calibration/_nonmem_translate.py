@@ -238,7 +238,7 @@ def translate(expr: Any, *, where: str, rename: Mapping[str, str] | None = None)
         if isinstance(e, sympy.Pow):
             return ("^", go(e.args[0]), go(e.args[1]))
         if isinstance(e, sympy.Piecewise):
-            branches = tuple((go(c), go(v)) for v, c in e.args)
+            branches = tuple((go(c), go(v)) for v, c in e.args)  # pyright: ignore[reportGeneralTypeIssues]
             if branches[-1][0] != ("c", True):
                 raise NonmemTranslationError(
                     f"{where}: an IF without ELSE whose value is used where no earlier value exists"
