@@ -382,3 +382,33 @@ def test_cli_nonmem_import(tmp_path):
     bad.write_text(_BASE.format(data=HERE / "theo.csv", advan="ADVAN10", pk="", extra=""))
     res = CliRunner().invoke(app, ["nonmem", "import", str(bad)])
     assert res.exit_code == 2 and "ADVAN10" in res.output
+
+
+_TRANS = """$PROBLEM trans
+$INPUT ID TIME DV AMT EVID CMT WT
+$DATA {data} IGNORE=@
+$SUBROUTINES ADVAN2 {trans}
+$PK
+CL = THETA(1)*EXP(ETA(1))
+V = THETA(2)*EXP(ETA(2))
+{k}
+KA = THETA(3)
+S2 = V
+$ERROR
+Y = F + EPS(1)
+$THETA (0, 3) (0, 30) (0, 1)
+$OMEGA 0.1 0.1
+$SIGMA 0.04
+"""
+
+
+@pytest.mark.extended
+def test_trans1_with_etas_on_cl_and_v_equals_trans2(tmp_path):
+    """ADVAN2 TRANS1 with K = CL/V (two ETAs in one rate constant: a NonmemPopulationModel
+    fitted through calibration's own FOCEI) has the -2LL of TRANS2 (a plain model)."""
+    a, b = tmp_path / "t1.ctl", tmp_path / "t2.ctl"
+    a.write_text(_TRANS.format(data=HERE / "theo.csv", trans="TRANS1", k="K = CL/V"))
+    b.write_text(_TRANS.format(data=HERE / "theo.csv", trans="TRANS2", k=""))
+    one, two = C.read_nonmem(a), C.read_nonmem(b)
+    assert not one.plain and two.plain
+    assert one.objective() == pytest.approx(two.objective(), rel=1e-10)
