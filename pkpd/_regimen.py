@@ -170,17 +170,9 @@ _INT_FIELDS = ("cmt", "evid", "ss")
 
 def _make(n: int, ss_intervals: int = 1, **values: Any) -> Regimen:
     """Build a `Regimen` of `n` events, broadcasting scalar values."""
+    # the values of a padding event, but in record order and real (`mask`)
     defaults: dict[str, Any] = {
-        "time": 0.0,
-        "amount": 0.0,
-        "cmt": 1,
-        "rate": 0.0,
-        "duration": 0.0,
-        "lag": 0.0,
-        "bioav": 1.0,
-        "evid": 1,
-        "ss": 0,
-        "ii": 0.0,
+        **_PAD_FILL,
         "order": np.arange(n, dtype=np.float64),
         "mask": True,
     }
