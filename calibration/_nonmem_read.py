@@ -78,7 +78,7 @@ _RECORDS_READ = {
 }
 #: Records that do not change the model (listed in the report as not used).
 _RECORDS_IGNORED = {
-    "ESTIMATION": "the estimation method (noted, see NonmemImport.method)",
+    "ESTIMATION": "the estimation method, kept as NonmemImport.method",
     "COVARIANCE": "the covariance step",
     "TABLE": "output tables",
     "SCATTER": "scatter plots",
@@ -1140,7 +1140,7 @@ def _check_records(cs, path: pathlib.Path, notes: list[str]) -> None:
                 f"{path.name}: ${name}: {_RECORDS_REFUSED[name]} cannot be translated"
             )
         if name in _RECORDS_IGNORED:
-            notes.append(f"${name}: not used ({_RECORDS_IGNORED[name]})")
+            notes.append(f"${name} ({_RECORDS_IGNORED[name]}): does not change the model")
         elif name not in _RECORDS_READ and name:
             raise NonmemTranslationError(f"{path.name}: ${name} is not a record read here")
     for r in cs.get_records("SUBROUTINES"):

@@ -90,7 +90,7 @@ def nonmem_import(
     for line in summary["translation"]:
         console.print(f"  translated: {escape(line)}")
     for line in summary["untranslated"]:
-        console.print(f"  not used: {escape(line)}")
+        console.print(f"  not translated: {escape(line)}")
     if "nonmem_output" in summary and summary["nonmem_output"]["ofv"] is not None:
         console.print(
             f"NONMEM OFV {summary['nonmem_output']['ofv']:.4f} (-2LL with the "
