@@ -198,7 +198,7 @@ def test_poisson_sampling_draws_about_q_n_records_a_step():
     assert counts.std() == pytest.approx(np.sqrt(n * q * (1 - q)), rel=0.15)
 
 
-def test_mlp_and_lstm_surrogates_learn_federated_with_and_without_dp():
+def test_mlp_surrogate_learns_federated_with_and_without_dp():
     rng = np.random.default_rng(0)
 
     def site(n, shift):
@@ -217,7 +217,21 @@ def test_mlp_and_lstm_surrogates_learn_federated_with_and_without_dp():
         )
         accuracy = np.mean((model.probabilities(params, test_x) >= 0.5) == test_y)
         assert accuracy > 0.8, loc.dp
-    # The LSTM: the static part and a sequence whose last step carries the signal.
+
+
+@pytest.mark.extended  # ~100 s on 2 shared cores (compiling the LSTM's per-example gradients)
+def test_lstm_surrogate_learns_federated_with_fedadam():
+    rng = np.random.default_rng(0)
+
+    def site(n, shift):
+        x = rng.normal(size=(n, 6)).astype(np.float32) + shift
+        y = ((x[:, 0] - shift) + 0.5 * x[:, 1] > 0.3 * shift).astype(np.float32)
+        return x, y
+
+    parts = [site(n, s) for n, s in ((150, 0.0), (90, 0.5), (120, -0.5))]
+    test_x, test_y = site(600, 0.0)
+    local = LocalTraining(steps=10, sampling_rate=0.2, learning_rate=0.02)
+    # The static part and a sequence whose last step carries the signal.
     seq_model = lstm(2, 3, hidden=8, static_hidden=8)
     seq_clients = []
     for x, y in parts:
