@@ -4,7 +4,9 @@ For each call and each repeat, one process starts on an empty compilation cache 
 (`PKPD_TWINS_CACHE=<tmp>`; cold: every program is compiled and written) and a second one on the
 folder the first filled (warm: programs are read from it). Each figure is the median over the
 repeats of the call's own wall time in its process (imports and data set-up excluded; the
-result is on the host when the clock stops); `process_s` is the whole process. `--off` adds
+result is on the host when the clock stops), `cpu_median_s` the same for the CPU time of the
+process over the call (all its threads: steadier than the wall time on a shared machine);
+`process_s` is the whole process. `--off` adds
 processes with no persistent cache (`PKPD_TWINS_CACHE=off`), the cost of a cold call without
 the writes.
 
@@ -146,12 +148,13 @@ def worker(name: str) -> None:
 
     jax.monitoring.register_event_listener(listen)
     call = WORKLOADS[name]()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     value = call()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     requests = events.get("/jax/compilation_cache/compile_requests_use_cache", 0)
     hits = events.get("/jax/compilation_cache/cache_hits", 0)
-    print(json.dumps({"seconds": seconds, "value": value, "requests": requests, "hits": hits}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "value": value,
+                      "requests": requests, "hits": hits}))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- driver
@@ -179,6 +182,7 @@ def _summary(runs: list[dict]) -> dict:
     return {
         "median_s": round(statistics.median(r["seconds"] for r in runs), 3),
         "runs_s": [round(r["seconds"], 3) for r in runs],
+        "cpu_median_s": round(statistics.median(r["cpu_seconds"] for r in runs), 3),
         "process_median_s": round(statistics.median(r["process_s"] for r in runs), 3),
         "cache_requests": runs[-1]["requests"],
         "cache_hits": runs[-1]["hits"],

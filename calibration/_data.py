@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -29,7 +29,13 @@ class Dataset(eqx.Module):
     - `occasion_start`: `(subjects, occasions)` time at which each occasion starts (its first
       record), `+inf` for occasions a subject does not have;
     - `covariates`: name -> `(subjects,)` baseline values (each subject's first record);
-    - `records`: the validated NONMEM records the arrays were read from.
+    - `records`: the validated NONMEM records the arrays were read from;
+    - time-varying covariates (`from_records(interpolation=...)`, else None and empty):
+      `row_time` `(subjects, rows)` the times of the rows on which the parameters are
+      evaluated (the records and the rows `pkpd.interpolate_covariates` adds), padded with
+      the last; `row_covariates` name -> `(subjects, rows)` the covariate on each row;
+      `obs_row` `(subjects, obs)` the row of each observation; `interpolation` the
+      `(covariate, method)` pairs. The regimen's events then point at these rows.
 
     A `Dataset` is an `equinox.Module` (a pytree): the arrays, `ids` included, are its leaves
     and `records` is static. `numeric()` gives the same data without `ids` and `records`:
@@ -48,6 +54,10 @@ class Dataset(eqx.Module):
     covariates: dict[str, np.ndarray]
     records: pd.DataFrame | None = eqx.field(static=True)
     occasion_start: np.ndarray
+    row_time: np.ndarray | None
+    row_covariates: dict[str, np.ndarray]
+    obs_row: np.ndarray | None
+    interpolation: tuple[tuple[str, str], ...] = eqx.field(static=True)
 
     def __init__(
         self,
@@ -62,6 +72,10 @@ class Dataset(eqx.Module):
         covariates: dict[str, np.ndarray],
         records: pd.DataFrame | None,
         occasion_start: np.ndarray | None = None,
+        row_time: np.ndarray | None = None,
+        row_covariates: dict[str, np.ndarray] | None = None,
+        obs_row: np.ndarray | None = None,
+        interpolation: tuple[tuple[str, str], ...] = (),
     ):
         self.ids = ids
         self.regimen = regimen
@@ -76,6 +90,26 @@ class Dataset(eqx.Module):
         if occasion_start is None:
             occasion_start = np.zeros((np.shape(time)[0], 1))
         self.occasion_start = occasion_start
+        self.row_time = row_time
+        self.row_covariates = dict(row_covariates or {})
+        self.obs_row = obs_row
+        self.interpolation = tuple(interpolation)
+
+    @property
+    def time_varying(self) -> bool:
+        """Whether covariates change within subjects (`from_records(interpolation=...)`)."""
+        return self.row_time is not None
+
+    def _rows(self, fn) -> dict[str, Any]:
+        """The time-varying fields through `fn` (keyword arguments of `Dataset`)."""
+        if self.row_time is None:
+            return {"interpolation": self.interpolation}
+        return {
+            "row_time": fn(self.row_time),
+            "row_covariates": {k: fn(v) for k, v in self.row_covariates.items()},
+            "obs_row": fn(self.obs_row),
+            "interpolation": self.interpolation,
+        }
 
     def numeric(self) -> Dataset:
         """The same data as JAX arrays, with `ids` and `records` set to None: a pytree of
@@ -92,6 +126,7 @@ class Dataset(eqx.Module):
             {k: jnp.asarray(v) for k, v in self.covariates.items()},
             None,
             jnp.asarray(self.occasion_start),
+            **self._rows(jnp.asarray),
         )
 
     @property
@@ -124,6 +159,7 @@ class Dataset(eqx.Module):
             {k: v[idx] for k, v in self.covariates.items()},
             records[records["ID"].isin(keep)],
             self.occasion_start[idx],
+            **self._rows(lambda a: a[idx]),
         )
 
     @classmethod
@@ -137,6 +173,8 @@ class Dataset(eqx.Module):
         limit: str = "LIMIT",
         occasion: str = "OCC",
         max_doses: int = pkpd.MAX_DOSES,
+        interpolation: Mapping[str, str] | None = None,
+        substeps: int = pkpd.INTERPOLATION_SUBSTEPS,
     ) -> Dataset:
         """Read NONMEM records (`ID, TIME, EVID, AMT, CMT, DV` and the optional dosing columns).
 
@@ -156,6 +194,17 @@ class Dataset(eqx.Module):
         - `n_states`: the model's number of compartments, to check `CMT`.
         - `max_doses`: the most doses (1 + ADDL per dose record) a subject may have
           (`pkpd.MAX_DOSES` by default; see `pkpd.validate_records`).
+        - `interpolation`: the covariates (of `covariates`) read on every record, with how
+          each is read between records, as `pkpd.simulate_records` reads them: `"nonmem"`
+          (or `"next"`: the value on a record governs the interval before it, NONMEM's
+          convention), `"locf"` or `"linear"`; e.g. `{"WT": "linear", "CRCL": "locf"}`. The
+          likelihood then evaluates the typical values on every record (and on the rows
+          `pkpd.interpolate_covariates` adds), through `pkpd.simulate_recordwise`: the same
+          predictions as `simulate_records` with the same `interpolation`. Covariates not
+          named keep their first record's value (`covariates`, also for named ones: the
+          subject's baseline, used for reports and start checks).
+        - `substeps`: sub-intervals per interval between records for `"linear"`
+          (`pkpd.interpolate_covariates`).
         """
         df: Any = pkpd.validate_records(records, n_states, max_doses=max_doses)
         for col in ("DV",):
@@ -164,14 +213,33 @@ class Dataset(eqx.Module):
         for col in covariates:
             if col not in df.columns:
                 raise RecordError(f"Dataset.from_records: missing covariate column {col!r}.")
+        methods = dict(interpolation or {})
+        for col in methods:
+            if col not in covariates:
+                raise ValueError(
+                    f"Dataset.from_records: interpolation for covariate {col!r}, which is not "
+                    f"among covariates {list(covariates)}; name it in covariates too."
+                )
+        rows: Any = None
+        if methods:
+            for col in methods:
+                _check_covariate(df, col, np.ones(len(df), bool))
+            rows, _ = pkpd.interpolate_covariates(df, methods, substeps=substeps)
         ids = pd.unique(df["ID"])
-        regimens, obs, starts, occ_codes = [], [], [], []
+        regimens, obs, starts, occ_codes, row_sets = [], [], [], [], []
         for sid in ids:
             sub: Any = df[df["ID"] == sid]
             codes, start = _occasions(sub, occasion, sid)
             starts.append(start)
-            regimens.append(pkpd.regimen_from_records(sub, n_states, max_doses=max_doses))
             is_obs = (sub["EVID"].to_numpy() == 0) & (sub["MDV"].to_numpy() == 0)
+            if rows is None:
+                regimens.append(pkpd.regimen_from_records(sub, n_states, max_doses=max_doses))
+            else:
+                # The events point at the rows (records and added rows) of this subject.
+                mine: Any = rows[rows["ID"].to_numpy() == sid]
+                regimens.append(pkpd.regimen_from_records(mine, n_states, max_doses=max_doses))
+                row_obs = (mine["EVID"].to_numpy() == 0) & (mine["MDV"].to_numpy() == 0)
+                row_sets.append((mine, np.flatnonzero(row_obs)))
             o: Any = sub[is_obs].copy()
             occ_codes.append(codes[is_obs])
             dv = pd.to_numeric(o["DV"], errors="coerce").to_numpy(dtype=float)
@@ -232,16 +300,32 @@ class Dataset(eqx.Module):
             if bad.any():
                 k = int(np.flatnonzero(bad)[0])
                 row = df.index[df["ID"] == ids[k]][0]
-                expected = (
-                    "a finite number"
-                    if low is None
-                    else f"a finite number {'>=' if col.upper() == 'AGE' else '>'} {low:g}"
-                )
                 raise RecordError(
                     f"subject ID={ids[k]}, row {row}: covariate {col} is "
-                    f"{_plain(first.iloc[k])!r}; expected {expected}."
+                    f"{_plain(first.iloc[k])!r}; expected {_expected(col)}."
                 )
             cov[col] = values
+        extra: dict[str, Any] = {}
+        if row_sets:
+            n_rows = max(len(mine) for mine, _ in row_sets)
+            row_time = np.zeros((n, n_rows))
+            row_cov = {col: np.zeros((n, n_rows)) for col in methods}
+            obs_row = np.zeros((n, n_obs), dtype=np.int32)
+            for i, (mine, at) in enumerate(row_sets):
+                k = len(mine)
+                t = mine["TIME"].to_numpy(dtype=float)
+                row_time[i, :k], row_time[i, k:] = t, t[-1]
+                for col in methods:
+                    v = mine[col].to_numpy(dtype=float)
+                    row_cov[col][i, :k], row_cov[col][i, k:] = v, v[-1]
+                obs_row[i, : len(at)] = at
+                obs_row[i, len(at) :] = at[-1] if len(at) else 0
+            extra = {
+                "row_time": row_time,
+                "row_covariates": row_cov,
+                "obs_row": obs_row,
+                "interpolation": tuple(methods.items()),
+            }
         return cls(
             ids=np.asarray(ids),
             regimen=pkpd.stack(regimens),
@@ -254,6 +338,7 @@ class Dataset(eqx.Module):
             covariates=cov,
             records=df,
             occasion_start=occasion_start,
+            **extra,
         )
 
     def arrays(self) -> dict[str, jnp.ndarray]:
@@ -266,11 +351,55 @@ class Dataset(eqx.Module):
             "lloq": jnp.asarray(self.lloq),
             "occasion": jnp.asarray(self.occasion),
             "occasion_start": jnp.asarray(self.occasion_start),
+        } | self.row_arrays()
+
+    def row_arrays(self) -> dict[str, Any]:
+        """The time-varying covariates as JAX arrays, the keys `row_time`, `row_cov` and
+        `obs_row` that `PopulationModel.predict_random` reads (empty without them)."""
+        if self.row_time is None:
+            return {}
+        return {
+            "row_time": jnp.asarray(self.row_time),
+            "row_cov": {k: jnp.asarray(v) for k, v in self.row_covariates.items()},
+            "obs_row": jnp.asarray(self.obs_row),
         }
 
 
 def _plain(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else x
+
+
+def _check_covariate(df: Any, col: str, rows: np.ndarray) -> None:
+    """`RecordError` naming the subject and the row for a covariate missing, not finite or
+    outside its physical bound (`_COVARIATE_LOWER`) on one of the records `rows` (a mask)."""
+    raw = df[col].to_numpy()
+    values = np.asarray(pd.to_numeric(df[col], errors="coerce"), dtype=float)
+    missing = rows & pd.isna(raw)
+    if missing.any():
+        pos = int(np.argmax(missing))
+        raise RecordError(
+            f"subject ID={_plain(df['ID'].iloc[pos])}, row {df.index[pos]}: covariate {col} "
+            "is missing."
+        )
+    bad = ~np.isfinite(values)
+    low = _COVARIATE_LOWER.get(col.upper())
+    if low is not None:
+        with np.errstate(invalid="ignore"):
+            bad |= values <= low if col.upper() != "AGE" else values < low
+    bad &= rows
+    if bad.any():
+        pos = int(np.argmax(bad))
+        raise RecordError(
+            f"subject ID={_plain(df['ID'].iloc[pos])}, row {df.index[pos]}: covariate {col} "
+            f"is {_plain(raw[pos])!r}; expected {_expected(col)}."
+        )
+
+
+def _expected(col: str) -> str:
+    low = _COVARIATE_LOWER.get(col.upper())
+    if low is None:
+        return "a finite number"
+    return f"a finite number {'>=' if col.upper() == 'AGE' else '>'} {low:g}"
 
 
 #: Covariates that are physical quantities, by their usual NONMEM names, and the bound they

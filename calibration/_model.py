@@ -337,10 +337,41 @@ class PopulationModel(eqx.Module):
         y = pkpd.simulate(self.model, params, regimen, times, checks=False)
         return y if y.ndim == 1 else y[:, self.output]
 
+    def row_params(self, theta, covariates, obs, eta):
+        """Parameters of one subject on each of its rows (`(rows,)` each), for data with
+        time-varying covariates (`Dataset.from_records(interpolation=...)`): the typical
+        values at each row's covariates (`obs["row_cov"]`; the others at their baseline)."""
+        rows = obs["row_cov"]
+        base = {k: v for k, v in covariates.items() if k not in rows}
+        return jax.vmap(lambda c: self.individual_params(theta, {**base, **c}, eta))(rows)
+
+    def _no_iov_with_rows(self):
+        if self.iov:
+            raise NotImplementedError(
+                "PopulationModel: inter-occasion variability together with time-varying "
+                "covariates (Dataset.from_records(interpolation=...)) is not supported yet; "
+                "fit the IOV model with baseline covariates, or the covariates without IOV."
+            )
+
     def predict_random(self, theta, covariates, regimen, obs, b):
         """Predictions at `obs["time"]` for one subject's random effects `b` (etas, then the
-        kappas of each occasion when the model has IOV: `n_random` values)."""
+        kappas of each occasion when the model has IOV: `n_random` values).
+
+        With time-varying covariates (`obs` holds `row_time`, `row_cov`, `obs_row`: see
+        `Dataset.row_arrays`) the parameters are evaluated on every row and the subject is
+        simulated by `pkpd.simulate_recordwise`, as `pkpd.simulate_records` does."""
         eta = b[: self.n_eta]
+        if "row_time" in obs:
+            self._no_iov_with_rows()
+            params = self.row_params(theta, covariates, obs, eta)
+            y = pkpd.simulate_recordwise(
+                self.model, params, obs["row_time"], regimen, obs["obs_row"], checks=False
+            )
+            y = y if y.ndim == 1 else y[:, self.output]
+            # Parameters outside the domain on some row (a covariate model's typical value
+            # can go negative later in time): no prediction, so that the estimators, which
+            # check the domain at the baseline covariates, reject the point.
+            return jnp.where(in_domain(self.model, params), y, jnp.nan)
         if not self.iov:
             params = self.individual_params(theta, covariates, eta)
             return self.predict(params, regimen, obs["time"])
@@ -351,12 +382,17 @@ class PopulationModel(eqx.Module):
                                     checks=False)  # fmt: skip  # as predict
         return y if y.ndim == 1 else y[:, self.output]
 
-    def subject_in_domain(self, theta, covariates, b, n_occasions: int):
+    def subject_in_domain(self, theta, covariates, b, n_occasions: int, obs=None):
         """Whether one subject's parameters for its random effects `b` (see
         `predict_random`) are all inside the structural model's domain (finite, positive
         clearances and volumes, ...: `pkpd.AbstractModel.domain_errors`); a traced boolean.
-        A negative typical value from a covariate model is outside for every eta."""
+        A negative typical value from a covariate model is outside for every eta. With the
+        subject's observations `obs` of data with time-varying covariates, the parameters
+        on every row are checked."""
         eta = b[: self.n_eta]
+        if obs is not None and "row_time" in obs:
+            self._no_iov_with_rows()
+            return in_domain(self.model, self.row_params(theta, covariates, obs, eta))
         if not self.iov:
             return in_domain(self.model, self.individual_params(theta, covariates, eta))
         kappa = b[self.n_eta :].reshape(n_occasions, len(self.iov))
@@ -375,7 +411,8 @@ class PopulationModel(eqx.Module):
         ll = observation_loglik(
             self.error, nat["sigma"], f, obs["dv"], obs["observed"], obs["blq"], obs["lloq"]
         )
-        ok = self.subject_in_domain(nat["theta"], covariates, eta, obs["occasion_start"].shape[-1])
+        n_occasions = obs["occasion_start"].shape[-1]
+        ok = self.subject_in_domain(nat["theta"], covariates, eta, n_occasions, obs)
         return jnp.where(ok, jnp.sum(ll), -jnp.inf)
 
 

@@ -97,8 +97,16 @@ def phi_from_natural(pm: PopulationModel, nat: Mapping[str, Any]) -> dict[str, A
     return phi
 
 
-def subject_design(data: Dataset):
-    """Covariates, regimens and observation times of every subject, as JAX arrays."""
+def subject_design(data: Dataset, who: str = "residuals, individual_plots and vpc"):
+    """Covariates, regimens and observation times of every subject, as JAX arrays (the
+    diagnostics' design: subject-level covariates; data with time-varying covariates are
+    refused, `NotImplementedError`, rather than simulated at their baseline)."""
+    if data.time_varying:
+        raise NotImplementedError(
+            f"{who}: data with time-varying covariates (Dataset.from_records(interpolation="
+            "...)) are not supported yet (it simulates subject-level covariates); the "
+            "estimators and simulate_dataset support them."
+        )
     cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
     return cov, data.regimen, jnp.asarray(data.time)
 
@@ -227,8 +235,10 @@ def _default_lloq(data: Dataset) -> np.ndarray:
 
 def simulate_replicates(pm: PopulationModel, nat, data: Dataset, keys, limit):
     """Simulated etas, predictions and observations, `(n_rep, subjects, ...)`."""
-    cov, reg, time = subject_design(data)
+    cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
+    reg, time = data.regimen, jnp.asarray(data.time)
     times = {"time": time, "occasion_start": jnp.asarray(data.occasion_start)}
+    times |= data.row_arrays()
     observed = jnp.asarray(data.observed)
     return _simulate_jit(pm, nat, keys, cov, reg, times, jnp.asarray(limit), observed)
 
@@ -291,6 +301,10 @@ def _with_observations(data: Dataset, dv: np.ndarray, blq: np.ndarray) -> Datase
         covariates=data.covariates,
         records=records,
         occasion_start=data.occasion_start,
+        row_time=data.row_time,
+        row_covariates=data.row_covariates,
+        obs_row=data.obs_row,
+        interpolation=data.interpolation,
     )
 
 
@@ -315,4 +329,8 @@ def tile(data: Dataset, n: int) -> Dataset:
         covariates=sub.covariates,
         records=records,
         occasion_start=sub.occasion_start,
+        row_time=sub.row_time,
+        row_covariates=sub.row_covariates,
+        obs_row=sub.obs_row,
+        interpolation=sub.interpolation,
     )

@@ -115,6 +115,9 @@ from ._models._uva_padova import (
     UVAPadova as UVAPadova,
 )
 from ._records import (
+    INTERPOLATION_SUBSTEPS as INTERPOLATION_SUBSTEPS,
+)
+from ._records import (
     MAX_DOSES as MAX_DOSES,
 )
 from ._records import (
@@ -124,10 +127,16 @@ from ._records import (
     RecordWarning as RecordWarning,
 )
 from ._records import (
+    interpolate_covariates as interpolate_covariates,
+)
+from ._records import (
     regimen_from_records as regimen_from_records,
 )
 from ._records import (
     simulate_records as simulate_records,
+)
+from ._records import (
+    simulate_recordwise as simulate_recordwise,
 )
 from ._records import (
     validate_records as validate_records,
@@ -168,11 +177,13 @@ from ._regimen import (
 from ._regimen import (
     steady_state as steady_state,
 )
+from ._simulate import check_inputs as check_inputs
 from ._simulate import simulate as simulate
 from ._simulate import simulate_piecewise as simulate_piecewise
 from ._simulate import simulate_states as simulate_states
 
 __all__ = [
+    "INTERPOLATION_SUBSTEPS",
     "MAX_DOSES",
     "MAX_SS_INTERVALS",
     "MODELLED_DURATION",
@@ -216,8 +227,10 @@ __all__ = [
     "UVAPadova",
     "advance",
     "bolus",
+    "check_inputs",
     "concatenate",
     "infusion",
+    "interpolate_covariates",
     "interval_exposure",
     "oral",
     "regimen_from_records",
@@ -229,6 +242,7 @@ __all__ = [
     "simulate_cohort",
     "simulate_piecewise",
     "simulate_records",
+    "simulate_recordwise",
     "simulate_states",
     "stack",
     "state_before",

@@ -317,6 +317,7 @@ def state_before(
     t: ArrayLike,
     *,
     solver: ODESolver,
+    checks: bool = True,
 ) -> tuple[Array, Array]:
     """The state and the running zero-order inputs just before time `t`: every entry of
     `regimen` before `t` applied, none at `t` or after.
@@ -326,18 +327,23 @@ def state_before(
     `advance` can go on from `t` (`advance(..., state, regimen, t, t1, rates=rates)`) with
     the entries at `t` still to apply. One patient; jittable.
 
+    `checks`: the engine's run-time checks (every parameter in its domain, the doses, a
+    steady-state dose's lag shorter than II), host callbacks inside compiled code; pass
+    `False` after `pkpd.check_inputs` has checked the same on the host (the compiled
+    program then holds no callback, and JAX's persistent compilation cache keeps it).
+
     **Returns:** `(state, rates)`: amounts (mg, and PD states) and mg/h per state.
     """
     dtype = jnp.result_type(float)
     t = jnp.asarray(t, dtype=dtype)
-    doses = E.dose_quantities(model, params, regimen)
+    doses = E.dose_quantities(model, params, regimen, checks=checks)
     s, _ = E.sort_entries(E.event_entries(regimen, doses))
     m = s.time.shape[0]
     x_init = jnp.asarray(model.initial_state(params), dtype=dtype)
     zero = jnp.zeros(model.n_states, dtype)
     if m == 0:
         return x_init, zero
-    ss_x, ss_r = E.ss_tables(model, solver, params, regimen, doses, s)
+    ss_x, ss_r = E.ss_tables(model, solver, params, regimen, doses, s, checks=checks)
     xs, rs = E.run(model, solver, E.broadcast_params(params, m), s, ss_x, ss_r, x_init)
     j = jnp.sum(s.valid & (s.time < t)) - 1  # the last entry before t (sorted by time)
     none = j < 0
@@ -358,6 +364,7 @@ def interval_exposure(
     solver: ODESolver,
     steps: int = 24,
     output: int = 0,
+    checks: bool = True,
 ) -> tuple[Array, Array]:
     """AUC and Cmax of one patient's output over `[t0, t1]` under `regimen`.
 
@@ -369,10 +376,11 @@ def interval_exposure(
     each segment (exact when the peak is at a segment end, as at the end of an infusion);
     for other models both are taken on those sub-steps, the AUC by Simpson's rule.
     Jittable; `jax.vmap` it over parameters for many patients or posterior draws.
+    `checks` as `state_before` (`False` after `pkpd.check_inputs`).
 
     **Returns:** `(auc, cmax)`, output units x h and output units.
     """
-    state, rates = state_before(model, params, regimen, t0, solver=solver)
+    state, rates = state_before(model, params, regimen, t0, solver=solver, checks=checks)
     out = advance(
         model,
         params,
@@ -384,6 +392,7 @@ def interval_exposure(
         rates=rates,
         exposure_steps=even_steps(steps),
         output=output,
+        checks=checks,
     )
     return out.auc, out.cmax  # type: ignore[return-value]
 

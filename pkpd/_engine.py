@@ -406,6 +406,8 @@ def steady_state(
     doses: Doses,
     ii: Array,
     n_intervals: int,
+    *,
+    checks: bool = True,
 ) -> tuple[Array, Array]:
     """Steady-state state and running input rates at the time of one SS dose record.
 
@@ -414,6 +416,11 @@ def steady_state(
     `(I - Phi(ii)) x = c` exactly; ODE models solve the fixed point of the one-interval map
     by Newton's method (optimistix). With `ii == 0` an infusion given by its rate sets the
     constant-infusion steady state (the infusion itself is not continued, as NONMEM).
+
+    With `checks`, a lag >= II and a lag + infusion spanning more than `n_intervals`
+    earlier intervals are refused at run time (`equinox.error_if`, a host callback: JAX does
+    not keep such a program in its persistent compilation cache). A caller that has checked
+    the doses on the host (`simulate_records`, `check_inputs`) passes `False`.
     """
     n = model.n_states
     dtype = jnp.result_type(float)
@@ -471,6 +478,8 @@ def steady_state(
     interval = ii > 0
     x = jnp.where(interval, x_interval, x_const)
     r = jnp.where(interval, hot * running, jnp.zeros(n, dtype))
+    if not checks:
+        return x, r
     x = eqx.error_if(
         x,
         interval & (lag >= ii),
@@ -564,8 +573,11 @@ def ss_tables(
     reg: Regimen,
     doses: Doses,
     s: Entries,
+    *,
+    checks: bool = True,
 ) -> tuple[Array, Array]:
-    """Steady-state states and rates for each sorted entry (zero where none)."""
+    """Steady-state states and rates for each sorted entry (zero where none); `checks` as
+    `steady_state`."""
     n = model.n_states
     m_entries = s.time.shape[0]
     if not reg.has_ss:
@@ -575,9 +587,9 @@ def ss_tables(
     p_ev = jax.tree_util.tree_map(
         lambda v: jnp.broadcast_to(jnp.asarray(v, float), (m,)), ev_params
     )
-    xs, rs = jax.vmap(lambda p, d, ii: steady_state(model, solver, p, d, ii, reg.ss_intervals))(
-        p_ev, doses, reg.ii
-    )
+    xs, rs = jax.vmap(
+        lambda p, d, ii: steady_state(model, solver, p, d, ii, reg.ss_intervals, checks=checks)
+    )(p_ev, doses, reg.ii)
     # Stored as the increment over the initial state (zero for PK, the baseline for PD):
     # SS=1 resets to the initial state and adds it (the state becomes the steady state);
     # SS=2 adds it to the current state.

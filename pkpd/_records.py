@@ -403,31 +403,262 @@ def _bucket(n: int) -> int:
     return max(8, 1 << (n - 1).bit_length())
 
 
-@eqx.filter_jit
-def _subject_core(model, solver, rec_params, rec_time, reg, ev_rec):
+# ----------------------------------------------------------------------------- interpolation
+
+#: How a covariate is read between two records (`interpolation=` of `simulate_records`,
+#: `interpolate_covariates` and `calibration.Dataset.from_records`).
+INTERPOLATIONS = ("nonmem", "locf", "linear")
+_ALIASES = {"nonmem": "nonmem", "next": "nonmem", "locf": "locf", "linear": "linear"}
+
+#: Sub-intervals per interval between two records over which a linearly interpolated
+#: covariate changes (`substeps=`): the covariate takes its value at each sub-interval's
+#: midpoint, the parameters are constant on each sub-interval (the midpoint rule: the error
+#: falls as 1/substeps^2; docs/dosing.md, "Time-varying covariates").
+INTERPOLATION_SUBSTEPS = 8
+
+
+def interpolation_methods(
+    interpolation: Mapping[str, str] | None, columns: Any, who: str
+) -> dict[str, str]:
+    """`{column: method}` with the methods' canonical names (`"next"` is `"nonmem"`);
+    `ValueError` naming the covariate for a column not in `columns` or an unknown method."""
+    if interpolation is None:
+        return {}
+    if not isinstance(interpolation, Mapping):
+        raise TypeError(
+            f"{who}: interpolation must map covariate names to methods, e.g. "
+            f"{{'WT': 'linear', 'CRCL': 'locf'}}; got {type(interpolation).__name__}."
+        )
+    out = {}
+    for name, method in interpolation.items():
+        if name not in columns:
+            raise ValueError(
+                f"{who}: interpolation for covariate {name!r}, which is not a column of the "
+                f"records; expected one of {list(columns)}."
+            )
+        canonical = _ALIASES.get(method) if isinstance(method, str) else None
+        if canonical is None:
+            raise ValueError(
+                f"{who}: interpolation {method!r} for covariate {name!r}; expected one of "
+                "'nonmem' (or 'next': the value on a record governs the interval before it, "
+                "the default), 'locf' (the value carried forward to the next record) or "
+                "'linear'."
+            )
+        out[name] = canonical
+    return out
+
+
+def interpolate_covariates(
+    records: pd.DataFrame,
+    interpolation: Mapping[str, str],
+    *,
+    substeps: int = INTERPOLATION_SUBSTEPS,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Records with the rows that carry each covariate's value between records.
+
+    The engine's convention is NONMEM's: the values on a record govern the advance from the
+    previous record up to it (and that record's own dose and prediction). Other readings of a
+    covariate `c` between records `i - 1` and `i` (times `t[i-1] < t[i]`, one subject) are
+    written as added `EVID=2` rows (no dose, no observation, `MDV=1`) before record `i`:
+
+    - `"nonmem"` (or `"next"`, the default for any column not named): `c[i]` over
+      `(t[i-1], t[i]]`; no row is added;
+    - `"locf"`: `c[i-1]` carried forward over `(t[i-1], t[i])`; `c[i]` from `t[i]` on (the
+      record's own dose and prediction): one row at `t[i]`, before record `i`;
+    - `"linear"`: `c` linear in time from `c[i-1]` at `t[i-1]` to `c[i]` at `t[i]`: the interval
+      is cut into `substeps` equal sub-intervals, each a row at its end carrying the value at
+      its midpoint (so the parameters computed from it are constant on the sub-interval).
+
+    Rows are added only where a covariate so read changes between the two records. An added
+    row copies record `i` (every other column, and its index label, so that an error names it)
+    with `TIME`, `EVID=2`, `AMT=RATE=II=ADDL=SS=0`, `MDV=1` and the interpolated values.
+
+    **Arguments:**
+
+    - `records`: validated records (`validate_records`), sorted by time within each subject.
+    - `interpolation`: covariate column -> method.
+    - `substeps`: sub-intervals per interval for `"linear"` (an integer >= 1).
+
+    **Returns:** `(rows, record)`: the records with the added rows, and for each row the
+    position of its record in `records` (`-1` for an added row).
+    """
+    methods = interpolation_methods(interpolation, records.columns, "interpolate_covariates")
+    if isinstance(substeps, bool) or not isinstance(substeps, int | np.integer) or substeps < 1:
+        raise ValueError(
+            f"interpolate_covariates: substeps must be an integer >= 1, got {substeps!r}."
+        )
+    n = len(records)
+    own = np.arange(n)
+    varying = {c: m for c, m in methods.items() if m != "nonmem"}
+    if not varying or n < 2:
+        return records, own
+    values = {}
+    for col in varying:
+        v = np.asarray(pd.to_numeric(records[col], errors="coerce"), dtype=float)
+        bad = ~np.isfinite(v)
+        if bad.any():
+            pos = int(np.argmax(bad))
+            raise RecordError(
+                f"{_where(records, pos)}: covariate {col} is {_py(records[col].iloc[pos])!r}; "
+                f"expected a finite number on every record (interpolation {varying[col]!r})."
+            )
+        values[col] = v
+    t = records["TIME"].to_numpy(dtype=float)
+    ids = records["ID"].to_numpy()
+    # Interval i runs from record i - 1 to record i of the same subject.
+    step = np.zeros(n, bool)
+    step[1:] = (ids[1:] == ids[:-1]) & (t[1:] > t[:-1])
+    lin = np.zeros(n, bool)
+    loc = np.zeros(n, bool)
+    for col, method in varying.items():
+        changes = np.zeros(n, bool)
+        changes[1:] = values[col][1:] != values[col][:-1]
+        if method == "linear":
+            lin |= changes
+        else:
+            loc |= changes
+    lin &= step
+    loc &= step & ~lin
+    count = np.where(lin, substeps, np.where(loc, 1, 0))
+    if not count.any():
+        return records, own
+    # Added rows: `count[i]` before record i, sub-interval j = 1..count[i].
+    before = np.repeat(own, count)
+    j = (np.arange(len(before)) - np.repeat(np.cumsum(count) - count, count) + 1).astype(float)
+    k = count[before].astype(float)
+    t0, t1 = t[before - 1], t[before]
+    added = records.iloc[before].copy()
+    added["TIME"] = np.where(j == k, t1, t0 + (t1 - t0) * (j / k))  # the last one at t[i], exactly
+    for col, zero in (("EVID", 2.0), ("AMT", 0.0), ("RATE", 0.0), ("II", 0.0), ("ADDL", 0.0),
+                      ("SS", 0.0), ("MDV", 1.0)):  # fmt: skip
+        added[col] = zero
+    frac = (j - 0.5) / k
+    for col, method in varying.items():
+        v = values[col]
+        if method == "linear":
+            added[col] = v[before - 1] + (v[before] - v[before - 1]) * frac
+        else:
+            added[col] = v[before - 1]
+    # Each added row goes right before its record: sort by (record, added first, j).
+    key_rec = np.concatenate([before, own])
+    key_kind = np.concatenate([np.zeros(len(before)), np.ones(n)])
+    key_j = np.concatenate([j, np.zeros(n)])
+    order = np.lexsort((key_j, key_kind, key_rec))
+    rows = pd.concat([added, records])
+    for col in varying:
+        rows[col] = rows[col].astype(float)
+    rows = rows.iloc[order]
+    record = np.concatenate([np.full(len(before), -1), own])[order]
+    return rows, record
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def _recordwise(model, solver, rec_params, rec_time, reg, out_rec, checks):
+    """States and outputs at the records `out_rec` of one subject whose parameters are given
+    on every record (NONMEM's convention; see `simulate_recordwise`)."""
     n = model.n_states
-    ev_params = {k: v[ev_rec] for k, v in rec_params.items()}
-    doses = E.dose_quantities(model, ev_params, reg)
-    ev = E.event_entries(reg, doses)
+    m = reg.n_events
+    # Each event's record: its own (`order`), or the record carrying its ADDL.
+    idx = jnp.arange(m, dtype=jnp.int32)
+    off = jnp.zeros(m, jnp.int32) if reg.addl_offset is None else reg.addl_offset
+    src_order = reg.order[jnp.clip(idx - off.astype(jnp.int32), 0, m - 1)]
     n_rec = rec_time.shape[0]
-    out = E.output_entries(rec_time, jnp.arange(n_rec, dtype=float), n)
+    ev_rec = jnp.clip(jnp.where(jnp.isfinite(src_order), src_order, 0.0), 0, n_rec - 1)
+    ev_rec = ev_rec.astype(jnp.int32)
+    ev_params = {k: v[ev_rec] for k, v in rec_params.items()}
+    # (the parameters' domain is checked on them by the caller: `checked_params`, the host)
+    doses = E.dose_quantities(model, ev_params, reg, checks=checks, domain=False)
+    ev = E.event_entries(reg, doses)
+    # An entry at every record (its output), so that each record's parameters govern the
+    # advance over its own interval; the outputs asked for are picked from them.
+    out = E.output_entries(rec_time, jnp.arange(n_rec, dtype=rec_time.dtype), n)
     allent = E.concat_entries(ev, out, 0)
     s, perm = E.sort_entries(allent)
     # NONMEM's convention: the parameters of the next record at or after an entry govern the
-    # advance up to that entry.
-    left = jnp.searchsorted(rec_time, s.time, side="left")
-    right = jnp.searchsorted(rec_time, s.time, side="right")
-    row = jnp.ceil(jnp.where(jnp.isfinite(s.order), s.order, 0.0)).astype(left.dtype)
-    r = jnp.maximum(left, row)
-    r = jnp.clip(jnp.where(r < right, r, right), 0, n_rec - 1)
+    # advance up to that entry (the first record at or after its time: the advance to a
+    # time is made at the first entry there).
+    r = jnp.clip(jnp.searchsorted(rec_time, s.time, side="left"), 0, n_rec - 1)
     seg_params = {k: v[r] for k, v in rec_params.items()}
-    ss_x, ss_r = E.ss_tables(model, solver, ev_params, reg, doses, s)
+    ss_x, ss_r = E.ss_tables(model, solver, ev_params, reg, doses, s, checks=checks)
     first = {k: v[0] for k, v in rec_params.items()}
     xs, _ = E.run(model, solver, seg_params, s, ss_x, ss_r, model.initial_state(first))
     inv = jnp.argsort(perm)
-    states = xs[inv[ev.time.shape[0] :]]
-    y = jax.vmap(model.output)(rec_params, states)
+    out_rec = jnp.asarray(out_rec)
+    states = xs[inv[ev.time.shape[0] :]][out_rec]
+    out_params = {k: v[out_rec] for k, v in rec_params.items()}
+    y = jax.vmap(model.output)(out_params, states)
     return states, y
+
+
+@eqx.filter_jit
+def _subject_core(model, solver, rec_params, rec_time, reg):
+    """Every record of one subject, its checks done on the host (`simulate_records`): the
+    compiled program holds no host callback, so the persistent compilation cache keeps it."""
+    out_rec = jnp.arange(rec_time.shape[0])
+    return _recordwise(model, solver, rec_params, rec_time, reg, out_rec, False)
+
+
+def simulate_recordwise(
+    model: AbstractModel,
+    params: Mapping[str, Any],
+    record_time: Any,
+    regimen: Regimen,
+    output_records: Any,
+    *,
+    solver: ODESolver = ODESolver(),
+    checks: bool = True,
+) -> Any:
+    """Simulate one subject whose parameters are given on every record, as NONMEM does.
+
+    The array form of `simulate_records` for one subject (jittable, `jax.vmap` it over
+    subjects padded to one number of records): the parameters of record `i` govern the
+    advance from the previous record's time up to `record_time[i]`, the doses of record `i`
+    (and of its `ADDL` copies) and the prediction on record `i`. A dose implied by `ADDL` or
+    delayed by a lag takes the parameters of the next record at or after it for the advance up
+    to it (NONMEM Users Guide VI, section III.I: at such a dose time "TIME and all user data
+    items ... are from the next event record"). This is how `calibration` evaluates subjects
+    with time-varying covariates.
+
+    **Arguments:**
+
+    - `model`, `solver`, `checks`: as `simulate`.
+    - `params`: parameter values by name, each with one value per record `(records,)`.
+    - `record_time`: `(records,)` the records' times (h), sorted; padding repeats the last.
+    - `regimen`: the subject's doses from `regimen_from_records` of the same records (its
+      events' `order` is the position of their record).
+    - `output_records`: `(outputs,)` positions of the records whose prediction is wanted.
+
+    **Returns:** shape `(outputs,)` for single-output models, `(outputs, n_outputs)` else.
+    """
+    rec_time = jnp.asarray(record_time, dtype=jnp.result_type(float))
+    p = {
+        k: jnp.broadcast_to(jnp.asarray(v, dtype=float), rec_time.shape) for k, v in params.items()
+    }
+    model.check_params(p)
+    if checks:
+        p = E.checked_params(model, p)
+    _, y = _recordwise(model, solver, p, rec_time, regimen, output_records, checks)
+    return y[:, 0] if len(model.output_names) == 1 else y
+
+
+def _check_subject(model: AbstractModel, sub: pd.DataFrame, p: dict[str, np.ndarray]) -> None:
+    """The engine's checks of one subject's parameters on the host (`RecordError` naming
+    the subject and the row): every value inside the model's domain (`domain_rules`)."""
+    rules = model.domain_rules()
+    who = type(model).__name__
+    for name, value in p.items():
+        if name not in rules:
+            continue  # finiteness: resolve_params
+        test, expect = rules[name]
+        bad = np.asarray(test(value), bool)
+        if bad.any():
+            pos = int(np.argmax(bad))
+            raise RecordError(
+                f"{_where(sub, pos)}: {who}: parameter {name} is {_py(value[pos])!r}, outside "
+                f"its domain: expected {name} finite and {expect}."
+            )
 
 
 def simulate_records(
@@ -436,6 +667,8 @@ def simulate_records(
     records: pd.DataFrame,
     *,
     solver: ODESolver = ODESolver(),
+    interpolation: Mapping[str, str] | None = None,
+    substeps: int = INTERPOLATION_SUBSTEPS,
 ) -> pd.DataFrame:
     """Simulate NONMEM records of one or more subjects; the prediction on every record.
 
@@ -454,23 +687,41 @@ def simulate_records(
     - `records`: a DataFrame with `ID, TIME, EVID, AMT, CMT` and optionally
       `RATE, II, ADDL, SS, MDV` plus any user columns.
     - `solver`: ODE settings (`pkpd.ODESolver`); linear models are exact.
+    - `interpolation`: how covariate columns are read between records, by column:
+      `"nonmem"` (or `"next"`, the default for every column: the value on a record governs
+      the interval before it), `"locf"` (the previous record's value carried forward up to
+      the record) or `"linear"` (linear in time between the two records). The parameters
+      are then evaluated on the records with the rows that carry those values added
+      (`interpolate_covariates`; a function of the DataFrame sees them as `EVID=2` rows);
+      e.g. `interpolation={"WT": "linear", "CRCL": "locf"}`.
+    - `substeps`: for `"linear"`, the sub-intervals per interval between records on which
+      the parameters are constant (the covariate at each sub-interval's midpoint; the error
+      falls as `1 / substeps**2`, see docs/dosing.md).
+
+    Every check is made on the host before anything is compiled: the records
+    (`validate_records`), the parameters (finite, inside the model's domain) and the doses,
+    each `RecordError` naming the subject and the row; the compiled program holds no host
+    callback (JAX's persistent compilation cache keeps it).
 
     **Returns:** a copy of `records` with the prediction in `PRED` (single-output models)
     or one column per `model.output_names`, and the amounts `A1`...`An`.
     """
     df = validate_records(records, model.n_states)
-    p_all = resolve_params(params, df)
+    methods = interpolation_methods(interpolation, df.columns, "simulate_records")
+    rows, record = interpolate_covariates(df, methods, substeps=substeps)
+    p_all = resolve_params(params, rows)
     model.check_params(p_all)
     n = model.n_states
-    states_all = np.zeros((len(df), n))
-    y_all = np.zeros((len(df), len(model.output_names)))
-    positions = np.arange(len(df))
-    ids = df["ID"].to_numpy()
+    states_rows = np.zeros((len(rows), n))
+    y_rows = np.zeros((len(rows), len(model.output_names)))
+    positions = np.arange(len(rows))
+    ids = rows["ID"].to_numpy()
     for sid in pd.unique(ids):
         pos = positions[ids == sid]
-        sub = df.iloc[pos]
+        sub = rows.iloc[pos]
         p = {k: v[pos] for k, v in p_all.items()}
-        reg, ev_rec = _subject_regimen(model, sub, p)
+        _check_subject(model, sub, p)
+        reg, _ = _subject_regimen(model, sub, p)
         n_rec = len(pos)
         nr, ne = _bucket(n_rec), _bucket(reg.n_events)
         rec_time = np.concatenate(
@@ -480,17 +731,21 @@ def simulate_records(
             k: jnp.asarray(np.concatenate([v, np.full(nr - n_rec, v[-1])])) for k, v in p.items()
         }
         reg = reg.pad(ne)
-        ev_rec = jnp.asarray(np.concatenate([ev_rec, np.zeros(ne - len(ev_rec), np.int64)]))
-        states, y = _subject_core(model, solver, p_pad, jnp.asarray(rec_time), reg, ev_rec)
-        states_all[pos] = np.asarray(states)[:n_rec]
-        y_all[pos] = np.asarray(y)[:n_rec]
-        bad = ~np.isfinite(y_all[pos]).all(axis=1)
+        states, y = _subject_core(model, solver, p_pad, jnp.asarray(rec_time), reg)
+        states_rows[pos] = np.asarray(states)[:n_rec]
+        y_rows[pos] = np.asarray(y)[:n_rec]
+        bad = ~np.isfinite(y_rows[pos]).all(axis=1)
         if bad.any():
             i = int(np.argmax(bad))
             raise RecordError(
                 f"{_where(sub, i)}: the simulation gave a non-finite prediction; check the "
                 "parameters of this subject."
             )
+    keep = record >= 0
+    states_all = np.zeros((len(df), n))
+    y_all = np.zeros((len(df), len(model.output_names)))
+    states_all[record[keep]] = states_rows[keep]
+    y_all[record[keep]] = y_rows[keep]
     out = records.copy()
     if len(model.output_names) == 1:
         out["PRED"] = y_all[:, 0]

@@ -116,6 +116,89 @@ def check_regimen(model: AbstractModel, params: Params, regimen: Regimen) -> Non
             )
 
 
+def check_inputs(model: AbstractModel, params: Params, regimen: Regimen) -> None:
+    """Check on the host what the engine's run-time checks refuse, before anything is compiled.
+
+    The checks that `simulate`, `advance`, `state_before` and `interval_exposure` run inside
+    compiled code with `checks=True` (as `equinox.error_if` host callbacks), here on
+    concrete values: every parameter finite and inside the model's domain
+    (`AbstractModel.check_domain`), every dose into a compartment of the model, `RATE=-2`
+    with `D<cmt>` (or a duration) and `RATE=-1` with `R<cmt>` (`check_regimen`), and each
+    steady-state dose's lag shorter than its interval `II`, its lag plus infusion within the
+    regimen's `ss_intervals`. A caller that has passed this check calls those functions with
+    `checks=False`: the compiled program then holds no host callback, and JAX's persistent
+    compilation cache keeps it (JAX does not write programs with host callbacks to it).
+
+    **Arguments:**
+
+    - `model`, `regimen`: as `simulate` (one patient's regimen: events on the last axis).
+    - `params`: parameter values by name; a value may have leading axes (posterior draws,
+      patients), and every value is checked.
+
+    **Raises:** `ValueError` naming the parameter and its value, or the event; `TypeError`
+    for traced values (inside `jax.jit` nothing is known yet: keep `checks=True` there).
+    """
+    leaves = [v for v in params.values() if not isinstance(v, str)]
+    leaves += jax.tree_util.tree_leaves(regimen)
+    if any(concrete(leaf) is None for leaf in leaves):
+        raise TypeError(
+            "check_inputs: expected concrete values (it checks on the host); inside jax.jit "
+            "keep checks=True."
+        )
+    model.check_domain(params)
+    check_regimen(model, params, regimen)  # (reads only which parameters are present)
+    if not regimen.has_ss:
+        return
+    n = model.n_states
+    cmt = np.clip(np.asarray(regimen.cmt) - 1, 0, n - 1)
+    evid, ss, ii = (np.asarray(a) for a in (regimen.evid, regimen.ss, regimen.ii))
+    mask = np.asarray(regimen.mask)
+
+    def per_event(prefix: str, default: float) -> np.ndarray:
+        """(batch..., events) values of `<prefix><cmt>` for every event."""
+        cols = [np.asarray(params.get(f"{prefix}{c + 1}", default), dtype=float) for c in range(n)]
+        stacked = np.stack(np.broadcast_arrays(*cols), axis=-1)  # (batch..., n)
+        return stacked[..., cmt]
+
+    lag = np.asarray(regimen.lag) + per_event("ALAG", 0.0)
+    f = np.asarray(regimen.bioav) * per_event("F", 1.0)
+    amount = np.asarray(regimen.amount) * f
+    rate = np.asarray(regimen.rate)
+    d_param = per_event("D", np.nan)
+    d_mod = np.where(np.isnan(d_param), np.asarray(regimen.duration), d_param)
+    r_mod = per_event("R", np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        duration = np.where(
+            rate > 0,
+            amount / np.where(rate > 0, rate, 1.0),
+            np.where(
+                rate == MODELLED_DURATION,
+                d_mod,
+                np.where(rate == MODELLED_RATE, amount / np.where(r_mod > 0, r_mod, 1.0), 0.0),
+            ),
+        )
+    ss_dose = mask & (evid != 3) & (evid != 2) & (evid != 0) & (ss > 0) & (ii > 0)
+    long_lag = ss_dose & (lag >= ii)
+    if long_lag.any():
+        at = tuple(int(i) for i in np.argwhere(long_lag)[0])
+        k = at[-1]
+        raise ValueError(
+            f"regimen event {k}: steady-state dose (SS={int(ss[k])}) with a lag time of "
+            f"{float(lag[at]):g} h and II = {float(ii[k]):g} h; expected the lag time to be "
+            "shorter than the interval II (a lag >= II is not supported)."
+        )
+    too_long = ss_dose & (lag + duration > (regimen.ss_intervals + 1) * ii)
+    if too_long.any():
+        at = tuple(int(i) for i in np.argwhere(too_long)[0])
+        k = at[-1]
+        raise ValueError(
+            f"regimen event {k}: steady-state dose whose lag + infusion duration "
+            f"({float((lag + duration)[at]):g} h) spans more intervals than the regimen's "
+            f"ss_intervals ({regimen.ss_intervals}) allows at II = {float(ii[k]):g} h; build "
+            "the regimen with the values known, or raise ss_intervals."
+        )
+
+
 def concrete(x) -> np.ndarray | None:
     if isinstance(x, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
         return None

@@ -140,3 +140,47 @@ print(json.dumps({{"folder": str(folder), "written": written,
     assert out["written"] >= 1 and out["after"] == out["written"]
     assert out["stopped"] is None and out["dir"] is None
     assert out["raised"] is not None
+
+
+# A first call whose checks were host callbacks inside its compiled programs (`eqx.error_if`:
+# JAX never writes such a program to its cache). They are now made on the host before the
+# call, so a second process reads every program back: hits == requests.
+_FIRST_CALLS = {
+    "simulate_records": """
+import pandas as pd, pkpd
+rows = [(1, 0.0, 1, 1000.0, 1, 1000.0, 12.0, 1, 70.0), (1, 12.0, 1, 1000.0, 1, 500.0, 0.0, 0, 72.0),
+        (1, 6.0, 0, 0.0, 1, 0.0, 0.0, 0, 71.0), (1, 24.0, 0, 0.0, 1, 0.0, 0.0, 0, 73.0)]
+records = pd.DataFrame(rows, columns=["ID", "TIME", "EVID", "AMT", "CMT", "RATE", "II", "SS", "WT"])
+records = records.sort_values("TIME", kind="stable")
+params = lambda df: {"CL": 4.5 * (df["WT"].to_numpy() / 70.0) ** 0.75, "V1": 40.0, "Q": 6.5,
+                     "V2": 38.0}
+out = pkpd.simulate_records(pkpd.TwoCompartment(), params, records, interpolation={"WT": "locf"})
+value = float(out["PRED"].sum())
+""",
+    "recommend": """
+import twins
+drug = twins.drugs.get("vancomycin_goti2018")
+twin = twins.DigitalTwin(drug, {"ID": "p1", "AGE": 62.0, "WT": 80.0, "SCR": 1.1, "SEX": 0.0})
+twin.give(drug.regimen(4, amount=1000.0, interval=12.0))
+twin.update(times=[11.5, 35.5], values=[9.8, 12.1])
+value = float(twin.recommend("AUC24", key=0).dose)
+""",
+}
+
+_COUNT = """
+import json, jax.monitoring
+events = []
+jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
+{call}
+print(json.dumps({{"value": value, "hits": events.count("/jax/compilation_cache/cache_hits"),
+    "requests": events.count("/jax/compilation_cache/compile_requests_use_cache")}}))
+"""
+
+
+@pytest.mark.parametrize("call", list(_FIRST_CALLS))
+def test_first_calls_are_read_back_whole(tmp_path, call):
+    code = _COUNT.format(call=_FIRST_CALLS[call])
+    first = _run(str(tmp_path / "cache"), code)
+    second = _run(str(tmp_path / "cache"), code)
+    assert second["value"] == first["value"]
+    assert first["requests"] >= 1 and second["hits"] == second["requests"], (first, second)

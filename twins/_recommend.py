@@ -233,8 +233,31 @@ def choose(
     )
 
 
+@eqx.filter_jit
+def _draw_params(pm, theta, cov, eta):
+    """The parameters of every posterior draw `eta` `(..., n_draws, n_eta)` (leading axes
+    shared with `cov`'s)."""
+    one = lambda c, e: jax.vmap(lambda d: pm.individual_params(theta, c, d))(e)
+    for _ in range(eta.ndim - 2):
+        one = jax.vmap(one)
+    return one(cov, eta)
+
+
+def check_draws(pm: Any, params: dict[str, Any], full: pkpd.Regimen, who: str) -> None:
+    """The engine's run-time checks of a dose search, on the host before it is compiled
+    (`pkpd.check_inputs`): every draw's parameters `params` (`(n_draws,)` each) inside the
+    model's domain and the doses of `full` possible. `metric_draws` then runs without them:
+    its compiled program holds no host callback, so the persistent compilation cache keeps
+    it. A `ValueError` naming the patient `who`."""
+    try:
+        pkpd.check_inputs(pm.model, params, full)
+    except ValueError as error:
+        raise ValueError(f"recommend: patient {who}: {error}") from None
+
+
 def _best_for_plan(pm, theta, cov, history, plan, target, eta, u0, steps, who):
     full = plan.regimen if history is None else history + plan.regimen
+    check_draws(pm, jax.device_get(_draw_params(pm, theta, cov, eta)), full, who)
     n_hist = 0 if history is None else history.n_events
     scale = jnp.concatenate([jnp.zeros(n_hist), jnp.ones(plan.regimen.n_events)])
     window = (jnp.asarray(plan.end, float), jnp.asarray(plan.interval, float))
@@ -271,14 +294,15 @@ def plan_result(plan: Plan, target: Target, best_u: Any, values: Any, who: str) 
 @eqx.filter_jit
 def metric_draws(pm, metric, theta, cov, full, scale, window, eta, u):
     """`metric` of every posterior draw `eta` when the planned doses (`scale` 1) are
-    `exp(u)` units; `window` is `(end, interval)` of the plan."""
+    `exp(u)` units; `window` is `(end, interval)` of the plan. The engine's checks are made
+    beforehand on the host (`check_draws`; they do not depend on `u`), not here."""
     amount = full.amount * ((1.0 - scale) + scale * jnp.exp(u))
     reg = eqx.tree_at(lambda r: r.amount, full, amount)
     end, interval = window
 
     def one(e):
         params = pm.individual_params(theta, cov, e)
-        return metric.read(pm.model, params, reg, end, interval, output=pm.output)
+        return metric.read(pm.model, params, reg, end, interval, output=pm.output, checks=False)
 
     return jax.vmap(one)(eta)
 
@@ -435,9 +459,17 @@ def recommend_doses(
     bounds = jnp.asarray([math.log(target.low), math.log(target.high)])
     results: list[list[dict[str, Any]]] = [[] for _ in range(k)]
     errors: dict[int, Exception] = {}
+    draws = jax.device_get(_draw_params(pm, theta, covariates, eta))
     for j in range(len(plans[0])):
         mine = [ps[j] for ps in plans]
-        full = pkpd.stack([h + p.regimen for h, p in zip(histories, mine, strict=True)])
+        fulls = [h + p.regimen for h, p in zip(histories, mine, strict=True)]
+        for i, one in enumerate(fulls):
+            if i not in errors:
+                try:
+                    check_draws(pm, {n: v[i] for n, v in draws.items()}, one, names[i])
+                except ValueError as error:
+                    errors[i] = error  # this patient only: the others go on
+        full = pkpd.stack(fulls)
         scale = jnp.concatenate([jnp.zeros(n_hist), jnp.ones(mine[0].regimen.n_events)])
         window = (
             jnp.asarray([p.end for p in mine], float),

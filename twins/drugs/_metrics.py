@@ -69,9 +69,12 @@ class Metric:
         output: int = 0,
         solver: pkpd.ODESolver = pkpd.ODESolver(),
         steps: int = 24,
+        checks: bool = True,
     ) -> Any:
         """The metric of one patient (`params`) under `regimen` (jittable, differentiable
-        with respect to the parameters and the regimen's amounts)."""
+        with respect to the parameters and the regimen's amounts). `checks`: the engine's
+        run-time checks (`pkpd.interval_exposure`, `pkpd.simulate`); the dose search passes
+        `False` after checking the same on the host (`pkpd.check_inputs`)."""
         raise NotImplementedError  # pragma: no cover
 
 
@@ -109,10 +112,10 @@ class AUCOver(Metric):
             )
 
     def read(self, model, params, regimen, end, interval, *, output=0, solver=pkpd.ODESolver(),
-             steps=24):  # fmt: skip
+             steps=24, checks=True):  # fmt: skip
         auc, _ = pkpd.interval_exposure(
             model, params, regimen, end - self.hours, end, solver=solver, steps=steps,
-            output=output,
+            output=output, checks=checks,
         )  # fmt: skip
         return auc
 
@@ -134,9 +137,9 @@ class Trough(Metric):
         return self.quantity
 
     def read(self, model, params, regimen, end, interval, *, output=0, solver=pkpd.ODESolver(),
-             steps=24):  # fmt: skip
+             steps=24, checks=True):  # fmt: skip
         y = pkpd.simulate(model, params, regimen, jnp.reshape(jnp.asarray(end, float), (1,)),
-                          solver=solver)  # fmt: skip
+                          solver=solver, checks=checks)  # fmt: skip
         return y[0] if y.ndim == 1 else y[0, output]
 
 
@@ -152,10 +155,10 @@ class Peak(Metric):
         return "Cmax"
 
     def read(self, model, params, regimen, end, interval, *, output=0, solver=pkpd.ODESolver(),
-             steps=24):  # fmt: skip
+             steps=24, checks=True):  # fmt: skip
         _, cmax = pkpd.interval_exposure(
             model, params, regimen, end - interval, end, solver=solver, steps=steps,
-            output=output,
+            output=output, checks=checks,
         )  # fmt: skip
         return cmax
 
