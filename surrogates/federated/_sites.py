@@ -486,9 +486,10 @@ def site_divergence(sites: Sequence[Site], *, bins: int = 10, seed: int = 0) -> 
         for key in ("label_js", "covariate_js", "max_smd"):
             row[f"iid_{key}"] = base[key]
     frame = pd.DataFrame(rows, index=[s.hospital.name for s in sites])
-    w = frame["n"] / frame["n"].sum()
-    total = {c: float((frame[c] * w).sum()) for c in frame.columns if c != "n"}
-    total["n"] = int(frame["n"].sum())
+    sizes = frame["n"].to_numpy(dtype=float)
+    w = sizes / sizes.sum()
+    total = {c: float(np.dot(frame[c].to_numpy(dtype=float), w)) for c in frame.columns if c != "n"}
+    total["n"] = int(sizes.sum())
     total["positives"] = float(pooled_y.mean())
     frame.loc["federation"] = pd.Series(total)
     frame["n"] = frame["n"].astype(int)
