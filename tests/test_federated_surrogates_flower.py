@@ -35,7 +35,7 @@ def _hospitals():
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # ~100 s on 2 shared cores (Ray's start); the numerics: make test
 def test_flower_fedavg_gives_the_pure_simulations_model_and_counts_bytes():
     model = mlp(6, hidden=(8,))
     clients = _hospitals()
