@@ -53,13 +53,13 @@ from ._plausibility import plausible_range as plausible_range
 from ._population import Demographics as Demographics
 from ._population import Population as Population
 from ._population import iwpc_genotype_counts as iwpc_genotype_counts
+from ._population_sim import PopulationSimulation as PopulationSimulation
+from ._population_sim import drug_covariates as drug_covariates
+from ._population_sim import simulate_population as simulate_population
 from ._twin import DigitalTwin as DigitalTwin
 from ._twin import Forecast as Forecast
 from ._twin import Posterior as Posterior
 from ._twin import Recommendation as Recommendation
-from ._population_sim import PopulationSimulation as PopulationSimulation
-from ._population_sim import drug_covariates as drug_covariates
-from ._population_sim import simulate_population as simulate_population
 from ._twin_batch import forecast_twins as forecast_twins
 from ._twin_batch import recommend_twins as recommend_twins
 from ._twin_batch import update_twins as update_twins
@@ -87,6 +87,8 @@ from .trials import Ctrough as Ctrough  # isort: skip
 from .trials import DosingArm as DosingArm  # isort: skip
 from .trials import Endpoint as Endpoint  # isort: skip
 from .trials import FailedPatientsError as FailedPatientsError  # isort: skip
+from .trials import Adherence as Adherence  # isort: skip
+from .trials import DosesTaken as DosesTaken  # isort: skip
 from .trials import FinalLevel as FinalLevel  # isort: skip
 from .trials import MeanDose as MeanDose  # isort: skip
 from .trials import Nomogram as Nomogram  # isort: skip
@@ -110,6 +112,7 @@ __all__ = [
     "NUTS",
     "PLAUSIBLE_RANGES",
     "AUCOver",
+    "Adherence",
     "AnyAbove",
     "Arm",
     "Bolus",
@@ -118,6 +121,7 @@ __all__ = [
     "Ctrough",
     "Demographics",
     "DigitalTwin",
+    "DosesTaken",
     "DosingArm",
     "Drug",
     "Endpoint",
@@ -138,6 +142,7 @@ __all__ = [
     "Peak",
     "PlausibleRange",
     "Population",
+    "PopulationSimulation",
     "Posterior",
     "Recommendation",
     "Route",
@@ -159,6 +164,7 @@ __all__ = [
     "consented_population",
     "creatinine_mg_dl_to_umol",
     "creatinine_umol_to_mg_dl",
+    "drug_covariates",
     "drugs",
     "eupact_trial",
     "forecast_twins",
@@ -171,12 +177,10 @@ __all__ = [
     "recommend_twins",
     "run_trial",
     "run_trial_ray",
+    "simulate_population",
     "trial_summary",
     "trials",
     "update_twins",
-    "simulate_population",
-    "PopulationSimulation",
-    "drug_covariates",
     "validation",
     "write_report",
     "write_twin_report",

@@ -2,7 +2,7 @@
 
 - `Trial`, arms (`DosingArm` with `Nomogram` rules; `TwinArm`, dosed by each patient's
   `DigitalTwin`), endpoints (`TimeInRange`, `AnyAbove`, `TimeToRange`, `MeanDose`,
-  `FinalLevel`, `AUC`, `Cmax`, `Ctrough`, `TargetAttainment`); the EU-PACT preset
+  `FinalLevel`, `DosesTaken`, `AUC`, `Cmax`, `Ctrough`, `TargetAttainment`); the EU-PACT preset
   (`eupact_trial`).
 - Chunk-level simulation: `seed_keys`, `population_rows`, `simulate_chunk` (what the
   results folder, the surrogates' training sets and the benchmarks are built from), and
@@ -15,6 +15,7 @@
 No plotting and no HTML here: the report is `twins.app` (`twins.write_report`).
 """
 
+from ._adherence import Adherence as Adherence
 from ._arms import Arm as Arm
 from ._arms import DosingArm as DosingArm
 from ._arms import Nomogram as Nomogram
@@ -23,6 +24,7 @@ from ._endpoints import AUC as AUC
 from ._endpoints import AnyAbove as AnyAbove
 from ._endpoints import Cmax as Cmax
 from ._endpoints import Ctrough as Ctrough
+from ._endpoints import DosesTaken as DosesTaken
 from ._endpoints import Endpoint as Endpoint
 from ._endpoints import FinalLevel as FinalLevel
 from ._endpoints import MeanDose as MeanDose
@@ -68,6 +70,7 @@ __all__ = [
     "DERIVED_SUBGROUPS",
     "MAX_FAILED_FRACTION",
     "NAMED_SUBGROUPS",
+    "Adherence",
     "AgeGroup",
     "AnyAbove",
     "Arm",
@@ -76,6 +79,7 @@ __all__ = [
     "CovariateLevels",
     "Ctrough",
     "DamagedResultsError",
+    "DosesTaken",
     "DosingArm",
     "Endpoint",
     "FailedPatientsError",

@@ -30,7 +30,9 @@ class Course(dict):
       first dose); `level` `(n, P + 1)`: the true (noise-free) output there, before that
       period's dose (a trough for once-per-period dosing);
     - `visit_days` `(V,)`, `measured` `(n, V)`: the visits and what was measured;
-    - `doses` `(n, P)`: the amount given in each period;
+    - `doses` `(n, P)`: the amount prescribed in each period (given, unless
+      `Trial(adherence=...)`: then `taken` `(n, P)` the amounts taken and `adherence`
+      `(n, P)` 1.0 / 0.0 per period);
     - `params`: each patient's model parameters, `{name: (n,)}`;
     - `interval_h`: the dosing period (h);
     - `auc`, `cmax` `(n, P)`: the AUC and highest value of the true output within each
@@ -164,6 +166,22 @@ class MeanDose(Endpoint):
         interval = float(course["interval_h"])
         periods = max(round(self.days * 24.0 / interval), 1)
         return {self.name: (168.0 / interval) * doses[..., -periods:].mean(-1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DosesTaken(Endpoint):
+    """The share of prescribed doses the patient took (% of the periods with a prescribed
+    dose), with `Trial(adherence=...)`; 100 without (every dose is taken)."""
+
+    unit: ClassVar[str] = "% of doses"
+
+    def __call__(self, course):
+        doses = np.asarray(course["doses"])
+        taken = np.asarray(course.get("adherence", np.ones_like(doses)))
+        prescribed = doses > 0
+        n = prescribed.sum(-1)
+        got = (prescribed & (taken > 0.5)).sum(-1)
+        return {self.name: np.where(n > 0, 100.0 * got / np.maximum(n, 1), np.nan)}
 
 
 @dataclasses.dataclass(frozen=True)

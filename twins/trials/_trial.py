@@ -32,6 +32,7 @@ import pkpd
 from .._population import Population
 from .._population_sim import model_covariates as model_covariates
 from ..drugs import Drug
+from ._adherence import Adherence
 from ._arms import Arm
 from ._arms import DosingArm as DosingArm
 from ._arms import Nomogram as Nomogram
@@ -118,6 +119,10 @@ class Trial:
     - `published_differences`: published differences against the reference arm,
       `{arm: {endpoint: {"estimate", "ci_low", "ci_high"}}}`.
     - `assumptions`: statements of what had to be assumed (shown in the report).
+    - `adherence`: whether patients take each prescribed dose (`Adherence`: a two-state
+      Markov model, Girard et al. 1998); default None: every dose is taken. The arm's
+      decisions are the prescribed doses (`Course["doses"]`), the model gets those taken
+      (`Course["taken"]`). Not with host-driven arms (`TwinArm`).
     """
 
     name: str
@@ -138,8 +143,21 @@ class Trial:
     published_differences: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     reference_arm: str | None = None
     assumptions: tuple[str, ...] = ()
+    adherence: Adherence | None = None
 
     def __post_init__(self):
+        if self.adherence is not None:
+            if not isinstance(self.adherence, Adherence):
+                raise TypeError(
+                    f"Trial {self.name!r}: adherence must be a twins.trials.Adherence or None, "
+                    f"got {type(self.adherence).__name__}."
+                )
+            hosted = [a.name for a in self.arms if getattr(a, "host_driven", False)]
+            if hosted:
+                raise ValueError(
+                    f"Trial {self.name!r}: adherence is not supported with host-driven arms "
+                    f"({hosted}) yet; their twins would need the doses taken."
+                )
         if not isinstance(self.drug, Drug):
             raise TypeError(f"Trial {self.name!r}: drug must be a twins.Drug.")
         for arm in self.arms:
@@ -238,6 +256,7 @@ class Trial:
             "solver": repr(self.solver),
             **({"exposure_steps": self.exposure_steps} if self.needs_exposure else {}),
             "assumptions": list(self.assumptions),
+            **({"adherence": self.adherence.describe()} if self.adherence is not None else {}),
         }
 
 
@@ -336,7 +355,7 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
     # one, `advance` is told none run (`rates=None`), and the rates stay zero.
     infused = route.duration is not None
 
-    def one(params, state, key):
+    def one(params, state, key, taken):
         x0 = model.initial_state(params)
         r0 = jnp.zeros(n_states, dtype=x0.dtype)
         eps = jax.random.normal(key, (max(visits.size, 1),))
@@ -347,11 +366,11 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
 
         def body(carry, inputs):
             x, r, given, st = carry
-            p, e, visit = inputs
+            p, e, visit, took = inputs
             y = level(x)
             measured = error.observe(y, sigma, e)
-            amount, st = arm.step(p, measured, visit, st)
-            given = jnp.concatenate([given[1:], jnp.reshape(amount, (1,))])
+            amount, st = arm.step(p, measured, visit, st)  # prescribed
+            given = jnp.concatenate([given[1:], jnp.reshape(amount * took, (1,))])
             times = (p.astype(x0.dtype) - jnp.asarray(ages)) * tau
             doses = pkpd.concatenate(
                 [route.dose(given[j], time=times[j], cmt=cmt) for j in range(window)]
@@ -366,7 +385,7 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
             return (out.state, out.rates, given, st), (y, measured, amount, *exposure)
 
         periods = jnp.arange(days, dtype=jnp.int32)
-        xs = (periods, eps_by_period[:days], jnp.asarray(is_visit_table[:days]))
+        xs = (periods, eps_by_period[:days], jnp.asarray(is_visit_table[:days]), taken)
         given0 = jnp.zeros(window, dtype=x0.dtype)
         (x_end, *_), (ys, meas, amounts, *exposure) = jax.lax.scan(
             body, (x0, r0, given0, state), xs
@@ -377,8 +396,8 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
         meas = jnp.concatenate([meas, last_meas[None]])
         return ys, meas[visits], amounts, *exposure
 
-    def run(params, state, keys):
-        return jax.vmap(one)(params, state, keys)
+    def run(params, state, keys, taken):
+        return jax.vmap(one)(params, state, keys, taken)
 
     if mesh is None:
         return jax.jit(run)
@@ -490,11 +509,28 @@ def simulate_chunk(
         bad[list(outcome.failures[arm])] = True
         endpoints[arm] = {k: _masked(v, bad) for k, v in values.items()}
         course = Course(outcome.courses[arm])
-        for k in ("level", "measured", "doses", "auc", "cmax"):
+        for k in ("level", "measured", "doses", "taken", "auc", "cmax"):
             if k in course:
                 course[k] = _masked(course[k], bad)
         courses[arm] = course
     raise FailedPatientsError(trial.name, named, endpoints, courses)
+
+
+def adherence_flags(trial: Trial, key, index: np.ndarray) -> np.ndarray:
+    """`(patients, days)`: 1.0 where patient `index[i]` takes period `p`'s dose, 0.0 where it
+    misses it (`trial.adherence`; all ones without). Patient `i`'s chain is drawn from
+    `fold_in(fold_in(key, ADHERENCE_STREAM), i)`: the etas and assay noise (from `key`'s
+    split) stay those of the trial without adherence."""
+    if trial.adherence is None:
+        return np.ones((len(index), trial.days))
+    stream = jax.random.fold_in(key, ADHERENCE_STREAM)
+    keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(jnp.asarray(index))
+    adherence = trial.adherence
+    return np.asarray(jax.vmap(lambda k: adherence.draw(k, trial.days))(keys))
+
+
+#: The key stream of the adherence chains (`adherence_flags`).
+ADHERENCE_STREAM = 0x61646865  # "adhe"
 
 
 def _masked(values: np.ndarray, bad: np.ndarray) -> np.ndarray:
@@ -558,6 +594,7 @@ def simulate_chunk_outcome(
     k_eta, k_noise = jax.random.split(key)
     eta_keys = jax.vmap(lambda i: jax.random.fold_in(k_eta, i))(index)
     noise_keys = jax.vmap(lambda i: jax.random.fold_in(k_noise, i))(index)[:n]
+    taken = adherence_flags(trial, key, index[:n])
     chol = jnp.linalg.cholesky(jnp.asarray(drug.omega_matrix()))
     z = jax.vmap(lambda k: jax.random.normal(k, (pm.n_eta,)))(eta_keys)
     eta = z @ chol.T
@@ -592,7 +629,7 @@ def simulate_chunk_outcome(
             if slot not in runners:
                 runners[slot] = make_runner(trial, arm, window, mesh)
             state = {k: np.asarray(v) for k, v in arm.start(cov).items()}
-            inputs = (own, state, noise_keys)
+            inputs = (own, state, noise_keys, taken)
             arrays, more = _jitted_arm(trial, arm, runners[slot], inputs, rows, good, mesh)
             fails.update(more)
         level, measured, doses, *exposure = (np.asarray(x)[:n] for x in arrays)
@@ -607,6 +644,9 @@ def simulate_chunk_outcome(
             params=own,
             interval_h=float(trial.interval),
         )
+        if trial.adherence is not None:
+            course["adherence"] = taken
+            course["taken"] = doses * taken
         if exposure:
             course["auc"] = exposure[0]
             course["cmax"] = exposure[1]
