@@ -177,7 +177,15 @@ print(json.dumps({{"value": value, "hits": events.count("/jax/compilation_cache/
 """
 
 
-@pytest.mark.parametrize("call", list(_FIRST_CALLS))
+@pytest.mark.parametrize(
+    "call",
+    [
+        "simulate_records",
+        # Four processes building a twin (about 40 s on 2 cores); the mechanism is the same
+        # as simulate_records' (checks on the host, no eqx.error_if in the program).
+        pytest.param("recommend", marks=pytest.mark.extended),
+    ],
+)
 def test_first_calls_are_read_back_whole(tmp_path, call):
     code = _COUNT.format(call=_FIRST_CALLS[call])
     first = _run(str(tmp_path / "cache"), code)

@@ -147,6 +147,7 @@ def test_simulate_records_against_solve_ivp(method):
         assert err < (1e-8 if method != "linear" else 1e-3), (sid, method, err)
 
 
+@pytest.mark.extended  # three compilations; test_simulate_records_against_solve_ivp covers 8
 def test_linear_interpolation_converges_at_second_order():
     rec = records(seed=3, n_subjects=1)
     ref = reference(rec, "linear")
@@ -268,7 +269,11 @@ def _logliks(nat, cov, reg, obs, eta):
     return jax.vmap(lambda c, r, o, e: PM.subject_loglik(nat, c, r, o, e))(cov, reg, obs, eta)
 
 
-@pytest.mark.parametrize("method", ["nonmem", "locf", "linear"])
+@pytest.mark.parametrize(
+    "method",
+    # locf is linear's machinery with one row per interval: extended (each case compiles).
+    ["nonmem", pytest.param("locf", marks=pytest.mark.extended), "linear"],
+)
 def test_estimation_likelihood_equals_the_simulated_predictions(method):
     rec = records(seed=1, n_subjects=3)
     rng = np.random.default_rng(7)
