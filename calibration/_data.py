@@ -141,6 +141,26 @@ class Dataset(eqx.Module):
     def n_occasions(self) -> int:
         return int(np.shape(self.occasion_start)[1])
 
+    def __repr__(self) -> str:
+        try:
+            return self._describe()
+        except Exception:  # traced arrays (inside jit): shapes only
+            return f"Dataset({self.n_subjects} subjects, {np.shape(self.time)[1]} obs slots)"
+
+    def _describe(self) -> str:
+        observed = np.asarray(self.observed, dtype=bool)
+        censored = int((observed & np.asarray(self.blq, dtype=bool)).sum())
+        doses = np.asarray(self.regimen.mask, dtype=bool).sum(-1)
+        ids = [] if self.ids is None else list(np.asarray(self.ids))
+        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+        varying = ", ".join(f"{c} ({m})" for c, m in self.interpolation) or "none"
+        return (
+            f"Dataset({self.n_subjects} subjects [{shown}], {int(observed.sum())} observations "
+            f"({censored} censored), dose events per subject {int(doses.min())}-"
+            f"{int(doses.max())}, {self.n_occasions} occasion(s), covariates "
+            f"{sorted(self.covariates)}, time-varying: {varying})"
+        )
+
     def subset(self, index: Sequence[int] | np.ndarray) -> Dataset:
         """The subjects at positions `index` (a new `Dataset`)."""
         idx = np.asarray(index)
