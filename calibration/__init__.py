@@ -8,6 +8,9 @@
 - `fit_population`: maximum likelihood by FOCE-I or the Laplace approximation (the fast mode);
   `individual_map`: vmapped MAP estimates of every subject with their Laplace covariance.
   The curvature is a strategy object: `estimator=FOCEI()` or `estimator=Laplace()`.
+- `objective_values`, `minimize_objective`: the two halves of `fit_population` (the
+  subjects' -log L at the points the outer loop asks for; the outer loop), for fits whose
+  subjects are not in one place (federated, `surrogates.federated`).
 - `MAP()`, `NUTS(...)`: how a `twins.DigitalTwin` updates its posterior.
 - `fit_population_nuts`, `fit_individual_nuts`, `fit_population_svi`: Bayesian estimation with
   numpyro, returning ArviZ `InferenceData` and loud convergence diagnostics.
@@ -34,12 +37,20 @@ from ._estimators import NUTS as NUTS
 from ._estimators import AbstractEstimator as AbstractEstimator
 from ._estimators import Laplace as Laplace
 from ._failures import SubjectError as SubjectError
+from ._fit_summary import FitSummary as FitSummary
+from ._fit_summary import fit_summary as fit_summary
+from ._fit_summary import nonmem_tables as nonmem_tables
+from ._fit_summary import write_tables as write_tables
 from ._laplace import ConvergenceWarning as ConvergenceWarning
 from ._laplace import IndividualFit as IndividualFit
+from ._laplace import ObjectiveValues as ObjectiveValues
+from ._laplace import OuterLoopResult as OuterLoopResult
 from ._laplace import PopulationFit as PopulationFit
 from ._laplace import estimates_table as estimates_table
 from ._laplace import fit_population as fit_population
 from ._laplace import individual_map as individual_map
+from ._laplace import minimize_objective as minimize_objective
+from ._laplace import objective_values as objective_values
 from ._model import Additive as Additive
 from ._model import Combined as Combined
 from ._model import Exponential as Exponential
@@ -66,9 +77,12 @@ __all__ = [
     "ConvergenceWarning",
     "Dataset",
     "Exponential",
+    "FitSummary",
     "FrozenDict",
     "IndividualFit",
     "Laplace",
+    "ObjectiveValues",
+    "OuterLoopResult",
     "PopulationFit",
     "PopulationModel",
     "Proportional",
@@ -82,12 +96,17 @@ __all__ = [
     "fit_population",
     "fit_population_nuts",
     "fit_population_svi",
+    "fit_summary",
     "gof_plots",
     "individual_map",
     "individual_plots",
     "laplace_posterior",
+    "minimize_objective",
+    "nonmem_tables",
+    "objective_values",
     "residuals",
     "sbc",
     "simulate_dataset",
     "vpc",
+    "write_tables",
 ]

@@ -454,78 +454,269 @@ def fit_population(
     backs off; a finite-difference neighbour that is rejected gives a one-sided difference),
     never a NaN in the gradient. `PopulationFit.diagnostics` counts the rejected evaluations
     and names the subjects that caused them.
+
+    The fit is `objective_values` (the objective of the subjects at the points the outer
+    loop asks for) driven by `minimize_objective` (the outer loop); a fit whose subjects are
+    not in one place (`surrogates.federated`) puts the same two together.
     """
     est = resolve_estimator(estimator, method, default=FOCEI(), fn="fit_population")
     phi0 = pm.initial()
     check_start(pm, data, phi0, "fit_population", "the initial estimates")
     flat0, unravel = ravel_pytree(phi0)
-    n_par = flat0.shape[0]
-    h = 1e-4
-    offsets = jnp.concatenate([jnp.zeros((1, n_par)), h * jnp.eye(n_par), -h * jnp.eye(n_par)])
+    stencils = _Stencils(pm, data, est, "fit_population")
+    outer = minimize_objective(
+        stencils,
+        np.asarray(flat0),
+        max_steps=max_steps,
+        gtol=gtol,
+        standard_errors=standard_errors,
+        who="fit_population",
+        rejected=lambda: stencils.rejected,
+    )
+    converged = outer.converged
+    if not converged:
+        warnings.warn(outer.convergence_problem(), ConvergenceWarning, stacklevel=2)
+    if standard_errors and outer.cov is None:
+        warnings.warn(f"{outer.cov_problem}: no standard errors", ConvergenceWarning, stacklevel=2)
+    phi = unravel(jnp.asarray(outer.x))
+    ind = _individual(pm, phi, data, est, who="fit_population")
+    if not ind.converged.all():
+        converged = False
+    table = estimates_table(pm, phi, outer.cov, ind)
+    return PopulationFit(
+        model=pm,
+        phi=phi,
+        population=jax.tree_util.tree_map(np.asarray, pm.natural(phi)),
+        table=table,
+        ofv=outer.ofv,
+        converged=converged,
+        n_steps=outer.n_steps,
+        individual=ind,
+        cov_phi=outer.cov,
+        method=est.name,
+        estimator=est,
+        diagnostics={
+            "gradient_evaluations": outer.gradient_evaluations,
+            "rejected_evaluations": outer.rejected_evaluations,
+            "rejected_subjects": dict(stencils.rejected),
+        },
+    )
 
-    design = data.numeric()
-    zeros = _zeros(pm, data)
-    rejected: dict[str, Any] = {"evaluations": 0, "subjects": {}}
 
-    def compiled(phi, eta0):
-        return _objective(pm, phi, design, eta0, est)
+# ------------------------------------------------- the objective at points, and the outer loop
 
-    def evaluate(x, eta0, *, start: bool = False):
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveValues:
+    """-log L of a set of subjects at several population values (`objective_values`).
+
+    - `values`: `(points,)` the Laplace (or FOCE-I) approximation of -log L, the sum of the
+      subjects' terms; `+inf` at a point where some subject's term is not finite (a point
+      the outer search rejects);
+    - `rejected`: `{subject ID: reason}` for the subjects that made a point `+inf` (the first
+      reason seen for each).
+    """
+
+    values: np.ndarray
+    rejected: dict[Any, str]
+
+
+class _Stencils:
+    """-log L of the subjects of `data` at the rows of `points`, as the outer loop of
+    `fit_population` asks for it (the callable `evaluate` of `minimize_objective`).
+
+    One compiled objective evaluated point by point (a vmap over points would batch the
+    subjects' Newton loops over points too: measured much slower to compile and run). The
+    first point is the base, its modes found from zero; they start the Newton iterations
+    of the other points (all within a finite-difference step of it). `rejected` gathers
+    `{subject ID: reason}` of the subjects that made a point `+inf`."""
+
+    def __init__(self, pm: PopulationModel, data: Dataset, est: AbstractEstimator, who: str):
+        self.pm, self.data, self.est, self.who = pm, data, est, who
+        self.design = data.numeric()
+        self.zeros = _zeros(pm, data)
+        self.unravel = ravel_pytree(pm.initial())[1]
+        self.rejected: dict[Any, str] = {}
+
+    def _evaluate(self, x, eta0, *, start: bool = False):
         """-log L at `x` (`+inf` when a subject's term is not finite: a rejected point) and
         the conditional modes (zero for the subjects that failed)."""
-        phi = unravel(x)
-        out = compiled(phi, eta0)
+        pm, data = self.pm, self.data
+        phi = self.unravel(jnp.asarray(x))
+        out = _objective(pm, phi, self.design, eta0, self.est)
         bad = ~np.isfinite(np.asarray(out[4]))
-        if bad.any() and eta0 is not zeros:
+        if bad.any() and eta0 is not self.zeros:
             # The failing subjects again from zero etas (a warm start may be what failed).
-            out = compiled(phi, jnp.where(jnp.asarray(bad)[:, None], 0.0, eta0))
+            out = _objective(
+                pm, phi, self.design, jnp.where(jnp.asarray(bad)[:, None], 0.0, eta0), self.est
+            )
             bad = ~np.isfinite(np.asarray(out[4]))
         modes = out[1]
         if not bad.any():
             return float(out[0]), modes
         if start:
             raise SubjectError(
-                "fit_population",
+                self.who,
                 _reasons(pm, phi, data, out, bad, at="at the initial estimates"),
                 "Their term of the objective is not finite at the initial estimates, so the "
                 "population fit cannot start. " + _REMOVE_HINT,
             )
-        rejected["evaluations"] += 1
-        known = rejected["subjects"]
+        known = self.rejected
         if any(sid not in known for sid in np.asarray(data.ids)[bad].tolist()):
             reasons = _reasons(pm, phi, data, out, bad, at="at a trial point of the search")
             for sid, why in reasons.items():
                 known.setdefault(sid, why)
         return math.inf, jnp.where(jnp.asarray(bad)[:, None], 0.0, modes)
 
-    def batch(points, *, start: bool = False):
-        # One compiled objective evaluated point by point (a vmap over points would batch the
-        # subjects' Newton loops over points too: measured much slower to compile and run).
-        # The first point is the base, its modes found from zero; they start the Newton
-        # iterations of the other points (all within a finite-difference step of it).
-        v0, modes = evaluate(points[0], zeros, start=start)
+    def __call__(self, points, *, start: bool = False) -> np.ndarray:
+        points = np.asarray(points, dtype=float)
+        v0, modes = self._evaluate(points[0], self.zeros, start=start)
         if not math.isfinite(v0):  # a rejected point: its neighbours are not needed
             return np.full(len(points), math.inf)
         if not bool(jnp.all(jnp.isfinite(modes))):
-            modes = zeros
-        rest = [evaluate(x, modes)[0] for x in points[1:]]
+            modes = self.zeros
+        rest = [self._evaluate(x, modes)[0] for x in points[1:]]
         return np.array([v0, *rest])
+
+
+def objective_values(
+    pm: PopulationModel,
+    data: Dataset,
+    points: Any,
+    *,
+    estimator: AbstractEstimator | None = None,
+    start: bool = False,
+) -> ObjectiveValues:
+    """-log L of the subjects of `data` at several population values: the objective that
+    `fit_population` minimises, for the points its outer loop asks for.
+
+    A population objective is a sum over subjects, so the -log L of subjects held in several
+    places is the sum of each place's `objective_values` at the same points (a federated fit,
+    `surrogates.federated`); the conditional modes stay where the subjects are.
+
+    **Arguments:**
+
+    - `pm`, `data`: the model and the subjects.
+    - `points`: `(points, parameters)` population values on the unconstrained scale,
+      flattened as `jax.flatten_util.ravel_pytree(pm.initial())` flattens them (the first
+      row the base point: its conditional modes are searched from etas 0 and start the
+      search at the other rows, as in `fit_population`'s finite differences).
+    - `estimator`: `calibration.FOCEI()` (the default, as in `fit_population`) or
+      `calibration.Laplace()`.
+    - `start`: the first row is the starting point of a fit: check the data and the
+      subjects' parameters there first (`RecordError`, `SubjectError` as `fit_population`
+      raises them), and raise `SubjectError` if a subject's term is not finite there.
+
+    **Returns:** an `ObjectiveValues` (`values`: `(points,)`, `+inf` at a rejected point;
+    `rejected`: the subjects that made a point `+inf`, with the reason).
+    """
+    est = resolve_estimator(estimator, None, default=FOCEI(), fn="objective_values")
+    flat0, unravel = ravel_pytree(pm.initial())
+    x = np.asarray(points, dtype=float)
+    want = int(flat0.shape[0])
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != want:
+        raise ValueError(
+            f"objective_values: points must have shape (points, {want}) (the model's "
+            f"population parameters, flattened), got {x.shape}."
+        )
+    if start:
+        check_start(pm, data, unravel(jnp.asarray(x[0])), "objective_values", "the first point")
+    stencils = _Stencils(pm, data, est, "objective_values")
+    values = stencils(x, start=start)
+    return ObjectiveValues(values=values, rejected=dict(stencils.rejected))
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterLoopResult:
+    """The outer loop's result (`minimize_objective`).
+
+    - `x`: the estimate, flattened (unconstrained scale); `ofv`: -2 log-likelihood there;
+    - `converged`: BFGS succeeded, or stopped on the noise of the finite differences with a
+      predicted remaining step below 1e-3 for every parameter, and `ofv` is finite;
+    - `n_steps`: BFGS iterations; `message`: scipy's; `largest_gradient`,
+      `remaining_step`: at the end (see `convergence_problem`);
+    - `cov`: covariance of `x` (inverse Hessian by second differences), or None with the
+      reason in `cov_problem`;
+    - `gradient_evaluations`: finite-difference gradients computed; `rejected_evaluations`:
+      objective evaluations rejected because they were `+inf`.
+    """
+
+    x: np.ndarray
+    ofv: float
+    converged: bool
+    n_steps: int
+    message: str
+    largest_gradient: float
+    remaining_step: float
+    cov: np.ndarray | None
+    cov_problem: str
+    gradient_evaluations: int
+    rejected_evaluations: int
+
+    def convergence_problem(self) -> str:
+        """What a `ConvergenceWarning` says of an outer loop that did not converge."""
+        return (
+            f"population fit did not converge after {self.n_steps} steps ({self.message}; "
+            f"largest gradient {self.largest_gradient:.2e}, predicted remaining step "
+            f"{self.remaining_step:.2e}; -2LL={self.ofv:.4f})"
+        )
+
+
+def minimize_objective(
+    evaluate: Any,
+    x0: Any,
+    *,
+    max_steps: int = 500,
+    gtol: float = 1e-3,
+    standard_errors: bool = True,
+    who: str = "minimize_objective",
+    rejected: Any = None,
+) -> OuterLoopResult:
+    """The outer loop of `fit_population`: BFGS over the population values, each gradient
+    by central finite differences of -log L (each evaluation with its own conditional modes,
+    as NONMEM's outer loop), then the covariance by second differences.
+
+    **Arguments:**
+
+    - `evaluate`: `evaluate(points, *, start) -> values`: -log L at each row of `points`
+      (`(n, parameters)`, the first row the base point), `+inf` where a point is rejected;
+      `start=True` for the points around `x0`. `objective_values` of one data set, or the
+      sum of several places' (federated).
+    - `x0`: the starting values, flattened (`ravel_pytree(pm.initial())[0]`).
+    - `max_steps`, `gtol`, `standard_errors`: as in `fit_population`.
+    - `who`: names the caller in errors.
+    - `rejected`: a function returning `{subject or site: reason}` of what made points
+      `+inf`, for the `SubjectError` raised when the objective is not finite next to `x0`.
+
+    **Returns:** an `OuterLoopResult`. It warns of nothing: the caller says what it means
+    (`fit_population` turns `converged=False` into a `ConvergenceWarning` with
+    `convergence_problem()`).
+    """
+    flat0 = np.asarray(x0, dtype=float)
+    n_par = flat0.shape[0]
+    h = 1e-4
+    offsets = np.concatenate([np.zeros((1, n_par)), h * np.eye(n_par), -h * np.eye(n_par)])
+    counts = {"gradients": 0, "rejected": 0}
+
+    def batch(points, *, start: bool = False):
+        v = np.asarray(evaluate(points, start=start), dtype=float)
+        # A rejected base point stands for its whole stencil (its neighbours are not needed).
+        counts["rejected"] += 1 if not math.isfinite(v[0]) else int(np.sum(~np.isfinite(v)))
+        return v
 
     # Central differences: each evaluation recomputes the conditional modes, as in NONMEM's
     # outer loop. The same evaluations give the diagonal curvature, which scales BFGS's first
     # inverse Hessian (instead of the identity). A rejected neighbour (+inf) gives a one-sided
     # difference; a rejected base point, or one with both neighbours of a parameter rejected,
     # is rejected as a whole (+inf, and a zero gradient that the line search never uses).
-    evals = {"n": 0}
-
     def differences(x, *, start: bool = False):
-        evals["n"] += 1
-        v = batch(jnp.asarray(x)[None, :] + offsets, start=start)
+        counts["gradients"] += 1
+        v = batch(np.asarray(x)[None, :] + offsets, start=start)
         v0, up, down = v[0], v[1 : n_par + 1], v[n_par + 1 :]
         ok_up, ok_down = np.isfinite(up), np.isfinite(down)
         if not math.isfinite(v0) or not np.all(ok_up | ok_down):
             if math.isfinite(v0):
-                rejected["evaluations"] += 1
+                counts["rejected"] += 1
             return math.inf, np.zeros(n_par), np.full(n_par, np.nan)
         up, down = np.where(ok_up, up, v0), np.where(ok_down, down, v0)
         both = ok_up & ok_down
@@ -533,18 +724,17 @@ def fit_population(
         curv = np.where(both, (up - 2 * v0 + down) / h**2, np.nan)
         return float(v0), grad, curv
 
-    x0 = np.asarray(flat0)
-    first = differences(x0, start=True)
+    first = differences(flat0, start=True)
     if not math.isfinite(first[0]):
         raise SubjectError(
-            "fit_population",
-            rejected["subjects"],
+            who,
+            {} if rejected is None else rejected(),
             "The objective is not finite next to the initial estimates for every change of "
             "some parameter; start from other values. " + _REMOVE_HINT,
         )
 
     def value_and_grad(x):
-        v, g, _ = first if np.array_equal(x, x0) else differences(x)
+        v, g, _ = first if np.array_equal(x, flat0) else differences(x)
         return v, g
 
     curv = first[2]
@@ -553,56 +743,33 @@ def fit_population(
     hess_inv0 = np.diag(1.0 / np.where(np.isfinite(scale), scale, fallback))
     res = scipy.optimize.minimize(
         value_and_grad,
-        x0,
+        flat0,
         jac=True,
         method="BFGS",
         options={"maxiter": max_steps, "gtol": gtol, "hess_inv0": hess_inv0},
     )
-    flat = jnp.asarray(res.x)
-    n_steps = int(res.nit)
+    flat = np.asarray(res.x, dtype=float)
     ofv = 2.0 * float(res.fun)
-    g_final = float(np.max(np.abs(res.jac)))
     # Finite-difference gradients are noisy near the optimum (BFGS may stop on "precision
     # loss"); accept the fit when the predicted remaining Newton step changes no parameter by
     # more than 1e-3 on the log scale (about three significant digits, NONMEM's SIGDIGITS).
     remaining = float(np.max(np.abs(np.asarray(res.hess_inv) @ res.jac)))
-    converged = bool(res.success) or remaining < 1e-3
-    if not converged or not math.isfinite(ofv):
-        warnings.warn(
-            f"population fit did not converge after {n_steps} steps ({res.message}; "
-            f"largest gradient {g_final:.2e}, predicted remaining step {remaining:.2e}; "
-            f"-2LL={ofv:.4f})",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-        converged = False
-    cov_phi = None
+    converged = (bool(res.success) or remaining < 1e-3) and math.isfinite(ofv)
+    cov, problem = None, ""
     if standard_errors:
-        cov_phi, problem = _covariance(batch, flat)
-        if cov_phi is None:
-            warnings.warn(f"{problem}: no standard errors", ConvergenceWarning, stacklevel=2)
-    phi = unravel(flat)
-    ind = _individual(pm, phi, data, est, who="fit_population")
-    if not ind.converged.all():
-        converged = False
-    table = estimates_table(pm, phi, cov_phi, ind)
-    return PopulationFit(
-        model=pm,
-        phi=phi,
-        population=jax.tree_util.tree_map(np.asarray, pm.natural(phi)),
-        table=table,
+        cov, problem = _covariance(batch, flat)
+    return OuterLoopResult(
+        x=flat,
         ofv=ofv,
         converged=converged,
-        n_steps=n_steps,
-        individual=ind,
-        cov_phi=cov_phi,
-        method=est.name,
-        estimator=est,
-        diagnostics={
-            "gradient_evaluations": evals["n"],
-            "rejected_evaluations": rejected["evaluations"],
-            "rejected_subjects": dict(rejected["subjects"]),
-        },
+        n_steps=int(res.nit),
+        message=str(res.message),
+        largest_gradient=float(np.max(np.abs(res.jac))),
+        remaining_step=remaining,
+        cov=cov,
+        cov_problem=problem,
+        gradient_evaluations=counts["gradients"],
+        rejected_evaluations=counts["rejected"],
     )
 
 
@@ -617,7 +784,7 @@ def _covariance(batch, flat, step: float = 1e-3) -> tuple[np.ndarray | None, str
         points += [e[j], -e[j]]
     pairs = [(j, k) for j in range(n) for k in range(j)]
     points += [e[j] + e[k] for j, k in pairs]
-    v = batch(flat[None, :] + jnp.asarray(np.stack(points)))
+    v = batch(np.asarray(flat)[None, :] + np.stack(points))
     if not np.all(np.isfinite(v)):
         return None, (
             f"-log L is not finite at {int(np.sum(~np.isfinite(v)))} of the {v.size} points "

@@ -55,3 +55,13 @@ def test_vancomycin_twin_example_and_notebook(tmp_path):
             exec(compile(code, "vancomycin_twin.ipynb", "exec"), ns)
     assert 400.0 <= ns["rec"].metric_median <= 600.0
     assert ns["rec"].dose == pytest.approx(rec.dose, rel=1e-6)  # same patient, levels, key
+
+
+@pytest.mark.extended  # a SuperLink, 3 SuperNodes and their workers: about 3 min on 2 cores;
+# make test runs the same deployment in tests/test_federated_deploy.py
+def test_federated_population_fit_example():
+    out = _load("federated_population_fit").main(
+        ["--hospitals", "3", "--subjects", "4", "--max-steps", "2"]
+    )
+    assert out["federated"].ofv == pytest.approx(out["pooled"].ofv, rel=1e-6)
+    assert out["individual"].eta.shape == (4, 2)

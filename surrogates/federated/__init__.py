@@ -5,9 +5,36 @@ subjects' contributions computed locally) and federated surrogates (FedAvg/FedPr
 differential privacy with an accountant, SecAgg+). See docs/federated.md.
 """
 
-# -- federated population fits, the Flower deployment engine (helper A) --
+# isort: off
+from . import _telemetry  # noqa: F401  (first: Flower's and Ray's telemetry off)
 
-# -- federated surrogates, differential privacy, sites (helper B) --
+# isort: on
+
+# -- federated population fits, the Flower deployment engine --
+from ._deploy import DeploymentError as DeploymentError
+from ._deploy import Federation as Federation
+from ._deploy import RunResult as RunResult
+from ._deploy import write_app as write_app
+from ._population_consents import read_consents as read_consents
+from ._population_consents import write_consents as write_consents
+from ._population_fit import FederatedFitError as FederatedFitError
+from ._population_fit import FederatedPopulationFit as FederatedPopulationFit
+from ._population_fit import HospitalData as HospitalData
+from ._population_fit import federated_prior as federated_prior
+from ._population_fit import fit_population_server as fit_population_server
+from ._population_fit import hospital_data as hospital_data
+from ._population_fit import hospital_reply as hospital_reply
+from ._population_fit import individual_fit as individual_fit
+from ._population_models import THEOPHYLLINE as THEOPHYLLINE
+from ._population_models import TWO_COMPARTMENT as TWO_COMPARTMENT
+from ._population_models import load_model as load_model
+from ._population_models import simulate_hospitals as simulate_hospitals
+from ._population_models import split_by_subject as split_by_subject
+from ._population_run import fit_population_federated as fit_population_federated
+from ._population_run import population_federation as population_federation
+from ._population_run import run_population_fit as run_population_fit
+
+# -- federated surrogates, differential privacy, sites --
 # isort: split
 from ._dp import DELTA as DELTA
 from ._dp import ClientDP as ClientDP

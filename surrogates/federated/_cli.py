@@ -1,0 +1,249 @@
+"""`twins federated ...`: federated fits on Flower's deployment engine, from the command line.
+
+Registered through the entry-point group `pkpd_twins.cli` (pyproject.toml):
+`register(app)` adds the sub-app `federated`. The heavy imports (JAX, calibration, Flower)
+happen inside the commands, so `twins --help` does not pay for them.
+
+- `twins federated fit --model REF --hospital NAME=RECORDS.csv ...`: a population model
+  fitted across hospitals (a SuperLink and one SuperNode per hospital started on 127.0.0.1,
+  stopped afterwards); prints the estimates, optionally writes them as JSON.
+- `twins federated demo`: every part of `DEMO_PARTS` in turn (the population fit across
+  five simulated hospitals; the federated surrogates), each printing its own tables.
+
+Exit codes: 0 done; 1 the fit failed (a hospital missing, stopped answering or rejected,
+named in the message); 2 a usage error or a process that could not start.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+#: The parts of `twins federated demo`, run in this order: name -> `"module:function"`,
+#: each `function(console, workdir: Path, *, small: bool, **options) -> None` printing its
+#: own tables. A part of another module is added here with one line.
+DEMO_PARTS: dict[str, str] = {
+    "population": "surrogates.federated._population_demo:demo_part",
+}
+
+#: Short names of the models of this package (`--model`).
+MODEL_ALIASES = {
+    "theophylline": "surrogates.federated._population_models:theophylline",
+    "two-compartment": "surrogates.federated._population_models:two_compartment",
+}
+
+federated_app = typer.Typer(
+    help="Federated fits across hospitals whose records never leave them (Flower).",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `twins federated` to the `twins` command line (entry point `pkpd_twins.cli`)."""
+    app.add_typer(federated_app, name="federated")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/red] {escape(message)}")
+    return typer.Exit(code=code)
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise _fail(f"{what} must be NAME=PATH, got {item!r}.")
+        if name in out:
+            raise _fail(f"{what} {name!r} given twice.")
+        out[name] = path
+    return out
+
+
+def _hospitals(hospital: list[str], consent: list[str] | None) -> dict[str, dict[str, Any]]:
+    """Node configs from `--hospital NAME=RECORDS.csv` (or `NAME=NODE.toml`, a whole node
+    config) and `--consent NAME=CONSENTS.csv`."""
+    import tomli
+
+    nodes: dict[str, dict[str, Any]] = {}
+    for name, path in _pairs(hospital, "--hospital").items():
+        p = Path(path)
+        if not p.exists():
+            raise _fail(f"--hospital {name}: no file {p}.")
+        if p.suffix == ".toml":
+            nodes[name] = tomli.loads(p.read_text(encoding="utf-8"))
+        else:
+            nodes[name] = {"data-path": str(p)}
+    for name, path in _pairs(consent, "--consent").items():
+        if name not in nodes:
+            raise _fail(f"--consent {name}: no --hospital {name}.")
+        nodes[name]["consent-path"] = str(Path(path))
+    return nodes
+
+
+def _table(fit: Any, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("parameter", "estimate", "SE", "RSE %", "95% CI", "shrinkage %"):
+        table.add_column(col, justify="left" if col == "parameter" else "right")
+    for _, row in fit.table.iterrows():
+        shrink = row["shrinkage_pct"]
+        table.add_row(
+            f"{row['kind']} {row['parameter']}",
+            f"{row['estimate']:.4g}",
+            f"{row['se']:.3g}",
+            f"{row['rse_pct']:.1f}",
+            f"{row['ci_low']:.4g} - {row['ci_high']:.4g}",
+            "" if shrink != shrink else f"{shrink:.1f}",
+        )
+    return table
+
+
+@federated_app.command("fit")
+def fit_command(
+    hospital: Annotated[
+        list[str],
+        typer.Option(
+            help="A hospital: NAME=RECORDS.csv (NONMEM records) or NAME=NODE.toml (its node "
+            "config: data-path, consent-path, audit-log, audit-key, pseudonym-key). Repeat "
+            "for each hospital; every one must answer every round."
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="The population model: 'theophylline', 'two-compartment' or a reference "
+            "'package.module:attribute' to a calibration.PopulationModel (or a function "
+            "returning one) that every process can import."
+        ),
+    ] = "theophylline",
+    covariates: Annotated[
+        str | None,
+        typer.Option(
+            help="The model's covariate columns, comma-separated (known for the "
+            "models of this package)."
+        ),
+    ] = None,
+    consent: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=CONSENTS.csv: that hospital's consent decisions "
+            "(patient,purpose,decision,start,end,source); needs its audit-log, "
+            "audit-key and pseudonym-key (give a NODE.toml)."
+        ),
+    ] = None,
+    estimator: Annotated[str, typer.Option(help="focei or laplace.")] = "focei",
+    max_steps: Annotated[int, typer.Option(help="Most BFGS steps of the outer loop.")] = 500,
+    standard_errors: Annotated[bool, typer.Option(help="Compute the covariance step.")] = True,
+    audit_log: Annotated[
+        Path | None, typer.Option(help="The server's audit log (a training-round entry per round).")
+    ] = None,
+    audit_key: Annotated[
+        Path | None, typer.Option(help="The audit log's signing key (twins audit keygen).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the estimates and the fit as JSON.")
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Keep the Flower processes' logs and files here.")
+    ] = None,
+    round_timeout: Annotated[
+        float, typer.Option(help="Seconds per round for every hospital.")
+    ] = 300.0,
+    join_timeout: Annotated[
+        float, typer.Option(help="Seconds for every hospital to join.")
+    ] = 120.0,
+) -> None:
+    """Fit a population model across hospitals on Flower's deployment engine: the outer loop
+    at the server, each hospital's subjects' -log L computed by its own SuperNode."""
+    from ._deploy import DeploymentError
+    from ._population_fit import FederatedFitError
+    from ._population_run import fit_population_federated
+
+    if (audit_log is None) != (audit_key is None):
+        raise _fail("--audit-log and --audit-key go together.")
+    nodes = _hospitals(hospital, consent)
+    if not nodes:
+        raise _fail("give at least one --hospital NAME=RECORDS.csv.")
+    reference = MODEL_ALIASES.get(model, model)
+    console = Console(soft_wrap=True)
+    try:
+        fit = fit_population_federated(
+            reference,
+            nodes,
+            covariates=None if covariates is None else [c for c in covariates.split(",") if c],
+            estimator=estimator,
+            max_steps=max_steps,
+            standard_errors=standard_errors,
+            audit_log=audit_log,
+            audit_key=audit_key,
+            workdir=workdir,
+            round_timeout=round_timeout,
+            join_timeout=join_timeout,
+        )
+    except FederatedFitError as error:
+        raise _fail(str(error), code=1) from None
+    except (DeploymentError, ValueError, TypeError) as error:
+        raise _fail(str(error)) from None
+    console.print(_table(fit, f"Federated {fit.method} fit of {reference}"))
+    console.print(
+        f"-2LL {fit.ofv:.4f}; {fit.n_subjects} subjects in {len(fit.hospitals)} hospitals "
+        f"({', '.join(f'{k} {v}' for k, v in fit.hospitals.items())}); {fit.rounds} rounds; "
+        f"{'converged' if fit.converged else 'NOT converged'}."
+    )
+    if out is not None:
+        out.write_text(
+            json.dumps(
+                {
+                    "model": reference,
+                    "method": fit.method,
+                    "ofv": fit.ofv,
+                    "converged": fit.converged,
+                    "n_steps": fit.n_steps,
+                    "rounds": fit.rounds,
+                    "hospitals": fit.hospitals,
+                    "table": fit.table.to_dict(orient="records"),
+                    "cov_phi": None if fit.cov_phi is None else fit.cov_phi.tolist(),
+                    "diagnostics": fit.diagnostics,
+                },
+                indent=2,
+                default=str,
+            ),
+            encoding="utf-8",
+        )
+        console.print(f"Wrote {out}.")
+
+
+@federated_app.command("demo")
+def demo_command(
+    part: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Run only these parts ({', '.join(DEMO_PARTS)}); default all."),
+    ] = None,
+    small: Annotated[bool, typer.Option(help="Fewer patients (a quicker run).")] = False,
+    subjects: Annotated[int | None, typer.Option(help="Patients per hospital.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Most outer steps of the fit.")] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Keep the hospitals' files and the logs here.")
+    ] = None,
+) -> None:
+    """Run a small federation end to end on this machine (5 hospitals) and print the tables."""
+    names = list(DEMO_PARTS) if not part else part
+    unknown = [n for n in names if n not in DEMO_PARTS]
+    if unknown:
+        raise _fail(f"unknown demo part(s) {unknown}; the parts are {list(DEMO_PARTS)}.")
+    console = Console(soft_wrap=True)
+    with tempfile.TemporaryDirectory(prefix="pkpd-federated-demo-") as tmp:
+        root = Path(tmp) if workdir is None else workdir
+        root.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            module, _, function = DEMO_PARTS[name].partition(":")
+            run = getattr(importlib.import_module(module), function)
+            run(console, root / name, small=small, subjects=subjects, max_steps=max_steps)
