@@ -96,6 +96,20 @@ class PopulationFit:
     estimator: AbstractEstimator | None = None
     diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        state = "converged" if self.converged else "NOT converged"
+        return (
+            f"PopulationFit({self.method.upper()}, {state} in {self.n_steps} steps, "
+            f"-2LL {self.ofv:.4f}, {len(self.individual.ids)} subjects, "
+            f"{len(self.table)} estimates; calibration.fit_summary(fit, data) for OFV, AIC, "
+            "BIC and the condition number)"
+        )
+
+    def __str__(self) -> str:
+        with pd.option_context("display.max_rows", None, "display.width", 200):
+            table = self.table.to_string(index=False, float_format=lambda x: f"{x:.5g}")
+        return f"{self!r}\n{table}"
+
 
 def _n_random(pm: PopulationModel, obs) -> int:
     """Random effects of one subject (static): etas and, with IOV, kappas per occasion."""

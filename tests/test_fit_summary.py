@@ -83,7 +83,11 @@ def test_tables(theo, tmp_path):
 def test_readable_reprs(theo):
     import jax
 
-    _, data = theo
+    fit, data = theo
+    assert repr(fit).startswith("PopulationFit(FOCEI, converged in")
+    assert "12 subjects" in repr(fit) and "at 0x" not in repr(fit)
+    printed = str(fit)
+    assert all(name in printed for name in ("KA", "CL", "V", "add_sd"))
     text = repr(data)
     assert text.startswith("Dataset(12 subjects [1, 2, 3, 4, 5, ...], 132 observations")
     assert "covariates ['WT']" in text and "at 0x" not in text
