@@ -32,6 +32,7 @@ from rich.table import Table
 #: own tables. A part of another module is added here with one line.
 DEMO_PARTS: dict[str, str] = {
     "population": "surrogates.federated._population_demo:demo_part",
+    "surrogates": "surrogates.federated._surrogate_demo:demo_part",
 }
 
 #: Short names of the models of this package (`--model`).
