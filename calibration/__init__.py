@@ -57,7 +57,9 @@ from ._model import Exponential as Exponential
 from ._model import FrozenDict as FrozenDict
 from ._model import PopulationModel as PopulationModel
 from ._model import Proportional as Proportional
+from ._nonmem_read import NonmemImport as NonmemImport
 from ._nonmem_read import read_nonmem as read_nonmem
+from ._nonmem_translate import NonmemTranslationError as NonmemTranslationError
 from ._predictive import SBCResult as SBCResult
 from ._predictive import VPCResult as VPCResult
 from ._predictive import laplace_posterior as laplace_posterior
@@ -81,6 +83,8 @@ __all__ = [
     "FrozenDict",
     "IndividualFit",
     "Laplace",
+    "NonmemImport",
+    "NonmemTranslationError",
     "ObjectiveValues",
     "OuterLoopResult",
     "PopulationFit",

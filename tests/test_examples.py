@@ -65,3 +65,14 @@ def test_federated_population_fit_example():
     )
     assert out["federated"].ofv == pytest.approx(out["pooled"].ofv, rel=1e-6)
     assert out["individual"].eta.shape == (4, 2)
+
+
+@pytest.mark.extended  # compiles the closed loop's gradient (about 3 min on 2 cores);
+# make test covers the policies and the optimiser in tests/test_t1d_policies.py
+def test_t1d_policy_example(tmp_path):
+    out = _load("t1d_policy").main(
+        ["--steps", "2", "--train-days", "1", "--eval-days", "1", "--per-group", "2",
+         "--test-per-group", "1", "--out", str(tmp_path / "r.json")]
+    )  # fmt: skip
+    assert len(out["history"]) == 3 and len(out["test"]) == 3
+    assert set(out["evaluation"]["test"]) == {"basal_bolus", "before", "after"}

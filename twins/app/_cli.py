@@ -75,6 +75,11 @@ def _too_many_failures(error: Exception, hint: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _fail_usage(message: str) -> typer.Exit:
+    Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/red] {escape(message)}")
+    return typer.Exit(code=2)
+
+
 def _folder_name(name: str) -> str:
     """A trial's name as one safe folder name (no separators, no `..`)."""
     import re
@@ -146,6 +151,18 @@ def trial(
     0.05) stops the run with exit code 2, keeping the chunks done.
     """
     _x64()
+    import tomllib
+
+    try:
+        domain = tomllib.loads(spec.read_text(encoding="utf-8")).get("domain")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        domain = None  # load_trial names the error
+    if domain == "t1d":  # a type 1 diabetes trial (twins.t1d): its own runner
+        if n is not None or seed is not None or max_failed_fraction is not None:
+            raise _fail_usage("--n, --seed and --max-failed-fraction do not apply to T1D specs")
+        from ._spec_t1d import run_t1d_spec
+
+        raise typer.Exit(code=run_t1d_spec(spec, out))
     from ..trials._run import ResultsFolderError, TooManyFailuresError, run_trial
     from ._report import write_report
     from ._spec import SpecError, load_trial

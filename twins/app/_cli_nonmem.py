@@ -49,8 +49,7 @@ def nonmem_import(
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from calibration import read_nonmem
-    from calibration._nonmem_translate import NonmemTranslationError
+    from calibration import NonmemTranslationError, read_nonmem
 
     try:
         imp = read_nonmem(model)

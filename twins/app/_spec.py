@@ -146,6 +146,13 @@ _TOP_KEYS = (
 
 
 def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
+    if isinstance(data, Mapping) and data.get("domain") == "t1d":
+        # A type 1 diabetes trial (meals, boluses, CGM) has its own runner, twins.t1d.
+        raise r.error(
+            "domain",
+            "a type 1 diabetes trial spec (domain = 't1d') runs with `twins trial SPEC.toml` "
+            "(twins.app.read_t1d_spec and twins.t1d.run_trial), not with the drug trial engine.",
+        )
     if isinstance(data, Mapping) and "preset" in data:
         extra = [k for k in data if k not in ("preset", "run")]
         if extra:
