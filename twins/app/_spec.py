@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ from ._spec_arms import iwpc_2009_initial as iwpc_2009_initial
 from ._spec_arms import read_arms
 from ._spec_probe import probe_trial
 from ._toml import SpecError as SpecError
-from ._toml import TomlReader, key_path, kind_of
+from ._toml import TomlReader, key_path, kind_of, read_document
 
 #: The most dosing periods a spec may ask for (ten years of daily doses): the compiled
 #: simulation holds every period of a chunk in memory, and `days = 1000000000` hung.
@@ -562,27 +561,8 @@ def load_trial(path_or_text: str | os.PathLike[str]) -> tuple[Trial, RunOptions]
     **Raises:** `SpecError` naming the file, the entry (`arms[1].rules[0].nomogram.change`)
     and what was expected; `FileNotFoundError` for a path that does not exist.
     """
-    text: str
-    if isinstance(path_or_text, os.PathLike) or not _looks_like_text(path_or_text):
-        path = Path(path_or_text)
-        if not path.is_file():
-            raise FileNotFoundError(f"load_trial: no trial spec file {str(path)!r}.")
-        text, source, base = path.read_text(encoding="utf-8"), str(path), path.resolve().parent
-    else:
-        text, source, base = path_or_text, "<text>", Path.cwd()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(f"{source}: not valid TOML: {error}.") from error
+    data, source, base = read_document(path_or_text, "load_trial")
     return _read_spec(TomlReader(source, base), data)
-
-
-def _looks_like_text(value: str) -> bool:
-    if not isinstance(value, str):
-        raise TypeError(f"load_trial: expected a path or TOML text, got {type(value).__name__}.")
-    if "\n" in value:
-        return True
-    return "=" in value and not Path(value).is_file()
 
 
 __all__ = [

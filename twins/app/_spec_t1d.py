@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from ..t1d import MealPlan, Optimisation, T1DArm, T1DTrial, load_patients
 from ..t1d._trial import POLICIES
-from ._toml import SpecError, TomlReader, key_path
+from ._toml import SpecError, TomlReader, key_path, read_document
 
 _TOP = (
     "name",
@@ -206,18 +205,7 @@ def read_t1d_spec(path_or_text: str | os.PathLike[str]) -> tuple[T1DTrial, Path 
     `twins.app.SpecError` naming the file, the entry and what was expected;
     `FileNotFoundError` for a file that does not exist.
     """
-    text = str(path_or_text)
-    if isinstance(path_or_text, os.PathLike) or ("\n" not in text and "=" not in text):
-        path = Path(path_or_text)
-        if not path.is_file():
-            raise FileNotFoundError(f"read_t1d_spec: no T1D trial spec file {str(path)!r}.")
-        content, source, base = path.read_text(encoding="utf-8"), str(path), path.resolve().parent
-    else:
-        content, source, base = text, "<text>", Path.cwd()
-    try:
-        data = tomllib.loads(content)
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(f"{source}: not valid TOML: {error}.") from error
+    data, source, base = read_document(path_or_text, "read_t1d_spec")
     return t1d_trial_from_dict(data, base_dir=base, source=source)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +24,34 @@ T = TypeVar("T")
 class SpecError(ValueError):
     """A trial spec that cannot be built. The message names the file, the entry and what
     was expected."""
+
+
+def read_document(path_or_text: Any, who: str) -> tuple[Any, str, Path]:
+    """`(data, source, base_dir)` of a TOML spec given as a path or as TOML text: the parsed
+    document, what errors call it (the path, or `"<text>"`) and the folder its relative paths
+    are relative to (the file's, or the working directory).
+
+    **Raises:** `FileNotFoundError` for a path that does not exist, `SpecError` for text that
+    is not TOML, `TypeError` for something that is neither (`who` names the caller)."""
+    if isinstance(path_or_text, os.PathLike) or not _looks_like_text(path_or_text, who):
+        path = Path(path_or_text)
+        if not path.is_file():
+            raise FileNotFoundError(f"{who}: no trial spec file {str(path)!r}.")
+        text, source, base = path.read_text(encoding="utf-8"), str(path), path.resolve().parent
+    else:
+        text, source, base = path_or_text, "<text>", Path.cwd()
+    try:
+        return tomllib.loads(text), source, base
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"{source}: not valid TOML: {error}.") from error
+
+
+def _looks_like_text(value: Any, who: str) -> bool:
+    if not isinstance(value, str):
+        raise TypeError(f"{who}: expected a path or TOML text, got {type(value).__name__}.")
+    if "\n" in value:
+        return True
+    return "=" in value and not Path(value).is_file()
 
 
 def kind_of(value: Any) -> str:
