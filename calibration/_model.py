@@ -292,23 +292,7 @@ class PopulationModel(eqx.Module):
         d = sd.shape[0]
         if not self.omega_block or d < 2:
             return jnp.diag(sd)
-        # Canonical partial correlations z = tanh(u) -> Cholesky factor of a correlation
-        # matrix (Lewandowski, Kurowicka & Joe 2009, J Multivar Anal 100:1989-2001):
-        # L[i, j] = z[i, j] * sqrt(1 - sum_{k<j} L[i, k]^2), L[i, i] = sqrt(1 - sum_k L[i, k]^2).
-        z = jnp.tanh(phi["omega"]["corr"])
-        zm = jnp.zeros((d, d)).at[jnp.tril_indices(d, -1)].set(z)
-        rows = [jnp.zeros(d).at[0].set(1.0)]
-        for i in range(1, d):
-            vals = []
-            used = jnp.zeros(())
-            for j in range(i):
-                v = zm[i, j] * jnp.sqrt(1.0 - used)
-                vals.append(v)
-                used = used + v**2
-            rows.append(
-                jnp.concatenate([jnp.stack(vals), jnp.sqrt(1.0 - used)[None], jnp.zeros(d - i - 1)])
-            )
-        return sd[:, None] * jnp.stack(rows)
+        return sd[:, None] * corr_cholesky(phi["omega"]["corr"], d)
 
     # --- individual predictions and likelihood ----------------------------------------
 
@@ -463,3 +447,24 @@ def require_no_iov(pm: PopulationModel, what: str) -> None:
             f"{what}: models with inter-occasion variability are not supported yet; "
             "fit them with fit_population (FOCE-I or Laplace)."
         )
+
+
+def corr_cholesky(u, d: int):
+    """The Cholesky factor of a `d x d` correlation matrix from its unconstrained canonical
+    partial correlations `u` (`z = tanh(u)`, lower triangle row by row; Lewandowski,
+    Kurowicka & Joe 2009, J Multivar Anal 100:1989-2001):
+    `L[i, j] = z[i, j] sqrt(1 - sum_{k<j} L[i, k]^2)`, `L[i, i] = sqrt(1 - sum_k L[i, k]^2)`."""
+    z = jnp.tanh(u)
+    zm = jnp.zeros((d, d)).at[jnp.tril_indices(d, -1)].set(z)
+    rows = [jnp.zeros(d).at[0].set(1.0)]
+    for i in range(1, d):
+        vals = []
+        used = jnp.zeros(())
+        for j in range(i):
+            v = zm[i, j] * jnp.sqrt(1.0 - used)
+            vals.append(v)
+            used = used + v**2
+        rows.append(
+            jnp.concatenate([jnp.stack(vals), jnp.sqrt(1.0 - used)[None], jnp.zeros(d - i - 1)])
+        )
+    return jnp.stack(rows)

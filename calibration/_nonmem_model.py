@@ -36,7 +36,7 @@ import jax.scipy.stats as jss
 import pkpd
 
 from ._estimators import FOCEI, Laplace, eta_logprior, value_and_jacobian
-from ._model import FrozenDict, PopulationModel
+from ._model import FrozenDict, PopulationModel, corr_cholesky
 from ._nonmem_translate import Expr
 
 # ----------------------------------------------------------------------------- structural
@@ -283,23 +283,6 @@ def block_parameters(cov) -> tuple[list[float], list[float]]:
     return list(np.log(sd)), z
 
 
-def _corr_cholesky(u, d: int):
-    z = jnp.tanh(u)
-    zm = jnp.zeros((d, d)).at[jnp.tril_indices(d, -1)].set(z)
-    rows = [jnp.zeros(d).at[0].set(1.0)]
-    for i in range(1, d):
-        vals = []
-        used = jnp.zeros(())
-        for j in range(i):
-            v = zm[i, j] * jnp.sqrt(1.0 - used)
-            vals.append(v)
-            used = used + v**2
-        rows.append(
-            jnp.concatenate([jnp.stack(vals), jnp.sqrt(1.0 - used)[None], jnp.zeros(d - i - 1)])
-        )
-    return jnp.stack(rows)
-
-
 class NonmemPopulationModel(PopulationModel):
     """A `PopulationModel` translated from a NONMEM control stream that the plain one
     cannot express (see the module's docstring): the individual parameters are NONMEM's
@@ -376,7 +359,7 @@ class NonmemPopulationModel(PopulationModel):
                 m = n * (n - 1) // 2
                 if m:
                     assert corr is not None
-                    lc = _corr_cholesky(corr[k : k + m], n)
+                    lc = corr_cholesky(corr[k : k + m], n)
                     k += m
                 else:
                     lc = jnp.ones((1, 1))
