@@ -240,11 +240,11 @@ def test_allele_frequencies_under_hardy_weinberg():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"ancestry": "European"}, r"Unknown ancestry 'European'"),
+        ({"ancestry": "Caucasian"}, r"Unknown ancestry 'Caucasian'"),
         ({"ancestry": {"White": 0.5, "Asian": 0.4}}, r"fractions must sum to 1"),
         ({"age": (10, 40)}, r"age must be \(low, high\) with 18 <= low < high <= 120"),
         ({"female_fraction": 1.5}, r"female_fraction must be in \[0, 1\]"),
-        ({"genes": ("CYP2D6",)}, r"CYP2D6 is not in the IWPC table"),
+        ({"genes": ("CYP3A4",)}, r"genes: unsupported gene 'CYP3A4'"),
         ({"medications": {"amiodarone": 2.0}}, r"prevalence of medication 'amiodarone'"),
         (
             {"allele_frequencies": {"CYP2D6": {"White": {"*1": 0.5, "*4": 0.4}}}},

@@ -50,9 +50,13 @@ from ._plausibility import ImplausiblePatientError as ImplausiblePatientError
 from ._plausibility import ImplausibleValue as ImplausibleValue
 from ._plausibility import PlausibleRange as PlausibleRange
 from ._plausibility import plausible_range as plausible_range
+from ._population import CPIC_GROUPS as CPIC_GROUPS
+from ._population import IWPC_CPIC_GROUPS as IWPC_CPIC_GROUPS
 from ._population import Demographics as Demographics
 from ._population import Population as Population
+from ._population import cpic_allele_frequencies as cpic_allele_frequencies
 from ._population import iwpc_genotype_counts as iwpc_genotype_counts
+from ._population import read_allele_frequencies as read_allele_frequencies
 from ._population_sim import PopulationSimulation as PopulationSimulation
 from ._population_sim import drug_covariates as drug_covariates
 from ._population_sim import simulate_population as simulate_population
@@ -106,7 +110,9 @@ from .trials import trial_summary as trial_summary  # isort: skip
 
 __all__ = [
     "AUC",
+    "CPIC_GROUPS",
     "FOCEI",
+    "IWPC_CPIC_GROUPS",
     "LABS",
     "MAP",
     "NUTS",
@@ -162,6 +168,7 @@ __all__ = [
     "ckd_epi_2021",
     "cockcroft_gault",
     "consented_population",
+    "cpic_allele_frequencies",
     "creatinine_mg_dl_to_umol",
     "creatinine_umol_to_mg_dl",
     "drug_covariates",
@@ -173,6 +180,7 @@ __all__ = [
     "lean_body_weight",
     "pgx",
     "plausible_range",
+    "read_allele_frequencies",
     "read_results",
     "recommend_twins",
     "run_trial",

@@ -21,7 +21,9 @@ Columns, in this order:
 
 The checks of the table (and the imputation of missing numbers) are in
 `twins._population_table`, the distributions of virtual populations in
-`twins._population_sample`; `Demographics` and `iwpc_genotype_counts` are re-exported here.
+`twins._population_sample`; `Demographics`, `iwpc_genotype_counts`,
+`cpic_allele_frequencies`, `read_allele_frequencies`, `CPIC_GROUPS` and `IWPC_CPIC_GROUPS`
+are re-exported here.
 
 Every row is checked against the hard limits and then the plausibility ranges
 (`twins.PLAUSIBLE_RANGES`), like a `Patient`. A population may lift the plausibility range of
@@ -51,11 +53,15 @@ from ._patient import (
     interpret,
     standard_covariates,
 )
+from ._population_sample import CPIC_GROUPS as CPIC_GROUPS
 from ._population_sample import IWPC_ANCESTRIES as IWPC_ANCESTRIES
+from ._population_sample import IWPC_CPIC_GROUPS as IWPC_CPIC_GROUPS
 from ._population_sample import IWPC_FREQUENCY_FILE as IWPC_FREQUENCY_FILE
-from ._population_sample import IWPC_GENES, sample_table
 from ._population_sample import Demographics as Demographics
+from ._population_sample import cpic_allele_frequencies as cpic_allele_frequencies
 from ._population_sample import iwpc_genotype_counts as iwpc_genotype_counts
+from ._population_sample import read_allele_frequencies as read_allele_frequencies
+from ._population_sample import sample_table
 from ._population_table import (
     BASE_COLUMNS,
     EXTRA_PREFIX,
@@ -270,8 +276,9 @@ class Population:
         ancestry: str | Mapping[str, float] = "White",
         age: tuple[float, float] = (18.0, 80.0),
         female_fraction: float = 0.5,
-        genes: Iterable[str] = IWPC_GENES,
+        genes: Iterable[str] | None = None,
         allele_frequencies: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+        genotype_source: Literal["iwpc", "cpic"] = "iwpc",
         medications: Mapping[str, float] | None = None,
         demographics: Demographics | Mapping[str, Demographics] | None = None,
     ) -> Population:
@@ -290,19 +297,42 @@ class Population:
         years, `demographics` that reach a height below 100 cm, a BMI above 100, ...) are
         refused with a `ValueError` before anything is drawn.
 
-        Genotypes by ancestry:
+        Genotypes, for every gene `twins.pgx` reads by default (`genes`), by ancestry:
 
-        - `CYP2C9` and `VKORC1` (`genes`): drawn from the genotype counts observed in the
+        - `CYP2C9` and `VKORC1` of the IWPC races (`"White"`, `"Asian"`, `"Black or
+          African American"`, `"Unknown"`): drawn from the genotype counts observed in the
           IWPC cohort by race (OMB), `iwpc_genotype_counts()` (twins/data/SOURCES.md):
-          CYP2C9 `*1/*1` ... `*3/*3`, VKORC1 `-1639 GG`/`AG`/`AA`. The two genes are drawn
+          CYP2C9 `*1/*1` ... `*3/*3`, VKORC1 `-1639 GG`/`AG`/`AA`, the two genes
           independently (the table gives no joint counts; they lie on different
           chromosomes). The 17 IWPC patients with other CYP2C9 diplotypes are left out of
-          the counts, since the table does not name their alleles.
-        - `CYP2C19` and `CYP2D6` are not sampled by default: this package ships no allele
-          frequency table for them that it could cite with confidence. Pass
-          `allele_frequencies` to sample them (or to replace the IWPC counts for CYP2C9)
-          from allele frequencies under Hardy-Weinberg equilibrium, e.g. transcribed from
-          the CPIC/PharmGKB frequency tables for your population.
+          the counts, since the table does not name their alleles. These draws are those of
+          earlier versions, bit for bit, so warfarin cohorts and trials are unchanged.
+        - Every other gene and ancestry, and every gene with `genotype_source="cpic"`: CPIC's
+          allele frequencies by biogeographic group (`twins.cpic_allele_frequencies()`,
+          twins/data/SOURCES.md), two alleles drawn independently (Hardy-Weinberg
+          equilibrium, as CPIC computes its own diplotype frequencies; no source says
+          otherwise). CYP2D6 includes CPIC's copy-number alleles (`*1x2`, `*2x≥3`, ...), each
+          one chromosome's haplotype, so `*1/*2x2` is Ultrarapid (activity score 3) through
+          `twins.pgx`; with `x≥3` the score is a lower bound, and a lower bound that leaves
+          the phenotype open is Indeterminate, as in CPIC. An IWPC race draws from the CPIC
+          group `twins.IWPC_CPIC_GROUPS` maps it to: White -> European, Asian -> East Asian,
+          Black or African American -> African American/Afro-Caribbean, Unknown -> Latino
+          (the nearest group in the CYP2C9*2, CYP2C9*3 and VKORC1 allele frequencies both
+          sources give; Unknown, which is mixed or unreported race, is nearly as near to
+          European). The IWPC "Asian" patients were mostly East Asian (VKORC1 A 0.90 against
+          CPIC's East Asian 0.87 and Central/South Asian 0.16); South Asian patients are
+          better sampled as `"Central/South Asian"`. CPIC's values are averages over
+          published studies weighted by their subjects, not one cohort, and `*1` is 1 minus
+          the others, so rare alleles that studies did not test are counted as `*1`. CPIC
+          gives no VKORC1 frequency for Oceanian: leave VKORC1 out of `genes` there.
+        - The CPIC draws come from a random stream of their own per gene (from `key`): the
+          other draws of a cohort do not depend on which CPIC genes are sampled.
+        - `allele_frequencies`, where given for a gene, replaces its source (Hardy-Weinberg
+          draws from the caller's frequencies, as in earlier versions).
+
+        Diplotypes are stored in CPIC's spelling (`*1/*2x2`), VKORC1 as `-1639 GG`/`AG`/`AA`;
+        phenotypes and activity scores come from `twins.pgx` (`pop.covariates()`:
+        `CYP2D6_AS`, `CYP2D6_PHENOTYPE`, ...).
 
         **Arguments:**
 
@@ -310,15 +340,23 @@ class Population:
         - `key`: a JAX PRNG key (`jax.random.key(0)`) or an integer seed; the same key gives
           the same cohort, bit for bit (`s` and `jax.random.key(s)` give the same one).
         - `ancestry`: one IWPC category (`"White"`, `"Asian"`, `"Black or African
-          American"`, `"Unknown"`) or a mapping category -> fraction (summing to 1).
+          American"`, `"Unknown"`) or CPIC biogeographic group (`twins.CPIC_GROUPS`:
+          `"European"`, `"East Asian"`, `"Sub-Saharan African"`, ...), or a mapping
+          category -> fraction (summing to 1).
         - `age`: `(low, high)` in years, 18 <= low < high <= 110 (the distributions are for
           adults; ages above 110 are implausible).
         - `female_fraction`: probability of a female patient, in [0, 1].
-        - `genes`: which of `CYP2C9`, `VKORC1` to draw from the IWPC counts.
-        - `allele_frequencies`: `{gene: {ancestry: {allele: frequency}}}` for star-allele
-          genes (`CYP2C19`, `CYP2C9`, `CYP2D6`); for each sampled ancestry the frequencies
-          must be non-negative and sum to 1 (within 1e-6), and every allele must be known
-          to `twins.pgx`. Diplotypes are stored in CPIC's spelling.
+        - `genes`: the genes drawn from the shipped tables; default all four
+          (`twins.pgx.genes()`); `()` for none.
+        - `allele_frequencies`: `{gene: {ancestry: {allele: frequency}}}`, drawn under
+          Hardy-Weinberg equilibrium whether or not `genes` names the gene; for each sampled
+          ancestry the frequencies must be in [0, 1] and sum to 1 (within 1e-6; not
+          renormalised), and every allele must be known to `twins.pgx` (VKORC1: CPIC's
+          `"rs9923231 reference (C)"` and `"rs9923231 variant (T)"`). A CSV in CPIC's
+          layout is read by `twins.read_allele_frequencies`.
+        - `genotype_source`: `"iwpc"` (default): CYP2C9 and VKORC1 of the IWPC races from
+          the IWPC counts; `"cpic"`: from CPIC's frequencies of the mapped group, like the
+          other genes.
         - `medications`: `{name: prevalence}`, each drawn independently (e.g.
           `{"amiodarone": 0.05}`); none by default.
         - `demographics`: a `Demographics`, or a mapping ancestry -> `Demographics`
@@ -329,9 +367,18 @@ class Population:
         A `Population` with ids `V00001`, `V00002`, ..., the `serum_creatinine` lab and
         the sampled genes and medications.
 
+        **Raises:**
+
+        `ValueError` for an unknown ancestry or gene, frequencies that are not a
+        distribution over known alleles (naming the gene, ancestry and allele), a gene CPIC
+        gives no frequencies for in a sampled group (VKORC1, Oceanian), or settings that could
+        give implausible patients.
+
         References: International Warfarin Pharmacogenetics Consortium. Estimation of the
         warfarin dose with clinical and pharmacogenetic data. N Engl J Med
-        2009;360(8):753-764 (the cohort behind the CYP2C9/VKORC1 counts); Fryar CD et al.,
+        2009;360(8):753-764 (the cohort behind the CYP2C9/VKORC1 counts); CPIC allele
+        frequency tables (cpicpgx.org, CC0; twins/data/SOURCES.md) with the groups of
+        Huddart R et al., Clin Pharmacol Ther 2019;105(5):1256-1262; Fryar CD et al.,
         NHSR no. 122, 2018 and Pottel H et al., Clin Chim Acta 2008;396:49-55 (see
         `Demographics`).
         """
@@ -343,6 +390,7 @@ class Population:
             female_fraction=female_fraction,
             genes=genes,
             allele_frequencies=allele_frequencies,
+            genotype_source=genotype_source,
             medications=medications,
             demographics=demographics,
         )

@@ -1,8 +1,10 @@
 """Virtual populations: the distributions that `twins.Population.sample` draws from.
 
 The CYP2C9 and VKORC1 genotype counts of the IWPC cohort by race (`iwpc_genotype_counts`),
-the height, weight and creatinine distributions (`Demographics`), and `sample_table`, which
-draws the table of a virtual population from a key.
+CPIC's allele frequencies by biogeographic group for CYP2C19, CYP2C9, CYP2D6 and VKORC1
+(`cpic_allele_frequencies`, read and checked by `read_allele_frequencies`), the height,
+weight and creatinine distributions (`Demographics`), and `sample_table`, which draws the
+table of a virtual population from a key.
 
 Sampled patients are always plausible (`twins.PLAUSIBLE_RANGES`): the normal draws behind
 height, BMI and creatinine are truncated at `TRUNCATION_SD` standard deviations, and settings
@@ -11,10 +13,18 @@ plausible 110 years) are refused before anything is drawn. So a trial of any siz
 meets an implausible virtual patient, and `validate_table`'s plausibility check of the drawn
 table is a safety net that never fires.
 
+Genotypes drawn from allele frequencies (CPIC's or the caller's) are drawn under
+Hardy-Weinberg equilibrium: two alleles drawn independently per patient. CPIC builds its own
+diplotype and phenotype frequency tables from these allele frequencies in the same way.
+
 References: International Warfarin Pharmacogenetics Consortium. Estimation of the warfarin
 dose with clinical and pharmacogenetic data. N Engl J Med 2009;360(8):753-764 (the cohort
-behind the CYP2C9/VKORC1 counts); Fryar CD et al., NHSR no. 122, 2018 and Pottel H et al.,
-Clin Chim Acta 2008;396:49-55 (see `Demographics`).
+behind the CYP2C9/VKORC1 counts); CPIC allele frequency tables (CC0; cpicpgx.org, accessed
+through copies dated 2026-03-13 and 2026-08-19, twins/data/SOURCES.md), with the
+biogeographic groups of Huddart R et al. Standardized biogeographic grouping system for
+annotating populations in pharmacogenetic research. Clin Pharmacol Ther 2019;105(5):1256-1262;
+Fryar CD et al., NHSR no. 122, 2018 and Pottel H et al., Clin Chim Acta 2008;396:49-55 (see
+`Demographics`).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import functools
 import io
 import math
 import numbers
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -38,6 +49,9 @@ from ._patient import ADULT_AGE, DEMOGRAPHIC_RANGES, as_medications, interpret, 
 from ._plausibility import find_implausible, plausible_range
 from ._population_table import MED_PREFIX, generator
 
+VKORC1_REFERENCE = "rs9923231 reference (C)"
+VKORC1_VARIANT = "rs9923231 variant (T)"
+
 IWPC_FREQUENCY_FILE = "IWPC_derived_genotype_frequencies_by_race.csv"
 
 #: The ancestry (race, OMB) categories of the IWPC table.
@@ -50,6 +64,61 @@ _VKORC1_GENOTYPES: tuple[tuple[str, str], ...] = (
     ("VKORC1_AA", "-1639 AA"),
 )
 IWPC_GENES: tuple[str, ...] = ("CYP2C9", "VKORC1")
+
+#: CPIC's biogeographic groups (Huddart et al. 2019), spelled as CPIC spells them.
+CPIC_GROUPS: tuple[str, ...] = (
+    "African American/Afro-Caribbean",
+    "American",
+    "Central/South Asian",
+    "East Asian",
+    "European",
+    "Latino",
+    "Near Eastern",
+    "Oceanian",
+    "Sub-Saharan African",
+)
+
+#: The CPIC group whose allele frequencies stand for each IWPC race, for the genes the IWPC
+#: table lacks (and for every gene with `genotype_source="cpic"`): the group nearest to the
+#: race in the three allele frequencies both sources report (CYP2C9*2, CYP2C9*3 and VKORC1
+#: rs9923231 T; Euclidean distance 0.036, 0.010, 0.029 and 0.062; tests/
+#: test_population_genes.py recomputes it). "Unknown" (IWPC: race not reported or mixed) is
+#: almost as near to European (0.077) as to Latino: the weakest of the four.
+IWPC_CPIC_GROUPS: Mapping[str, str] = MappingProxyType(
+    {
+        "Asian": "East Asian",
+        "Black or African American": "African American/Afro-Caribbean",
+        "Unknown": "Latino",
+        "White": "European",
+    }
+)
+
+#: The ancestries `Population.sample` takes: the IWPC races, then the CPIC groups.
+ANCESTRIES: tuple[str, ...] = IWPC_ANCESTRIES + CPIC_GROUPS
+
+#: CPIC's allele frequency tables shipped in `twins/data/` (see twins/data/SOURCES.md).
+CPIC_FREQUENCY_FILES: Mapping[str, str] = MappingProxyType(
+    {
+        "CYP2C19": "CYP2C19_allele_frequencies_2026-03-13.csv",
+        "CYP2C9": "CYP2C9_allele_frequencies_2026-03-13.csv",
+        "CYP2D6": "CYP2D6_allele_frequencies_2026-03-13.csv",
+        "VKORC1": "VKORC1_allele_frequencies_2026-08-19.csv",
+    }
+)
+
+#: The reference allele of each gene: CPIC sets its frequency to 1 minus the others'.
+REFERENCE_ALLELES: Mapping[str, str] = MappingProxyType(
+    {"CYP2C19": "*1", "CYP2C9": "*1", "CYP2D6": "*1", "VKORC1": VKORC1_REFERENCE}
+)
+
+#: How far allele frequencies may sum from 1 (CPIC's values are rounded: the shipped groups
+#: sum to 1 within 2e-7).
+FREQUENCY_SUM_TOLERANCE = 1e-6
+
+# The CPIC-drawn genes use their own random stream each (a SeedSequence child of the key's,
+# numbered by the gene's place in twins.pgx.genes()), so adding them leaves every other
+# draw of a cohort, and so the cohorts of earlier versions, as they were.
+_CPIC_STREAM = 0x43504943  # "CPIC"
 
 #: The standard normal draws behind height, log-BMI and log-creatinine are truncated at this
 #: many standard deviations (redrawn beyond it: 6.3e-5 of the mass of each is removed).
@@ -87,6 +156,164 @@ def iwpc_genotype_counts() -> Mapping[str, Mapping[str, Mapping[str, int]]]:
             }
         )
     return MappingProxyType(counts)
+
+
+def read_allele_frequencies(
+    path: str | os.PathLike[str],
+) -> Mapping[str, Mapping[str, Mapping[str, float]]]:
+    """Allele frequencies by population from a CSV file laid out as CPIC's tables shipped in
+    `twins/data/` (one row per allele and population), every row checked.
+
+    **Arguments:**
+
+    - `path`: a UTF-8 CSV file with at least the columns `gene`, `allele`, `population`
+      and `frequency` (a fraction from 0 to 1); other columns are ignored. Genes as
+      `twins.pgx` names them; star alleles as CPIC names them (`*2`, `*1x2`, `*4x≥3`);
+      VKORC1 alleles as CPIC names them, `rs9923231 reference (C)` and
+      `rs9923231 variant (T)`.
+
+    **Returns:**
+
+    `{gene: {population: {allele: frequency}}}` (read-only), ready for
+    `Population.sample(..., allele_frequencies=...)` once keyed by the ancestries sampled.
+    Where a population lacks the gene's reference allele (`*1`; VKORC1's C), its frequency
+    is 1 minus the sum of the others, as CPIC computes its own `*1` (for VKORC1, a
+    two-allele SNP, that is exact).
+
+    **Raises:**
+
+    `ValueError` naming the file, line, gene, population and allele for a missing column, an
+    unsupported gene, an allele `twins.pgx` does not know, a frequency outside [0, 1], an
+    allele given twice, or a population whose frequencies sum to more than 1 (or, with the
+    reference allele given, to other than 1) by more than `FREQUENCY_SUM_TOLERANCE`.
+
+    References: CPIC allele frequency tables (cpicpgx.org; twins/data/SOURCES.md).
+    """
+    name = os.fspath(path)
+    with open(name, encoding="utf-8", newline="") as handle:
+        return _parse_allele_frequencies(handle.read(), name)
+
+
+@functools.cache
+def cpic_allele_frequencies() -> Mapping[str, Mapping[str, Mapping[str, float]]]:
+    """CPIC's allele frequencies by biogeographic group, as shipped in `twins/data/`.
+
+    CYP2C19, CYP2C9 and CYP2D6 (CPIC frequency tables dated 2026-03-13; CYP2D6 with its
+    copy-number alleles `*1x2`, `*2x≥3`, ...) and VKORC1 rs9923231 (CPIC API values saved
+    2026-08-19; no Oceanian value). Non-reference frequencies are CPIC's subject-weighted
+    averages over published studies, not one cohort; `*1` is 1 minus the others (so it is
+    overestimated where studies did not test every allele); VKORC1's C is 1 minus T. Caveats
+    and provenance: twins/data/SOURCES.md.
+
+    **Returns:**
+
+    `{gene: {group: {allele: frequency}}}` (read-only), groups from `CPIC_GROUPS`, read with
+    the checks of `read_allele_frequencies`.
+
+    References: CPIC allele frequency tables (CC0; cpicpgx.org) for the guidelines Hicks JK et
+    al., Clin Pharmacol Ther 2015;98(2):127-134 (CYP2D6, CYP2C19 and SSRIs); Crews KR et al.,
+    Clin Pharmacol Ther 2014;95(4):376-382 (CYP2D6 and codeine); Johnson JA et al., Clin
+    Pharmacol Ther 2017;102(3):397-404 (CYP2C9, VKORC1 and warfarin); groups: Huddart R et
+    al., Clin Pharmacol Ther 2019;105(5):1256-1262.
+    """
+    out: dict[str, Mapping[str, Mapping[str, float]]] = {}
+    for gene, file in CPIC_FREQUENCY_FILES.items():
+        text = (resources.files("twins") / "data" / file).read_text(encoding="utf-8")
+        table = _parse_allele_frequencies(text, f"twins/data/{file}")
+        if set(table) != {gene}:
+            raise ValueError(f"twins/data/{file}: expected gene {gene} only, got {sorted(table)}.")
+        unknown = [g for g in table[gene] if g not in CPIC_GROUPS]
+        if unknown:
+            raise ValueError(f"twins/data/{file}: groups {unknown} are not CPIC groups.")
+        out[gene] = table[gene]
+    return MappingProxyType(out)
+
+
+def _parse_allele_frequencies(
+    text: str, name: str
+) -> Mapping[str, Mapping[str, Mapping[str, float]]]:
+    """The checked `{gene: {population: {allele: frequency}}}` of a CSV text (`name` for
+    messages); see `read_allele_frequencies`."""
+    reader = csv.DictReader(io.StringIO(text))
+    columns = ("gene", "allele", "population", "frequency")
+    lacking = [c for c in columns if c not in (reader.fieldnames or ())]
+    if lacking:
+        raise ValueError(
+            f"{name}: no column {lacking[0]!r}; an allele frequency table has the columns "
+            f"{', '.join(columns)} (got {reader.fieldnames})."
+        )
+    tables: dict[tuple[str, str], dict[str, float]] = {}
+    for line, row in enumerate(reader, start=2):
+        gene = normalise_gene(row["gene"], f"{name} line {line}")
+        group = (row["population"] or "").strip()
+        allele = (row["allele"] or "").strip()
+        where = f"{name} line {line} ({gene}, population {group!r}, allele {allele!r})"
+        if not group:
+            raise ValueError(f"{where}: the population is empty.")
+        try:
+            frequency = float(row["frequency"])
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{where}: the frequency must be a number from 0 to 1, got {row['frequency']!r}."
+            ) from None
+        table = tables.setdefault((gene, group), {})
+        if allele in table:
+            raise ValueError(f"{where}: the allele is given twice for this gene and population.")
+        table[allele] = frequency
+    out: dict[str, dict[str, Mapping[str, float]]] = {}
+    for (gene, group), table in tables.items():
+        reference = REFERENCE_ALLELES[gene]
+        where = f"{name}: {gene}, population {group!r}"
+        if reference not in table:
+            rest = math.fsum(table.values())
+            # CPIC's rule (its *1 is 1 minus the others); clipped only within the tolerance.
+            table = {reference: max(0.0, 1.0 - rest), **table} if rest <= 1.0 else table
+        out.setdefault(gene, {})[group] = MappingProxyType(check_frequencies(gene, table, where))
+    return MappingProxyType({g: MappingProxyType(t) for g, t in out.items()})
+
+
+def check_frequencies(gene: str, table: Mapping[Any, Any], where: str) -> dict[str, float]:
+    """The allele frequencies of one gene and population, checked: known alleles (one allele
+    each, CPIC's names), frequencies in [0, 1] that sum to 1 within
+    `FREQUENCY_SUM_TOLERANCE`. Errors start with `where` and name the allele."""
+    if not table:
+        raise ValueError(f"{where}: no allele frequencies.")
+    out: dict[str, float] = {}
+    for allele, frequency in table.items():
+        if (
+            isinstance(frequency, bool)
+            or not isinstance(frequency, numbers.Real)
+            or not math.isfinite(frequency)
+            or not 0.0 <= frequency <= 1.0
+        ):
+            raise ValueError(
+                f"{where}: the frequency of {allele!r} must be from 0 to 1, got {frequency!r}."
+            )
+        if gene == "VKORC1":
+            if allele not in (VKORC1_REFERENCE, VKORC1_VARIANT):
+                raise ValueError(
+                    f"{where}: unknown VKORC1 allele {allele!r}; the alleles are CPIC's "
+                    f"{VKORC1_REFERENCE!r} and {VKORC1_VARIANT!r} (rs9923231, -1639G>A)."
+                )
+        elif not isinstance(allele, str) or "/" in allele:
+            raise ValueError(f"{where}: alleles are single star alleles, got {allele!r}.")
+        else:
+            try:
+                pgx.phenotype(gene, f"{allele}/{allele}")
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{where}: allele {allele!r}: {error}") from error
+        out[allele] = float(frequency)
+    total = math.fsum(out.values())
+    if abs(total - 1.0) > FREQUENCY_SUM_TOLERANCE:
+        largest = sorted(out.items(), key=lambda item: -item[1])[:5]
+        shown = ", ".join(f"{a} {f:.6g}" for a, f in largest)
+        more = f" and {len(out) - len(largest)} more" if len(out) > len(largest) else ""
+        raise ValueError(
+            f"{where}: allele frequencies must sum to 1 (within {FREQUENCY_SUM_TOLERANCE:g}), "
+            f"got {total!r} {'(more than 1)' if total > 1 else '(less than 1)'} from "
+            f"{shown}{more}; they are not renormalised for you."
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -168,8 +395,9 @@ def sample_table(
     ancestry: str | Mapping[str, float] = "White",
     age: tuple[float, float] = (18.0, 80.0),
     female_fraction: float = 0.5,
-    genes: Iterable[str] = IWPC_GENES,
+    genes: Iterable[str] | None = None,
     allele_frequencies: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    genotype_source: str = "iwpc",
     medications: Mapping[str, float] | None = None,
     demographics: Demographics | Mapping[str, Demographics] | None = None,
 ) -> pd.DataFrame:
@@ -190,8 +418,9 @@ def sample_table(
         raise ValueError(f"female_fraction must be in [0, 1], got {female_fraction!r}.")
     per_group = _demographics(demographics, groups)
     _check_support(per_group, low, high)
-    iwpc_genes = _iwpc_genes(genes)
-    hwe = _allele_frequencies(allele_frequencies, groups)
+    chosen = _genes(genes)
+    given = _allele_frequencies(allele_frequencies, groups)
+    sources = _gene_sources(chosen, given, genotype_source, groups)
     prevalences = _prevalences(medications)
 
     labels = list(groups)
@@ -230,12 +459,29 @@ def sample_table(
         }
     )
     counts = iwpc_genotype_counts()
-    for gene in pgx.genes():
-        if gene in hwe:
-            frame[gene] = _draw_hwe(rng, gene, hwe[gene], labels, which)
-        elif gene in iwpc_genes:
-            table = {g: counts[g][gene] for g in labels}
-            frame[gene] = _draw_observed(rng, table, labels, which)
+    cpic = cpic_allele_frequencies()
+    entropy = rng.bit_generator.seed_seq.entropy  # type: ignore[attr-defined]
+    for index, gene in enumerate(pgx.genes()):
+        if gene in given:  # the caller's frequencies: from `rng`, as in earlier versions
+            frame[gene] = _draw_hwe(rng, gene, given[gene], labels, which)
+            continue
+        if gene not in sources:
+            continue
+        column = np.empty(n, dtype=object)
+        iwpc = {g: counts[g][gene] for g in labels if sources[gene][g] == "iwpc"}
+        if iwpc:  # IWPC counts, from `rng` exactly as in earlier versions
+            inside = np.isin(which, [labels.index(g) for g in iwpc])
+            column[inside] = _draw_observed(rng, iwpc, labels, which)[inside]
+        frequencies = {
+            g: cpic[gene][source] for g, source in sources[gene].items() if source != "iwpc"
+        }
+        if frequencies:  # CPIC frequencies, from the gene's own stream
+            stream = np.random.default_rng(
+                np.random.SeedSequence(entropy, spawn_key=(_CPIC_STREAM, index))
+            )
+            inside = np.isin(which, [labels.index(g) for g in frequencies])
+            column[inside] = _draw_hwe(stream, gene, frequencies, labels, which)[inside]
+        frame[gene] = column
     for name, prevalence in prevalences.items():
         frame[MED_PREFIX + name] = rng.random(n) < prevalence
     return frame
@@ -331,10 +577,11 @@ def _ancestry_fractions(ancestry: str | Mapping[str, float]) -> dict[str, float]
     if not groups:
         raise ValueError("ancestry must name at least one category.")
     for name, fraction in groups.items():
-        if name not in IWPC_ANCESTRIES:
+        if name not in ANCESTRIES:
             raise ValueError(
-                f"Unknown ancestry {name!r}: Population.sample uses the IWPC categories "
-                f"{', '.join(map(repr, IWPC_ANCESTRIES))}."
+                f"Unknown ancestry {name!r}: Population.sample takes the IWPC categories "
+                f"{', '.join(map(repr, IWPC_ANCESTRIES))} or the CPIC biogeographic groups "
+                f"{', '.join(map(repr, CPIC_GROUPS))}."
             )
         if (
             isinstance(fraction, bool)
@@ -378,19 +625,56 @@ def _demographics(
     return {g: demographics[g] for g in groups}
 
 
-def _iwpc_genes(genes: Iterable[str]) -> set[str]:
+def _genes(genes: Iterable[str] | None) -> tuple[str, ...]:
+    """The genes drawn from the shipped tables (default: all that `twins.pgx` reads)."""
+    if genes is None:
+        return pgx.genes()
     if isinstance(genes, str):
         genes = (genes,)
     chosen = set()
     for gene in genes:
-        symbol = normalise_gene(gene, "Population.sample")
-        if symbol not in IWPC_GENES:
-            raise ValueError(
-                f"Population.sample: {symbol} is not in the IWPC table (which has "
-                f"{', '.join(IWPC_GENES)}); give allele_frequencies for it instead."
-            )
+        symbol = normalise_gene(gene, "Population.sample genes")
+        if symbol in chosen:
+            raise ValueError(f"Population.sample genes: {symbol} is given twice.")
         chosen.add(symbol)
-    return chosen
+    return tuple(g for g in pgx.genes() if g in chosen)
+
+
+def _gene_sources(
+    genes: tuple[str, ...],
+    given: Mapping[str, Any],
+    genotype_source: str,
+    groups: Mapping[str, float],
+) -> dict[str, dict[str, str]]:
+    """gene -> sampled ancestry -> `"iwpc"` (the IWPC counts of that race) or the CPIC group
+    whose frequencies draw it, for the genes drawn from the shipped tables."""
+    if genotype_source not in ("iwpc", "cpic"):
+        raise ValueError(
+            f"Population.sample: genotype_source must be 'iwpc' (CYP2C9 and VKORC1 of the IWPC "
+            f"races from the IWPC counts, the default) or 'cpic' (every gene from CPIC's "
+            f"allele frequencies), got {genotype_source!r}."
+        )
+    cpic = cpic_allele_frequencies()
+    out: dict[str, dict[str, str]] = {}
+    for gene in genes:
+        if gene in given:
+            continue
+        out[gene] = {}
+        for group in groups:
+            if genotype_source == "iwpc" and gene in IWPC_GENES and group in IWPC_ANCESTRIES:
+                out[gene][group] = "iwpc"
+                continue
+            cpic_group = IWPC_CPIC_GROUPS.get(group, group)
+            if cpic_group not in cpic[gene]:
+                mapped = f" (the CPIC group for {group!r})" if cpic_group != group else ""
+                raise ValueError(
+                    f"Population.sample: CPIC gives no {gene} allele frequencies for "
+                    f"{cpic_group!r}{mapped} (twins/data/{CPIC_FREQUENCY_FILES[gene]}); leave "
+                    f"{gene} out of genes, or give allele_frequencies={{{gene!r}: "
+                    f"{{{group!r}: {{...}}}}}} from a source you can cite."
+                )
+            out[gene][group] = cpic_group
+    return out
 
 
 def _allele_frequencies(
@@ -400,13 +684,13 @@ def _allele_frequencies(
     out: dict[str, dict[str, dict[str, float]]] = {}
     for gene, by_group in (allele_frequencies or {}).items():
         symbol = normalise_gene(gene, "Population.sample allele_frequencies")
-        if symbol == "VKORC1":
-            raise ValueError(
-                "allele_frequencies: VKORC1 is drawn from the IWPC genotype counts; "
-                "allele_frequencies takes star-allele genes (CYP2C19, CYP2C9, CYP2D6)."
-            )
         if symbol in out:
             raise ValueError(f"allele_frequencies: gene {symbol} is given twice.")
+        if not isinstance(by_group, Mapping):
+            raise TypeError(
+                f"allele_frequencies[{symbol!r}] must map each sampled ancestry to "
+                f"{{allele: frequency}}, got {by_group!r}."
+            )
         lacking = [g for g in groups if g not in by_group]
         if lacking:
             raise ValueError(
@@ -415,30 +699,11 @@ def _allele_frequencies(
             )
         out[symbol] = {}
         for group in groups:
-            table = dict(by_group[group])
             where = f"allele_frequencies[{symbol!r}][{group!r}]"
-            if not table:
-                raise ValueError(f"{where} is empty.")
-            for allele, frequency in table.items():
-                if (
-                    isinstance(frequency, bool)
-                    or not isinstance(frequency, numbers.Real)
-                    or not math.isfinite(frequency)
-                    or frequency < 0
-                ):
-                    raise ValueError(
-                        f"{where}: frequency of {allele!r} must be >= 0, got {frequency!r}."
-                    )
-                if not isinstance(allele, str) or "/" in allele:
-                    raise ValueError(f"{where}: alleles are single star alleles, got {allele!r}.")
-                interpret(symbol, f"{allele}/{allele}", where)
-            total = math.fsum(table.values())
-            if abs(total - 1.0) > 1e-6:
-                raise ValueError(
-                    f"{where}: allele frequencies must sum to 1 (within 1e-6), got {total!r}; "
-                    "they are not renormalised for you."
-                )
-            out[symbol][group] = {a: float(f) for a, f in table.items()}
+            table = by_group[group]
+            if not isinstance(table, Mapping):
+                raise TypeError(f"{where} must be a mapping allele -> frequency, got {table!r}.")
+            out[symbol][group] = check_frequencies(symbol, table, where)
     return out
 
 
@@ -466,8 +731,10 @@ def _draw_observed(
     labels: list[str],
     which: np.ndarray,
 ) -> np.ndarray:
-    out = np.empty(len(which), dtype=object)
+    out = np.full(len(which), None, dtype=object)
     for g, group in enumerate(labels):
+        if group not in counts:
+            continue
         rows = np.flatnonzero(which == g)
         genotypes = list(counts[group])
         weights = np.array([counts[group][x] for x in genotypes], dtype=float)
@@ -484,8 +751,10 @@ def _draw_hwe(
     labels: list[str],
     which: np.ndarray,
 ) -> np.ndarray:
-    out = np.empty(len(which), dtype=object)
+    out = np.full(len(which), None, dtype=object)
     for g, group in enumerate(labels):
+        if group not in frequencies:
+            continue
         rows = np.flatnonzero(which == g)
         alleles = list(frequencies[group])
         p = np.array([frequencies[group][a] for a in alleles])
@@ -497,7 +766,9 @@ def _draw_hwe(
         for j, pair in enumerate(zip(first.tolist(), second.tolist(), strict=True)):
             if pair not in spelling:
                 diplotype = f"{alleles[pair[0]]}/{alleles[pair[1]]}"
-                spelling[pair] = interpret(gene, diplotype, "Population.sample").diplotype
+                result = interpret(gene, diplotype, "Population.sample")
+                # VKORC1 as the IWPC draws spell it (-1639 GG/AG/AA); star alleles in CPIC's.
+                spelling[pair] = result.phenotype if gene == "VKORC1" else result.diplotype
             names[j] = spelling[pair]
         out[rows] = names
     return out
