@@ -256,6 +256,9 @@ def _parse_allele_frequencies(
             raise ValueError(
                 f"{where}: the frequency must be a number from 0 to 1, got {row['frequency']!r}."
             ) from None
+        if not 0.0 <= frequency <= 1.0:  # NaN included
+            raise ValueError(f"{where}: the frequency must be from 0 to 1, got {frequency!r}.")
+        _check_allele(gene, allele, where)
         table = tables.setdefault((gene, group), {})
         if allele in table:
             raise ValueError(f"{where}: the allele is given twice for this gene and population.")
@@ -270,6 +273,23 @@ def _parse_allele_frequencies(
             table = {reference: max(0.0, 1.0 - rest), **table} if rest <= 1.0 else table
         out.setdefault(gene, {})[group] = MappingProxyType(check_frequencies(gene, table, where))
     return MappingProxyType({g: MappingProxyType(t) for g, t in out.items()})
+
+
+def _check_allele(gene: str, allele: Any, where: str) -> None:
+    """Refuse an allele `twins.pgx` does not know (VKORC1: CPIC's two names only)."""
+    if gene == "VKORC1":
+        if allele not in (VKORC1_REFERENCE, VKORC1_VARIANT):
+            raise ValueError(
+                f"{where}: unknown VKORC1 allele {allele!r}; the alleles are CPIC's "
+                f"{VKORC1_REFERENCE!r} and {VKORC1_VARIANT!r} (rs9923231, -1639G>A)."
+            )
+        return
+    if not isinstance(allele, str) or "/" in allele or not allele.strip():
+        raise ValueError(f"{where}: alleles are single star alleles, got {allele!r}.")
+    try:
+        pgx.phenotype(gene, f"{allele}/{allele}")
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from error
 
 
 def check_frequencies(gene: str, table: Mapping[Any, Any], where: str) -> dict[str, float]:
@@ -289,19 +309,7 @@ def check_frequencies(gene: str, table: Mapping[Any, Any], where: str) -> dict[s
             raise ValueError(
                 f"{where}: the frequency of {allele!r} must be from 0 to 1, got {frequency!r}."
             )
-        if gene == "VKORC1":
-            if allele not in (VKORC1_REFERENCE, VKORC1_VARIANT):
-                raise ValueError(
-                    f"{where}: unknown VKORC1 allele {allele!r}; the alleles are CPIC's "
-                    f"{VKORC1_REFERENCE!r} and {VKORC1_VARIANT!r} (rs9923231, -1639G>A)."
-                )
-        elif not isinstance(allele, str) or "/" in allele:
-            raise ValueError(f"{where}: alleles are single star alleles, got {allele!r}.")
-        else:
-            try:
-                pgx.phenotype(gene, f"{allele}/{allele}")
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"{where}: allele {allele!r}: {error}") from error
+        _check_allele(gene, allele, where)
         out[allele] = float(frequency)
     total = math.fsum(out.values())
     if abs(total - 1.0) > FREQUENCY_SUM_TOLERANCE:
