@@ -27,6 +27,8 @@ from ._bayes import default_priors as default_priors
 from ._bayes import fit_individual_nuts as fit_individual_nuts
 from ._bayes import fit_population_nuts as fit_population_nuts
 from ._bayes import fit_population_svi as fit_population_svi
+from ._bootstrap import BootstrapResult as BootstrapResult
+from ._bootstrap import bootstrap as bootstrap
 from ._data import Dataset as Dataset
 from ._diagnostics import gof_plots as gof_plots
 from ._diagnostics import individual_plots as individual_plots
@@ -75,6 +77,7 @@ __all__ = [
     "AbstractEstimator",
     "Additive",
     "BayesFit",
+    "BootstrapResult",
     "Combined",
     "ConvergenceWarning",
     "Dataset",
@@ -94,6 +97,7 @@ __all__ = [
     "Simulation",
     "SubjectError",
     "VPCResult",
+    "bootstrap",
     "default_priors",
     "estimates_table",
     "fit_individual_nuts",
