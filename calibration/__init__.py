@@ -67,6 +67,8 @@ from ._predictive import VPCResult as VPCResult
 from ._predictive import laplace_posterior as laplace_posterior
 from ._predictive import sbc as sbc
 from ._predictive import vpc as vpc
+from ._profile import ProfileResult as ProfileResult
+from ._profile import profile_likelihood as profile_likelihood
 from ._simulation import Simulation as Simulation
 from ._simulation import simulate_dataset as simulate_dataset
 
@@ -92,6 +94,7 @@ __all__ = [
     "OuterLoopResult",
     "PopulationFit",
     "PopulationModel",
+    "ProfileResult",
     "Proportional",
     "SBCResult",
     "Simulation",
@@ -112,6 +115,7 @@ __all__ = [
     "minimize_objective",
     "nonmem_tables",
     "objective_values",
+    "profile_likelihood",
     "residuals",
     "sbc",
     "simulate_dataset",
