@@ -51,6 +51,7 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	$(BIN)/python tools/fetch_mathjax.py  # MathJax served with the site, not from a CDN
 	$(BIN)/mkdocs build --strict
 
 clean:

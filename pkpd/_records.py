@@ -167,6 +167,13 @@ def validate_records(
     ss = df["SS"].to_numpy()
     dose = np.isin(evid, (1, 4))
     fail(~np.isfinite(t) | (t < 0), "TIME is {row.TIME}; expected a finite time >= 0 (h).")
+    fail(
+        (evid >= 100) & (evid < 1e5) & (evid % 100 == 1),
+        "EVID is {row.EVID}; expected 0, 1, 2, 3 or 4. This looks like rxode2's classic event "
+        "code (100 x compartment + 1 for a dose into that compartment; nlmixr2data's theo_sd has "
+        "EVID 101): write it as NONMEM does, EVID=1 with the compartment in CMT (for example "
+        "`df.loc[df.EVID == 101, ['EVID', 'CMT']] = [1, 1]`) and an infusion's rate in RATE.",
+    )
     fail(~np.isin(evid, (0, 1, 2, 3, 4)), "EVID is {row.EVID}; expected 0, 1, 2, 3 or 4.")
     fail(~np.isfinite(amt) | (amt < 0), "AMT is {row.AMT}; expected a finite amount >= 0.")
     fail(

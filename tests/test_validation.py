@@ -66,6 +66,12 @@ def test_valid_records_simulate():
         ({"CMT": [1, 2, 5, 1, 2, 2]}, 7, 2, "CMT is 5.0; the model has 2 compartments"),
         ({"CMT": [1, 2, 2, 1, 1.5, 2]}, 9, 4, "CMT is 1.5; expected a compartment number"),
         ({"EVID": [1, 0, 0, 5, 0, 0]}, 9, 3, "EVID is 5.0; expected 0, 1, 2, 3 or 4"),
+        (
+            {"EVID": [1, 0, 0, 101, 0, 0]},
+            9,
+            3,
+            "EVID is 101.0; expected 0, 1, 2, 3 or 4. This looks like rxode2's classic event code",
+        ),
         ({"II": [0, 0, 0, 12.0, 0, 0]}, 9, 3, "II is 12.0 without ADDL or SS; expected ADDL > 0"),
         ({"ADDL": [0, 0, 0, 3, 0, 0]}, 9, 3, "ADDL is 3.0 with II = 0; expected II > 0"),
         (
