@@ -520,3 +520,29 @@ def test_warfarin_cohorts_are_those_of_the_earlier_sampler(seed):
         assert np.array_equal(frame[name].to_numpy(), values), name  # bit for bit
     # The CPIC genes are there too, and are realistic for these ancestries.
     assert frame["CYP2D6"].notna().all() and frame["CYP2C19"].notna().all()
+
+
+# --- the CYP2C19 and CYP2D6 drugs get genotyped patients ----------------------------------------
+
+
+def test_cyp2c19_and_cyp2d6_drugs_draw_their_strata_from_the_tables():
+    """Vernakalant's Mao 2012 CYP2D6 strata and citalopram's Akil 2016 CYP2C19 groups in a
+    default White cohort, against the shares the European tables imply."""
+    n = 3000
+    population = Population.sample(n, key=5, ancestry="White")
+    freq = _table_frequencies()
+    cyp2d6 = _implied_phenotypes("CYP2D6", freq["CYP2D6"]["European"])
+    cyp2c19 = _implied_phenotypes("CYP2C19", freq["CYP2C19"]["European"])
+    vernakalant = twins.drug_covariates(twins.drugs.get("vernakalant_mao2012"), population)
+    citalopram = twins.drug_covariates(twins.drugs.get("citalopram_akil2016"), population)
+    poor, normal = "Poor Metabolizer", ("Normal", "Intermediate", "Ultrarapid")
+    impm = [k for k in cyp2c19 if "Intermediate" in k or "Poor" in k]
+    cells = [
+        (int(vernakalant["CYP2D6_PM"].sum()), cyp2d6[poor]),
+        (int(vernakalant["CYP2D6_EMUM"].sum()), sum(cyp2d6[f"{k} Metabolizer"] for k in normal)),
+        (int(citalopram["CYP2C19_IMPM"].sum()), sum(cyp2c19[k] for k in impm)),
+        (int(citalopram["CYP2C19_MISSING"].sum()), cyp2c19.get("Indeterminate", 0.0)),
+    ]
+    for count, p in cells:
+        assert _inside(count, n, p, ALPHA / len(cells)), (count, n, p)
+    assert vernakalant["CYP2D6_PM"].sum() > 0.03 * n  # no longer all "not genotyped"
