@@ -271,7 +271,7 @@ def _parse_allele_frequencies(
             rest = math.fsum(table.values())
             # CPIC's rule (its *1 is 1 minus the others); clipped only within the tolerance.
             table = {reference: max(0.0, 1.0 - rest), **table} if rest <= 1.0 else table
-        out.setdefault(gene, {})[group] = MappingProxyType(check_frequencies(gene, table, where))
+        out.setdefault(gene, {})[group] = MappingProxyType(_check_frequencies(gene, table, where))
     return MappingProxyType({g: MappingProxyType(t) for g, t in out.items()})
 
 
@@ -292,7 +292,7 @@ def _check_allele(gene: str, allele: Any, where: str) -> None:
         raise ValueError(f"{where}: {error}") from error
 
 
-def check_frequencies(gene: str, table: Mapping[Any, Any], where: str) -> dict[str, float]:
+def _check_frequencies(gene: str, table: Mapping[Any, Any], where: str) -> dict[str, float]:
     """The allele frequencies of one gene and population, checked: known alleles (one allele
     each, CPIC's names), frequencies in [0, 1] that sum to 1 within
     `FREQUENCY_SUM_TOLERANCE`. Errors start with `where` and name the allele."""
@@ -711,7 +711,7 @@ def _allele_frequencies(
             table = by_group[group]
             if not isinstance(table, Mapping):
                 raise TypeError(f"{where} must be a mapping allele -> frequency, got {table!r}.")
-            out[symbol][group] = check_frequencies(symbol, table, where)
+            out[symbol][group] = _check_frequencies(symbol, table, where)
     return out
 
 
