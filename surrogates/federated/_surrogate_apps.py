@@ -29,6 +29,19 @@ engine.
   and Flower's and Ray's telemetry off (FLWR_TELEMETRY_ENABLED=0,
   RAY_USAGE_STATS_ENABLED=0: nothing leaves the machine).
 
+Consent: a hospital given as `HospitalRecords` (its records, its patients' IDs and its
+node config: `consent-path`, `audit-log`, `audit-key`, `pseudonym-key`, as a population
+fit's SuperNode) decides at the first message of a run which patients may enter
+(`consented_rows`: `_population_fit.consented_ids`, `Purpose.FEDERATED_TRAINING`, opt-in, each
+refusal in the hospital's own audit log) and keeps that decision in Flower's
+`context.state` for the run's later rounds; patients who did not consent never enter a local
+round. A hospital none of whose patients consented contributes nothing: it returns the
+global parameters with `num-examples` 0 (and `unit-weight` 0), weight 0 in the mean.
+
+Audit: with `audit` (the server's `twins.governance.AuditLog`) the ServerApp writes one
+`training-round` entry per round (`RoundAudit`: the hospitals, `hospital_count`,
+`patient_count`, as the population fit does), never a patient.
+
 The apps hand their result to the caller through `Outcome` (the final parameters, the
 bytes each hospital sent and received per round, Flower's epsilon).
 """
@@ -43,12 +56,22 @@ from typing import Any
 for _name in ("FLWR_TELEMETRY_ENABLED", "RAY_USAGE_STATS_ENABLED"):
     os.environ.setdefault(_name, "0")  # before flwr or ray is imported: no telemetry
 
+from collections.abc import Mapping  # noqa: E402
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from twins.governance import AuditAction, AuditLog  # noqa: E402
+
 from ._dp import DELTA, clip_update  # noqa: E402
 from ._fedavg import Client, LocalTraining, Server, local_update, round_key  # noqa: E402
+from ._population_consents import read_consents  # noqa: E402
+from ._population_fit import FederatedFitError, consented_ids  # noqa: E402
+from ._population_worker import hospital_governance  # noqa: E402
 from ._surrogate_models import Model  # noqa: E402
+
+#: What a federated surrogate's use of a patient is, in the hospitals' audit logs.
+USE = "federated surrogate training"
 
 
 @dataclasses.dataclass
@@ -63,6 +86,132 @@ class Outcome:
     bytes_down: int = 0
     rounds: int = 0
     epsilon: float | None = None
+    round_log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- consent
+
+
+@dataclasses.dataclass(frozen=True)
+class HospitalRecords:
+    """One hospital's training records for a ClientApp: `name`, `client` (its records),
+    `patients` (the patient ID of each record, in row order: the IDs its consent decisions
+    use) and `config` (its node config: `consent-path` with `audit-log`, `audit-key`,
+    `pseudonym-key`, as `_population_worker.hospital_governance` reads them; empty: no
+    consent decisions, every record enters)."""
+
+    name: str
+    client: Client
+    patients: tuple[str, ...]
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.patients) != len(self.client):
+            raise ValueError(
+                f"hospital {self.name!r}: {len(self.patients)} patient IDs for "
+                f"{len(self.client)} records."
+            )
+
+
+_STATE_KEY = "consented-rows"
+
+
+def consented_rows(records: HospitalRecords, state: Any) -> np.ndarray:
+    """The rows of `records` whose patients may enter this run's local rounds.
+
+    Decided once per run, at its first message: with a `consent-path` in `records.config`,
+    `consented_ids` (the population fit's, `Purpose.FEDERATED_TRAINING` at the governance's
+    time; each refusal and one `data-access` entry in the hospital's audit log) keeps the
+    patients with a permit in force; every row enters without one. The rows are kept in
+    Flower's `context.state` (`state`, local to the hospital), so later rounds neither ask
+    nor log again. A hospital none of whose patients consented gets no rows (it contributes
+    nothing; its refusals are logged)."""
+    from flwr.app import Array, ArrayRecord
+
+    if _STATE_KEY in state:
+        return np.asarray(state[_STATE_KEY]["rows"].numpy(), dtype=np.int64)
+    cfg = records.config
+    n = len(records.client)
+    if not str(cfg.get("consent-path", "")):
+        rows = np.arange(n, dtype=np.int64)
+    else:
+        consents = read_consents(str(cfg["consent-path"]))
+        governance = hospital_governance({"hospital": records.name, **cfg})
+        try:
+            kept, _ = consented_ids(records.name, list(records.patients), consents, governance,
+                                    use=USE)  # fmt: skip
+        except FederatedFitError:  # no patient consented: the refusals are logged
+            kept = []
+        keep = set(kept)
+        rows = np.array([i for i, p in enumerate(records.patients) if p in keep], np.int64)
+    state[_STATE_KEY] = ArrayRecord({"rows": Array(rows)})
+    return rows
+
+
+def local_records(entry: Client | HospitalRecords, state: Any) -> tuple[str, Client]:
+    """A hospital's name and the records that may enter its local round."""
+    if isinstance(entry, Client):
+        return "", entry
+    rows = consented_rows(entry, state)
+    client = entry.client
+    return entry.name, Client(jax.tree.map(lambda a: np.asarray(a)[rows], client.x),
+                              np.asarray(client.y)[rows])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+class RoundAudit:
+    """The server's record of each training round: `rounds` (one dict per round) and, with
+    `audit`, a `training-round` entry per round in that log (`fit`, `round`, `kind`
+    "train", `strategy`, the `hospitals` that contributed, `hospital_count`,
+    `patient_count`, and whatever the strategy adds: rejected hospitals, bytes), as the
+    population fit writes its rounds. No entry names a patient."""
+
+    def __init__(self, audit: AuditLog | None, *, fit: str, strategy: str,
+                 actor: str = "federated server"):  # fmt: skip
+        self.audit, self.fit, self.strategy, self.actor = audit, fit, strategy, actor
+        self.rounds: list[dict[str, Any]] = []
+
+    def record(self, server_round: int, contents: Sequence[Any], **extra: Any) -> None:
+        """Record round `server_round` from the replies' contents (`RecordDict`s)."""
+        counts = {}
+        for i, content in enumerate(contents):
+            name = hospital_of(content) or f"hospital {i}"
+            metrics = next(iter(content.metric_records.values()))
+            counts[name] = int(metrics.get("num-examples", 0))
+        contributed = [h for h, c in counts.items() if c > 0]
+        details = {
+            "fit": self.fit,
+            "round": int(server_round),
+            "kind": "train",
+            "strategy": self.strategy,
+            "hospitals": contributed,
+            "hospital_count": len(contributed),
+            "patient_count": int(sum(counts.values())),
+            "no_patients": [h for h, c in counts.items() if c == 0],
+            **extra,
+        }
+        self.rounds.append(details)
+        if self.audit is not None:
+            self.audit.append(AuditAction.TRAINING_ROUND, actor=self.actor, details=details)
+
+    def metrics_fn(self):
+        """A `train_metrics_aggr_fn` for Flower's strategies: Flower's weighted mean of the
+        metrics, and the round recorded (one call per round)."""
+        from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+        def aggregate(contents, weight_key):
+            self.record(len(self.rounds) + 1, contents)
+            return aggregate_metricrecords(contents, weight_key)
+
+        return aggregate
+
+
+def hospital_of(content: Any) -> str:
+    """The hospital's name a reply carries (`ConfigRecord` `"hospital"`), or ""."""
+    record = content.config_records.get("hospital") if hasattr(content, "config_records") else None
+    return "" if record is None else str(record.get("name", ""))
 
 
 def _payload(record) -> int:
@@ -95,14 +244,15 @@ def _train(
 
 def surrogate_client_app(
     model: Model,
-    clients: Sequence[Client],
+    clients: Sequence[Client | HospitalRecords],
     *,
     local: LocalTraining,
     seed: int = 0,
     client_dp: bool = False,
 ):
-    """The ClientApp of hospital `partition-id` (its records: `clients[partition-id]`)."""
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    """The ClientApp of hospital `partition-id` (its records: `clients[partition-id]`; a
+    `HospitalRecords` applies its patients' consent first, `consented_rows`)."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.clientapp.mod import fixedclipping_mod
 
@@ -112,42 +262,53 @@ def surrogate_client_app(
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         node = int(context.node_config["partition-id"])
-        client = data[node]
+        name, client = local_records(data[node], context.state)
         received = msg.content["arrays"]
         config = msg.content["config"]
         assert isinstance(received, ArrayRecord)
         arrays = received.to_numpy_ndarrays()
-        new = _train(
-            model, client, arrays, int(config["server-round"]), node, local,  # type: ignore[arg-type]
-            jax.random.key(seed), float(config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
-        )  # fmt: skip
+        if len(client) == 0:  # no patient may enter: the global parameters, weight 0
+            new = arrays
+        else:
+            new = _train(
+                model, client, arrays, int(config["server-round"]), node, local,  # type: ignore[arg-type]
+                jax.random.key(seed), float(config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
+            )  # fmt: skip
         reply_arrays = ArrayRecord(
             dict(zip(received.keys(), ArrayRecord(new).values(), strict=True))
         )
         metrics = MetricRecord(
             {
                 "num-examples": len(client),
-                "unit-weight": 1,
+                "unit-weight": 1 if len(client) else 0,
                 "bytes-down": _payload(received),
                 "bytes-up": _payload(reply_arrays),
             }
         )
-        return Message(RecordDict({"arrays": reply_arrays, "metrics": metrics}), reply_to=msg)
+        content = RecordDict({"arrays": reply_arrays, "metrics": metrics})
+        if name:
+            content["hospital"] = ConfigRecord({"name": name})
+        return Message(content, reply_to=msg)
 
     return app
 
 
-def _strategy(server: Server, hospitals: int, proximal_mu: float, delta: float):
+def _strategy(
+    server: Server, hospitals: int, proximal_mu: float, delta: float,
+    rounds: RoundAudit | None = None,
+):  # fmt: skip
     from flwr.serverapp import strategy as fs
 
     weight = "unit-weight" if server.client_dp is not None else "num-examples"
-    common = {
+    common: dict[str, Any] = {
         "fraction_train": 1.0,
         "fraction_evaluate": 0.0,
         "min_train_nodes": hospitals,
         "min_available_nodes": hospitals,
         "weighted_by_key": weight,
     }
+    if rounds is not None:
+        common["train_metrics_aggr_fn"] = rounds.metrics_fn()
     if server.strategy == "fedavg":
         inner = fs.FedAvg(**common)  # type: ignore[arg-type]
     elif server.strategy == "fedprox":
@@ -201,10 +362,13 @@ def surrogate_server_app(
     proximal_mu: float = 0.0,
     delta: float = DELTA,
     outcome: Outcome | None = None,
+    audit: AuditLog | None = None,
+    fit: str = "federated surrogate",
 ):
     """The ServerApp: `rounds` rounds of `server.strategy` over `hospitals` hospitals, every
     hospital every round, no federated evaluation (no metric leaves a hospital but its size);
-    the result goes into `outcome`."""
+    the result goes into `outcome`, each round into `audit` (`RoundAudit`) and
+    `outcome.round_log`."""
     from flwr.app import ArrayRecord, ConfigRecord, Context
     from flwr.serverapp import Grid, ServerApp
 
@@ -217,7 +381,9 @@ def surrogate_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         assert server is not None
-        strategy = _strategy(server, hospitals, proximal_mu, delta)
+        log = RoundAudit(audit, fit=fit, strategy=server.strategy)
+        sink.round_log = log.rounds
+        strategy = _strategy(server, hospitals, proximal_mu, delta, log)
         result = strategy.start(
             grid,
             ArrayRecord(model.arrays(model.params)),
