@@ -16,6 +16,8 @@
   numpyro, returning ArviZ `InferenceData` and loud convergence diagnostics.
 - Diagnostics: `residuals` (PRED, IPRED, IWRES, CWRES, NPDE), `gof_plots`,
   `individual_plots`, `vpc` (prediction-corrected too), `sbc`, `simulate_dataset`.
+- Inter-occasion variability in every estimator and diagnostic; `forecast_new_occasion`
+  (a new occasion's kappa integrated over), `occasion_index`, `random_effect_names`.
 - `SubjectError`: subjects that cannot be evaluated (parameters outside the model's domain,
   observations the error model cannot explain), each named with its reason.
 """
@@ -59,11 +61,15 @@ from ._model import Exponential as Exponential
 from ._model import FrozenDict as FrozenDict
 from ._model import PopulationModel as PopulationModel
 from ._model import Proportional as Proportional
+from ._model import occasion_index as occasion_index
+from ._model import random_effect_names as random_effect_names
 from ._nonmem_read import NonmemImport as NonmemImport
 from ._nonmem_read import read_nonmem as read_nonmem
 from ._nonmem_translate import NonmemTranslationError as NonmemTranslationError
+from ._predictive import OccasionForecast as OccasionForecast
 from ._predictive import SBCResult as SBCResult
 from ._predictive import VPCResult as VPCResult
+from ._predictive import forecast_new_occasion as forecast_new_occasion
 from ._predictive import laplace_posterior as laplace_posterior
 from ._predictive import sbc as sbc
 from ._predictive import vpc as vpc
@@ -91,6 +97,7 @@ __all__ = [
     "NonmemImport",
     "NonmemTranslationError",
     "ObjectiveValues",
+    "OccasionForecast",
     "OuterLoopResult",
     "PopulationFit",
     "PopulationModel",
@@ -108,6 +115,7 @@ __all__ = [
     "fit_population_nuts",
     "fit_population_svi",
     "fit_summary",
+    "forecast_new_occasion",
     "gof_plots",
     "individual_map",
     "individual_plots",
@@ -115,7 +123,9 @@ __all__ = [
     "minimize_objective",
     "nonmem_tables",
     "objective_values",
+    "occasion_index",
     "profile_likelihood",
+    "random_effect_names",
     "residuals",
     "sbc",
     "simulate_dataset",

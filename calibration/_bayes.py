@@ -8,7 +8,14 @@ The population model is the hierarchical form of `PopulationModel`:
     L_corr             ~ LKJCholesky(d, 2)                (only with `omega_block=True`)
     sigma_k            ~ HalfNormal(2 sigma0_k)           (residual error SDs)
     z_i                ~ N(0, I_d),  eta_i = diag(omega_sd) L_corr z_i   (non-centred)
-    y_i | eta_i        ~ pm.subject_loglik (M3 for censored observations)
+    iov_sd_m           ~ HalfNormal(1)                    (SD of kappa_m, with `iov`)
+    zk_ik              ~ N(0, I),    kappa_ik = diag(iov_sd) zk_ik       (per occasion k)
+    y_i | eta_i, kappa ~ pm.subject_loglik (M3 for censored observations)
+
+With inter-occasion variability (Karlsson & Sheiner 1993, *J Pharmacokinet Biopharm*
+21:735-750) every subject has one kappa per IOV parameter and occasion of the data
+(`Dataset.occasion_start`), non-centred as the etas; the kappas of occasions a subject does
+not have leave its likelihood unchanged, so their posterior is their prior.
 
 sampled by the No-U-Turn Sampler (Hoffman & Gelman 2014) as implemented in numpyro
 (Phan, Pradhan & Jankowiak 2019), and returned as ArviZ `InferenceData` (Kumar et al. 2019)
@@ -47,7 +54,7 @@ from numpyro.infer.util import log_density
 
 from ._data import Dataset
 from ._laplace import ConvergenceWarning, PopulationFit, check_start
-from ._model import PopulationModel, require_no_iov
+from ._model import PopulationModel
 from ._posterior_summary import (
     PARETO_K_MAX,
     convergence_stats,
@@ -61,6 +68,9 @@ from ._random import key_or_seed
 
 _CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 _RESERVED = ("omega_sd", "omega", "corr_chol", "corr", "z", "eta", "individual", "y")
+_RESERVED += ("iov_sd", "iov", "zk", "kappa")
+#: Supports of the subjects' latent sites (non-centred etas `z`, kappas `zk`).
+_LATENT_SUPPORTS = {"z": dist.constraints.real_vector, "zk": dist.constraints.real_matrix}
 _JITTER = 0.5  # initial values: +-0.5 (uniform) around the model's values, unconstrained scale
 
 
@@ -74,7 +84,11 @@ class BayesFit:
       `z` (`subject` x `eta_name`) and `individual` (each subject's parameters, natural units,
       `subject` x `param`); `log_likelihood` holds `y`, the log-likelihood of each subject
       given its etas (`subject`); `sample_stats` the sampler's statistics.
-      Individual fits hold `eta`, `z` and `individual` only.
+      Individual fits hold `eta`, `z` and `individual` only. With IOV the posterior also
+      holds `iov_sd` and `iov` (SDs and variances of the kappas, dim `iov_name`; population
+      fits), `kappa` and the sampler's `zk` (`subject` x `occasion` x `iov_name`; an
+      occasion a subject does not have keeps its prior draws); `individual` holds the
+      parameters without the kappas.
     - `table`: posterior summaries (`pandas.DataFrame`) with the columns of
       `estimates_table` (`estimate` is the posterior median, `se` the posterior SD, `ci_low`,
       `ci_high` the 2.5% and 97.5% quantiles) plus `r_hat` and `ess_bulk`; individual fits
@@ -115,12 +129,13 @@ def default_priors(pm: PopulationModel) -> dict[str, dist.Distribution]:
       below 1.96);
     - `"corr_chol"` (with `omega_block=True`): `LKJCholesky(d, 2)`, mildly favouring small
       correlations;
+    - `"iov_sd"` (with `iov`): `HalfNormal(1)` for each SD of the kappas (as the etas');
     - each residual SD (named as in the error model, `add_sd`, `prop_sd`, `exp_sd`):
       `HalfNormal(2 * initial value)`.
 
     Pass replacements to the estimators as `priors={"CL": dist.LogNormal(1.0, 0.3)}`; sites
     not named keep these defaults. `"omega_sd"` takes a scalar distribution (used for every
-    eta) or one with batch shape `(n_eta,)`.
+    eta) or one with batch shape `(n_eta,)`; `"iov_sd"` a scalar or batch shape `(n_iov,)`.
     """
     with _numpyro_config():
         return _default_priors(pm)
@@ -137,6 +152,8 @@ def _default_priors(pm: PopulationModel) -> dict[str, dist.Distribution]:
     priors["omega_sd"] = dist.HalfNormal(1.0)
     if has_block(pm):
         priors["corr_chol"] = dist.LKJCholesky(pm.n_eta, 2.0)
+    if pm.iov:
+        priors["iov_sd"] = dist.HalfNormal(1.0)
     for name in pm.error.names:
         priors[name] = dist.HalfNormal(2.0 * float(getattr(pm.error, name)))
     return priors
@@ -176,7 +193,7 @@ def _resolve(
             )
         out[name] = prior
     positive = [n for n in pm.theta if n not in pm.unconstrained]
-    positive += ["omega_sd", *pm.error.names]
+    positive += ["omega_sd", *(["iov_sd"] if pm.iov else []), *pm.error.names]
     for name in positive:
         support = out[name].support
         if support is None or bool(jnp.any(support(jnp.asarray([-1e-8, -1.0, -1e8])))):
@@ -186,15 +203,19 @@ def _resolve(
                 f"{support}."
             )
     d = pm.n_eta
-    sd = out["omega_sd"]
-    if sd.event_shape == () and sd.batch_shape in ((), (d,)):
-        out["omega_sd"] = sd.expand((d,)).to_event(1)
-    elif sd.event_shape != (d,) or sd.batch_shape != ():
-        raise ValueError(
-            f"{fn}: the prior for 'omega_sd' must be scalar or have shape ({d},) (one SD per "
-            f"eta {list(pm.eta_names)}), got batch shape {sd.batch_shape} and event shape "
-            f"{sd.event_shape}."
-        )
+    sites = [("omega_sd", d, "eta", pm.eta_names)]
+    if pm.iov:
+        sites.append(("iov_sd", len(pm.iov), "IOV parameter", pm.iov_names))
+    for site, n, what, labels in sites:
+        sd = out[site]
+        if sd.event_shape == () and sd.batch_shape in ((), (n,)):
+            out[site] = sd.expand((n,)).to_event(1)
+        elif sd.event_shape != (n,) or sd.batch_shape != ():
+            raise ValueError(
+                f"{fn}: the prior for {site!r} must be scalar or have shape ({n},) (one SD "
+                f"per {what} {list(labels)}), got batch shape {sd.batch_shape} and event "
+                f"shape {sd.event_shape}."
+            )
     for name in list(pm.theta) + list(pm.error.names):
         if out[name].batch_shape != () or out[name].event_shape != ():
             raise ValueError(f"{fn}: the prior for {name!r} must be scalar.")
@@ -222,16 +243,25 @@ def _param_names(pm: PopulationModel, data: Dataset) -> list[str]:
 
 
 def _subject_sites(pm: PopulationModel, data: Dataset, names):
-    """Non-centred etas of every subject, their likelihood and individual parameters."""
+    """Non-centred etas (and kappas) of every subject, their likelihood and individual
+    parameters. `sites(theta, sigma, chol, iov_sd)`: `iov_sd` the SDs of the kappas (None
+    without IOV)."""
     cov, reg, obs = _subject_arrays(data)
     loglik = _loglik(pm)
     individual = _individual(pm, tuple(names))
+    n_occ, n_iov = data.n_occasions, len(pm.iov)
 
-    def sites(theta, sigma, chol):
+    def sites(theta, sigma, chol, iov_sd=None):
         with numpyro.plate("subject", data.n_subjects):
             z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand((pm.n_eta,)).to_event(1))
             eta = numpyro.deterministic("eta", z @ chol.T)
-            numpyro.factor("y", loglik(theta, sigma, eta, cov, reg, obs))
+            b = eta
+            if n_iov:
+                zk = numpyro.sample("zk", dist.Normal(0.0, 1.0).expand((n_occ, n_iov)).to_event(2))
+                kappa = numpyro.deterministic("kappa", zk * iov_sd)
+                # Occasion-major, as PopulationModel.n_random orders them.
+                b = jnp.concatenate([eta, kappa.reshape(kappa.shape[0], -1)], axis=-1)
+            numpyro.factor("y", loglik(theta, sigma, b, cov, reg, obs))
         numpyro.deterministic("individual", individual(theta, eta, cov))
 
     return sites
@@ -306,8 +336,12 @@ def _population_model(pm: PopulationModel, data: Dataset, priors, names):
             chol = sd[:, None] * lc
         else:
             chol = jnp.diag(sd)
+        iov_sd = None
+        if pm.iov:
+            iov_sd = jnp.asarray(numpyro.sample("iov_sd", priors["iov_sd"]))
+            numpyro.deterministic("iov", iov_sd**2)
         sigma = {k: numpyro.sample(k, priors[k]) for k in pm.error.names}
-        subject_sites(theta, sigma, chol)
+        subject_sites(theta, sigma, chol, iov_sd)
 
     return model
 
@@ -315,22 +349,27 @@ def _population_model(pm: PopulationModel, data: Dataset, priors, names):
 def _individual_model(pm: PopulationModel, data: Dataset, phi, names):
     nat = pm.natural(phi)
     chol = pm.omega_cholesky(phi)
+    iov_sd = jnp.sqrt(nat["iov"]) if pm.iov else None
     subject_sites = _subject_sites(pm, data, names)
 
     def model():
-        subject_sites(nat["theta"], nat["sigma"], chol)
+        subject_sites(nat["theta"], nat["sigma"], chol, iov_sd)
 
     return model
 
 
-def _centre(pm: PopulationModel, n_subjects: int, population: bool) -> dict[str, Any]:
+def _centre(pm: PopulationModel, data: Dataset, population: bool) -> dict[str, Any]:
     """The model's initial values at every latent site (constrained scale)."""
-    values: dict[str, Any] = {"z": jnp.zeros((n_subjects, pm.n_eta))}
+    values: dict[str, Any] = {"z": jnp.zeros((data.n_subjects, pm.n_eta))}
+    if pm.iov:
+        values["zk"] = jnp.zeros((data.n_subjects, data.n_occasions, len(pm.iov)))
     if population:
         values |= {k: jnp.asarray(float(v)) for k, v in pm.theta.items()}
         values["omega_sd"] = jnp.sqrt(jnp.asarray([float(v) for v in pm.omega.values()]))
         if has_block(pm):
             values["corr_chol"] = jnp.eye(pm.n_eta)
+        if pm.iov:
+            values["iov_sd"] = jnp.sqrt(jnp.asarray([float(v) for v in pm.iov.values()]))
         values |= {k: jnp.asarray(float(getattr(pm.error, k))) for k in pm.error.names}
     return values
 
@@ -404,6 +443,8 @@ def _coords_dims(data: Dataset, pm: PopulationModel, names):
         "eta_name": list(pm.eta_names),
         "eta_name_": list(pm.eta_names),
         "param": list(names),
+        "occasion": list(range(data.n_occasions)),
+        "iov_name": list(pm.iov_names),
     }
     dims = {
         "z": ["subject", "eta_name"],
@@ -414,6 +455,10 @@ def _coords_dims(data: Dataset, pm: PopulationModel, names):
         "corr_chol": ["eta_name", "eta_name_"],
         "corr": ["eta_name", "eta_name_"],
         "y": ["subject"],
+        "iov_sd": ["iov_name"],
+        "iov": ["iov_name"],
+        "zk": ["subject", "occasion", "iov_name"],
+        "kappa": ["subject", "occasion", "iov_name"],
     }
     return coords, dims
 
@@ -477,7 +522,6 @@ def fit_population_nuts(
     emits a `ConvergenceWarning` naming the parameters and values, and sets
     `converged=False`.
     """
-    require_no_iov(pm, "fit_population_nuts")
     fn = "fit_population_nuts"
     key = key_or_seed(key, seed, fn, default=0)
     _check_names(pm)
@@ -485,8 +529,8 @@ def fit_population_nuts(
     resolved = _resolve_priors(pm, priors, fn)
     names = _param_names(pm, data)
     model = _population_model(pm, data, resolved, names)
-    supports = {k: p.support for k, p in resolved.items()} | {"z": dist.constraints.real_vector}
-    centre = _centre(pm, data.n_subjects, population=True)
+    supports = {k: p.support for k, p in resolved.items()} | _LATENT_SUPPORTS
+    centre = _centre(pm, data, population=True)
     mcmc, wall = _run_nuts(
         model,
         supports,
@@ -505,7 +549,7 @@ def fit_population_nuts(
     stats = convergence_stats(idata, diagnosed_variables(pm))
     diagnostics, problems = diagnose(idata, stats, num_chains, max_tree_depth)
     diagnostics["wall_time_s"] = wall
-    table = population_table(pm, idata, stats)
+    table = population_table(pm, idata, stats, np.isfinite(data.occasion_start))
     return _finish(pm, idata, table, diagnostics, problems, "nuts", fn)
 
 
@@ -545,7 +589,6 @@ def fit_individual_nuts(
     natural units), and whose table has one row per subject and parameter (kind `eta` and
     `individual`). Convergence problems warn as in `fit_population_nuts`.
     """
-    require_no_iov(pm, "fit_individual_nuts")
     fn = "fit_individual_nuts"
     key = key_or_seed(key, seed, fn, default=0)
     if subject is not None:
@@ -564,8 +607,8 @@ def fit_individual_nuts(
     model = _individual_model(pm, data, phi, names)
     mcmc, wall = _run_nuts(
         model,
-        {"z": dist.constraints.real_vector},
-        _centre(pm, data.n_subjects, population=False),
+        _LATENT_SUPPORTS,
+        _centre(pm, data, population=False),
         key=key,
         num_warmup=num_warmup,
         num_samples=num_samples,
@@ -577,10 +620,10 @@ def fit_individual_nuts(
         fn=fn,
     )
     idata = _to_idata(mcmc, data, pm, names)
-    stats = convergence_stats(idata, ["eta"])
+    stats = convergence_stats(idata, ["eta", *(["kappa"] if pm.iov else [])])
     diagnostics, problems = diagnose(idata, stats, num_chains, max_tree_depth)
     diagnostics["wall_time_s"] = wall
-    table = individual_table(idata, stats)
+    table = individual_table(idata, stats, np.isfinite(data.occasion_start))
     return _finish(pm, idata, table, diagnostics, problems, "nuts-individual", fn)
 
 
@@ -641,7 +684,6 @@ def fit_population_svi(
     draws are independent) and whose diagnostics hold `final_loss` (the negative ELBO, mean
     of the last 10% of steps), `pareto_k` and `wall_time_s`.
     """
-    require_no_iov(pm, "fit_population_svi")
     fn = "fit_population_svi"
     key = key_or_seed(key, seed, fn, default=0)
     _check_names(pm)
@@ -654,13 +696,14 @@ def fit_population_svi(
     resolved = _resolve_priors(pm, priors, fn)
     names = _param_names(pm, data)
     model = _population_model(pm, data, resolved, names)
-    centre = _centre(pm, data.n_subjects, population=True)
+    centre = _centre(pm, data, population=True)
     approx = guide(model, init_loc_fn=init_to_value(values=centre))
     svi = SVI(model, approx, numpyro.optim.Adam(learning_rate), Trace_ELBO())
     key_fit, key_draw = jax.random.split(key)
     latent = [*pm.theta, "omega_sd", *(["corr_chol"] if has_block(pm) else []), *pm.error.names]
-    latent.append("z")
+    latent += ["z", *(["iov_sd", "zk"] if pm.iov else [])]
     deterministic = ["omega", *(["corr"] if has_block(pm) else []), "eta", "individual"]
+    deterministic += ["iov", "kappa"] if pm.iov else []
 
     def draw(key, params):
         log_q, guide_trace = log_density(numpyro.handlers.seed(approx, key), (), {}, params)
@@ -695,7 +738,7 @@ def fit_population_svi(
     coords, dims = _coords_dims(data, pm, names)
     posterior = {k: np.asarray(v)[None] for k, v in draws.items()}
     idata = az.from_dict(posterior=posterior, coords=coords, dims=dims)
-    table = population_table(pm, idata, None)
+    table = population_table(pm, idata, None, np.isfinite(data.occasion_start))
     diagnostics: dict[str, Any] = {
         "final_loss": final_loss,
         "pareto_k": pareto_k,

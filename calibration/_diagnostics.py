@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from ._data import Dataset
 from ._estimators import FOCEI, jacobian
 from ._laplace import IndividualFit, PopulationFit, individual_map
-from ._model import Exponential, PopulationModel, require_no_iov
+from ._model import Exponential, PopulationModel
 from ._random import as_key
 from ._simulation import Population, curves, population_values, simulate_replicates, subject_design
 
@@ -49,7 +49,24 @@ def _modes_for(
             f"individual modes of shape {individual.eta.shape} do not match the data "
             f"({data.n_subjects} subjects) and the model ({pm.n_eta} etas)."
         )
+    want = (data.n_subjects, data.n_occasions, len(pm.iov))
+    if pm.iov and (individual.kappa is None or individual.kappa.shape != want):
+        got = None if individual.kappa is None else individual.kappa.shape
+        raise ValueError(
+            f"individual modes: the model has IOV on {list(pm.iov_names)}, so the modes need "
+            f"kappas of shape (subjects, occasions, n_iov) = {want}; got {got}."
+        )
     return individual
+
+
+def _random_effects(pm: PopulationModel, ind: IndividualFit) -> jnp.ndarray:
+    """Each subject's random effects at its modes: etas, then (IOV) the kappas of every
+    occasion, occasion-major (`PopulationModel.n_random`); 0 for the kappas of occasions a
+    subject does not have (their mode: they do not touch its data)."""
+    if not pm.iov or ind.kappa is None:
+        return jnp.asarray(ind.eta)
+    kappa = np.nan_to_num(ind.kappa, nan=0.0).reshape(ind.eta.shape[0], -1)
+    return jnp.asarray(np.concatenate([ind.eta, kappa], axis=1))
 
 
 def _transform(pm: PopulationModel, y):
@@ -81,6 +98,11 @@ def residuals(
       modes): with `G = d IPRED / d eta` at the mode `eta*` (`jax.jacfwd`),
       `CPRED = IPRED - G eta*`, `Cov = G Omega G^T + diag(SD(IPRED)^2)` and
       `CWRES = Cov^(-1/2) (DV - CPRED)` per subject (symmetric inverse square root).
+    - With inter-occasion variability the random effects are the etas and the kappas of
+      every occasion (`eta*` their joint modes, `fit.individual.kappa`; `Omega` the
+      block-diagonal covariance of both, `PopulationModel.random_cholesky`): IPRED uses the
+      kappas of each observation's occasion, CWRES linearise in both, and NPDE simulate new
+      etas and kappas (`simulate_dataset`). PRED has the kappas at 0.
     - `NPDE`: normalised prediction distribution errors from `n_sim` replicates of the data
       (`simulate_dataset`): the observations and each replicate are centred on the simulated
       mean (`EPRED`) and decorrelated with the Cholesky factor of the simulated covariance of
@@ -104,13 +126,13 @@ def residuals(
       those of the fit, or `individual_map` given the population values.
 
     **Returns:** a `pandas.DataFrame` with one row per observation (padding dropped):
-    `ID, TIME, DV, BLQ, PRED, IPRED, CPRED, EPRED, RES, IRES, IWRES, CWRES, NPDE`.
+    `ID, TIME, DV, BLQ, PRED, IPRED, CPRED, EPRED, RES, IRES, IWRES, CWRES, NPDE`; for a model
+    with IOV also `OCC`, the 0-based occasion of each observation (`Dataset.occasion`).
 
     References: Hooker, Staatz, Karlsson 2007, Pharm Res 24:2187-2197 (CWRES); Brendel,
     Comets, Laffont, Laveille, Mentré 2006, Pharm Res 23:2036-2049 and Comets, Brendel,
     Mentré 2008, Comput Methods Programs Biomed 90:154-166 (NPDE).
     """
-    require_no_iov(pm, "residuals")
     n_obs = int(data.observed.sum(axis=1).max())
     if n_sim <= n_obs:
         raise ValueError(
@@ -119,7 +141,7 @@ def residuals(
         )
     phi, nat = population_values(pm, fit_or_population)
     ind = _modes_for(pm, fit_or_population, phi, data, individual)
-    cond = _conditional(pm, nat, data, jnp.asarray(ind.eta))
+    cond = _conditional(pm, nat, data, _random_effects(pm, ind))
     keys = jax.random.split(as_key(key, "residuals"), (n_sim, data.n_subjects))
     no_limit = jnp.full(data.time.shape, -jnp.inf)
     sims = simulate_replicates(pm, nat, data, keys, no_limit)["dv"]
@@ -132,6 +154,8 @@ def residuals(
         "DV": data.dv[m],
         "BLQ": data.blq[m],
     }
+    if pm.iov:
+        cols["OCC"] = np.asarray(data.occasion)[m]
     for name in ("PRED", "IPRED", "CPRED"):
         cols[name] = np.asarray(cond[name.lower()])[m]
     cols["EPRED"] = np.asarray(epred)[m]
@@ -143,21 +167,30 @@ def residuals(
     return pd.DataFrame(cols)
 
 
-def _conditional(pm: PopulationModel, nat, data: Dataset, eta):
-    """PRED, IPRED, CPRED, IWRES and CWRES of every subject (vmapped)."""
+def _conditional(pm: PopulationModel, nat, data: Dataset, b):
+    """PRED, IPRED, CPRED, IWRES and CWRES of every subject (vmapped) at its random effects
+    `b` (etas, and with IOV the kappas of every occasion: `_random_effects`)."""
     cov, reg, time = subject_design(data)
     usable = jnp.asarray(data.observed & ~data.blq)
     dv = jnp.asarray(data.dv)
-    return _conditional_jit(pm, nat, cov, reg, time, dv, usable, eta)
+    start = jnp.asarray(data.occasion_start)
+    return _conditional_jit(pm, nat, cov, reg, time, start, dv, usable, b)
 
 
 @eqx.filter_jit
-def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, dv, usable, eta):
+def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, start, dv, usable, b):
     omega = nat["omega"]
+    if pm.iov:
+        # The covariance of all random effects: Omega, then the IOV variances of each
+        # occasion (block diagonal; PopulationModel.random_cholesky squared).
+        kap = jnp.tile(jnp.asarray(nat["iov"]), start.shape[-1])
+        omega = jax.scipy.linalg.block_diag(omega, jnp.diag(kap))
     expo = isinstance(pm.error, Exponential)
 
-    def one(c, r, t, y_obs, ok, e):
+    def one(c, r, t, s, y_obs, ok, e):
         def f_of(e):
+            if pm.iov:
+                return pm.predict_random(nat["theta"], c, r, {"time": t, "occasion_start": s}, e)
             return pm.predict(pm.individual_params(nat["theta"], c, e), r, t)
 
         def h(e):
@@ -188,7 +221,7 @@ def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, dv, usable, eta):
             "valid": ok,
         }
 
-    return jax.vmap(one)(cov, reg, time, dv, usable, eta)
+    return jax.vmap(one)(cov, reg, time, start, dv, usable, b)
 
 
 @eqx.filter_jit
@@ -297,7 +330,9 @@ def individual_plots(
 
     Censored observations are drawn as open triangles at their LLOQ. The curves run from 0 to
     the subject's last observation time with the individual modes of the fit (or of
-    `individual_map` for population values).
+    `individual_map` for population values). With inter-occasion variability IPRED uses the
+    kappas of each occasion (the modes, `fit.individual.kappa`), so it steps at the start of
+    each occasion, marked by a dotted vertical line; PRED has every kappa at 0.
 
     **Arguments:**
 
@@ -306,7 +341,6 @@ def individual_plots(
     - `n_grid`: points of each curve; `ncols`: panels per row; `log`: log concentration axis.
     - `individual`: the conditional modes to draw (as in `residuals`).
     """
-    require_no_iov(pm, "individual_plots")
     phi, nat = population_values(pm, fit_or_population)
     ind = _modes_for(pm, fit_or_population, phi, data, individual)
     if ids is None:
@@ -329,9 +363,10 @@ def individual_plots(
     tmax = np.where(tmax > 0, tmax, 1.0)
     grid = jnp.asarray(tmax[:, None] * np.linspace(0.0, 1.0, n_grid)[None, :])
     cov, reg, _ = subject_design(sub)
-    eta = jnp.asarray(ind.eta[index])
+    b = _random_effects(pm, ind)[index]
+    start = jnp.asarray(sub.occasion_start) if pm.iov else None
 
-    ipred, pred = curves(pm, nat, cov, reg, grid, eta)
+    ipred, pred = curves(pm, nat, cov, reg, grid, b, start)
     ipred, pred, grid_np = np.asarray(ipred), np.asarray(pred), np.asarray(grid)
     n = index.size
     ncols = min(ncols, n)
@@ -356,6 +391,10 @@ def individual_plots(
                 zorder=3,
                 label="BLQ (at LLOQ)",
             )
+        if pm.iov:
+            for t0 in sub.occasion_start[k][1:]:
+                if np.isfinite(t0) and t0 <= tmax[k]:
+                    ax.axvline(t0, color="0.5", lw=0.8, ls=":")
         if log:
             ax.set_yscale("log")
         ax.set_title(f"ID {sub.ids[k]}", fontsize=9)

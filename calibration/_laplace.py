@@ -53,7 +53,13 @@ class IndividualFit:
     - `converged`: `(subjects,)` whether each optimisation succeeded;
     - `kappa`: for a model with IOV, `(subjects, occasions, n_iov)` the modes of the
       inter-occasion effects, NaN for occasions a subject does not have (`params` then hold
-      each subject's parameters without them).
+      each subject's parameters without them);
+    - `random_cov`: for a model with IOV, `(subjects, n_random, n_random)` the inverse
+      curvature of all the random effects of each subject, etas then kappas occasion-major
+      (`PopulationModel.n_random`; `cov` is its eta block). The etas and kappas of a
+      subject are correlated a posteriori (both move its parameters on an occasion); an
+      occasion it does not have leaves its kappas at their prior (mode 0, variance
+      omega_IOV^2).
     """
 
     ids: np.ndarray
@@ -63,6 +69,7 @@ class IndividualFit:
     converged: np.ndarray
     eta_names: tuple[str, ...]
     kappa: np.ndarray | None = None
+    random_cov: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,6 +405,7 @@ def _individual(
         else np.where(
             np.isfinite(data.occasion_start)[:, :, None], _nan_rows(kappa, failed), np.nan
         ),
+        random_cov=_nan_rows(cov_b, failed) if pm.iov else None,
     )
     if failed.any():
         reasons = _reasons(pm, phi, data, out, failed, at="at the population values given")

@@ -440,13 +440,31 @@ def eta_logprior(chol, eta):
     return -0.5 * jnp.sum(z**2) - jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * d * math.log(2 * math.pi)
 
 
-def require_no_iov(pm: PopulationModel, what: str) -> None:
-    """Raise for a model with IOV in an estimator or diagnostic that does not handle it."""
-    if pm.iov:
-        raise NotImplementedError(
-            f"{what}: models with inter-occasion variability are not supported yet; "
-            "fit them with fit_population (FOCE-I or Laplace)."
-        )
+def occasion_index(occasion_start, times):
+    """The occasion of each time, the one place that says how times map to occasions: the
+    last occasion that has started at or before it (0-based; a time at an occasion's start
+    belongs to the new occasion, as `pkpd.simulate_piecewise` takes the new segment's
+    parameters there; times before the first start belong to occasion 0).
+
+    `occasion_start` holds one subject's occasion start times (h), sorted, `+inf` for
+    occasions it does not have (`Dataset.occasion_start[i]`). Estimation
+    (`PopulationModel.predict_random`, through `pkpd.simulate_piecewise` with the changes
+    at `occasion_start[1:]`), simulation (`simulate_dataset`) and the diagnostics and
+    forecasts (`residuals`, `forecast_new_occasion`) all follow this rule; for data read by
+    `Dataset.from_records` it gives each observation's `OCC` occasion (`Dataset.occasion`),
+    as `tests/test_iov_estimators.py` checks. Works on traced arrays."""
+    start = jnp.asarray(occasion_start)
+    t = jnp.asarray(times)
+    k = jnp.searchsorted(start, t, side="right") - 1
+    return jnp.clip(k, 0, start.shape[-1] - 1)
+
+
+def random_effect_names(pm: PopulationModel, n_occasions: int) -> tuple[str, ...]:
+    """Labels of one subject's random effects in their order (`PopulationModel.n_random`):
+    the etas by parameter name, then `kappa_<param>[<occasion>]` (0-based occasion, the
+    kappas occasion-major)."""
+    kappas = tuple(f"kappa_{p}[{k}]" for k in range(n_occasions) for p in pm.iov_names)
+    return tuple(pm.eta_names) + kappas
 
 
 def corr_cholesky(u, d: int):

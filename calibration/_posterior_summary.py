@@ -39,7 +39,9 @@ def has_block(pm: PopulationModel) -> bool:
 
 def diagnosed_variables(pm: PopulationModel) -> list[str]:
     """The posterior variables whose R-hat and ESS are checked (all reported quantities)."""
-    return [*pm.theta, "omega", *(["corr"] if has_block(pm) else []), *pm.error.names, "eta"]
+    iov = ["iov"] if pm.iov else []
+    corr = ["corr"] if has_block(pm) else []
+    return [*pm.theta, "omega", *corr, *iov, *pm.error.names, "eta"]
 
 
 def convergence_stats(idata, variables: list[str]) -> dict[str, xr.Dataset]:
@@ -184,8 +186,16 @@ def _summary_row(kind, name, draws: np.ndarray, r_hat: float, ess_bulk: float) -
     }
 
 
-def population_table(pm: PopulationModel, idata, stats) -> pd.DataFrame:
-    """The estimates table; `stats` from `convergence_stats`, or None (no R-hat, ESS)."""
+def population_table(
+    pm: PopulationModel, idata, stats, occasions: np.ndarray | None = None
+) -> pd.DataFrame:
+    """The estimates table; `stats` from `convergence_stats`, or None (no R-hat, ESS).
+
+    With IOV an `iov` row per parameter gives the variance of its kappas, its CV% and the
+    shrinkage of the kappas' posterior means over the occasions the subjects have
+    (`occasions`: `(subjects, occasions)` True where a subject has the occasion, i.e.
+    `np.isfinite(Dataset.occasion_start)`; all occasions when None).
+    """
 
     def conv(var, **sel) -> tuple[float, float]:
         if stats is None:
@@ -214,14 +224,28 @@ def population_table(pm: PopulationModel, idata, stats) -> pd.DataFrame:
                 rows.append(
                     _summary_row("corr", label, corr[:, i, j], *conv("corr", eta_pair=label))
                 )
+    if pm.iov:
+        iov = _draws(idata, "iov")
+        kappa_mean = np.asarray(idata.posterior["kappa"].mean(dim=("chain", "draw")))
+        have = np.ones(kappa_mean.shape[:2], bool) if occasions is None else occasions
+        for i, name in enumerate(pm.iov_names):
+            row = _summary_row("iov", name, iov[:, i], *conv("iov", iov_name=name))
+            row["cv_pct"] = float(np.median(100.0 * np.sqrt(np.expm1(iov[:, i]))))
+            sd = float(np.std(kappa_mean[:, :, i][have]))
+            row["shrinkage_pct"] = 100.0 * (1.0 - sd / math.sqrt(row["estimate"]))
+            rows.append(row)
     for k in pm.error.names:
         rows.append(_summary_row("sigma", k, _draws(idata, k), *conv(k)))
     return pd.DataFrame(rows)
 
 
-def individual_table(idata, stats) -> pd.DataFrame:
+def individual_table(idata, stats, occasions: np.ndarray | None = None) -> pd.DataFrame:
     """One row per subject and eta / individual parameter. A parameter is a monotone function
-    of its eta, so it has the eta's (rank-based) R-hat and ESS; one without an eta is fixed."""
+    of its eta, so it has the eta's (rank-based) R-hat and ESS; one without an eta is fixed.
+
+    With IOV (a `kappa` in the posterior) each subject also has one row (kind `kappa`) per
+    IOV parameter and occasion it has (`occasions`, as in `population_table`), with the
+    0-based occasion in the column `occasion` (NaN on the other rows)."""
     post = idata.posterior
     eta_names = [str(n) for n in post.coords["eta_name"].values]
     rows = []
@@ -238,4 +262,29 @@ def individual_table(idata, stats) -> pd.DataFrame:
                 row = _summary_row(var, name, draws, r_hat, ess)
                 del row["cv_pct"], row["shrinkage_pct"]
                 rows.append({"subject": sid} | row)
-    return pd.DataFrame(rows)
+        if "kappa" in post:
+            rows += _kappa_rows(post, stats, s, sid, occasions)
+    table = pd.DataFrame(rows)
+    if "kappa" in post:
+        table = table[
+            ["subject", "occasion", *[c for c in table if c not in ("subject", "occasion")]]
+        ]
+    return table
+
+
+def _kappa_rows(post, stats, s: int, sid, occasions) -> list[dict[str, Any]]:
+    kappa = post["kappa"]
+    names = [str(n) for n in kappa.coords["iov_name"].values]
+    rows = []
+    for k in range(kappa.sizes["occasion"]):
+        if occasions is not None and not occasions[s, k]:
+            continue
+        for j, name in enumerate(names):
+            draws = np.asarray(kappa.values[:, :, s, k, j]).reshape(-1)
+            sel = {"subject": sid, "occasion": k, "iov_name": name}
+            r_hat = float(stats["r_hat"]["kappa"].sel(sel)) if stats is not None else math.nan
+            ess = float(stats["ess_bulk"]["kappa"].sel(sel)) if stats is not None else math.nan
+            row = _summary_row("kappa", name, draws, r_hat, ess)
+            del row["cv_pct"], row["shrinkage_pct"]
+            rows.append({"subject": sid, "occasion": float(k)} | row)
+    return rows

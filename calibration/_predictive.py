@@ -1,5 +1,6 @@
 """Predictive checks: the visual predictive check (VPC, pcVPC) and simulation-based
-calibration (SBC) of the individual posteriors.
+calibration (SBC) of the individual posteriors; the forecast of a subject on a new occasion
+(`forecast_new_occasion`, integrating over the new occasion's kappa).
 
 Both simulate replicates of the data from the model (`simulate_dataset`) and compare them with
 the observations (VPC) or with the posteriors computed from them (SBC). Plots return a
@@ -9,9 +10,11 @@ the observations (VPC) or with the posteriors computed from them (SBC). Plots re
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +23,7 @@ from matplotlib.figure import Figure
 
 from ._data import Dataset
 from ._laplace import individual_map
-from ._model import PopulationModel, require_no_iov
+from ._model import PopulationModel, occasion_index, random_effect_names
 from ._random import as_key
 from ._simulation import (
     Population,
@@ -273,13 +276,15 @@ def _bin_edges(t: np.ndarray, bins: int | Sequence[float]) -> np.ndarray:
 def _pred(pm: PopulationModel, population: Population, data: Dataset) -> np.ndarray:
     _, nat = population_values(pm, population)
     cov, reg, time = subject_design(data)
-    eta = jnp.zeros((data.n_subjects, pm.n_eta))
+    eta = jnp.zeros((data.n_subjects, pm.n_eta))  # PRED: the kappas at 0 too
     return np.asarray(curves(pm, nat, cov, reg, time, eta)[1])
 
 
 # ----------------------------------------------------------------------------- SBC
 
-#: `posterior(pm, phi, data, *, key, n_draws) -> (subjects, n_draws, n_eta)` eta draws.
+#: `posterior(pm, phi, data, *, key, n_draws) -> (subjects, n_draws, n_random)` draws of
+#: each subject's random effects (`n_random = pm.n_random(data.n_occasions)`: the etas, then
+#: with IOV the kappas of every occasion, occasion-major; `n_eta` without IOV).
 PosteriorFn = Callable[..., Any]
 
 
@@ -291,32 +296,44 @@ def laplace_posterior(
     key: jax.Array | int,
     n_draws: int,
 ) -> np.ndarray:
-    """Draws from the Laplace approximation of each subject's eta posterior.
+    """Draws from the Laplace approximation of each subject's posterior of its random effects.
 
-    `N(eta*, H^-1)` with the MAP `eta*` and the inverse Hessian from `individual_map` given
+    `N(b*, H^-1)` with the MAP `b*` and the inverse Hessian from `individual_map` given
     the population values `phi` (unconstrained, `pm.initial()` form); `key` (a JAX PRNG key
-    or an int) draws the normal deviates.
+    or an int) draws the normal deviates. Without IOV `b` is the etas. With inter-occasion
+    variability `b` is the etas and the kappas of every occasion of the data, occasion-major
+    (`PopulationModel.n_random`, labels `calibration.random_effect_names`), drawn jointly
+    from their joint curvature (`IndividualFit.random_cov`: etas and kappas are correlated
+    a posteriori); the kappas of an occasion a subject does not have are drawn from their
+    prior `N(0, omega_IOV^2)` (mode 0, which is their exact posterior).
 
-    **Returns:** `(subjects, n_draws, n_eta)` draws.
+    **Returns:** `(subjects, n_draws, n_random)` draws (`n_random = n_eta` without IOV).
     """
-    require_no_iov(pm, "laplace_posterior")
     key = as_key(key, "laplace_posterior")
     ind = individual_map(pm, data, dict(phi))
-    chol = np.linalg.cholesky(0.5 * (ind.cov + np.swapaxes(ind.cov, -1, -2)))
-    z = np.asarray(jax.random.normal(key, (data.n_subjects, n_draws, pm.n_eta)))
-    return ind.eta[:, None, :] + np.einsum("sij,sdj->sdi", chol, z)
+    if pm.iov:
+        assert ind.kappa is not None and ind.random_cov is not None
+        kappa = np.nan_to_num(ind.kappa, nan=0.0).reshape(data.n_subjects, -1)
+        mode, cov = np.concatenate([ind.eta, kappa], axis=1), ind.random_cov
+    else:
+        mode, cov = ind.eta, ind.cov
+    chol = np.linalg.cholesky(0.5 * (cov + np.swapaxes(cov, -1, -2)))
+    z = np.asarray(jax.random.normal(key, (data.n_subjects, n_draws, mode.shape[1])))
+    return mode[:, None, :] + np.einsum("sij,sdj->sdi", chol, z)
 
 
 @dataclasses.dataclass(frozen=True)
 class SBCResult:
     """Simulation-based calibration of individual posteriors.
 
-    - `eta_names`: the parameters (with an eta); `truth`: `(n_sims, n_eta)` the true etas;
-    - `ranks`: `(n_sims, n_eta)` the number of posterior draws below the truth (0..`n_draws`);
+    - `eta_names`: the random effects checked: the parameters with an eta and, for a model
+      with IOV, each kappa by `kappa_<param>[<occasion>]` (`random_effect_names`);
+      `truth`: `(n_sims, n_random)` their true values;
+    - `ranks`: `(n_sims, n_random)` the number of posterior draws below the truth (0..`n_draws`);
       uniform on 0..`n_draws` when the posterior is calibrated;
     - `coverage`: a DataFrame, one row per parameter, one column per central interval level:
       the fraction of simulated subjects whose interval (draw quantiles) holds the truth;
-    - `mean`, `sd`: `(n_sims, n_eta)` posterior means and SDs (of the draws);
+    - `mean`, `sd`: `(n_sims, n_random)` posterior means and SDs (of the draws);
     - `data`: the simulated subjects (a `Dataset`).
     """
 
@@ -386,7 +403,9 @@ def sbc(
     """Simulation-based calibration of the individual posteriors (the twins).
 
     `n_sims` subjects (cycling through the subjects of `data_design`: their regimens, times
-    and covariates) get true etas drawn from the prior `N(0, Omega)` and observations
+    and covariates) get true etas drawn from the prior `N(0, Omega)` (and, with IOV, true
+    kappas of every occasion from `N(0, omega_IOV^2)`, checked as random effects of their
+    own) and observations
     simulated from the model (`simulate_dataset`, censored like the design). Each subject's
     posterior given the true population values is then computed once for all subjects
     (vmapped) and compared with the truth: central-interval coverage and the rank of the truth
@@ -397,9 +416,10 @@ def sbc(
     - `pm`: the population model; `data_design`: the design (its DV are ignored).
     - `key`: PRNG key (or an int); `n_sims`: number of simulated subjects.
     - `population`: the true population values (see `simulate_dataset`; default the model's).
-    - `posterior`: `posterior(pm, phi, data, *, key, n_draws) -> (subjects, n_draws, n_eta)`
-      eta draws; default `laplace_posterior` (MAP and inverse Hessian, normal on the eta
-      scale). Pass another function for NUTS or SVI posteriors.
+    - `posterior`: `posterior(pm, phi, data, *, key, n_draws) -> (subjects, n_draws,
+      n_random)` draws of the random effects (etas; with IOV then the kappas of every
+      occasion, occasion-major); default `laplace_posterior` (MAP and inverse Hessian,
+      normal on the eta scale). Pass another function for NUTS or SVI posteriors.
     - `n_draws`: posterior draws per subject (ranks take `n_draws + 1` values).
     - `levels`: central interval levels whose coverage is reported.
 
@@ -407,7 +427,6 @@ def sbc(
 
     References: Talts, Betancourt, Simpson, Vehtari, Gelman 2018, arXiv:1804.06788.
     """
-    require_no_iov(pm, "sbc")
     if n_sims < 1 or n_draws < 1:
         raise ValueError(f"sbc: expected n_sims, n_draws >= 1, got {n_sims}, {n_draws}.")
     phi, _ = population_values(pm, population)
@@ -416,20 +435,25 @@ def sbc(
     sim = simulate_dataset(pm, phi, design, key=k_sim)
     data = sim.dataset(0)
     draws = np.asarray(posterior(pm, phi, data, key=k_post, n_draws=n_draws))
-    expected = (n_sims, n_draws, pm.n_eta)
+    names = random_effect_names(pm, data.n_occasions) if pm.iov else pm.eta_names
+    expected = (n_sims, n_draws, len(names))
     if draws.shape != expected:
         raise ValueError(
-            f"sbc: posterior returned draws of shape {draws.shape}, expected {expected}."
+            f"sbc: posterior returned draws of shape {draws.shape}, expected {expected} "
+            f"(subjects, n_draws, random effects {list(names)})."
         )
     truth = sim.eta[0]
+    if pm.iov:
+        assert sim.kappa is not None
+        truth = np.concatenate([truth, sim.kappa[0].reshape(n_sims, -1)], axis=1)
     ranks = np.sum(draws < truth[:, None, :], axis=1)
     rows = {}
     for p in levels:
         q = np.quantile(draws, [(1.0 - p) / 2.0, (1.0 + p) / 2.0], axis=1)
         rows[float(p)] = np.mean((q[0] <= truth) & (truth <= q[1]), axis=0)
-    coverage = pd.DataFrame(rows, index=pd.Index(list(pm.eta_names), name="parameter"))
+    coverage = pd.DataFrame(rows, index=pd.Index(list(names), name="parameter"))
     return SBCResult(
-        eta_names=pm.eta_names,
+        eta_names=tuple(names),
         truth=truth,
         ranks=ranks,
         n_draws=n_draws,
@@ -437,4 +461,165 @@ def sbc(
         mean=draws.mean(axis=1),
         sd=draws.std(axis=1, ddof=1),
         data=data,
+    )
+
+
+# ----------------------------------------------------------------------------- new occasion
+
+
+@dataclasses.dataclass(frozen=True)
+class OccasionForecast:
+    """A subject's predictions on a new occasion (`forecast_new_occasion`).
+
+    - `times`: `(times,)` the forecast times (h); `draws`: `(n_draws, times)` the model
+      predictions (IPRED, no residual error) for each posterior draw and new kappa;
+    - `kappa`: `(n_draws, n_iov)` the new occasion's kappas used (drawn from
+      `N(0, omega_IOV^2)`; zeros when `integrated` is False);
+    - `occasion_start`: the start times of the subject's past occasions and, last, of the
+      new one; `occasion`: `(times,)` the occasion of each forecast time (`occasion_index`:
+      the last one started at or before it);
+    - `integrated`: True when the forecast integrates over the new occasion's kappa;
+    - `note`: says so, in words (for reports and plots).
+    """
+
+    times: np.ndarray
+    draws: np.ndarray
+    kappa: np.ndarray
+    occasion_start: np.ndarray
+    occasion: np.ndarray
+    integrated: bool
+    note: str
+
+    @property
+    def mean(self) -> np.ndarray:
+        """`(times,)` the predictive mean."""
+        return self.draws.mean(axis=0)
+
+    def interval(self, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """The central `level` predictive interval at each time (draw quantiles)."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"interval: level must be in (0, 1), got {level}.")
+        lo, hi = np.quantile(self.draws, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)
+        return lo, hi
+
+
+@eqx.filter_jit
+def _occasion_predictions(pm: PopulationModel, theta, covariates, regimen, obs, b):
+    return jax.vmap(lambda e: pm.predict_random(theta, covariates, regimen, obs, e))(b)
+
+
+def forecast_new_occasion(
+    pm: PopulationModel,
+    population: Population,
+    covariates: Mapping[str, Any],
+    regimen: Any,
+    times: Any,
+    *,
+    draws: Any,
+    occasion_start: Any,
+    new_occasion: float,
+    key: jax.Array | int,
+    integrate_kappa: bool = True,
+) -> OccasionForecast:
+    """Forecast one subject on a new occasion, integrating over that occasion's kappa.
+
+    The subject's posterior holds its etas and the kappas of its past occasions; a new
+    occasion (the next course, the next visit) has a kappa that no data have informed yet,
+    so its posterior is its prior, `kappa_new ~ N(0, omega_IOV^2)` (Karlsson & Sheiner 1993,
+    *J Pharmacokinet Biopharm* 21:735-750). For each posterior draw a new kappa is drawn
+    and the subject is simulated with the past occasions' kappas before `new_occasion` and
+    the new kappa from it on (`PopulationModel.predict_random`, parameters changing at the
+    start of each occasion). Setting the new kappa to 0 (`integrate_kappa=False`, the
+    forecast of tools that drop the kappas) understates the predictive spread by the
+    IOV and, for a log-normal parameter, biases the mean: it is offered only to compare.
+
+    **Arguments:**
+
+    - `pm`: a population model with IOV (`pm.iov`).
+    - `population`: the population values (a `PopulationFit`, its `population` dict, the
+      `pm.initial()` form, or None for the model's own; see `simulate_dataset`): theta and
+      the IOV variances are read from it.
+    - `covariates`: the subject's covariates by name (scalars).
+    - `regimen`: the subject's `pkpd.Regimen`, past and new doses (a dose at or after
+      `new_occasion` takes the new occasion's parameters).
+    - `times`: forecast times (h), any order.
+    - `draws`: `(n_draws, n_eta + k * n_iov)` posterior draws of the subject's random
+      effects: its etas, then the kappas of its `k` past occasions, occasion-major
+      (`laplace_posterior(...)[i]`; from a `BayesFit`, the posterior `eta` and `kappa` of
+      the subject, flattened and concatenated).
+    - `occasion_start`: `(k,)` start times (h) of the past occasions
+      (`Dataset.occasion_start[i]`; `+inf` entries, occasions the subject does not have,
+      are dropped with their kappas); empty when the subject has none.
+    - `new_occasion`: start time (h) of the new occasion, after the last past one.
+    - `key`: a JAX PRNG key or an int, for the new kappas.
+    - `integrate_kappa`: draw the new kappa (the default) or set it to 0.
+
+    **Returns:** an `OccasionForecast` (its `note` says whether the kappa was integrated).
+    """
+    fn = "forecast_new_occasion"
+    if not pm.iov:
+        raise ValueError(
+            f"{fn}: the model has no inter-occasion variability (iov), so a new occasion is "
+            "like the others: forecast with the posterior of the etas."
+        )
+    _, nat = population_values(pm, population)
+    n_iov = len(pm.iov)
+    start = np.atleast_1d(np.asarray(occasion_start, dtype=float))
+    b = np.asarray(draws, dtype=float)
+    if b.ndim != 2 or b.shape[1] != pm.n_eta + start.size * n_iov:
+        raise ValueError(
+            f"{fn}: draws must have shape (n_draws, n_eta + occasions * n_iov) = (n_draws, "
+            f"{pm.n_eta} + {start.size} * {n_iov}) (etas {list(pm.eta_names)}, then the "
+            f"kappas of each past occasion of {list(pm.iov_names)}); got {b.shape}."
+        )
+    if not np.isfinite(b).all():
+        raise ValueError(f"{fn}: draws hold non-finite values.")
+    keep = np.isfinite(start)
+    if keep.size and not keep[: int(keep.sum())].all():
+        raise ValueError(
+            f"{fn}: occasion_start {start.tolist()} has a finite start after a padding +inf."
+        )
+    kappa_cols = np.repeat(keep, n_iov)
+    b = np.concatenate([b[:, : pm.n_eta], b[:, pm.n_eta :][:, kappa_cols]], axis=1)
+    start = start[keep]
+    if start.size and np.any(np.diff(start) <= 0):
+        raise ValueError(f"{fn}: occasion_start must be increasing, got {start.tolist()}.")
+    new = float(new_occasion)
+    if not math.isfinite(new) or (start.size and not new > start[-1]):
+        raise ValueError(
+            f"{fn}: new_occasion ({new} h) must be a finite time after the start of the last "
+            f"past occasion ({start[-1] if start.size else None} h)."
+        )
+    t = np.atleast_1d(np.asarray(times, dtype=float))
+    if t.ndim != 1 or t.size == 0 or not np.isfinite(t).all():
+        raise ValueError(f"{fn}: times must be a non-empty 1-d array of finite times (h).")
+    n_draws = b.shape[0]
+    if integrate_kappa:
+        sd = np.sqrt(np.asarray(nat["iov"], dtype=float))
+        z = np.asarray(jax.random.normal(as_key(key, fn), (n_draws, n_iov)))
+        kappa = z * sd[None, :]
+        note = (
+            f"new occasion at {new:g} h: its kappa ({', '.join(pm.iov_names)}) drawn from "
+            "N(0, omega_IOV^2) for each posterior draw (integrated over, not set to 0)"
+        )
+    else:
+        as_key(key, fn)
+        kappa = np.zeros((n_draws, n_iov))
+        note = (
+            f"new occasion at {new:g} h: its kappa ({', '.join(pm.iov_names)}) set to 0 "
+            "(NOT integrated: the predictive spread omits the inter-occasion variability)"
+        )
+    starts = np.concatenate([start, [new]])
+    full = jnp.asarray(np.concatenate([b, kappa], axis=1))
+    obs = {"time": jnp.asarray(t), "occasion_start": jnp.asarray(starts)}
+    cov = {k: jnp.asarray(float(v)) for k, v in covariates.items()}
+    pred = _occasion_predictions(pm, nat["theta"], cov, regimen, obs, full)
+    return OccasionForecast(
+        times=t,
+        draws=np.asarray(pred),
+        kappa=kappa,
+        occasion_start=starts,
+        occasion=np.asarray(occasion_index(starts, t)),
+        integrated=bool(integrate_kappa),
+        note=note,
     )

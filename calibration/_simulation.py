@@ -112,15 +112,30 @@ def subject_design(data: Dataset, who: str = "residuals, individual_plots and vp
 
 
 @eqx.filter_jit
-def curves(pm: PopulationModel, nat, cov, reg, time, eta):
-    """`(IPRED, PRED)` of every subject at its own `time` row."""
+def curves(pm: PopulationModel, nat, cov, reg, time, b, occasion_start=None):
+    """`(IPRED, PRED)` of every subject at its own `time` row.
 
-    def one(c, r, t, e):
-        ipred = pm.predict(pm.individual_params(nat["theta"], c, e), r, t)
-        pred = pm.predict(pm.individual_params(nat["theta"], c, jnp.zeros_like(e)), r, t)
-        return ipred, pred
+    `b` holds each subject's random effects: its etas `(subjects, n_eta)`, or for a model
+    with IOV its etas and the kappas of each occasion (`(subjects, n_random)`, see
+    `PopulationModel.predict_random`) with `occasion_start` `(subjects, occasions)` the
+    occasions' start times (`Dataset.occasion_start`): IPRED then changes parameters at the
+    start of each occasion. PRED has every random effect 0 (kappas too)."""
 
-    return jax.vmap(one)(cov, reg, time, eta)
+    def pred_of(c, r, t):
+        return pm.predict(pm.individual_params(nat["theta"], c, jnp.zeros(pm.n_eta)), r, t)
+
+    if occasion_start is None:
+
+        def one(c, r, t, e):
+            return pm.predict(pm.individual_params(nat["theta"], c, e), r, t), pred_of(c, r, t)
+
+        return jax.vmap(one)(cov, reg, time, b)
+
+    def one_iov(c, r, t, e, s):
+        obs = {"time": t, "occasion_start": s}
+        return pm.predict_random(nat["theta"], c, r, obs, e), pred_of(c, r, t)
+
+    return jax.vmap(one_iov)(cov, reg, time, b, occasion_start)
 
 
 # ----------------------------------------------------------------------------- simulation
