@@ -10,6 +10,7 @@ and the pure simulation for Flower's simulation engine."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -260,12 +261,15 @@ def _expected_bagging(clients, *, k, rounds):
 
 
 def test_too_few_accepted_models_stop_the_round_naming_the_rejected():
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
 
     def reply(data, n=50):
         content = RecordDict({"arrays": ArrayRecord([np.frombuffer(data, dtype=np.uint8)]),
                               "metrics": MetricRecord({"num-examples": n})})  # fmt: skip
-        return Message(content, dst_node_id=0, message_type="train")
+        meta = Metadata(run_id=1, message_id="r", src_node_id=5, dst_node_id=1,
+                        reply_to_message_id="m", group_id="1", created_at=time.time(),
+                        ttl=3600.0, message_type="train")  # fmt: skip
+        return Message(content, metadata=meta)
 
     good = X.centralised(_logistic(100, seed=40), rounds=1)
     sink = X.XgbOutcome()
