@@ -140,6 +140,8 @@ def test_bootstrap_matches_the_closed_form_bootstrap(ri):
     other = C.bootstrap(pm, data, fit, n=3, key=jax.random.key(8))
     assert other.resamples["subjects"].tolist() != again.resamples["subjects"].tolist()
     assert "30 converged" in repr(res) and "theta[V]" in str(res)
+    fig = res.plot()
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == list(t.index)
 
 
 def test_stratified_resamples_keep_the_strata(ri):
@@ -255,6 +257,8 @@ def test_profile_of_a_theta_is_the_closed_form_interval(ri):
     assert not pr.notes and prof["converged"].all()
     assert pr.estimate == pytest.approx(_row(fit, "theta", "V"), rel=1e-12)
     assert "profile interval" in repr(pr) and "-2LL of the fit" in str(pr)
+    ax = pr.plot().axes[0]
+    assert ax.get_xlabel() == "theta[V]" and len(ax.lines) == 5  # profile, 3.84, ends, estimate
     # the interpolated ends, without the root-finding refits
     quick = C.profile_likelihood(pm, data, "theta[V]", fit, refine=False)
     assert quick.ci_low == pytest.approx(pr.ci_low, rel=2e-3)
@@ -304,3 +308,13 @@ def test_profile_errors_and_unreached_bounds(ri):
     pr = C.profile_likelihood(pm, data, "V", fit, values=[17.0, 18.5])
     assert math.isnan(pr.ci_low) and math.isnan(pr.ci_high)
     assert len(pr.notes) == 2 and "did not rise by 3.841 on the lower side" in pr.notes[0]
+
+
+@pytest.mark.extended
+def test_workers_give_the_sequential_result(ri):
+    """Two spawned processes (each compiles its own objective: ~30 s on 2 cores)."""
+    pm, data, fit, _ = ri
+    seq = C.bootstrap(pm, data, fit, n=6, key=jax.random.key(4))
+    par = C.bootstrap(pm, data, fit, n=6, key=jax.random.key(4), workers=2)
+    assert par.resamples["subjects"].tolist() == seq.resamples["subjects"].tolist()
+    pd.testing.assert_frame_equal(par.intervals, seq.intervals, rtol=1e-9)
