@@ -2,7 +2,8 @@
 
 Federated population fits (the FOCE-I/Laplace outer loop at the server, each hospital's
 subjects' contributions computed locally) and federated surrogates (FedAvg/FedProx/FedAdam,
-differential privacy with an accountant, SecAgg+). See docs/federated.md.
+differential privacy with an accountant, SecAgg+; XGBoost by Flower's FedXgbBagging and
+FedXgbCyclic). See docs/federated.md.
 """
 
 # isort: off
@@ -53,7 +54,10 @@ from ._sites import hospitals as hospitals
 from ._sites import reference_schema as reference_schema
 from ._sites import simulate_site as simulate_site
 from ._sites import site_divergence as site_divergence
+from ._surrogate_apps import HospitalRecords as HospitalRecords
 from ._surrogate_apps import Outcome as Outcome
+from ._surrogate_apps import RoundAudit as RoundAudit
+from ._surrogate_apps import consented_rows as consented_rows
 from ._surrogate_apps import secagg_client_app as secagg_client_app
 from ._surrogate_apps import secagg_server_app as secagg_server_app
 from ._surrogate_apps import simulate as simulate_surrogates  # noqa: F401
@@ -67,3 +71,12 @@ from ._table3 import Settings as Settings
 from ._table3 import accuracy_vs_epsilon as accuracy_vs_epsilon
 from ._table3 import federation as surrogate_federation  # noqa: F401
 from ._table3 import surrogate_table as surrogate_table
+from ._xgb import Boosting as Boosting
+from ._xgb import XgbOutcome as XgbOutcome
+from ._xgb import bagging_training as xgb_bagging_training  # noqa: F401
+from ._xgb import centralised as xgb_centralised  # noqa: F401
+from ._xgb import check_model as check_xgb_model  # noqa: F401
+from ._xgb import cyclic_training as xgb_cyclic_training  # noqa: F401
+from ._xgb import xgb_client_app as xgb_client_app
+from ._xgb import xgb_rows as xgb_rows
+from ._xgb import xgb_server_app as xgb_server_app

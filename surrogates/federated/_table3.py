@@ -24,7 +24,10 @@ unit of privacy, their delta and their accountant are not stated. Here:
 `surrogate_table` returns one row per setting with accuracy, F1, ROC-AUC, rounds, the noise
 multiplier, the epsilon the accountant gives (PLD and RDP) and the bytes the hospitals sent
 and received (float32 parameters, the payload only: Flower's framing adds a little,
-`_surrogate_apps` measures it). `accuracy_vs_epsilon` sweeps epsilon for both units.
+`_surrogate_apps` measures it). With `xgboost_rounds` it adds XGBoost's rows
+(`_xgb.xgb_rows`: centralised XGBoost on the pooled training parts, and Flower's
+FedXgbBagging and FedXgbCyclic over the hospitals, without DP: bagging XGBoost has none
+here). `accuracy_vs_epsilon` sweeps epsilon for both units.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -59,7 +62,9 @@ from ._sites import (
     simulate_site,
     site_divergence,
 )
+from ._surrogate_apps import HospitalRecords
 from ._surrogate_models import Model, lstm, mlp
+from ._xgb import Boosting, xgb_rows
 
 Unit = Literal["none", "record", "client"]
 
@@ -115,6 +120,24 @@ class FederatedTask:
 
     def clients(self, kind: str = "mlp") -> list[Client]:
         return [Client(self.inputs(s, kind), s.y.astype(np.float32)) for s in self.train]
+
+    def records(
+        self, kind: str = "mlp", configs: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> list[HospitalRecords]:
+        """The hospitals' training parts for the ClientApps, with their patients' IDs and,
+        from `configs` (hospital name -> node config: `consent-path`, `audit-log`,
+        `audit-key`, `pseudonym-key`), their consent decisions: patients who did not
+        consent to federated use never enter a local round (`consented_rows`)."""
+        configs = configs or {}
+        return [
+            HospitalRecords(
+                s.hospital.name,
+                c,
+                tuple(str(p) for p in s.patients),
+                dict(configs.get(s.hospital.name, {})),
+            )
+            for s, c in zip(self.train, self.clients(kind), strict=True)
+        ]
 
     def pooled(self, kind: str = "mlp", part: str = "train") -> Client:
         """The union of the hospitals' training (or held-out) parts as one client."""
@@ -218,6 +241,7 @@ def run(
     row: dict[str, Any] = {
         "setting": "centralised" if centralised else f"federated, {k} hospitals",
         "hospitals": k,
+        "model": f"{kind} ({strategy})" if not centralised else kind,
         "unit": unit,
         "epsilon_target": epsilon if unit != "none" else math.inf,
         "delta": settings.delta if unit != "none" else math.nan,
@@ -247,9 +271,13 @@ def surrogate_table(
     strategy: str = "fedavg",
     settings: Settings = Settings(),
     seed: int = 0,
+    xgboost_rounds: int | None = None,
+    boosting: Boosting | None = None,
 ) -> pd.DataFrame:
     """Table 3 on the drug-response task: for each federation size, centralised and
-    federated without DP, with record-level DP and with client-level DP at `epsilon`.
+    federated without DP, with record-level DP and with client-level DP at `epsilon`;
+    with `xgboost_rounds`, also centralised XGBoost and Flower's FedXgbBagging and
+    FedXgbCyclic for that many rounds (`_xgb.xgb_rows`, `boosting` its settings; no DP).
 
     The centralised rows are trained on the same patients as each federation's (the
     split into training and held-out parts depends on the federation: every size has its
@@ -273,10 +301,14 @@ def surrogate_table(
                     settings=settings,
                     seed=seed,
                 )
-                row["federation"] = k
-                row["label_js"] = float(fed.divergence.loc["federation", "label_js"])
-                row["covariate_js"] = float(fed.divergence.loc["federation", "covariate_js"])
                 rows.append(row)
+        if xgboost_rounds:
+            rows += xgb_rows(fed, rounds=xgboost_rounds, boosting=boosting or Boosting(),
+                             seed=seed)  # fmt: skip
+        for row in rows:
+            row.setdefault("federation", k)
+            row.setdefault("label_js", float(fed.divergence.loc["federation", "label_js"]))
+            row.setdefault("covariate_js", float(fed.divergence.loc["federation", "covariate_js"]))
     return pd.DataFrame(rows)
 
 
