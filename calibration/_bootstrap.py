@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,7 +144,7 @@ def resolve_fit(
         raise TypeError(
             f"{who}: fit must be a calibration.PopulationFit, got {type(fit).__name__}."
         )
-    if fit.model != pm:
+    if not bool(eqx.tree_equal(fit.model, pm)):
         raise ValueError(
             f"{who}: the fit is of another model than `pm` (give the PopulationModel that was "
             "fitted)."
@@ -227,11 +228,12 @@ class BootstrapResult:
     @property
     def failures(self) -> dict[int, str]:
         """`{resample: reason}` of every resample not used (raised, or not converged)."""
-        out = {}
-        for row in self.resamples.itertuples():
-            if not row.used:
-                out[int(row.resample)] = row.error or "did not converge"
-        return out
+        r = self.resamples
+        return {
+            int(b): (why or "did not converge")
+            for b, used, why in zip(r["resample"], r["used"], r["error"], strict=True)
+            if not used
+        }
 
     def to_dataframe(self) -> pd.DataFrame:
         """The intervals table (a copy)."""
@@ -248,7 +250,7 @@ class BootstrapResult:
         return wide
 
     def __repr__(self) -> str:
-        used = int(self.intervals["n_used"].min()) if len(self.intervals) else 0
+        used = int(np.min(self.intervals["n_used"].to_numpy())) if len(self.intervals) else 0
         return (
             f"BootstrapResult({self.method.upper()}, {self.n} resamples"
             + (f" stratified by {self.stratify}" if self.stratify else "")
@@ -263,7 +265,9 @@ class BootstrapResult:
             cols += ["bca_low", "bca_high"]
         cols.append("n_used")
         with pd.option_context("display.max_rows", None, "display.width", 200):
-            table = self.intervals[cols].to_string(index=False, float_format=lambda x: f"{x:.5g}")
+            table = self.intervals.filter(items=cols).to_string(
+                index=False, float_format=lambda x: f"{x:.5g}"
+            )
         lines = [repr(self), table]
         fails = self.failures
         if fails:
@@ -288,7 +292,7 @@ class BootstrapResult:
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
         ints = self.intervals.set_index("label")
         for ax, lab in zip(axes, labels, strict=False):
-            vals = wide[lab].to_numpy(dtype=float)
+            vals = np.asarray(wide[lab], dtype=float)
             ax.hist(vals[np.isfinite(vals)], bins=30, color="C0", alpha=0.7)
             ax.axvline(ints.loc[lab, "estimate"], color="k", lw=1.5, label="estimate")
             for edge in ("ci_low", "ci_high"):
@@ -571,9 +575,10 @@ class _progress:
         self.bar = Progress(
             f"[bold]{self.what}", BarColumn(), TaskProgressColumn(), TimeRemainingColumn()
         )
-        self.bar.__enter__()
-        task = self.bar.add_task(self.what, total=self.total)
-        return lambda: self.bar.advance(task)
+        bar = self.bar
+        bar.__enter__()
+        task = bar.add_task(self.what, total=self.total)
+        return lambda: bar.advance(task)
 
     def __exit__(self, *exc):
         if self.bar is not None:
@@ -636,7 +641,7 @@ def _result(records, original, labels, jack, level, stratify, fit_ofv, method, i
     for lab in labels:
         kind, name = lab.split("[", 1)
         vals = estimates.loc[
-            (estimates["label"] == lab) & estimates["resample"].isin(used_ids), "value"
+            (estimates["label"] == lab) & estimates["resample"].isin(sorted(used_ids)), "value"
         ].to_numpy(dtype=float)
         vals = vals[np.isfinite(vals)]
         est = original[lab]
@@ -660,8 +665,8 @@ def _result(records, original, labels, jack, level, stratify, fit_ofv, method, i
             )
         row["n_used"] = int(vals.size)
         rows.append(row)
-    n_conv = int(resamples["converged"].sum())
-    n_failed = int(resamples["raised"].sum())
+    n_conv = int(np.sum(resamples["converged"].to_numpy()))
+    n_failed = int(np.sum(resamples["raised"].to_numpy()))
     return BootstrapResult(
         intervals=pd.DataFrame(rows),
         estimates=estimates,

@@ -24,7 +24,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +86,9 @@ class ProfileResult:
     def __str__(self) -> str:
         cols = ["value", "minus2ll", "delta", "converged", "on_grid"]
         with pd.option_context("display.max_rows", None, "display.width", 200):
-            table = self.profile[cols].to_string(index=False, float_format=lambda x: f"{x:.6g}")
+            table = self.profile.filter(items=cols).to_string(
+                index=False, float_format=lambda x: f"{x:.6g}"
+            )
         lines = [repr(self), f"  -2LL of the fit {self.fit_ofv:.4f}", table]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -306,7 +308,7 @@ def profile_likelihood(
                 return rec["minus2ll"] - fit.ofv - threshold
 
             try:
-                root = scipy.optimize.brentq(g, inner["u"], outer_rec["u"], xtol=xtol)
+                root = _brent(g, inner["u"], outer_rec["u"], xtol)
             except _Failed as error:
                 notes.append(f"the {name} end could not be refined: a refit raised ({error})")
                 root = _interpolated(points, side, u_hat, fit.ofv + threshold)
@@ -369,4 +371,10 @@ def _interpolated(points, side: float, u_hat: float, target: float) -> float:
     spline = scipy.interpolate.PchipInterpolator(u, v)
     inner = u_hat
     outer = u[-1] if side > 0 else u[0]
-    return float(scipy.optimize.brentq(lambda t: float(spline(t)) - target, inner, outer))
+    return _brent(lambda t: float(spline(t)) - target, inner, outer, 2e-12)
+
+
+def _brent(fn, a: float, b: float, xtol: float) -> float:
+    """The root of `fn` between `a` and `b` (scipy's Brent method)."""
+    root = scipy.optimize.brentq(fn, a, b, xtol=xtol, full_output=False)
+    return float(cast(float, root))
