@@ -44,11 +44,13 @@ from jax.flatten_util import ravel_pytree
 
 from ._data import Dataset
 from ._estimators import FOCEI, AbstractEstimator
+from ._failures import SubjectError
 from ._laplace import (
     OuterLoopResult,
     PopulationFit,
     estimates_table,
     fit_population,
+    individual_map,
     minimize_objective,
     objective_values,
 )
@@ -109,6 +111,25 @@ def refit(
         rejected=lambda: rejected,
     )
     return outer, full(outer.x)[0], outer.ofv
+
+
+def modes_problem(
+    pm: PopulationModel, data: Dataset, x: np.ndarray, estimator: AbstractEstimator
+) -> str | None:
+    """Why the subjects' conditional modes at the estimate `x` are not all converged (as
+    `fit_population` checks after its outer loop), or None when they are."""
+    phi = ravel_pytree(pm.initial())[1](jnp.asarray(x))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ind = individual_map(pm, data, phi, estimator=estimator)
+    except SubjectError as error:
+        return f"conditional modes not found at the estimate: {error}"
+    bad = ~np.asarray(ind.converged, dtype=bool)
+    if bad.any():
+        ids = [_plain(i) for i in np.asarray(data.ids)[bad][:10].tolist()]
+        return f"conditional modes did not converge at the estimate for subject(s) {ids}"
+    return None
 
 
 def parameter_rows(pm: PopulationModel, x: np.ndarray, derived: Derived | None) -> dict[str, float]:
@@ -373,20 +394,24 @@ def _one(pm, data, idx, x0, est, derived, max_steps, gtol, b) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            sample = data.subset(idx)
             outer, x, ofv = refit(
-                pm, data.subset(idx), x0, est, max_steps=max_steps, gtol=gtol, who="bootstrap"
+                pm, sample, x0, est, max_steps=max_steps, gtol=gtol, who="bootstrap"
             )
         rows = parameter_rows(pm, x, derived)
         converged = bool(outer is None or outer.converged) and math.isfinite(ofv)
         finite = all(math.isfinite(v) for v in rows.values())
+        modes = modes_problem(pm, sample, x, est) if converged and finite else None
         rec |= {
-            "converged": converged and finite,
+            "converged": converged and finite and modes is None,
             "ofv": ofv if math.isfinite(ofv) else None,
             "n_steps": 0 if outer is None else int(outer.n_steps),
             "error": None if finite else "non-finite estimates",
             "estimates": {k: (v if math.isfinite(v) else None) for k, v in rows.items()},
         }
-        if not rec["converged"] and outer is not None:
+        if modes is not None:
+            rec["note"] = modes
+        elif not rec["converged"] and outer is not None:
             rec["note"] = outer.convergence_problem()
     except Exception as error:  # every failure is recorded, none hides
         rec |= {

@@ -35,7 +35,7 @@ import scipy.optimize
 import scipy.stats
 from jax.flatten_util import ravel_pytree
 
-from ._bootstrap import parameter_rows, refit, resolve_fit
+from ._bootstrap import modes_problem, parameter_rows, refit, resolve_fit
 from ._data import Dataset
 from ._estimators import AbstractEstimator
 from ._laplace import PopulationFit
@@ -50,7 +50,8 @@ class ProfileResult:
       `iov[CL]`); `estimate`: the fit's value; `fit_ofv`: the fit's -2LL;
     - `profile`: one row per point evaluated (grid and root-finding), sorted by `value`:
       `value` (natural scale), `minus2ll`, `delta` (`minus2ll - fit_ofv`), `converged`,
-      `n_steps`, `on_grid`, `error` (why a refit raised; its `minus2ll` is NaN), and the
+      `n_steps`, `on_grid`, `error` (why a refit raised: its `minus2ll` is NaN; or why its
+      subjects' conditional modes did not converge at the point), and the
       other parameters' estimates there (by label);
     - `ci_low`, `ci_high`: the interval at `level` (NaN on a side where the profile did not
       rise by `threshold` within the points tried; `notes` says so); `threshold`:
@@ -231,11 +232,13 @@ def profile_likelihood(
                     gtol=gtol,
                     who="profile_likelihood",
                 )
+            converged = bool(outer is None or outer.converged) and math.isfinite(ofv)
+            modes = modes_problem(pm, data, x, est) if converged else None
             rec |= {
                 "minus2ll": ofv if math.isfinite(ofv) else math.nan,
-                "converged": bool(outer is None or outer.converged) and math.isfinite(ofv),
+                "converged": converged and modes is None,
                 "n_steps": 0 if outer is None else outer.n_steps,
-                "error": None,
+                "error": modes,
                 "x": x,
             }
         except Exception as error:  # recorded, not used
