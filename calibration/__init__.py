@@ -29,6 +29,7 @@ from ._bayes import default_priors as default_priors
 from ._bayes import fit_individual_nuts as fit_individual_nuts
 from ._bayes import fit_population_nuts as fit_population_nuts
 from ._bayes import fit_population_svi as fit_population_svi
+from ._bayes import random_effect_draws as random_effect_draws
 from ._bootstrap import BootstrapResult as BootstrapResult
 from ._bootstrap import bootstrap as bootstrap
 from ._data import Dataset as Dataset
@@ -125,6 +126,7 @@ __all__ = [
     "objective_values",
     "occasion_index",
     "profile_likelihood",
+    "random_effect_draws",
     "random_effect_names",
     "residuals",
     "sbc",

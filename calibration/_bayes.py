@@ -627,6 +627,23 @@ def fit_individual_nuts(
     return _finish(pm, idata, table, diagnostics, problems, "nuts-individual", fn)
 
 
+def random_effect_draws(fit: BayesFit, subject: Any) -> np.ndarray:
+    """The posterior draws of one subject's random effects, `(chains * draws, n_random)`:
+    its etas, then (IOV) the kappas of every occasion, occasion-major (the order of
+    `PopulationModel.n_random` and `random_effect_names`), the form `forecast_new_occasion`
+    and `sbc` take. `subject` is an ID (a value of the fit's `subject` coordinate)."""
+    post = fit.idata.posterior
+    ids = list(post.coords["subject"].values.tolist())
+    if subject not in ids:
+        raise ValueError(f"random_effect_draws: no subject with ID {subject!r} (IDs {ids[:20]}).")
+    eta = np.asarray(post["eta"].sel(subject=subject))
+    out = eta.reshape(-1, eta.shape[-1])
+    if "kappa" in post:
+        kappa = np.asarray(post["kappa"].sel(subject=subject))  # chain, draw, occasion, iov
+        out = np.concatenate([out, kappa.reshape(out.shape[0], -1)], axis=1)
+    return out
+
+
 def _finish(pm, idata, table, diagnostics, problems, method, fn) -> BayesFit:
     diagnostics["problems"] = problems
     if problems:

@@ -545,8 +545,7 @@ def forecast_new_occasion(
     - `times`: forecast times (h), any order.
     - `draws`: `(n_draws, n_eta + k * n_iov)` posterior draws of the subject's random
       effects: its etas, then the kappas of its `k` past occasions, occasion-major
-      (`laplace_posterior(...)[i]`; from a `BayesFit`, the posterior `eta` and `kappa` of
-      the subject, flattened and concatenated).
+      (`laplace_posterior(...)[i]`; from a `BayesFit`, `random_effect_draws(fit, id)`).
     - `occasion_start`: `(k,)` start times (h) of the past occasions
       (`Dataset.occasion_start[i]`; `+inf` entries, occasions the subject does not have,
       are dropped with their kappas); empty when the subject has none.

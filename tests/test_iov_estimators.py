@@ -371,6 +371,24 @@ def test_individual_nuts_samples_kappas(focei_fit, simulated):
     assert (np.abs(kappa.mean(0) - mode) < 0.5 * kappa.std(0)).all()
     rows = ind.table[ind.table["kind"] == "kappa"]
     assert len(rows) == 2 * 3 and set(rows["occasion"]) == {0.0, 1.0, 2.0}
+    # The subject's draws in the order of random_effect_names, into a new-occasion forecast:
+    # each draw's prediction is the exact solution with its past kappas and its new kappa.
+    b = C.random_effect_draws(ind, data.ids[1])
+    assert b.shape == (300, 5)
+    np.testing.assert_array_equal(b[:, 2:], kappa[:, 1, :, 0])
+    starts = (*STARTS, 504.0)
+    reg = pkpd.bolus(DOSE, time=0.0)
+    for t0 in starts[1:]:
+        reg = reg + pkpd.bolus(DOSE, time=t0)
+    kw = dict(draws=b, occasion_start=data.occasion_start[1], new_occasion=504.0, key=3)
+    times = np.array([340.0, 505.0, 510.0])
+    fc = C.forecast_new_occasion(focei_fit.model, focei_fit, {}, reg, times, **kw)
+    theta = focei_fit.population["theta"]
+    for d in (0, 99, 299):
+        kap = np.concatenate([b[d, 2:], fc.kappa[d]])
+        cl = theta["CL"] * np.exp(b[d, 0] + kap)
+        v = np.full(4, theta["V"] * np.exp(b[d, 1]))
+        np.testing.assert_allclose(fc.draws[d], _exact(cl, v, starts, times), rtol=1e-6)
 
 
 def test_svi_with_iov_lands_near_focei(focei_fit, simulated):
