@@ -146,7 +146,8 @@ def test_the_xgboost_client_trains_on_consenting_patients_only(tmp_path):
     records = _hospital(tmp_path, "east", client, deny=(0, 59))
     app = X.xgb_client_app([records])
     empty = ArrayRecord([np.frombuffer(b"", dtype=np.uint8)])
-    reply = app(_message(empty, 1, **{"learning-rate": 0.1, "local-rounds": 1}), _context(0))
+    config = X.train_config(X.Boosting(learning_rate=0.1), "bagging", 1)
+    reply = app(_message(empty, 1, **config), _context(0))
     got = bytes(np.asarray(reply.content["arrays"]["0"].numpy(), np.uint8).tobytes())
     kept = np.arange(1, 59)
     expected = X.local_boost(b"", client.x[kept], client.y[kept], X.Boosting().params(0.1), 1,

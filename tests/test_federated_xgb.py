@@ -282,3 +282,44 @@ def test_too_few_accepted_models_stop_the_round_naming_the_rejected():
                   audit=log)  # fmt: skip
     assert info.value.round == 1 and len(info.value.hospitals) == 1
     assert log.rounds[0]["outcome"] == "failed"
+
+
+@pytest.mark.extended  # ~60-150 s on 2 shared cores (a SuperLink, 3 SuperNodes, 2 rounds)
+def test_the_deployment_engine_gives_the_pure_bagging_model_with_consent(tmp_path):
+    """Flower's deployment engine (SuperLink + one SuperNode per hospital as processes on
+    127.0.0.1, the self-contained ClientApp reading each hospital's .npz and consent
+    decisions from its node config): the global model is the pure simulation's on the
+    consenting patients (the same trees), and every round is in the server's audit log."""
+    from surrogates.federated._xgb_run import fit_xgb_federated, write_hospital
+
+    sites = [_logistic(n, seed=50 + i) for i, n in enumerate((90, 110, 70))]
+    nodes = {}
+    for i, c in enumerate(sites):
+        name = ("north", "south", "east")[i]
+        path = write_hospital(tmp_path / f"{name}.npz", c.x, c.y,
+                              [f"{name}-{j:03d}" for j in range(len(c))])  # fmt: skip
+        nodes[name] = {"data-path": str(path)}
+    north = _records(tmp_path, "north", sites[0], deny=(7,))
+    nodes["north"] |= dict(north.config)
+    write_signing_key(tmp_path / "server.key")
+    out = fit_xgb_federated(nodes, rounds=2, n_features=P, audit_log=tmp_path / "server.log",
+                            audit_key=tmp_path / "server.key", workdir=tmp_path / "flower",
+                            timeout=400)  # fmt: skip
+    kept = np.delete(np.arange(90), 7)
+    pure = X.bagging_training([Client(sites[0].x[kept], sites[0].y[kept]), *sites[1:]], rounds=2)
+    # The same trees; Flower appends them in the order the replies arrive, so the float32
+    # sum of a prediction may differ in its last bit.
+    assert sorted(map(X._tree_values, X.trees_of(out.model))) == sorted(
+        map(X._tree_values, X.trees_of(pure.model))
+    )
+    probe = _logistic(300, seed=60)
+    np.testing.assert_allclose(X.predict(out.model, probe.x), X.predict(pure.model, probe.x),
+                               rtol=0, atol=1e-6)  # fmt: skip
+    assert (out.bytes_up, out.bytes_down) == (pure.bytes_up, pure.bytes_down)
+    rounds = [e.details for e in read_entries(tmp_path / "server.log")
+              if e.action.value == "training-round"]  # fmt: skip
+    assert [d["round"] for d in rounds] == [1, 2]
+    assert all(d["patient_count"] == 89 + 110 + 70 for d in rounds)
+    assert [e.action.value for e in read_entries(tmp_path / "north.log")].count(
+        "consent-refusal"
+    ) == 1

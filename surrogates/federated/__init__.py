@@ -80,3 +80,5 @@ from ._xgb import cyclic_training as xgb_cyclic_training  # noqa: F401
 from ._xgb import xgb_client_app as xgb_client_app
 from ._xgb import xgb_rows as xgb_rows
 from ._xgb import xgb_server_app as xgb_server_app
+from ._xgb_run import fit_xgb_federated as fit_xgb_federated
+from ._xgb_run import write_hospital as write_xgb_hospital  # noqa: F401

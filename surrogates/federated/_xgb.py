@@ -59,6 +59,7 @@ from twins.governance import AuditLog
 from ._fedavg import Client
 from ._population_fit import FederatedFitError
 from ._surrogate_apps import HospitalRecords, RoundAudit, hospital_of, local_records
+from ._xgb_client import local_boost, params_from
 
 log = logging.getLogger("surrogates.federated.xgboost")
 
@@ -122,29 +123,6 @@ class Boosting:
 
 
 # ----------------------------------------------------------------------------- local work
-
-
-def local_boost(
-    model: bytes, x: np.ndarray, y: np.ndarray, params: Mapping[str, Any], rounds: int,
-    *, new_only: bool,
-) -> bytes:  # fmt: skip
-    """A hospital's boosting: `rounds` rounds on its records `x`, `y` on top of the global
-    `model` (XGBoost JSON; empty: from nothing). Returns XGBoost JSON: only the new trees
-    with `new_only` (bagging), else the whole model (cyclic)."""
-    import xgboost as xgb
-
-    data = xgb.DMatrix(np.asarray(x, dtype=float), label=np.asarray(y, dtype=float))
-    if not model:
-        bst = xgb.train(dict(params), data, num_boost_round=rounds)
-        return bytes(bst.save_raw("json"))
-    bst = xgb.Booster(params=dict(params), model_file=bytearray(model))
-    bst.set_param(dict(params))
-    start = bst.num_boosted_rounds()
-    for i in range(rounds):
-        bst.update(data, start + i)
-    if new_only:
-        bst = bst[start : start + rounds]
-    return bytes(bst.save_raw("json"))
 
 
 def predict(model: bytes, x: np.ndarray) -> np.ndarray:
@@ -236,6 +214,22 @@ class XgbOutcome:
 
 
 # ----------------------------------------------------------------------------- without Flower
+
+
+def train_config(
+    boosting: Boosting, strategy: XgbStrategy, hospitals: int, *, seed: int = 0
+) -> dict[str, Any]:
+    """What the server sends every hospital each round: the learning rate (eta / K under
+    bagging with `scale_by_hospitals`), the local rounds, the strategy, and XGBoost's
+    parameters as `xgb-<name>` (the same trees' settings at every hospital)."""
+    eta = _eta(boosting, strategy, hospitals)
+    params = boosting.params(eta, seed=seed)
+    return {
+        "learning-rate": eta,
+        "local-rounds": 1 if strategy == "bagging" else boosting.local_rounds,
+        "strategy": strategy,
+        **{f"xgb-{k}": v for k, v in params.items() if k != "eta"},
+    }
 
 
 def _eta(boosting: Boosting, strategy: XgbStrategy, hospitals: int) -> float:
@@ -404,7 +398,8 @@ def _checked_strategy(
     return CheckedCyclic(fraction_train=1.0, **common)  # type: ignore[arg-type]
 
 
-def xgb_server_app(
+def serve_xgb(
+    grid: Any,
     *,
     hospitals: int,
     rounds: int,
@@ -415,14 +410,16 @@ def xgb_server_app(
     outcome: XgbOutcome | None = None,
     audit: AuditLog | None = None,
     fit: str = "federated XGBoost",
-):
-    """The ServerApp: `rounds` rounds of Flower's `FedXgbBagging` (every hospital every
-    round) or `FedXgbCyclic` (one a round) over `hospitals` hospitals, each reply checked
-    (`check_model`), no federated evaluation. `min_hospitals` (bagging): the accepted
-    models a round needs (default: a majority, K // 2 + 1). The result goes into `outcome`,
-    each round into `audit` (`RoundAudit`)."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context
-    from flwr.serverapp import Grid, ServerApp
+    seed: int = 0,
+) -> XgbOutcome:
+    """The ServerApp's work over Flower's `grid`: `rounds` rounds of Flower's
+    `FedXgbBagging` (every hospital every round) or `FedXgbCyclic` (one a round) over
+    `hospitals` hospitals, each reply checked (`check_model`), no federated evaluation.
+    `min_hospitals` (bagging): the accepted models a round needs (default: a majority,
+    K // 2 + 1). The result goes into `outcome` (returned), each round into `audit`
+    (`RoundAudit`); `FederatedFitError` naming the rejected hospitals when a round has
+    too few."""
+    from flwr.app import ArrayRecord, ConfigRecord
 
     if strategy not in ("bagging", "cyclic"):
         raise ValueError(f"strategy must be 'bagging' or 'cyclic', got {strategy!r}.")
@@ -430,45 +427,50 @@ def xgb_server_app(
     if not 1 <= need <= hospitals:
         raise ValueError(f"min_hospitals must be in 1-{hospitals}, got {need}.")
     sink = outcome if outcome is not None else XgbOutcome()
+    log_rounds = RoundAudit(audit, fit=fit, strategy=f"fedxgb-{strategy}")
+    sink.round_log = log_rounds.rounds
+    strat = _checked_strategy(strategy, hospitals=hospitals, n_features=n_features,
+                              boosting=boosting, min_hospitals=need, sink=sink,
+                              audit=log_rounds)  # fmt: skip
+    try:
+        result = strat.start(
+            grid,
+            ArrayRecord([np.frombuffer(b"", dtype=np.uint8)]),
+            num_rounds=rounds,
+            train_config=ConfigRecord(train_config(boosting, strategy, hospitals, seed=seed)),
+        )
+    except FederatedFitError as error:
+        sink.error = str(error)
+        raise
+    sink.model = bytes(np.asarray(result.arrays["0"].numpy(), np.uint8).tobytes())
+    sink.rounds = rounds
+    return sink
+
+
+def xgb_server_app(*, outcome: XgbOutcome | None = None, **options: Any):
+    """The ServerApp of `serve_xgb` (its keyword arguments), its result in `outcome`."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    sink = outcome if outcome is not None else XgbOutcome()
+    strategy = options.get("strategy", "bagging")
+    if strategy not in ("bagging", "cyclic"):
+        raise ValueError(f"strategy must be 'bagging' or 'cyclic', got {strategy!r}.")
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        log_rounds = RoundAudit(audit, fit=fit, strategy=f"fedxgb-{strategy}")
-        sink.round_log = log_rounds.rounds
-        strat = _checked_strategy(strategy, hospitals=hospitals, n_features=n_features,
-                                  boosting=boosting, min_hospitals=need, sink=sink,
-                                  audit=log_rounds)  # fmt: skip
-        eta = _eta(boosting, strategy, hospitals)
-        try:
-            result = strat.start(
-                grid,
-                ArrayRecord([np.frombuffer(b"", dtype=np.uint8)]),
-                num_rounds=rounds,
-                train_config=ConfigRecord(
-                    {
-                        "learning-rate": eta,
-                        "local-rounds": 1 if strategy == "bagging" else boosting.local_rounds,
-                        "strategy": strategy,
-                    }
-                ),
-            )
-        except FederatedFitError as error:
-            sink.error = str(error)
-            raise
-        sink.model = bytes(np.asarray(result.arrays["0"].numpy(), np.uint8).tobytes())
-        sink.rounds = rounds
+        serve_xgb(grid, outcome=sink, **options)
 
     return app
 
 
-def xgb_client_app(
-    clients: Sequence[Client | HospitalRecords], *, boosting: Boosting = Boosting(), seed: int = 0
-):
+def xgb_client_app(clients: Sequence[Client | HospitalRecords]):
     """The ClientApp of hospital `partition-id` (its records `clients[partition-id]`; a
     `HospitalRecords` applies its patients' consent first): boosts on its own consenting
-    patients from the global model with the learning rate and rounds the server sends, and
-    replies with the new trees (bagging) or the whole model (cyclic)."""
+    patients from the global model with the parameters, learning rate and rounds the server
+    sends (`train_config`), and replies with the new trees (bagging) or the whole model
+    (cyclic). On the deployment engine: `_xgb_client.client_app`."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
@@ -485,7 +487,7 @@ def xgb_client_app(
         if len(client) == 0:  # no consenting patient: nothing new
             out = b"" if bagging else received
         else:
-            params = boosting.params(float(config["learning-rate"]), seed=seed)  # type: ignore[arg-type]
+            params = params_from(config, context.node_config)  # type: ignore[arg-type]
             rounds = int(config.get("local-rounds", 1))  # type: ignore[arg-type]
             out = local_boost(received, client.x, client.y, params, rounds, new_only=bagging)
         content = RecordDict(
