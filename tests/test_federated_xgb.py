@@ -323,3 +323,29 @@ def test_the_deployment_engine_gives_the_pure_bagging_model_with_consent(tmp_pat
     assert [e.action.value for e in read_entries(tmp_path / "north.log")].count(
         "consent-refusal"
     ) == 1
+
+
+@pytest.mark.extended  # ~45-60 s on 2 shared cores (Ray's start); cyclic's numerics above
+def test_flower_cyclic_visits_one_hospital_a_round_and_gives_the_pure_model():
+    """Flower's FedXgbCyclic through the simulation engine: one hospital a round (in the
+    order Flower registers the nodes, read from the round log), each boosting 2 rounds on
+    the global model; the model is those boosting rounds done in that order here."""
+    sites = [_logistic(n, seed=70 + i) for i, n in enumerate((80, 100, 90))]
+    names = ("north", "south", "east")
+    records = [HospitalRecords(nm, c, tuple(f"{nm}{i}" for i in range(len(c))))
+               for nm, c in zip(names, sites, strict=True)]  # fmt: skip
+    out = X.XgbOutcome()
+    boosting = X.Boosting(local_rounds=2)
+    server = X.xgb_server_app(hospitals=3, rounds=3, n_features=P, strategy="cyclic",
+                              boosting=boosting, outcome=out)  # fmt: skip
+    simulate(server, X.xgb_client_app(records), 3)
+    visited = [r["hospitals"] for r in out.round_log]
+    assert sorted(h for (h,) in visited) == sorted(names)  # each once, one a round
+    model = b""
+    for (h,) in visited:
+        c = sites[names.index(h)]
+        model = X.local_boost(model, c.x, c.y, boosting.params(), 2, new_only=False)
+    assert len(X.trees_of(out.model)) == 6
+    assert [X._tree_values(t) for t in X.trees_of(out.model)] == [
+        X._tree_values(t) for t in X.trees_of(model)
+    ]

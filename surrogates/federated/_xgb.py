@@ -39,8 +39,10 @@ trees (they are appended, not summed). Use bagging XGBoost only where the hospit
 that the server sees such counts and thresholds.
 
 `bagging_training` / `cyclic_training` run the same rounds without Flower (the same
-`local_boost` and Flower's own `aggregate_bagging`), so a Flower run gives the same model
-bit for bit; `centralised` boosts on the pooled patients; `xgb_rows` gives Table 3's rows.
+`local_boost` and Flower's own `aggregate_bagging`), so a Flower run gives the same trees
+(appended in the order the replies arrive: a prediction's float32 sum may differ in its
+last bit); `centralised` boosts on the pooled patients; `xgb_rows` gives Table 3's rows.
+`fit_xgb_federated` (`_xgb_run`) runs it on Flower's deployment engine.
 """
 
 from __future__ import annotations
