@@ -349,3 +349,18 @@ def test_flower_cyclic_visits_one_hospital_a_round_and_gives_the_pure_model():
     assert [X._tree_values(t) for t in X.trees_of(out.model)] == [
         X._tree_values(t) for t in X.trees_of(model)
     ]
+
+
+@pytest.mark.extended  # ~30-60 s (simulating the 5 hospitals' patients)
+def test_table3_has_xgboost_rows_beside_the_networks():
+    from surrogates.federated._table3 import surrogate_table
+
+    table = surrogate_table(5, n_total=600, rounds=1, xgboost_rounds=3)
+    xgb = table[table["model"].astype(str).str.startswith("xgboost")]
+    assert list(xgb["setting"]) == ["centralised"] + ["federated, 5 hospitals"] * 2
+    assert list(xgb["trees"]) == [3, 15, 3]  # bagging: 5 trees a round
+    assert (xgb["unit"] == "none").all() and (xgb["federation"] == 5).all()
+    assert ((xgb["accuracy"] > 0.3) & (xgb["accuracy"] < 1)).all()
+    assert (xgb.loc[xgb["model"] == "xgboost bagging", "bytes_down"] > 0).all()
+    assert (table.loc[~table.index.isin(xgb.index), "model"] == ["mlp"] * 2
+            + ["mlp (fedavg)"] * 3).all()  # fmt: skip
