@@ -393,15 +393,17 @@ def test_individual_nuts_samples_kappas(focei_fit, simulated):
 
 def test_svi_with_iov_lands_near_focei(focei_fit, simulated):
     """SVI (AutoNormal, 3000 Adam steps) on the data of the FOCE-I fit lands within 10% of
-    FOCE-I's thetas and 40% of its variances (the posterior of a variance from 60 subjects
-    has a relative SD of about sqrt(2/60) = 18%; mean-field VI shrinks spread, not the
-    location, much)."""
+    FOCE-I's thetas and 40% of its BSV variances (the posterior of a variance from 60
+    subjects has a relative SD of about sqrt(2/60) = 18%). Its IOV variance is only held
+    within a factor 2: variational approximations underestimate variance components whose
+    effects are shrunk (measured: 0.022 with AutoNormal, 0.026 with a full-rank
+    AutoMultivariateNormal, against FOCE-I's 0.036 and the truth 0.04; NUTS on these models
+    is not biased so, see the NUTS test), and the Pareto k-hat (about 3.6) says so: the fit
+    warns."""
     from numpyro.infer.autoguide import AutoNormal
 
     data = simulated.dataset(0)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", C.ConvergenceWarning)
+    with pytest.warns(C.ConvergenceWarning, match="Pareto k-hat"):
         svi = C.fit_population_svi(
             focei_fit.model, data, guide=AutoNormal, num_steps=3000, learning_rate=0.02,
             num_draws=200, key=jax.random.key(2),
@@ -410,5 +412,7 @@ def test_svi_with_iov_lands_near_focei(focei_fit, simulated):
     ref = focei_fit.table.set_index(["kind", "parameter"])["estimate"]
     for key in [("theta", "CL"), ("theta", "V")]:
         assert abs(est[key] / ref[key] - 1.0) < 0.1, key
-    for key in [("omega", "CL"), ("omega", "V"), ("iov", "CL")]:
+    for key in [("omega", "CL"), ("omega", "V")]:
         assert abs(est[key] / ref[key] - 1.0) < 0.4, (key, est[key], ref[key])
+    assert 0.5 < est[("iov", "CL")] / ref[("iov", "CL")] < 2.0
+    assert svi.idata.posterior["kappa"].shape == (1, 200, 60, 3, 1)
