@@ -304,6 +304,12 @@ def test_profile_errors_and_unreached_bounds(ri):
         C.profile_likelihood(pm, data, "CL", fit)
     with pytest.raises(ValueError, match=r"values of theta\[V\] must be > 0"):
         C.profile_likelihood(pm, data, "V", fit, values=[-1.0, 20.0])
+    with pytest.raises(ValueError, match="level must be in"):
+        C.profile_likelihood(pm, data, "V", fit, level=95)
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        C.bootstrap(pm, data, fit, n=1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="give the data that was fitted"):
+        C.bootstrap(pm, data.subset(np.arange(N - 1)), fit, n=2, key=jax.random.key(0))
     # a grid that does not reach the rise: the bound is NaN and the note says why
     pr = C.profile_likelihood(pm, data, "V", fit, values=[17.0, 18.5])
     assert math.isnan(pr.ci_low) and math.isnan(pr.ci_high)
