@@ -129,7 +129,8 @@ def test_a_site_whose_patients_all_deny_contributes_nothing(tmp_path):
     arrays = ArrayRecord(model.arrays(model.params))
     replies = [app(_message(arrays, 1), _context(i)).content for i in (0, 1)]
     assert replies[1]["metrics"]["num-examples"] == 0
-    assert replies[1]["metrics"]["unit-weight"] == 0
+    # Under client-level DP its weight stays 1 (a zero update: the mean's sensitivity C / K).
+    assert replies[1]["metrics"]["unit-weight"] == 1
     for a, b in zip(replies[1]["arrays"].to_numpy_ndarrays(), arrays.to_numpy_ndarrays(),
                     strict=True):  # fmt: skip
         np.testing.assert_array_equal(a, b)  # the global parameters, untouched

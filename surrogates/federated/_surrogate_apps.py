@@ -36,7 +36,10 @@ fit's SuperNode) decides at the first message of a run which patients may enter
 refusal in the hospital's own audit log) and keeps that decision in Flower's
 `context.state` for the run's later rounds; patients who did not consent never enter a local
 round. A hospital none of whose patients consented contributes nothing: it returns the
-global parameters with `num-examples` 0 (and `unit-weight` 0), weight 0 in the mean.
+global parameters with `num-examples` 0, weight 0 in FedAvg's mean. Under client-level DP
+its `unit-weight` stays 1: its update is zero (nothing of it in the sum), and the
+equal-weight mean stays over every hospital, so the sensitivity of the mean stays C / K,
+the value the noise is calibrated for (a weight of 0 would make it C / (K - 1)).
 
 Audit: with `audit` (the server's `twins.governance.AuditLog`) the ServerApp writes one
 `training-round` entry per round (`RoundAudit`: the hospitals, `hospital_count`,
@@ -280,7 +283,7 @@ def surrogate_client_app(
         metrics = MetricRecord(
             {
                 "num-examples": len(client),
-                "unit-weight": 1 if len(client) else 0,
+                "unit-weight": 1,  # also without patients: see the module docstring
                 "bytes-down": _payload(received),
                 "bytes-up": _payload(reply_arrays),
             }
