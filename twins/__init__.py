@@ -92,6 +92,9 @@ from .trials import DosingArm as DosingArm  # isort: skip
 from .trials import Endpoint as Endpoint  # isort: skip
 from .trials import FailedPatientsError as FailedPatientsError  # isort: skip
 from .trials import Adherence as Adherence  # isort: skip
+from .trials import IOV as IOV  # isort: skip
+from .trials import OrnsteinUhlenbeck as OrnsteinUhlenbeck  # isort: skip
+from .trials import Variability as Variability  # isort: skip
 from .trials import DosesTaken as DosesTaken  # isort: skip
 from .trials import FinalLevel as FinalLevel  # isort: skip
 from .trials import MeanDose as MeanDose  # isort: skip
@@ -112,6 +115,7 @@ __all__ = [
     "AUC",
     "CPIC_GROUPS",
     "FOCEI",
+    "IOV",
     "IWPC_CPIC_GROUPS",
     "LABS",
     "MAP",
@@ -144,6 +148,7 @@ __all__ = [
     "MissingCovariateError",
     "Nomogram",
     "Oral",
+    "OrnsteinUhlenbeck",
     "Patient",
     "Peak",
     "PlausibleRange",
@@ -160,6 +165,7 @@ __all__ = [
     "Trial",
     "Trough",
     "TwinArm",
+    "Variability",
     "allometric",
     "app",
     "bmi",

@@ -64,10 +64,14 @@ from ._trial import simulate_chunk as simulate_chunk
 from ._trial import simulate_chunk_outcome as simulate_chunk_outcome
 from ._trial import trial_runners as trial_runners
 from ._twin_arm import TwinArm as TwinArm
+from ._variability import IOV as IOV
+from ._variability import OrnsteinUhlenbeck as OrnsteinUhlenbeck
+from ._variability import Variability as Variability
 
 __all__ = [
     "AUC",
     "DERIVED_SUBGROUPS",
+    "IOV",
     "MAX_FAILED_FRACTION",
     "NAMED_SUBGROUPS",
     "Adherence",
@@ -86,6 +90,7 @@ __all__ = [
     "FinalLevel",
     "MeanDose",
     "Nomogram",
+    "OrnsteinUhlenbeck",
     "PopulationColumn",
     "RenalFunction",
     "Results",
@@ -99,6 +104,7 @@ __all__ = [
     "TooManyFailuresError",
     "Trial",
     "TwinArm",
+    "Variability",
     "consented_trial",
     "dose_window",
     "eupact_trial",

@@ -43,6 +43,7 @@ from ._endpoints import MeanDose as MeanDose
 from ._endpoints import TimeInRange as TimeInRange
 from ._endpoints import TimeToRange as TimeToRange
 from ._subgroups import Subgroup, subgroup
+from ._variability import Variability
 
 #: Virtual patients are drawn in blocks of this size, block b from `fold_in(key, b)`, so that
 #: patient i is the same whatever N and the chunk size are.
@@ -123,6 +124,10 @@ class Trial:
       Markov model, Girard et al. 1998); default None: every dose is taken. The arm's
       decisions are the prescribed doses (`Course["doses"]`), the model gets those taken
       (`Course["taken"]`). Not with host-driven arms (`TwinArm`).
+    - `variability`: within-patient variability (`Variability` of `IOV` and
+      `OrnsteinUhlenbeck` terms): log-normal factors on chosen parameters, by dosing period;
+      default None: each patient's parameters are the same on every day. The factors are in
+      `Course["factors"]` (`{parameter: (n, P)}`). Not with host-driven arms.
     """
 
     name: str
@@ -144,8 +149,26 @@ class Trial:
     reference_arm: str | None = None
     assumptions: tuple[str, ...] = ()
     adherence: Adherence | None = None
+    variability: Variability | None = None
 
     def __post_init__(self):
+        if self.variability is not None:
+            if not isinstance(self.variability, Variability):
+                raise TypeError(
+                    f"Trial {self.name!r}: variability must be a twins.Variability or None, "
+                    f"got {type(self.variability).__name__}."
+                )
+            hosted = [a.name for a in self.arms if getattr(a, "host_driven", False)]
+            if hosted:
+                raise ValueError(
+                    f"Trial {self.name!r}: variability is not supported with host-driven arms "
+                    f"({hosted}) yet."
+                )
+            if isinstance(self.drug, Drug):
+                try:
+                    self.variability.check_model(self.drug.model.model)
+                except ValueError as error:
+                    raise ValueError(f"Trial {self.name!r}, variability: {error}") from None
         if self.adherence is not None:
             if not isinstance(self.adherence, Adherence):
                 raise TypeError(
@@ -257,6 +280,9 @@ class Trial:
             **({"exposure_steps": self.exposure_steps} if self.needs_exposure else {}),
             "assumptions": list(self.assumptions),
             **({"adherence": self.adherence.describe()} if self.adherence is not None else {}),
+            **(
+                {"variability": self.variability.describe()} if self.variability is not None else {}
+            ),
         }
 
 
@@ -354,8 +380,10 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
     # Only an infusion route runs zero-order inputs from one period into the next; without
     # one, `advance` is told none run (`rates=None`), and the rates stay zero.
     infused = route.duration is not None
+    varying = () if trial.variability is None else trial.variability.parameters
 
-    def one(params, state, key, taken):
+    def one(params, state, key, taken, *logf):
+        base = params
         x0 = model.initial_state(params)
         r0 = jnp.zeros(n_states, dtype=x0.dtype)
         eps = jax.random.normal(key, (max(visits.size, 1),))
@@ -366,7 +394,16 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
 
         def body(carry, inputs):
             x, r, given, st = carry
-            p, e, visit, took = inputs
+            p, e, visit, took, *f = inputs
+            params = base
+            if varying:  # this period's parameters
+                params = dict(base)
+                for j, name in enumerate(varying):
+                    params[name] = base[name] * jnp.exp(f[0][j])
+
+            def level(x):
+                return model.output(params, x)[out_idx]
+
             y = level(x)
             measured = error.observe(y, sigma, e)
             amount, st = arm.step(p, measured, visit, st)  # prescribed
@@ -385,19 +422,25 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
             return (out.state, out.rates, given, st), (y, measured, amount, *exposure)
 
         periods = jnp.arange(days, dtype=jnp.int32)
-        xs = (periods, eps_by_period[:days], jnp.asarray(is_visit_table[:days]), taken)
+        xs = (periods, eps_by_period[:days], jnp.asarray(is_visit_table[:days]), taken, *logf)
         given0 = jnp.zeros(window, dtype=x0.dtype)
         (x_end, *_), (ys, meas, amounts, *exposure) = jax.lax.scan(
             body, (x0, r0, given0, state), xs
         )
-        y_end = level(x_end)
+        if varying:  # the end of the trial: the last period's parameters
+            last = dict(base)
+            for j, name in enumerate(varying):
+                last[name] = base[name] * jnp.exp(logf[0][-1, j])
+            y_end = model.output(last, x_end)[out_idx]
+        else:
+            y_end = level(x_end)
         last_meas = error.observe(y_end, sigma, eps_by_period[days])
         ys = jnp.concatenate([ys, y_end[None]])
         meas = jnp.concatenate([meas, last_meas[None]])
         return ys, meas[visits], amounts, *exposure
 
-    def run(params, state, keys, taken):
-        return jax.vmap(one)(params, state, keys, taken)
+    def run(params, state, keys, taken, *logf):
+        return jax.vmap(one)(params, state, keys, taken, *logf)
 
     if mesh is None:
         return jax.jit(run)
@@ -532,6 +575,23 @@ def adherence_flags(trial: Trial, key, index: np.ndarray) -> np.ndarray:
 #: The key stream of the adherence chains (`adherence_flags`).
 ADHERENCE_STREAM = 0x61646865  # "adhe"
 
+#: The key stream of the within-patient variability (`variability_factors`).
+VARIABILITY_STREAM = 0x76617269  # "vari"
+
+
+def variability_factors(trial: Trial, key, index: np.ndarray, visits) -> np.ndarray:
+    """`(patients, days, parameters)`: the log factors of `trial.variability` for patients
+    `index` in an arm with `visits` (0-based periods; occasions by visit use them), patient
+    `i` drawn from `fold_in(fold_in(key, VARIABILITY_STREAM), i)`: the etas, assay noise and
+    adherence stay those of the trial without variability."""
+    variability = trial.variability
+    assert variability is not None
+    stream = jax.random.fold_in(key, VARIABILITY_STREAM)
+    keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(jnp.asarray(index))
+    visits = tuple(int(v) for v in visits)
+    draw = jax.vmap(lambda k: variability.log_factors(k, trial.days, float(trial.interval), visits))
+    return np.asarray(draw(keys))
+
 
 def _masked(values: np.ndarray, bad: np.ndarray) -> np.ndarray:
     """`values` as floats with the rows `bad` NaN."""
@@ -604,6 +664,13 @@ def simulate_chunk_outcome(
     own = {  # each patient's own parameters
         k: np.broadcast_to(np.asarray(v, dtype=float), (size,))[:n] for k, v in params.items()
     }
+    if trial.variability is not None:
+        missing = [p for p in trial.variability.parameters if p not in own]
+        if missing:
+            raise ValueError(
+                f"Trial {trial.name!r}, variability: the drug's parameters have no {missing} "
+                f"(they are {sorted(own)})."
+            )
     domain = domain_failures(trial, own)
     good = [i for i in range(n) if i not in domain]
     # The patient simulated in each of the `size` rows: the padding rows repeat the last
@@ -630,6 +697,8 @@ def simulate_chunk_outcome(
                 runners[slot] = make_runner(trial, arm, window, mesh)
             state = {k: np.asarray(v) for k, v in arm.start(cov).items()}
             inputs = (own, state, noise_keys, taken)
+            if trial.variability is not None:
+                inputs = (*inputs, variability_factors(trial, key, index[:n], arm.visits))
             arrays, more = _jitted_arm(trial, arm, runners[slot], inputs, rows, good, mesh)
             fails.update(more)
         level, measured, doses, *exposure = (np.asarray(x)[:n] for x in arrays)
@@ -647,6 +716,11 @@ def simulate_chunk_outcome(
         if trial.adherence is not None:
             course["adherence"] = taken
             course["taken"] = doses * taken
+        if trial.variability is not None:
+            logf = variability_factors(trial, key, index[:n], arm.visits)
+            course["factors"] = {
+                name: np.exp(logf[:, :, j]) for j, name in enumerate(trial.variability.parameters)
+            }
         if exposure:
             course["auc"] = exposure[0]
             course["cmax"] = exposure[1]
