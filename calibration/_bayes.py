@@ -257,8 +257,10 @@ def _subject_sites(pm: PopulationModel, data: Dataset, names):
             eta = numpyro.deterministic("eta", z @ chol.T)
             b = eta
             if n_iov:
-                zk = numpyro.sample("zk", dist.Normal(0.0, 1.0).expand((n_occ, n_iov)).to_event(2))
-                kappa = numpyro.deterministic("kappa", zk * iov_sd)
+                zk = jnp.asarray(
+                    numpyro.sample("zk", dist.Normal(0.0, 1.0).expand((n_occ, n_iov)).to_event(2))
+                )
+                kappa = jnp.asarray(numpyro.deterministic("kappa", zk * jnp.asarray(iov_sd)))
                 # Occasion-major, as PopulationModel.n_random orders them.
                 b = jnp.concatenate([eta, kappa.reshape(kappa.shape[0], -1)], axis=-1)
             numpyro.factor("y", loglik(theta, sigma, b, cov, reg, obs))
@@ -492,7 +494,8 @@ def fit_population_nuts(
 
     The model and its priors are in the module docstring and `default_priors`. The etas are
     sampled non-centred (`eta_i = L z_i`, `z_i ~ N(0, I)`), which avoids the funnel between
-    the etas and their SDs that defeats NUTS with few observations per subject.
+    the etas and their SDs that defeats NUTS with few observations per subject; with IOV
+    so are the kappas of each subject and occasion (`kappa_ik = iov_sd * zk_ik`).
 
     **Arguments:**
 
@@ -587,7 +590,10 @@ def fit_individual_nuts(
 
     **Returns:** a `BayesFit` whose posterior holds `eta`, `z` and `individual` (parameters in
     natural units), and whose table has one row per subject and parameter (kind `eta` and
-    `individual`). Convergence problems warn as in `fit_population_nuts`.
+    `individual`). With IOV the kappas of every occasion are sampled too (`kappa`, `zk`;
+    table rows of kind `kappa` with their `occasion`; `random_effect_draws(fit, id)` gives a
+    subject's etas and kappas for `forecast_new_occasion`). Convergence problems warn as in
+    `fit_population_nuts`.
     """
     fn = "fit_individual_nuts"
     key = key_or_seed(key, seed, fn, default=0)
@@ -632,7 +638,8 @@ def random_effect_draws(fit: BayesFit, subject: Any) -> np.ndarray:
     its etas, then (IOV) the kappas of every occasion, occasion-major (the order of
     `PopulationModel.n_random` and `random_effect_names`), the form `forecast_new_occasion`
     and `sbc` take. `subject` is an ID (a value of the fit's `subject` coordinate)."""
-    post = fit.idata.posterior
+    idata: Any = fit.idata
+    post = idata.posterior
     ids = list(post.coords["subject"].values.tolist())
     if subject not in ids:
         raise ValueError(f"random_effect_draws: no subject with ID {subject!r} (IDs {ids[:20]}).")

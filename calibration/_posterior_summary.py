@@ -266,9 +266,8 @@ def individual_table(idata, stats, occasions: np.ndarray | None = None) -> pd.Da
             rows += _kappa_rows(post, stats, s, sid, occasions)
     table = pd.DataFrame(rows)
     if "kappa" in post:
-        table = table[
-            ["subject", "occasion", *[c for c in table if c not in ("subject", "occasion")]]
-        ]
+        first = ["subject", "occasion"]
+        table = table.reindex(columns=first + [c for c in table.columns if c not in first])
     return table
 
 
