@@ -416,3 +416,28 @@ def test_svi_with_iov_lands_near_focei(focei_fit, simulated):
         assert abs(est[key] / ref[key] - 1.0) < 0.4, (key, est[key], ref[key])
     assert 0.5 < est[("iov", "CL")] / ref[("iov", "CL")] < 2.0
     assert svi.idata.posterior["kappa"].shape == (1, 200, 60, 3, 1)
+
+
+def test_iov_priors_and_names():
+    """The IOV SDs have a prior site of their own, replaceable and checked like omega_sd's;
+    the names of the kappa sites are reserved."""
+    import numpyro.distributions as dist
+
+    pm = _model()
+    priors = C.default_priors(pm)
+    assert isinstance(priors["iov_sd"], dist.HalfNormal)
+    data = _design(2)
+    with pytest.raises(ValueError, match=r"'iov_sd' must be scalar or have shape \(1,\)"):
+        C.fit_population_nuts(pm, data, priors={"iov_sd": dist.HalfNormal(jnp.ones(3))}, key=0)
+    with pytest.raises(ValueError, match="'iov_sd' must put no mass on negative values"):
+        C.fit_population_svi(pm, data, priors={"iov_sd": dist.Normal(0.0, 1.0)}, key=0)
+    bad = C.PopulationModel(
+        pkpd.OneCompartment(),
+        theta={"CL": 3.0, "V": 30.0, "kappa": 1.0},
+        omega={"CL": 0.1},
+        error=C.Proportional(0.1),
+        iov={"CL": 0.04},
+        typical=lambda th, cov: {"CL": th["CL"], "V": th["V"] * th["kappa"]},
+    )
+    with pytest.raises(ValueError, match=r"\['kappa'\] clash with other sample sites"):
+        C.fit_population_nuts(bad, data, key=0)
