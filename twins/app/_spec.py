@@ -35,16 +35,20 @@ from .._plausibility import reason_problem, unusual_name_problem
 from .._population import Demographics, Population
 from ..trials import (
     AUC,
+    IOV,
+    Adherence,
     AnyAbove,
     Cmax,
     Ctrough,
     Endpoint,
     FinalLevel,
     MeanDose,
+    OrnsteinUhlenbeck,
     TargetAttainment,
     TimeInRange,
     TimeToRange,
     Trial,
+    Variability,
     eupact_trial,
 )
 from ..trials._endpoints import READINGS, metric_from_reading
@@ -140,8 +144,12 @@ _TOP_KEYS = (
     "bands",
     "published",
     "published_differences",
+    "adherence",
+    "variability",
     "run",
 )
+#: What a spec with a preset may have besides (the patients' behaviour over the trial).
+_PRESET_KEYS = ("preset", "run", "adherence", "variability")
 
 
 def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
@@ -153,16 +161,22 @@ def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
             "(twins.app.read_t1d_spec and twins.t1d.run_trial), not with the drug trial engine.",
         )
     if isinstance(data, Mapping) and "preset" in data:
-        extra = [k for k in data if k not in ("preset", "run")]
+        extra = [k for k in data if k not in _PRESET_KEYS]
         if extra:
             raise r.error(
                 key_path("", str(extra[0])),
-                "a spec with a preset may only have a [run] table besides; write the "
-                "trial out in full to change anything else.",
+                "a spec with a preset may only have [run], [adherence] and [variability] "
+                "tables besides; write the trial out in full to change anything else.",
             )
         top = dict(data)
         name = r.string(top["preset"], "preset", tuple(PRESETS))
         trial = PRESETS[name]()
+        behaviour = _behaviour(r, top)
+        if behaviour:
+            try:
+                trial = dataclasses.replace(trial, **behaviour)
+            except (TypeError, ValueError) as error:
+                raise r.error("", str(error)) from error
         options = _run_options(r, top.get("run", {}), trial)
         return trial, options
     top = r.table(
@@ -207,6 +221,7 @@ def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
         kwargs["published_differences"] = _published_differences(
             r, top["published_differences"], arm_names, endpoint_names
         )
+    kwargs.update(_behaviour(r, top))
     try:
         trial = Trial(
             name=name,
@@ -225,6 +240,92 @@ def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
     options = _run_options(r, top.get("run", {}), trial)
     probe_trial(r, trial)
     return trial, options
+
+
+def _behaviour(r: TomlReader, top: Mapping[str, Any]) -> dict[str, Any]:
+    """The `adherence` and `variability` keyword arguments of `Trial` from the spec's
+    `[adherence]` and `[variability]` tables (absent tables: nothing)."""
+    out: dict[str, Any] = {}
+    if "adherence" in top:
+        out["adherence"] = _adherence(r, top["adherence"])
+    if "variability" in top:
+        out["variability"] = _variability(r, top["variability"])
+    return out
+
+
+def _adherence(r: TomlReader, value: Any) -> Adherence:
+    """`[adherence]`: `p_miss_after_taken` and `p_take_after_missed` (the two-state Markov
+    model), or `p_taken` alone (independent doses); `reference` optional."""
+    where = "adherence"
+    t = r.table(
+        value,
+        where,
+        optional=("p_miss_after_taken", "p_take_after_missed", "p_taken", "reference"),
+    )
+    reference = r.string(t["reference"], "adherence.reference") if "reference" in t else ""
+    markov = [k for k in ("p_miss_after_taken", "p_take_after_missed") if k in t]
+    if "p_taken" in t:
+        if markov:
+            raise r.error(
+                where,
+                f"give either p_taken (independent doses) or p_miss_after_taken and "
+                f"p_take_after_missed (a Markov chain), not both (got p_taken and {markov}).",
+            )
+        p = r.number(t["p_taken"], "adherence.p_taken", low=0.0, low_open=True, high=1.0)
+        return Adherence.independent(p, reference)
+    if len(markov) != 2:
+        missing = [k for k in ("p_miss_after_taken", "p_take_after_missed") if k not in t]
+        raise r.error(
+            where,
+            f"missing {missing}: give p_miss_after_taken and p_take_after_missed (a Markov "
+            "chain), or p_taken (independent doses).",
+        )
+    a = r.number(t["p_miss_after_taken"], "adherence.p_miss_after_taken", low=0.0, high=1.0)
+    b = r.number(t["p_take_after_missed"], "adherence.p_take_after_missed", low=0.0, high=1.0)
+    try:
+        return Adherence(a, b, reference)
+    except ValueError as error:
+        raise r.error(where, str(error)) from None
+
+
+def _variability(r: TomlReader, value: Any) -> Variability:
+    """`[variability]`: `[[variability.iov]]` (`parameter`, `sd`, optional `every_days`:
+    occasions by time window, else by visit; `reference`) and `[[variability.ou]]`
+    (`parameter`, `sd`, `correlation_days`, `reference`)."""
+    t = r.table(value, "variability", optional=("iov", "ou"))
+    terms: list[Any] = []
+
+    def iov(v: Any, where: str) -> IOV:
+        e = r.table(v, where, ("parameter", "sd"), ("every_days", "reference"))
+        every = None
+        if "every_days" in e:
+            every = r.number(e["every_days"], key_path(where, "every_days"), low=0.0, low_open=True)
+        return IOV(
+            r.string(e["parameter"], key_path(where, "parameter")),
+            r.number(e["sd"], key_path(where, "sd"), low=0.0),
+            every,
+            r.string(e["reference"], key_path(where, "reference")) if "reference" in e else "",
+        )
+
+    def ou(v: Any, where: str) -> OrnsteinUhlenbeck:
+        e = r.table(v, where, ("parameter", "sd", "correlation_days"), ("reference",))
+        return OrnsteinUhlenbeck(
+            r.string(e["parameter"], key_path(where, "parameter")),
+            r.number(e["sd"], key_path(where, "sd"), low=0.0),
+            r.number(
+                e["correlation_days"], key_path(where, "correlation_days"), low=0.0, low_open=True
+            ),
+            r.string(e["reference"], key_path(where, "reference")) if "reference" in e else "",
+        )
+
+    if "iov" in t:
+        terms += r.array(t["iov"], "variability.iov", iov)
+    if "ou" in t:
+        terms += r.array(t["ou"], "variability.ou", ou)
+    if not terms:
+        raise r.error("variability", "expected at least one [[variability.iov]] or "
+                      "[[variability.ou]] entry.")  # fmt: skip
+    return Variability(tuple(terms))
 
 
 def _drug(r: TomlReader, value: Any) -> _drugs.Drug:
