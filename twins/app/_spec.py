@@ -520,6 +520,8 @@ def _endpoint(r: TomlReader, value: Any, where: str, days: int) -> Endpoint:
             kwargs[key] = r.string(table[key], w, _SOURCES)
         elif key == "metric":
             kwargs[key] = r.string(table[key], w, READINGS)
+        elif key == "consecutive":
+            kwargs[key] = r.integer(table[key], w, low=1)
         elif key == "days":
             kwargs[key] = r.integer(table[key], w, low=1)
             if kwargs[key] > days:

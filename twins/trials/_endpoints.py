@@ -136,21 +136,53 @@ class AnyAbove(Endpoint):
 @dataclasses.dataclass(frozen=True)
 class TimeToRange(Endpoint):
     """Days from the first dose to the first value in `[low, high]`; censored at the last
-    value when never reached (`<name>_event` False)."""
+    value when never reached (`<name>_event` False).
+
+    With `consecutive = k` (default 1) the range counts as reached only at the first of `k`
+    consecutive values in range (the definition of several trials: a therapeutic INR is
+    two consecutive INRs in 2.0-3.0); the time is that of the first of them, and a run
+    still unconfirmed at the last value is not an event."""
 
     low: float = 2.0
     high: float = 3.0
     source: Source = "measured"
+    consecutive: int = 1
     kind: ClassVar[str] = "time_to_event"
     unit: ClassVar[str] = "days"
 
+    def __post_init__(self):
+        k = self.consecutive
+        if isinstance(k, float) and k.is_integer():
+            object.__setattr__(self, "consecutive", int(k))
+            k = int(k)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(
+                f"TimeToRange {self.name!r}: consecutive must be an integer >= 1, got {k!r}."
+            )
+
     def __call__(self, course):
         t, y = _series(course, self.source)
-        ok = (y >= self.low) & (y <= self.high)
+        ok = (jnp.asarray(y) >= self.low) & (jnp.asarray(y) <= self.high)
+        k = self.consecutive
+        if k > 1:  # in range here and at the next k - 1 values
+            width = ok.shape[-1]
+            run = ok
+            for j in range(1, k):
+                shifted = jnp.concatenate(
+                    [ok[..., j:], jnp.zeros((*ok.shape[:-1], min(j, width)), dtype=bool)], axis=-1
+                )[..., :width]
+                run = run & shifted
+            ok = run
         event = ok.any(-1)
         first = jnp.argmax(ok, axis=-1)
         time = jnp.where(event, jnp.asarray(t)[first], jnp.asarray(t)[-1])
         return {self.name: time, f"{self.name}_event": event}
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.consecutive == 1:  # as before the field existed (the spec hash is unchanged)
+            out.pop("consecutive")
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
