@@ -391,6 +391,7 @@ def test_individual_nuts_samples_kappas(focei_fit, simulated):
         np.testing.assert_allclose(fc.draws[d], _exact(cl, v, starts, times), rtol=1e-6)
 
 
+@pytest.mark.extended  # 40 s cold on the shared 2 cores; NUTS and FOCE-I are checked in make test
 def test_svi_with_iov_lands_near_focei(focei_fit, simulated):
     """SVI (AutoNormal, 3000 Adam steps) on the data of the FOCE-I fit lands within 10% of
     FOCE-I's thetas and 40% of its BSV variances (the posterior of a variance from 60
