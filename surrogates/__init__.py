@@ -7,6 +7,11 @@
   random forest, SVM); Flax (`flax.nnx`) `MLPSurrogate` (the fast emulator),
   `LSTMSurrogate`, `TransformerSurrogate` and `HybridSurrogate` (the three fused by a small
   head), deep ensembles.
+- Type 1 diabetes: `GlucoseSurrogate` (an LSTM on the CGM sequence: the glucose 2 h ahead
+  from 4 h of readings, the meals and boluses), trained on closed-loop simulations of
+  `twins.t1d` (`GlucoseScenario`, `simulate_windows`, `glucose_windows` ->
+  `GlucoseWindows`); `glucose_fidelity` (RMSE/MAE by horizon, `clarke_zones`, consensus
+  metrics) against the last value carried forward.
 - Training data from the trial engine: `training_set(trial, n, arm=...)` -> `TrainingSet`
   (patients that cannot be simulated left out, named in `TrainingSet.failures`, with a
   `FailedPatientsWarning`).
@@ -42,6 +47,14 @@ from ._flax import HybridSurrogate as HybridSurrogate
 from ._flax import LSTMSurrogate as LSTMSurrogate
 from ._flax import MLPSurrogate as MLPSurrogate
 from ._flax import TransformerSurrogate as TransformerSurrogate
+from ._glucose import GlucoseScenario as GlucoseScenario
+from ._glucose import GlucoseSurrogate as GlucoseSurrogate
+from ._glucose import GlucoseWindowError as GlucoseWindowError
+from ._glucose import GlucoseWindows as GlucoseWindows
+from ._glucose import clarke_zones as clarke_zones
+from ._glucose import glucose_fidelity as glucose_fidelity
+from ._glucose import glucose_windows as glucose_windows
+from ._glucose import simulate_windows as simulate_windows
 from ._tabular import SklearnSurrogate as SklearnSurrogate
 from ._tabular import XGBoostSurrogate as XGBoostSurrogate
 from ._training import Training as Training
@@ -50,6 +63,10 @@ __all__ = [
     "Explanation",
     "ExtrapolationWarning",
     "FailedPatientsWarning",
+    "GlucoseScenario",
+    "GlucoseSurrogate",
+    "GlucoseWindowError",
+    "GlucoseWindows",
     "HybridSurrogate",
     "Inputs",
     "LSTMSurrogate",
@@ -62,14 +79,18 @@ __all__ = [
     "TrainingSet",
     "TransformerSurrogate",
     "XGBoostSurrogate",
+    "clarke_zones",
     "classification_table",
     "explain",
     "explanation_section",
+    "glucose_fidelity",
+    "glucose_windows",
     "lime_explain",
     "load",
     "patient_inputs",
     "regression_table",
     "roc_figure",
+    "simulate_windows",
     "summary_plot",
     "training_set",
     "warfarin_response_task",
