@@ -11,7 +11,17 @@ N = 1,000,000. Measured here, in one process:
   instead of the default `pkpd.FixedStep(2.0)` on `--baseline-n` patients: the ratio of
   patient-arms per second is the speed-up of the fixed-step solver;
 - with `--memory-n`, a child process runs `run_trial` (report included) for that N and
-  reports its peak resident memory.
+  reports its peak resident memory;
+- with `--behaviour-n`, the plain trial against the same trial with every element of
+  within-patient behaviour on (`BEHAVIOUR`: adherence, IOV on EC50 by visit, an
+  Ornstein-Uhlenbeck process on CL), `run_trial` for that N each, best of two timed runs
+  after a warm-up (issue 19's target: at most 1.5x the plain trial's time);
+- with `--ablation-n`, the EU-PACT endpoints for that N with each element switched on in
+  turn, then all (simulate_chunk; seed 0): which element moves which endpoint.
+
+The sizes in `BEHAVIOUR` are illustrative, not published values for this model (none is
+shipped: docs/trials.md, Within-patient variability): the benchmark measures cost, and the
+ablation shows directions, not predictions.
 
     .venv/bin/python benchmarks/trial_speed.py --json
     .venv/bin/python benchmarks/trial_speed.py --n 100000 --memory-n 1000000 --json
@@ -37,6 +47,8 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--chunk-size", type=int, default=20_000)
     ap.add_argument("--baseline-n", type=int, default=500, help="patients for diffrax")
     ap.add_argument("--memory-n", type=int, default=0, help="N for the memory run (0: skip)")
+    ap.add_argument("--behaviour-n", type=int, default=0, help="N for plain vs all on (0: skip)")
+    ap.add_argument("--ablation-n", type=int, default=0, help="N for the ablation (0: skip)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", type=str, default="", help=argparse.SUPPRESS)
     return ap.parse_args()
@@ -49,6 +61,53 @@ def _setup():
     import twins
 
     return jax, twins
+
+
+def behaviour(twins) -> dict:
+    """Illustrative within-patient behaviour (not published sizes): `{element: Trial
+    keyword arguments}`."""
+    return {
+        "adherence": {"adherence": twins.Adherence(0.10, 0.40, reference="illustrative")},
+        "iov_ec50": {
+            "variability": twins.Variability((twins.IOV("EC50", 0.2, reference="illustrative"),))
+        },
+        "ou_cl": {
+            "variability": twins.Variability(
+                (twins.OrnsteinUhlenbeck("CL", 0.1, 10.0, reference="illustrative"),)
+            )
+        },
+    }
+
+
+def all_on(twins) -> dict:
+    """Every element of `behaviour` at once."""
+    b = behaviour(twins)
+    terms = b["iov_ec50"]["variability"].terms + b["ou_cl"]["variability"].terms
+    return {**b["adherence"], "variability": twins.Variability(terms)}
+
+
+def _ablation(twins, jax, n: int) -> dict:
+    import numpy as np
+
+    from twins.trials import population_rows, simulate_chunk
+
+    plain = twins.eupact_trial()
+    configs = {"plain": {}, **behaviour(twins), "all": all_on(twins)}
+    pop = population_rows(plain, 0, n, key=jax.random.key(0))
+    table = {}
+    for name, kw in configs.items():
+        trial = dataclasses.replace(plain, **kw)
+        ends, _ = simulate_chunk(trial, pop, 0, key=jax.random.key(1))
+        table[name] = {
+            arm: {
+                "ttr": round(float(np.mean(e["ttr"])), 1),
+                "inr_ge4_pct": round(100.0 * float(np.mean(e["inr_ge4"])), 1),
+                "median_time_to_target_days": float(np.median(e["time_to_target"])),
+                "weekly_dose_mg": round(float(np.mean(e["weekly_dose"])), 1),
+            }
+            for arm, e in ends.items()
+        }
+    return table
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -112,6 +171,28 @@ def main() -> None:
             baseline_patient_arms_per_s=round(brate),
             speedup_vs_baseline=round(rate / brate, 1),
         )
+        if args.behaviour_n:
+            nb = args.behaviour_n
+            everything = dataclasses.replace(trial, **all_on(twins))
+            best = {}
+            for label, tr in (("plain", trial), ("all_on", everything)):
+                twins.run_trial(tr, Path(tmp) / f"{label}_w", n=min(nb, args.chunk_size),
+                                chunk_size=args.chunk_size, **quiet)  # fmt: skip
+            for rep in range(2):  # interleaved, best of two
+                for label, tr in (("plain", trial), ("all_on", everything)):
+                    t0 = time.perf_counter()
+                    twins.run_trial(tr, Path(tmp) / f"{label}_{rep}", n=nb,
+                                    chunk_size=args.chunk_size, **quiet)  # fmt: skip
+                    best[label] = min(best.get(label, 1e99), time.perf_counter() - t0)
+            out.update(
+                behaviour_n=nb,
+                behaviour_plain_wall_s=round(best["plain"], 2),
+                behaviour_all_on_wall_s=round(best["all_on"], 2),
+                behaviour_cost_ratio=round(best["all_on"] / best["plain"], 2),
+            )
+        if args.ablation_n:
+            out["ablation_n"] = args.ablation_n
+            out["ablation"] = _ablation(twins, jax, args.ablation_n)
         if args.memory_n:
             cmd = [sys.executable, __file__, "--child", str(Path(tmp) / "mem")]
             cmd += ["--memory-n", str(args.memory_n), "--chunk-size", str(args.chunk_size)]

@@ -96,6 +96,8 @@ from .trials import IOV as IOV  # isort: skip
 from .trials import OrnsteinUhlenbeck as OrnsteinUhlenbeck  # isort: skip
 from .trials import Variability as Variability  # isort: skip
 from .trials import DosesTaken as DosesTaken  # isort: skip
+from .trials import Dropout as Dropout  # isort: skip
+from .trials import Dropped as Dropped  # isort: skip
 from .trials import FinalLevel as FinalLevel  # isort: skip
 from .trials import MeanDose as MeanDose  # isort: skip
 from .trials import Nomogram as Nomogram  # isort: skip
@@ -133,6 +135,8 @@ __all__ = [
     "DigitalTwin",
     "DosesTaken",
     "DosingArm",
+    "Dropout",
+    "Dropped",
     "Drug",
     "Endpoint",
     "FailedPatientsError",

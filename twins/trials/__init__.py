@@ -20,11 +20,13 @@ from ._arms import Arm as Arm
 from ._arms import DosingArm as DosingArm
 from ._arms import Nomogram as Nomogram
 from ._consent import consented_trial as consented_trial
+from ._dropout import Dropout as Dropout
 from ._endpoints import AUC as AUC
 from ._endpoints import AnyAbove as AnyAbove
 from ._endpoints import Cmax as Cmax
 from ._endpoints import Ctrough as Ctrough
 from ._endpoints import DosesTaken as DosesTaken
+from ._endpoints import Dropped as Dropped
 from ._endpoints import Endpoint as Endpoint
 from ._endpoints import FinalLevel as FinalLevel
 from ._endpoints import MeanDose as MeanDose
@@ -85,6 +87,8 @@ __all__ = [
     "DamagedResultsError",
     "DosesTaken",
     "DosingArm",
+    "Dropout",
+    "Dropped",
     "Endpoint",
     "FailedPatientsError",
     "FinalLevel",

@@ -79,6 +79,33 @@ def _series(course, source: Source):
     return course["days"], course["level"]
 
 
+def _observed(course, source: Source):
+    """The mask of observed values (`Trial(dropout=...)`: a prefix of each patient's
+    series), or None when every value is observed."""
+    key = "observed" if source == "measured" else "observed_days"
+    return None if key not in course else np.asarray(course[key], dtype=bool)
+
+
+def _in_range_fraction_observed(t, y, low, high, m):
+    """`_in_range_fraction` over each patient's observed prefix (`m`): NaN with fewer than
+    two observed values."""
+    y = jnp.asarray(y)
+    t = jnp.asarray(t, dtype=y.dtype)
+    y0, y1 = y[..., :-1], y[..., 1:]
+    dt = jnp.broadcast_to(jnp.diff(t), y0.shape)
+    lo = jnp.minimum(y0, y1)
+    hi = jnp.maximum(y0, y1)
+    span = hi - lo
+    overlap = jnp.clip(jnp.minimum(hi, high) - jnp.maximum(lo, low), 0.0, None)
+    flat = span <= 0
+    inside = (lo >= low) & (lo <= high)
+    frac = jnp.where(flat, inside.astype(y.dtype), overlap / jnp.where(flat, 1.0, span))
+    both = jnp.asarray(m[..., 1:])
+    spent = jnp.where(both, frac * dt, 0.0).sum(-1)
+    follow = jnp.where(both, dt, 0.0).sum(-1)
+    return jnp.where(follow > 0, spent / jnp.where(follow > 0, follow, 1.0), jnp.nan)
+
+
 def _in_range_fraction(t, y, low, high):
     """Rosendaal: the fraction of the time between the first and last point with y in range,
     y interpolated linearly between points."""
@@ -116,6 +143,9 @@ class TimeInRange(Endpoint):
 
     def __call__(self, course):
         t, y = _series(course, self.source)
+        m = _observed(course, self.source)
+        if m is not None:  # dropout: over each patient's follow-up
+            return {self.name: 100.0 * _in_range_fraction_observed(t, y, self.low, self.high, m)}
         return {self.name: 100.0 * _in_range_fraction(t, y, self.low, self.high)}
 
 
@@ -130,6 +160,9 @@ class AnyAbove(Endpoint):
 
     def __call__(self, course):
         _, y = _series(course, self.source)
+        m = _observed(course, self.source)
+        if m is not None:  # dropout: the observed values only
+            return {self.name: ((jnp.asarray(y) >= self.threshold) & m).any(-1)}
         return {self.name: (y >= self.threshold).any(-1)}
 
 
@@ -163,6 +196,11 @@ class TimeToRange(Endpoint):
     def __call__(self, course):
         t, y = _series(course, self.source)
         ok = (jnp.asarray(y) >= self.low) & (jnp.asarray(y) <= self.high)
+        m = _observed(course, self.source)
+        last = jnp.asarray(t)[-1]
+        if m is not None:  # dropout: observed values only, censored at the last observed
+            ok = ok & m
+            last = jnp.asarray(t)[jnp.maximum(m.sum(-1) - 1, 0)]
         k = self.consecutive
         if k > 1:  # in range here and at the next k - 1 values
             width = ok.shape[-1]
@@ -175,7 +213,7 @@ class TimeToRange(Endpoint):
             ok = run
         event = ok.any(-1)
         first = jnp.argmax(ok, axis=-1)
-        time = jnp.where(event, jnp.asarray(t)[first], jnp.asarray(t)[-1])
+        time = jnp.where(event, jnp.asarray(t)[first], last)
         return {self.name: time, f"{self.name}_event": event}
 
     def describe(self) -> dict[str, Any]:
@@ -217,6 +255,22 @@ class DosesTaken(Endpoint):
 
 
 @dataclasses.dataclass(frozen=True)
+class Dropped(Endpoint):
+    """Time to dropout (`Trial(dropout=...)`): the day the patient left, censored at the end
+    of the trial for those who stayed (`<name>_event` True for those who left)."""
+
+    kind: ClassVar[str] = "time_to_event"
+    unit: ClassVar[str] = "days"
+
+    def __call__(self, course):
+        n = np.asarray(course["level"]).shape[0]
+        day = np.asarray(course.get("dropout_day", np.full(n, np.inf)), dtype=float)
+        end = float(np.asarray(course["days"])[-1])
+        left = day < end
+        return {self.name: np.where(left, day, end), f"{self.name}_event": left}
+
+
+@dataclasses.dataclass(frozen=True)
 class FinalLevel(Endpoint):
     """The output at the end of the trial (true or as measured at the last visit)."""
 
@@ -224,6 +278,10 @@ class FinalLevel(Endpoint):
 
     def __call__(self, course):
         _, y = _series(course, self.source)
+        m = _observed(course, self.source)
+        if m is not None:  # dropout: the last observed value
+            last = np.maximum(m.sum(-1) - 1, 0)
+            return {self.name: np.take_along_axis(np.asarray(y), last[:, None], axis=-1)[:, 0]}
         return {self.name: y[..., -1]}
 
 

@@ -36,6 +36,7 @@ from ._adherence import Adherence
 from ._arms import Arm
 from ._arms import DosingArm as DosingArm
 from ._arms import Nomogram as Nomogram
+from ._dropout import Dropout, observed_mask
 from ._endpoints import AUC, Cmax, Course, Ctrough, Endpoint, TargetAttainment, plain_value
 from ._endpoints import AnyAbove as AnyAbove  # re-exported for older imports of this module
 from ._endpoints import FinalLevel as FinalLevel
@@ -128,6 +129,11 @@ class Trial:
       `OrnsteinUhlenbeck` terms): log-normal factors on chosen parameters, by dosing period;
       default None: each patient's parameters are the same on every day. The factors are in
       `Course["factors"]` (`{parameter: (n, P)}`). Not with host-driven arms.
+    - `dropout`: patients who leave before the end (`Dropout`: random, and informative
+      after a measured value at or above a threshold); default None: every patient stays.
+      What happened before a patient leaves is unchanged; afterwards it is not observed
+      (`Course["observed"]`, `["observed_days"]`, `["dropout_day"]`), and the endpoints
+      count each patient over its own follow-up (`twins.trials._dropout`).
     """
 
     name: str
@@ -150,8 +156,14 @@ class Trial:
     assumptions: tuple[str, ...] = ()
     adherence: Adherence | None = None
     variability: Variability | None = None
+    dropout: Dropout | None = None
 
     def __post_init__(self):
+        if self.dropout is not None and not isinstance(self.dropout, Dropout):
+            raise TypeError(
+                f"Trial {self.name!r}: dropout must be a twins.Dropout or None, got "
+                f"{type(self.dropout).__name__}."
+            )
         if self.variability is not None:
             if not isinstance(self.variability, Variability):
                 raise TypeError(
@@ -283,6 +295,7 @@ class Trial:
             **(
                 {"variability": self.variability.describe()} if self.variability is not None else {}
             ),
+            **({"dropout": self.dropout.describe()} if self.dropout is not None else {}),
         }
 
 
@@ -566,14 +579,39 @@ def adherence_flags(trial: Trial, key, index: np.ndarray) -> np.ndarray:
     split) stay those of the trial without adherence."""
     if trial.adherence is None:
         return np.ones((len(index), trial.days))
-    stream = jax.random.fold_in(key, ADHERENCE_STREAM)
-    keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(jnp.asarray(index))
+    draw = _cached_draw(trial, ("adherence",), lambda: _adherence_draw(trial))
+    return np.asarray(draw(key, jnp.asarray(index)))
+
+
+def _adherence_draw(trial: Trial):
     adherence = trial.adherence
-    return np.asarray(jax.vmap(lambda k: adherence.draw(k, trial.days))(keys))
+    assert adherence is not None
+
+    def draw(key, index):
+        stream = jax.random.fold_in(key, ADHERENCE_STREAM)
+        keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(index)
+        return jax.vmap(lambda k: adherence.draw(k, trial.days))(keys)
+
+    return jax.jit(draw)
+
+
+#: Jitted samplers of each trial (adherence chains, variability factors), as `_RUNNERS`.
+_DRAWS: weakref.WeakKeyDictionary[Trial, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _cached_draw(trial: Trial, slot: Any, build: Callable[[], Any]):
+    """The jitted sampler `slot` of `trial`, built once (compiled once per chunk shape)."""
+    cache = _DRAWS.setdefault(trial, {})
+    if slot not in cache:
+        cache[slot] = build()
+    return cache[slot]
 
 
 #: The key stream of the adherence chains (`adherence_flags`).
 ADHERENCE_STREAM = 0x61646865  # "adhe"
+
+#: The key stream of the dropout times (`Dropout.times`).
+DROPOUT_STREAM = 0x64726F70  # "drop"
 
 #: The key stream of the within-patient variability (`variability_factors`).
 VARIABILITY_STREAM = 0x76617269  # "vari"
@@ -586,11 +624,20 @@ def variability_factors(trial: Trial, key, index: np.ndarray, visits) -> np.ndar
     adherence stay those of the trial without variability."""
     variability = trial.variability
     assert variability is not None
-    stream = jax.random.fold_in(key, VARIABILITY_STREAM)
-    keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(jnp.asarray(index))
     visits = tuple(int(v) for v in visits)
-    draw = jax.vmap(lambda k: variability.log_factors(k, trial.days, float(trial.interval), visits))
-    return np.asarray(draw(keys))
+
+    def build():
+        def draw(key, index):
+            stream = jax.random.fold_in(key, VARIABILITY_STREAM)
+            keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(index)
+            return jax.vmap(
+                lambda k: variability.log_factors(k, trial.days, float(trial.interval), visits)
+            )(keys)
+
+        return jax.jit(draw)
+
+    draw = _cached_draw(trial, ("variability", visits), build)
+    return np.asarray(draw(key, jnp.asarray(index)))
 
 
 def _masked(values: np.ndarray, bad: np.ndarray) -> np.ndarray:
@@ -698,7 +745,8 @@ def simulate_chunk_outcome(
             state = {k: np.asarray(v) for k, v in arm.start(cov).items()}
             inputs = (own, state, noise_keys, taken)
             if trial.variability is not None:
-                inputs = (*inputs, variability_factors(trial, key, index[:n], arm.visits))
+                logf = variability_factors(trial, key, index[:n], arm.visits)
+                inputs = (*inputs, logf)
             arrays, more = _jitted_arm(trial, arm, runners[slot], inputs, rows, good, mesh)
             fails.update(more)
         level, measured, doses, *exposure = (np.asarray(x)[:n] for x in arrays)
@@ -717,13 +765,21 @@ def simulate_chunk_outcome(
             course["adherence"] = taken
             course["taken"] = doses * taken
         if trial.variability is not None:
-            logf = variability_factors(trial, key, index[:n], arm.visits)
+            if getattr(arm, "host_driven", False) or not good:
+                logf = variability_factors(trial, key, index[:n], arm.visits)
             course["factors"] = {
                 name: np.exp(logf[:, :, j]) for j, name in enumerate(trial.variability.parameters)
             }
         if exposure:
             course["auc"] = exposure[0]
             course["cmax"] = exposure[1]
+        if trial.dropout is not None:
+            stream = jax.random.fold_in(key, DROPOUT_STREAM)
+            dkeys = jax.vmap(lambda i, s=stream: jax.random.fold_in(s, i))(jnp.asarray(index[:n]))
+            left = trial.dropout.times(dkeys, course["visit_days"], measured)
+            course["dropout_day"] = left
+            course["observed"] = observed_mask(course["visit_days"], left)
+            course["observed_days"] = observed_mask(days, left)
         values: dict[str, np.ndarray] = {}
         for e in trial.endpoints:
             values.update({k: np.asarray(v) for k, v in e(course).items()})
