@@ -62,6 +62,19 @@ def test_preset_with_adherence_and_variability():
     )
 
 
+def test_dropout_table_and_endpoint():
+    data = {
+        "preset": "eupact",
+        "dropout": {"rate_per_year": 0.5, "above": 5.0, "p_after_above": 0.5},
+    }
+    trial, _ = trial_from_dict(data)
+    assert trial.dropout == twins.Dropout(0.5, 5.0, 0.5)
+    full = tomllib.loads((EXAMPLES / "eupact.toml").read_text())
+    full["endpoints"].append({"type": "dropped", "name": "left", "label": "Left the trial"})
+    trial, _ = trial_from_dict(full, base_dir=EXAMPLES)
+    assert isinstance(trial.endpoints[-1], twins.Dropped)
+
+
 def test_written_out_spec_with_independent_adherence():
     data = tomllib.loads((EXAMPLES / "eupact.toml").read_text())
     data["adherence"] = {"p_taken": 0.9}
@@ -102,6 +115,10 @@ def test_written_out_spec_with_independent_adherence():
         ),
         ({"variability": {"iov": "EC50"}}, r"variability\.iov: expected an array"),
         ({"arms": []}, r"arms: a spec with a preset may only have \[run\], \[adherence\]"),
+        ({"dropout": {}}, "expected rate_per_year"),
+        ({"dropout": {"rate_per_year": -1}}, r"dropout\.rate_per_year: expected a number >= 0"),
+        ({"dropout": {"above": 5, "p_after_above": 2}}, r"dropout\.p_after_above: expected"),
+        ({"dropout": {"rate": 1}}, r"dropout\.rate: unknown key"),
     ],
 )
 def test_bad_entries_name_the_field(table, message):

@@ -40,6 +40,8 @@ from ..trials import (
     AnyAbove,
     Cmax,
     Ctrough,
+    Dropout,
+    Dropped,
     Endpoint,
     FinalLevel,
     MeanDose,
@@ -110,6 +112,7 @@ ENDPOINTS: dict[str, type[Endpoint]] = {
     "cmax": Cmax,
     "ctrough": Ctrough,
     "target_attainment": TargetAttainment,
+    "dropped": Dropped,
 }
 
 #: Whole trials by name (`preset = "eupact"`).
@@ -146,10 +149,11 @@ _TOP_KEYS = (
     "published_differences",
     "adherence",
     "variability",
+    "dropout",
     "run",
 )
 #: What a spec with a preset may have besides (the patients' behaviour over the trial).
-_PRESET_KEYS = ("preset", "run", "adherence", "variability")
+_PRESET_KEYS = ("preset", "run", "adherence", "variability", "dropout")
 
 
 def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
@@ -165,8 +169,8 @@ def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
         if extra:
             raise r.error(
                 key_path("", str(extra[0])),
-                "a spec with a preset may only have [run], [adherence] and [variability] "
-                "tables besides; write the trial out in full to change anything else.",
+                "a spec with a preset may only have [run], [adherence], [variability] and "
+                "[dropout] tables besides; write the trial out in full to change anything else.",
             )
         top = dict(data)
         name = r.string(top["preset"], "preset", tuple(PRESETS))
@@ -250,7 +254,27 @@ def _behaviour(r: TomlReader, top: Mapping[str, Any]) -> dict[str, Any]:
         out["adherence"] = _adherence(r, top["adherence"])
     if "variability" in top:
         out["variability"] = _variability(r, top["variability"])
+    if "dropout" in top:
+        out["dropout"] = _dropout(r, top["dropout"])
     return out
+
+
+def _dropout(r: TomlReader, value: Any) -> Dropout:
+    """`[dropout]`: `rate_per_year` (random), `above` and `p_after_above` (informative),
+    `reference`."""
+    t = r.table(value, "dropout", optional=("rate_per_year", "above", "p_after_above", "reference"))
+    if not any(k in t for k in ("rate_per_year", "above")):
+        raise r.error("dropout", "expected rate_per_year (random) or above (informative), or both.")
+    return Dropout(
+        r.number(t["rate_per_year"], "dropout.rate_per_year", low=0.0)
+        if "rate_per_year" in t
+        else 0.0,
+        r.number(t["above"], "dropout.above") if "above" in t else None,
+        r.number(t["p_after_above"], "dropout.p_after_above", low=0.0, high=1.0)
+        if "p_after_above" in t
+        else 1.0,
+        r.string(t["reference"], "dropout.reference") if "reference" in t else "",
+    )
 
 
 def _adherence(r: TomlReader, value: Any) -> Adherence:
