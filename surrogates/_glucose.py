@@ -101,21 +101,23 @@ class GlucoseWindows:
         if not parts:
             raise GlucoseWindowError("GlucoseWindows.concatenate: no windows given.")
         first = parts[0].inputs
+        sequences = []
         for k, p in enumerate(parts):
-            if (
-                p.inputs.channels != first.channels
-                or p.inputs.sequence.shape[1:]
-                != (  # type: ignore[union-attr]
-                    first.sequence.shape[1:]  # type: ignore[union-attr]
+            seq = p.inputs.sequence
+            if seq is None or first.sequence is None:
+                raise GlucoseWindowError(
+                    f"GlucoseWindows.concatenate: part {k} has no sequence (not windows)."
                 )
-            ):
+            if p.inputs.channels != first.channels or seq.shape[1:] != first.sequence.shape[1:]:
                 raise GlucoseWindowError(
                     f"GlucoseWindows.concatenate: part {k} has another window layout "
-                    f"({p.inputs.sequence.shape[1:]}, expected {first.sequence.shape[1:]})."  # type: ignore[union-attr]
+                    f"({seq.shape[1:]}, {list(p.inputs.channels)}; expected "
+                    f"{first.sequence.shape[1:]}, {list(first.channels)})."
                 )
+            sequences.append(seq)
         inputs = Inputs(
             pd.concat([p.inputs.static for p in parts], ignore_index=True),
-            np.concatenate([p.inputs.sequence for p in parts]),  # type: ignore[arg-type]
+            np.concatenate(sequences),
             first.channels,
             first.times,
         )

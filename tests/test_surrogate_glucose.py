@@ -127,6 +127,11 @@ def test_windows_refuse_what_does_not_fit(simulated):
         glucose_windows(course, plan, cohort, history=400, horizon=200)
     with pytest.raises(GlucoseWindowError, match="begin = 3 leaves fewer"):
         glucose_windows(course, plan, cohort, begin=3)
+    with pytest.raises(GlucoseWindowError, match="no windows given"):
+        GlucoseWindows.concatenate([])
+    short = glucose_windows(course, plan, cohort, history=12, every=48)
+    with pytest.raises(GlucoseWindowError, match="part 1 has another window layout"):
+        GlucoseWindows.concatenate([simulated["test"], short])
 
 
 # ----------------------------------------------------------------------------- fidelity
