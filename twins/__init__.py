@@ -90,6 +90,7 @@ from .trials import Cmax as Cmax  # isort: skip
 from .trials import Ctrough as Ctrough  # isort: skip
 from .trials import DosingArm as DosingArm  # isort: skip
 from .trials import Endpoint as Endpoint  # isort: skip
+from .trials import EventRisk as EventRisk  # isort: skip
 from .trials import FailedPatientsError as FailedPatientsError  # isort: skip
 from .trials import Adherence as Adherence  # isort: skip
 from .trials import IOV as IOV  # isort: skip
@@ -139,6 +140,7 @@ __all__ = [
     "Dropped",
     "Drug",
     "Endpoint",
+    "EventRisk",
     "FailedPatientsError",
     "FinalLevel",
     "Forecast",

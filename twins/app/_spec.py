@@ -43,6 +43,7 @@ from ..trials import (
     Dropout,
     Dropped,
     Endpoint,
+    EventRisk,
     FinalLevel,
     MeanDose,
     OrnsteinUhlenbeck,
@@ -113,6 +114,7 @@ ENDPOINTS: dict[str, type[Endpoint]] = {
     "ctrough": Ctrough,
     "target_attainment": TargetAttainment,
     "dropped": Dropped,
+    "event_risk": EventRisk,
 }
 
 #: Whole trials by name (`preset = "eupact"`).
@@ -544,6 +546,10 @@ def _endpoint(r: TomlReader, value: Any, where: str, days: int) -> Endpoint:
             kwargs[key] = r.string(table[key], w, _SOURCES)
         elif key == "metric":
             kwargs[key] = r.string(table[key], w, READINGS)
+        elif key in ("bounds", "rates"):
+            kwargs[key] = r.numbers(table[key], w)
+        elif key == "reference":
+            kwargs[key] = r.string(table[key], w)
         elif key == "consecutive":
             kwargs[key] = r.integer(table[key], w, low=1)
         elif key == "days":

@@ -28,6 +28,7 @@ from ._endpoints import Ctrough as Ctrough
 from ._endpoints import DosesTaken as DosesTaken
 from ._endpoints import Dropped as Dropped
 from ._endpoints import Endpoint as Endpoint
+from ._endpoints import EventRisk as EventRisk
 from ._endpoints import FinalLevel as FinalLevel
 from ._endpoints import MeanDose as MeanDose
 from ._endpoints import TargetAttainment as TargetAttainment
@@ -90,6 +91,7 @@ __all__ = [
     "Dropout",
     "Dropped",
     "Endpoint",
+    "EventRisk",
     "FailedPatientsError",
     "FinalLevel",
     "MeanDose",

@@ -255,6 +255,61 @@ class DosesTaken(Endpoint):
 
 
 @dataclasses.dataclass(frozen=True)
+class EventRisk(Endpoint):
+    r"""The risk (%) of at least one clinical event over the trial from a hazard that
+    depends on the level: $100\,(1 - e^{-\sum_k h(y_k)\,\Delta t_k})$, with $h$ constant
+    within bands of the level (`rates`, events per 100 patient-years, one more than
+    `bounds`; a value equal to a bound falls in the upper band) and $y_k$ the level at the
+    start of interval $k$, held over it (the daily noise-free output with `source="true"`;
+    the measured values held from visit to visit with `"measured"`). With dropout, only the
+    observed follow-up counts. The mean over patients is the expected share of patients
+    with an event (a Poisson process given the course; no event is drawn).
+
+    Give the rates from a published INR-bleeding relation and name it in `reference`: the
+    package ships none (the per-INR-band rates of ISCOAT, Palareti G et al. Lancet
+    1996;348:423-428, or of Fihn SD et al. Ann Intern Med 1993;118:511-520, are not held in
+    a verified transcription here).
+    """
+
+    bounds: tuple[float, ...] = ()
+    rates: tuple[float, ...] = (0.0,)
+    source: Source = "true"
+    reference: str = ""
+    unit: ClassVar[str] = "% of patients (expected)"
+
+    def __post_init__(self):
+        bounds = tuple(float(b) for b in self.bounds)
+        rates = tuple(float(r) for r in self.rates)
+        if any(not math.isfinite(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
+            raise ValueError(
+                f"EventRisk {self.name!r}: bounds must be finite and increasing, got {bounds}."
+            )
+        if len(rates) != len(bounds) + 1:
+            raise ValueError(
+                f"EventRisk {self.name!r}: expected {len(bounds) + 1} rates (one per band: "
+                f"len(bounds) + 1), got {len(rates)}."
+            )
+        if any(not math.isfinite(r) or r < 0 for r in rates):
+            raise ValueError(
+                f"EventRisk {self.name!r}: rates must be finite and >= 0 (events per 100 "
+                f"patient-years), got {rates}."
+            )
+        object.__setattr__(self, "bounds", bounds)
+        object.__setattr__(self, "rates", rates)
+
+    def __call__(self, course):
+        t, y = _series(course, self.source)
+        y = np.asarray(y, dtype=float)
+        dt = np.diff(np.asarray(t, dtype=float))  # days
+        band = np.searchsorted(np.asarray(self.bounds), y[..., :-1], side="right")
+        h = np.asarray(self.rates)[band] / 100.0 / 365.25  # per day
+        m = _observed(course, self.source)
+        if m is not None:
+            h = np.where(m[..., 1:], h, 0.0)
+        return {self.name: 100.0 * -np.expm1(-(h * dt).sum(-1))}
+
+
+@dataclasses.dataclass(frozen=True)
 class Dropped(Endpoint):
     """Time to dropout (`Trial(dropout=...)`): the day the patient left, censored at the end
     of the trial for those who stayed (`<name>_event` True for those who left)."""
