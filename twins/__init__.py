@@ -69,6 +69,7 @@ from ._twin_batch import recommend_twins as recommend_twins
 from ._twin_batch import update_twins as update_twins
 from .drugs import AUCOver as AUCOver
 from .drugs import Bolus as Bolus
+from .drugs import DoseConstraints as DoseConstraints
 from .drugs import Drug as Drug
 from .drugs import Infusion as Infusion
 from .drugs import Metric as Metric
@@ -134,6 +135,7 @@ __all__ = [
     "Ctrough",
     "Demographics",
     "DigitalTwin",
+    "DoseConstraints",
     "DosesTaken",
     "DosingArm",
     "Dropout",

@@ -35,7 +35,7 @@ import pandas as pd
 
 import pkpd
 
-from .drugs import Drug, Metric, Target
+from .drugs import DoseConstraints, Drug, Metric, Target
 
 _SMOOTH = 0.05  # width (log scale) of the normal CDFs replacing the window's indicator
 _TIE = 0.005  # within half a percentage point the longer interval wins
@@ -53,6 +53,12 @@ class Recommendation:
     - `required_probability`: what was asked (None: the most probable dose was asked for), and
       `achieved`: whether `probability >= required_probability`;
     - `candidates`: one row per interval tried (dose, probability, median metric).
+    - with `constraints` (`DoseConstraints`): `continuous_dose`, the unconstrained optimum
+      (same unit as `dose`); `dose` is then the admissible (rounded, bounded) dose and
+      `probability` and the metric are those of that dose; `duration`, the infusion duration
+      (h) of each dose (lengthened by `max_rate`); `bound`, which constraint set the dose
+      (`"strengths"`, `"increment"`, `"min_dose"`, `"max_dose"`, `"max_rate"`, or `""`
+      for none); `loading_dose`, the loading dose (absolute amount) given first, if asked.
     """
 
     dose: float
@@ -68,6 +74,10 @@ class Recommendation:
     achieved: bool
     unit: str
     candidates: pd.DataFrame
+    continuous_dose: float | None = None
+    duration: float | None = None
+    bound: str = ""
+    loading_dose: float | None = None
 
     def __str__(self) -> str:
         t = self.target
@@ -81,8 +91,20 @@ class Recommendation:
             f"{self.dose:.4g} {self.unit} every {self.interval:g} h: {t.metric} median "
             f"{self.metric_median:.4g} (90% {self.metric_lower:.4g}-{self.metric_upper:.4g}) "
             f"{t.unit}; P({t.low:g} <= {t.metric} <= {t.high:g}) = {self.probability:.0%}"
-            f"{asked}"
+            f"{asked}" + self._constrained()
         )
+
+    def _constrained(self) -> str:
+        if self.continuous_dose is None:
+            return ""
+        parts = [f"; continuous optimum {self.continuous_dose:.4g} {self.unit}"]
+        if self.bound:
+            parts.append(f", bound by {self.bound}")
+        if self.duration is not None:
+            parts.append(f"; infused over {self.duration:.3g} h")
+        if self.loading_dose is not None:
+            parts.append(f"; loading dose {self.loading_dose:.4g} {self.unit} first")
+        return "".join(parts)
 
 
 class Plan(NamedTuple):
@@ -176,17 +198,162 @@ def recommend_dose(
     probability: float | None = None,
     unit: str = "",
     who: str = "",
+    constraints: DoseConstraints | None = None,
+    per_kg_weight: float | None = None,
+    usual_duration: float | None = None,
+    loading_dose: float | None = None,
 ) -> Recommendation:
     """The most probable dose of `plans` for `target` over the posterior draws `eta`
     `(n_draws, n_eta)` of a patient (population model `pm`, `theta`, `covariates`), after the
     doses in `history`. `u0` is the log-dose the search starts from; `steps` Newton ascent
     steps; `probability` a required probability (`achieved` says whether it is met); `who`
-    names the patient in errors."""
-    recs = [
-        _best_for_plan(pm, theta, covariates, history, plan, target, eta, u0, steps, who)
-        for plan in plans
+    names the patient in errors.
+
+    With `constraints` (a `DoseConstraints`), the continuous optimum of each plan is then
+    replaced by the admissible dose (`constrained_result`) of highest probability, each
+    admissible dose simulated with its own infusion duration (`usual_duration` lengthened to
+    `dose / max_rate`); `per_kg_weight` is the body weight (kg) when the plan's unit is per
+    kg (strengths are absolute amounts). `loading_dose` (absolute, already in `history`) is
+    only reported."""
+    recs = []
+    for plan in plans:
+        rec = _best_for_plan(pm, theta, covariates, history, plan, target, eta, u0, steps, who)
+        if constraints is not None:
+            rec = constrained_result(
+                pm, theta, covariates, history, plan, target, eta, rec, constraints,
+                per_kg_weight, usual_duration, who,
+            )  # fmt: skip
+        recs.append(rec)
+    out = choose(recs, target, probability, unit)
+    if constraints is None:
+        return out
+    best = next(r for r in recs if r["interval"] == out.interval)
+    return dataclasses.replace(
+        out,
+        continuous_dose=best["continuous_dose"],
+        duration=best["duration"],
+        bound=best["bound"],
+        loading_dose=loading_dose,
+    )
+
+
+_ALL = 64  # up to this many admissible doses are all simulated; beyond, the nearest 8 a side
+
+
+def constrained_result(
+    pm, theta, cov, history, plan, target, eta, rec, constraints, per_kg_weight, usual, who
+) -> dict[str, Any]:
+    """The admissible dose of one plan: the dose allowed by `constraints` (sums of strengths,
+    multiples of the increment, within `[min_dose, max_dose]`, infusion no longer than the
+    interval at `max_rate`) with the highest posterior probability of the window, each
+    candidate simulated with its own infusion duration over the same draws `eta`; `rec` is
+    the plan's continuous result (`plan_result`). Up to `_ALL` admissible doses are all
+    simulated, otherwise the 8 nearest the continuous optimum on each side. `bound` names
+    the constraint that set the dose. `ValueError` naming the field when no dose is
+    admissible."""
+    scale_w = 1.0 if per_kg_weight is None else float(per_kg_weight)
+    optimum = rec["dose"] * scale_w  # absolute amount
+    doses = constraints.admissible(lowest=0.0, highest=max(4.0 * optimum, optimum + 1.0))
+    if doses.size == 0:  # no rounding: the continuous optimum, clipped to the bounds
+        lo = constraints.min_dose or 0.0
+        hi = constraints.max_dose or math.inf
+        doses = np.asarray([min(max(optimum, lo), hi)])
+    durations = np.asarray([constraints.duration(a, usual) or 0.0 for a in doses])
+    if usual is not None:
+        fits = durations < plan.interval
+        if not fits.any():
+            raise ValueError(
+                f"recommend for patient {who}: max_rate={constraints.max_rate} "
+                f"{'mg'}/h makes every admissible dose ({doses.min():g} mg or more) last "
+                f"{durations.min():.3g} h or longer, not less than the interval "
+                f"{plan.interval:g} h; expected a larger max_rate or a longer interval."
+            )
+        doses, durations = doses[fits], durations[fits]
+    elif constraints.max_rate is not None:
+        raise ValueError(
+            f"recommend for patient {who}: max_rate={constraints.max_rate} is set but the "
+            "drug is not given by infusion; expected max_rate=None."
+        )
+    if doses.size > _ALL:
+        nearest = np.argsort(np.abs(np.log(doses) - math.log(optimum)))[: 2 * 8]
+        keep = np.sort(nearest)
+        doses, durations = doses[keep], durations[keep]
+    full = plan.regimen if history is None else history + plan.regimen
+    n_hist = 0 if history is None else history.n_events
+    scale = jnp.concatenate([jnp.zeros(n_hist), jnp.ones(plan.regimen.n_events)])
+    planned = np.asarray(scale, bool) & (np.asarray(full.rate) == pkpd.MODELLED_DURATION)
+    fulls = [
+        eqx.tree_at(lambda r: r.duration, full, jnp.where(planned, d, full.duration))
+        if usual is not None
+        else full
+        for d in durations
     ]
-    return choose(recs, target, probability, unit)
+    window = (jnp.asarray(plan.end, float), jnp.asarray(plan.interval, float))
+    n = len(fulls)
+    pad = _bucket(n) - n  # a bucket of candidates: one compilation for similar counts
+    u = jnp.log(jnp.asarray(np.concatenate([doses, np.repeat(doses[-1:], pad)]) / scale_w))
+    stacked = pkpd.stack(fulls + [fulls[-1]] * pad)
+    values = np.asarray(
+        _metric_candidates(pm, target.metric, theta, cov, stacked, scale, window, eta, u)
+    )[:n]
+    inside = (values >= target.low) & (values <= target.high)
+    probs = inside.mean(axis=1)
+    # the most probable; among equally probable doses, the nearest the optimum (log scale)
+    ties = np.flatnonzero(probs == probs.max())
+    i = int(ties[np.argmin(np.abs(np.log(doses[ties]) - math.log(optimum)))])
+    amount = float(doses[i])
+    bound = ""
+    tol = 1e-9 * max(1.0, optimum)
+    if (
+        constraints.max_dose is not None
+        and amount >= constraints.max_dose - tol
+        and optimum > amount
+    ):
+        bound = "max_dose"
+    elif (
+        constraints.min_dose is not None
+        and amount <= constraints.min_dose + tol
+        and optimum < amount
+    ):
+        bound = "min_dose"
+    elif abs(amount - optimum) > tol:
+        bound = "strengths" if constraints.strengths is not None else "increment"
+    if usual is not None and durations[i] > usual + 1e-12:
+        bound = f"{bound} and max_rate" if bound else "max_rate"
+    dose = amount / scale_w
+    reg = eqx.tree_at(lambda r: r.amount, plan.regimen, plan.regimen.amount * dose)
+    if usual is not None:
+        reg = eqx.tree_at(
+            lambda r: r.duration,
+            reg,
+            jnp.where(np.asarray(reg.rate) == pkpd.MODELLED_DURATION, durations[i], reg.duration),
+        )
+    row = values[i]
+    if not np.all(np.isfinite(row)):
+        raise FloatingPointError(
+            f"recommend: non-finite {target.metric} for patient {who} at dose {amount:.4g} "
+            f"every {plan.interval:g} h."
+        )
+    return rec | {
+        "dose": dose,
+        "regimen": reg,
+        "probability": float(probs[i]),
+        "median": float(np.median(row)),
+        "lower": float(np.quantile(row, 0.05)),
+        "upper": float(np.quantile(row, 0.95)),
+        "continuous_dose": rec["dose"],
+        "duration": None if usual is None else float(durations[i]),
+        "bound": bound,
+    }
+
+
+@eqx.filter_jit
+def _metric_candidates(pm, metric, theta, cov, fulls, scale, window, eta, u):
+    """`metric_draws` of each candidate dose `u` `(n,)` with its own regimen `fulls`
+    (a stacked regimen, leading axis `n`): `(n, n_draws)`."""
+    return jax.vmap(lambda f, v: metric_draws(pm, metric, theta, cov, f, scale, window, eta, v))(
+        fulls, u
+    )
 
 
 def choose(

@@ -38,7 +38,7 @@ import pkpd
 
 from ._patient import Patient
 from ._recommend import Recommendation, dosing_choices, plan_doses, recommend_dose
-from .drugs import Drug, Target
+from .drugs import DoseConstraints, Drug, Target
 
 _LEVEL = 0.9
 
@@ -486,6 +486,8 @@ class DigitalTwin:
         key: jax.Array | int | None = None,
         n_draws: int = 500,
         steps: int = 12,
+        constraints: DoseConstraints | None = None,
+        loading: float | None = None,
     ) -> Recommendation:
         """The dose that maximises the posterior probability of reaching `target`.
 
@@ -515,22 +517,68 @@ class DigitalTwin:
         - `key`, `n_draws`, `steps`: posterior draws (a JAX PRNG key or an int; omitting it
           uses `jax.random.key(0)` with a `DeprecationWarning`, and will raise `TypeError`
           in the next release) and Newton ascent steps.
+        - `constraints`: a `twins.DoseConstraints` (the drug library's are
+          `drug.dosing.constraints`; override fields with `dataclasses.replace`): the dose
+          becomes the admissible one (sums of the available strengths, multiples of the
+          increment, within `[min_dose, max_dose]`) of highest posterior probability over the
+          same draws, each infusion lengthened to `dose / max_rate` where that is longer than
+          the usual duration, chosen among `constraints.intervals` when `interval(s)` are not
+          given. The reported probability and metric are those of that dose;
+          `continuous_dose`, `duration` and `bound` say what was optimal without rounding,
+          how long each infusion lasts and which constraint set the dose. None (default):
+          the continuous optimum, as before.
+        - `loading`: a loading dose in mg per kg of body weight (needs `constraints`):
+          `loading * weight` rounded to the nearest admissible amount (at most
+          `max_loading`), given at the plan's first dose time (`start`, default one usual
+          interval after the last dose given, or 0); the maintenance doses follow one
+          interval later. Must lie in `constraints.loading_per_kg` when that is set.
         """
         tgt = self.find_target(target)
-        choices = dosing_choices(intervals, interval or self.drug.dosing.interval, probability)
+        who = f"recommend for patient {self.patient_id}"
+        if constraints is not None and not isinstance(constraints, DoseConstraints):
+            raise TypeError(
+                f"{who}: constraints must be a twins.DoseConstraints, got {constraints!r:.80}."
+            )
+        if loading is not None and constraints is None:
+            raise ValueError(f"{who}: loading= needs constraints= (strengths, max_loading).")
+        usual_interval = interval or self.drug.dosing.interval
+        if constraints is not None and interval is None and intervals is None:
+            if constraints.intervals is not None:
+                intervals = constraints.intervals
+        choices = dosing_choices(intervals, usual_interval, probability)
+        loading_reg, loading_dose = None, None
         try:
-            plans = plan_doses(
-                self.drug, self.history, choices, tgt.metric, start=start, n_doses=n_doses,
-                weight=self.weight,
-            )  # fmt: skip
+            if loading is None:
+                plans = plan_doses(
+                    self.drug, self.history, choices, tgt.metric, start=start, n_doses=n_doses,
+                    weight=self.weight,
+                )  # fmt: skip
+            else:
+                t_load, loading_dose, loading_reg = self._loading_dose(
+                    loading,
+                    constraints,
+                    start,  # type: ignore[arg-type]
+                )
+                plans = []
+                for tau in choices:
+                    plans += plan_doses(
+                        self.drug, self.history, [tau], tgt.metric, start=t_load + float(tau),
+                        n_doses=n_doses, weight=self.weight,
+                    )  # fmt: skip
+                size = _bucket(max(p.regimen.n_events for p in plans))
+                plans = [p._replace(regimen=p.regimen.pad(size)) for p in plans]
         except ValueError as error:
-            raise ValueError(f"recommend for patient {self.patient_id}: {error}") from error
+            if str(error).startswith(who):
+                raise
+            raise ValueError(f"{who}: {error}") from error
         key = _as_key(key, "DigitalTwin.recommend", old_default=True)
         eta = self.posterior.sample(n_draws, key=key)
         history = self.history
+        if loading_reg is not None:
+            history = loading_reg if history is None else history + loading_reg
         if history is not None:  # a bucket of slots: one compilation for similar histories
             history = history.pad(_bucket(history.n_events))
-        return recommend_dose(
+        rec = recommend_dose(
             self.pm,
             self.theta,
             self.covariate_arrays,
@@ -543,7 +591,51 @@ class DigitalTwin:
             probability=probability,
             unit=self.drug.units.dose,
             who=self.patient_id,
+            constraints=constraints,
+            per_kg_weight=self.weight if self.drug.dosing.per_kg else None,
+            usual_duration=self.drug.dosing.route.duration,
+            loading_dose=loading_dose,
         )
+        if loading_reg is None:
+            return rec
+        return dataclasses.replace(rec, regimen=loading_reg + rec.regimen)
+
+    def _loading_dose(
+        self, per_kg: float, constraints: DoseConstraints, start: float | None
+    ) -> tuple[float, float, pkpd.Regimen]:
+        """The loading dose of `recommend(loading=per_kg)`: its time, its admissible amount
+        (nearest to `per_kg * weight`, at most `max_loading`) and its one-dose regimen."""
+        who = f"recommend for patient {self.patient_id}"
+        if not (isinstance(per_kg, int | float) and math.isfinite(per_kg) and per_kg > 0):
+            raise ValueError(f"{who}: loading must be a number > 0 (mg/kg), got {per_kg!r}.")
+        rng = constraints.loading_per_kg
+        if rng is not None and not rng[0] <= per_kg <= rng[1]:
+            raise ValueError(
+                f"{who}: loading={per_kg:g} mg/kg is outside constraints.loading_per_kg "
+                f"{rng} ({constraints.reference or 'the drug library'})."
+            )
+        if self.weight is None:
+            raise ValueError(f"{who}: a loading dose in mg/kg needs the patient's weight (WT).")
+        wanted = per_kg * float(self.weight)
+        cap = constraints.max_loading
+        doses = constraints.admissible(highest=max(2.0 * wanted, wanted + 1.0))
+        if cap is not None:
+            doses = doses[doses <= cap + 1e-9] if doses.size else doses
+        if doses.size:
+            amount = float(doses[np.argmin(np.abs(doses - wanted))])
+        else:
+            amount = wanted if cap is None else min(wanted, cap)
+        duration = constraints.duration(amount, self.drug.dosing.route.duration)
+        t_load = start
+        if t_load is None:
+            t_load = 0.0
+            if self.history is not None:
+                given = np.asarray(self.history.time)[np.asarray(self.history.mask)]
+                if given.size:
+                    t_load = float(given.max()) + float(self.drug.dosing.interval)
+        route = self.drug.dosing.route.with_duration(duration)
+        reg = route.dose(amount, time=float(t_load), cmt=self.drug.dosing.cmt)
+        return float(t_load), amount, reg
 
     def find_target(self, target: str | Target | None) -> Target:
         """`target` as a `Target`: itself, or the drug's target of that metric name

@@ -243,25 +243,56 @@ def _posterior_section(twin: DigitalTwin, key: jax.Array, n_draws: int) -> str:
         if sample is not None and sample.ndim == 1 and np.ptp(sample) > 0:
             lo, hi = np.quantile(sample, [q, 1.0 - q])
             interval = f"{fmt_number(lo)} to {fmt_number(hi)}"
-        rows.append([escape(name), _number(typical.get(name)), _number(value), escape(interval)])
+        rows.append(
+            [
+                escape(name),
+                escape(_param_unit(name, twin.drug.units.concentration)),
+                _number(typical.get(name)),
+                _number(value),
+                escape(interval),
+            ]
+        )
     out.append("<h3>Individual parameters</h3>")
     out.append(
         html_table(
             [
                 "Parameter",
+                "Unit",
                 "Typical (this patient's covariates)",
                 "Individual (posterior mode)",
                 f"{round(100 * _LEVEL)}% credible interval",
             ],
             rows,
-            [False, True, True, True],
+            [False, False, True, True, True],
         )
     )
     out.append(
-        f'<p class="note">Intervals from {n_draws} posterior draws. Units as in the model '
-        "(h, L, mg, mg/L).</p>"
+        f'<p class="note">Intervals from {n_draws} posterior draws. Units from the project\'s '
+        "conventions (time h, amounts mg, volumes L, clearances L/h, rate constants 1/h); "
+        "'model' where a parameter's unit is the model's own.</p>"
     )
     return "\n".join(out)
+
+
+def _param_unit(name: str, concentration: str) -> str:
+    """The unit of a model parameter by the project's naming conventions (DESIGN.md: time
+    h, amounts mg, volumes L): clearances `CL*`/`Q*` L/h, volumes `V*` L, rate constants
+    `K*` 1/h, lags `ALAG*`/durations `D<n>`/`MTT` h, `F*` a fraction, `EC50`/`IC50` the
+    drug's concentration unit; otherwise "model"."""
+    n = name.upper()
+    if n.startswith(("CL", "Q")):
+        return "L/h"
+    if n.startswith("V") and (len(n) == 1 or n[1:].isdigit() or n[1:] in ("C", "P", "SS")):
+        return "L"
+    if n.startswith("ALAG") or n == "MTT" or (n.startswith("D") and n[1:].isdigit()):
+        return "h"
+    if n.startswith("K") and not n.startswith("KIN"):
+        return "1/h"
+    if n.startswith("F") and (len(n) == 1 or n[1:].isdigit()):
+        return "fraction"
+    if n in ("EC50", "IC50"):
+        return concentration
+    return "model"
 
 
 def _grid(twin: DigitalTwin, plan: pkpd.Regimen | None) -> np.ndarray:
@@ -326,6 +357,20 @@ def _recommendation_section(
         f"({escape(t.reference)}). The dose maximises the posterior probability of the window "
         f"over {rec.n_doses} doses; the metric is read on the last dosing interval.</p>",
     ]
+    if rec.continuous_dose is not None:
+        unit = escape(rec.unit)
+        rows = [
+            ["Continuous optimum", f"{_number(rec.continuous_dose)} {unit}"],
+            ["Recommended (admissible) dose", f"{_number(rec.dose)} {unit}"],
+            ["Interval", f"{_number(rec.interval)} h"],
+            ["Bound by", escape(rec.bound or "none (the optimum is admissible)")],
+        ]
+        if rec.duration is not None:
+            rows.append(["Infusion duration", f"{_number(rec.duration)} h"])
+        if rec.loading_dose is not None:
+            rows.append(["Loading dose (first)", f"{_number(rec.loading_dose)} {unit}"])
+        rows.append(["P(in window) at the recommended dose", escape(f"{rec.probability:.0%}")])
+        out.append(html_table(["", "Value"], rows, [False, True]))
     if rec.required_probability is not None and not rec.achieved:
         out.append(
             f'<div class="warning">The required probability ({rec.required_probability:.0%}) '
@@ -403,12 +448,12 @@ def render_twin_report(
         )
     extra = _check_sections(sections)
     key = jax.random.key(0) if key is None else key
-    k_post, k_fc, k_rec, k_rec_fc = jax.random.split(key, 4)
+    k_post, k_fc, _, k_rec_fc = jax.random.split(key, 4)
     rec = None
     if isinstance(target, Recommendation):
         rec = target
-    elif target is not None:
-        rec = twin.recommend(target, key=k_rec)
+    elif target is not None:  # the same key and draws as twin.recommend(target, key=key)
+        rec = twin.recommend(target, key=key, n_draws=n_draws)
     shown_target = rec.target if rec is not None else None
     title = f"Digital twin: {twin.patient_id} on {twin.drug.name}"
     body = [
@@ -458,8 +503,10 @@ def write_twin_report(
     - `path`: the HTML file to write (folders are created).
     - `regimen`: planned doses to forecast after those given (default: the history alone).
     - `target`: a `Target` or the metric name of one of the drug's targets (the twin's
-      `recommend` is called with its defaults), or a `Recommendation` already computed
-      (for other options); None: no recommendation.
+      `recommend` is called with its defaults and this call's `key` and `n_draws`, so the
+      report shows what `twin.recommend(target, key=key, n_draws=n_draws)` returns), or a
+      `Recommendation` already computed (for other options, e.g. `constraints=`), shown as
+      given; None: no recommendation.
     - `sections`: extra `(title, html)` sections, in order, e.g.
       `surrogates.explanation_section(...)`; the HTML is inserted as given (trusted).
     - `times`: forecast times (h); default from 0 to two dosing intervals after the last

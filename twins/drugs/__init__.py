@@ -28,6 +28,7 @@ from . import vancomycin as vancomycin
 from . import vernakalant as vernakalant
 from . import warfarin as warfarin
 from ._drug import CovariateError as CovariateError
+from ._drug import DoseConstraints as DoseConstraints
 from ._drug import Dosing as Dosing
 from ._drug import Drug as Drug
 from ._drug import Target as Target
@@ -101,6 +102,7 @@ __all__ = [
     "AUCOver",
     "Bolus",
     "CovariateError",
+    "DoseConstraints",
     "Dosing",
     "Drug",
     "Infusion",

@@ -194,6 +194,124 @@ class Units:
 
 
 @dataclasses.dataclass(frozen=True)
+class DoseConstraints:
+    """What a clinician can actually give: the limits a dose recommendation respects.
+
+    **Fields:**
+
+    - `strengths`: the available vial or tablet sizes (in `Units.dose`, absolute, never per
+      kg); a dose is a sum of at most `max_units` of them (repeats allowed). `None`: any dose.
+    - `increment`: the dose is moreover a multiple of this (mg), e.g. 250 mg for vancomycin
+      from 250/500/750/1000 mg vials; `None`: no rounding beyond the strengths.
+    - `max_units`: the most vials or tablets in one dose (default 4).
+    - `min_dose`, `max_dose`: bounds on one dose (absolute amount, `Units.dose`).
+    - `max_rate`: the fastest infusion (amount per hour); the infusion then lasts
+      `max(usual duration, dose / max_rate)` hours. Infusions only.
+    - `intervals`: the dosing intervals (h) allowed; `None`: the usual one.
+    - `loading_per_kg`: `(low, high)`, the range of a loading dose per kg of body weight that
+      the source allows (a requested loading dose outside it is refused); `max_loading`: the
+      largest loading dose (absolute).
+    - `reference`: where these come from (product label, guideline).
+
+    Every field is checked: `ValueError` naming the field and what was expected.
+    """
+
+    strengths: tuple[float, ...] | None = None
+    increment: float | None = None
+    max_units: int = 4
+    min_dose: float | None = None
+    max_dose: float | None = None
+    max_rate: float | None = None
+    intervals: tuple[float, ...] | None = None
+    loading_per_kg: tuple[float, float] | None = None
+    max_loading: float | None = None
+    reference: str = ""
+
+    def __post_init__(self):
+        def positive(name, value):
+            number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"DoseConstraints: {name} must be a finite number > 0, got {value!r}."
+                )
+
+        if self.strengths is not None:
+            strengths = tuple(self.strengths)
+            if not strengths:
+                raise ValueError(
+                    "DoseConstraints: strengths is empty; expected at least one vial or tablet "
+                    "size > 0 (or strengths=None for any dose)."
+                )
+            for i, s in enumerate(strengths):
+                positive(f"strengths[{i}]", s)
+            object.__setattr__(self, "strengths", tuple(sorted(float(s) for s in strengths)))
+        for name in ("increment", "min_dose", "max_dose", "max_rate", "max_loading"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name))
+        if not (isinstance(self.max_units, int) and self.max_units >= 1):
+            raise ValueError(
+                f"DoseConstraints: max_units must be an integer >= 1, got {self.max_units!r}."
+            )
+        if self.min_dose is not None and self.max_dose is not None:
+            if self.min_dose > self.max_dose:
+                raise ValueError(
+                    f"DoseConstraints: min_dose ({self.min_dose}) > max_dose "
+                    f"({self.max_dose}); expected min_dose <= max_dose."
+                )
+        if self.intervals is not None:
+            intervals = tuple(self.intervals)
+            if not intervals:
+                raise ValueError("DoseConstraints: intervals is empty; expected intervals > 0 h.")
+            for i, t in enumerate(intervals):
+                positive(f"intervals[{i}]", t)
+            object.__setattr__(self, "intervals", tuple(float(t) for t in intervals))
+        if self.loading_per_kg is not None:
+            lo, hi = self.loading_per_kg
+            positive("loading_per_kg[0]", lo)
+            positive("loading_per_kg[1]", hi)
+            if lo > hi:
+                raise ValueError(
+                    f"DoseConstraints: loading_per_kg is ({lo}, {hi}); expected low <= high."
+                )
+
+    def admissible(self, *, lowest: float = 0.0, highest: float | None = None) -> np.ndarray:
+        """The doses allowed (absolute amounts, sorted): the sums of at most `max_units`
+        `strengths`, multiples of `increment`, within `[min_dose, max_dose]`. Without
+        `strengths`, the multiples of `increment` from `lowest` to `highest`; with neither,
+        an empty array (any dose)."""
+        lo = max(self.min_dose or 0.0, 0.0)
+        hi = self.max_dose if self.max_dose is not None else highest
+        if self.strengths is None:
+            if self.increment is None:
+                return np.zeros(0)
+            if hi is None:
+                raise ValueError("DoseConstraints: an increment without strengths needs max_dose.")
+            k = np.arange(
+                math.ceil(max(lo, lowest) / self.increment), math.floor(hi / self.increment) + 1
+            )
+            doses = k[k > 0] * self.increment
+        else:
+            sums = {0.0}
+            for _ in range(self.max_units):
+                sums |= {round(a + s, 9) for a in sums for s in self.strengths}
+            doses = np.asarray(sorted(sums - {0.0}))
+            if self.increment is not None:
+                q = doses / self.increment
+                doses = doses[np.abs(q - np.round(q)) < 1e-9]
+        keep = doses >= lo - 1e-9
+        if hi is not None:
+            keep &= doses <= hi + 1e-9
+        return doses[keep]
+
+    def duration(self, amount: float, usual: float | None) -> float | None:
+        """The infusion duration (h) of a dose of `amount`: the usual one, lengthened so
+        that the rate stays <= `max_rate`."""
+        if usual is None or self.max_rate is None:
+            return usual
+        return max(float(usual), float(amount) / self.max_rate)
+
+
+@dataclasses.dataclass(frozen=True)
 class Dosing:
     """How the drug is given, and a usual regimen.
 
@@ -210,6 +328,9 @@ class Dosing:
     - `cmt`: the dosing compartment of the model (1-based, as NONMEM's `CMT`).
     - `per_kg`: `amount` is per kg of body weight.
     - `reference`: where the usual regimen comes from.
+    - `constraints`: the library's `DoseConstraints` (strengths, limits, infusion rate,
+      intervals, loading dose, with their source); `DigitalTwin.recommend` applies them only
+      when asked (`constraints=drug.dosing.constraints`, or its own).
     """
 
     route: Route
@@ -219,6 +340,7 @@ class Dosing:
     cmt: int = 1
     per_kg: bool = False
     reference: str = ""
+    constraints: DoseConstraints | None = None
 
     def __post_init__(self):
         route = self.route

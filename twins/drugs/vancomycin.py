@@ -50,6 +50,7 @@ import pkpd
 from .._covariates import cockcroft_gault
 from ._drug import (
     CovariateError,
+    DoseConstraints,
     Dosing,
     Drug,
     PatientCovariates,
@@ -103,6 +104,22 @@ _DOSING = Dosing(
     amount=1000.0,
     interval=12.0,
     reference="1 g every 12 h over 1 h: a usual adult regimen (Rybak 2009).",
+    constraints=DoseConstraints(
+        strengths=(250.0, 500.0, 750.0, 1000.0),
+        increment=250.0,
+        max_units=4,
+        max_rate=1000.0,
+        intervals=(8.0, 12.0, 24.0),
+        loading_per_kg=(20.0, 35.0),
+        max_loading=3000.0,
+        reference="Vials of 250, 500, 750 and 1000 mg, doses rounded to 250 mg; infusion at "
+        "most 1 g per hour (10-15 mg/min), loading dose 20-35 mg/kg of actual body weight, "
+        "at most 3000 mg; intervals 8, 12 or 24 h: Rybak MJ et al. Therapeutic monitoring "
+        "of vancomycin for serious methicillin-resistant Staphylococcus aureus infections: "
+        "a revised consensus guideline and review by ASHP, IDSA, PIDS and SIDP. Am J Health "
+        "Syst Pharm 2020;77(11):835-864; vancomycin hydrochloride for injection, US "
+        "prescribing information (infusion over at least 60 min, at most 10 mg/min).",
+    ),
 )
 
 # ----------------------------------------------------------------------------- Goti 2018

@@ -75,6 +75,7 @@ from twins import pgx
 
 from ._drug import (
     CovariateError,
+    DoseConstraints,
     Dosing,
     Drug,
     PatientCovariates,
@@ -334,6 +335,14 @@ def drug() -> Drug:
             interval=24.0,
             reference="5 mg once daily: a usual starting dose (Ageno W et al. Chest "
             "2012;141(2 Suppl):e44S-e88S).",
+            constraints=DoseConstraints(
+                strengths=(1.0, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.5, 10.0),
+                max_units=2,
+                intervals=(24.0,),
+                reference="Tablets of 1, 2, 2.5, 3, 4, 5, 6, 7.5 and 10 mg (at most two a "
+                "day), once daily: Coumadin (warfarin sodium) tablets, US prescribing "
+                "information, Bristol-Myers Squibb 2017.",
+            ),
         ),
         reference=REFERENCE,
         targets=(
