@@ -186,6 +186,7 @@ def test_rounded_dose_is_the_most_probable_admissible_one(twin):
             times = t_hist + [first + j * tau for j in range(n)]
             auc = _auc(end - 24.0, end, times, a_hist + [doses[i]] * n, d_hist + [dur] * n, cl, v)
             np.testing.assert_allclose(rec.metric_median, np.median(auc), rtol=1e-8)
+            np.testing.assert_allclose(rec.metric_values, auc, rtol=1e-8)
     assert rec.interval == best[1] and rec.dose == pytest.approx(best[2])
     assert rec.bound  # rounding moved the dose off the continuous optimum
     assert "continuous optimum" in str(rec)
@@ -280,6 +281,7 @@ def test_report_shows_the_same_recommendation(twin, tmp_path):
     path = twins.write_twin_report(twin, tmp_path / "a.html", target=rec, key=key, n_draws=N_DRAWS)
     html = path.read_text()
     assert escape(str(rec)) in html
+    assert "the target window 400–600" in html  # the histogram of the metric, window shaded
     assert f"<td>{rec.continuous_dose:.4g} mg</td>" in html or "Continuous optimum" in html
     # with a target name the report calls recommend with this key and n_draws: the same
     plain = twin.recommend("AUC24", key=key, n_draws=N_DRAWS)

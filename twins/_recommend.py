@@ -59,6 +59,8 @@ class Recommendation:
       (h) of each dose (lengthened by `max_rate`); `bound`, which constraint set the dose
       (`"strengths"`, `"increment"`, `"min_dose"`, `"max_dose"`, `"max_rate"`, or `""`
       for none); `loading_dose`, the loading dose (absolute amount) given first, if asked.
+    - `metric_values`: the metric of every posterior draw at the recommended dose (what
+      `probability` and the quantiles are computed from).
     """
 
     dose: float
@@ -78,6 +80,7 @@ class Recommendation:
     duration: float | None = None
     bound: str = ""
     loading_dose: float | None = None
+    metric_values: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         t = self.target
@@ -341,6 +344,7 @@ def constrained_result(
         "median": float(np.median(row)),
         "lower": float(np.quantile(row, 0.05)),
         "upper": float(np.quantile(row, 0.95)),
+        "values": row,
         "continuous_dose": rec["dose"],
         "duration": None if usual is None else float(durations[i]),
         "bound": bound,
@@ -371,6 +375,7 @@ def choose(
                 "probability": rec["probability"],
                 "metric_median": rec["median"],
             }
+            | ({} if "continuous_dose" not in rec else {"continuous_dose": rec["continuous_dose"]})
         )
         better = best is None or (
             rec["probability"] > best["probability"] + _TIE
@@ -397,6 +402,7 @@ def choose(
         achieved=probability is None or best["probability"] >= probability,
         unit=unit,
         candidates=pd.DataFrame(rows),
+        metric_values=best.get("values"),
     )
 
 
@@ -455,6 +461,7 @@ def plan_result(plan: Plan, target: Target, best_u: Any, values: Any, who: str) 
         "median": float(np.median(values)),
         "lower": float(np.quantile(values, 0.05)),
         "upper": float(np.quantile(values, 0.95)),
+        "values": values,
     }
 
 
