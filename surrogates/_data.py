@@ -5,7 +5,10 @@
 same seed) and returns, per patient:
 
 - static features: the numeric covariates (`AGE`, `WT`, `HT`, `SEX`, renal function, ...),
-  genotype indicators and activity scores, medication flags, the drug model's own covariates,
+  the activity scores of the genes the drug's model reads, for the genes CPIC scores (CYP2C9,
+  CYP2D6), each with `<GENE>_AS_missing` (1 where CPIC gives the diplotype no score, as for
+  CYP2D6 alleles of uncertain function, and the score is then 0; a gene the model does not
+  read is left out, as noise), medication flags, the drug model's own covariates,
   and the regimen (the loading doses and the initial maintenance dose); with
   `parameters=True` also the patient's model parameters (an emulator of the mechanistic
   model, which then sees everything that decides the outcome; without them the individual
@@ -50,6 +53,9 @@ from twins.trials import (
 
 from ._base import Inputs
 
+#: the genes CPIC scores by activity (twins.pgx: CYP2D6, CYP2C9); CYP2C19 and VKORC1 have
+#: no activity score (their `_AS` columns are empty) and enter through the drug's covariates
+_SCORED_GENES = ("CYP2C9", "CYP2D6")
 _NUMERIC = ("AGE", "WT", "HT", "SEX", "SCR", "CRCL", "EGFR", "BSA", "LBW", "ALB")
 
 #: Failed patients named in `training_set`'s warning and error.
@@ -110,24 +116,60 @@ def static_features(
     for name in _NUMERIC:
         if name in cov:
             columns[name] = np.asarray(cov[name], dtype=float)
-    for name, values in cov.items():  # activity scores (NaN: none), medication flags, extras
+    frame = population.to_dataframe()
+    cov_for_model = dict(cov)
+    cov_for_model["ANCESTRY"] = frame["ancestry"].to_numpy(dtype=object)
+    model_cov = model_covariates(trial.drug, cov_for_model)
+    unread = _genes_not_read(trial.drug, cov_for_model, model_cov)
+    for name, values in cov.items():  # activity scores, medication flags, extras
         arr = np.asarray(values)
+        if name.endswith("_AS") and (name[:-3] in unread or name[:-3] not in _SCORED_GENES):
+            continue  # a gene the drug's model does not read is noise to a surrogate
         if name != "ID" and arr.dtype.kind in "fiub":
             columns.setdefault(name, arr.astype(float))
-    frame = population.to_dataframe()
+    for name in [c for c in columns if c.endswith("_AS")]:
+        # CPIC gives no activity score to some diplotypes (CYP2D6 alleles of uncertain
+        # function: Indeterminate): a feature of its own says so, and the score is 0 there,
+        # so that every feature is a number (LIME, SHAP and the networks need complete rows)
+        missing = ~np.isfinite(columns[name])
+        columns[f"{name}_missing"] = missing.astype(float)
+        columns[name] = np.where(missing, 0.0, columns[name])
     if "ancestry" in frame:
         for group in sorted(set(frame["ancestry"])):
             word = "".join(ch if ch.isalnum() else "_" for ch in str(group))
             columns[f"ancestry_{word}"] = (frame["ancestry"] == group).to_numpy(dtype=float)
-    cov_for_model = dict(cov)
-    cov_for_model["ANCESTRY"] = frame["ancestry"].to_numpy(dtype=object)
-    for name, values in model_covariates(trial.drug, cov_for_model).items():
+    for name, values in model_cov.items():
         columns.setdefault(name, np.asarray(values, dtype=float))
     loading = np.asarray(state["loading"], dtype=float)
     for j in range(loading.shape[1]):
         columns[f"loading_dose_{j + 1}"] = loading[:, j]
     columns["maintenance_dose"] = np.asarray(state["dose"], dtype=float)
     return pd.DataFrame(columns)
+
+
+def _genes_not_read(
+    drug: Any, cov: dict[str, np.ndarray], model_cov: dict[str, np.ndarray], rows: int = 200
+) -> set[str]:
+    """The genes (with an activity score in `cov`) that the drug's covariate function does
+    not read: with every column of the gene left out, its model covariates of the first
+    `rows` patients are the same (a function that reads the gene raises, or changes)."""
+    genes = {name[:-3] for name in cov if name.endswith("_AS")}
+    m = min(rows, len(cov["ID"]))
+    head = {k: np.asarray(v)[:m] for k, v in cov.items()}
+    want = {k: np.asarray(v)[:m] for k, v in model_cov.items()}
+    unread = set()
+    for gene in genes:
+        probe = {k: v for k, v in head.items() if k != gene and not k.startswith(gene + "_")}
+        try:
+            got = model_covariates(drug, probe)
+        except Exception:  # the function needs the gene
+            continue
+        same = set(got) == set(want) and all(
+            np.array_equal(got[k], want[k], equal_nan=True) for k in want
+        )
+        if same:
+            unread.add(gene)
+    return unread
 
 
 def training_set(

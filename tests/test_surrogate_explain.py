@@ -437,8 +437,12 @@ def test_bad_inputs_are_named(vanco_surrogate, known, tmp_path):
     x, _, xgb = known
     with pytest.raises(ValueError, match=r"lack the features \['c'\]"):
         explain(xgb, x.drop(columns=["c"]).iloc[:3])
+    # vancomycin's model reads no gene: its surrogate has no activity score, and a patient
+    # without a genotype is scored; a feature the patient cannot give is named
+    assert not [f for f in model.features if f.endswith("_AS")]
+    assert len(patient_inputs(trial, _patient(genotypes=False), features=model.features)) == 1
     with pytest.raises(ValueError, match=r"cannot compute the features \['CYP2C9_AS'\]"):
-        patient_inputs(trial, _patient(genotypes=False), features=model.features)
+        patient_inputs(trial, _patient(genotypes=False), features=[*model.features, "CYP2C9_AS"])
     with pytest.raises(ValueError, match="needs a background"):
         explain(SklearnSurrogate("linear").fit(x[:100], np.arange(100.0)), x[:3])
     with pytest.raises(ValueError, match="method='tree' needs an XGBoost"):

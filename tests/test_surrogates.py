@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import jax
@@ -264,3 +265,27 @@ def test_comparison_tables_score_models_against_the_truth():
     assert 0.8 < table.loc["logistic", "roc_auc"] <= 1.0
     fig = surrogates.roc_figure(label[1000:], probs)
     assert len(fig.axes[0].lines) == 2
+
+
+def test_activity_scores_only_of_the_genes_the_drug_reads():
+    """Static features: a warfarin surrogate sees CYP2C9's activity score (its model reads
+    the gene) with its missing flag, a vancomycin surrogate no gene at all, and CYP2D6's
+    Indeterminate diplotypes (no CPIC score) are flagged, not NaN."""
+    from surrogates._data import static_features
+
+    pop = twins.Population.sample(400, key=3)
+    cov = pop.covariates()
+    state = {"loading": np.zeros((400, 1)), "dose": np.full(400, 5.0)}
+    for drug, read in (("warfarin_hamberg2007", {"CYP2C9"}), ("vancomycin_goti2018", set())):
+        trial = types.SimpleNamespace(drug=twins.drugs.get(drug))
+        x = static_features(trial, pop, cov, state)
+        scores = {c[:-3] for c in x.columns if c.endswith("_AS")}
+        assert scores == read, (drug, sorted(x.columns))
+        assert np.isfinite(x.to_numpy()).all()
+    assert np.isnan(cov["CYP2D6_AS"]).any()  # Indeterminate diplotypes in the sample
+    vernakalant = types.SimpleNamespace(drug=twins.drugs.get("vernakalant_mao2012"))
+    x = static_features(vernakalant, pop, cov, state)
+    np.testing.assert_array_equal(x["CYP2D6_AS_missing"], np.isnan(cov["CYP2D6_AS"]))
+    np.testing.assert_array_equal(
+        x["CYP2D6_AS"], np.where(np.isnan(cov["CYP2D6_AS"]), 0.0, cov["CYP2D6_AS"])
+    )

@@ -99,7 +99,7 @@ def test_base_spec_builds():
         (("drug",), "warfarine", "drug", "available: ['citalopram_akil2016'"),
         (("interval_h",), -1, "interval_h", "expected a number > 0"),
         (("reference_arm",), "control", "reference_arm", "expected one of ['fixed', 'titrated']"),
-        (("subgroups",), ["CYP2C9", "CYP2D6"], "subgroups[1]", "unknown subgroup 'CYP2D6'"),
+        (("subgroups",), ["CYP2C9", "CYP3A5"], "subgroups[1]", "unknown subgroup 'CYP3A5'"),
         (("covariates",), ["AGE", "CYP2C9"], "covariates[1]", "unknown numeric covariate"),
         (("population", "ancestry"), "Martian", "population", "Unknown ancestry 'Martian'"),
         (("population", "age"), [45], "population.age", "expected [low, high]"),
