@@ -264,6 +264,11 @@ def test_max_rate_that_makes_the_interval_impossible(twin):
         twin.recommend("AUC24", key=jax.random.key(0), constraints=impossible)
 
 
+def test_interval_outside_the_allowed_ones_is_refused(twin):
+    with pytest.raises(ValueError, match=r"\[6\.0\] h are not in constraints.intervals"):
+        twin.recommend("AUC24", key=jax.random.key(0), constraints=CONSTRAINTS, interval=6.0)
+
+
 def test_library_defaults_carry_their_source():
     van = twins.drugs.get("vancomycin_goti2018").dosing.constraints
     assert van.strengths == STRENGTHS and van.max_rate == 1000.0 and "Rybak" in van.reference

@@ -542,9 +542,17 @@ class DigitalTwin:
         if loading is not None and constraints is None:
             raise ValueError(f"{who}: loading= needs constraints= (strengths, max_loading).")
         usual_interval = interval or self.drug.dosing.interval
-        if constraints is not None and interval is None and intervals is None:
-            if constraints.intervals is not None:
+        if constraints is not None and constraints.intervals is not None:
+            if interval is None and intervals is None:
                 intervals = constraints.intervals
+            asked = list(intervals) if intervals is not None else [usual_interval]
+            refused = [t for t in asked if float(t) not in constraints.intervals]
+            if refused:
+                raise ValueError(
+                    f"{who}: interval(s) {refused} h are not in constraints.intervals "
+                    f"{list(constraints.intervals)}; expected allowed intervals (or replace "
+                    "the constraints' intervals)."
+                )
         choices = dosing_choices(intervals, usual_interval, probability)
         loading_reg, loading_dose = None, None
         try:
