@@ -17,6 +17,13 @@ curvatures by central differences: one compiled simulation, where derivatives th
 adaptive ODE solve would cost several simulations each and minutes of compilation. The compiled
 functions are module-level (`equinox.filter_jit`, the model and metric static), so every twin
 of an equal model reuses them for the same shapes.
+
+With `DoseConstraints` (`constrained_result`), each plan's continuous optimum is replaced by
+the admissible dose (sums of available strengths, multiples of an increment, within a
+minimum and maximum, each infusion lengthened to dose / maximum rate) of highest probability,
+every candidate simulated in one vmapped call over the same draws; the reported probability
+and metric are those of that dose. The library's defaults and their sources are in
+`twins.drugs` (vancomycin: Rybak MJ et al., Am J Health Syst Pharm 2020;77:835-864).
 """
 
 from __future__ import annotations
@@ -240,7 +247,7 @@ def recommend_dose(
     )
 
 
-_ALL = 64  # up to this many admissible doses are all simulated; beyond, the nearest 8 a side
+_ALL = 64  # up to this many admissible doses are all simulated; beyond, the 16 nearest
 
 
 def constrained_result(
@@ -251,7 +258,7 @@ def constrained_result(
     interval at `max_rate`) with the highest posterior probability of the window, each
     candidate simulated with its own infusion duration over the same draws `eta`; `rec` is
     the plan's continuous result (`plan_result`). Up to `_ALL` admissible doses are all
-    simulated, otherwise the 8 nearest the continuous optimum on each side. `bound` names
+    simulated, otherwise the 16 nearest the continuous optimum (log scale). `bound` names
     the constraint that set the dose. `ValueError` naming the field when no dose is
     admissible."""
     scale_w = 1.0 if per_kg_weight is None else float(per_kg_weight)

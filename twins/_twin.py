@@ -562,11 +562,8 @@ class DigitalTwin:
                     weight=self.weight,
                 )  # fmt: skip
             else:
-                t_load, loading_dose, loading_reg = self._loading_dose(
-                    loading,
-                    constraints,
-                    start,  # type: ignore[arg-type]
-                )
+                assert constraints is not None  # checked above
+                t_load, loading_dose, loading_reg = self._loading_dose(loading, constraints, start)
                 plans = []
                 for tau in choices:
                     plans += plan_doses(
