@@ -401,9 +401,11 @@ def _recommendation_section(
             )
         )
     fc = twin.forecast(_grid(twin, rec.regimen), rec.regimen, key=key, n_draws=n_draws)
-    out.append(_forecast_figure(fc, t, f"{twin.drug.name}: forecast under the recommended dose"))
-    if rec.metric_values is not None:
-        out.append(_metric_figure(rec))
+    title = f"{twin.drug.name}: forecast under the recommended dose"
+    if rec.metric_values is None:
+        out.append(_forecast_figure(fc, t, title))
+    else:
+        out.append(_forecast_and_metric_figure(fc, rec, title))
         out.append(
             f'<p class="note">{escape(t.metric.name)} of each of the {len(rec.metric_values)} '
             "posterior draws at the recommended dose (the draws the probability is computed "
@@ -412,21 +414,23 @@ def _recommendation_section(
     return "\n".join(out)
 
 
-def _metric_figure(rec: Recommendation) -> str:
-    """A histogram of the target metric over the posterior draws at the recommended dose,
-    the target window shaded, on the metric's own axis (an AUC window is not drawn on a
-    concentration axis)."""
+def _forecast_and_metric_figure(fc: Forecast, rec: Recommendation, title: str) -> str:
+    """The forecast under the recommended dose (left; a level window shaded there) beside a
+    histogram of the target metric over the posterior draws at that dose (right), the target
+    window shaded on the metric's own axis (an AUC window is not drawn on a concentration
+    axis)."""
     t = rec.target
     values = np.asarray(rec.metric_values, dtype=float)
-    fig = Figure(figsize=(9.0, 3.2), layout="constrained", label="target metric")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(12.0, 4.6), layout="constrained", label=title)
+    left, ax = fig.subplots(1, 2, width_ratios=[3, 1])
+    fc.plot(ax=left, target=t, title=title)
     ax.hist(values, bins=40, color="tab:blue", alpha=0.7, label="posterior draws")
     ax.axvspan(t.low, t.high, color="tab:green", alpha=0.15, label="target window")
     ax.axvline(rec.metric_median, color="k", lw=1.0, label="median")
     ax.set_xlabel(f"{t.metric.name} ({t.unit})")
     ax.set_ylabel("draws")
-    ax.set_title(f"{t.metric.name} at {rec.dose:.4g} {rec.unit} every {rec.interval:g} h")
-    ax.legend(loc="upper right")
+    ax.set_title(f"{t.metric.name} at {rec.dose:.4g} every {rec.interval:g} h")
+    ax.legend(loc="upper right", fontsize="small")
     return png_img(fig)
 
 
