@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -247,12 +248,14 @@ class Dataset(eqx.Module):
             rows, _ = pkpd.interpolate_covariates(df, methods, substeps=substeps)
         ids = pd.unique(df["ID"])
         regimens, obs, starts, occ_codes, row_sets = [], [], [], [], []
+        before_dose: list[str] = []
         for sid in ids:
             sub: Any = df[df["ID"] == sid]
             codes, start = _occasions(sub, occasion, sid)
             starts.append(start)
             is_obs = (sub["EVID"].to_numpy() == 0) & (sub["MDV"].to_numpy() == 0)
             if rows is None:
+                before_dose.extend(_observed_before_dose(sub, is_obs, sid))
                 regimens.append(pkpd.regimen_from_records(sub, n_states, max_doses=max_doses))
             else:
                 # The events point at the rows (records and added rows) of this subject.
@@ -272,6 +275,17 @@ class Dataset(eqx.Module):
                 )
             o["DV"] = dv
             obs.append(o)
+        if before_dose:
+            warnings.warn(
+                f"Dataset.from_records: {len(before_dose)} observation(s) listed before a dose "
+                f"or reset at the same time ({', '.join(before_dose[:5])}"
+                f"{', ...' if len(before_dose) > 5 else ''}) are predicted after it (the "
+                "engine's convention at a dose time), where NONMEM predicts them before it, "
+                "in record order; pkpd.simulate_records follows the record order. To fit "
+                "such a trough as NONMEM does, record it just before the dose time.",
+                pkpd.RecordWarning,
+                stacklevel=2,
+            )
         n_obs = max(1, max(len(o) for o in obs))
         n = len(ids)
         time = np.zeros((n, n_obs))
@@ -440,6 +454,20 @@ _COVARIATE_LOWER = {
     "CREAT": 0.0,
     "ALB": 0.0,
 }
+
+
+def _observed_before_dose(sub: Any, is_obs: np.ndarray, sid: Any) -> list[str]:
+    """The observation records of one subject listed before a dose or reset record (EVID 1,
+    3 or 4) at the same TIME, as `subject ID=.., row ..` (NONMEM predicts them before that
+    record; the Dataset's predictions are taken after every event at a time)."""
+    time = sub["TIME"].to_numpy(dtype=float)
+    event = np.isin(sub["EVID"].to_numpy(), (1, 3, 4))
+    out = []
+    for j in np.flatnonzero(is_obs):
+        later = event[j + 1 :] & (time[j + 1 :] == time[j])
+        if later.any():
+            out.append(f"subject ID={_plain(sid)}, row {sub.index[j]!r} at TIME={time[j]:g} h")
+    return out
 
 
 def _occasions(sub: Any, column: str, sid: Any) -> tuple[np.ndarray, np.ndarray]:

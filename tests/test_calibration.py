@@ -372,3 +372,24 @@ def test_a_wrong_estimator_is_refused_clearly():
         C.fit_population(pm, data, method="foce")
     with pytest.raises(TypeError, match="not both"):
         C.individual_map(pm, data, estimator=C.FOCEI(), method="focei")
+
+
+def test_observation_listed_before_a_dose_at_its_time_is_named():
+    """NONMEM predicts an observation listed before a dose at the same time before the dose;
+    the Dataset's predictions at a dose time are post-dose: the records that differ are
+    named in a RecordWarning (a trough at the dose time, a common TDM layout), the others
+    are not."""
+    rows = [
+        dict(ID=1, TIME=0.0, EVID=1, AMT=100.0, CMT=1, DV=0.0, MDV=1),
+        dict(ID=1, TIME=24.0, EVID=0, AMT=0.0, CMT=1, DV=1.0, MDV=0),  # trough, then the dose
+        dict(ID=1, TIME=24.0, EVID=1, AMT=100.0, CMT=1, DV=0.0, MDV=1),
+        dict(ID=1, TIME=25.0, EVID=0, AMT=0.0, CMT=1, DV=9.0, MDV=0),
+        dict(ID=2, TIME=0.0, EVID=1, AMT=100.0, CMT=1, DV=0.0, MDV=1),
+        dict(ID=2, TIME=0.0, EVID=0, AMT=0.0, CMT=1, DV=9.0, MDV=0),  # after its dose: fine
+    ]
+    with pytest.warns(pkpd.RecordWarning, match=r"1 observation\(s\) listed before a dose") as w:
+        C.Dataset.from_records(pd.DataFrame(rows))
+    assert "subject ID=1, row 1 at TIME=24 h" in str(w[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pkpd.RecordWarning)
+        C.Dataset.from_records(pd.DataFrame([r for r in rows if r["ID"] == 2]))
