@@ -33,10 +33,12 @@ def population_federation(
     return Federation(node_configs(hospitals), workdir=workdir, worker=WORKER, **kwargs)
 
 
-def node_configs(hospitals: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def node_configs(
+    hospitals: Mapping[str, Any], records: str = "its NONMEM records, CSV"
+) -> dict[str, dict[str, Any]]:
     """Hospital -> node config, from `{name: data path}` or `{name: node config}` (a
     mapping with `data-path` and optionally `consent-path`, `audit-log`, `audit-key`,
-    `pseudonym-key`); paths made absolute."""
+    `pseudonym-key`); paths made absolute. `records` says what the data path holds."""
     out = {}
     for name, value in hospitals.items():
         cfg = {"data-path": value} if isinstance(value, str | os.PathLike) else dict(value)
@@ -44,7 +46,7 @@ def node_configs(hospitals: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             if cfg.get(key):
                 cfg[key] = str(Path(cfg[key]).resolve())
         if "data-path" not in cfg:
-            raise ValueError(f"hospital {name!r}: no data-path (its NONMEM records, CSV).")
+            raise ValueError(f"hospital {name!r}: no data-path ({records}).")
         out[str(name)] = cfg
     return out
 

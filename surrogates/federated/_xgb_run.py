@@ -27,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ._deploy import DeploymentError, Federation, write_app
 from ._population_fit import FederatedFitError
+from ._population_run import node_configs
 from ._xgb import Boosting, XgbOutcome, serve_xgb
 
 SERVER_APP = "surrogates.federated._xgb_run:server_app"
@@ -141,15 +142,7 @@ def fit_xgb_federated(
     models; `DeploymentError` when a process cannot start or the run does not finish.
     """
     boosting = boosting or Boosting()
-    nodes = {}
-    for name, value in hospitals.items():
-        cfg = {"data-path": value} if isinstance(value, str | os.PathLike) else dict(value)
-        for key in ("data-path", "consent-path", "audit-log", "audit-key", "pseudonym-key"):
-            if cfg.get(key):
-                cfg[key] = str(Path(cfg[key]).resolve())
-        if "data-path" not in cfg:
-            raise ValueError(f"hospital {name!r}: no data-path (its records, .npz).")
-        nodes[str(name)] = cfg
+    nodes = node_configs(hospitals, "its records, .npz")
     from . import _xgb_client
 
     with Federation(nodes, workdir=workdir) as federation:
