@@ -82,7 +82,7 @@ IID_TOLERANCE = {"accuracy": 0.02, "roc_auc": 0.015}
 
 
 def test_iid_bagging_and_cyclic_are_within_tolerance_of_centralised():
-    from surrogates.federated._table3 import scores
+    from surrogates.federated._surrogate_models import scores
 
     train = _logistic(1800, seed=5)
     order = np.random.default_rng(6).permutation(1800)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Literal
 
 import jax
@@ -119,3 +120,16 @@ def _record_loss(graphdef, kind: Kind):
 @functools.partial(jax.jit, static_argnames=("graphdef", "kind"))
 def _probabilities(graphdef, kind: Kind, params, x):
     return jax.nn.sigmoid(_logits(graphdef, kind, params, x))
+
+
+def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Accuracy, F1 and ROC-AUC (threshold 0.5), scikit-learn's definitions."""
+    from sklearn import metrics
+
+    y = np.asarray(y, bool)
+    label = np.asarray(p) >= 0.5
+    return {
+        "accuracy": float(metrics.accuracy_score(y, label)),
+        "f1": float(metrics.f1_score(y, label, zero_division=0.0)),  # type: ignore[arg-type]
+        "roc_auc": float(metrics.roc_auc_score(y, p)) if 0 < y.mean() < 1 else math.nan,
+    }

@@ -63,7 +63,7 @@ from ._sites import (
     site_divergence,
 )
 from ._surrogate_apps import HospitalRecords
-from ._surrogate_models import Model, lstm, mlp
+from ._surrogate_models import Model, lstm, mlp, scores
 from ._xgb import Boosting, xgb_rows
 
 Unit = Literal["none", "record", "client"]
@@ -170,19 +170,6 @@ def _model(fed: FederatedTask, settings: Settings, seed: int) -> Model:
         return mlp(len(fed.schema.columns), hidden=settings.hidden, seed=seed)
     static, seq = fed.schema.static_sequence(fed.train[0])
     return lstm(static.shape[1], seq.shape[2], seed=seed)
-
-
-def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """Accuracy, F1 and ROC-AUC (threshold 0.5), scikit-learn's definitions."""
-    from sklearn import metrics
-
-    y = np.asarray(y, bool)
-    label = np.asarray(p) >= 0.5
-    return {
-        "accuracy": float(metrics.accuracy_score(y, label)),
-        "f1": float(metrics.f1_score(y, label, zero_division=0.0)),  # type: ignore[arg-type]
-        "roc_auc": float(metrics.roc_auc_score(y, p)) if 0 < y.mean() < 1 else math.nan,
-    }
 
 
 def run(

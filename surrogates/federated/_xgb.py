@@ -522,7 +522,7 @@ def xgb_rows(
     on the held-out union. Bytes: the model payload each way (without Flower's framing)."""
     import time
 
-    from ._table3 import scores
+    from ._surrogate_models import scores
 
     clients = fed.clients("mlp")
     pooled, test = fed.pooled("mlp"), fed.pooled("mlp", "test")
