@@ -179,6 +179,10 @@ def _records(tmp_path, name, client, deny=(), everyone_denies=False):
     return HospitalRecords(name, client, ids, config)
 
 
+@pytest.mark.extended  # 45-70 s (Ray's start, 5 hospitals, 3 rounds); make test checks the
+# server's rejection, consent and the bagging numerics without Flower (tests above and
+# test_federated_surrogate_consent.py), and Flower's simulation engine in
+# test_federated_surrogates_flower.py
 def test_flower_bagging_rejects_a_malformed_site_names_it_and_honours_consent(tmp_path):
     """Flower's simulation engine, 5 hospitals, 3 rounds: `north` (one patient denies),
     `south`, `east`; `quiet` (every patient denies: contributes nothing); `rogue` (sends a

@@ -328,6 +328,8 @@ def _small_data():
     return C.simulate_dataset(_model(), None, _design(10), key=jax.random.key(21)).dataset(0)
 
 
+@pytest.mark.extended  # 43 s cold on 2 cores (make test-all); FOCE-I's recovery of the same
+# variances runs in make test
 def test_nuts_recovers_bsv_and_iov_variances():
     """Population NUTS with kappas, one chain of 300 + 300 draws: the 90% posterior intervals
     of the BSV and IOV variances hold the truth. (One chain has no R-hat: the fit warns.)"""
