@@ -146,6 +146,13 @@ def validate_records(
             raise RecordError(
                 f"{_where(df, pos)}: column {col} is {_py(df[col].iloc[pos])!r}; expected a number."
             )
+        infinite = np.isinf(values.to_numpy(dtype=float))
+        if infinite.any():
+            pos = int(np.argmax(infinite))
+            raise RecordError(
+                f"{_where(df, pos)}: column {col} is {_py(df[col].iloc[pos])!r}; expected a finite "
+                "number."
+            )
         df[col] = values.astype(float)
     if bool(pd.Series(df["ID"]).isna().any()):
         pos = int(np.argmax(df["ID"].isna().to_numpy()))

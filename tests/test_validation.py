@@ -49,7 +49,17 @@ def test_valid_records_simulate():
         ({"AMT": [100.0, 0, 0, "x", 0, 0]}, 9, 3, "column AMT is 'x'; expected a number"),
         ({"AMT": [100.0, 0, 0, 0.0, 0, 0]}, 9, 3, "AMT is 0 on a dose record; expected AMT > 0"),
         ({"TIME": [0.0, 1.0, np.nan, 0, 4, 8]}, 7, 2, "column TIME is nan; expected a number"),
-        ({"TIME": [0.0, 1.0, 2.0, 0, 4, np.inf]}, 9, 5, "TIME is inf; expected a finite time"),
+        ({"TIME": [0.0, 1.0, 2.0, 0, 4, np.inf]}, 9, 5, "column TIME is inf; expected a finite"),
+        # Infinite codes and counts are refused by name before any arithmetic on them (EVID=inf
+        # once raised a numpy RuntimeWarning from the rxode2 check; ADDL=inf passed as an integer).
+        ({"EVID": [1, 0, 0, np.inf, 0, 0]}, 9, 3, "column EVID is inf; expected a finite"),
+        ({"CMT": [1, 2, 2, 1, -np.inf, 2]}, 9, 4, "column CMT is -inf; expected a finite"),
+        (
+            {"ADDL": [0, 0, 0, np.inf, 0, 0], "II": [0, 0, 0, 12.0, 0, 0]},
+            9,
+            3,
+            "column ADDL is inf; expected a finite",
+        ),
         ({"TIME": [-1.0, 1.0, 2.0, 0, 4, 8]}, 7, 0, "TIME is -1.0; expected a finite time >= 0"),
         (
             {"TIME": [0.0, 1.0, 2.0, 0, 8, 4]},
