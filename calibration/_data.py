@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +29,15 @@ class Dataset(eqx.Module):
     - `occasion_start`: `(subjects, occasions)` time at which each occasion starts (its first
       record), `+inf` for occasions a subject does not have;
     - `covariates`: name -> `(subjects,)` baseline values (each subject's first record);
+    - `obs_order`: `(subjects, obs)` the position of each observation's record among its
+      subject's records (the order of the regimen's events at equal times, `+inf` padding),
+      when some observation is listed before a dose or reset at its own time (a trough
+      recorded at the dose time): it is then predicted before that event, in record order
+      as NONMEM does (`pkpd.simulate(order=...)`). None otherwise (after every event at its
+      time, the same thing there);
+    - `obs_dvid`: `(subjects, obs)` the DVID of each observation (`from_records(dvid=)`),
+      which says which model output it measures (`calibration.ByOutput`); None when the
+      records have no such column;
     - `records`: the validated NONMEM records the arrays were read from;
     - time-varying covariates (`from_records(interpolation=...)`, else None and empty):
       `row_time` `(subjects, rows)` the times of the rows on which the parameters are
@@ -59,6 +67,8 @@ class Dataset(eqx.Module):
     row_covariates: dict[str, np.ndarray]
     obs_row: np.ndarray | None
     interpolation: tuple[tuple[str, str], ...] = eqx.field(static=True)
+    obs_order: np.ndarray | None
+    obs_dvid: np.ndarray | None
 
     def __init__(
         self,
@@ -77,6 +87,8 @@ class Dataset(eqx.Module):
         row_covariates: dict[str, np.ndarray] | None = None,
         obs_row: np.ndarray | None = None,
         interpolation: tuple[tuple[str, str], ...] = (),
+        obs_order: np.ndarray | None = None,
+        obs_dvid: np.ndarray | None = None,
     ):
         self.ids = ids
         self.regimen = regimen
@@ -95,6 +107,8 @@ class Dataset(eqx.Module):
         self.row_covariates = dict(row_covariates or {})
         self.obs_row = obs_row
         self.interpolation = tuple(interpolation)
+        self.obs_order = obs_order
+        self.obs_dvid = obs_dvid
 
     @property
     def time_varying(self) -> bool:
@@ -102,15 +116,19 @@ class Dataset(eqx.Module):
         return self.row_time is not None
 
     def _rows(self, fn) -> dict[str, Any]:
-        """The time-varying fields through `fn` (keyword arguments of `Dataset`)."""
+        """The time-varying fields and the observations' record order through `fn`
+        (keyword arguments of `Dataset`)."""
+        order = {} if self.obs_order is None else {"obs_order": fn(self.obs_order)}
+        if self.obs_dvid is not None:
+            order["obs_dvid"] = fn(self.obs_dvid)
         if self.row_time is None:
-            return {"interpolation": self.interpolation}
+            return {"interpolation": self.interpolation} | order
         return {
             "row_time": fn(self.row_time),
             "row_covariates": {k: fn(v) for k, v in self.row_covariates.items()},
             "obs_row": fn(self.obs_row),
             "interpolation": self.interpolation,
-        }
+        } | order
 
     def numeric(self) -> Dataset:
         """The same data as JAX arrays, with `ids` and `records` set to None: a pytree of
@@ -196,6 +214,7 @@ class Dataset(eqx.Module):
         max_doses: int = pkpd.MAX_DOSES,
         interpolation: Mapping[str, str] | None = None,
         substeps: int = pkpd.INTERPOLATION_SUBSTEPS,
+        dvid: str = "DVID",
     ) -> Dataset:
         """Read NONMEM records (`ID, TIME, EVID, AMT, CMT, DV` and the optional dosing columns).
 
@@ -226,6 +245,9 @@ class Dataset(eqx.Module):
           subject's baseline, used for reports and start checks).
         - `substeps`: sub-intervals per interval between records for `"linear"`
           (`pkpd.interpolate_covariates`).
+        - `dvid`: the column that says which model output each observation measures
+          (`calibration.ByOutput`: NONMEM's `DVID`, the default, read when the records have
+          it; `"CMT"` for data that code it in CMT). Its values must be numbers.
         """
         df: Any = pkpd.validate_records(records, n_states, max_doses=max_doses)
         for col in ("DV",):
@@ -234,6 +256,9 @@ class Dataset(eqx.Module):
         for col in covariates:
             if col not in df.columns:
                 raise RecordError(f"Dataset.from_records: missing covariate column {col!r}.")
+        if dvid != "DVID" and dvid not in df.columns:
+            raise RecordError(f"Dataset.from_records: missing DVID column {dvid!r}.")
+        dvid_col = dvid if dvid in df.columns else None
         methods = dict(interpolation or {})
         for col in methods:
             if col not in covariates:
@@ -249,6 +274,8 @@ class Dataset(eqx.Module):
         ids = pd.unique(df["ID"])
         regimens, obs, starts, occ_codes, row_sets = [], [], [], [], []
         before_dose: list[str] = []
+        positions: list[np.ndarray] = []
+        dvids: list[np.ndarray] = []
         for sid in ids:
             sub: Any = df[df["ID"] == sid]
             codes, start = _occasions(sub, occasion, sid)
@@ -256,6 +283,7 @@ class Dataset(eqx.Module):
             is_obs = (sub["EVID"].to_numpy() == 0) & (sub["MDV"].to_numpy() == 0)
             if rows is None:
                 before_dose.extend(_observed_before_dose(sub, is_obs, sid))
+                positions.append(np.flatnonzero(is_obs).astype(float))
                 regimens.append(pkpd.regimen_from_records(sub, n_states, max_doses=max_doses))
             else:
                 # The events point at the rows (records and added rows) of this subject.
@@ -274,18 +302,9 @@ class Dataset(eqx.Module):
                     "finite number (set MDV=1 to skip a record)."
                 )
             o["DV"] = dv
+            if dvid_col is not None:
+                dvids.append(_dvid_values(o, dvid_col, sid))
             obs.append(o)
-        if before_dose:
-            warnings.warn(
-                f"Dataset.from_records: {len(before_dose)} observation(s) listed before a dose "
-                f"or reset at the same time ({', '.join(before_dose[:5])}"
-                f"{', ...' if len(before_dose) > 5 else ''}) are predicted after it (the "
-                "engine's convention at a dose time), where NONMEM predicts them before it, "
-                "in record order; pkpd.simulate_records follows the record order. To fit "
-                "such a trough as NONMEM does, record it just before the dose time.",
-                pkpd.RecordWarning,
-                stacklevel=2,
-            )
         n_obs = max(1, max(len(o) for o in obs))
         n = len(ids)
         time = np.zeros((n, n_obs))
@@ -340,6 +359,18 @@ class Dataset(eqx.Module):
                 )
             cov[col] = values
         extra: dict[str, Any] = {}
+        if dvid_col is not None:
+            obs_dvid = np.zeros((n, n_obs))
+            for i, v in enumerate(dvids):
+                obs_dvid[i, : len(v)] = v
+                obs_dvid[i, len(v) :] = v[-1] if len(v) else 0.0
+            extra["obs_dvid"] = obs_dvid
+        if before_dose:
+            # (the rows path needs none: simulate_recordwise follows the record order)
+            obs_order = np.full((n, n_obs), np.inf)
+            for i, at in enumerate(positions):
+                obs_order[i, : len(at)] = at
+            extra["obs_order"] = obs_order
         if row_sets:
             n_rows = max(len(mine) for mine, _ in row_sets)
             row_time = np.zeros((n, n_rows))
@@ -354,7 +385,7 @@ class Dataset(eqx.Module):
                     row_cov[col][i, :k], row_cov[col][i, k:] = v, v[-1]
                 obs_row[i, : len(at)] = at
                 obs_row[i, len(at) :] = at[-1] if len(at) else 0
-            extra = {
+            extra |= {
                 "row_time": row_time,
                 "row_covariates": row_cov,
                 "obs_row": obs_row,
@@ -377,15 +408,31 @@ class Dataset(eqx.Module):
 
     def arrays(self) -> dict[str, jnp.ndarray]:
         """The per-subject arrays as JAX arrays (for the likelihoods)."""
-        return {
-            "time": jnp.asarray(self.time),
-            "dv": jnp.asarray(self.dv),
-            "observed": jnp.asarray(self.observed),
-            "blq": jnp.asarray(self.blq),
-            "lloq": jnp.asarray(self.lloq),
-            "occasion": jnp.asarray(self.occasion),
-            "occasion_start": jnp.asarray(self.occasion_start),
-        } | self.row_arrays()
+        return (
+            {
+                "time": jnp.asarray(self.time),
+                "dv": jnp.asarray(self.dv),
+                "observed": jnp.asarray(self.observed),
+                "blq": jnp.asarray(self.blq),
+                "lloq": jnp.asarray(self.lloq),
+                "occasion": jnp.asarray(self.occasion),
+                "occasion_start": jnp.asarray(self.occasion_start),
+            }
+            | self.row_arrays()
+            | self.record_arrays()
+        )
+
+    def record_arrays(self) -> dict[str, Any]:
+        """What the observations' records say beyond their time, as JAX arrays that
+        `PopulationModel.predict_random` reads: `order` and `occasion` (their record
+        positions and occasions, when an observation is listed before an event at its time:
+        `obs_order`) and `dvid` (`obs_dvid`); empty when there is neither."""
+        out = {}
+        if self.obs_order is not None:
+            out |= {"order": jnp.asarray(self.obs_order), "occasion": jnp.asarray(self.occasion)}
+        if self.obs_dvid is not None:
+            out["dvid"] = jnp.asarray(self.obs_dvid)
+        return out
 
     def row_arrays(self) -> dict[str, Any]:
         """The time-varying covariates as JAX arrays, the keys `row_time`, `row_cov` and
@@ -456,10 +503,25 @@ _COVARIATE_LOWER = {
 }
 
 
+def _dvid_values(o: Any, column: str, sid: Any) -> np.ndarray:
+    """The DVID of each observation record `o` of one subject (numbers; `RecordError` naming
+    the row otherwise)."""
+    values = pd.to_numeric(o[column], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = o.index[np.flatnonzero(bad)[0]]
+        raise RecordError(
+            f"subject ID={_plain(sid)}, row {row}: {column}={_plain(o[column].loc[row])!r} on an "
+            "observation; expected a number that says which model output it measures "
+            "(calibration.Observation(dvid=...))."
+        )
+    return values
+
+
 def _observed_before_dose(sub: Any, is_obs: np.ndarray, sid: Any) -> list[str]:
     """The observation records of one subject listed before a dose or reset record (EVID 1,
-    3 or 4) at the same TIME, as `subject ID=.., row ..` (NONMEM predicts them before that
-    record; the Dataset's predictions are taken after every event at a time)."""
+    3 or 4) at the same TIME, as `subject ID=.., row ..`: NONMEM predicts them before that
+    record, so the Dataset then keeps every observation's record position (`obs_order`)."""
     time = sub["TIME"].to_numpy(dtype=float)
     event = np.isin(sub["EVID"].to_numpy(), (1, 3, 4))
     out = []

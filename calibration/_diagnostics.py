@@ -174,11 +174,12 @@ def _conditional(pm: PopulationModel, nat, data: Dataset, b):
     usable = jnp.asarray(data.observed & ~data.blq)
     dv = jnp.asarray(data.dv)
     start = jnp.asarray(data.occasion_start)
-    return _conditional_jit(pm, nat, cov, reg, time, start, dv, usable, b)
+    order = data.record_arrays()
+    return _conditional_jit(pm, nat, cov, reg, time, start, dv, usable, b, order)
 
 
 @eqx.filter_jit
-def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, start, dv, usable, b):
+def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, start, dv, usable, b, order):
     omega = nat["omega"]
     if pm.iov:
         # The covariance of all random effects: Omega, then the IOV variances of each
@@ -187,11 +188,12 @@ def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, start, dv, usable
         omega = jax.scipy.linalg.block_diag(omega, jnp.diag(kap))
     expo = isinstance(pm.error, Exponential)
 
-    def one(c, r, t, s, y_obs, ok, e):
+    def one(c, r, t, s, y_obs, ok, e, o):
         def f_of(e):
             if pm.iov:
-                return pm.predict_random(nat["theta"], c, r, {"time": t, "occasion_start": s}, e)
-            return pm.predict(pm.individual_params(nat["theta"], c, e), r, t)
+                obs = {"time": t, "occasion_start": s} | o
+                return pm.predict_random(nat["theta"], c, r, obs, e)
+            return pm.predict(pm.individual_params(nat["theta"], c, e), r, t, o.get("order"))
 
         def h(e):
             return _transform(pm, f_of(e))
@@ -221,7 +223,7 @@ def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, start, dv, usable
             "valid": ok,
         }
 
-    return jax.vmap(one)(cov, reg, time, start, dv, usable, b)
+    return jax.vmap(one)(cov, reg, time, start, dv, usable, b, order)
 
 
 @eqx.filter_jit

@@ -86,15 +86,196 @@ class Exponential:
         return f * jnp.exp(self.sd(f, s) * eps)
 
 
-ErrorModel = Additive | Proportional | Combined | Exponential
+SingleError = Additive | Proportional | Combined | Exponential
 
 
-def observation_loglik(error: ErrorModel, sigma, f, dv, observed, blq, lloq):
-    """Log-likelihood of each observation (0 for padding).
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """One kind of observation of a model that observes several outputs (a joint PK/PD fit,
+    parent and metabolite, a drug level and a biomarker): the records whose `DVID` equals
+    `dvid` measure the model output `output` with the residual error model `error`.
+
+    This is NONMEM's `IF (DVID.EQ.2) Y = ...` block in `$ERROR` and nlmixr2's
+    `pca ~ add(pca.sd)` line of a multiple-endpoint model (Fidler et al. 2019, CPT
+    Pharmacometrics Syst Pharmacol 8:621-633).
+
+    **Fields:** `dvid`, the value of the data's DVID column (`Dataset.from_records(dvid=)`,
+    `"DVID"` by default, or `"CMT"` for data that code the observation type in CMT);
+    `output`, a name of the structural model's `output_names` (`"C"`, `"E"` of
+    `pkpd.PKPD`); `error`, `Additive`, `Proportional`, `Combined` or `Exponential` with its
+    initial values; `name`, the prefix of its residual parameters (`"pca"` gives
+    `pca.add_sd`), by default the output's name.
+    """
+
+    dvid: float
+    output: str
+    error: SingleError
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.output if self.name is None else self.name
+
+
+class ByOutput:
+    """The residual error of a model that observes several outputs: one `Observation` per
+    kind of record, each with its own error model (and M3 censoring), chosen on every
+    observation by the value of its DVID.
+
+    `ByOutput(Observation(1, "C", Proportional(0.1), "cp"), Observation(2, "E",
+    Additive(5.0), "pca"))`. Its residual parameters are the parts' prefixed by their
+    name (`cp.prop_sd`, `pca.add_sd`), estimated like any other.
+    """
+
+    def __init__(self, *parts: Observation):
+        if len(parts) == 1 and isinstance(parts[0], list | tuple):
+            parts = tuple(parts[0])
+        if not parts:
+            raise ValueError("ByOutput: expected at least one Observation.")
+        for k, part in enumerate(parts):
+            if not isinstance(part, Observation):
+                raise TypeError(
+                    f"ByOutput: part {k} is {type(part).__name__}; expected "
+                    "calibration.Observation(dvid, output, error)."
+                )
+            if not isinstance(part.error, SingleError):
+                raise TypeError(
+                    f"ByOutput: the error of {part.label!r} is {type(part.error).__name__}; "
+                    "expected Additive, Proportional, Combined or Exponential."
+                )
+            if not math.isfinite(float(part.dvid)):
+                raise ValueError(f"ByOutput: the dvid of {part.label!r} is {part.dvid!r}.")
+        dvids = [float(p.dvid) for p in parts]
+        labels = [p.label for p in parts]
+        for what, values in (("dvid", dvids), ("name", labels)):
+            dup = sorted({str(v) for v in values if values.count(v) > 1})
+            if dup:
+                raise ValueError(
+                    f"ByOutput: each Observation needs its own {what}, got {dup} twice."
+                )
+        self.parts: tuple[Observation, ...] = tuple(parts)
+
+    @property
+    def dvids(self) -> tuple[float, ...]:
+        return tuple(float(p.dvid) for p in self.parts)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"{p.label}.{n}" for p in self.parts for n in p.error.names)
+
+    def __getattr__(self, key: str):
+        # The initial value of a prefixed residual parameter (`getattr(error, "pca.add_sd")`,
+        # as for the single error models' fields).
+        if key.startswith("__") or "parts" not in self.__dict__:
+            raise AttributeError(key)
+        label, _, name = key.rpartition(".")
+        for p in self.parts:
+            if p.label == label and name in p.error.names:
+                return getattr(p.error, name)
+        raise AttributeError(f"ByOutput has no residual parameter {key!r}; it has {self.names}.")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ByOutput) and self.parts == other.parts
+
+    def __hash__(self) -> int:
+        return hash(self.parts)
+
+    def __repr__(self) -> str:
+        return f"ByOutput({', '.join(map(repr, self.parts))})"
+
+    def part_sigma(self, s, k: int) -> dict[str, Any]:
+        """The residual parameters of part `k` under their own names (`add_sd`, ...)."""
+        part = self.parts[k]
+        return {n: s[f"{part.label}.{n}"] for n in part.error.names}
+
+    def index(self, dvid):
+        """The part (0, 1, ...) of each observation from its DVID value (traced); a value of
+        no part gives 0 (refused on the host before: `check_error_data`)."""
+        dvid = jnp.asarray(dvid)
+        k = jnp.zeros(dvid.shape, jnp.int32)
+        for j, v in enumerate(self.dvids):
+            k = jnp.where(dvid == v, j, k)
+        return k
+
+    def each(self, which, fn, f, *more):
+        """`fn(k, part, f_k, *more_k)` of every part `k` on its own observations, summed: the
+        other observations get the harmless value 1 (so that a part's error model never sees
+        a prediction it cannot take, such as 0 for a proportional error, and no gradient
+        through an unused branch is NaN) and a result of 0."""
+        which = _need_which(which)
+        total = None
+        for k, part in enumerate(self.parts):
+            mine = which == k
+            args = [jnp.where(mine, x, jnp.ones_like(x)) for x in (f, *more)]
+            value = jnp.where(mine, fn(k, part, *args), 0.0)
+            total = value if total is None else total + value
+        return total
+
+    def sd(self, f, s, which=None):
+        return self.each(which, lambda k, p, fk: p.error.sd(fk, self.part_sigma(s, k)), f)
+
+    def observe(self, f, s, eps, which=None):
+        """`f` as measured, for standard normal draws `eps` (simulation of DV)."""
+        return self.each(
+            which, lambda k, p, fk, e: p.error.observe(fk, self.part_sigma(s, k), e), f, eps
+        )
+
+    def log_scale(self, which):
+        """Whether each observation's error is `Exponential` (log-transformed)."""
+        flags = jnp.asarray([isinstance(p.error, Exponential) for p in self.parts])
+        return flags[_need_which(which)]
+
+
+ErrorModel = SingleError | ByOutput
+
+
+def _need_which(which):
+    if which is None:
+        raise ValueError(
+            "ByOutput: the observations have no DVID (the data's Dataset.from_records(dvid=) "
+            "column): a model that observes several outputs needs to know which each "
+            "observation measures."
+        )
+    return which
+
+
+def log_scale(error: ErrorModel, which=None):
+    """Whether the observations' errors are `Exponential` (a Python bool for a single error
+    model; a boolean array, one per observation, for `ByOutput`)."""
+    if isinstance(error, ByOutput):
+        return error.log_scale(which)
+    return isinstance(error, Exponential)
+
+
+def residual_sd(error: ErrorModel, sigma, f, which=None):
+    """The residual SD of each prediction `f` (on the log scale for `Exponential`)."""
+    if isinstance(error, ByOutput):
+        return error.sd(f, sigma, which)
+    return error.sd(f, sigma)
+
+
+def observe(error: ErrorModel, sigma, f, eps, which=None):
+    """`f` as measured for standard normal draws `eps` (simulated DV)."""
+    if isinstance(error, ByOutput):
+        return error.observe(f, sigma, eps, which)
+    return error.observe(f, sigma, eps)
+
+
+def observation_loglik(error: ErrorModel, sigma, f, dv, observed, blq, lloq, which=None):
+    """Log-likelihood of each observation (0 for padding); with `ByOutput` each observation
+    takes its own part's error model (`which`: the part of each, `ByOutput.index`).
 
     Censored observations (`blq`) contribute `log P(DV < LLOQ)` (Beal's M3 method, Beal 2001,
     J Pharmacokinet Pharmacodyn 28:481-504); others the normal density of the residual.
     """
+    if isinstance(error, ByOutput):
+
+        def part(k, p, fk, dvk, lloqk):
+            s_k = error.part_sigma(sigma, k)
+            return observation_loglik(p.error, s_k, fk, dvk, observed, blq, lloqk)
+
+        lloq = jnp.where(blq, lloq, 0.0)
+        return jnp.where(observed, error.each(which, part, f, dv, lloq), 0.0)
     sd = error.sd(f, sigma)
     # Unused branches get harmless values, so that their gradients stay finite under `where`.
     lloq = jnp.where(blq, lloq, 0.0)
@@ -169,10 +350,12 @@ class PopulationModel(eqx.Module):
       (covariate exponents, slopes).
     - `omega`: initial between-subject variances (log scale) by model parameter name; these
       parameters get an eta. `omega_block=True` estimates a full covariance (correlations).
-    - `error`: `Additive`, `Proportional`, `Combined` or `Exponential` with initial values.
+    - `error`: `Additive`, `Proportional`, `Combined` or `Exponential` with initial values;
+      or, for a model that observes several outputs (joint PK/PD), `ByOutput` with one
+      `Observation` (DVID value, model output, error model) per kind of record.
     - `typical`: `typical(theta, covariates) -> {param: value}` for every model parameter;
       by default each model parameter is the theta of the same name.
-    - `output`: index of the observed model output.
+    - `output`: index of the observed model output (with a single error model).
     - `unconstrained`: names of thetas estimated on the natural scale.
     - `iov`: initial inter-occasion variances (log scale) by model parameter name. On
       occasion `k` (the data's `OCC`) the parameter is `TV * exp(eta_i + kappa_ik)` with
@@ -221,6 +404,19 @@ class PopulationModel(eqx.Module):
                 )
             if not value > 0:
                 raise ValueError(f"PopulationModel: iov {name}={value} must be > 0.")
+        if isinstance(self.error, ByOutput):
+            for part in self.error.parts:
+                if part.output not in self.model.output_names:
+                    raise ValueError(
+                        f"PopulationModel: Observation {part.label!r} measures output "
+                        f"{part.output!r}, which {type(self.model).__name__} does not have; "
+                        f"its outputs are {list(self.model.output_names)}."
+                    )
+        elif not isinstance(self.error, SingleError):
+            raise TypeError(
+                f"PopulationModel: error is {type(self.error).__name__}; expected Additive, "
+                "Proportional, Combined, Exponential or ByOutput."
+            )
         if self.typical is None:
             missing = [p for p in self.model.param_names if p not in self.theta]
             if missing:
@@ -312,14 +508,35 @@ class PopulationModel(eqx.Module):
             k: v for k, v in tv.items() if k not in self.model.param_names and _dosing(k)
         }
 
-    def predict(self, params, regimen, times):
-        """Model output observed at `times` for one subject.
+    def which(self, obs):
+        """The `ByOutput` part of each observation of one subject (from `obs["dvid"]`), or
+        None for a single error model."""
+        if not isinstance(self.error, ByOutput):
+            return None
+        return self.error.index(_need_which(obs.get("dvid")))
+
+    def _observed(self, y, dvid):
+        """The output each observation measures: `output`, or with `ByOutput` the output of
+        its part (chosen by its DVID)."""
+        if y.ndim == 1:
+            return y
+        if not isinstance(self.error, ByOutput):
+            return y[:, self.output]
+        names = self.model.output_names
+        cols = jnp.asarray([names.index(p.output) for p in self.error.parts])
+        col = cols[self.error.index(_need_which(dvid))]
+        return jnp.take_along_axis(y, col[:, None], axis=1)[:, 0]
+
+    def predict(self, params, regimen, times, order=None, dvid=None):
+        """Model output observed at `times` for one subject (`order`: each observation's
+        place among the events at its time, `Dataset.obs_order`; None: after them; `dvid`:
+        each observation's DVID, which picks its output for `ByOutput`).
 
         The engine's run-time domain checks are off (`checks=False`): estimators evaluate
         trial points outside the domain and reject them themselves (`subject_in_domain`,
         +inf objective), and concrete parameters are still checked on the host."""
-        y = pkpd.simulate(self.model, params, regimen, times, checks=False)
-        return y if y.ndim == 1 else y[:, self.output]
+        y = pkpd.simulate(self.model, params, regimen, times, checks=False, order=order)
+        return self._observed(y, dvid)
 
     def row_params(self, theta, covariates, obs, eta):
         """Parameters of one subject on each of its rows (`(rows,)` each), for data with
@@ -339,7 +556,8 @@ class PopulationModel(eqx.Module):
 
     def predict_random(self, theta, covariates, regimen, obs, b):
         """Predictions at `obs["time"]` for one subject's random effects `b` (etas, then the
-        kappas of each occasion when the model has IOV: `n_random` values).
+        kappas of each occasion when the model has IOV: `n_random` values), in record order
+        at equal times when `obs` holds `order` (`Dataset.record_arrays`).
 
         With time-varying covariates (`obs` holds `row_time`, `row_cov`, `obs_row`: see
         `Dataset.row_arrays`) the parameters are evaluated on every row and the subject is
@@ -351,20 +569,25 @@ class PopulationModel(eqx.Module):
             y = pkpd.simulate_recordwise(
                 self.model, params, obs["row_time"], regimen, obs["obs_row"], checks=False
             )
-            y = y if y.ndim == 1 else y[:, self.output]
+            y = self._observed(y, obs.get("dvid"))
             # Parameters outside the domain on some row (a covariate model's typical value
             # can go negative later in time): no prediction, so that the estimators, which
             # check the domain at the baseline covariates, reject the point.
             return jnp.where(in_domain(self.model, params), y, jnp.nan)
         if not self.iov:
             params = self.individual_params(theta, covariates, eta)
-            return self.predict(params, regimen, obs["time"])
+            return self.predict(params, regimen, obs["time"], obs.get("order"), obs.get("dvid"))
         start = obs["occasion_start"]
         kappa = b[self.n_eta :].reshape(start.shape[0], len(self.iov))
         params = jax.vmap(lambda k: self.individual_params(theta, covariates, eta, k))(kappa)
+        order = obs.get("order")
+        # With record order, each observation takes its own occasion's output parameters
+        # (a trough at the time the next occasion starts belongs to the one before).
+        segment = None if order is None or "occasion" not in obs else obs["occasion"]
         y = pkpd.simulate_piecewise(self.model, params, start[1:], regimen, obs["time"],
-                                    checks=False)  # fmt: skip  # as predict
-        return y if y.ndim == 1 else y[:, self.output]
+                                    checks=False, order=order,
+                                    output_segment=segment)  # fmt: skip  # as predict
+        return self._observed(y, obs.get("dvid"))
 
     def subject_in_domain(self, theta, covariates, b, n_occasions: int, obs=None):
         """Whether one subject's parameters for its random effects `b` (see
@@ -393,8 +616,9 @@ class PopulationModel(eqx.Module):
         clearance."""
         f = self.predict_random(nat["theta"], covariates, regimen, obs, eta)
         ll = observation_loglik(
-            self.error, nat["sigma"], f, obs["dv"], obs["observed"], obs["blq"], obs["lloq"]
-        )
+            self.error, nat["sigma"], f, obs["dv"], obs["observed"], obs["blq"], obs["lloq"],
+            self.which(obs),
+        )  # fmt: skip
         n_occasions = obs["occasion_start"].shape[-1]
         ok = self.subject_in_domain(nat["theta"], covariates, eta, n_occasions, obs)
         return jnp.where(ok, jnp.sum(ll), -jnp.inf)

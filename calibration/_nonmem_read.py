@@ -1543,6 +1543,7 @@ def _with_record_items(dataset: Dataset, records: pd.DataFrame, items) -> Datase
     return Dataset(
         dataset.ids, dataset.regimen, dataset.time, dataset.dv, dataset.observed, dataset.blq,
         dataset.lloq, dataset.occasion, cov, dataset.records, dataset.occasion_start,
+        obs_order=dataset.obs_order, obs_dvid=dataset.obs_dvid,
     )  # fmt: skip
 
 

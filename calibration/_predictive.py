@@ -277,7 +277,7 @@ def _pred(pm: PopulationModel, population: Population, data: Dataset) -> np.ndar
     _, nat = population_values(pm, population)
     cov, reg, time = subject_design(data)
     eta = jnp.zeros((data.n_subjects, pm.n_eta))  # PRED: the kappas at 0 too
-    return np.asarray(curves(pm, nat, cov, reg, time, eta)[1])
+    return np.asarray(curves(pm, nat, cov, reg, time, eta, order=data.record_arrays())[1])
 
 
 # ----------------------------------------------------------------------------- SBC

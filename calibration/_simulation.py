@@ -112,8 +112,12 @@ def subject_design(data: Dataset, who: str = "residuals, individual_plots and vp
 
 
 @eqx.filter_jit
-def curves(pm: PopulationModel, nat, cov, reg, time, b, occasion_start=None):
+def curves(pm: PopulationModel, nat, cov, reg, time, b, occasion_start=None, order=None):
     """`(IPRED, PRED)` of every subject at its own `time` row.
+
+    `order` (`{"order": (subjects, obs), "occasion": (subjects, obs)}`, from
+    `Dataset.record_arrays`, with `dvid` too) takes the outputs in record order at equal
+    times (`Dataset.obs_order`); None or empty: after the events at their time.
 
     `b` holds each subject's random effects: its etas `(subjects, n_eta)`, or for a model
     with IOV its etas and the kappas of each occasion (`(subjects, n_random)`, see
@@ -121,21 +125,25 @@ def curves(pm: PopulationModel, nat, cov, reg, time, b, occasion_start=None):
     occasions' start times (`Dataset.occasion_start`): IPRED then changes parameters at the
     start of each occasion. PRED has every random effect 0 (kappas too)."""
 
-    def pred_of(c, r, t):
-        return pm.predict(pm.individual_params(nat["theta"], c, jnp.zeros(pm.n_eta)), r, t)
+    order = {} if order is None else dict(order)
+
+    def pred_of(c, r, t, o):
+        zero = pm.individual_params(nat["theta"], c, jnp.zeros(pm.n_eta))
+        return pm.predict(zero, r, t, o.get("order"))
 
     if occasion_start is None:
 
-        def one(c, r, t, e):
-            return pm.predict(pm.individual_params(nat["theta"], c, e), r, t), pred_of(c, r, t)
+        def one(c, r, t, e, o):
+            ipred = pm.predict(pm.individual_params(nat["theta"], c, e), r, t, o.get("order"))
+            return ipred, pred_of(c, r, t, o)
 
-        return jax.vmap(one)(cov, reg, time, b)
+        return jax.vmap(one)(cov, reg, time, b, order)
 
-    def one_iov(c, r, t, e, s):
-        obs = {"time": t, "occasion_start": s}
-        return pm.predict_random(nat["theta"], c, r, obs, e), pred_of(c, r, t)
+    def one_iov(c, r, t, e, s, o):
+        obs = {"time": t, "occasion_start": s} | o
+        return pm.predict_random(nat["theta"], c, r, obs, e), pred_of(c, r, t, o)
 
-    return jax.vmap(one_iov)(cov, reg, time, b, occasion_start)
+    return jax.vmap(one_iov)(cov, reg, time, b, occasion_start, order)
 
 
 # ----------------------------------------------------------------------------- simulation
@@ -253,7 +261,7 @@ def simulate_replicates(pm: PopulationModel, nat, data: Dataset, keys, limit):
     cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
     reg, time = data.regimen, jnp.asarray(data.time)
     times = {"time": time, "occasion_start": jnp.asarray(data.occasion_start)}
-    times |= data.row_arrays()
+    times |= data.row_arrays() | data.record_arrays()
     observed = jnp.asarray(data.observed)
     return _simulate_jit(pm, nat, keys, cov, reg, times, jnp.asarray(limit), observed)
 
@@ -320,6 +328,8 @@ def _with_observations(data: Dataset, dv: np.ndarray, blq: np.ndarray) -> Datase
         row_covariates=data.row_covariates,
         obs_row=data.obs_row,
         interpolation=data.interpolation,
+        obs_order=data.obs_order,
+        obs_dvid=data.obs_dvid,
     )
 
 
@@ -348,4 +358,6 @@ def tile(data: Dataset, n: int) -> Dataset:
         row_covariates=sub.row_covariates,
         obs_row=sub.obs_row,
         interpolation=sub.interpolation,
+        obs_order=sub.obs_order,
+        obs_dvid=sub.obs_dvid,
     )

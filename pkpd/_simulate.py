@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,25 +22,28 @@ def simulate_states(
     *,
     solver: ODESolver = ODESolver(),
     checks: bool = True,
+    order: Times | None = None,
 ) -> Float[Array, "times states"]:
     """The state (compartment amounts in mg, and PD states) at each output time.
 
     Same arguments and conventions as `simulate`.
     """
-    return _solve(model, params, regimen, times, solver, lambda x: x, checks)
+    return _solve(model, params, regimen, times, solver, lambda x: x, checks, order)
 
 
-def _solve(model, params, regimen, times, solver, fn, checks=True):
-    """States at `times` mapped through `fn` (the output function, or the identity)."""
+def _solve(model, params, regimen, times, solver, fn, checks=True, order=None):
+    """States at `times` mapped through `fn` (the output function, or the identity); `order`
+    places each output among the events at its time (see `simulate`)."""
     model.check_params(params)
     model.check_domain(params)
     check_regimen(model, params, regimen)
-    schedule = static_schedule(model, params, regimen, times)
+    schedule = None if order is not None else static_schedule(model, params, regimen, times)
     times = jnp.asarray(times, dtype=jnp.result_type(float))
     if times.ndim != 1:
         raise ValueError(
             f"simulate: expected a 1-d array of output times, got shape {times.shape}."
         )
+    order = _output_order(order, times)
     if checks:  # on the parameters themselves: a concrete regimen's doses stay constants
         params = E.checked_params(model, params)
     doses = E.dose_quantities(model, params, regimen, checks=checks, domain=False)
@@ -55,7 +60,10 @@ def _solve(model, params, regimen, times, solver, fn, checks=True):
         xs, rs = E.run(model, solver, p_entries, s, ss_x, ss_r, x_init)
         if schedule is not None:
             return _outputs_by_run(model, params, solver, fn, xs, rs, x_init, times, schedule)
-        idx = jnp.searchsorted(s.time, times, side="right") - 1
+        if order is None:
+            idx = jnp.searchsorted(s.time, times, side="right") - 1
+        else:
+            idx = _last_event_before(ev, times, order, n)
         before = idx < 0
         j = jnp.clip(idx, 0)
         t0 = jnp.where(before, times, s.time[j])
@@ -70,8 +78,9 @@ def _solve(model, params, regimen, times, solver, fn, checks=True):
         return _ode_by_interval(
             model, params, regimen, solver, fn, ev, doses, x_init, times, schedule
         )
-    # ODE models: outputs are entries of the timeline (after events at equal times).
-    out = E.output_entries(times, jnp.full(times.shape, jnp.inf), n)
+    # ODE models: outputs are entries of the timeline (after events at equal times, or at
+    # their `order` among them).
+    out = E.output_entries(times, jnp.full(times.shape, jnp.inf) if order is None else order, n)
     allent = E.concat_entries(ev, out, 0)
     s, perm = E.sort_entries(allent)
     m = s.time.shape[0]
@@ -83,6 +92,29 @@ def _solve(model, params, regimen, times, solver, fn, checks=True):
 
 
 _MAX_RUNS = 512
+
+
+def _output_order(order, times):
+    """`order` as a float array of the shape of `times` (None stays None)."""
+    if order is None:
+        return None
+    order = jnp.asarray(order, dtype=times.dtype)
+    if order.shape != times.shape:
+        raise ValueError(
+            f"simulate: expected one order per output time, shape {times.shape}, got {order.shape}."
+        )
+    return order
+
+
+def _last_event_before(ev, times, order, n_states):
+    """For each output, the position (in the sorted events, as `sort_entries` sorts them) of
+    the last event before it in (time, order), -1 for none: the events and the outputs are
+    sorted together and the events before each output counted."""
+    n_ev = ev.time.shape[0]
+    allent = E.concat_entries(ev, E.output_entries(times, order, n_states), 0)
+    perm = jnp.lexsort((allent.sub, allent.order, allent.time))
+    events_so_far = jnp.cumsum(perm < n_ev)
+    return events_so_far[jnp.argsort(perm)[n_ev:]] - 1
 
 
 def check_regimen(model: AbstractModel, params: Params, regimen: Regimen) -> None:
@@ -315,6 +347,7 @@ def simulate(
     *,
     solver: ODESolver = ODESolver(),
     checks: bool = True,
+    order: Times | None = None,
 ) -> Float[Array, " times"] | Float[Array, "times outputs"]:
     """Simulate one patient: the model's output at each time.
 
@@ -322,7 +355,8 @@ def simulate(
     different regimens: pad them to one length with `pkpd.stack`) and `jax.grad` (every
     parameter, lag time, bioavailability and infusion duration included).
 
-    At a time equal to a dose time the output is taken after the dose (post-dose).
+    At a time equal to a dose time the output is taken after the dose (post-dose), unless
+    `order` places it before.
 
     **Arguments:**
 
@@ -339,6 +373,12 @@ def simulate(
       with a `ValueError` naming the value. Pass `False` only where the caller deals with
       values outside the domain itself: an estimator evaluating trial points, which rejects
       them (`calibration` does), or a trial that checked its patients beforehand.
+    - `order`: optional, one value per output time: its place among the events at the same
+      time, compared with the events' `Regimen.order` (smaller first). Records read by
+      `pkpd.regimen_from_records` have the record's position as their order, so an output
+      with the position of its own record is taken where NONMEM takes it: an observation
+      listed before a dose at its time is predicted before that dose (a trough). The default,
+      `+inf` for every output, takes each output after every event at its time.
 
     **Raises:** `ValueError` for a parameter outside its domain or an impossible dose
     (concrete values); `equinox.EquinoxRuntimeError` (`jax.errors.JaxRuntimeError` under
@@ -348,7 +388,9 @@ def simulate(
     **Returns:** shape `(times,)` for single-output models (concentration in mg/L for PK
     models), `(times, outputs)` for models with several outputs (`model.output_names`).
     """
-    y = _solve(model, params, regimen, times, solver, lambda x: model.output(params, x), checks)
+    y = _solve(
+        model, params, regimen, times, solver, lambda x: model.output(params, x), checks, order
+    )
     check_finite(y, times, "simulate")
     return y[:, 0] if len(model.output_names) == 1 else y
 
@@ -379,6 +421,8 @@ def simulate_piecewise(
     *,
     solver: ODESolver = ODESolver(),
     checks: bool = True,
+    order: Times | None = None,
+    output_segment: Any = None,
 ) -> Float[Array, " times"] | Float[Array, "times outputs"]:
     """Simulate one patient whose parameters change at given times (occasions, periods).
 
@@ -397,6 +441,11 @@ def simulate_piecewise(
     - `params`: parameter values by name, each of shape `(segments,)` with
       `segments = len(change_times) + 1` (a scalar applies to every segment).
     - `change_times`: sorted times (h) at which the next segment starts.
+    - `order`: as `simulate` (the place of each output among the events at its time).
+    - `output_segment`: optional, the segment whose output parameters apply to each output
+      (an observation's own occasion: a trough recorded at the time its next occasion
+      starts, listed before that occasion's dose, belongs to the occasion before); by
+      default the segment holding its time, the new one at a change time.
 
     **Returns:** as `simulate`.
     """
@@ -420,13 +469,20 @@ def simulate_piecewise(
     ev_params = {n: v[ev_seg] for n, v in seg.items()}
     doses = E.dose_quantities(model, ev_params, regimen, checks=checks, domain=False)
     ev = E.event_entries(regimen, doses)
-    out = E.output_entries(times, jnp.full(times.shape, jnp.inf), model.n_states)
+    order = _output_order(order, times)
+    out = E.output_entries(
+        times, jnp.full(times.shape, jnp.inf) if order is None else order, model.n_states
+    )
     s, perm = E.sort_entries(E.concat_entries(ev, out, 0))
     ss_x, ss_r = E.ss_tables(model, solver, ev_params, regimen, doses, s)
     # The parameters of the segment holding (t_previous, t] govern the advance up to t.
     entry_params = {n: v[jnp.searchsorted(change, s.time, side="left")] for n, v in seg.items()}
     xs, _ = E.run(model, solver, entry_params, s, ss_x, ss_r, model.initial_state(first))
     states = xs[jnp.argsort(perm)[ev.time.shape[0] :]]
-    out_params = {n: v[jnp.searchsorted(change, times, side="right")] for n, v in seg.items()}
+    if output_segment is None:
+        output_segment = jnp.searchsorted(change, times, side="right")
+    else:
+        output_segment = jnp.clip(jnp.asarray(output_segment, dtype=jnp.int32), 0, k - 1)
+    out_params = {n: v[output_segment] for n, v in seg.items()}
     y = jax.vmap(model.output)(out_params, states)
     return y[:, 0] if len(model.output_names) == 1 else y

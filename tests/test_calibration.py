@@ -7,6 +7,7 @@ import pathlib
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -374,22 +375,77 @@ def test_a_wrong_estimator_is_refused_clearly():
         C.individual_map(pm, data, estimator=C.FOCEI(), method="focei")
 
 
-def test_observation_listed_before_a_dose_at_its_time_is_named():
-    """NONMEM predicts an observation listed before a dose at the same time before the dose;
-    the Dataset's predictions at a dose time are post-dose: the records that differ are
-    named in a RecordWarning (a trough at the dose time, a common TDM layout), the others
-    are not."""
-    rows = [
-        dict(ID=1, TIME=0.0, EVID=1, AMT=100.0, CMT=1, DV=0.0, MDV=1),
-        dict(ID=1, TIME=24.0, EVID=0, AMT=0.0, CMT=1, DV=1.0, MDV=0),  # trough, then the dose
-        dict(ID=1, TIME=24.0, EVID=1, AMT=100.0, CMT=1, DV=0.0, MDV=1),
-        dict(ID=1, TIME=25.0, EVID=0, AMT=0.0, CMT=1, DV=9.0, MDV=0),
-        dict(ID=2, TIME=0.0, EVID=1, AMT=100.0, CMT=1, DV=0.0, MDV=1),
-        dict(ID=2, TIME=0.0, EVID=0, AMT=0.0, CMT=1, DV=9.0, MDV=0),  # after its dose: fine
-    ]
-    with pytest.warns(pkpd.RecordWarning, match=r"1 observation\(s\) listed before a dose") as w:
-        C.Dataset.from_records(pd.DataFrame(rows))
-    assert "subject ID=1, row 1 at TIME=24 h" in str(w[0].message)
+def _trough_records(trough_time: float = 24.0) -> pd.DataFrame:
+    """Two subjects: a trough recorded at the time of the next dose and listed before it (a
+    common TDM layout), an observation listed after a dose at its time, and a reset."""
+    return pd.DataFrame(
+        [
+            dict(ID=1, TIME=0.0, EVID=1, AMT=100.0, CMT=1, DV=0.0, MDV=1, OCC=1),
+            dict(ID=1, TIME=2.0, EVID=0, AMT=0.0, CMT=1, DV=8.0, MDV=0, OCC=1),
+            dict(ID=1, TIME=trough_time, EVID=0, AMT=0.0, CMT=1, DV=1.2, MDV=0, OCC=1),
+            dict(ID=1, TIME=24.0, EVID=1, AMT=100.0, CMT=1, DV=0.0, MDV=1, OCC=2),
+            dict(ID=1, TIME=25.0, EVID=0, AMT=0.0, CMT=1, DV=9.0, MDV=0, OCC=2),
+            dict(ID=2, TIME=0.0, EVID=1, AMT=80.0, CMT=1, DV=0.0, MDV=1, OCC=1),
+            dict(ID=2, TIME=0.0, EVID=0, AMT=0.0, CMT=1, DV=7.0, MDV=0, OCC=1),  # after it
+            dict(ID=2, TIME=trough_time, EVID=0, AMT=0.0, CMT=1, DV=0.9, MDV=0, OCC=1),
+            dict(ID=2, TIME=24.0, EVID=3, AMT=0.0, CMT=1, DV=0.0, MDV=1, OCC=2),  # reset
+            dict(ID=2, TIME=24.0, EVID=1, AMT=80.0, CMT=1, DV=0.0, MDV=1, OCC=2),
+            dict(ID=2, TIME=30.0, EVID=0, AMT=0.0, CMT=1, DV=3.0, MDV=0, OCC=2),
+        ]
+    )
+
+
+def test_observation_listed_before_a_dose_at_its_time_is_predicted_before_it():
+    """NONMEM predicts an observation listed before a dose (or reset) at its time before that
+    record. The likelihood's predictions (PRED of `residuals`, the FOCE-I objective,
+    simulated data) follow the record order: PRED equals `simulate_records`' (an
+    independent path, record by record) on every observation, and the objective equals that
+    of the same data with each trough moved just before the dose time."""
+    records = _trough_records()
     with warnings.catch_warnings():
         warnings.simplefilter("error", pkpd.RecordWarning)
-        C.Dataset.from_records(pd.DataFrame([r for r in rows if r["ID"] == 2]))
+        data = C.Dataset.from_records(records)
+    assert data.obs_order is not None
+    theta = {"CL": 5.0, "V": 40.0}
+    pm = C.PopulationModel(
+        pkpd.OneCompartment(), theta=theta, omega={"CL": 0.1, "V": 0.05}, error=C.Additive(0.5)
+    )
+    ref = pkpd.simulate_records(pkpd.OneCompartment(), theta, records)
+    obs = ((records["EVID"] == 0) & (records["MDV"] == 0)).to_numpy()
+    res = C.residuals(pm, None, data, key=0, n_sim=50)
+    np.testing.assert_allclose(res["PRED"], ref.loc[obs, "PRED"], rtol=1e-10)
+    # The troughs are pre-dose (100/40 exp(-3) = 0.12 mg/L), not post-dose (2.6 mg/L).
+    assert res["PRED"].iloc[1] < 0.2 and res["PRED"].iloc[4] < 0.2
+    near = C.Dataset.from_records(_trough_records(24.0 - 1e-9))
+    assert near.obs_order is None
+    point = np.asarray(jax.flatten_util.ravel_pytree(pm.initial())[0])[None, :]
+    got = C.objective_values(pm, data, point).values
+    expected = C.objective_values(pm, near, point).values
+    np.testing.assert_allclose(got, expected, rtol=1e-7)
+    sims = C.simulate_dataset(pm, None, data, key=1)
+    assert float(np.asarray(sims.ipred)[0, 0, 1]) < 0.5  # the simulated trough is pre-dose
+
+
+def test_trough_at_the_start_of_an_occasion_belongs_to_the_occasion_before():
+    """With inter-occasion variability, an observation recorded at the time the next occasion
+    starts and listed before its dose takes its own occasion's parameters (V of occasion 1),
+    as `simulate_records` with per-record parameters does."""
+    records = _trough_records()
+    data = C.Dataset.from_records(records)
+    pm = C.PopulationModel(
+        pkpd.OneCompartment(),
+        theta={"CL": 5.0, "V": 40.0},
+        omega={"CL": 0.1},
+        error=C.Additive(0.5),
+        iov={"V": 0.1},
+    )
+    o = {k: jnp.asarray(v)[0] for k, v in data.arrays().items()}
+    reg = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[0], data.regimen)
+    b = jnp.array([0.0, 0.0, jnp.log(2.0)])  # V doubles on occasion 2
+    f = pm.predict_random({"CL": 5.0, "V": 40.0}, {}, reg, o, b)
+    sub = records[records["ID"] == 1].copy()
+    sub["V"] = np.where(sub["OCC"] == 2, 80.0, 40.0)
+    sub["CL"] = 5.0
+    ref = pkpd.simulate_records(pkpd.OneCompartment(), {"CL": "CL", "V": "V"}, sub)
+    keep = ((sub["EVID"] == 0) & (sub["MDV"] == 0)).to_numpy()
+    np.testing.assert_allclose(np.asarray(f)[:3], ref.loc[keep, "PRED"], rtol=1e-10)

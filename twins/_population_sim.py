@@ -203,6 +203,7 @@ def simulate_population(
     keys = jax.random.split(key, (n_rep, data.n_subjects))
     cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
     obs = {"time": jnp.asarray(data.time), "occasion_start": jnp.asarray(data.occasion_start)}
+    obs |= data.record_arrays()  # record order at a dose time (a trough listed before it)
     out = _simulate(pm, nat, keys, cov, data.regimen, obs, switches)
     out = jax.device_get(out)
     ipred, dv = np.asarray(out["ipred"]), np.asarray(out["dv"])
