@@ -109,6 +109,7 @@ from .trials import TimeToRange as TimeToRange  # isort: skip
 from .trials import TooManyFailuresError as TooManyFailuresError  # isort: skip
 from .trials import Trial as Trial  # isort: skip
 from .trials import TwinArm as TwinArm  # isort: skip
+from .trials import coag_trial as coag_trial  # isort: skip
 from .trials import eupact_trial as eupact_trial  # isort: skip
 from .trials import read_results as read_results  # isort: skip
 from .trials import run_trial as run_trial  # isort: skip
@@ -180,6 +181,7 @@ __all__ = [
     "bsa_dubois",
     "bsa_mosteller",
     "ckd_epi_2021",
+    "coag_trial",
     "cockcroft_gault",
     "consented_population",
     "cpic_allele_frequencies",

@@ -52,6 +52,7 @@ from ..trials import (
     TimeToRange,
     Trial,
     Variability,
+    coag_trial,
     eupact_trial,
 )
 from ..trials._endpoints import READINGS, metric_from_reading
@@ -118,7 +119,7 @@ ENDPOINTS: dict[str, type[Endpoint]] = {
 }
 
 #: Whole trials by name (`preset = "eupact"`).
-PRESETS: dict[str, Callable[[], Trial]] = {"eupact": eupact_trial}
+PRESETS: dict[str, Callable[[], Trial]] = {"eupact": eupact_trial, "coag": coag_trial}
 
 _SOURCES = ("measured", "true")
 _SAMPLE_KEYS = (

@@ -2,8 +2,8 @@
 
 - `Trial`, arms (`DosingArm` with `Nomogram` rules; `TwinArm`, dosed by each patient's
   `DigitalTwin`), endpoints (`TimeInRange`, `AnyAbove`, `TimeToRange`, `MeanDose`,
-  `FinalLevel`, `DosesTaken`, `AUC`, `Cmax`, `Ctrough`, `TargetAttainment`); the EU-PACT preset
-  (`eupact_trial`).
+  `FinalLevel`, `DosesTaken`, `AUC`, `Cmax`, `Ctrough`, `TargetAttainment`); the EU-PACT and
+  COAG presets (`eupact_trial`, `coag_trial`).
 - Chunk-level simulation: `seed_keys`, `population_rows`, `simulate_chunk` (what the
   results folder, the surrogates' training sets and the benchmarks are built from), and
   `simulate_chunk_outcome` (`ChunkOutcome`), which records the patients that cannot be
@@ -19,6 +19,7 @@ from ._adherence import Adherence as Adherence
 from ._arms import Arm as Arm
 from ._arms import DosingArm as DosingArm
 from ._arms import Nomogram as Nomogram
+from ._coag import coag_trial as coag_trial
 from ._consent import consented_trial as consented_trial
 from ._dropout import Dropout as Dropout
 from ._endpoints import AUC as AUC
@@ -111,6 +112,7 @@ __all__ = [
     "Trial",
     "TwinArm",
     "Variability",
+    "coag_trial",
     "consented_trial",
     "dose_window",
     "eupact_trial",
