@@ -3,7 +3,9 @@
 - `PopulationModel`: a structural `pkpd` model, covariate-dependent typical values (theta),
   log-normal between-subject variability (diagonal or full Omega) and a residual error model
   (`Additive`, `Proportional`, `Combined`, `Exponential`), with the M3 likelihood for
-  observations below the limit of quantification.
+  observations below the limit of quantification; a model that observes several outputs
+  (joint PK/PD, parent and metabolite) has one error model per DVID: `ByOutput` of
+  `Observation`s.
 - `Dataset.from_records`: NONMEM-format records of many subjects as padded arrays.
 - `fit_population`: maximum likelihood by FOCE-I or the Laplace approximation (the fast mode);
   `individual_map`: vmapped MAP estimates of every subject with their Laplace covariance.
@@ -57,9 +59,11 @@ from ._laplace import individual_map as individual_map
 from ._laplace import minimize_objective as minimize_objective
 from ._laplace import objective_values as objective_values
 from ._model import Additive as Additive
+from ._model import ByOutput as ByOutput
 from ._model import Combined as Combined
 from ._model import Exponential as Exponential
 from ._model import FrozenDict as FrozenDict
+from ._model import Observation as Observation
 from ._model import PopulationModel as PopulationModel
 from ._model import Proportional as Proportional
 from ._model import occasion_index as occasion_index
@@ -87,6 +91,7 @@ __all__ = [
     "Additive",
     "BayesFit",
     "BootstrapResult",
+    "ByOutput",
     "Combined",
     "ConvergenceWarning",
     "Dataset",
@@ -98,6 +103,7 @@ __all__ = [
     "NonmemImport",
     "NonmemTranslationError",
     "ObjectiveValues",
+    "Observation",
     "OccasionForecast",
     "OuterLoopResult",
     "PopulationFit",

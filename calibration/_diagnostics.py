@@ -24,9 +24,16 @@ from matplotlib.figure import Figure
 from ._data import Dataset
 from ._estimators import FOCEI, jacobian
 from ._laplace import IndividualFit, PopulationFit, individual_map
-from ._model import Exponential, PopulationModel
+from ._model import PopulationModel, log_scale, residual_sd
 from ._random import as_key
-from ._simulation import Population, curves, population_values, simulate_replicates, subject_design
+from ._simulation import (
+    Population,
+    curves,
+    observations_of,
+    population_values,
+    simulate_replicates,
+    subject_design,
+)
 
 
 def _modes_for(
@@ -69,11 +76,15 @@ def _random_effects(pm: PopulationModel, ind: IndividualFit) -> jnp.ndarray:
     return jnp.asarray(np.concatenate([ind.eta, kappa], axis=1))
 
 
-def _transform(pm: PopulationModel, y):
-    """The scale of the residual error: log for `Exponential`, natural otherwise."""
-    if isinstance(pm.error, Exponential):
+def _transform(pm: PopulationModel, y, which=None):
+    """The scale of the residual error: log for `Exponential`, natural otherwise (for
+    `ByOutput`, each observation its own part's: `which`)."""
+    flag = log_scale(pm.error, which)
+    if flag is True:
         return jnp.log(jnp.where(y > 0, y, 1.0))
-    return y
+    if flag is False:
+        return y
+    return jnp.where(flag, jnp.log(jnp.where(y > 0, y, 1.0)), y)
 
 
 # ----------------------------------------------------------------------------- residuals
@@ -127,7 +138,9 @@ def residuals(
 
     **Returns:** a `pandas.DataFrame` with one row per observation (padding dropped):
     `ID, TIME, DV, BLQ, PRED, IPRED, CPRED, EPRED, RES, IRES, IWRES, CWRES, NPDE`; for a model
-    with IOV also `OCC`, the 0-based occasion of each observation (`Dataset.occasion`).
+    with IOV also `OCC`, the 0-based occasion of each observation (`Dataset.occasion`); for
+    data with a DVID column also `DVID` (a `ByOutput` model: each observation's residuals
+    use its own output's error model, and `gof_plots` and `vpc` take one output at a time).
 
     References: Hooker, Staatz, Karlsson 2007, Pharm Res 24:2187-2197 (CWRES); Brendel,
     Comets, Laffont, Laveille, Mentré 2006, Pharm Res 23:2036-2049 and Comets, Brendel,
@@ -146,7 +159,8 @@ def residuals(
     no_limit = jnp.full(data.time.shape, -jnp.inf)
     sims = simulate_replicates(pm, nat, data, keys, no_limit)["dv"]
     valid = cond["valid"]
-    npde, epred = _npde(pm, sims, jnp.asarray(data.dv), valid)
+    dvid = data.record_arrays().get("dvid", jnp.zeros(data.time.shape))
+    npde, epred = _npde(pm, sims, jnp.asarray(data.dv), valid, dvid)
     m = data.observed
     cols = {
         "ID": np.broadcast_to(data.ids[:, None], m.shape)[m],
@@ -156,6 +170,8 @@ def residuals(
     }
     if pm.iov:
         cols["OCC"] = np.asarray(data.occasion)[m]
+    if data.obs_dvid is not None:
+        cols["DVID"] = np.asarray(data.obs_dvid)[m]
     for name in ("PRED", "IPRED", "CPRED"):
         cols[name] = np.asarray(cond[name.lower()])[m]
     cols["EPRED"] = np.asarray(epred)[m]
@@ -186,26 +202,30 @@ def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, start, dv, usable
         # occasion (block diagonal; PopulationModel.random_cholesky squared).
         kap = jnp.tile(jnp.asarray(nat["iov"]), start.shape[-1])
         omega = jax.scipy.linalg.block_diag(omega, jnp.diag(kap))
-    expo = isinstance(pm.error, Exponential)
 
     def one(c, r, t, s, y_obs, ok, e, o):
+        which = pm.which(o)
+        expo = log_scale(pm.error, which)
+
         def f_of(e):
             if pm.iov:
                 obs = {"time": t, "occasion_start": s} | o
                 return pm.predict_random(nat["theta"], c, r, obs, e)
-            return pm.predict(pm.individual_params(nat["theta"], c, e), r, t, o.get("order"))
+            return pm.predict(
+                pm.individual_params(nat["theta"], c, e), r, t, o.get("order"), o.get("dvid")
+            )
 
         def h(e):
-            return _transform(pm, f_of(e))
+            return _transform(pm, f_of(e), which)
 
         ipred = f_of(e)
         pred = f_of(jnp.zeros_like(e))
         g = jacobian(h, e)
-        sd = pm.error.sd(ipred, nat["sigma"])
-        y = _transform(pm, y_obs)
+        sd = residual_sd(pm.error, nat["sigma"], ipred, which)
+        y = _transform(pm, y_obs, which)
         ok = ok & (sd > 0)
-        if expo:
-            ok = ok & (ipred > 0) & (y_obs > 0)
+        if expo is not False:
+            ok = ok & jnp.where(expo, (ipred > 0) & (y_obs > 0), True)
         n = t.shape[0]
         cpred_t = h(e) - g @ e
         both = ok[:, None] & ok[None, :]
@@ -217,7 +237,7 @@ def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, start, dv, usable
         return {
             "pred": pred,
             "ipred": ipred,
-            "cpred": jnp.exp(cpred_t) if expo else cpred_t,
+            "cpred": jnp.where(expo, jnp.exp(cpred_t), cpred_t),
             "iwres": jnp.where(ok, iwres, jnp.nan),
             "cwres": jnp.where(ok, cwres, jnp.nan),
             "valid": ok,
@@ -227,14 +247,15 @@ def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, start, dv, usable
 
 
 @eqx.filter_jit
-def _npde(pm: PopulationModel, sims, dv, valid):
+def _npde(pm: PopulationModel, sims, dv, valid, dvid):
     """NPDE and EPRED from replicates `sims` `(K, subjects, obs)` (uncensored)."""
     k = sims.shape[0]
 
-    def one(ysim, y_obs, ok):
+    def one(ysim, y_obs, ok, d):
+        which = pm.which({"dvid": d})
         epred = jnp.mean(ysim, axis=0)
-        ys = _transform(pm, ysim)
-        yo = _transform(pm, y_obs)
+        ys = _transform(pm, ysim, which)
+        yo = _transform(pm, y_obs, which)
         mean = jnp.mean(ys, axis=0)
         dev = jnp.where(ok[None, :], ys - mean[None, :], 0.0)
         n = ok.shape[0]
@@ -247,21 +268,53 @@ def _npde(pm: PopulationModel, sims, dv, valid):
         pde = jnp.clip(pde, 1.0 / k, 1.0 - 1.0 / k)
         return jnp.where(ok, ndtri(pde), jnp.nan), epred
 
-    return jax.vmap(one, in_axes=(1, 0, 0))(sims, dv, valid)
+    return jax.vmap(one, in_axes=(1, 0, 0, 0))(sims, dv, valid, dvid)
 
 
 # ----------------------------------------------------------------------------- GOF plots
 
 
-def gof_plots(res: pd.DataFrame, *, log: bool = False, figsize=(13.0, 8.0)) -> Figure:
+def gof_plots(
+    res: pd.DataFrame,
+    *,
+    log: bool = False,
+    figsize=(13.0, 8.0),
+    dvid: float | None = None,
+    unit: str | None = None,
+    time_unit: str = "h",
+) -> Figure:
     """Goodness-of-fit panels from `residuals(...)`: a 2 x 3 grid.
 
     DV vs PRED and DV vs IPRED (identity lines), CWRES vs TIME, CWRES vs PRED, NPDE vs TIME
     and NPDE vs PRED (zero and +-1.96 lines). A binned mean (red) helps to see trends.
     Censored observations are left out of the panels. `log=True` puts DV and predictions on
-    log axes (non-positive values are then not drawn).
+    log axes (non-positive values are then not drawn). `unit` (of DV, e.g. `"mg/L"`) and
+    `time_unit` label the axes. For residuals of several kinds of observation (a `DVID`
+    column with several values: a joint model) give `dvid=`, the kind drawn (one set of
+    panels per output).
     """
+    if "DVID" in res.columns:
+        kinds = np.unique(res["DVID"].to_numpy(dtype=float))
+        if dvid is None and kinds.size > 1:
+            raise ValueError(
+                f"gof_plots: the residuals hold {kinds.size} kinds of observation (DVID "
+                f"{[int(k) if float(k).is_integer() else float(k) for k in kinds]}); give "
+                "dvid= for the one to draw."
+            )
+        if dvid is not None:
+            if float(dvid) not in kinds:
+                raise ValueError(f"gof_plots: no residual has DVID={dvid!r}.")
+            res = res[res["DVID"].to_numpy(dtype=float) == float(dvid)]
+    elif dvid is not None:
+        raise ValueError(f"gof_plots: dvid={dvid!r}, but the residuals have no DVID column.")
     d = res[~res["BLQ"].to_numpy(dtype=bool)]
+    u = f" ({unit})" if unit else ""
+    label = {
+        "DV": f"DV{u}",
+        "PRED": f"PRED{u}",
+        "IPRED": f"IPRED{u}",
+        "TIME": f"TIME ({time_unit})",
+    }
     fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(2, 3)
     for ax, pred in zip(axes[0, :2], ("PRED", "IPRED"), strict=True):
@@ -273,9 +326,9 @@ def gof_plots(res: pd.DataFrame, *, log: bool = False, figsize=(13.0, 8.0)) -> F
         if log:
             ax.set_xscale("log")
             ax.set_yscale("log")
-        ax.set_xlabel(pred)
-        ax.set_ylabel("DV")
-        ax.set_title(f"DV vs {pred}")
+        ax.set_xlabel(label[pred])
+        ax.set_ylabel(label["DV"])
+        ax.set_title(f"DV vs {pred}" + ("" if dvid is None else f" (DVID {dvid:g})"))
     for ax, (yname, xname) in zip(
         [axes[0, 2], axes[1, 0], axes[1, 1], axes[1, 2]],
         [("CWRES", "TIME"), ("CWRES", "PRED"), ("NPDE", "TIME"), ("NPDE", "PRED")],
@@ -290,9 +343,9 @@ def gof_plots(res: pd.DataFrame, *, log: bool = False, figsize=(13.0, 8.0)) -> F
         ax.plot(bx, by, color="C3", lw=1.5)
         if log and xname == "PRED":
             ax.set_xscale("log")
-        ax.set_xlabel(xname)
+        ax.set_xlabel(label.get(xname, xname))
         ax.set_ylabel(yname)
-        ax.set_title(f"{yname} vs {xname}")
+        ax.set_title(f"{yname} vs {xname}" + ("" if dvid is None else f" (DVID {dvid:g})"))
     return fig
 
 
@@ -327,6 +380,9 @@ def individual_plots(
     log: bool = False,
     max_panels: int = 48,
     individual: IndividualFit | None = None,
+    dvid: float | None = None,
+    unit: str | None = None,
+    time_unit: str = "h",
 ) -> Figure:
     """One panel per subject: observations, IPRED (solid) and PRED (dashed) on a fine grid.
 
@@ -342,6 +398,9 @@ def individual_plots(
     - `ids`: the subjects to draw (default all); more than `max_panels` raises, naming `ids`.
     - `n_grid`: points of each curve; `ncols`: panels per row; `log`: log concentration axis.
     - `individual`: the conditional modes to draw (as in `residuals`).
+    - `dvid`: for data with several kinds of observation (a joint model, `ByOutput`), the
+      kind drawn: its observations and its output's curves (required then).
+    - `unit` (of DV, e.g. `"mg/L"`) and `time_unit` label the axes.
     """
     phi, nat = population_values(pm, fit_or_population)
     ind = _modes_for(pm, fit_or_population, phi, data, individual)
@@ -361,6 +420,7 @@ def individual_plots(
     if index.size == 0:
         raise ValueError("individual_plots: expected at least one subject, got none.")
     sub = data.subset(index)
+    shown = observations_of(sub, dvid, "individual_plots")
     tmax = np.where(sub.observed, sub.time, 0.0).max(axis=1)
     tmax = np.where(tmax > 0, tmax, 1.0)
     grid = jnp.asarray(tmax[:, None] * np.linspace(0.0, 1.0, n_grid)[None, :])
@@ -368,7 +428,8 @@ def individual_plots(
     b = _random_effects(pm, ind)[index]
     start = jnp.asarray(sub.occasion_start) if pm.iov else None
 
-    ipred, pred = curves(pm, nat, cov, reg, grid, b, start)
+    kind = {} if dvid is None else {"dvid": jnp.full(grid.shape, float(dvid))}
+    ipred, pred = curves(pm, nat, cov, reg, grid, b, start, order=kind)
     ipred, pred, grid_np = np.asarray(ipred), np.asarray(pred), np.asarray(grid)
     n = index.size
     ncols = min(ncols, n)
@@ -377,7 +438,7 @@ def individual_plots(
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=False, squeeze=False)).ravel()
     for k in range(n):
         ax = axes[k]
-        m = sub.observed[k]
+        m = shown[k]
         t, y, b = sub.time[k][m], sub.dv[k][m], sub.blq[k][m]
         ax.plot(grid_np[k], ipred[k], color="C0", lw=1.5, label="IPRED")
         ax.plot(grid_np[k], pred[k], color="C1", lw=1.2, ls="--", label="PRED")
@@ -404,6 +465,7 @@ def individual_plots(
     for ax in axes[n:]:
         fig.delaxes(ax)
     axes[0].legend(fontsize=7)
-    fig.supxlabel("TIME (h)")
-    fig.supylabel("DV")
+    fig.supxlabel(f"TIME ({time_unit})")
+    what = "DV" if dvid is None else f"DV (DVID {dvid:g})"
+    fig.supylabel(f"{what} ({unit})" if unit else what)
     return fig

@@ -21,7 +21,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._model import Exponential, PopulationModel, eta_logprior, observation_loglik
+from ._model import ByOutput, Exponential, PopulationModel, eta_logprior, observation_loglik
 
 
 def value_and_jacobian(fn, x):
@@ -67,13 +67,14 @@ class AbstractEstimator(eqx.Module):
 def _subject_terms(pm: PopulationModel, nat, chol, cov, reg, obs):
     err, sigma = pm.error, nat["sigma"]
     n_occasions = obs["occasion_start"].shape[-1]
+    which = pm.which(obs)
 
     def predict(eta):
         return pm.predict_random(nat["theta"], cov, reg, obs, eta)
 
     def nll_obs(fv):
         return -observation_loglik(
-            err, sigma, fv, obs["dv"], obs["observed"], obs["blq"], obs["lloq"]
+            err, sigma, fv, obs["dv"], obs["observed"], obs["blq"], obs["lloq"], which
         )
 
     def outside(eta, value):
@@ -131,13 +132,14 @@ class FOCEI(AbstractEstimator):
 
         def weights(fv):
             """Expected information of each observation about its prediction."""
-            if isinstance(err, Exponential):
-                info = 1.0 / (err.sd(fv, sigma) ** 2 * jnp.where(fv != 0, fv, 1.0) ** 2)
+            if isinstance(err, ByOutput):
+                info = err.each(
+                    pm.which(obs),
+                    lambda k, p, fk: _information(p.error, err.part_sigma(sigma, k), fk),
+                    fv,
+                )
             else:
-                var = lambda x: err.sd(x, sigma) ** 2
-                v = var(fv)
-                dv = jax.vmap(jax.grad(lambda x: var(x)))(fv)
-                info = 1.0 / v + 0.5 * (dv / v) ** 2
+                info = _information(err, sigma, fv)
             # Censored observations: the exact curvature of -log Phi((LLOQ - f) / sd).
             g1 = jax.grad(lambda x: jnp.sum(nll_obs(x)))
             exact = jax.grad(lambda x: jnp.sum(g1(x)))(fv)  # separable: the Hessian's diagonal
@@ -153,6 +155,18 @@ class FOCEI(AbstractEstimator):
             return fval, grad, (jac * w[:, None]).T @ jac + omega_inv
 
         return f, fgh
+
+
+def _information(err, sigma, fv):
+    """Expected (Fisher) information of each observation about its prediction `fv`, for a
+    single error model: `1 / var + (d var / d f)^2 / (2 var^2)` (the interaction term of
+    FOCE-I), on the log scale for `Exponential`."""
+    if isinstance(err, Exponential):
+        return 1.0 / (err.sd(fv, sigma) ** 2 * jnp.where(fv != 0, fv, 1.0) ** 2)
+    var = lambda x: err.sd(x, sigma) ** 2
+    v = var(fv)
+    dv = jax.vmap(jax.grad(lambda x: var(x)))(fv)
+    return 1.0 / v + 0.5 * (dv / v) ** 2
 
 
 _ESTIMATORS: dict[str, type[AbstractEstimator]] = {"focei": FOCEI, "laplace": Laplace}

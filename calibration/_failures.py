@@ -25,7 +25,7 @@ import pkpd
 from pkpd import RecordError
 
 from ._data import Dataset
-from ._model import Exponential, PopulationModel
+from ._model import ByOutput, Exponential, PopulationModel
 
 
 class SubjectError(ValueError):
@@ -105,13 +105,16 @@ def observation_rows(data: Dataset) -> list[list[Any]]:
 def check_error_data(pm: PopulationModel, data: Dataset, who: str) -> None:
     """Raise `RecordError` for observations the error model gives zero likelihood under any
     parameters: with `Exponential` (log-transformed) errors a `DV <= 0`, and a censored
-    observation whose limit is `<= 0` (NONMEM's `LOG(DV)` of such a record is an error too)."""
-    if not isinstance(pm.error, Exponential):
+    observation whose limit is `<= 0` (NONMEM's `LOG(DV)` of such a record is an error too).
+    Also observations whose DVID the model does not observe: a DVID of no `ByOutput` part,
+    several DVIDs with a single error model, a `ByOutput` model without DVIDs."""
+    observed = np.asarray(data.observed)
+    logged = _check_dvid(pm, data, who, observed)
+    if logged is None:
         return
     dv = np.asarray(data.dv)
-    observed = np.asarray(data.observed)
     blq = np.asarray(data.blq)
-    bad = observed & (dv <= 0)
+    bad = observed & logged & (dv <= 0)
     if not bad.any():
         return
     i, j = (int(k[0]) for k in np.nonzero(bad))
@@ -125,6 +128,57 @@ def check_error_data(pm: PopulationModel, data: Dataset, who: str) -> None:
         f"({int(bad.sum())} such record(s) in all); set MDV=1 to skip it, or mark a value "
         "below the limit of quantification with CENS=1 and DV = the (positive) LLOQ."
     )
+
+
+def _check_dvid(pm: PopulationModel, data: Dataset, who: str, observed: np.ndarray):
+    """`RecordError` for observations the model does not observe (see `check_error_data`);
+    returns the mask of observations with an `Exponential` error (None: none has one)."""
+    dvid = None if data.obs_dvid is None else np.asarray(data.obs_dvid)
+    if not isinstance(pm.error, ByOutput):
+        if dvid is not None:
+            values = np.unique(dvid[observed])
+            if values.size > 1:
+                raise RecordError(
+                    f"{who}: the records' DVID has {values.size} values "
+                    f"{[_plain(v) for v in values[:6]]}: observations of several kinds, but "
+                    f"the model has one error model ({type(pm.error).__name__}) for its "
+                    "output. Give error=calibration.ByOutput(calibration.Observation(dvid, "
+                    "output, error), ...), or keep the records of one kind."
+                )
+        if not isinstance(pm.error, Exponential):
+            return None
+        return np.ones_like(observed)
+    if dvid is None:
+        raise RecordError(
+            f"{who}: the model observes several outputs (ByOutput, DVIDs "
+            f"{[_plain(v) for v in pm.error.dvids]}), but the records have no DVID column; "
+            "read them with Dataset.from_records(records, dvid='DVID') (or dvid='CMT')."
+        )
+    known = np.isin(dvid, np.asarray(pm.error.dvids))
+    unknown = observed & ~known
+    if unknown.any():
+        i, j = (int(k[0]) for k in np.nonzero(unknown))
+        sid = data.ids[i] if data.ids is not None else i
+        rows = observation_rows(data)[i]
+        row = f", row {rows[j]}" if j < len(rows) else ""
+        raise RecordError(
+            f"{who}: subject ID={sid}{row}: an observation with DVID={_plain(dvid[i, j])}, "
+            f"which no Observation of the model's ByOutput has (its DVIDs are "
+            f"{[_plain(v) for v in pm.error.dvids]}; {int(unknown.sum())} such record(s) in "
+            "all); set MDV=1 to skip them, or add an Observation for it."
+        )
+    flags = np.asarray([isinstance(p.error, Exponential) for p in pm.error.parts])
+    if not flags.any():
+        return None
+    index = np.zeros(dvid.shape, dtype=int)
+    for k, v in enumerate(pm.error.dvids):
+        index[dvid == v] = k
+    return flags[index]
+
+
+def _plain(x: Any) -> Any:
+    x = x.item() if isinstance(x, np.generic) else x
+    return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
 def explain_nonfinite(
@@ -155,10 +209,20 @@ def explain_nonfinite(
         elif not s > 0:
             why = (
                 f"the residual SD is {s:g} {at} (prediction {f:g}): "
-                f"{type(pm.error).__name__} error cannot explain it"
+                f"{_error_name(pm, data, i, j)} error cannot explain it"
             )
         else:
             why = f"its log-likelihood is {ll[i, j]} {at} (prediction {f:g}, residual SD {s:g})"
         more = f"; {bad.size - 1} more observation(s) like it" if bad.size > 1 else ""
         out[sid] = f"{where}: {why}{more}"
     return out
+
+
+def _error_name(pm: PopulationModel, data: Dataset, i: int, j: int) -> str:
+    """The error model of observation `j` of subject `i` (its `ByOutput` part's)."""
+    if not isinstance(pm.error, ByOutput) or data.obs_dvid is None:
+        return type(pm.error).__name__
+    for p in pm.error.parts:
+        if float(p.dvid) == float(np.asarray(data.obs_dvid)[i, j]):
+            return f"{type(p.error).__name__} ({p.label})"
+    return type(pm.error).__name__

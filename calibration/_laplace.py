@@ -37,7 +37,7 @@ from jax.flatten_util import ravel_pytree
 from ._data import Dataset
 from ._estimators import FOCEI, AbstractEstimator, Laplace, resolve_estimator
 from ._failures import SubjectError, check_error_data, domain_reasons, explain_nonfinite
-from ._model import PopulationModel, observation_loglik
+from ._model import PopulationModel, observation_loglik, residual_sd
 
 
 class ConvergenceWarning(UserWarning):
@@ -291,10 +291,11 @@ def _observation_terms(pm: PopulationModel, phi, data: Dataset, b):
 
     def one(c, r, o, e):
         f = pm.predict_random(nat["theta"], c, r, o, e)
+        which = pm.which(o)
         ll = observation_loglik(
-            pm.error, nat["sigma"], f, o["dv"], o["observed"], o["blq"], o["lloq"]
+            pm.error, nat["sigma"], f, o["dv"], o["observed"], o["blq"], o["lloq"], which
         )
-        return f, pm.error.sd(f, nat["sigma"]), ll
+        return f, residual_sd(pm.error, nat["sigma"], f, which), ll
 
     return jax.vmap(one)(cov, reg, obs, b)
 

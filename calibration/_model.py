@@ -362,6 +362,10 @@ class PopulationModel(eqx.Module):
       `kappa_ik ~ N(0, omega_iov^2)` independent across occasions (Karlsson & Sheiner 1993,
       J Pharmacokinet Biopharm 21:735-750); parameters change at the start of each occasion
       (`pkpd.simulate_piecewise`). A parameter may have BSV, IOV or both.
+    - `solver`: how an ODE model is integrated in the estimators (`pkpd.ODESolver`, Tsit5
+      by default). Its `throw=False` (the default here) turns a solve that fails at some
+      trial point (random effects that make the system too stiff for the step limit) into
+      a rejected point instead of an error that stops the fit.
 
     A `PopulationModel` is an `equinox.Module` (a frozen dataclass and a pytree): its leaves
     are those of the structural model; everything else is static. `theta`, `omega` and `iov`
@@ -380,6 +384,7 @@ class PopulationModel(eqx.Module):
     output: int = eqx.field(default=0, static=True)
     unconstrained: tuple[str, ...] = eqx.field(default=(), static=True, converter=tuple)
     iov: FrozenDict = eqx.field(default=FrozenDict(), static=True, converter=FrozenDict)
+    solver: pkpd.ODESolver = eqx.field(default_factory=lambda: pkpd.ODESolver(throw=False))
 
     def __check_init__(self):
         for name, value in self.theta.items():
@@ -515,6 +520,12 @@ class PopulationModel(eqx.Module):
             return None
         return self.error.index(_need_which(obs.get("dvid")))
 
+    def observe(self, sigma, f, eps, obs):
+        """One subject's predictions `f` as measured, for standard normal draws `eps`: the
+        error model of each observation (its `ByOutput` part, from `obs["dvid"]`) with
+        natural-scale residual parameters `sigma` (a simulated DV)."""
+        return observe(self.error, sigma, f, eps, self.which(obs))
+
     def _observed(self, y, dvid):
         """The output each observation measures: `output`, or with `ByOutput` the output of
         its part (chosen by its DVID)."""
@@ -535,7 +546,9 @@ class PopulationModel(eqx.Module):
         The engine's run-time domain checks are off (`checks=False`): estimators evaluate
         trial points outside the domain and reject them themselves (`subject_in_domain`,
         +inf objective), and concrete parameters are still checked on the host."""
-        y = pkpd.simulate(self.model, params, regimen, times, checks=False, order=order)
+        y = pkpd.simulate(
+            self.model, params, regimen, times, checks=False, order=order, solver=self.solver
+        )
         return self._observed(y, dvid)
 
     def row_params(self, theta, covariates, obs, eta):
@@ -567,8 +580,9 @@ class PopulationModel(eqx.Module):
             self._no_iov_with_rows()
             params = self.row_params(theta, covariates, obs, eta)
             y = pkpd.simulate_recordwise(
-                self.model, params, obs["row_time"], regimen, obs["obs_row"], checks=False
-            )
+                self.model, params, obs["row_time"], regimen, obs["obs_row"], checks=False,
+                solver=self.solver,
+            )  # fmt: skip
             y = self._observed(y, obs.get("dvid"))
             # Parameters outside the domain on some row (a covariate model's typical value
             # can go negative later in time): no prediction, so that the estimators, which
@@ -585,8 +599,8 @@ class PopulationModel(eqx.Module):
         # (a trough at the time the next occasion starts belongs to the one before).
         segment = None if order is None or "occasion" not in obs else obs["occasion"]
         y = pkpd.simulate_piecewise(self.model, params, start[1:], regimen, obs["time"],
-                                    checks=False, order=order,
-                                    output_segment=segment)  # fmt: skip  # as predict
+                                    checks=False, order=order, output_segment=segment,
+                                    solver=self.solver)  # fmt: skip  # as predict
         return self._observed(y, obs.get("dvid"))
 
     def subject_in_domain(self, theta, covariates, b, n_occasions: int, obs=None):

@@ -28,6 +28,7 @@ from ._random import as_key
 from ._simulation import (
     Population,
     curves,
+    observations_of,
     population_values,
     simulate_dataset,
     subject_design,
@@ -147,6 +148,7 @@ def vpc(
     pred_corrected: bool = False,
     quantiles: Sequence[float] = (0.05, 0.5, 0.95),
     ci: float = 0.95,
+    dvid: float | None = None,
 ) -> VPCResult:
     """Visual predictive check: observed percentiles against their simulated distribution.
 
@@ -169,6 +171,9 @@ def vpc(
       must cover every observation time.
     - `pred_corrected`: the pcVPC; `quantiles`: the percentiles (fractions); `ci`: width of
       the simulated intervals.
+    - `dvid`: for data with several kinds of observation (a DVID column with several values:
+      a joint PK/PD model, `ByOutput`), the kind checked; one VPC per output (the
+      simulations are of all of them together). Required then.
 
     **Returns:** a `VPCResult` (`.plot()` draws it).
 
@@ -177,8 +182,8 @@ def vpc(
     quantiles = tuple(float(q) for q in quantiles)
     if not all(0.0 < q < 1.0 for q in quantiles):
         raise ValueError(f"vpc: quantiles must lie in (0, 1), got {quantiles}.")
+    m = observations_of(data, dvid, "vpc")
     sim = simulate_dataset(pm, population, data, key=as_key(key, "vpc"), n_rep=n_rep)
-    m = data.observed
     t_all = data.time[m]
     edges = _bin_edges(t_all, bins)
     bin_of = np.clip(np.searchsorted(edges, t_all, side="right") - 1, 0, edges.size - 2)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ._data import Dataset
 from ._laplace import PopulationFit
-from ._model import Exponential, PopulationModel
+from ._model import PopulationModel, observe
 from ._random import as_key
 
 #: Population values in any of the accepted forms (see `simulate_dataset`).
@@ -129,12 +129,14 @@ def curves(pm: PopulationModel, nat, cov, reg, time, b, occasion_start=None, ord
 
     def pred_of(c, r, t, o):
         zero = pm.individual_params(nat["theta"], c, jnp.zeros(pm.n_eta))
-        return pm.predict(zero, r, t, o.get("order"))
+        return pm.predict(zero, r, t, o.get("order"), o.get("dvid"))
 
     if occasion_start is None:
 
         def one(c, r, t, e, o):
-            ipred = pm.predict(pm.individual_params(nat["theta"], c, e), r, t, o.get("order"))
+            ipred = pm.predict(
+                pm.individual_params(nat["theta"], c, e), r, t, o.get("order"), o.get("dvid")
+            )
             return ipred, pred_of(c, r, t, o)
 
         return jax.vmap(one)(cov, reg, time, b, order)
@@ -271,7 +273,6 @@ def _simulate_jit(pm: PopulationModel, nat, keys, cov, reg, times, limit, observ
     chol = jnp.linalg.cholesky(nat["omega"])
     n_occ = times["occasion_start"].shape[-1]
     iov_sd = jnp.tile(jnp.sqrt(nat["iov"]), n_occ) if pm.iov else jnp.zeros(0)
-    expo = isinstance(pm.error, Exponential)
 
     def one(key, c, r, t, lim, obs):
         k_eta, k_eps, k_kap = jax.random.split(key, 3)
@@ -279,9 +280,8 @@ def _simulate_jit(pm: PopulationModel, nat, keys, cov, reg, times, limit, observ
         kappa = iov_sd * jax.random.normal(k_kap, iov_sd.shape)
         params = pm.individual_params(nat["theta"], c, eta)
         f = pm.predict_random(nat["theta"], c, r, t, jnp.concatenate([eta, kappa]))
-        sd = pm.error.sd(f, nat["sigma"])
         eps = jax.random.normal(k_eps, f.shape)
-        y = f * jnp.exp(sd * eps) if expo else f + sd * eps
+        y = observe(pm.error, nat["sigma"], f, eps, pm.which(t))
         blq = obs & (y < lim)
         return {
             "dv": jnp.where(blq, lim, y),
@@ -361,3 +361,25 @@ def tile(data: Dataset, n: int) -> Dataset:
         obs_order=sub.obs_order,
         obs_dvid=sub.obs_dvid,
     )
+
+
+def observations_of(data: Dataset, dvid: float | None, who: str) -> np.ndarray:
+    """The observations of one kind (`dvid`), a mask; all of them when the data has one kind.
+    `ValueError` for a DVID the data does not have, or none given for data with several."""
+    m = np.asarray(data.observed, dtype=bool)
+    if data.obs_dvid is None:
+        if dvid is not None:
+            raise ValueError(f"{who}: dvid={dvid!r}, but the data has no DVID column.")
+        return m
+    values = np.unique(np.asarray(data.obs_dvid)[m])
+    shown = [int(v) if float(v).is_integer() else float(v) for v in values]
+    if dvid is None:
+        if values.size > 1:
+            raise ValueError(
+                f"{who}: the data has observations of {values.size} kinds (DVID {shown}); "
+                "give dvid= for the one to check (one check per output)."
+            )
+        return m
+    if float(dvid) not in values:
+        raise ValueError(f"{who}: no observation has DVID={dvid!r}; the data has DVID {shown}.")
+    return m & (np.asarray(data.obs_dvid) == float(dvid))

@@ -388,7 +388,6 @@ def _simulate(pm, nat, keys, cov, reg, obs, switches):
     chol = jnp.linalg.cholesky(nat["omega"]) if pm.n_eta else jnp.zeros((0, 0))
     n_occ = obs["occasion_start"].shape[-1]
     iov_sd = jnp.tile(jnp.sqrt(nat["iov"]), n_occ) if pm.iov else jnp.zeros(0)
-    expo = isinstance(pm.error, calibration.Exponential)
 
     def one(key, c, r, t):
         k_eta, k_eps, k_kap = jax.random.split(key, 3)
@@ -396,9 +395,7 @@ def _simulate(pm, nat, keys, cov, reg, obs, switches):
         kappa = iov_sd * jax.random.normal(k_kap, iov_sd.shape) if iov else 0.0 * iov_sd
         f = pm.predict_random(nat["theta"], c, r, t, jnp.concatenate([eta, kappa]))
         if ruv:
-            sd = pm.error.sd(f, nat["sigma"])
-            eps = jax.random.normal(k_eps, f.shape)
-            y = f * jnp.exp(sd * eps) if expo else f + sd * eps
+            y = pm.observe(nat["sigma"], f, jax.random.normal(k_eps, f.shape), t)
         else:
             y = f
         if pm.iov:

@@ -25,6 +25,10 @@ class ODESolver(eqx.Module):
     - `rtol`, `atol`: tolerances of the PID step-size controller.
     - `max_steps`: the most steps allowed between two consecutive events or outputs.
     - `adjoint`: how reverse-mode gradients go through the solve (diffrax adjoint).
+    - `throw`: a solve that fails (the step limit reached, a step size that underflows)
+      raises (`True`, the default); `False` gives NaN states instead, for callers that
+      reject such points themselves (the estimators of `calibration`: a trial point whose
+      random effects make the system too stiff to integrate is then refused, not fatal).
 
     Linear models are propagated in closed form and ignore it.
     """
@@ -34,6 +38,7 @@ class ODESolver(eqx.Module):
     atol: float = eqx.field(static=True, default=1e-9)
     max_steps: int = eqx.field(static=True, default=16_384)
     adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
+    throw: bool = eqx.field(static=True, default=True)
 
 
 class AbstractModel(eqx.Module):
@@ -434,10 +439,12 @@ class AbstractODEModel(AbstractModel):
             saveat=saveat,
             max_steps=solver.max_steps,
             adjoint=solver.adjoint,
-            throw=True,
+            throw=solver.throw,
         )
         assert sol.ys is not None
-        return sol.ys
+        if solver.throw:
+            return sol.ys
+        return jnp.where(dfx.is_successful(sol.result), sol.ys, jnp.nan)
 
     def propagate(
         self,
