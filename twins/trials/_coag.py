@@ -501,7 +501,7 @@ class RevisionArm(Arm):
         hold = jnp.maximum(hold - 1, 0)
         slot = jnp.clip(period - 1, 0, 2)  # day 2 -> 0, day 3 -> 1, day 4 -> 2
         record = (period >= 1) & (period <= 3)
-        given = jnp.where(record & (jnp.arange(3) == slot), amount, given)
+        given = jnp.where(record & (jnp.arange(3, dtype=jnp.int32) == slot), amount, given)
         return amount, {**state, "dose": dose, "hold": hold, "given": given}
 
 
