@@ -79,11 +79,22 @@ class VPCResult:
         lo, hi = self.simulated[..., 0], self.simulated[..., 2]
         return ~np.isfinite(o) | ((o >= lo) & (o <= hi))
 
-    def plot(self, *, log: bool = False, show_data: bool = True, figsize=(7.0, 5.0)) -> Figure:
+    def plot(
+        self,
+        *,
+        log: bool = False,
+        show_data: bool = True,
+        figsize=(7.0, 5.0),
+        unit: str | None = None,
+        time_unit: str = "h",
+    ) -> Figure:
         """Observed percentiles (lines) over the simulated intervals (bands).
 
-        Median: solid line over a red band; outer percentiles: dashed lines over blue bands.
-        With censored data a second panel shows the fraction below the LLOQ.
+        Median: solid line over a red band; outer percentiles: dashed lines over blue bands;
+        the legend names each line and band (the band is the central `ci` interval, over the
+        replicates, of the simulated percentile). With censored data a second panel shows
+        the fraction below the LLOQ. `unit` (of DV, e.g. `"mg/L"`) and `time_unit` label the
+        axes.
         """
         blq = self.frac_blq is not None and self.frac_blq_simulated is not None
         fig = Figure(
@@ -96,13 +107,21 @@ class VPCResult:
         obs = self.observations
         if show_data:
             d = obs[~obs["BLQ"].to_numpy(dtype=bool)]
-            ax.scatter(d["TIME"], d["DV"], s=6, color="0.6", alpha=0.5, zorder=1)
+            ax.scatter(
+                d["TIME"], d["DV"], s=6, color="0.6", alpha=0.5, zorder=1, label="observations"
+            )
         t = self.time
         mid = len(self.quantiles) // 2
         for j, q in enumerate(self.quantiles):
             colour = "C3" if j == mid else "C0"
             ax.fill_between(
-                t, self.simulated[:, j, 0], self.simulated[:, j, 2], color=colour, alpha=0.25, lw=0
+                t,
+                self.simulated[:, j, 0],
+                self.simulated[:, j, 2],
+                color=colour,
+                alpha=0.25,
+                lw=0,
+                label=f"{100 * self.ci:g}% interval of the simulated {100 * q:g}th",
             )
             ax.plot(
                 t,
@@ -119,7 +138,7 @@ class VPCResult:
         if log:
             ax.set_yscale("log")
         name = "prediction-corrected DV" if self.pred_corrected else "DV"
-        ax.set_ylabel(name)
+        ax.set_ylabel(f"{name} ({unit})" if unit else name)
         ax.set_title(
             f"{'pcVPC' if self.pred_corrected else 'VPC'}: {self.n_rep} replicates, "
             f"{100 * self.ci:g}% intervals of the simulated percentiles"
@@ -128,12 +147,16 @@ class VPCResult:
         if ax_blq is not None and self.frac_blq is not None:
             sim = self.frac_blq_simulated
             assert sim is not None
-            ax_blq.fill_between(t, sim[:, 0], sim[:, 2], color="C2", alpha=0.3, lw=0)
-            ax_blq.plot(t, self.frac_blq, color="k", marker="o", ms=3)
+            ax_blq.fill_between(
+                t, sim[:, 0], sim[:, 2], color="C2", alpha=0.3, lw=0,
+                label=f"{100 * self.ci:g}% interval, simulated",
+            )  # fmt: skip
+            ax_blq.plot(t, self.frac_blq, color="k", marker="o", ms=3, label="observed")
             ax_blq.set_ylabel("fraction BLQ")
-            ax_blq.set_xlabel("TIME (h)")
+            ax_blq.set_xlabel(f"TIME ({time_unit})")
+            ax_blq.legend(fontsize=7)
         else:
-            ax.set_xlabel("TIME (h)")
+            ax.set_xlabel(f"TIME ({time_unit})")
         return fig
 
 

@@ -164,6 +164,10 @@ def test_diagnostics_take_one_output_at_a_time():
     pm = joint_model()
     v = C.vpc(pm, None, data, key=1, n_rep=50, bins=4, dvid=2)
     assert np.allclose(v.observations["DV"].to_numpy(), data.dv[data.obs_dvid == 2])
+    ax = v.plot(unit="%").axes[0]
+    assert ax.get_ylabel() == "DV (%)" and ax.get_xlabel() == "TIME (h)"
+    labels = ax.get_legend_handles_labels()[1]
+    assert "95% interval of the simulated 50th" in labels and "observed 5th" in labels
     with pytest.raises(ValueError, match=r"2 kinds \(DVID \[1, 2\]\); give dvid="):
         C.vpc(pm, None, data, key=1, n_rep=50)
     with pytest.raises(ValueError, match="no observation has DVID=7"):
