@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 import twins
-from twins.app._spec import RunOptions, load_trial
+from twins.app._spec import RunOptions, SpecError, load_trial
 from twins.trials import _coag, population_rows, simulate_chunk
 from twins.trials._eupact import NOMOGRAM
 from twins.trials._run import run_trial, spec_hash, trial_spec
@@ -391,6 +391,56 @@ def test_small_trial_runs_and_reports_by_race():
     )
     levels = _coag.Race().levels(pop.to_dataframe(), pop.covariates())
     assert set(levels) <= {"Black", "non-Black"}
+
+
+def _example_with(tmp_path, old, new):
+    text = (EXAMPLES / "coag.toml").read_text()
+    assert old in text
+    path = tmp_path / "c.toml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        (
+            'revision = { rule = "lenzini_2010_pharmacogenetic", days = [4, 5] }',
+            'revision = { rule = "lenzini", days = [4, 5] }',
+            r"arms\[0\]\.revision\.rule: expected one of \['lenzini_2010_pharmacogenetic'",
+        ),
+        (
+            'revision = { rule = "lenzini_2010_pharmacogenetic", days = [4, 5] }',
+            'revision = { rule = "lenzini_2010_pharmacogenetic", days = [4, 6] }',
+            r"arms\[0\]\.revision\.days: days \[6\] are not visit days",
+        ),
+        (
+            'initial = { rule = "gage_2008_clinical" }',
+            'initial = { rule = "iwpc_2009" }',
+            r"arms\[1\]\.initial\.rule: expected one of \['gage_2008_pharmacogenetic'",
+        ),
+        ('sampler = "coag"', 'sampler = "kimmel"', r"population\.sampler: expected one of"),
+        ("black_fraction = 0.27", "black_fraction = 1.5", r"population\.black_fraction"),
+        ("start_day = 5 ", "start_day = 29 ", r"endpoints\[0\].*start_day < end_day"),
+    ],
+)
+def test_spec_errors_name_the_entry(tmp_path, old, new, match):
+    with pytest.raises(SpecError, match=match):
+        load_trial(_example_with(tmp_path, old, new))
+
+
+@pytest.mark.extended
+def test_written_out_example_numbers_extended(tmp_path):
+    """examples/coag.toml, written out in full, and the built-in preset, each compiled and
+    run on its own: the results tables are equal."""
+    trial, _ = load_trial(EXAMPLES / "coag.toml")
+    kwargs = dict(n=200, seed=5, chunk_size=100, progress=False, summary=False)
+    run_trial(trial, tmp_path / "spec", **kwargs)
+    run_trial(_coag.coag_trial(), tmp_path / "builtin", **kwargs)
+    got = pd.read_parquet(tmp_path / "spec" / "patients")
+    expected = pd.read_parquet(tmp_path / "builtin" / "patients")
+    assert len(got) == 400
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
 
 
 @pytest.mark.extended

@@ -55,6 +55,7 @@ from ..trials import (
     coag_trial,
     eupact_trial,
 )
+from ..trials._coag import Race, WindowTimeInRange, coag_population
 from ..trials._endpoints import READINGS, metric_from_reading
 from ..trials._run import MAX_FAILED_FRACTION, SEED_MAX
 from ._spec_arms import INITIAL_RULES as INITIAL_RULES
@@ -116,6 +117,16 @@ ENDPOINTS: dict[str, type[Endpoint]] = {
     "target_attainment": TargetAttainment,
     "dropped": Dropped,
     "event_risk": EventRisk,
+    "window_time_in_range": WindowTimeInRange,
+}
+
+#: Subgroups a spec names that are not `twins.trials.NAMED_SUBGROUPS` (COAG's race).
+SPEC_SUBGROUPS: dict[str, Any] = {"race": Race()}
+
+#: Population samplers other than `Population.sample` (`[population] sampler = "coag"`):
+#: name -> (sampler, its keyword arguments a spec may give).
+SAMPLERS: dict[str, tuple[Callable[..., Population], tuple[str, ...]]] = {
+    "coag": (coag_population, ("black_fraction", "age")),
 }
 
 #: Whole trials by name (`preset = "eupact"`).
@@ -208,7 +219,8 @@ def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
         reference = r.string(top["reference_arm"], "reference_arm", tuple(arm_names))
     kwargs: dict[str, Any] = {}
     if "subgroups" in top:
-        kwargs["subgroups"] = r.strings(top["subgroups"], "subgroups")
+        names = r.strings(top["subgroups"], "subgroups")
+        kwargs["subgroups"] = tuple(SPEC_SUBGROUPS.get(g, g) for g in names)
     if "covariates" in top:
         kwargs["covariates"] = r.strings(top["covariates"], "covariates")
     if "solver_dt_h" in top:
@@ -389,6 +401,8 @@ def _population(r: TomlReader, value: Any) -> Population | Callable[..., Populat
             "sampled patients are always within the plausibility ranges, so there is nothing "
             "to lift.",
         )
+    if isinstance(value, Mapping) and "sampler" in value:
+        return _named_sampler(r, value)
     table = r.table(value, where, optional=_SAMPLE_KEYS)
     kwargs: dict[str, Any] = {}
     if "ancestry" in table:
@@ -428,6 +442,32 @@ def _population(r: TomlReader, value: Any) -> Population | Callable[..., Populat
         sampler(1, key=0)
     except (TypeError, ValueError) as error:
         raise r.error(where, f"Population.sample refused these settings: {error}") from error
+    return sampler
+
+
+def _named_sampler(r: TomlReader, value: Mapping[str, Any]) -> Callable[..., Population]:
+    """`[population] sampler = "coag"` with that sampler's keyword arguments (`SAMPLERS`)."""
+    where = "population"
+    name = r.string(value["sampler"], key_path(where, "sampler"), tuple(SAMPLERS))
+    func, allowed = SAMPLERS[name]
+    table = r.table(value, where, required=("sampler",), optional=allowed)
+    kwargs: dict[str, Any] = {}
+    for key in allowed:
+        if key not in table:
+            continue
+        w = key_path(where, key)
+        if key == "age":
+            age = r.numbers(table[key], w)
+            if len(age) != 2:
+                raise r.error(w, f"expected [low, high] in years, got {list(age)}.")
+            kwargs[key] = age
+        else:
+            kwargs[key] = r.number(table[key], w, low=0.0, high=1.0)
+    sampler = functools.partial(func, **kwargs)
+    try:
+        sampler(1, key=0)
+    except (TypeError, ValueError) as error:
+        raise r.error(where, f"the {name!r} sampler refused these settings: {error}") from error
     return sampler
 
 

@@ -17,6 +17,13 @@ from typing import Any
 import numpy as np
 
 from ..trials import DosingArm, Nomogram, TwinArm
+from ..trials._coag import (
+    GAGE_2008_CLINICAL,
+    GAGE_2008_PHARMACOGENETIC,
+    LENZINI_2010_CLINICAL,
+    LENZINI_2010_PHARMACOGENETIC,
+    RevisionArm,
+)
 from ..trials._eupact import NOMOGRAM, control_initial, genotype_initial, iwpc_daily_dose
 from ._toml import SpecError, TomlReader, key_path
 
@@ -82,6 +89,18 @@ _NAMED_INITIAL: dict[str, Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray,
 #: Named nomograms.
 NOMOGRAMS: dict[str, Nomogram] = {"eupact": NOMOGRAM}
 
+#: Initiation algorithms of an arm with a `revision` (`RevisionArm`, COAG): name -> coefficients.
+INITIATION_RULES: dict[str, Mapping[str, float]] = {
+    "gage_2008_pharmacogenetic": GAGE_2008_PHARMACOGENETIC,
+    "gage_2008_clinical": GAGE_2008_CLINICAL,
+}
+
+#: Revision algorithms (`revision = { rule = ..., days = [4, 5] }`): name -> coefficients.
+REVISION_RULES: dict[str, Mapping[str, float]] = {
+    "lenzini_2010_pharmacogenetic": LENZINI_2010_PHARMACOGENETIC,
+    "lenzini_2010_clinical": LENZINI_2010_CLINICAL,
+}
+
 
 def read_arms(r: TomlReader, value: Any, days: int) -> list[DosingArm]:
     """The `arms` array of a spec with `days` dosing periods: one arm per entry, names
@@ -103,7 +122,7 @@ def _arm(r: TomlReader, value: Any, where: str, days: int) -> DosingArm:
         value,
         where,
         required=("name", "initial"),
-        optional=("label", "description", "visits", "dose_step", "rules", "twin"),
+        optional=("label", "description", "visits", "dose_step", "rules", "twin", "revision"),
     )
     name = r.word(table["name"], key_path(where, "name"))
     label = r.string(table.get("label", name), key_path(where, "label"))
@@ -126,6 +145,8 @@ def _arm(r: TomlReader, value: Any, where: str, days: int) -> DosingArm:
         dose_step = r.number(
             table["dose_step"], key_path(where, "dose_step"), low=0.0, low_open=True
         )
+    if "revision" in table:
+        return _revision_arm(r, table, where, name, label, description, visits, dose_step)
     initial = _initial(r, table["initial"], key_path(where, "initial"))
     rules = ()
     if "rules" in table:
@@ -151,6 +172,55 @@ def _arm(r: TomlReader, value: Any, where: str, days: int) -> DosingArm:
     except (TypeError, ValueError) as error:
         if isinstance(error, SpecError):
             raise
+        raise r.error(where, str(error)) from error
+
+
+def _revision_arm(
+    r: TomlReader,
+    table: Mapping[str, Any],
+    where: str,
+    name: str,
+    label: str,
+    description: str,
+    visits: tuple[int, ...],
+    dose_step: float,
+) -> RevisionArm:
+    """An arm with an initiation and a revision algorithm (`RevisionArm`, COAG's arms):
+    `initial = { rule = "gage_2008_pharmacogenetic" }` and `revision = { rule =
+    "lenzini_2010_pharmacogenetic", days = [4, 5] }`, then nomogram `rules` as usual."""
+    if "twin" in table:
+        raise r.error(key_path(where, "twin"), "an arm with a revision algorithm has no twin.")
+    wi = key_path(where, "initial")
+    init = r.table(table["initial"], wi, required=("rule",))
+    initiation = INITIATION_RULES[
+        r.string(init["rule"], key_path(wi, "rule"), tuple(INITIATION_RULES))
+    ]
+    wr = key_path(where, "revision")
+    rev = r.table(table["revision"], wr, required=("rule", "days"))
+    revision = REVISION_RULES[r.string(rev["rule"], key_path(wr, "rule"), tuple(REVISION_RULES))]
+    wd = key_path(wr, "days")
+    days = tuple(r.array(rev["days"], wd, lambda v, ww: r.integer(v, ww, low=2), min_len=1))
+    missing = sorted(set(days) - set(visits))
+    if missing:
+        raise r.error(wd, f"days {missing} are not visit days of the arm (visits {list(visits)}).")
+    rules = ()
+    if "rules" in table:
+        rules = tuple(
+            r.array(table["rules"], key_path(where, "rules"), lambda v, w: _rule(r, v, w, visits))
+        )
+    try:
+        return RevisionArm(
+            name=name,
+            label=label,
+            description=description,
+            initiation=initiation,
+            revision=revision,
+            visits=visits,
+            revision_days=days,
+            rules=rules,
+            dose_step=dose_step,
+        )
+    except (TypeError, ValueError) as error:
         raise r.error(where, str(error)) from error
 
 
