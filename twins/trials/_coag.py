@@ -638,7 +638,9 @@ def coag_population(
         raise ValueError(
             f"coag_population: black_fraction must be in [0, 1], got {black_fraction}."
         )
-    k_pop, k_extra = jax.random.split(jax.random.key(key) if isinstance(key, int) else key)
+    if isinstance(key, int | np.integer):  # an integer seed, as Population.sample takes
+        key = jax.random.key(int(key))
+    k_pop, k_extra = jax.random.split(key)
     ancestry = {"Black or African American": black_fraction, "White": 1.0 - black_fraction}
     ancestry = {k: v for k, v in ancestry.items() if v > 0}
     pop = Population.sample(
