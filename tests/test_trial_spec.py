@@ -202,7 +202,7 @@ def test_file_errors_name_the_file(tmp_path):
         load_trial(str(path))
     with pytest.raises(FileNotFoundError, match=r"missing\.toml"):
         load_trial(tmp_path / "missing.toml")
-    with pytest.raises(SpecError, match=r"<text>: preset: expected one of \['eupact'\]"):
+    with pytest.raises(SpecError, match=r"<text>: preset: expected one of \['eupact', 'coag'\]"):
         load_trial('preset = "eupac"\n')
     with pytest.raises(SpecError, match=r"<text>: days: a spec with a preset may only have"):
         load_trial('preset = "eupact"\ndays = 28\n')
