@@ -8,9 +8,14 @@ Each figure is printed next to a baseline run in the same process:
 - individual MAP of N simulated patients in one vmapped call (`calibration.individual_map`,
   FOCE-I curvature) against `scipy.optimize.minimize` (BFGS on the same negative log
   posterior, NumPy closed form, analytic gradients not used) per patient on a subset;
-- optionally (`--nuts`) population NUTS, 4 chains x 1,000 draws, on theophylline.
+- optionally (`--nuts`) population NUTS, 4 chains x 1,000 draws, on theophylline;
+- optionally (`--large N`) FOCE-I on N simulated subjects of a two-compartment IV model (one
+  500 mg bolus, 10 samples, BSV on CL and V1, proportional error) with the outer loop's
+  gradient by central differences (the default) and by implicit differentiation
+  (`gradient="implicit"`), each fitted twice (the second call warm), with their ratio.
 
     python benchmarks/calibration_speed.py --json
+    python benchmarks/calibration_speed.py --large 1000 --skip-theo --json
 """
 
 from __future__ import annotations
@@ -77,6 +82,57 @@ def map_cohort(n: int, seed: int = 0) -> tuple[C.Dataset, C.PopulationModel]:
     return C.Dataset.from_records(df), pm
 
 
+LARGE_TIMES = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 18.0, 24.0])
+
+
+def large_cohort(n: int, seed: int = 1) -> tuple[C.Dataset, C.PopulationModel]:
+    """N subjects simulated from a two-compartment IV population (the model itself, through
+    `simulate_dataset`), and the model with distant starting values."""
+    truth = C.PopulationModel(
+        pkpd.TwoCompartment(),
+        theta={"CL": 5.0, "V1": 20.0, "Q": 8.0, "V2": 60.0},
+        omega={"CL": 0.09, "V1": 0.09},
+        error=C.Proportional(0.1),
+    )
+    rows = []
+    for i in range(1, n + 1):
+        rows.append(dict(ID=i, TIME=0.0, EVID=1, AMT=500.0, CMT=1, DV=0.0, MDV=1))
+        rows += [dict(ID=i, TIME=t, EVID=0, AMT=0.0, CMT=1, DV=1.0, MDV=0) for t in LARGE_TIMES]
+    design = C.Dataset.from_records(pd.DataFrame(rows))
+    data = C.simulate_dataset(truth, None, design, key=seed).dataset()
+    start = C.PopulationModel(
+        truth.model,
+        theta={"CL": 7.0, "V1": 15.0, "Q": 5.0, "V2": 80.0},
+        omega=truth.omega,
+        error=C.Proportional(0.2),
+    )
+    return data, start
+
+
+def time_large(n: int) -> dict:
+    data, start = large_cohort(n)
+    out: dict = {"n_subjects": n, "observations": int(data.n_observations)}
+    for gradient in ("differences", "implicit"):
+        calls = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", C.ConvergenceWarning)
+                fit = C.fit_population(start, data, gradient=gradient)
+            calls.append(time.perf_counter() - t0)
+        out[gradient] = {
+            "first_call_s": calls[0],
+            "second_call_s": calls[1],
+            "steps": fit.n_steps,
+            "ofv": fit.ofv,
+            "converged": fit.converged,
+        }
+    out["warm_ratio_differences_over_implicit"] = (
+        out["differences"]["second_call_s"] / out["implicit"]["second_call_s"]
+    )
+    return out
+
+
 def scipy_map(pm: C.PopulationModel, data: C.Dataset, n: int) -> float:
     """Seconds for per-patient `scipy.optimize.minimize` MAP of the first `n` patients."""
     theta = np.array([pm.theta[k] for k in ("KA", "CL", "V")])
@@ -102,8 +158,14 @@ def main() -> None:
     ap.add_argument("--n-map", type=int, default=10_000)
     ap.add_argument("--scipy-n", type=int, default=200)
     ap.add_argument("--nuts", action="store_true", help="also time population NUTS 4 x 1000")
+    ap.add_argument("--large", type=int, default=0, help="also fit N two-compartment subjects")
+    ap.add_argument("--skip-theo", action="store_true", help="only the --large fits")
     a = ap.parse_args()
     out: dict = {"machine": {"platform": jax.default_backend(), "jax": jax.__version__}}
+    if a.skip_theo:
+        out["large_focei"] = time_large(a.large)
+        print(json.dumps(out, indent=2) if a.json else out)
+        return
 
     data = theophylline()
     with warnings.catch_warnings():
@@ -149,6 +211,8 @@ def main() -> None:
             "wall_s": time.perf_counter() - t0,
             "converged": bf.converged,
         }
+    if a.large:
+        out["large_focei"] = time_large(a.large)
     if a.json:
         print(json.dumps(out, indent=2))
     else:
