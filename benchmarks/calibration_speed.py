@@ -12,7 +12,9 @@ Each figure is printed next to a baseline run in the same process:
 - optionally (`--large N`) FOCE-I on N simulated subjects of a two-compartment IV model (one
   500 mg bolus, 10 samples, BSV on CL and V1, proportional error) with the outer loop's
   gradient by central differences (the default) and by implicit differentiation
-  (`gradient="implicit"`), each fitted twice (the second call warm), with their ratio.
+  (`gradient="implicit"`), each fitted twice (the second call warm), with their ratio;
+- optionally (`--quinidine`) the same two on a data set of the design of nlme's Quinidine
+  data (136 subjects, irregular oral dosing, sparse levels, a time-varying covariate).
 
     python benchmarks/calibration_speed.py --json
     python benchmarks/calibration_speed.py --large 1000 --skip-theo --json
@@ -109,8 +111,54 @@ def large_cohort(n: int, seed: int = 1) -> tuple[C.Dataset, C.PopulationModel]:
     return data, start
 
 
-def time_large(n: int) -> dict:
-    data, start = large_cohort(n)
+def quinidine_like(seed: int = 3) -> tuple[C.Dataset, C.PopulationModel]:
+    """A data set of the design of R's nlme Quinidine data (Verme et al. 1992; 136 subjects,
+    361 levels): irregular oral dosing (3-12 doses 6-12 h apart), 1-6 sparse levels per
+    subject, creatinine clearance changing between records (read with NONMEM's next-record
+    convention), simulated from a one-compartment oral model with BSV on CL and additive
+    error (the design, not the real values)."""
+    rng = np.random.default_rng(seed)
+    truth = C.PopulationModel(
+        pkpd.OneCompartmentOral(),
+        theta={"KA": 0.5, "TVCL": 9.0, "V": 250.0, "CRCL_EXP": 0.4},
+        omega={"CL": 0.08},
+        error=C.Additive(0.5),
+        typical=lambda th, c: {
+            "KA": th["KA"],
+            "CL": th["TVCL"] * (c["CRCL"] / 60.0) ** th["CRCL_EXP"],
+            "V": th["V"],
+        },
+        unconstrained=("CRCL_EXP",),
+    )
+    rows = []
+    for i in range(1, 137):
+        t, crcl = 0.0, float(rng.uniform(30.0, 100.0))
+        n_dose = int(rng.integers(3, 13))
+        for _ in range(n_dose):
+            crcl = float(np.clip(crcl * np.exp(rng.normal(0.0, 0.05)), 15.0, 150.0))
+            rows.append(dict(ID=i, TIME=t, EVID=1, AMT=float(rng.choice([166.0, 201.0, 249.0])),
+                             CMT=1, DV=0.0, MDV=1, CRCL=crcl))  # fmt: skip
+            t += float(rng.choice([6.0, 8.0, 12.0]))
+        for s in np.sort(rng.uniform(1.0, t, size=int(rng.integers(1, 7)))):
+            rows.append(dict(ID=i, TIME=float(s), EVID=0, AMT=0.0, CMT=2, DV=1.0, MDV=0, CRCL=crcl))
+    df = pd.DataFrame(rows).sort_values(["ID", "TIME", "EVID"], kind="stable")
+    df = df.reset_index(drop=True)
+    design = C.Dataset.from_records(df, covariates=["CRCL"], interpolation={"CRCL": "nonmem"})
+    data = C.simulate_dataset(truth, None, design, key=seed).dataset()
+    start = C.PopulationModel(
+        truth.model,
+        theta={"KA": 0.8, "TVCL": 12.0, "V": 200.0, "CRCL_EXP": 0.2},
+        omega={"CL": 0.15},
+        error=C.Additive(1.0),
+        typical=truth.typical,
+        unconstrained=("CRCL_EXP",),
+    )
+    return data, start
+
+
+def time_large(n: int, quinidine: bool = False) -> dict:
+    data, start = quinidine_like() if quinidine else large_cohort(n)
+    n = data.n_subjects
     out: dict = {"n_subjects": n, "observations": int(data.n_observations)}
     for gradient in ("differences", "implicit"):
         calls = []
@@ -159,11 +207,15 @@ def main() -> None:
     ap.add_argument("--scipy-n", type=int, default=200)
     ap.add_argument("--nuts", action="store_true", help="also time population NUTS 4 x 1000")
     ap.add_argument("--large", type=int, default=0, help="also fit N two-compartment subjects")
-    ap.add_argument("--skip-theo", action="store_true", help="only the --large fits")
+    ap.add_argument("--quinidine", action="store_true", help="also fit a Quinidine-sized set")
+    ap.add_argument("--skip-theo", action="store_true", help="only the --large/--quinidine fits")
     a = ap.parse_args()
     out: dict = {"machine": {"platform": jax.default_backend(), "jax": jax.__version__}}
     if a.skip_theo:
-        out["large_focei"] = time_large(a.large)
+        if a.quinidine:
+            out["quinidine_like_focei"] = time_large(0, quinidine=True)
+        if a.large:
+            out["large_focei"] = time_large(a.large)
         print(json.dumps(out, indent=2) if a.json else out)
         return
 
@@ -211,6 +263,8 @@ def main() -> None:
             "wall_s": time.perf_counter() - t0,
             "converged": bf.converged,
         }
+    if a.quinidine:
+        out["quinidine_like_focei"] = time_large(0, quinidine=True)
     if a.large:
         out["large_focei"] = time_large(a.large)
     if a.json:
