@@ -417,7 +417,7 @@ class PopulationModel(eqx.Module):
                         f"{part.output!r}, which {type(self.model).__name__} does not have; "
                         f"its outputs are {list(self.model.output_names)}."
                     )
-        elif not isinstance(self.error, SingleError):
+        elif not (hasattr(self.error, "names") and hasattr(self.error, "sd")):
             raise TypeError(
                 f"PopulationModel: error is {type(self.error).__name__}; expected Additive, "
                 "Proportional, Combined, Exponential or ByOutput."
