@@ -186,3 +186,36 @@ def test_each_round_is_written_to_the_servers_audit_log(tmp_path):
     assert entries[0].details["no_patients"] == ["quiet"]
     assert entries[0].details["patient_count"] == 28
     assert verify(tmp_path / "server.log", tmp_path / "server.key.pub").ok
+
+
+def test_the_secagg_client_trains_on_consenting_patients_only(tmp_path):
+    """The SecAgg+ hospital (Flower's legacy NumPyClient under `secaggplus_mod`) applies the
+    same consent: its update is the local update on the consenting patients' records, a
+    site whose patients all deny sends the global parameters back with weight 0 (1 under
+    client-level DP), and the decision is logged once per run."""
+    from surrogates.federated._surrogate_apps import secagg_hospital
+
+    model = mlp(4, hidden=(8,))
+    client = _client(30, 0)
+    records = _hospital(tmp_path, "north", client, deny=(3, 17))
+    state = RecordDict()
+    hospital = secagg_hospital(model, records, 0, state, local=LOCAL)
+    params = model.arrays(model.params)
+    new, weight, _ = hospital.fit(params, {"server-round": 1})
+    assert weight == 28
+    kept = np.delete(np.arange(30), [3, 17])
+    ref, _ = local_update(model.loss, model.params, model.params, client.x[kept], client.y[kept],
+                          np.ones(28, np.float32), round_key(jax.random.key(0), 1, 0),
+                          local=LOCAL)  # fmt: skip
+    for a, b in zip(new, model.arrays(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    secagg_hospital(model, records, 0, state, local=LOCAL).fit(params, {"server-round": 2})
+    actions = _actions(tmp_path / "north.log")
+    assert actions.count("consent-refusal") == 2 and actions.count("data-access") == 1
+    quiet = _hospital(tmp_path, "quiet", _client(20, 2), everyone=True)
+    for clip, expected in ((None, 0), (1.0, 1)):
+        back, weight, _ = secagg_hospital(model, quiet, 1, RecordDict(), local=LOCAL,
+                                          clip=clip).fit(params, {"server-round": 1})  # fmt: skip
+        assert weight == expected
+        for a, b in zip(back, params, strict=True):
+            np.testing.assert_array_equal(a, b)

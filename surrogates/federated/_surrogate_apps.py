@@ -411,29 +411,54 @@ def surrogate_server_app(
 
 def secagg_client_app(
     model: Model,
-    clients: Sequence[Client],
+    clients: Sequence[Client | HospitalRecords],
     *,
     local: LocalTraining,
     seed: int = 0,
     clip: float | None = None,
 ):
     """The SecAgg+ ClientApp (Flower's legacy NumPyClient API, `secaggplus_mod`): hospital
-    `partition-id` trains as in `surrogate_client_app`; with `clip` (client-level DP) it
-    clips its own update to that norm before SecAgg+ masks it and reports a weight of 1."""
-    from flwr.client import NumPyClient
+    `partition-id` trains as in `surrogate_client_app`, on the records of its consenting
+    patients only (a `HospitalRecords` applies its patients' consent first, decided and
+    logged once per run, `consented_rows`); with `clip` (client-level DP) it clips its own
+    update to that norm before SecAgg+ masks it and reports a weight of 1. A hospital none
+    of whose patients may enter sends the global parameters back unchanged, with weight 0
+    (1 under client-level DP: a zero update)."""
     from flwr.client.mod import secaggplus_mod
     from flwr.clientapp import ClientApp
 
     data = list(clients)
 
-    class Hospital(NumPyClient):
-        def __init__(self, node: int):
-            self.node = node
+    def client_fn(context):
+        node = int(context.node_config["partition-id"])
+        return secagg_hospital(
+            model, data[node], node, context.state, local=local, seed=seed, clip=clip
+        ).to_client()
 
+    return ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+
+
+def secagg_hospital(
+    model: Model,
+    entry: Client | HospitalRecords,
+    node: int,
+    state: Any,
+    *,
+    local: LocalTraining,
+    seed: int = 0,
+    clip: float | None = None,
+):
+    """The `NumPyClient` of one hospital of `secagg_client_app` (node `node`; `state`, the
+    run's node state that Flower keeps between rounds, holds its consent decision)."""
+    from flwr.client import NumPyClient
+
+    class Hospital(NumPyClient):
         def fit(self, parameters, config):
-            client = data[self.node]
+            _, client = local_records(entry, state)
+            if len(client) == 0:  # no patient may enter
+                return list(parameters), (1 if clip is not None else 0), {}
             new = _train(
-                model, client, list(parameters), int(config["server-round"]), self.node,
+                model, client, list(parameters), int(config["server-round"]), node,
                 local, jax.random.key(seed), 0.0,
             )  # fmt: skip
             weight = len(client)
@@ -445,10 +470,7 @@ def secagg_client_app(
                 weight = 1
             return new, weight, {}
 
-    def client_fn(context):
-        return Hospital(int(context.node_config["partition-id"])).to_client()
-
-    return ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+    return Hospital()
 
 
 class _RoundConfig:
