@@ -333,7 +333,7 @@ def test_reference_arm(tmp_path):
 
 def test_difference_table(folder):
     root, patients, _ = folder
-    table = difference_table(read_results(root))
+    table = difference_table(read_results(root), paired=False)
     assert list(table.columns) == [
         "arm", "reference", "endpoint", "label", "kind", "unit", "n", "n_reference",
         "estimate", "reference_estimate", "difference", "ci_low", "ci_high", "method",
@@ -376,7 +376,7 @@ def test_newcombe_known_value():
 
 def test_subgroup_table(folder):
     root, patients, _ = folder
-    table = subgroup_table(read_results(root))
+    table = subgroup_table(read_results(root), paired=False)
     for col in ("arm", "subgroup", "level", "endpoint", "n", "estimate", "ci_low", "ci_high",
                 "difference", "difference_ci_low", "difference_ci_high"):  # fmt: skip
         assert col in table.columns

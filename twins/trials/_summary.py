@@ -6,13 +6,17 @@ the table functions (`endpoint_table`, `difference_table`, `subgroup_table`,
 They are vectorised with pandas group-bys (a million rows per arm takes seconds); only the
 Kaplan-Meier estimates loop, once per group.
 
-Arms are analysed as independent samples (as in a parallel-group trial), also when the same
-virtual patients appear in every arm: the intervals of differences are then conservative.
+Every virtual patient is given every arm (the same `patient` id in each arm), so
+`difference_table` reports paired differences by default (`paired=True`: the mean of the
+within-patient differences with its t interval; for proportions Newcombe's interval for paired
+data); `paired=False` gives the independent-sample intervals of a parallel-group trial
+(Welch, Newcombe hybrid score), which are conservative here.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -79,7 +83,11 @@ def wilson_interval(
         denom = 1 + z**2 / n
         centre = (p + z**2 / (2 * n)) / denom
         half = z / denom * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+        # x = 0 and x = n have limits exactly 0 and 1 (the formula leaves rounding: 8.7e-17).
+        low = np.where(x == 0, 0.0, np.clip(centre - half, 0, 1))
+        high = np.where(x == n, 1.0, np.clip(centre + half, 0, 1))
+    nan = np.isnan(p)
+    return np.where(nan, np.nan, low), np.where(nan, np.nan, high)
 
 
 def _t_interval(mean, var, n, level):
@@ -169,6 +177,54 @@ def kaplan_meier_median(
     else:
         note = ""
     return median, lo, hi, note
+
+
+# --------------------------------------------------------------------------------------------
+# Units
+
+#: Endpoint types whose value is the model output itself (a level).
+_LEVEL_TYPES = frozenset({"FinalLevel", "Cmax", "Ctrough"})
+
+
+def output_unit(spec: dict[str, Any]) -> str:
+    """The unit of the model output of a trial, from `spec["bands"]["unit"]` (the drug's
+    `Units.observed`, e.g. `"vancomycin serum concentration, mg/L"` gives `"mg/L"`,
+    `"INR (ratio)"` gives `"INR"`); `""` where the spec does not say."""
+    text = str((spec.get("bands") or {}).get("unit") or "").strip()
+    if "," in text:
+        text = text.rsplit(",", 1)[1].strip()
+    elif "(" in text:
+        text = text.split("(", 1)[0].strip()
+    return text
+
+
+def _auc_unit(unit: str) -> str:
+    """Output unit times hours: `mg/L` gives `mg·h/L`."""
+    if not unit:
+        return "output unit·h"
+    if "/" in unit:
+        num, den = unit.split("/", 1)
+        return f"{num}·h/{den}"
+    return f"{unit}·h"
+
+
+def endpoint_unit(spec: dict[str, Any], endpoint: dict[str, Any]) -> str:
+    """The unit of an endpoint of `spec["endpoints"]` with the output's unit filled in: a
+    level (final level, Cmax, trough) in the output's unit (`output_unit`), an AUC in that
+    unit times hours (mg·h/L), others as the endpoint states (`% of patients`, `days`)."""
+    kind, unit = str(endpoint.get("type") or ""), str(endpoint.get("unit") or "")
+    out = output_unit(spec)
+    if kind == "AUC" or unit == "output x h":
+        return _auc_unit(out)
+    if kind in _LEVEL_TYPES or (not unit and endpoint.get("kind") == "mean"):
+        return out or unit
+    return unit
+
+
+def _spec_endpoints(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """`spec_endpoints` with `endpoint_unit` units."""
+    raw = {str(e["name"]): e for e in spec.get("endpoints", [])}
+    return [{**e, "unit": endpoint_unit(spec, raw[e["name"]])} for e in spec_endpoints(spec)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +340,91 @@ def _differences(
     return merged
 
 
+def paired_newcombe(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Difference of two paired proportions, in percentage points, with Newcombe's interval
+    for paired data (his method 10: from the two Wilson intervals and the phi coefficient).
+
+    `a`: both outcomes 1; `b`: arm 1 and reference 0; `c`: arm 0 and reference 1; `d`: both
+    0 (arrays of pair counts). The difference is `(b - c) / n`; with `p1 = (a + b) / n`,
+    `p2 = (a + c) / n`, their Wilson limits `l1, u1, l2, u2` and the phi coefficient `phi`
+    of the 2x2 table (its numerator `ad - bc` lowered by `n / 2`, not below 0, where it is
+    positive; 0 where a margin is 0) the limits are
+    `diff - sqrt((p1-l1)^2 - 2 phi (p1-l1)(u2-p2) + (u2-p2)^2)` and
+    `diff + sqrt((u1-p1)^2 - 2 phi (u1-p1)(p2-l2) + (p2-l2)^2)`.
+
+    **Returns:** `(difference, low, high)` in percentage points; NaN where `n == 0`.
+
+    References: Newcombe RG (1998), Improved confidence intervals for the difference
+    between binomial proportions based on paired data. Stat Med 17:2635-2650.
+    """
+    a, b, c, d = (np.asarray(x, float) for x in (a, b, c, d))
+    n = a + b + c + d
+    l1, u1 = wilson_interval(a + b, n, level)
+    l2, u2 = wilson_interval(a + c, n, level)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p1, p2 = (a + b) / n, (a + c) / n
+        num = a * d - b * c
+        num = np.where(num > 0, np.maximum(num - n / 2, 0.0), num)
+        den = np.sqrt((a + b) * (c + d) * (a + c) * (b + d))
+        phi = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    diff = p1 - p2
+    dl1, du1, dl2, du2 = p1 - l1, u1 - p1, p2 - l2, u2 - p2
+    low = diff - np.sqrt(np.maximum(dl1**2 - 2 * phi * dl1 * du2 + du2**2, 0.0))
+    high = diff + np.sqrt(np.maximum(du1**2 - 2 * phi * du1 * dl2 + dl2**2, 0.0))
+    return 100 * diff, 100 * low, 100 * high
+
+
+def _paired(
+    patients: pd.DataFrame, endpoint: dict[str, Any], reference: str, by: str | None, level: float
+) -> pd.DataFrame:
+    """Paired differences arm minus reference, by patient id (and `by`, a patient column):
+    columns arm, [by], n_pairs, difference, diff_low, diff_high."""
+    name, kind = endpoint["name"], endpoint["kind"]
+    keys = ["patient"] + ([by] if by else [])
+    frame = patients.loc[:, [*keys, "arm", name]].copy()
+    frame["arm"] = frame["arm"].astype(str)
+    if by:
+        frame[by] = _levels(frame[by]).astype(str)
+    values = frame.pivot_table(index=keys, columns="arm", values=name, aggfunc="first")
+    rows = []
+    if reference not in values.columns:
+        return pd.DataFrame(columns=["arm", *([by] if by else []), "n_pairs", "difference"])
+    for arm in values.columns:
+        if arm == reference:
+            continue
+        pair = values.loc[:, [arm, reference]].astype(float).dropna()
+        groups = pair.groupby(level=by, observed=True) if by else [(None, pair)]
+        for lv, g in groups:
+            x, y = g[arm].to_numpy(float), g[reference].to_numpy(float)
+            n = x.size
+            if kind == "mean":
+                diff = x - y
+                m = float(diff.mean()) if n else math.nan
+                if n > 1:
+                    se = float(diff.std(ddof=1)) / math.sqrt(n)
+                    t = float(stats.t.ppf(0.5 + level / 2, n - 1))
+                    low, high = m - t * se, m + t * se
+                else:
+                    low = high = math.nan
+            else:
+                x, y = x > 0.5, y > 0.5
+                counts = [np.sum(x & y), np.sum(x & ~y), np.sum(~x & y), np.sum(~x & ~y)]
+                m, low, high = (float(v) for v in paired_newcombe(*counts, level=level))
+            rows.append(
+                {
+                    "arm": arm,
+                    **({by: lv} if by else {}),
+                    "n_pairs": n,
+                    "difference": m,
+                    "diff_low": low,
+                    "diff_high": high,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------------------------
 # Public tables
 
@@ -331,7 +472,7 @@ def endpoint_table(results: Results, *, level: float = 0.95) -> pd.DataFrame:
     _check_level(level)
     groups = _group_codes(results.patients, ["arm"])
     frames = [
-        _group_stats(results.patients, groups, e, level) for e in spec_endpoints(results.spec)
+        _group_stats(results.patients, groups, e, level) for e in _spec_endpoints(results.spec)
     ]
     if not frames:
         return pd.DataFrame({c: [] for c in _ENDPOINT_COLUMNS})
@@ -364,7 +505,7 @@ _DIFFERENCE_COLUMNS = [
 ]
 
 
-def difference_table(results: Results, *, level: float = 0.95) -> pd.DataFrame:
+def difference_table(results: Results, *, level: float = 0.95, paired: bool = True) -> pd.DataFrame:
     """Per non-reference arm and endpoint of kind `"mean"` or `"proportion"`: the difference
     arm minus reference arm with its confidence interval.
 
@@ -373,30 +514,40 @@ def difference_table(results: Results, *, level: float = 0.95) -> pd.DataFrame:
     - `"proportion"`: difference of percentages (percentage points) with Newcombe's hybrid
       score interval (his method 10, from the two Wilson intervals).
 
-    Arms are treated as independent samples; where the same virtual patients are in every arm,
-    this interval is conservative (a paired analysis would be narrower).
+    With `paired=True` (the default) the differences are within patients: every virtual
+    patient is given every arm, so each pair is one patient's value in the arm and in the
+    reference arm (pairs with a missing value in either are dropped; `n` then counts the
+    pairs). Means: the mean of the paired differences with the t interval (`n - 1` degrees
+    of freedom); proportions: Newcombe's interval for paired proportions (`paired_newcombe`).
+    With `paired=False` the arms are treated as independent samples (the two bullets
+    above), as in a parallel-group trial; with the same patients in every arm that interval
+    is conservative.
 
     **Arguments:**
 
     - `results`: from `read_results`.
     - `level`: confidence level.
+    - `paired`: paired (within-patient) differences, or independent samples.
 
     **Returns:**
 
     A DataFrame with columns `arm`, `reference`, `endpoint`, `label`, `kind`, `unit` (the
     endpoint's unit for means, `"percentage points"` for proportions), `n`, `n_reference`,
-    `estimate`, `reference_estimate`, `difference`, `ci_low`, `ci_high`, `method`.
+    `estimate`, `reference_estimate`, `difference`, `ci_low`, `ci_high`, `method` (which
+    says paired or independent).
 
     References: Welch BL (1947), The generalization of 'Student's' problem when several
     different population variances are involved. Biometrika 34:28-35. Newcombe RG (1998),
     Interval estimation for the difference between independent proportions: comparison of
     eleven methods. Stat Med 17:873-890. Wilson EB (1927), J Am Stat Assoc 22:209-212.
+    Newcombe RG (1998), Improved confidence intervals for the difference between binomial
+    proportions based on paired data. Stat Med 17:2635-2650.
     """
     _check_level(level)
     reference = reference_arm(results.spec)
     groups = _group_codes(results.patients, ["arm"])
     frames = []
-    for e in spec_endpoints(results.spec):
+    for e in _spec_endpoints(results.spec):
         if e["kind"] == "time_to_event":
             continue
         s = _group_stats(results.patients, groups, e, level)
@@ -407,6 +558,18 @@ def difference_table(results: Results, *, level: float = 0.95) -> pd.DataFrame:
         d["reference_estimate"] = d["estimate_ref"]
         d["ci_low"], d["ci_high"] = d["diff_low"], d["diff_high"]
         d["method"] = "Welch" if e["kind"] == "mean" else "Newcombe hybrid score"
+        if paired:
+            pr = _paired(results.patients, e, reference, None, level)
+            d = d.drop(columns=["difference", "diff_low", "diff_high"]).merge(
+                pr, on="arm", how="left"
+            )
+            d["n"] = d["n_reference"] = d["n_pairs"].fillna(0).astype(np.int64)
+            d["ci_low"], d["ci_high"] = d["diff_low"], d["diff_high"]
+            d["method"] = (
+                "paired t (within-patient differences)"
+                if e["kind"] == "mean"
+                else "Newcombe paired score"
+            )
         if e["kind"] == "proportion":
             d["unit"] = "percentage points"
         frames.append(d[_DIFFERENCE_COLUMNS])
@@ -437,14 +600,37 @@ _SUBGROUP_COLUMNS = [
 ]
 
 
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def _level_key(level: Any) -> tuple[int, float, int, str]:
+    text = str(level).strip()
+    if text == MISSING_LEVEL:
+        return (2, math.inf, 0, text)
+    m = _NUMBER.search(text.lstrip("<>=≤≥ "))
+    if m is None:
+        return (1, math.inf, 0, text.lower())
+    prefix = text[: len(text) - len(text.lstrip("<>=≤≥ "))].strip()
+    # `<65` before `65-75` before `>75`, `<=30` before `30-59`, `>=90` after `60-89`.
+    rank = -1 if prefix.startswith(("<", "≤")) else (1 if prefix.startswith((">", "≥")) else 0)
+    return (0, float(m.group()), rank, text)
+
+
+def level_order(levels: Sequence[Any]) -> list[str]:
+    """Subgroup levels in their natural order: labels that start with a number (after `<`,
+    `>`, `<=`, `>=`) by that number, `<65` before `65-75` before `>75`; then words
+    alphabetically; `"(missing)"` last."""
+    return sorted(dict.fromkeys(str(v) for v in levels), key=_level_key)
+
+
 def _levels(column: Any) -> pd.Series:
-    s = pd.Series(column).astype("category")
-    if s.isna().any():
-        s = s.cat.add_categories([MISSING_LEVEL]).fillna(MISSING_LEVEL)
-    return s
+    s = pd.Series(column)
+    missing = s.isna()
+    s = s.astype(object).where(~missing, MISSING_LEVEL).astype(str)
+    return s.astype(pd.CategoricalDtype(level_order(s.unique()), ordered=True))
 
 
-def subgroup_table(results: Results, *, level: float = 0.95) -> pd.DataFrame:
+def subgroup_table(results: Results, *, level: float = 0.95, paired: bool = True) -> pd.DataFrame:
     """`endpoint_table` and `difference_table` within each level of each subgroup column.
 
     The statistics are those of `endpoint_table` (t, Wilson, Kaplan-Meier with
@@ -455,6 +641,8 @@ def subgroup_table(results: Results, *, level: float = 0.95) -> pd.DataFrame:
 
     - `results`: from `read_results`.
     - `level`: confidence level.
+    - `paired`: differences within patients (default, as `difference_table`), or between
+      independent samples.
 
     **Returns:**
 
@@ -462,7 +650,8 @@ def subgroup_table(results: Results, *, level: float = 0.95) -> pd.DataFrame:
     `label`, `kind`, `unit`, `n`, `estimate`, `ci_low`, `ci_high`, `note`, and
     `difference`, `difference_ci_low`, `difference_ci_high` (arm minus reference in that level;
     NaN for the reference arm and for time-to-event endpoints). Rows are ordered by subgroup
-    (spec order), endpoint (spec order), level (sorted) and arm (spec order).
+    (spec order), endpoint (spec order), level (natural order, `level_order`: `<65`,
+    `65-75`, `>75`; words alphabetically) and arm (spec order).
 
     References: as `endpoint_table` and `difference_table`.
     """
@@ -475,13 +664,22 @@ def subgroup_table(results: Results, *, level: float = 0.95) -> pd.DataFrame:
             {"level": _levels(results.patients[sub]), "arm": results.patients["arm"]}
         )
         groups = _group_codes(keys, ["level", "arm"])
-        for e in spec_endpoints(spec):
+        for e in _spec_endpoints(spec):
             s = _group_stats(results.patients, groups, e, level)
             s["arm"], s["level"] = s["arm"].astype(str), s["level"].astype(str)
             if e["kind"] == "time_to_event":
                 s["difference"] = s["difference_ci_low"] = s["difference_ci_high"] = np.nan
             else:
-                d = _differences(s, ["level"], e["kind"], reference, level)
+                if paired:
+                    d = _paired(
+                        results.patients.assign(level=keys["level"]), e, reference, "level", level
+                    )
+                    if d.empty:
+                        d = pd.DataFrame(columns=["level", "arm", "diff_low", "diff_high"])
+                    d["level"] = d["level"].astype(str)
+                    d = d.reindex(columns=["level", "arm", "difference", "diff_low", "diff_high"])
+                else:
+                    d = _differences(s, ["level"], e["kind"], reference, level)
                 d = d.loc[:, ["level", "arm", "difference", "diff_low", "diff_high"]]
                 d.columns = [
                     "level",
