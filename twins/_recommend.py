@@ -234,9 +234,21 @@ def recommend_dose(
                 per_kg_weight, usual_duration, who,
             )  # fmt: skip
         recs.append(rec)
-    out = choose(recs, target, probability, unit)
     if constraints is None:
-        return out
+        return choose(recs, target, probability, unit)
+    return choose_constrained(recs, target, probability, unit, loading_dose)
+
+
+def choose_constrained(
+    recs: Sequence[dict[str, Any]],
+    target: Target,
+    probability: float | None,
+    unit: str,
+    loading_dose: float | None,
+) -> Recommendation:
+    """`choose` among the admissible results `recs` (`constrained_result`), with the chosen
+    plan's `continuous_dose`, `duration` and `bound`, and the `loading_dose` reported."""
+    out = choose(recs, target, probability, unit)
     best = next(r for r in recs if r["interval"] == out.interval)
     return dataclasses.replace(
         out,
@@ -245,6 +257,100 @@ def recommend_dose(
         bound=best["bound"],
         loading_dose=loading_dose,
     )
+
+
+def constrained_intervals(
+    constraints: DoseConstraints | None,
+    interval: float | None,
+    intervals: Sequence[float] | None,
+    usual: float,
+    who: str,
+) -> Sequence[float] | None:
+    """The intervals `recommend(interval=, intervals=, constraints=)` tries (before
+    `dosing_choices`): `constraints.intervals` when neither is given; an interval asked
+    for that the constraints do not allow is a `ValueError` starting with `who`."""
+    if constraints is None or constraints.intervals is None:
+        return intervals
+    if interval is None and intervals is None:
+        intervals = constraints.intervals
+    asked = list(intervals) if intervals is not None else [interval or usual]
+    refused = [t for t in asked if float(t) not in constraints.intervals]
+    if refused:
+        raise ValueError(
+            f"{who}: interval(s) {refused} h are not in constraints.intervals "
+            f"{list(constraints.intervals)}; expected allowed intervals (or replace "
+            "the constraints' intervals)."
+        )
+    return intervals
+
+
+def loading_dose(
+    drug: Drug,
+    history: pkpd.Regimen | None,
+    weight: float | None,
+    per_kg: Any,
+    constraints: DoseConstraints,
+    start: float | None,
+    who: str,
+) -> tuple[float, float, pkpd.Regimen]:
+    """The loading dose of `recommend(loading=per_kg)` for a patient of body `weight` (kg)
+    after the doses in `history`: its time (`start`, default one usual interval after the
+    last dose given, or 0), its admissible amount (nearest to `per_kg * weight`, at most
+    `max_loading`, infused at most at `max_rate`) and its one-dose regimen. A `ValueError`
+    starting with `who` for a `per_kg` that is not a number > 0 or lies outside
+    `constraints.loading_per_kg`, or a patient without a weight."""
+    if not (isinstance(per_kg, int | float) and math.isfinite(per_kg) and per_kg > 0):
+        raise ValueError(f"{who}: loading must be a number > 0 (mg/kg), got {per_kg!r}.")
+    rng = constraints.loading_per_kg
+    if rng is not None and not rng[0] <= per_kg <= rng[1]:
+        raise ValueError(
+            f"{who}: loading={per_kg:g} mg/kg is outside constraints.loading_per_kg "
+            f"{rng} ({constraints.reference or 'the drug library'})."
+        )
+    if weight is None:
+        raise ValueError(f"{who}: a loading dose in mg/kg needs the patient's weight (WT).")
+    wanted = per_kg * float(weight)
+    cap = constraints.max_loading
+    doses = constraints.admissible(highest=max(2.0 * wanted, wanted + 1.0))
+    if cap is not None:
+        doses = doses[doses <= cap + 1e-9] if doses.size else doses
+    if doses.size:
+        amount = float(doses[np.argmin(np.abs(doses - wanted))])
+    else:
+        amount = wanted if cap is None else min(wanted, cap)
+    duration = constraints.duration(amount, drug.dosing.route.duration)
+    t_load = start
+    if t_load is None:
+        t_load = 0.0
+        if history is not None:
+            given = np.asarray(history.time)[np.asarray(history.mask)]
+            if given.size:
+                t_load = float(given.max()) + float(drug.dosing.interval)
+    route = drug.dosing.route.with_duration(duration)
+    reg = route.dose(amount, time=float(t_load), cmt=drug.dosing.cmt)
+    return float(t_load), amount, reg
+
+
+def plans_after_loading(
+    drug: Drug,
+    history: pkpd.Regimen | None,
+    intervals: Sequence[float],
+    metric: Metric,
+    t_load: float,
+    *,
+    n_doses: int | None = None,
+    weight: float | None = None,
+) -> list[Plan]:
+    """The plans of `recommend(loading=...)`: for each interval, the maintenance doses
+    from one interval after the loading dose at `t_load`, all padded to one size."""
+    plans: list[Plan] = []
+    for tau in intervals:
+        plans += plan_doses(
+            drug, history, [tau], metric, start=t_load + float(tau), n_doses=n_doses,
+            weight=weight,
+        )  # fmt: skip
+    size = _bucket(max(p.regimen.n_events for p in plans))
+    return [p._replace(regimen=p.regimen.pad(size)) for p in plans]
 
 
 _ALL = 64  # up to this many admissible doses are all simulated; beyond, the 16 nearest
@@ -260,7 +366,52 @@ def constrained_result(
     the plan's continuous result (`plan_result`). Up to `_ALL` admissible doses are all
     simulated, otherwise the 16 nearest the continuous optimum (log scale). `bound` names
     the constraint that set the dose. `ValueError` naming the field when no dose is
-    admissible."""
+    admissible. The three steps (`admissible_candidates`, `_metric_candidates`,
+    `pick_admissible`) are those `recommend_doses` takes for many patients at once."""
+    cand = admissible_candidates(history, plan, rec, constraints, per_kg_weight, usual, who)
+    m = cand.size
+    pad = _bucket(m) - m  # a bucket of candidates: one compilation for similar counts
+    stacked, u = cand.stacked(m + pad)
+    values = np.asarray(
+        _metric_candidates(pm, target.metric, theta, cov, stacked, cand.scale, cand.window, eta, u)
+    )[:m]
+    return pick_admissible(plan, target, rec, constraints, cand, values, usual, who)
+
+
+class Candidates(NamedTuple):
+    """The admissible doses of one plan (`admissible_candidates`): `doses` (absolute
+    amounts), `durations` (h, 0 for instantaneous doses), `fulls` (history and plan with the
+    infusion durations of each dose, unit planned amounts), the planned events' `scale`, the
+    plan's `window` `(end, interval)`, the continuous `optimum` (absolute) and `scale_w`
+    (body weight for per-kg doses, else 1)."""
+
+    doses: np.ndarray
+    durations: np.ndarray
+    fulls: list
+    scale: jax.Array
+    window: tuple
+    optimum: float
+    scale_w: float
+
+    @property
+    def size(self) -> int:
+        return int(self.doses.size)
+
+    def log_doses(self, n: int) -> jax.Array:
+        """The candidates' log-doses (per kg where dosed per kg), padded to `n` with the
+        last one."""
+        doses = np.concatenate([self.doses, np.repeat(self.doses[-1:], n - self.size)])
+        return jnp.log(jnp.asarray(doses) / self.scale_w)
+
+    def stacked(self, n: int) -> tuple[pkpd.Regimen, jax.Array]:
+        """The candidates' regimens stacked (leading axis `n`, the last one repeated) and
+        their `log_doses(n)`."""
+        return pkpd.stack(self.fulls + [self.fulls[-1]] * (n - self.size)), self.log_doses(n)
+
+
+def admissible_candidates(history, plan, rec, constraints, per_kg_weight, usual, who) -> Candidates:
+    """The doses `constrained_result` simulates for one plan (host work, no simulation):
+    `ValueError` naming the patient `who` and the field when no dose is admissible."""
     scale_w = 1.0 if per_kg_weight is None else float(per_kg_weight)
     optimum = rec["dose"] * scale_w  # absolute amount
     doses = constraints.admissible(lowest=0.0, highest=max(4.0 * optimum, optimum + 1.0))
@@ -299,13 +450,14 @@ def constrained_result(
         for d in durations
     ]
     window = (jnp.asarray(plan.end, float), jnp.asarray(plan.interval, float))
-    n = len(fulls)
-    pad = _bucket(n) - n  # a bucket of candidates: one compilation for similar counts
-    u = jnp.log(jnp.asarray(np.concatenate([doses, np.repeat(doses[-1:], pad)]) / scale_w))
-    stacked = pkpd.stack(fulls + [fulls[-1]] * pad)
-    values = np.asarray(
-        _metric_candidates(pm, target.metric, theta, cov, stacked, scale, window, eta, u)
-    )[:n]
+    return Candidates(doses, durations, fulls, scale, window, optimum, scale_w)
+
+
+def pick_admissible(plan, target, rec, constraints, cand, values, usual, who) -> dict[str, Any]:
+    """The plan's result at the most probable of the candidate doses `cand`, from the
+    metric `values` `(cand.size, n_draws)` of every draw at each; a non-finite metric there
+    is a `FloatingPointError` naming the patient `who`."""
+    doses, durations, optimum, scale_w = cand.doses, cand.durations, cand.optimum, cand.scale_w
     inside = (values >= target.low) & (values <= target.high)
     probs = inside.mean(axis=1)
     # the most probable; among equally probable doses, the nearest the optimum (log scale)
@@ -614,14 +766,25 @@ def recommend_doses(
     probability: float | None = None,
     unit: str = "",
     who: Sequence[str] = (),
+    constraints: Sequence[DoseConstraints | None] | None = None,
+    per_kg_weights: Sequence[float | None] | None = None,
+    usual_durations: Sequence[float | None] | None = None,
+    loading_doses: Sequence[float | None] | None = None,
 ) -> list[Recommendation | Exception]:
     """`recommend_dose` for K patients of one population model in one vmapped search per
     plan: `covariates` name -> `(K,)`, `histories` K regimens of one number of events,
     `plans[k]` patient k's plans (the same intervals and sizes for every patient), `eta`
     `(K, n_draws, n_eta)`. The same numbers as K calls of `recommend_dose`, to rounding.
 
+    `constraints`, `per_kg_weights`, `usual_durations` and `loading_doses` are those of
+    `recommend_dose`, one per patient (`None` in `constraints`: that patient's continuous
+    optimum). The admissible doses of every constrained patient are then simulated in one
+    vmapped call per plan (each patient's candidates padded to one bucket), and chosen as
+    `constrained_result` chooses them.
+
     **Returns:** one `Recommendation` per patient, or the exception (a `FloatingPointError`
-    naming the patient) that stopped that patient's search; the others are unaffected."""
+    naming the patient, a `ValueError` naming the patient and the constraint no dose can
+    meet) that stopped that patient's search; the others are unaffected."""
     k = len(histories)
     if len(plans) != k or eta.shape[0] != k or k == 0:
         raise ValueError(
@@ -636,6 +799,16 @@ def recommend_doses(
             f"(got history sizes {sorted(sizes)} and {len(shapes)} plan layouts)."
         )
     names = list(who) or [str(i) for i in range(k)]
+    limits = list(constraints) if constraints is not None else [None] * k
+    weights = list(per_kg_weights) if per_kg_weights is not None else [None] * k
+    usual = list(usual_durations) if usual_durations is not None else [None] * k
+    loads = list(loading_doses) if loading_doses is not None else [None] * k
+    if not len(limits) == len(weights) == len(usual) == len(loads) == k:
+        raise ValueError(
+            f"recommend_doses: {len(limits)} constraints, {len(weights)} weights, "
+            f"{len(usual)} durations and {len(loads)} loading doses for {k} patients; "
+            "expected one each."
+        )
     n_hist = histories[0].n_events
     bounds = jnp.asarray([math.log(target.low), math.log(target.high)])
     results: list[list[dict[str, Any]]] = [[] for _ in range(k)]
@@ -668,10 +841,80 @@ def recommend_doses(
                 results[i].append(plan_result(plan, target, best_u[i], values[i], names[i]))
             except FloatingPointError as error:
                 errors[i] = error
-    return [
-        errors[i] if i in errors else choose(results[i], target, probability, unit)
-        for i in range(k)
-    ]
+        if any(c is not None for c in limits):
+            _constrain_many(
+                pm, theta, covariates, histories, mine, target, eta, limits, weights, usual,
+                names, results, errors,
+            )  # fmt: skip
+
+    def result(i: int) -> Recommendation | Exception:
+        if i in errors:
+            return errors[i]
+        if limits[i] is None:
+            return choose(results[i], target, probability, unit)
+        return choose_constrained(results[i], target, probability, unit, loads[i])
+
+    return [result(i) for i in range(k)]
+
+
+def _constrain_many(
+    pm, theta, cov, histories, mine, target, eta, limits, weights, usual, names, results, errors
+) -> None:
+    """`constrained_result` of one plan for every constrained patient not failed yet, the
+    candidates of all of them simulated in one vmapped call (`_metric_candidates_many`);
+    each one's last result in `results` replaced by its admissible one, a failure recorded
+    in `errors` for that patient only."""
+    cands: dict[int, Candidates] = {}
+    for i, limit in enumerate(limits):
+        if limit is None or i in errors:
+            continue
+        try:
+            cands[i] = admissible_candidates(
+                histories[i], mine[i], results[i][-1], limit, weights[i], usual[i], names[i]
+            )
+        except ValueError as error:
+            errors[i] = _named(error, names[i])
+    if not cands:
+        return
+    k = len(limits)
+    m = _bucket(max(c.size for c in cands.values()))
+    spare = next(iter(cands.values()))  # stands in for the others (their values unused)
+    each = [cands.get(i, spare) for i in range(k)]
+    flat = pkpd.stack([r for c in each for r in c.fulls + [c.fulls[-1]] * (m - c.size)])
+    fulls = jax.tree_util.tree_map(lambda x: x.reshape(k, m, *x.shape[1:]), flat)
+    u = jnp.stack([c.log_doses(m) for c in each])
+    window = (
+        jnp.asarray([p.end for p in mine], float),
+        jnp.asarray([p.interval for p in mine], float),
+    )
+    values = np.asarray(
+        _metric_candidates_many(pm, target.metric, theta, cov, fulls, spare.scale, window, eta, u)
+    )
+    for i, cand in cands.items():
+        try:
+            results[i][-1] = pick_admissible(
+                mine[i], target, results[i][-1], limits[i], cand, values[i][: cand.size],
+                usual[i], names[i],
+            )  # fmt: skip
+        except FloatingPointError as error:
+            errors[i] = error
+
+
+def _named(error: ValueError, who: str) -> ValueError:
+    """`error` with the patient named first (`recommend for patient <who>: ...`)."""
+    prefix = f"recommend for patient {who}"
+    return error if str(error).startswith(prefix) else ValueError(f"{prefix}: {error}")
+
+
+@eqx.filter_jit
+def _metric_candidates_many(pm, metric, theta, cov, fulls, scale, window, eta, u):
+    """`_metric_candidates` for K patients: `cov`, `fulls` `(K, n, ...)`, `window`, `eta`
+    and `u` `(K, n)` with a leading patient axis; `scale` shared. `(K, n, n_draws)`."""
+
+    def one(c, f, w, e, v):
+        return _metric_candidates(pm, metric, theta, c, f, scale, w, e, v)
+
+    return jax.vmap(one)(cov, fulls, window, eta, u)
 
 
 @eqx.filter_jit

@@ -18,6 +18,7 @@ of one call per twin:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time as _time
 import warnings
@@ -32,7 +33,15 @@ import numpy as np
 import calibration
 import pkpd
 
-from ._recommend import Recommendation, dosing_choices, plan_doses, recommend_doses
+from ._recommend import (
+    Recommendation,
+    constrained_intervals,
+    dosing_choices,
+    loading_dose,
+    plan_doses,
+    plans_after_loading,
+    recommend_doses,
+)
 from ._twin import (
     DigitalTwin,
     Forecast,
@@ -42,6 +51,7 @@ from ._twin import (
     predict_draws,
     twins_dataset,
 )
+from .drugs import DoseConstraints
 
 _LEVEL = 0.9
 
@@ -185,6 +195,8 @@ def recommend_twins(
     probability: float | None = None,
     n_draws: int = 500,
     steps: int = 12,
+    constraints: DoseConstraints | Sequence[DoseConstraints | None] | None = None,
+    loading: float | Sequence[float | None] | None = None,
 ) -> list[Recommendation | Exception]:
     """`DigitalTwin.recommend` for many twins: one vmapped dose search per plan for all the
     twins of one drug model (the numbers of one-twin calls with the same keys, to rounding).
@@ -192,57 +204,121 @@ def recommend_twins(
     **Arguments:** as `recommend`, per twin where it says so: `keys` one JAX PRNG key (or
     int) per twin; `starts` the first planned dose of each (`None`: one interval after its
     last dose); `target` (a `Target` or a metric name of each twin's drug), `intervals`
-    (default each drug's usual one), `n_doses`, `probability`, `n_draws`, `steps` shared.
+    (default each drug's usual one, or its constraints' intervals), `n_doses`,
+    `probability`, `n_draws`, `steps` shared.
+
+    - `constraints`: a `twins.DoseConstraints` for every twin, or one per twin (`None`: that
+      twin's continuous optimum; e.g. `[tw.drug.dosing.constraints for tw in twins]` for
+      each drug's library defaults). Each twin's dose is then the admissible one of
+      `recommend(constraints=...)`, every twin's candidate doses simulated in one vmapped
+      call per plan.
+    - `loading`: a loading dose in mg/kg for every twin, or one per twin (`None`: none), as
+      `recommend(loading=...)`: it needs that twin's constraints.
 
     **Returns:** per twin a `Recommendation`, or the exception that stopped it (no doses
-    given, a plan too short for the metric, a non-finite metric); the others are unaffected.
+    given, a plan too short for the metric, a non-finite metric, constraints that are not a
+    `DoseConstraints` or that no dose can meet, an interval they do not allow, a loading dose
+    outside their range), naming the twin and the field; the others are unaffected.
     """
     ks = _keys(keys, len(twins), "recommend_twins")
     if starts is not None and len(starts) != len(twins):
         raise ValueError(f"recommend_twins: {len(starts)} starts for {len(twins)} twins.")
+    limits = _per_twin(constraints, len(twins), "constraints", DoseConstraints)
+    loads = _per_twin(loading, len(twins), "loading", int | float)
     out: list[Recommendation | Exception | None] = [None] * len(twins)
     for group in _groups(twins):
-        jobs: dict[tuple, list[tuple[int, Any, list]]] = {}
+        jobs: dict[tuple, list[tuple[int, Any, list, Any, Any]]] = {}
         for i in group:
             tw = twins[i]
+            who = f"recommend for patient {tw.patient_id}"
             try:
                 tgt = tw.find_target(target)
                 if tw.history is None:
                     raise ValueError(
                         f"DigitalTwin {tw.patient_id}: no doses given; nothing to plan after."
                     )
-                choices = dosing_choices(intervals, tw.drug.dosing.interval, probability)
-                plans = plan_doses(
-                    tw.drug, tw.history, choices, tgt.metric,
-                    start=None if starts is None else starts[i], n_doses=n_doses, weight=tw.weight,
-                )  # fmt: skip
-            except ValueError as error:
-                out[i] = ValueError(f"recommend for patient {tw.patient_id}: {error}")
+                limit, load = limits[i], loads[i]
+                if limit is not None and not isinstance(limit, DoseConstraints):
+                    raise TypeError(
+                        f"{who}: constraints[{i}] must be a twins.DoseConstraints or None, "
+                        f"got {limit!r:.80}."
+                    )
+                if load is not None and limit is None:
+                    raise ValueError(
+                        f"{who}: loading[{i}] needs constraints (strengths, max_loading)."
+                    )
+                usual = tw.drug.dosing.interval
+                asked = constrained_intervals(limit, None, intervals, usual, who)
+                choices = dosing_choices(asked, usual, probability)
+                start = None if starts is None else starts[i]
+                history, loading_reg, amount = tw.history, None, None
+                if load is None:
+                    plans = plan_doses(
+                        tw.drug, tw.history, choices, tgt.metric, start=start, n_doses=n_doses,
+                        weight=tw.weight,
+                    )  # fmt: skip
+                else:
+                    assert limit is not None  # checked above
+                    t_load, amount, loading_reg = loading_dose(
+                        tw.drug, tw.history, tw.weight, load, limit, start, who
+                    )
+                    plans = plans_after_loading(
+                        tw.drug, tw.history, choices, tgt.metric, t_load, n_doses=n_doses,
+                        weight=tw.weight,
+                    )  # fmt: skip
+                    history = tw.history + loading_reg
+            except (ValueError, TypeError) as error:
+                out[i] = error if str(error).startswith(who) else type(error)(f"{who}: {error}")
                 continue
             layout = (tgt, tuple((p.interval, p.regimen.n_events) for p in plans))
-            jobs.setdefault(layout, []).append((i, tgt, plans))
+            jobs.setdefault(layout, []).append((i, history, plans, loading_reg, amount))
         for (tgt, _), job in jobs.items():
-            idx = [i for i, _, _ in job]
+            idx = [i for i, *_ in job]
             members = [twins[i] for i in idx]
             n = _bucket(len(idx))
-            size = _bucket(max(tw.history.n_events for tw in members))  # type: ignore[union-attr]
-            hist = _padded([tw.history.pad(size) for tw in members], n)  # type: ignore[union-attr]
-            plans = _padded([p for _, _, p in job], n)
+            size = _bucket(max(h.n_events for _, h, *_ in job))
+            hist = _padded([h.pad(size) for _, h, *_ in job], n)
+            plans = _padded([p for _, _, p, *_ in job], n)
             eta = _draws(_padded(members, n), _padded([ks[i] for i in idx], n), n_draws)
             first = members[0]
             covs = {
                 c: jnp.asarray([tw.covariates[c] for tw in _padded(members, n)])
                 for c in first.covariates
             }
+            padded = _padded(members, n)
             recs = recommend_doses(
                 first.pm, first.theta, covs, hist, plans, tgt, eta,
                 u0=math.log(float(first.drug.dosing.amount)), steps=steps,
                 probability=probability, unit=first.drug.units.dose,
-                who=[tw.patient_id for tw in _padded(members, n)],
+                who=[tw.patient_id for tw in padded],
+                constraints=_padded([limits[i] for i in idx], n),
+                per_kg_weights=[tw.weight if tw.drug.dosing.per_kg else None for tw in padded],
+                usual_durations=[tw.drug.dosing.route.duration for tw in padded],
+                loading_doses=_padded([amount for *_, amount in job], n),
             )  # fmt: skip
-            for i, rec in zip(idx, recs, strict=False):
+            for (i, _, _, loading_reg, _), rec in zip(job, recs, strict=False):
+                if loading_reg is not None and isinstance(rec, Recommendation):
+                    rec = dataclasses.replace(rec, regimen=loading_reg + rec.regimen)
                 out[i] = rec
     return out  # type: ignore[return-value]
+
+
+def _per_twin(value: Any, n: int, name: str, kind: Any) -> list[Any]:
+    """`value` for each of `n` twins: one value (`kind`) or `None` for all, else a sequence
+    of one per twin (its items checked per twin later)."""
+    if value is None or isinstance(value, kind):
+        return [value] * n
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"recommend_twins: {name} must be one value for every twin or a sequence of one "
+            f"per twin, got {value!r:.80}."
+        )
+    if len(value) != n:
+        raise ValueError(
+            f"recommend_twins: {len(value)} {name} for {n} twins; expected one per twin "
+            "(or one for all)."
+        )
+    return list(value)
 
 
 @eqx.filter_jit
