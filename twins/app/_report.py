@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
 from .._html import STYLE, escape, fmt_number, html_table, png_img
@@ -28,11 +30,14 @@ from ..trials._summary import (
     band_resolution,
     difference_table,
     endpoint_table,
+    endpoint_unit,
     failure_summary,
+    output_unit,
     population_summary,
     read_results,
     reference_arm,
     subgroup_table,
+    wilson_interval,
 )
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
@@ -206,17 +211,62 @@ def _population_section(results: Results) -> str:
     return "\n".join(out)
 
 
-def _band_section(results: Results) -> str:
+def _level_targets(results: Results) -> list[tuple[float, float | None, str]]:
+    """Target windows on the output's own axis (a level: trough or peak), for the band plot:
+    `(low, high, label)`. From the drug's `targets` whose metric is a level (`Trough`,
+    `Peak`); an AUC window (mg·h/L) is not a level and is drawn on its own axis in the
+    exposure section instead. Where the drug is not in the registry, `bands.reference_lines`
+    less the bounds of the spec's AUC and Cmax attainment endpoints."""
+    spec = results.spec
+    unit = output_unit(spec)
+    try:
+        from .. import drugs
+
+        drug = drugs.get(str(spec.get("drug")))
+    except KeyError:  # a drug the registry does not know: use the spec
+        drug = None
+    if drug is not None:
+        out = []
+        for t in drug.targets:
+            metric = type(t.metric).__name__
+            if metric not in ("Trough", "Peak"):
+                continue
+            what = "trough" if metric == "Trough" else "peak"
+            out.append((t.low, t.high, f"{what} target {_window_text(t.low, t.high, unit)}"))
+        return out
+    exposure = {
+        float(v)
+        for e in spec.get("endpoints", [])
+        if e.get("type") == "TargetAttainment"
+        for v in (e.get("low"), e.get("high"))
+        if v is not None
+    }
+    lines = [float(v) for v in (spec.get("bands") or {}).get("reference_lines") or []]
+    return [
+        (v, None, f"reference {fmt_number(v)} {unit}".strip()) for v in lines if v not in exposure
+    ]
+
+
+def _window_text(low: float | None, high: float | None, unit: str) -> str:
+    if low is not None and high is not None:
+        text = f"{_given(low)}–{_given(high)}"
+    elif low is not None:
+        text = f"≥ {_given(low)}"
+    else:
+        text = f"≤ {_given(high)}"
+    return f"{text} {unit}".strip()
+
+
+def band_figure(results: Results) -> Figure | None:
+    """The median and 5-95% bands of the output over the course, per arm, with the level
+    targets (`_level_targets`) as horizontal lines on the same axis; None without bands."""
     bands = results.spec.get("bands")
-    out = ["<h2>Band output over time</h2>"]
     if bands is None:
-        out.append('<p class="note">The spec has no band output.</p>')
-        return "\n".join(out)
+        return None
     quant = band_quantiles(results, (0.05, 0.5, 0.95))
-    output, unit = str(bands.get("output", "output")), str(bands.get("unit", ""))
     if quant.empty:
-        out.append('<p class="note">No band counts were written.</p>')
-        return "\n".join(out)
+        return None
+    output, unit = str(bands.get("output", "output")), output_unit(results.spec)
     labels = arm_labels(results.spec)
     fig = Figure(figsize=(9, 4.6), layout="constrained", label=f"{output} bands")
     ax = fig.add_subplot()
@@ -229,24 +279,293 @@ def _band_section(results: Results) -> str:
             quant[c].to_numpy(float)[mask] for c in ("day", "q0.05", "q0.5", "q0.95")
         )
         ax.fill_between(day, q05, q95, color=colour, alpha=0.18)
-        ax.plot(day, q50, color=colour, lw=1.8, label=labels[arm])
-    for y in bands.get("reference_lines") or []:
-        ax.axhline(float(y), color="0.35", ls="--", lw=1)
+        ax.plot(day, q50, color=colour, lw=1.8, marker=".", label=f"{labels[arm]} (median)")
+    for k, (low, high, text) in enumerate(_level_targets(results)):
+        style = ("--", ":", "-.")[k % 3]
+        for j, y in enumerate(v for v in (low, high) if v is not None):
+            ax.axhline(float(y), color="0.35", ls=style, lw=1, label=text if j == 0 else None)
     ax.set_xlabel("Day")
     ax.set_ylabel(f"{output} ({unit})" if unit else output)
-    ax.set_title(f"{output}: median (line) and 5–95% of patients (band) per arm")
-    ax.legend(loc="best", frameon=False)
+    ax.set_title(
+        "\n".join(
+            textwrap.wrap(f"{output}: median (line) and 5–95% of patients (band) per arm", 80)
+        )
+    )
+    ax.legend(loc="best", frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def _band_section(results: Results) -> str:
+    bands = results.spec.get("bands")
+    out = ["<h2>Output over the course</h2>"]
+    if bands is None:
+        out.append('<p class="note">The spec has no band output.</p>')
+        return "\n".join(out)
+    fig = band_figure(results)
+    if fig is None:
+        out.append('<p class="note">No band counts were written.</p>')
+        return "\n".join(out)
+    unit = output_unit(results.spec)
+    days = np.unique(band_quantiles(results, (0.5,))["day"].to_numpy(float))
     lo, hi = band_resolution(results)
     edges = bands["edges"]
     width = fmt_number(lo) if math.isclose(lo, hi) else f"{fmt_number(lo)} to {fmt_number(hi)}"
     width = f"{width} {unit}" if unit else width
+    step = np.diff(days)
+    grid = (
+        f"every {fmt_number(float(step[0]))} days from day {fmt_number(days[0])} to "
+        f"{fmt_number(days[-1])}"
+        if step.size and np.allclose(step, step[0])
+        else ", ".join(fmt_number(d) for d in days)
+    )
     out.append(png_img(fig))
     out.append(
-        f'<p class="note">Quantiles interpolated linearly within histogram bins of width '
-        f"{escape(width)} (the resolution). Values below {escape(_given(edges[0]))} or at/above "
-        f"{escape(_given(edges[-1]))} are counted at those edges.</p>"
+        f'<p class="note">The level over the whole course at the {days.size} times the run '
+        f"recorded ({escape(grid)}; the points of the lines), median and 5–95% of patients. "
+        f"Quantiles interpolated linearly within histogram bins of width {escape(width)} (the "
+        f"resolution). Values below {escape(_given(edges[0]))} or at/above "
+        f"{escape(_given(edges[-1]))} are counted at those edges. Horizontal lines: the drug's "
+        "targets for this level only (an AUC target is drawn on the AUC axis below).</p>"
     )
+    return "\n".join(out)
+
+
+#: Endpoint types that are exposure metrics, and the attainment metric that refers to them.
+_EXPOSURE_TYPES = {"AUC": "auc", "Cmax": "cmax", "Ctrough": "trough", "FinalLevel": "level"}
+
+
+def _exposure_endpoints(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in spec.get("endpoints", []) if e.get("type") in _EXPOSURE_TYPES]
+
+
+def _windows_for(spec: dict[str, Any], endpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The spec's target-attainment endpoints on the metric and window of `endpoint`."""
+    metric = _EXPOSURE_TYPES[endpoint["type"]]
+    return [
+        e
+        for e in spec.get("endpoints", [])
+        if e.get("type") == "TargetAttainment"
+        and e.get("metric") == metric
+        and e.get("end_h") == endpoint.get("end_h")
+        and float(e.get("hours", 24.0)) == float(endpoint.get("hours", 24.0))
+    ]
+
+
+def exposure_summary(results: Results) -> pd.DataFrame:
+    """Median and 5-95% of patients of each exposure endpoint (AUC, Cmax, trough, final
+    level) per arm: columns `endpoint`, `label`, `unit`, `arm`, `n`, `q0.05`, `q0.5`,
+    `q0.95` (numpy's linear quantiles of the completed patients' values)."""
+    spec, patients = results.spec, results.patients
+    rows = []
+    for e in _exposure_endpoints(spec):
+        for arm in arm_names(spec):
+            v = patients.loc[patients["arm"].astype(str) == arm, e["name"]]
+            v = v.to_numpy(float, na_value=np.nan)
+            v = v[np.isfinite(v)]
+            q = np.quantile(v, [0.05, 0.5, 0.95]) if v.size else [np.nan] * 3
+            rows.append(
+                {
+                    "endpoint": e["name"],
+                    "label": str(e.get("label") or e["name"]),
+                    "unit": endpoint_unit(spec, e),
+                    "arm": arm,
+                    "n": int(v.size),
+                    "q0.05": float(q[0]),
+                    "q0.5": float(q[1]),
+                    "q0.95": float(q[2]),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["endpoint", "label", "unit", "arm", "n", "q0.05", "q0.5", "q0.95"]
+    )
+
+
+def exposure_figure(results: Results, endpoint: dict[str, Any]) -> Figure:
+    """Distribution of one exposure endpoint per arm (histograms on a shared axis in its own
+    unit) with the windows of the spec's attainment endpoints on that metric as vertical
+    lines on the same axis."""
+    spec, patients = results.spec, results.patients
+    unit = endpoint_unit(spec, endpoint)
+    label = str(endpoint.get("label") or endpoint["name"])
+    fig = Figure(figsize=(8.5, 3.8), layout="constrained", label=f"exposure {endpoint['name']}")
+    ax = fig.add_subplot()
+    values = {
+        arm: patients.loc[patients["arm"].astype(str) == arm, endpoint["name"]].to_numpy(
+            float, na_value=np.nan
+        )
+        for arm in arm_names(spec)
+    }
+    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] or [np.zeros(0)])
+    labels = arm_labels(spec)
+    if finite.size:
+        bins = np.histogram_bin_edges(finite, bins=40)
+        for i, (arm, v) in enumerate(values.items()):
+            ax.hist(
+                v[np.isfinite(v)],
+                bins=bins,
+                histtype="step",
+                lw=1.6,
+                color=_COLOURS[i % len(_COLOURS)],
+                label=labels[arm],
+            )
+    for k, w in enumerate(_windows_for(spec, endpoint)):
+        style = ("--", ":", "-.")[k % 3]
+        bounds = [v for v in (w.get("low"), w.get("high")) if v is not None]
+        for j, x in enumerate(bounds):
+            text = f"target {_window_text(w.get('low'), w.get('high'), unit)}"
+            ax.axvline(float(x), color="0.3", ls=style, lw=1, label=text if j == 0 else None)
+    ax.set_xlabel(_with_unit(label, unit))
+    ax.set_ylabel("Patients")
+    ax.set_title("\n".join(textwrap.wrap(f"{label}: distribution per arm", 80)))
+    ax.legend(loc="best", frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _final_doses(results: Results) -> pd.DataFrame | None:
+    """`patient`, `arm`, `dose` (the `final_dose` column of the patient parts, which
+    `read_results` does not keep), or None where the parts have no such column."""
+    files = [results.path / "patients" / name for name in results.patient_parts]
+    if not files or "final_dose" not in pq.ParquetFile(files[0]).schema_arrow.names:
+        return None
+    frame = pd.concat(
+        [pq.read_table(f, columns=["patient", "arm", "final_dose"]).to_pandas() for f in files],
+        ignore_index=True,
+    )
+    return pd.DataFrame(
+        {
+            "patient": frame["patient"].astype(str),
+            "arm": frame["arm"].astype(str),
+            "dose": frame["final_dose"].to_numpy(float, na_value=np.nan),
+        }
+    )
+
+
+def attainment_by_dose(results: Results, endpoint: dict[str, Any]) -> pd.DataFrame:
+    """Probability of target attainment of a proportion endpoint against the patients' final
+    dose (`final_dose`, mg), per arm and dose: columns `arm`, `dose`, `n`, `attained`,
+    `estimate` (%), `ci_low`, `ci_high` (Wilson, %). Empty without a `final_dose` column."""
+    patients = results.patients
+    cols = ["arm", "dose", "n", "attained", "estimate", "ci_low", "ci_high"]
+    doses = _final_doses(results)
+    if doses is None:
+        return pd.DataFrame(columns=cols)
+    frame = pd.DataFrame(
+        {
+            "patient": patients["patient"].astype(str),
+            "arm": patients["arm"].astype(str),
+            "y": patients[endpoint["name"]].to_numpy(float, na_value=np.nan),
+        }
+    )
+    frame = frame.merge(doses, on=["patient", "arm"], how="left", validate="one_to_one")
+    frame = frame.dropna()
+    g = frame.groupby(["arm", "dose"], sort=True)["y"].agg(["size", "sum"]).reset_index()
+    low, high = wilson_interval(g["sum"].to_numpy(float), g["size"].to_numpy(float))
+    return pd.DataFrame(
+        {
+            "arm": g["arm"],
+            "dose": g["dose"],
+            "n": g["size"].astype(np.int64),
+            "attained": g["sum"].astype(np.int64),
+            "estimate": 100 * g["sum"] / g["size"],
+            "ci_low": 100 * low,
+            "ci_high": 100 * high,
+        }
+    )
+
+
+#: Fewest patients at a dose for its attainment to be drawn.
+_PTA_MIN_N = 5
+
+
+def attainment_figure(results: Results, endpoint: dict[str, Any]) -> Figure | None:
+    """Probability of target attainment (%) against the final dose, one line per arm with
+    Wilson intervals, doses with at least `_PTA_MIN_N` patients; None where no arm has two
+    such doses (nothing to plot against dose)."""
+    table = attainment_by_dose(results, endpoint)
+    table = table[table["n"] >= _PTA_MIN_N]
+    if table.empty or table.groupby("arm")["dose"].nunique().max() < 2:
+        return None
+    spec = results.spec
+    labels = arm_labels(spec)
+    fig = Figure(figsize=(8.5, 3.8), layout="constrained", label=f"pta {endpoint['name']}")
+    ax = fig.add_subplot()
+    for i, arm in enumerate(arm_names(spec)):
+        t = table[table["arm"] == arm]
+        if t.empty:
+            continue
+        d, e = t["dose"].to_numpy(float), t["estimate"].to_numpy(float)
+        ax.errorbar(
+            d,
+            e,
+            yerr=[e - t["ci_low"].to_numpy(float), t["ci_high"].to_numpy(float) - e],
+            fmt="o-",
+            ms=4,
+            capsize=2,
+            color=_COLOURS[i % len(_COLOURS)],
+            label=labels[arm],
+        )
+    dose_unit = "mg"
+    ax.set_xlabel(f"Final dose ({dose_unit})")
+    ax.set_ylabel("Patients attaining (%)")
+    ax.set_ylim(-2, 102)
+    label = str(endpoint.get("label") or endpoint["name"])
+    ax.set_title("\n".join(textwrap.wrap(f"Probability of target attainment: {label}", 80)))
+    ax.legend(loc="best", frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _exposure_section(results: Results) -> str:
+    spec = results.spec
+    out = ["<h2>Exposure</h2>"]
+    summary = exposure_summary(results)
+    if summary.empty:
+        out.append('<p class="note">The spec has no exposure endpoint (AUC, Cmax, level).</p>')
+    else:
+        labels = arm_labels(spec)
+        rows = [
+            [
+                escape(_with_unit(r["label"], r["unit"])),
+                escape(labels.get(r["arm"], r["arm"])),
+                escape(r["n"]),
+                escape(fmt_number(r["q0.5"])),
+                escape(f"{fmt_number(r['q0.05'])} to {fmt_number(r['q0.95'])}"),
+            ]
+            for r in summary.to_dict("records")
+        ]
+        out.append(
+            html_table(
+                ["Exposure", "Arm", "n", "Median", "5–95% of patients"],
+                rows,
+                [False, False, True, True, True],
+            )
+        )
+        for e in _exposure_endpoints(spec):
+            out.append(png_img(exposure_figure(results, e)))
+    pta = [e for e in spec.get("endpoints", []) if e.get("type") == "TargetAttainment"]
+    drawn = 0
+    for e in pta:
+        fig = attainment_figure(results, e)
+        if fig is not None:
+            out.append(png_img(fig))
+            drawn += 1
+    if pta and not drawn:
+        out.append(
+            '<p class="note">Target attainment against dose: every arm gives (nearly) one '
+            "dose, so there is no dose axis to plot it on.</p>"
+        )
+    if pta:
+        out.append(
+            '<p class="note">Probability of target attainment: the share of patients whose '
+            "exposure lies in the window, per arm and final dose (patients grouped by the dose "
+            f"they were on at the end; doses with fewer than {_PTA_MIN_N} patients left out), "
+            "with Wilson intervals. In an arm whose dose follows weight or levels the dose "
+            "was chosen by the patient's own kinetics, so a point is the attainment of the "
+            "patients given that dose, not what that dose would give everyone. Against MIC: "
+            "not drawn, the trial spec records no MIC distribution.</p>"
+        )
     return "\n".join(out)
 
 
@@ -263,7 +582,7 @@ def _endpoint_section(results: Results, table: pd.DataFrame, level: float) -> st
     previous = None
     order = {e["name"]: i for i, e in enumerate(spec.get("endpoints", []))}
     for r in sorted(table.to_dict("records"), key=lambda r: order[r["endpoint"]]):
-        name = f"{escape(r['label'])}" + (f" ({escape(_unit(r))})" if _unit(r) else "")
+        name = escape(_with_unit(r["label"], _unit(r)))
         row = [
             name if r["endpoint"] != previous else "",
             escape(labels.get(r["arm"], r["arm"])),
@@ -295,6 +614,14 @@ def _endpoint_section(results: Results, table: pd.DataFrame, level: float) -> st
     return "\n".join(out)
 
 
+def _with_unit(label: Any, unit: Any) -> str:
+    """`label (unit)`, unless the label already states the unit (`mg.h/L` for `mg·h/L`)."""
+    label, unit = str(label), str(unit or "")
+    if not unit or unit.replace("·", ".") in label.replace("·", "."):
+        return label
+    return f"{label} ({unit})"
+
+
 def _unit(r: dict[Any, Any]) -> str:
     return "%" if r["kind"] == "proportion" else str(r["unit"])
 
@@ -309,8 +636,9 @@ def _difference_section(results: Results, table: pd.DataFrame, level: float) -> 
     pct = f"{round(100 * level)}%"
     rows = [
         [
-            escape(r["label"]) + (f" ({escape(r['unit'])})" if r["unit"] else ""),
+            escape(_with_unit(r["label"], r["unit"])),
             escape(labels.get(r["arm"], r["arm"])),
+            escape(r["n"]),
             escape(fmt_number(r["estimate"])),
             escape(fmt_number(r["reference_estimate"])),
             escape(_interval(r["difference"], r["ci_low"], r["ci_high"])),
@@ -321,16 +649,21 @@ def _difference_section(results: Results, table: pd.DataFrame, level: float) -> 
     header = [
         "Endpoint",
         "Arm",
+        "Pairs",
         "Arm estimate",
         f"{escape(ref)}",
         f"Difference ({pct} CI)",
         "Method",
     ]
-    out.append(html_table(header, rows, [False, False, True, True, True]))
+    out.append(html_table(header, rows, [False, False, True, True, True, True]))
     out.append(
-        '<p class="note">Arm minus reference. Means: Welch interval. Proportions: percentage '
-        "points, Newcombe's hybrid score interval (Newcombe 1998). Arms are analysed as "
-        "independent samples.</p>"
+        '<p class="note">Paired differences, arm minus reference: every virtual patient was '
+        "given every arm, so each difference is within one patient (Pairs: patients with a "
+        "value in both arms). Means: the mean of the within-patient differences with its t "
+        "interval. Proportions: percentage points, Newcombe's interval for paired "
+        "proportions (Newcombe 1998, Stat Med 17:2635-2650). The independent-sample "
+        "intervals (Welch; Newcombe's hybrid score) are wider here: "
+        "<code>difference_table(results, paired=False)</code>.</p>"
     )
     return "\n".join(out)
 
@@ -393,10 +726,15 @@ def _forest_figure(
         if lv == "header" or lv is None:
             tick.set_fontweight("bold")
     ax.set_ylim(-0.7, n_rows - 0.3)
-    unit = "percentage points" if endpoint["kind"] == "proportion" else endpoint["unit"]
+    unit = (
+        "percentage points"
+        if endpoint["kind"] == "proportion"
+        else endpoint_unit(spec, {**endpoint, "type": endpoint.get("type")})
+    )
     arm_text = labels[others[0]] if len(others) == 1 else "arm"
     ax.set_xlabel(f"{arm_text} − {labels[ref]}" + (f" ({unit})" if unit else ""))
-    ax.set_title(f"{endpoint['label']}: difference against {labels[ref]}")
+    title = f"{endpoint['label']}: paired difference against {labels[ref]}"
+    ax.set_title("\n".join(textwrap.wrap(title, 75)), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     for i, (_, _, lv) in enumerate(rows):
         if lv == "header":
@@ -424,6 +762,7 @@ def _subgroup_section(
                 "name": e["name"],
                 "label": str(e.get("label") or e["name"]),
                 "kind": e["kind"],
+                "type": e.get("type"),
                 "unit": str(e.get("unit") or ""),
             }
             out.append(
@@ -456,9 +795,9 @@ def _subgroup_section(
         + "</details>"
     )
     out.append(
-        '<p class="note">Forest plots: difference against the reference arm with its '
-        f"{pct} interval, overall (top) and within each subgroup level; no adjustment for "
-        "multiplicity.</p>"
+        '<p class="note">Forest plots: paired difference against the reference arm with its '
+        f"{pct} interval, levels in their natural order, overall (top) and within each "
+        "subgroup level; no adjustment for multiplicity.</p>"
     )
     return "\n".join(out)
 
@@ -526,6 +865,7 @@ def render_report(results: Results, *, level: float = 0.95) -> str:
         _population_section(results),
         _band_section(results),
         _endpoint_section(results, endpoints, level),
+        _exposure_section(results),
         _difference_section(results, differences, level),
         _subgroup_section(results, differences, sub, level),
         _provenance_section(results),

@@ -256,6 +256,30 @@ def _group_codes(frame: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, pd.D
     return group, pd.DataFrame({k: index[k] for k in keys})
 
 
+#: At most this many distinct times count as a visit grid (`_grid_note`).
+GRID_TIMES = 12
+
+
+def _grid_note(times: np.ndarray, note: str, limits: Sequence[Sequence[float]], g: int) -> str:
+    """`note`, plus a remark where the times take only a few values (the visits): the median
+    and its limits then fall on those values and the interval collapses onto the grid."""
+    t = np.unique(times[np.isfinite(times)])
+    if not 0 < t.size <= GRID_TIMES:
+        return note
+    values = [float(c[g]) for c in limits]
+    on_grid = all(not math.isfinite(v) or np.isclose(t, v).any() for v in values)
+    if not on_grid:
+        return note
+    grid = ", ".join(f"{v:g}" for v in t)
+    text = (
+        f"times observed only at the visits ({grid} days): the median and its limits are visit days"
+    )
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) == 3 and finite[1] == finite[2] == finite[0]:
+        text += ", and the interval collapses onto one visit"
+    return f"{note}; {text}" if note else text
+
+
 def _group_stats(
     frame: pd.DataFrame,
     groups: tuple[np.ndarray, pd.DataFrame],
@@ -303,7 +327,10 @@ def _group_stats(
         out["n"] = np.asarray(cols[0], np.int64)
         out["estimate"] = np.asarray(cols[1], float)
         out["ci_low"], out["ci_high"] = np.asarray(cols[2], float), np.asarray(cols[3], float)
-        out["note"] = np.asarray(cols[4], object)
+        out["note"] = [
+            _grid_note(t[order[bounds[g] : bounds[g + 1]]], str(cols[4][g]), cols[1:4], g)
+            for g in range(n_groups)
+        ]
         out["_m"], out["_v"] = np.nan, np.nan
     out["endpoint"], out["label"] = name, endpoint["label"]
     out["kind"], out["unit"] = kind, endpoint["unit"]
