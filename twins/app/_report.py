@@ -319,6 +319,17 @@ def _band_section(results: Results) -> str:
         if step.size and np.allclose(step, step[0])
         else ", ".join(fmt_number(d) for d in days)
     )
+    other = [
+        e
+        for e in results.spec.get("endpoints", [])
+        if e.get("type") == "TargetAttainment" and e.get("metric") in ("auc", "cmax")
+    ]
+    elsewhere = (
+        " (a target on another metric, such as an AUC, is drawn on that metric's axis under "
+        "Exposure)"
+        if other
+        else ""
+    )
     out.append(png_img(fig))
     out.append(
         f'<p class="note">The level over the whole course at the {days.size} times the run '
@@ -326,7 +337,7 @@ def _band_section(results: Results) -> str:
         f"Quantiles interpolated linearly within histogram bins of width {escape(width)} (the "
         f"resolution). Values below {escape(_given(edges[0]))} or at/above "
         f"{escape(_given(edges[-1]))} are counted at those edges. Horizontal lines: the drug's "
-        "targets for this level only (an AUC target is drawn on the AUC axis below).</p>"
+        f"targets for this level only{elsewhere}.</p>"
     )
     return "\n".join(out)
 
@@ -688,6 +699,7 @@ def _forest_figure(
     ax = fig.add_subplot()
     n_rows = len(rows)
     step = 0.5 / max(len(others), 1)
+    spans: list[tuple[float, float, float]] = []
     for k, arm in enumerate(others):
         colour = _COLOURS[(arm_names(spec).index(arm)) % len(_COLOURS)]
         ys, xs, lo, hi = [], [], [], []
@@ -705,6 +717,7 @@ def _forest_figure(
             d, a, b = (float(r.iloc[0][c]) for c in cols)
             if not np.isfinite(d):
                 continue
+            spans.append((d, a, b))
             ys.append(n_rows - 1 - i - (k - (len(others) - 1) / 2) * step)
             xs.append(d)
             lo.append(d - a if np.isfinite(a) else 0.0)
@@ -720,6 +733,7 @@ def _forest_figure(
             label=labels[arm],
         )
     ax.axvline(0, color="0.3", lw=1)
+    _limit_axis(ax, spans)
     ax.set_yticks(range(n_rows))
     ax.set_yticklabels([name for name, _, _ in reversed(rows)], fontsize=8.5)
     for tick, (_, _, lv) in zip(ax.get_yticklabels(), reversed(rows), strict=True):
@@ -742,6 +756,34 @@ def _forest_figure(
     if len(others) > 1:
         fig.legend(loc="outside lower center", ncols=min(len(others), 4), frameon=False)
     return png_img(fig)
+
+
+def _limit_axis(ax: Any, spans: list[tuple[float, float, float]]) -> None:
+    """x limits that show every estimate and every interval up to 5 times the median
+    half-width; wider intervals (a level with 2 patients) run off the axis edge instead of
+    squashing the others, and the axis title says so."""
+    finite = [(d, a, b) for d, a, b in spans if np.isfinite(a) and np.isfinite(b)]
+    if len(finite) < 3:
+        return
+    half = np.array([(b - a) / 2 for _, a, b in finite])
+    cap = 5 * float(np.median(half))
+    kept = [(a, b) for (_, a, b), h in zip(finite, half, strict=True) if h <= cap]
+    if len(kept) == len(finite) or not kept:
+        return
+    lo = min(min(a for a, _ in kept), *(d for d, _, _ in spans), 0.0)
+    hi = max(max(b for _, b in kept), *(d for d, _, _ in spans), 0.0)
+    pad = 0.08 * (hi - lo or 1.0)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.text(
+        0.99,
+        0.01,
+        f"{len(finite) - len(kept)} wide interval(s) cut at the axis edge (see the table)",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=7.5,
+        color="0.35",
+    )
 
 
 def _subgroup_section(
