@@ -12,6 +12,7 @@ run of examples/vancomycin_trial.toml (60 patients per arm):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -275,3 +276,17 @@ def test_report_html_says_paired(vanc):
     assert "Paired differences" in html and "Newcombe paired score" in html
     assert 'alt="pta auc24_400_600"' in html
     assert "e-17" not in html and "e-16" not in html
+
+
+def test_reference_lines_of_a_drug_not_in_the_registry(vanc):
+    results, _ = vanc
+    spec = dict(results.spec)
+    spec["drug"] = "not_a_registered_drug"
+    assert spec["bands"]["reference_lines"] == [400.0, 600.0]  # the AUC window, as recorded
+    ax = band_figure(dataclasses.replace(results, spec=spec)).axes[0]
+    # 400/600 are the bounds of the AUC attainment endpoint: not drawn on the mg/L axis.
+    assert not [line for line in ax.get_lines() if len(line.get_ydata()) == 2]
+    spec["bands"] = {**spec["bands"], "reference_lines": [15.0]}
+    ax = band_figure(dataclasses.replace(results, spec=spec)).axes[0]
+    flat = [line.get_ydata()[0] for line in ax.get_lines() if len(line.get_ydata()) == 2]
+    assert flat == [15.0]
