@@ -24,7 +24,9 @@ from scipy import stats
 
 from twins.app._report import (
     attainment_by_dose,
+    attainment_by_mic,
     attainment_figure,
+    attainment_mic_figure,
     band_figure,
     exposure_figure,
     exposure_summary,
@@ -290,3 +292,20 @@ def test_reference_lines_of_a_drug_not_in_the_registry(vanc):
     ax = band_figure(dataclasses.replace(results, spec=spec)).axes[0]
     flat = [line.get_ydata()[0] for line in ax.get_lines() if len(line.get_ydata()) == 2]
     assert flat == [15.0]
+
+
+def test_attainment_against_mic(vanc):
+    # Vancomycin's AUC target is stated at MIC 1 mg/L (Rybak 2020): AUC24/MIC >= 400.
+    results, patients = vanc
+    table = attainment_by_mic(results, _endpoint(results, "auc24_400_600"))
+    assert list(table["mic"].unique()) == [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    for arm in ("fixed_1g", "trough_guided"):
+        auc = patients.loc[patients["arm"] == arm, "auc24_day7"].dropna().to_numpy(float)
+        for mic in (0.5, 1.0, 2.0):
+            row = table[(table["arm"] == arm) & (table["mic"] == mic)].iloc[0]
+            assert row["attained"] == int(np.sum(auc >= 400.0 * mic))
+            assert row["estimate"] == pytest.approx(100 * np.mean(auc >= 400.0 * mic))
+    assert attainment_mic_figure(results, _endpoint(results, "auc24_400_600")) is not None
+    spec = {**results.spec, "drug": "not_a_registered_drug"}
+    unknown = dataclasses.replace(results, spec=spec)
+    assert attainment_by_mic(unknown, _endpoint(results, "auc24_400_600")).empty

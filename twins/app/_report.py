@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -528,6 +529,93 @@ def attainment_figure(results: Results, endpoint: dict[str, Any]) -> Figure | No
     return fig
 
 
+#: MIC values (mg/L) of the PTA-against-MIC plot: the EUCAST doubling dilutions.
+MIC_GRID = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _reference_mic(results: Results) -> float | None:
+    """The MIC (mg/L) at which the drug's AUC target is stated (its `Target.note`, e.g.
+    vancomycin's "... MIC 1 mg/L" of Rybak 2020), or None (no such drug or note)."""
+    try:
+        from .. import drugs
+
+        drug = drugs.get(str(results.spec.get("drug")))
+    except KeyError:
+        return None
+    for t in drug.targets:
+        if type(t.metric).__name__ == "AUCOver":
+            m = re.search(r"MIC\s*([0-9.]+)\s*mg/L", str(t.note or ""))
+            if m:
+                return float(m.group(1))
+    return None
+
+
+def attainment_by_mic(results: Results, endpoint: dict[str, Any]) -> pd.DataFrame:
+    """Probability of attaining AUC/MIC at least the attainment endpoint's `low` x the
+    drug's reference MIC (`_reference_mic`; for vancomycin AUC24/MIC >= 400 at MIC 1 mg/L,
+    Rybak 2020), per arm and MIC of `MIC_GRID`, from the patients' AUC of the same window:
+    columns `arm`, `mic`, `n`, `attained`, `estimate` (%), `ci_low`, `ci_high` (Wilson).
+    Empty where the drug states no MIC, the endpoint is not on the AUC or has no `low`, or
+    the spec has no AUC endpoint of that window."""
+    cols = ["arm", "mic", "n", "attained", "estimate", "ci_low", "ci_high"]
+    ref = _reference_mic(results)
+    low = endpoint.get("low")
+    auc = [
+        e
+        for e in _exposure_endpoints(results.spec)
+        if e.get("type") == "AUC" and endpoint in _windows_for(results.spec, e)
+    ]
+    if ref is None or low is None or endpoint.get("metric") != "auc" or not auc:
+        return pd.DataFrame(columns=cols)
+    patients = results.patients
+    rows = []
+    for arm in arm_names(results.spec):
+        v = patients.loc[patients["arm"].astype(str) == arm, auc[0]["name"]]
+        v = v.to_numpy(float, na_value=np.nan)
+        v = v[np.isfinite(v)]
+        for mic in MIC_GRID:
+            rows.append((arm, mic, v.size, int(np.sum(v / mic >= float(low) / ref))))
+    frame = pd.DataFrame(rows, columns=["arm", "mic", "n", "attained"])
+    lo, hi = wilson_interval(frame["attained"].to_numpy(float), frame["n"].to_numpy(float))
+    frame["estimate"] = 100 * frame["attained"] / frame["n"]
+    frame["ci_low"], frame["ci_high"] = 100 * lo, 100 * hi
+    return frame[cols]
+
+
+def attainment_mic_figure(results: Results, endpoint: dict[str, Any]) -> Figure | None:
+    """PTA (%) against MIC (log axis), one line per arm (`attainment_by_mic`); None where
+    that table is empty."""
+    table = attainment_by_mic(results, endpoint)
+    if table.empty:
+        return None
+    labels = arm_labels(results.spec)
+    ratio = float(endpoint["low"]) / float(_reference_mic(results) or 1.0)
+    fig = Figure(figsize=(8.5, 3.8), layout="constrained", label=f"pta-mic {endpoint['name']}")
+    ax = fig.add_subplot()
+    for i, arm in enumerate(arm_names(results.spec)):
+        t = table[table["arm"] == arm]
+        e = t["estimate"].to_numpy(float)
+        ax.errorbar(
+            t["mic"].to_numpy(float),
+            e,
+            yerr=[e - t["ci_low"].to_numpy(float), t["ci_high"].to_numpy(float) - e],
+            fmt="o-",
+            ms=4,
+            capsize=2,
+            color=_COLOURS[i % len(_COLOURS)],
+            label=labels[arm],
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(MIC_GRID, [f"{m:g}" for m in MIC_GRID])
+    ax.set_xlabel("MIC (mg/L)")
+    ax.set_ylabel("Patients attaining (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Probability of AUC/MIC ≥ {ratio:g} against MIC", fontsize=10)
+    ax.legend(loc="best", frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def _exposure_section(results: Results) -> str:
     spec = results.spec
     out = ["<h2>Exposure</h2>"]
@@ -562,6 +650,12 @@ def _exposure_section(results: Results) -> str:
         if fig is not None:
             out.append(png_img(fig))
             drawn += 1
+    mic_drawn = 0
+    for e in pta:
+        fig = attainment_mic_figure(results, e)
+        if fig is not None:
+            out.append(png_img(fig))
+            mic_drawn += 1
     if pta and not drawn:
         out.append(
             '<p class="note">Target attainment against dose: every arm gives (nearly) one '
@@ -574,8 +668,15 @@ def _exposure_section(results: Results) -> str:
             f"they were on at the end; doses with fewer than {_PTA_MIN_N} patients left out), "
             "with Wilson intervals. In an arm whose dose follows weight or levels the dose "
             "was chosen by the patient's own kinetics, so a point is the attainment of the "
-            "patients given that dose, not what that dose would give everyone. Against MIC: "
-            "not drawn, the trial spec records no MIC distribution.</p>"
+            "patients given that dose, not what that dose would give everyone. "
+            + (
+                "Against MIC: the share of patients with AUC/MIC at least the window's lower "
+                "bound over the MIC at which the drug's target is stated (vancomycin: AUC24/MIC "
+                "≥ 400 at MIC 1 mg/L, Rybak 2020), for each MIC of the doubling dilutions; "
+                "the upper bound (a toxicity limit) does not scale with MIC.</p>"
+                if mic_drawn
+                else "Against MIC: not drawn, the drug states no MIC for its AUC target.</p>"
+            )
         )
     return "\n".join(out)
 
