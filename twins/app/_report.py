@@ -1027,14 +1027,18 @@ def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str] | Non
     The report is one self-contained file (figures embedded as base64 PNG, inline style, no
     external scripts or style sheets) built from the folder alone. Its sections: title and
     description (with a warning when the run is incomplete); the spec (JSON, folded) and its
-    assumptions; the population per arm; the band output's median and 5-95% band over days;
-    the endpoints with confidence intervals beside the published figures; the differences
-    against the reference arm; subgroup forest plots; provenance.
+    assumptions; the population per arm; the band output's median and 5-95% band over the
+    course with the drug's targets for that level; the endpoints (with units) and their
+    confidence intervals beside the published figures; exposure (median and 5-95% per arm,
+    histograms with their attainment windows, PTA against dose and MIC); the paired
+    differences against the reference arm; subgroup forest plots (levels in natural order);
+    provenance.
 
-    Statistics (see `twins._summary`): t interval for means, Wilson score interval for
+    Statistics (see `twins.trials._summary`): t interval for means, Wilson score interval for
     proportions, Kaplan-Meier median with the Brookmeyer-Crowley interval for times to event;
-    differences with the Welch interval (means) and Newcombe's hybrid score interval
-    (proportions).
+    paired differences (every virtual patient gets every arm): the t interval of the
+    within-patient differences (means) and Newcombe's interval for paired proportions
+    (Newcombe 1998, Stat Med 17:2635-2650).
 
     **Arguments:**
 
