@@ -861,7 +861,8 @@ def _constrain_many(
     pm, theta, cov, histories, mine, target, eta, limits, weights, usual, names, results, errors
 ) -> None:
     """`constrained_result` of one plan for every constrained patient not failed yet, the
-    candidates of all of them simulated in one vmapped call (`_metric_candidates_many`);
+    candidates of all of them simulated in one vmapped call (`_metric_candidates_many`) per
+    bucket of candidate counts;
     each one's last result in `results` replaced by its admissible one, a failure recorded
     in `errors` for that patient only."""
     cands: dict[int, Candidates] = {}
@@ -876,20 +877,31 @@ def _constrain_many(
             errors[i] = _named(error, names[i])
     if not cands:
         return
-    k = len(limits)
-    m = _bucket(max(c.size for c in cands.values()))
-    spare = next(iter(cands.values()))  # stands in for the others (their values unused)
-    each = [cands.get(i, spare) for i in range(k)]
-    flat = pkpd.stack([r for c in each for r in c.fulls + [c.fulls[-1]] * (m - c.size)])
-    fulls = jax.tree_util.tree_map(lambda x: x.reshape(k, m, *x.shape[1:]), flat)
-    u = jnp.stack([c.log_doses(m) for c in each])
     window = (
         jnp.asarray([p.end for p in mine], float),
         jnp.asarray([p.interval for p in mine], float),
     )
-    values = np.asarray(
-        _metric_candidates_many(pm, target.metric, theta, cov, fulls, spare.scale, window, eta, u)
-    )
+    # one vmapped call per bucket of candidate counts (as each one-patient call pads to its
+    # own bucket), over the constrained patients only, their number padded to a bucket
+    sizes: dict[int, list[int]] = {}
+    for i, c in cands.items():
+        sizes.setdefault(_bucket(c.size), []).append(i)
+    values: dict[int, np.ndarray] = {}
+    for m, idx in sizes.items():
+        rows = idx + [idx[0]] * (_bucket(len(idx)) - len(idx))
+        each = [cands[i] for i in rows]
+        flat = pkpd.stack([r for c in each for r in c.fulls + [c.fulls[-1]] * (m - c.size)])
+        shape = (len(rows), m)
+        fulls = jax.tree_util.tree_map(lambda x, s=shape: x.reshape(*s, *x.shape[1:]), flat)
+        u = jnp.stack([c.log_doses(m) for c in each])
+        take = jnp.asarray(rows)
+        got = np.asarray(
+            _metric_candidates_many(
+                pm, target.metric, theta, jax.tree_util.tree_map(lambda x, t=take: x[t], cov),
+                fulls, each[0].scale, (window[0][take], window[1][take]), eta[take], u,
+            )
+        )  # fmt: skip
+        values.update({i: got[j] for j, i in enumerate(idx)})
     for i, cand in cands.items():
         try:
             results[i][-1] = pick_admissible(
