@@ -49,7 +49,7 @@ def _print_summary(console: Console, out: Path) -> None:
         for i, arm in enumerate(arms):
             r = summary[arm][e["name"]]
             table.add_row(
-                f"{e['label']} [{e['unit']}]" if i == 0 else "",
+                escape(f"{e['label']} [{r.get('unit') or e['unit']}]") if i == 0 else "",
                 arm,
                 f"{_num(r['estimate'])} ({_num(r['ci_low'])}-{_num(r['ci_high'])})",
                 _num(r["published"]) if r["published"] is not None else "",
