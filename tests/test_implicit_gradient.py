@@ -32,6 +32,7 @@ def simulated(n: int = 24, seed: int = 2):
     return pm, C.simulate_dataset(pm, None, design, key=seed).dataset()
 
 
+@pytest.mark.extended  # its compilation takes about a minute on 2 cores (make test-all)
 def test_implicit_gradient_equals_finite_differences_of_the_objective():
     """(Its compilation, about a minute on 2 shared cores, is most of this test's time.)"""
     pm, data = simulated(8)

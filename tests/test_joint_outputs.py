@@ -125,6 +125,7 @@ def test_focei_objective_of_a_joint_model_matches_an_independent_computation():
     assert float(C.objective_values(pm_cmt, data_cmt, point).values[0]) == pytest.approx(got)
 
 
+@pytest.mark.extended  # a 60-subject fit, ~40 s; make test checks the objective (above)
 def test_joint_fit_recovers_known_parameters():
     """FOCE-I on 60 simulated subjects: every estimate (typical values, variances and both
     residual errors) lies within 3 of its standard errors of the truth, and the standard

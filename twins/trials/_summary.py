@@ -416,8 +416,9 @@ def _paired(
         frame[by] = _levels(frame[by]).astype(str)
     values = frame.pivot_table(index=keys, columns="arm", values=name, aggfunc="first")
     rows = []
+    columns = ["arm", *([by] if by else []), "n_pairs", "difference", "diff_low", "diff_high"]
     if reference not in values.columns:
-        return pd.DataFrame(columns=["arm", *([by] if by else []), "n_pairs", "difference"])
+        return pd.DataFrame(columns=columns)
     for arm in values.columns:
         if arm == reference:
             continue
@@ -449,7 +450,7 @@ def _paired(
                     "diff_high": high,
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 # --------------------------------------------------------------------------------------------
