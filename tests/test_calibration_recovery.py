@@ -83,6 +83,7 @@ def test_two_compartment_weight_covariate_proportional_error():
     assert t.loc[("sigma", "prop_sd"), "estimate"] == pytest.approx(0.1, rel=0.15)
 
 
+@pytest.mark.extended  # ~45 s; make test: the M3 likelihood in test_calibration.py and others
 def test_m3_censoring_matches_complete_data_where_dropping_deviates():
     """About 30% of observations below the LOQ (M3, Beal 2001).
 

@@ -166,6 +166,7 @@ def test_simulated_hospitals_are_non_iid(two_cpt):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # ~60 s; make test: theophylline at three hospitals equals the pooled fit
 def test_two_compartment_covariates_five_non_iid_hospitals_equal_the_pooled_fit(two_cpt):
     pm, sites, pooled_data = two_cpt
     est = C.FOCEI()
