@@ -219,3 +219,109 @@ def test_the_secagg_client_trains_on_consenting_patients_only(tmp_path):
         assert weight == expected
         for a, b in zip(back, params, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+class _Proxy:
+    """What Flower's legacy strategies read of a ClientProxy here: its node ID."""
+
+    def __init__(self, node_id):
+        self.node_id = node_id
+
+
+class _Manager:
+    """A client manager holding the given proxies (FedAvg samples them all)."""
+
+    def __init__(self, proxies):
+        self.proxies = proxies
+
+    def num_available(self):
+        return len(self.proxies)
+
+    def sample(self, num_clients, min_num_clients=None, criterion=None):
+        return list(self.proxies)[:num_clients]
+
+
+def _digest(arrays):
+    """SHA-256 of the arrays, written out here as the docstring states it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update((np.dtype(a.dtype).str + str(tuple(a.shape))).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+@pytest.mark.parametrize("client_dp", [False, True])
+def test_each_secagg_round_is_written_to_the_servers_audit_log(tmp_path, client_dp):
+    """The SecAgg+ server's strategy (as SecAggPlusWorkflow calls it: configure_fit, then
+    aggregate_fit with every reply's parameters replaced by the unmasked sum) writes one
+    entry per round: the round, the hospitals in the sum, the node that dropped out, the
+    clear-text weights, the digest of the new global model, the DP settings; a round asked
+    for and never aggregated is written as halted; the log verifies."""
+    from flwr.common import (
+        Code,
+        FitRes,
+        Status,
+        ndarrays_to_parameters,
+        parameters_to_ndarrays,
+    )
+    from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
+
+    from surrogates.federated._surrogate_apps import SecAggRoundAudit
+
+    write_signing_key(tmp_path / "server.key")
+    audit = AuditLog(tmp_path / "server.log", load_signing_key(tmp_path / "server.key"))
+    ids = [2**60 + 7, 12, 2**63 - 25]  # Flower's node IDs are 64-bit: beyond JSON's 2^53
+    inner = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=3,
+                   min_available_clients=3)  # fmt: skip
+    dp = None
+    if client_dp:
+        inner = DifferentialPrivacyClientSideFixedClipping(inner, 0.7, 0.5, 3)
+        dp = {"unit": "client", "noise_multiplier": 0.7, "clip": 0.5}
+    secagg = {"num_shares": 3, "reconstruction_threshold": 2, "quantization_range": 2**22,
+              "clipping_range": 8.0}  # fmt: skip
+    log = SecAggRoundAudit(audit, fit="warfarin MLP", dp=dp, secagg=secagg)
+    strategy = log.wrap(inner)
+    manager = _Manager([_Proxy(i) for i in ids])
+    start = [np.zeros((2, 3), np.float32), np.ones(3, np.float32)]
+    total = [np.full((2, 3), 0.25, np.float32), np.full(3, 0.5, np.float32)]  # the sum
+    got = []
+    for server_round, weights in ((1, (28, 0, 40)), (2, (28, 0, None))):
+        asked = strategy.configure_fit(server_round, ndarrays_to_parameters(start), manager)
+        assert sorted(p.node_id for p, _ in asked) == sorted(ids)
+        ok = Status(Code.OK, "")
+        results = [
+            (_Proxy(i), FitRes(ok, ndarrays_to_parameters(total), 1 if client_dp else w, {}))
+            for i, w in zip(ids, weights, strict=True)
+            if w is not None
+        ]  # round 2: the third hospital dropped out before its masked vector
+        params, _ = strategy.aggregate_fit(server_round, results, [])
+        got.append(parameters_to_ndarrays(params))
+    strategy.configure_fit(3, ndarrays_to_parameters(got[-1]), manager)  # halts
+    log.finish()
+    entries = [e.details for e in read_entries(tmp_path / "server.log")
+               if e.action.value == "training-round"]  # fmt: skip
+    assert [(e["round"], e["kind"]) for e in entries] == [(1, "train"), (2, "train"),
+                                                          (3, "halted")]  # fmt: skip
+    first, second, halted = entries
+    assert first["hospital_count"] == 3 and first["dropped_node_ids"] == []
+    assert second["hospital_count"] == 2 and second["sampled_count"] == 3
+    assert second["dropped_node_ids"] == [str(2**63 - 25)]
+    assert sorted(second["node_ids"]) == sorted([str(2**60 + 7), "12"])
+    assert halted["dropped_node_ids"] == sorted(str(i) for i in ids)
+    assert halted["parameter_digest"] is None
+    for entry, params in zip((first, second), got, strict=True):
+        assert entry["parameter_digest"] == _digest(params)
+        assert entry["dp"] == dp and entry["secagg"] == secagg
+    if client_dp:
+        # The digest is of the noised model (the sum's mean plus Flower's noise).
+        assert max(np.abs(a - b).max() for a, b in zip(got[0], total, strict=True)) > 1e-3
+        assert first["patient_count"] is None  # the weights are 1: no count is known
+    else:
+        for a, b in zip(got[0], total, strict=True):  # FedAvg of equal parameters: them
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
+        assert (first["patient_count"], second["patient_count"]) == (68, 28)
+        assert first["no_patient_node_ids"] == ["12"]
+    assert log.rounds == entries
+    assert verify(tmp_path / "server.log", tmp_path / "server.key.pub").ok

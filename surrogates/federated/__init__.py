@@ -57,7 +57,9 @@ from ._sites import site_divergence as site_divergence
 from ._surrogate_apps import HospitalRecords as HospitalRecords
 from ._surrogate_apps import Outcome as Outcome
 from ._surrogate_apps import RoundAudit as RoundAudit
+from ._surrogate_apps import SecAggRoundAudit as SecAggRoundAudit
 from ._surrogate_apps import consented_rows as consented_rows
+from ._surrogate_apps import parameter_digest as parameter_digest
 from ._surrogate_apps import secagg_client_app as secagg_client_app
 from ._surrogate_apps import secagg_server_app as secagg_server_app
 from ._surrogate_apps import simulate as simulate_surrogates  # noqa: F401

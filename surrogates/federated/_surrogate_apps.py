@@ -43,7 +43,10 @@ the value the noise is calibrated for (a weight of 0 would make it C / (K - 1)).
 
 Audit: with `audit` (the server's `twins.governance.AuditLog`) the ServerApp writes one
 `training-round` entry per round (`RoundAudit`: the hospitals, `hospital_count`,
-`patient_count`, as the population fit does), never a patient.
+`patient_count`, as the population fit does), never a patient. The SecAgg+ ServerApp writes
+one per round too (`SecAggRoundAudit`): it sees only the sum, so its entry has the round, the
+number of hospitals in the sum, the node IDs that dropped out, the clear-text weights' sum,
+the new global model's digest and the DP and SecAgg+ settings.
 
 The apps hand their result to the caller through `Outcome` (the final parameters, the
 bytes each hospital sent and received per round, Flower's epsilon).
@@ -473,6 +476,142 @@ def secagg_hospital(
     return Hospital()
 
 
+def parameter_digest(arrays: Sequence[np.ndarray]) -> str:
+    """`"sha256:<hex>"` of a model's parameter arrays: SHA-256 over, array by array in
+    order, `"<dtype.str><shape>"` (e.g. `"<f4(8, 6)"`) as ASCII followed by the array's
+    C-order bytes. Names the global model of a round in the audit log without holding it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode("ascii"))
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+class SecAggRoundAudit:
+    """What the SecAgg+ server knows of each round, in its audit log.
+
+    Flower's `SecAggPlusWorkflow` hands the strategy only the unmasked sum (every reply's
+    parameters replaced by it), but the server still knows the round, the node IDs it asked
+    (`configure_fit`), those whose masked vector entered the sum (the replies' proxies), the
+    weight each sent in the clear (`num_examples`: its consenting patients' count, or 1
+    under client-level DP), the failures, the new global model and the settings. `wrap`
+    puts a legacy `Strategy` around the server's strategy that writes one `training-round`
+    entry per round (`fit`, `round`, `kind` "train", `strategy`, `secure_aggregation`
+    "secagg+", `hospital_count`, `sampled_count`, `node_ids` and `dropped_node_ids`
+    (Flower's node IDs as strings: they exceed JSON's 2^53), `no_patient_node_ids` (weight
+    0), `failures`, `patient_count` (the weights' sum; None under client-level DP, where
+    the weights are 1), `parameter_digest` of the new global model (`parameter_digest`,
+    after the DP noise), `dp` (`unit` "client", `noise_multiplier`, `clip`; or None) and
+    `secagg` (shares, threshold, quantisation)). A round that was asked for but never
+    aggregated (SecAgg+ halts when too few hospitals are left to unmask the sum) gets an
+    entry of `kind` "halted" at the next round or at `finish`. No entry names a patient or
+    a hospital: the server does not see which hospital a node is."""
+
+    def __init__(
+        self,
+        audit: AuditLog | None,
+        *,
+        fit: str,
+        dp: Mapping[str, Any] | None,
+        secagg: Mapping[str, Any],
+        actor: str = "federated server",
+    ):
+        self.audit, self.fit, self.actor = audit, fit, actor
+        self.dp = None if dp is None else dict(dp)
+        self.secagg = dict(secagg)
+        self.rounds: list[dict[str, Any]] = []
+        self._sampled: dict[int, list[str]] = {}
+
+    def _write(self, details: dict[str, Any]) -> None:
+        self.rounds.append(details)
+        if self.audit is not None:
+            self.audit.append(AuditAction.TRAINING_ROUND, actor=self.actor, details=details)
+
+    def _base(self, server_round: int, kind: str) -> dict[str, Any]:
+        return {"fit": self.fit, "round": int(server_round), "kind": kind,
+                "strategy": "fedavg", "secure_aggregation": "secagg+"}  # fmt: skip
+
+    def configured(self, server_round: int, node_ids: Sequence[int]) -> None:
+        """Round `server_round` asked the nodes `node_ids` (a halted earlier round is
+        written now)."""
+        self.finish()
+        self._sampled[int(server_round)] = sorted(str(int(n)) for n in node_ids)
+
+    def aggregated(
+        self,
+        server_round: int,
+        weights: Mapping[int, float],
+        failures: int,
+        params: Sequence[np.ndarray] | None,
+    ) -> None:
+        """Round `server_round`'s sum entered the strategy: `weights` (node ID -> the weight
+        it sent), `failures`, and the new global parameters `params` (None: no update)."""
+        sampled = self._sampled.pop(int(server_round), [])
+        took = sorted(str(int(n)) for n in weights)
+        weight = {str(int(n)): float(w) for n, w in weights.items()}
+        details = self._base(server_round, "train") | {
+            "hospital_count": len(took),
+            "sampled_count": len(sampled),
+            "node_ids": took,
+            "dropped_node_ids": [n for n in sampled if n not in took],
+            "no_patient_node_ids": [n for n in took if weight[n] == 0],
+            "failures": int(failures),
+            "patient_count": None if self.dp is not None else int(sum(weight.values())),
+            "parameter_digest": None if params is None else parameter_digest(params),
+            "dp": self.dp,
+            "secagg": self.secagg,
+        }
+        self._write(details)
+
+    def finish(self) -> None:
+        """Write the rounds asked for but never aggregated (`kind` "halted")."""
+        for server_round in sorted(self._sampled):
+            sampled = self._sampled.pop(server_round)
+            self._write(self._base(server_round, "halted") | {
+                "hospital_count": 0, "sampled_count": len(sampled), "node_ids": [],
+                "dropped_node_ids": sampled, "parameter_digest": None, "dp": self.dp,
+                "secagg": self.secagg,
+            })  # fmt: skip
+
+    def wrap(self, strategy: Any) -> Any:
+        """A legacy Flower `Strategy` that delegates every call to `strategy` and records
+        each round (`configured` at `configure_fit`, `aggregated` after `aggregate_fit`)."""
+        from flwr.common import parameters_to_ndarrays
+        from flwr.server.strategy import Strategy
+
+        log = self
+
+        class Audited(Strategy):
+            def initialize_parameters(self, client_manager):
+                return strategy.initialize_parameters(client_manager)
+
+            def configure_fit(self, server_round, parameters, client_manager):
+                pairs = strategy.configure_fit(server_round, parameters, client_manager)
+                log.configured(server_round, [proxy.node_id for proxy, _ in pairs])
+                return pairs
+
+            def aggregate_fit(self, server_round, results, failures):
+                params, metrics = strategy.aggregate_fit(server_round, results, failures)
+                weights = {proxy.node_id: res.num_examples for proxy, res in results}
+                arrays = None if params is None else parameters_to_ndarrays(params)
+                log.aggregated(server_round, weights, len(failures), arrays)
+                return params, metrics
+
+            def configure_evaluate(self, server_round, parameters, client_manager):
+                return strategy.configure_evaluate(server_round, parameters, client_manager)
+
+            def aggregate_evaluate(self, server_round, results, failures):
+                return strategy.aggregate_evaluate(server_round, results, failures)
+
+            def evaluate(self, server_round, parameters):
+                return strategy.evaluate(server_round, parameters)
+
+        return Audited()
+
+
 class _RoundConfig:
     """`on_fit_config_fn` of the legacy strategy: the round number for the hospitals."""
 
@@ -490,13 +629,18 @@ def secagg_server_app(
     outcome: Outcome | None = None,
     quantization_range: int = 2**22,
     clipping_range: float = 8.0,
+    audit: AuditLog | None = None,
+    fit: str = "federated surrogate (SecAgg+)",
 ):
     """The SecAgg+ ServerApp: FedAvg (legacy strategy) whose fit round runs through
     `SecAggPlusWorkflow` (every hospital holds a share of every other's key: `num_shares` =
     the hospitals, reconstruction threshold 2/3 of them); with `noise_multiplier` and `clip`,
     wrapped in the legacy `DifferentialPrivacyClientSideFixedClipping` (noise on the sum the
     server unmasks; the hospitals clip). Parameters must lie within +-`clipping_range` to be
-    quantised (to `quantization_range` levels)."""
+    quantised (to `quantization_range` levels). Each round goes into `audit` and
+    `outcome.round_log` (`SecAggRoundAudit`: the round, how many hospitals' masked updates
+    entered the sum, the node IDs that dropped out, the new model's digest, the DP and
+    SecAgg+ settings; no patient, no hospital's update)."""
     from flwr.common import ndarrays_to_parameters
     from flwr.server import LegacyContext, ServerApp, ServerConfig
     from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
@@ -521,18 +665,24 @@ def secagg_server_app(
             strategy = DifferentialPrivacyClientSideFixedClipping(
                 strategy, noise_multiplier, clip, hospitals
             )
+        secagg = {
+            "num_shares": hospitals if hospitals > 2 else 1.0,
+            "reconstruction_threshold": max(2, (2 * hospitals) // 3),
+            "quantization_range": int(quantization_range),
+            "clipping_range": float(clipping_range),
+        }
+        dp = None
+        if noise_multiplier is not None:
+            dp = {"unit": "client", "noise_multiplier": float(noise_multiplier),
+                  "clip": float(clip)}  # type: ignore[arg-type]  # fmt: skip
+        log = SecAggRoundAudit(audit, fit=fit, dp=dp, secagg=secagg)
+        sink.round_log = log.rounds
         legacy = LegacyContext(
-            context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy
+            context=context, config=ServerConfig(num_rounds=rounds), strategy=log.wrap(strategy)
         )
-        workflow = DefaultWorkflow(
-            fit_workflow=SecAggPlusWorkflow(
-                num_shares=hospitals if hospitals > 2 else 1.0,
-                reconstruction_threshold=max(2, (2 * hospitals) // 3),
-                quantization_range=quantization_range,
-                clipping_range=clipping_range,
-            )
-        )
+        workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(**secagg))
         workflow(grid, legacy)
+        log.finish()
         from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
         record = legacy.state.array_records[MAIN_PARAMS_RECORD]
