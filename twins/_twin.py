@@ -37,7 +37,14 @@ import calibration
 import pkpd
 
 from ._patient import Patient
-from ._recommend import Recommendation, dosing_choices, plan_doses, recommend_dose
+from ._recommend import (
+    Recommendation,
+    constrained_intervals,
+    dosing_choices,
+    loading_dose,
+    plan_doses,
+    recommend_dose,
+)
 from .drugs import DoseConstraints, Drug, Target
 
 _LEVEL = 0.9
@@ -542,19 +549,9 @@ class DigitalTwin:
         if loading is not None and constraints is None:
             raise ValueError(f"{who}: loading= needs constraints= (strengths, max_loading).")
         usual_interval = interval or self.drug.dosing.interval
-        if constraints is not None and constraints.intervals is not None:
-            if interval is None and intervals is None:
-                intervals = constraints.intervals
-            asked = list(intervals) if intervals is not None else [usual_interval]
-            refused = [t for t in asked if float(t) not in constraints.intervals]
-            if refused:
-                raise ValueError(
-                    f"{who}: interval(s) {refused} h are not in constraints.intervals "
-                    f"{list(constraints.intervals)}; expected allowed intervals (or replace "
-                    "the constraints' intervals)."
-                )
+        intervals = constrained_intervals(constraints, interval, intervals, usual_interval, who)
         choices = dosing_choices(intervals, usual_interval, probability)
-        loading_reg, loading_dose = None, None
+        loading_reg, load_amount = None, None
         try:
             if loading is None:
                 plans = plan_doses(
@@ -563,7 +560,9 @@ class DigitalTwin:
                 )  # fmt: skip
             else:
                 assert constraints is not None  # checked above
-                t_load, loading_dose, loading_reg = self._loading_dose(loading, constraints, start)
+                t_load, load_amount, loading_reg = loading_dose(
+                    self.drug, self.history, self.weight, loading, constraints, start, who
+                )
                 plans = []
                 for tau in choices:
                     plans += plan_doses(
@@ -599,48 +598,11 @@ class DigitalTwin:
             constraints=constraints,
             per_kg_weight=self.weight if self.drug.dosing.per_kg else None,
             usual_duration=self.drug.dosing.route.duration,
-            loading_dose=loading_dose,
+            loading_dose=load_amount,
         )
         if loading_reg is None:
             return rec
         return dataclasses.replace(rec, regimen=loading_reg + rec.regimen)
-
-    def _loading_dose(
-        self, per_kg: float, constraints: DoseConstraints, start: float | None
-    ) -> tuple[float, float, pkpd.Regimen]:
-        """The loading dose of `recommend(loading=per_kg)`: its time, its admissible amount
-        (nearest to `per_kg * weight`, at most `max_loading`) and its one-dose regimen."""
-        who = f"recommend for patient {self.patient_id}"
-        if not (isinstance(per_kg, int | float) and math.isfinite(per_kg) and per_kg > 0):
-            raise ValueError(f"{who}: loading must be a number > 0 (mg/kg), got {per_kg!r}.")
-        rng = constraints.loading_per_kg
-        if rng is not None and not rng[0] <= per_kg <= rng[1]:
-            raise ValueError(
-                f"{who}: loading={per_kg:g} mg/kg is outside constraints.loading_per_kg "
-                f"{rng} ({constraints.reference or 'the drug library'})."
-            )
-        if self.weight is None:
-            raise ValueError(f"{who}: a loading dose in mg/kg needs the patient's weight (WT).")
-        wanted = per_kg * float(self.weight)
-        cap = constraints.max_loading
-        doses = constraints.admissible(highest=max(2.0 * wanted, wanted + 1.0))
-        if cap is not None:
-            doses = doses[doses <= cap + 1e-9] if doses.size else doses
-        if doses.size:
-            amount = float(doses[np.argmin(np.abs(doses - wanted))])
-        else:
-            amount = wanted if cap is None else min(wanted, cap)
-        duration = constraints.duration(amount, self.drug.dosing.route.duration)
-        t_load = start
-        if t_load is None:
-            t_load = 0.0
-            if self.history is not None:
-                given = np.asarray(self.history.time)[np.asarray(self.history.mask)]
-                if given.size:
-                    t_load = float(given.max()) + float(self.drug.dosing.interval)
-        route = self.drug.dosing.route.with_duration(duration)
-        reg = route.dose(amount, time=float(t_load), cmt=self.drug.dosing.cmt)
-        return float(t_load), amount, reg
 
     def find_target(self, target: str | Target | None) -> Target:
         """`target` as a `Target`: itself, or the drug's target of that metric name
