@@ -1,7 +1,7 @@
 """`twins serve`: the live twin service on an MQTT broker (docs/live-twins.md).
 
 Runs until SIGINT or SIGTERM. Exit codes: 0 stopped; 2 a usage error (broker address, drug,
-keys, audit log that fails verification).
+a dosing file, keys, audit log that fails verification).
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ def serve(
     ),
     interval: list[float] = typer.Option(
         [], help="A dosing interval (h) the recommendation may choose (repeatable)."
+    ),
+    dosing: Path | None = typer.Option(
+        None,
+        help="A TOML file of dose constraints per substance (strengths, min/max dose, "
+        "max_rate, intervals, loading dose): docs/live-twins.md, twins.io.read_dosing.",
     ),
     draws: int = typer.Option(200, min=10, help="Posterior draws per recommendation/forecast."),
     client_id: str | None = typer.Option(
@@ -85,7 +90,7 @@ def serve(
         load_pseudonym_key,
         load_signing_key,
     )
-    from ..io import SUBSTANCES, MqttService, MqttTls, TwinService
+    from ..io import SUBSTANCES, DosingConfigError, MqttService, MqttTls, TwinService, read_dosing
     from ..io._service_mqtt import parse_broker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -125,6 +130,12 @@ def serve(
             models[substance] = drug_library.get(name)
         except (KeyError, ValueError) as error:
             raise _fail(f"--drug {item}: {error}") from None
+    advice = None
+    if dosing is not None:
+        try:
+            advice = read_dosing(dosing, models)
+        except (DosingConfigError, OSError) as error:
+            raise _fail(f"--dosing: {error}") from None
     try:
         key = load_pseudonym_key(key_file)
         log = AuditLog(audit, load_signing_key(signing_key))
@@ -140,6 +151,7 @@ def serve(
             intervals=interval or None,
             n_draws=draws,
             hold_unknown=hold_unknown,
+            dosing=advice,
         )
     except (TypeError, ValueError) as error:
         raise _fail(str(error)) from None

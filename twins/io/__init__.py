@@ -17,7 +17,8 @@
   read on its own (`ResourceInfo`: type, id, version, patient, time, substances).
 - `TwinService`: live twins fed by FHIR messages (SQLite-backed, idempotent, order-proof,
   dead letters, audit log); `MqttService` runs one on an MQTT broker (`twins serve`;
-  TLS by `MqttTls`). See docs/live-twins.md.
+  TLS by `MqttTls`); its dose constraints and loading dose per drug are `DosingAdvice`s,
+  read from TOML by `read_dosing` (`twins serve --dosing FILE`). See docs/live-twins.md.
 - Tables: `LOINC` (observation codes read), `SUBSTANCES`, `HGNC`, `RECORD_COLUMNS`.
 
 See docs/fhir.md.
@@ -43,6 +44,9 @@ from ._records import RECORD_COLUMNS as RECORD_COLUMNS
 from ._service import Receipt as Receipt
 from ._service import Topics as Topics
 from ._service import TwinService as TwinService
+from ._service_dosing import DosingAdvice as DosingAdvice
+from ._service_dosing import DosingConfigError as DosingConfigError
+from ._service_dosing import read_dosing as read_dosing
 from ._service_mqtt import MqttService as MqttService
 from ._service_mqtt import MqttTls as MqttTls
 from ._stream_read import ResourceInfo as ResourceInfo
@@ -59,6 +63,8 @@ __all__ = [
     "LOINC",
     "RECORD_COLUMNS",
     "SUBSTANCES",
+    "DosingAdvice",
+    "DosingConfigError",
     "FhirError",
     "FhirImport",
     "ForecastPoint",
@@ -79,6 +85,7 @@ __all__ = [
     "fhir_bundle",
     "forecast_observations",
     "inspect_resource",
+    "read_dosing",
     "read_fhir",
     "recommendation_request",
     "update_json",

@@ -41,6 +41,7 @@ from ..governance import (
 )
 from ._codes import SUBSTANCES
 from ._errors import FhirError
+from ._service_dosing import DosingAdvice
 from ._service_store import ServiceStore, StoredMessage, digest
 from ._service_twin import (
     Replay,
@@ -145,6 +146,11 @@ class TwinService:
     - `incremental`: a patient's new levels extend its twin (`extend` in
       twins/io/_service_twin.py) where that gives the replay's twin; `False`: every update
       replays the patient's messages (the same results, slower; for checking).
+    - `dosing`: substance -> `twins.io.DosingAdvice` (`read_dosing` reads them from a TOML
+      file): the dose constraints its recommendations respect (strengths, minimum and
+      maximum dose, maximum infusion rate, allowed intervals) and a loading dose; a
+      substance not named gets the continuous optimum. Checked here: a constraint that
+      forbids one of `intervals` is a `ValueError` naming the substance.
     """
 
     def __init__(
@@ -161,6 +167,7 @@ class TwinService:
         batch_size: int = 256,
         incremental: bool = True,
         hold_unknown: float = 60.0,
+        dosing: Mapping[str, DosingAdvice] | None = None,
     ):
         if not drugs or any(s not in SUBSTANCES for s in drugs):
             raise ValueError(
@@ -186,6 +193,19 @@ class TwinService:
                 f"TwinService: hold_unknown must be a number of seconds >= 0, got {hold_unknown!r}."
             )
         self.hold_unknown = float(hold_unknown)
+        self.dosing: dict[str, DosingAdvice] = {}
+        for s, advice in (dosing or {}).items():
+            if s not in self.drugs:
+                raise ValueError(
+                    f"TwinService: dosing[{s!r}]: not a substance of drugs {list(self.drugs)}."
+                )
+            if not isinstance(advice, DosingAdvice):
+                raise TypeError(
+                    f"TwinService: dosing[{s!r}] must be a twins.io.DosingAdvice, got "
+                    f"{advice!r:.80}."
+                )
+            advice.check_intervals(self.intervals, f"TwinService: dosing[{s!r}]")
+            self.dosing[s] = advice
         self.store = ServiceStore(store)
         self._results = governance.pseudonymizer("results")
         self._audit_names = governance.pseudonymizer("audit")
@@ -482,12 +502,18 @@ class TwinService:
             return result
         keys = [output_keys(self.seed, r.asof) for r in ready]
         starts = [plan_start(r) for r in ready]
+        advice = [self.dosing.get(r.substance) for r in ready]
         recs = recommend_twins(
             [r.twin for r in ready],
             keys=[k for k, _ in keys],
             intervals=self.intervals,
             starts=starts,
             n_draws=self.n_draws,
+            constraints=[None if a is None else a.constraints for a in advice],
+            loading=[
+                None if a is None else a.loading_for(_doses_given(r))
+                for r, a in zip(ready, advice, strict=True)
+            ],
         )
         ok = [j for j, rec in enumerate(recs) if not isinstance(rec, Exception)]
         fcs = forecast_twins(
@@ -569,6 +595,7 @@ class TwinService:
                     "n_doses": int(rec.n_doses),
                     "first_dose_h": round(res.start, 6),
                     "probability": float(rec.probability),
+                    **_constrained_details(rec),
                 },
             )
         )
@@ -646,6 +673,28 @@ class TwinService:
             "held": len(self.store.held()),
             "rebuilt": dict(self.counts),
         }
+
+
+def _constrained_details(rec: Any) -> dict[str, Any]:
+    """The audit details of a constrained recommendation (none for a continuous one): the
+    optimum it was rounded from, the constraint that set it, the infusion duration and the
+    loading dose."""
+    if rec.continuous_dose is None:
+        return {}
+    out: dict[str, Any] = {"continuous_dose": round(float(rec.continuous_dose), 6)}
+    if rec.bound:
+        out["bound"] = rec.bound
+    if rec.duration is not None:
+        out["infusion_h"] = round(float(rec.duration), 6)
+    if rec.loading_dose is not None:
+        out["loading_dose_mg"] = round(float(rec.loading_dose), 6)
+    return out
+
+
+def _doses_given(r: Replay) -> int:
+    """How many doses the twin of `r` has been given."""
+    history = r.twin.history if r.twin is not None else None
+    return 0 if history is None else int(np.count_nonzero(np.asarray(history.mask)))
 
 
 def _failed(mine: Sequence[StoredMessage], substance: str, error: Exception):

@@ -97,12 +97,74 @@ def recommendation_request(
     `status = draft`, `dosageInstruction` with `timing.repeat` (`boundsPeriod.start`,
     `count`, `period`/`periodUnit = h`, `duration`/`durationUnit = h` for an infusion) and
     `doseAndRate.doseQuantity` in mg (UCUM); the target (metric, window, unit) and the
-    posterior probability in extensions and in a note.
+    posterior probability in extensions and in a note. A constrained recommendation
+    (`recommend(constraints=...)`) adds the extensions `continuous-dose` (the optimum it was
+    rounded from) and `bound` (the constraint that set it). With a loading dose
+    (`recommend(loading=...)`) `dosageInstruction` has two Dosages, `sequence` 1 (the
+    loading dose: `count = 1`, its own duration) and `sequence` 2 (the maintenance doses),
+    and the extension `loading-dose` gives its amount: in FHIR R4B, Dosages of different
+    `sequence` are sequential, of the same `sequence` concurrent (HL7 FHIR R4B, Dosage
+    data type, `Dosage.sequence`). A loading dose equal to the maintenance dose, one
+    interval before it, is simply one more dose of the single Dosage.
     """
     from fhir.resources.R4B.medicationrequest import MedicationRequest
 
     data = _recommendation_data(recommendation, patient, origin, substance, pseudonymizer, authored)
     return MedicationRequest.model_validate(data)
+
+
+def _segments(times, amounts, durations) -> list[tuple[int, int]]:
+    """`(first, stop)` index ranges of the runs of equal doses (amount and infusion
+    duration) at one spacing: a loading dose and the maintenance doses after it are two."""
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < times.size:
+        j = i + 1
+        while (
+            j < times.size
+            and np.isclose(amounts[j], amounts[i])
+            and np.isclose(durations[j], durations[i])
+            and (j == i + 1 or np.isclose(times[j] - times[j - 1], times[i + 1] - times[i]))
+        ):
+            j += 1
+        out.append((i, j))
+        i = j
+    return out
+
+
+def _dosage(times, amount, duration, interval, origin, sequence, first_of_many):
+    """One Dosage: `times` (h) of equal doses of `amount` mg over `duration` h (0: a bolus)
+    every `interval` h; `sequence` (1-based) when the regimen has several Dosages."""
+    repeat: dict[str, Any] = {
+        "boundsPeriod": {"start": _at(origin, times[0])},
+        "count": int(times.size),
+    }
+    if times.size > 1 or not first_of_many:
+        repeat |= {"frequency": 1, "period": interval, "periodUnit": "h"}
+    if duration > 0:
+        repeat["duration"] = float(duration)
+        repeat["durationUnit"] = "h"
+    if times.size == 1 and first_of_many:
+        text = f"{amount:.6g} mg once (loading dose)"
+    else:
+        text = f"{amount:.6g} mg every {interval:g} h, {times.size} doses"
+    dosage: dict[str, Any] = {}
+    if sequence is not None:
+        dosage["sequence"] = sequence
+    dosage |= {
+        "text": text,
+        "timing": {"repeat": repeat},
+        "doseAndRate": [
+            {"doseQuantity": {"value": float(amount), "unit": "mg", "system": UCUM, "code": "mg"}}
+        ],
+    }
+    if duration > 0:
+        dosage["route"] = {
+            "coding": [
+                {"system": SNOMED_SYSTEM, "code": "47625008", "display": "Intravenous route"}
+            ]
+        }
+    return dosage
 
 
 def _recommendation_data(recommendation, patient, origin, substance, pseudonymizer, authored):
@@ -111,19 +173,27 @@ def _recommendation_data(recommendation, patient, origin, substance, pseudonymiz
     times, amounts, durations = _doses(recommendation.regimen)
     if times.size == 0:
         raise ValueError("recommendation_request: the recommendation's regimen has no dose.")
-    if not (np.allclose(amounts, amounts[0]) and np.allclose(durations, durations[0])):
-        raise ValueError("recommendation_request: expected equal doses in the regimen.")
+    order = np.argsort(times, kind="stable")
+    times, amounts, durations = times[order], amounts[order], durations[order]
     interval = float(recommendation.interval)
-    repeat: dict[str, Any] = {
-        "boundsPeriod": {"start": _at(origin, times[0])},
-        "count": int(times.size),
-        "frequency": 1,
-        "period": interval,
-        "periodUnit": "h",
-    }
-    if durations[0] > 0:
-        repeat["duration"] = float(durations[0])
-        repeat["durationUnit"] = "h"
+    runs = _segments(times, amounts, durations)
+    loading = getattr(recommendation, "loading_dose", None)
+    if len(runs) == 2 and runs[0] == (0, 1) and loading is not None:
+        pass  # a loading dose, then the maintenance doses: two sequenced Dosages
+    elif len(runs) != 1:
+        raise ValueError(
+            "recommendation_request: expected equal doses in the regimen (or one loading "
+            f"dose, then equal doses), got {len(runs)} runs of different doses or spacings."
+        )
+    many = len(runs) > 1
+    dosages = []
+    for k, (a, b) in enumerate(runs):
+        sequence = k + 1 if many else None
+        dosages.append(
+            _dosage(
+                times[a:b], amounts[a], durations[a], interval, origin, sequence, many and k == 0
+            )
+        )
     target = recommendation.target
     ext = [
         {"url": TWINS_EXTENSION + "target-metric", "valueString": str(target.metric)},
@@ -132,36 +202,28 @@ def _recommendation_data(recommendation, patient, origin, substance, pseudonymiz
         {"url": TWINS_EXTENSION + "target-unit", "valueString": str(target.unit)},
         {"url": TWINS_EXTENSION + "probability", "valueDecimal": float(recommendation.probability)},
     ]
-    dosage: dict[str, Any] = {
-        "text": f"{amounts[0]:.6g} mg every {interval:g} h, {times.size} doses",
-        "timing": {"repeat": repeat},
-        "doseAndRate": [
-            {
-                "doseQuantity": {
-                    "value": float(amounts[0]),
-                    "unit": "mg",
-                    "system": UCUM,
-                    "code": "mg",
-                }
-            }
-        ],
-    }
-    if durations[0] > 0:
-        dosage["route"] = {
-            "coding": [
-                {"system": SNOMED_SYSTEM, "code": "47625008", "display": "Intravenous route"}
-            ]
-        }
+    continuous = getattr(recommendation, "continuous_dose", None)
+    if continuous is not None:  # a constrained recommendation: what it was rounded from
+        ext.append({"url": TWINS_EXTENSION + "continuous-dose", "valueDecimal": float(continuous)})
+        bound = getattr(recommendation, "bound", "")
+        if bound:
+            ext.append({"url": TWINS_EXTENSION + "bound", "valueString": str(bound)})
+    if loading is not None:
+        ext.append({"url": TWINS_EXTENSION + "loading-dose", "valueDecimal": float(loading)})
+    maintenance = runs[-1][0]
+    ident: list[Any] = [
+        "recommendation",
+        _ref("Patient", patient, pseudonymizer),
+        origin.isoformat(),
+        times[0],
+        amounts[0],
+        interval,
+    ]
+    if many:  # the maintenance doses too (a single run keeps the ids it always had)
+        ident += [times[maintenance], amounts[maintenance], durations[0], durations[maintenance]]
     data: dict[str, Any] = {
         "resourceType": "MedicationRequest",
-        "id": _id(
-            "recommendation",
-            _ref("Patient", patient, pseudonymizer),
-            origin.isoformat(),
-            times[0],
-            amounts[0],
-            interval,
-        ),
+        "id": _id(*ident),
         "extension": ext,
         "status": "draft",
         "intent": "proposal",
@@ -169,7 +231,7 @@ def _recommendation_data(recommendation, patient, origin, substance, pseudonymiz
             "coding": [{"system": RXNORM_SYSTEM, "code": drug.rxnorm[0], "display": drug.name}]
         },
         "subject": {"reference": _ref("Patient", patient, pseudonymizer)},
-        "dosageInstruction": [dosage],
+        "dosageInstruction": dosages,
         "note": [{"text": f"pkpd-twins recommendation: {recommendation}"}],
     }
     if authored is not None:
