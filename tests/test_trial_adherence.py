@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from test_trial_dosing import _drug, _params, _reference, _titrated
+from test_trial_dosing import TIGHT, _drug, _params, _reference, _titrated
 
 import pkpd
 import twins
@@ -103,3 +103,104 @@ def test_adherence_refused_with_host_driven_arms():
             name="x", drug=drug, population=twins.Population.sample,
             arms=(_titrated(100.0),), endpoints=(), days=3, interval=24.0, adherence=0.9,
         )  # fmt: skip
+
+
+def test_holidays_are_runs_of_missed_doses_at_their_rate():
+    h = twins.Holidays(p_start=0.05, periods=4)
+    assert h.holiday_share == pytest.approx(0.05 * 4 / (1 - 0.05 + 0.05 * 4))
+    keys = jax.random.split(jax.random.key(3), 3000)
+    x = np.asarray(jax.vmap(lambda k: h.draw(k, 200))(keys))
+    assert set(np.unique(x)) <= {0.0, 1.0}
+    # Read back as the process is defined: off holiday, a period starts one (or not); a
+    # holiday is 4 periods of missed doses (cut by the end of the trial at most).
+    starts = decisions = 0
+    for row in x:
+        i = 0
+        while i < row.size:
+            decisions += 1
+            if row[i] == 1.0:
+                starts += 1
+                assert np.all(row[i : i + 4] == 1.0)
+                i += 4
+            else:
+                i += 1
+    p = starts / decisions
+    assert abs(p - 0.05) < 4 * np.sqrt(0.05 * 0.95 / decisions)
+    late = x[:, 100:].mean(1)  # near the long-run share (independent patients)
+    assert abs(late.mean() - h.holiday_share) < 4 * late.std() / np.sqrt(late.size)
+    with pytest.raises(ValueError, match="p_start"):
+        twins.Holidays(1.0, 3)
+    with pytest.raises(ValueError, match="periods"):
+        twins.Holidays(0.1, 0)
+
+
+def test_dose_times_are_a_truncated_normal_jitter():
+    from scipy import stats
+
+    t = twins.DoseTiming(sd_h=2.0, max_h=3.0, due_h=5.0)
+    keys = jax.random.split(jax.random.key(4), 400)
+    x = np.asarray(jax.vmap(lambda k: t.draw(k, 50))(keys)).ravel()
+    assert x.min() >= 2.0 and x.max() <= 8.0
+    ref = stats.truncnorm(-1.5, 1.5, loc=5.0, scale=2.0)
+    assert stats.kstest(x, ref.cdf).pvalue > 1e-3
+    assert twins.DoseTiming(1.0, 2.0).due_h == 2.0  # due by default at max_h
+    with pytest.raises(ValueError, match="due_h"):
+        twins.DoseTiming(1.0, 2.0, due_h=1.0)
+    with pytest.raises(ValueError, match="sd_h"):
+        twins.DoseTiming(-1.0, 2.0)
+
+
+def _timed_reference(drug, params, amounts, offsets, tau, times):
+    """pkpd.simulate of the doses taken, each at its own time in its period."""
+    route, cmt = drug.dosing.route, drug.dosing.cmt
+    records = [
+        route.dose(float(a), time=k * tau + float(offsets[k]), cmt=cmt)
+        for k, a in enumerate(amounts)
+        if a > 0
+    ]
+    y = pkpd.simulate(drug.model.model, params, pkpd.concatenate(records), times, solver=TIGHT)
+    return np.asarray(y)
+
+
+def test_jittered_doses_and_holidays_equal_pkpd_simulate():
+    # q12h with a 4-h lag and doses due 5 h into the period, +-4 h: a late dose arrives in
+    # the next period (a window of two periods of doses), as pkpd.simulate has it.
+    drug = _drug(
+        pkpd.OneCompartmentOral(),
+        {"KA": 0.9, "CL": 4.0, "V": 40.0, "ALAG1": 4.0, "F1": 0.6},
+        D.Oral(),
+        interval=12.0,
+    )
+    timing = twins.DoseTiming(sd_h=2.0, max_h=4.0, due_h=5.0)
+    holidays = twins.Holidays(p_start=0.1, periods=3)
+    full = twins.Adherence(0.1, 0.4, timing=timing, holidays=holidays)
+    trial = _trial(drug, 12, full)
+    pop = population_rows(trial, 0, 6, key=jax.random.key(1))
+    ends, courses = simulate_chunk(trial, pop, 0, key=jax.random.key(2))
+    course = courses["titrated"]
+    offsets, on = course["dose_offset_h"], course["holiday"]
+    assert offsets.shape == (6, 12) and np.ptp(offsets) > 1.0 and on.any()
+    assert offsets.min() >= 1.0 and offsets.max() <= 9.0
+    assert (offsets + 4.0 > trial.interval).any()  # some doses arrive in the next period
+    np.testing.assert_array_equal(course["adherence"][on == 1.0], 0.0)  # holidays: missed
+    # the chain is that of the same Adherence without timing and holidays (own streams)
+    _, plain = simulate_chunk(_trial(drug, 12, twins.Adherence(0.1, 0.4)), pop, 0,
+                              key=jax.random.key(2))  # fmt: skip
+    chain = plain["titrated"]["adherence"]
+    np.testing.assert_array_equal(course["adherence"], chain * (1.0 - on))
+    times = np.arange(trial.days + 1) * trial.interval
+    for i in range(6):
+        ref = _timed_reference(drug, _params(course, i), course["taken"][i], offsets[i],
+                               trial.interval, times)  # fmt: skip
+        np.testing.assert_allclose(course["level"][i], ref, rtol=1e-9, atol=1e-12)
+    # not vacuous: the same doses at the period starts give other levels
+    other = _reference(drug, _params(course, 0), course["taken"][0], trial.interval, times)
+    assert np.max(np.abs(other - course["level"][0])) > 1e-2 * np.max(course["level"][0])
+    prescribed = course["doses"] > 0
+    want = 100.0 * (prescribed & (course["adherence"] > 0.5)).sum(1) / prescribed.sum(1)
+    np.testing.assert_allclose(ends["titrated"]["taken"], want)
+    described = trial.describe()["adherence"]
+    assert described["timing"]["due_h"] == 5.0 and described["holidays"]["periods"] == 3.0
+    assert "timing" not in _trial(drug, 12, twins.Adherence(0.1, 0.4)).describe()["adherence"]
+    with pytest.raises(ValueError, match=r"adherence\.timing"):
+        _trial(drug, 12, twins.Adherence(timing=twins.DoseTiming(1.0, 4.0, due_h=8.0)))

@@ -97,6 +97,9 @@ from .trials import Adherence as Adherence  # isort: skip
 from .trials import IOV as IOV  # isort: skip
 from .trials import OrnsteinUhlenbeck as OrnsteinUhlenbeck  # isort: skip
 from .trials import Variability as Variability  # isort: skip
+from .trials import Visits as Visits  # isort: skip
+from .trials import DoseTiming as DoseTiming  # isort: skip
+from .trials import Holidays as Holidays  # isort: skip
 from .trials import DosesTaken as DosesTaken  # isort: skip
 from .trials import Dropout as Dropout  # isort: skip
 from .trials import Dropped as Dropped  # isort: skip
@@ -137,6 +140,7 @@ __all__ = [
     "Demographics",
     "DigitalTwin",
     "DoseConstraints",
+    "DoseTiming",
     "DosesTaken",
     "DosingArm",
     "Dropout",
@@ -147,6 +151,7 @@ __all__ = [
     "FailedPatientsError",
     "FinalLevel",
     "Forecast",
+    "Holidays",
     "ImplausiblePatientError",
     "ImplausibleValue",
     "Infusion",
@@ -175,6 +180,7 @@ __all__ = [
     "Trough",
     "TwinArm",
     "Variability",
+    "Visits",
     "allometric",
     "app",
     "bmi",

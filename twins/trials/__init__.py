@@ -16,6 +16,8 @@ No plotting and no HTML here: the report is `twins.app` (`twins.write_report`).
 """
 
 from ._adherence import Adherence as Adherence
+from ._adherence import DoseTiming as DoseTiming
+from ._adherence import Holidays as Holidays
 from ._arms import Arm as Arm
 from ._arms import DosingArm as DosingArm
 from ._arms import Nomogram as Nomogram
@@ -71,6 +73,7 @@ from ._twin_arm import TwinArm as TwinArm
 from ._variability import IOV as IOV
 from ._variability import OrnsteinUhlenbeck as OrnsteinUhlenbeck
 from ._variability import Variability as Variability
+from ._visits import Visits as Visits
 
 __all__ = [
     "AUC",
@@ -87,6 +90,7 @@ __all__ = [
     "CovariateLevels",
     "Ctrough",
     "DamagedResultsError",
+    "DoseTiming",
     "DosesTaken",
     "DosingArm",
     "Dropout",
@@ -95,6 +99,7 @@ __all__ = [
     "EventRisk",
     "FailedPatientsError",
     "FinalLevel",
+    "Holidays",
     "MeanDose",
     "Nomogram",
     "OrnsteinUhlenbeck",
@@ -112,6 +117,7 @@ __all__ = [
     "Trial",
     "TwinArm",
     "Variability",
+    "Visits",
     "coag_trial",
     "consented_trial",
     "dose_window",

@@ -88,6 +88,16 @@ class Arm(abc.ABC):
     def step(self, period, measured, is_visit, state) -> tuple[Any, dict[str, Any]]:
         """`(amount given in this period, new state)` for one patient."""
 
+    def step_at(self, period, visit_period, measured, is_visit, state):
+        """`step` at a visit held in `period` that was scheduled in `visit_period` (a slipped
+        visit, `Trial(visits=Visits(...))`): the rule of the scheduled visit decides, from
+        the value measured in `period`, and the decision applies from `period` on. An arm
+        that can take a moved visit overrides this (`DosingArm` does); a trial with slips
+        refuses the others."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not take a visit moved from its scheduled day."
+        )
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -198,9 +208,14 @@ class DosingArm(Arm):
         return xp.maximum(xp.round(dose / self.dose_step), 1.0) * self.dose_step
 
     def step(self, period, measured, is_visit, state):
+        return self.step_at(period, period, measured, is_visit, state)
+
+    def step_at(self, period, visit_period, measured, is_visit, state):
+        """`step`, with the rules chosen by the visit's scheduled period `visit_period` (a
+        slipped visit) and the loading doses and withheld doses by the actual `period`."""
         dose, hold = state["dose"], state["hold"]
         for days, rule in self.rules:
-            applies = is_visit & jnp.isin(period, jnp.asarray(days, dtype=jnp.int32))
+            applies = is_visit & jnp.isin(visit_period, jnp.asarray(days, dtype=jnp.int32))
             new_dose, new_hold = rule(measured, dose)
             dose = jnp.where(applies, self._round(new_dose), dose)
             hold = jnp.where(applies, new_hold, hold)

@@ -74,7 +74,8 @@ class Dropout:
 
     def times(self, keys: jax.Array, visit_days: np.ndarray, measured: np.ndarray) -> np.ndarray:
         """`(n,)` each patient's dropout day (`inf`: stays), from its key (`keys` `(n,)`),
-        the visit days `(V,)` and the measured values `(n, V)`."""
+        the visit days `(V,)` (or each patient's own, `(n, V)`, with slipped visits) and the
+        measured values `(n, V)` (NaN at a visit that did not happen: it triggers nothing)."""
         u = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (2,)))(keys))
         n = measured.shape[0]
         out = np.full(n, np.inf)
@@ -85,7 +86,9 @@ class Dropout:
             any_hit = hit.any(axis=1) & (u[:, 1] < self.p_after_above)
             first = np.argmax(hit, axis=1)
             # leaves right after that visit: later visits are not attended
-            informative = np.where(any_hit, np.asarray(visit_days)[first], np.inf)
+            days = np.broadcast_to(np.asarray(visit_days, dtype=float), hit.shape)
+            at = np.take_along_axis(days, first[:, None], axis=1)[:, 0]
+            informative = np.where(any_hit, at, np.inf)
             out = np.minimum(out, informative)
         return out
 
@@ -99,8 +102,10 @@ class Dropout:
 
 
 def observed_mask(days: np.ndarray, dropout_day: np.ndarray) -> np.ndarray:
-    """`(n, len(days))`: the times at or before each patient's dropout day."""
-    return np.asarray(days)[None, :] <= np.asarray(dropout_day)[:, None]
+    """`(n, T)`: the times (`days` `(T,)`, or each patient's own `(n, T)`) at or before each
+    patient's dropout day."""
+    days = np.asarray(days)
+    return (days if days.ndim == 2 else days[None, :]) <= np.asarray(dropout_day)[:, None]
 
 
 __all__ = ["Dropout", "observed_mask"]

@@ -36,7 +36,11 @@ class Course(dict):
     - `params`: each patient's model parameters, `{name: (n,)}`;
     - `interval_h`: the dosing period (h);
     - `auc`, `cmax` `(n, P)`: the AUC and highest value of the true output within each
-      period, when an endpoint needs them (`Trial.exposure_steps`).
+      period, when an endpoint needs them (`Trial.exposure_steps`);
+    - with `Trial(visits=...)`: `visit_day` `(n, V)` the day each patient's visit happened
+      (its scheduled day when missed), `attended` `(n, V)`, and `measured` NaN at the
+      visits that did not happen; `observed` then marks the visits that happened (and,
+      with dropout, before the patient left).
     """
 
 
@@ -50,6 +54,10 @@ class Endpoint(abc.ABC):
     unit: ClassVar[str] = ""
     #: Whether the endpoint needs the AUC and Cmax of every period (`Course["auc"]`, `["cmax"]`).
     needs_exposure: ClassVar[bool] = False
+    #: Whether the endpoint, reading measured values, uses each patient's own visit days and
+    #: only the visits that happened (`Trial(visits=...)`; a trial with visits refuses a
+    #: measured-value endpoint without it).
+    visit_aware: ClassVar[bool] = False
 
     @abc.abstractmethod
     def __call__(self, course: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,6 +92,40 @@ def _observed(course, source: Source):
     series), or None when every value is observed."""
     key = "observed" if source == "measured" else "observed_days"
     return None if key not in course else np.asarray(course[key], dtype=bool)
+
+
+def _values(course, source: Source):
+    """`(t, y, m)`: `_series` and `_observed`; with `Trial(visits=...)` and measured values,
+    each patient's visits that happened (and were observed), in order, moved to the front
+    (`_compact`): `t` and `y` `(n, V)` and `m` a prefix mask, as dropout's."""
+    t, y = _series(course, source)
+    m = _observed(course, source)
+    if source == "measured" and "visit_day" in course:
+        assert m is not None  # `observed`: the visits that happened
+        t, y, m = _compact(np.asarray(course["visit_day"], dtype=float), np.asarray(y), m)
+    return t, y, m
+
+
+def _compact(t: np.ndarray, y: np.ndarray, m: np.ndarray):
+    """Each row's values where `m`, in their order, first; the rest of the row repeats the
+    last of them (its time too: the padding adds no time; 0 where there is none), masked."""
+    order = np.argsort(~m, axis=-1, kind="stable")
+    k = m.sum(-1)
+    t2 = np.take_along_axis(t, order, axis=-1)
+    y2 = np.take_along_axis(y, order, axis=-1)
+    keep = np.arange(m.shape[-1])[None, :] < k[:, None]
+    last = np.maximum(k - 1, 0)[:, None]
+    t2 = np.where(keep, t2, np.take_along_axis(t2, last, axis=-1))
+    y2 = np.where(keep, y2, np.where(k[:, None] > 0, np.take_along_axis(y2, last, axis=-1), 0.0))
+    return t2, y2, keep
+
+
+def _at(t, index):
+    """`t[index]` per patient: `t` `(T,)` or `(n, T)`, `index` `(n,)`."""
+    t = jnp.asarray(t)
+    if t.ndim == 1:
+        return t[index]
+    return jnp.take_along_axis(t, jnp.asarray(index)[:, None], axis=-1)[:, 0]
 
 
 def _in_range_fraction_observed(t, y, low, high, m):
@@ -140,10 +182,10 @@ class TimeInRange(Endpoint):
     high: float = 3.0
     source: Source = "measured"
     unit: ClassVar[str] = "% of time"
+    visit_aware: ClassVar[bool] = True
 
     def __call__(self, course):
-        t, y = _series(course, self.source)
-        m = _observed(course, self.source)
+        t, y, m = _values(course, self.source)
         if m is not None:  # dropout: over each patient's follow-up
             return {self.name: 100.0 * _in_range_fraction_observed(t, y, self.low, self.high, m)}
         return {self.name: 100.0 * _in_range_fraction(t, y, self.low, self.high)}
@@ -157,10 +199,10 @@ class AnyAbove(Endpoint):
     source: Source = "measured"
     kind: ClassVar[str] = "proportion"
     unit: ClassVar[str] = "% of patients"
+    visit_aware: ClassVar[bool] = True
 
     def __call__(self, course):
-        _, y = _series(course, self.source)
-        m = _observed(course, self.source)
+        _, y, m = _values(course, self.source)
         if m is not None:  # dropout: the observed values only
             return {self.name: ((jnp.asarray(y) >= self.threshold) & m).any(-1)}
         return {self.name: (y >= self.threshold).any(-1)}
@@ -182,6 +224,7 @@ class TimeToRange(Endpoint):
     consecutive: int = 1
     kind: ClassVar[str] = "time_to_event"
     unit: ClassVar[str] = "days"
+    visit_aware: ClassVar[bool] = True
 
     def __post_init__(self):
         k = self.consecutive
@@ -194,13 +237,12 @@ class TimeToRange(Endpoint):
             )
 
     def __call__(self, course):
-        t, y = _series(course, self.source)
+        t, y, m = _values(course, self.source)
         ok = (jnp.asarray(y) >= self.low) & (jnp.asarray(y) <= self.high)
-        m = _observed(course, self.source)
         last = jnp.asarray(t)[-1]
         if m is not None:  # dropout: observed values only, censored at the last observed
             ok = ok & m
-            last = jnp.asarray(t)[jnp.maximum(m.sum(-1) - 1, 0)]
+            last = _at(t, jnp.maximum(m.sum(-1) - 1, 0))
         k = self.consecutive
         if k > 1:  # in range here and at the next k - 1 values
             width = ok.shape[-1]
@@ -213,7 +255,7 @@ class TimeToRange(Endpoint):
             ok = run
         event = ok.any(-1)
         first = jnp.argmax(ok, axis=-1)
-        time = jnp.where(event, jnp.asarray(t)[first], last)
+        time = jnp.where(event, _at(t, first), last)
         return {self.name: time, f"{self.name}_event": event}
 
     def describe(self) -> dict[str, Any]:
@@ -276,6 +318,7 @@ class EventRisk(Endpoint):
     source: Source = "true"
     reference: str = ""
     unit: ClassVar[str] = "% of patients (expected)"
+    visit_aware: ClassVar[bool] = True
 
     def __post_init__(self):
         bounds = tuple(float(b) for b in self.bounds)
@@ -298,12 +341,11 @@ class EventRisk(Endpoint):
         object.__setattr__(self, "rates", rates)
 
     def __call__(self, course):
-        t, y = _series(course, self.source)
+        t, y, m = _values(course, self.source)
         y = np.asarray(y, dtype=float)
         dt = np.diff(np.asarray(t, dtype=float))  # days
         band = np.searchsorted(np.asarray(self.bounds), y[..., :-1], side="right")
         h = np.asarray(self.rates)[band] / 100.0 / 365.25  # per day
-        m = _observed(course, self.source)
         if m is not None:
             h = np.where(m[..., 1:], h, 0.0)
         return {self.name: 100.0 * -np.expm1(-(h * dt).sum(-1))}
@@ -327,13 +369,14 @@ class Dropped(Endpoint):
 
 @dataclasses.dataclass(frozen=True)
 class FinalLevel(Endpoint):
-    """The output at the end of the trial (true or as measured at the last visit)."""
+    """The output at the end of the trial (true or as measured at the last visit; with
+    dropout or visit realism, the last measured value)."""
 
     source: Source = "true"
+    visit_aware: ClassVar[bool] = True
 
     def __call__(self, course):
-        _, y = _series(course, self.source)
-        m = _observed(course, self.source)
+        _, y, m = _values(course, self.source)
         if m is not None:  # dropout: the last observed value
             last = np.maximum(m.sum(-1) - 1, 0)
             return {self.name: np.take_along_axis(np.asarray(y), last[:, None], axis=-1)[:, 0]}

@@ -45,6 +45,7 @@ from ._endpoints import TimeInRange as TimeInRange
 from ._endpoints import TimeToRange as TimeToRange
 from ._subgroups import Subgroup, subgroup
 from ._variability import Variability
+from ._visits import Visits
 
 #: Virtual patients are drawn in blocks of this size, block b from `fold_in(key, b)`, so that
 #: patient i is the same whatever N and the chunk size are.
@@ -134,6 +135,14 @@ class Trial:
       What happened before a patient leaves is unchanged; afterwards it is not observed
       (`Course["observed"]`, `["observed_days"]`, `["dropout_day"]`), and the endpoints
       count each patient over its own follow-up (`twins.trials._dropout`).
+    - `visits`: visit-schedule realism (`Visits`: visits that slip by whole days, visits
+      that are missed); default None: every visit on its scheduled day. A visit that happened
+      is measured on its day and the arm decides from that value (its scheduled day's rule);
+      a missed one measures and decides nothing (the dose stays). The course holds each
+      patient's `visit_day` `(n, V)` and `attended` `(n, V)`, `measured` is NaN at the visits
+      that did not happen, and the endpoints use only the visits that happened
+      (`twins.trials._visits`). Not with host-driven arms; slips need arms that take a moved
+      visit (`Arm.step_at`: `DosingArm` does) and a dosing period that divides a day.
     """
 
     name: str
@@ -157,8 +166,10 @@ class Trial:
     adherence: Adherence | None = None
     variability: Variability | None = None
     dropout: Dropout | None = None
+    visits: Visits | None = None
 
     def __post_init__(self):
+        self._check_visits()
         if self.dropout is not None and not isinstance(self.dropout, Dropout):
             raise TypeError(
                 f"Trial {self.name!r}: dropout must be a twins.Dropout or None, got "
@@ -262,6 +273,56 @@ class Trial:
                     f"the end of the trial (day {self.days + 1} morning at the latest)."
                 )
 
+    def _check_visits(self) -> None:
+        """The checks of `visits` and of the adherence's dose timing (what the engine needs)."""
+        adherence = self.adherence
+        timing = getattr(adherence, "timing", None)
+        if timing is not None and not timing.due_h + timing.max_h < float(self.interval):
+            raise ValueError(
+                f"Trial {self.name!r}: adherence.timing: due_h + max_h ({timing.due_h:g} + "
+                f"{timing.max_h:g} h) must be less than the dosing period ({self.interval:g} "
+                "h): each dose is taken within its own period."
+            )
+        v = self.visits
+        if v is None:
+            return
+        if not isinstance(v, Visits):
+            raise TypeError(
+                f"Trial {self.name!r}: visits must be a twins.Visits or None, got "
+                f"{type(v).__name__}."
+            )
+        hosted = [a.name for a in self.arms if getattr(a, "host_driven", False)]
+        if hosted:
+            raise ValueError(
+                f"Trial {self.name!r}: visits (slipped and missed visits) are not supported "
+                f"with host-driven arms ({hosted}) yet."
+            )
+        if v.slips:
+            per_day = 24.0 / float(self.interval)
+            if not (per_day >= 1 and math.isclose(per_day, round(per_day))):
+                raise ValueError(
+                    f"Trial {self.name!r}: visits.slip_max_days: slips are whole days, and the "
+                    f"dosing period ({self.interval:g} h) does not divide a day."
+                )
+            fixed = [a.name for a in self.arms if type(a).step_at is Arm.step_at]
+            if fixed:
+                raise ValueError(
+                    f"Trial {self.name!r}: visits.slip_max_days: the arms {fixed} cannot take "
+                    "a visit moved from its scheduled day (they do not define Arm.step_at); "
+                    "use missed visits only (slip_max_days = 0) with them."
+                )
+        blind = [
+            e.name
+            for e in self.endpoints
+            if getattr(e, "source", None) == "measured" and not getattr(e, "visit_aware", False)
+        ]
+        if blind:
+            raise ValueError(
+                f"Trial {self.name!r}: visits: the endpoints {blind} read the measured values "
+                "at the scheduled visit days and do not know slipped or missed visits "
+                "(Endpoint.visit_aware); use source = 'true' or another endpoint."
+            )
+
     @property
     def subgroup_names(self) -> tuple[str, ...]:
         """The names of `subgroups` (the columns of the results)."""
@@ -296,6 +357,7 @@ class Trial:
                 {"variability": self.variability.describe()} if self.variability is not None else {}
             ),
             **({"dropout": self.dropout.describe()} if self.dropout is not None else {}),
+            **({"visits": self.visits.describe()} if self.visits is not None else {}),
         }
 
 
@@ -347,6 +409,9 @@ def dose_window(trial: Trial, params: Mapping[str, np.ndarray], ids: Any) -> int
                 "finite value >= 0 (h)."
             )
     span = float(np.max(lag + duration)) if n else 0.0
+    timing = getattr(trial.adherence, "timing", None)
+    if timing is not None:  # a dose taken up to due_h + max_h after its period start
+        span += float(timing.due_h + timing.max_h)
     return 1 + math.floor(span / float(trial.interval))
 
 
@@ -395,33 +460,52 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
     infused = route.duration is not None
     varying = () if trial.variability is None else trial.variability.parameters
 
-    def one(params, state, key, taken, *logf):
+    schedule = trial.visits is not None  # per-patient visit days (`Visits`)
+    # A slipped visit's rule is that of its scheduled period (`Arm.step_at`).
+    slipping = schedule and trial.visits.slips  # type: ignore[union-attr]
+    timed = trial.adherence is not None and trial.adherence.timing is not None
+    scheduled = jnp.asarray(visits)
+
+    def one(params, state, key, taken, more):
+        logf = (more["logf"],) if varying else ()
         base = params
         x0 = model.initial_state(params)
         r0 = jnp.zeros(n_states, dtype=x0.dtype)
         eps = jax.random.normal(key, (max(visits.size, 1),))
-        eps_by_period = eps[jnp.asarray(visit_slot)]
+        if schedule:  # this patient's visits: where they happened, and which visit each is
+            eps_by_period = eps[more["visit_which"]]
+            visit_flags = more["visit_at"][:days]
+        else:
+            eps_by_period = eps[jnp.asarray(visit_slot)]
+            visit_flags = jnp.asarray(is_visit_table[:days])
 
         def level(x):
             return model.output(params, x)[out_idx]
 
         def body(carry, inputs):
-            x, r, given, st = carry
-            p, e, visit, took, *f = inputs
+            x, r, given, when, st = carry
+            p, e, visit, took, *rest = inputs
             params = base
             if varying:  # this period's parameters
                 params = dict(base)
                 for j, name in enumerate(varying):
-                    params[name] = base[name] * jnp.exp(f[0][j])
+                    params[name] = base[name] * jnp.exp(rest[0][j])
 
             def level(x):
                 return model.output(params, x)[out_idx]
 
             y = level(x)
             measured = error.observe(y, sigma, e)
-            amount, st = arm.step(p, measured, visit, st)  # prescribed
+            if slipping:  # the rule of the visit held now is that of its scheduled period
+                which = rest[-2 if timed else -1]
+                amount, st = arm.step_at(p, scheduled[which], measured, visit, st)
+            else:
+                amount, st = arm.step(p, measured, visit, st)  # prescribed
             given = jnp.concatenate([given[1:], jnp.reshape(amount * took, (1,))])
             times = (p.astype(x0.dtype) - jnp.asarray(ages)) * tau
+            if timed:  # each dose at its own time within its period
+                when = jnp.concatenate([when[1:], jnp.reshape(rest[-1], (1,))])
+                times = times + when
             doses = pkpd.concatenate(
                 [route.dose(given[j], time=times[j], cmt=cmt) for j in range(window)]
             )
@@ -429,16 +513,20 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
             out = pkpd.advance(
                 model, params, x, doses, t0, t0 + tau,
                 solver=solver, rates=r if infused else None, exposure_steps=steps,
-                output=out_idx, checks=False, length=tau, doses_at_start=True,
+                output=out_idx, checks=False, length=tau, doses_at_start=not timed,
             )  # fmt: skip
             exposure = () if out.auc is None else (out.auc, out.cmax)
-            return (out.state, out.rates, given, st), (y, measured, amount, *exposure)
+            return (out.state, out.rates, given, when, st), (y, measured, amount, *exposure)
 
         periods = jnp.arange(days, dtype=jnp.int32)
-        xs = (periods, eps_by_period[:days], jnp.asarray(is_visit_table[:days]), taken, *logf)
+        xs = (periods, eps_by_period[:days], visit_flags, taken, *logf)
+        if slipping:
+            xs = (*xs, more["visit_which"][:days])
+        if timed:
+            xs = (*xs, more["offset"])
         given0 = jnp.zeros(window, dtype=x0.dtype)
         (x_end, *_), (ys, meas, amounts, *exposure) = jax.lax.scan(
-            body, (x0, r0, given0, state), xs
+            body, (x0, r0, given0, given0, state), xs
         )
         if varying:  # the end of the trial: the last period's parameters
             last = dict(base)
@@ -450,10 +538,12 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
         last_meas = error.observe(y_end, sigma, eps_by_period[days])
         ys = jnp.concatenate([ys, y_end[None]])
         meas = jnp.concatenate([meas, last_meas[None]])
+        if schedule:  # measured on the day each visit happened
+            return ys, meas[more["visit_period"]], amounts, *exposure
         return ys, meas[visits], amounts, *exposure
 
-    def run(params, state, keys, taken, *logf):
-        return jax.vmap(one)(params, state, keys, taken, *logf)
+    def run(params, state, keys, taken, more):
+        return jax.vmap(one)(params, state, keys, taken, more)
 
     if mesh is None:
         return jax.jit(run)
@@ -577,10 +667,18 @@ def adherence_flags(trial: Trial, key, index: np.ndarray) -> np.ndarray:
     misses it (`trial.adherence`; all ones without). Patient `i`'s chain is drawn from
     `fold_in(fold_in(key, ADHERENCE_STREAM), i)`: the etas and assay noise (from `key`'s
     split) stay those of the trial without adherence."""
+    return adherence_draws(trial, key, index)["taken"]
+
+
+def adherence_draws(trial: Trial, key, index: np.ndarray) -> dict[str, np.ndarray]:
+    """`Adherence.draw_all` for patients `index` (`(patients, days)` arrays: `"taken"`,
+    and `"holiday"` and `"offset_h"` when the adherence has holidays or dose timing), patient
+    `i` from `fold_in(fold_in(key, ADHERENCE_STREAM), i)` (`adherence_flags`). Without
+    adherence: `{"taken": ones}`."""
     if trial.adherence is None:
-        return np.ones((len(index), trial.days))
+        return {"taken": np.ones((len(index), trial.days))}
     draw = _cached_draw(trial, ("adherence",), lambda: _adherence_draw(trial))
-    return np.asarray(draw(key, jnp.asarray(index)))
+    return {k: np.asarray(v) for k, v in draw(key, jnp.asarray(index)).items()}
 
 
 def _adherence_draw(trial: Trial):
@@ -590,9 +688,48 @@ def _adherence_draw(trial: Trial):
     def draw(key, index):
         stream = jax.random.fold_in(key, ADHERENCE_STREAM)
         keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(index)
-        return jax.vmap(lambda k: adherence.draw(k, trial.days))(keys)
+        return jax.vmap(lambda k: adherence.draw_all(k, trial.days))(keys)
 
     return jax.jit(draw)
+
+
+def visit_schedule(trial: Trial, key, index: np.ndarray, arm: Arm) -> tuple[np.ndarray, ...]:
+    """`(period (patients, V) int, attended (patients, V) bool)`: the realised visits of
+    `arm` (`trial.visits`, `Visits.draw`) for patients `index`, patient `i` from
+    `fold_in(fold_in(key, VISITS_STREAM), i)`: the etas, assay noise, adherence and
+    variability stay those of the trial without visit realism, and two arms with the same
+    visits get the same schedule."""
+    visits = trial.visits
+    assert visits is not None
+    scheduled = tuple(int(v) for v in arm.visits)
+    per_day = max(round(24.0 / float(trial.interval)), 1)
+
+    def build():
+        def draw(key, index):
+            stream = jax.random.fold_in(key, VISITS_STREAM)
+            keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(index)
+            return jax.vmap(lambda k: visits.draw(k, np.asarray(scheduled), trial.days, per_day))(
+                keys
+            )
+
+        return jax.jit(draw)
+
+    draw = _cached_draw(trial, ("visits", scheduled), build)
+    period, attended = draw(key, jnp.asarray(index))
+    return np.asarray(period), np.asarray(attended)
+
+
+def _visit_inputs(trial: Trial, period: np.ndarray, attended: np.ndarray) -> dict:
+    """The runner's per-patient visit arrays: `visit_at` `(n, P + 1)` (a visit happened at
+    the start of that period), `visit_which` `(n, P + 1)` (which visit: its index, 0 where
+    none), `visit_period` `(n, V)` (the period of each visit; a missed one's scheduled)."""
+    n = period.shape[0]
+    at = np.zeros((n, trial.days + 1), dtype=bool)
+    which = np.zeros((n, trial.days + 1), dtype=np.int32)
+    rows, cols = np.nonzero(attended)
+    at[rows, period[rows, cols]] = True
+    which[rows, period[rows, cols]] = cols.astype(np.int32)
+    return {"visit_at": at, "visit_which": which, "visit_period": period.astype(np.int32)}
 
 
 #: Jitted samplers of each trial (adherence chains, variability factors), as `_RUNNERS`.
@@ -615,6 +752,9 @@ DROPOUT_STREAM = 0x64726F70  # "drop"
 
 #: The key stream of the within-patient variability (`variability_factors`).
 VARIABILITY_STREAM = 0x76617269  # "vari"
+
+#: The key stream of the realised visit schedules (`visit_schedule`).
+VISITS_STREAM = 0x76697369  # "visi"
 
 
 def variability_factors(trial: Trial, key, index: np.ndarray, visits) -> np.ndarray:
@@ -701,7 +841,8 @@ def simulate_chunk_outcome(
     k_eta, k_noise = jax.random.split(key)
     eta_keys = jax.vmap(lambda i: jax.random.fold_in(k_eta, i))(index)
     noise_keys = jax.vmap(lambda i: jax.random.fold_in(k_noise, i))(index)[:n]
-    taken = adherence_flags(trial, key, index[:n])
+    drawn = adherence_draws(trial, key, index[:n])
+    taken = drawn["taken"]
     chol = jnp.linalg.cholesky(jnp.asarray(drug.omega_matrix()))
     z = jax.vmap(lambda k: jax.random.normal(k, (pm.n_eta,)))(eta_keys)
     eta = z @ chol.T
@@ -743,10 +884,14 @@ def simulate_chunk_outcome(
             if slot not in runners:
                 runners[slot] = make_runner(trial, arm, window, mesh)
             state = {k: np.asarray(v) for k, v in arm.start(cov).items()}
-            inputs = (own, state, noise_keys, taken)
+            extra: dict[str, np.ndarray] = {}
             if trial.variability is not None:
-                logf = variability_factors(trial, key, index[:n], arm.visits)
-                inputs = (*inputs, logf)
+                extra["logf"] = variability_factors(trial, key, index[:n], arm.visits)
+            if trial.visits is not None:
+                extra.update(_visit_inputs(trial, *visit_schedule(trial, key, index[:n], arm)))
+            if "offset_h" in drawn:
+                extra["offset"] = drawn["offset_h"]
+            inputs = (own, state, noise_keys, taken, extra)
             arrays, more = _jitted_arm(trial, arm, runners[slot], inputs, rows, good, mesh)
             fails.update(more)
         level, measured, doses, *exposure = (np.asarray(x)[:n] for x in arrays)
@@ -764,9 +909,18 @@ def simulate_chunk_outcome(
         if trial.adherence is not None:
             course["adherence"] = taken
             course["taken"] = doses * taken
+            if "holiday" in drawn:
+                course["holiday"] = drawn["holiday"]
+            if "offset_h" in drawn:
+                course["dose_offset_h"] = drawn["offset_h"]
+        if trial.visits is not None:  # each patient's own visit days; missed: not measured
+            period, attended = visit_schedule(trial, key, index[:n], arm)
+            course["visit_day"] = days[period]
+            course["attended"] = attended
+            course["measured"] = np.where(attended, measured, np.nan)
+            measured = course["measured"]
         if trial.variability is not None:
-            if getattr(arm, "host_driven", False) or not good:
-                logf = variability_factors(trial, key, index[:n], arm.visits)
+            logf = variability_factors(trial, key, index[:n], arm.visits)
             course["factors"] = {
                 name: np.exp(logf[:, :, j]) for j, name in enumerate(trial.variability.parameters)
             }
@@ -776,10 +930,13 @@ def simulate_chunk_outcome(
         if trial.dropout is not None:
             stream = jax.random.fold_in(key, DROPOUT_STREAM)
             dkeys = jax.vmap(lambda i, s=stream: jax.random.fold_in(s, i))(jnp.asarray(index[:n]))
-            left = trial.dropout.times(dkeys, course["visit_days"], measured)
+            visit_day = course.get("visit_day", course["visit_days"])
+            left = trial.dropout.times(dkeys, visit_day, measured)
             course["dropout_day"] = left
-            course["observed"] = observed_mask(course["visit_days"], left)
+            course["observed"] = observed_mask(visit_day, left)
             course["observed_days"] = observed_mask(days, left)
+        if trial.visits is not None:  # the visits that happened, before any dropout
+            course["observed"] = course["attended"] & course.get("observed", True)
         values: dict[str, np.ndarray] = {}
         for e in trial.endpoints:
             values.update({k: np.asarray(v) for k, v in e(course).items()})
