@@ -233,8 +233,8 @@ class Adherence:
         """One patient's `{"taken": (P,) 1/0, "holiday": (P,) 1/0, "offset_h": (P,)}`:
         the chain from `key` itself (`draw`), the holidays and dose times from
         `fold_in(key, HOLIDAY_STREAM)` and `fold_in(key, TIMING_STREAM)`; a dose is taken
-        when the chain takes it and the patient is not on holiday. Without holidays or
-        timing their entries are zeros."""
+        when the chain takes it and the patient is not on holiday. Without holidays
+        (timing) there is no `"holiday"` (`"offset_h"`) entry."""
         chain = self.draw(key, n_periods)
         out = {"taken": chain}
         if self.holidays is not None:
