@@ -67,6 +67,10 @@ from ._surrogate_apps import surrogate_client_app as surrogate_client_app
 from ._surrogate_apps import surrogate_server_app as surrogate_server_app
 from ._surrogate_models import lstm as lstm_model  # noqa: F401
 from ._surrogate_models import mlp as mlp_model  # noqa: F401
+from ._surrogate_run import Network as Network
+from ._surrogate_run import fit_surrogate_federated as fit_surrogate_federated
+from ._surrogate_run import surrogate_federation as surrogate_deployment  # noqa: F401
+from ._surrogate_run import write_surrogate_hospital as write_surrogate_hospital
 from ._table3 import PAPER_TABLE3 as PAPER_TABLE3
 from ._table3 import FederatedTask as FederatedTask
 from ._table3 import Settings as Settings

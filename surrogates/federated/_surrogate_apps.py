@@ -175,18 +175,36 @@ class RoundAudit:
     population fit writes its rounds. No entry names a patient."""
 
     def __init__(self, audit: AuditLog | None, *, fit: str, strategy: str,
-                 actor: str = "federated server"):  # fmt: skip
+                 actor: str = "federated server", expected: int | None = None,
+                 minimum: int | None = None, names: Sequence[str] = ()):  # fmt: skip
         self.audit, self.fit, self.strategy, self.actor = audit, fit, strategy, actor
+        self.expected, self.names = expected, tuple(names)
+        self.minimum = expected if minimum is None else minimum
+        if expected is not None and not 1 <= (self.minimum or 0) <= expected:
+            raise ValueError(
+                f"RoundAudit: the minimum of hospitals per round must be in 1..{expected}, "
+                f"got {minimum}."
+            )
         self.rounds: list[dict[str, Any]] = []
 
     def record(self, server_round: int, contents: Sequence[Any], **extra: Any) -> None:
-        """Record round `server_round` from the replies' contents (`RecordDict`s)."""
+        """Record round `server_round` from the replies' contents (`RecordDict`s). With
+        `expected` hospitals, a round that fewer than `minimum` (default: all) answered
+        without error is written with `kind` "failed" and raises `FederatedFitError`
+        naming the hospitals that did not answer (from `names`, when given) before its
+        aggregate is used: nothing is silently averaged over missing hospitals. A round
+        with at least `minimum` records the `missing` ones."""
         counts = {}
         for i, content in enumerate(contents):
             name = hospital_of(content) or f"hospital {i}"
             metrics = next(iter(content.metric_records.values()))
             counts[name] = int(metrics.get("num-examples", 0))
         contributed = [h for h, c in counts.items() if c > 0]
+        if self.expected is not None and len(counts) < self.expected:
+            missing = [n for n in self.names if n not in counts]
+            extra = {"missing": missing, "missing_count": self.expected - len(counts), **extra}
+            if len(counts) < (self.minimum or 0):
+                self._failed(server_round, counts, extra)
         details = {
             "fit": self.fit,
             "round": int(server_round),
@@ -201,6 +219,32 @@ class RoundAudit:
         self.rounds.append(details)
         if self.audit is not None:
             self.audit.append(AuditAction.TRAINING_ROUND, actor=self.actor, details=details)
+
+    def _failed(self, server_round: int, counts: Mapping[str, int], extra: dict) -> None:
+        details = {"fit": self.fit, "round": int(server_round), "kind": "failed",
+                   "strategy": self.strategy, "answered": sorted(counts), **extra}  # fmt: skip
+        self.rounds.append(details)
+        if self.audit is not None:
+            self.audit.append(AuditAction.TRAINING_ROUND, actor=self.actor, details=details)
+        missing = extra["missing"] or [f"{extra['missing_count']} hospital(s)"]
+        raise FederatedFitError(
+            f"round {server_round}: {len(counts)} of {self.expected} hospitals answered "
+            f"(missing: {', '.join(missing)}); the round needs at least {self.minimum}, and "
+            "nothing is averaged over missing hospitals.",
+            hospitals=extra["missing"],
+            round=int(server_round),
+        )
+
+    def check_complete(self, rounds: int) -> None:
+        """`FederatedFitError` unless every one of `rounds` rounds was recorded (a round in
+        which no hospital answered without error is never aggregated by Flower)."""
+        done = [r for r in self.rounds if r.get("kind") == "train"]
+        if self.expected is not None and len(done) < rounds:
+            raise FederatedFitError(
+                f"only {len(done)} of {rounds} rounds had answers from the hospitals; a round "
+                "in which none answered was left out.",
+                round=len(done) + 1,
+            )
 
     def metrics_fn(self):
         """A `train_metrics_aggr_fn` for Flower's strategies: Flower's weighted mean of the
@@ -229,11 +273,15 @@ def _local_params(model: Model, arrays) -> Any:
     return model.from_arrays(arrays)
 
 
-def _train(
+def hospital_update(
     model: Model, client: Client, arrays: list[np.ndarray], server_round: int, node: int,
     local: LocalTraining, key: jax.Array, proximal_mu: float,
 ) -> list[np.ndarray]:  # fmt: skip
-    """A hospital's round: `local_update` from the global `arrays`."""
+    """A hospital's round: `local_update` on `client`'s records from the global `arrays`,
+    with hospital `node`'s key of round `server_round` (`round_key(key, server_round,
+    node)`, as `federated_training` draws it) and FedProx's `proximal_mu` (0: none).
+    Returns the new parameters as arrays. The ClientApps of the simulation and the
+    hospitals' workers of the deployment engine (`_surrogate_worker`) both call it."""
     import dataclasses as dc
 
     params = _local_params(model, arrays)
@@ -276,7 +324,7 @@ def surrogate_client_app(
         if len(client) == 0:  # no patient may enter: the global parameters, weight 0
             new = arrays
         else:
-            new = _train(
+            new = hospital_update(
                 model, client, arrays, int(config["server-round"]), node, local,  # type: ignore[arg-type]
                 jax.random.key(seed), float(config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
             )  # fmt: skip
@@ -370,12 +418,14 @@ def surrogate_server_app(
     outcome: Outcome | None = None,
     audit: AuditLog | None = None,
     fit: str = "federated surrogate",
+    min_hospitals: int | None = None,
 ):
     """The ServerApp: `rounds` rounds of `server.strategy` over `hospitals` hospitals, every
     hospital every round, no federated evaluation (no metric leaves a hospital but its size);
     the result goes into `outcome`, each round into `audit` (`RoundAudit`) and
-    `outcome.round_log`."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context
+    `outcome.round_log`. A round answered by fewer than `min_hospitals` (default: all)
+    fails (`serve_surrogate`)."""
+    from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
     server = server or Server()
@@ -387,26 +437,62 @@ def surrogate_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         assert server is not None
-        log = RoundAudit(audit, fit=fit, strategy=server.strategy)
-        sink.round_log = log.rounds
-        strategy = _strategy(server, hospitals, proximal_mu, delta, log)
-        result = strategy.start(
-            grid,
-            ArrayRecord(model.arrays(model.params)),
-            num_rounds=rounds,
-            train_config=ConfigRecord({}),
-        )
-        sink.params = result.arrays.to_numpy_ndarrays()
-        sink.rounds = rounds
-        for metrics in result.train_metrics_clientapp.values():
-            # FedAvg's metric mean weights by the same key: each hospital sends and gets
-            # the same number of bytes, so the mean times the hospitals is the round's sum.
-            sink.bytes_up += round(float(metrics["bytes-up"]) * hospitals)  # type: ignore[arg-type]
-            sink.bytes_down += round(float(metrics["bytes-down"]) * hospitals)  # type: ignore[arg-type]
-        spent = getattr(strategy, "privacy_spent", lambda: None)()
-        sink.epsilon = None if spent is None else float(spent.epsilon)
+        serve_surrogate(grid, model, hospitals=hospitals, rounds=rounds, server=server,
+                        proximal_mu=proximal_mu, delta=delta, outcome=sink, audit=audit,
+                        fit=fit, min_hospitals=min_hospitals)  # fmt: skip
 
     return app
+
+
+def serve_surrogate(
+    grid: Any,
+    model: Model,
+    *,
+    hospitals: int,
+    rounds: int,
+    server: Server,
+    proximal_mu: float = 0.0,
+    delta: float = DELTA,
+    outcome: Outcome,
+    audit: AuditLog | None = None,
+    fit: str = "federated surrogate",
+    min_hospitals: int | None = None,
+    names: Sequence[str] = (),
+    round_timeout: float = 3600.0,
+) -> Outcome:
+    """The body of the surrogates' ServerApp on Flower's `grid` (simulation or deployment
+    engine): `rounds` rounds of `server.strategy` from `model.params`, each round into
+    `audit` (`RoundAudit`); the final parameters, bytes and Flower's epsilon into
+    `outcome`, which is returned. A round answered by fewer than `min_hospitals` (default:
+    every hospital) raises `FederatedFitError` naming the missing ones (from `names`, the
+    hospitals' names, when given) before its aggregate is used (`RoundAudit`);
+    `round_timeout`: seconds the server waits for a round's replies (Flower's `timeout`)."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    if server.strategy == "fedprox" and proximal_mu <= 0:
+        raise ValueError("fedprox needs proximal_mu > 0.")
+    log = RoundAudit(audit, fit=fit, strategy=server.strategy, expected=hospitals,
+                     minimum=min_hospitals, names=names)  # fmt: skip
+    outcome.round_log = log.rounds
+    strategy = _strategy(server, hospitals, proximal_mu, delta, log)
+    result = strategy.start(
+        grid,
+        ArrayRecord(model.arrays(model.params)),
+        num_rounds=rounds,
+        timeout=float(round_timeout),
+        train_config=ConfigRecord({}),
+    )
+    log.check_complete(rounds)
+    outcome.params = result.arrays.to_numpy_ndarrays()
+    outcome.rounds = rounds
+    for metrics in result.train_metrics_clientapp.values():
+        # FedAvg's metric mean weights by the same key: each hospital sends and gets
+        # the same number of bytes, so the mean times the hospitals is the round's sum.
+        outcome.bytes_up += round(float(metrics["bytes-up"]) * hospitals)  # type: ignore[arg-type]
+        outcome.bytes_down += round(float(metrics["bytes-down"]) * hospitals)  # type: ignore[arg-type]
+    spent = getattr(strategy, "privacy_spent", lambda: None)()
+    outcome.epsilon = None if spent is None else float(spent.epsilon)
+    return outcome
 
 
 # ----------------------------------------------------------------------------- SecAgg+
@@ -460,7 +546,7 @@ def secagg_hospital(
             _, client = local_records(entry, state)
             if len(client) == 0:  # no patient may enter
                 return list(parameters), (1 if clip is not None else 0), {}
-            new = _train(
+            new = hospital_update(
                 model, client, list(parameters), int(config["server-round"]), node,
                 local, jax.random.key(seed), 0.0,
             )  # fmt: skip

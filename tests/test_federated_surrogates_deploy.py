@@ -1,0 +1,249 @@
+"""The federated Flax surrogates on Flower's real deployment engine (issue 18): a SuperLink,
+one SuperNode per hospital and each hospital's worker started as processes on 127.0.0.1 by
+`fit_surrogate_federated`, two FedAvg rounds, everything stopped afterwards.
+
+The deployed run must give the model of `federated_training` (no Flower: the same
+`local_update`, keys and FedAvg weights) on the records that may enter, to float32 summation
+order (Flower's `aggregate_arrayrecords` sums the weighted arrays in another order than
+`fedavg`'s tensordot: a few float32 ulps, 1e-6 here). The thin ClientApp and the worker
+are also checked in this process against `local_update`: the ground of the deployed run, in
+under a second, in make test; the deployed runs are in make test-all. A hospital whose
+worker fails every request, and one whose worker cannot start, are checked on the deployment
+engine too; the round check that fails a run with too few hospitals, without processes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
+
+from surrogates.federated import (
+    DeploymentError,
+    FederatedFitError,
+    Network,
+    RoundAudit,
+    _surrogate_client,
+    _surrogate_run,
+    _surrogate_worker,
+    fit_surrogate_federated,
+    write_consents,
+    write_surrogate_hospital,
+)
+from surrogates.federated._fedavg import (
+    Client,
+    LocalTraining,
+    federated_training,
+    local_update,
+    round_key,
+)
+from twins.governance import (
+    AuditLog,
+    Consent,
+    Decision,
+    Purpose,
+    load_signing_key,
+    read_entries,
+    verify,
+    write_pseudonym_key,
+    write_signing_key,
+)
+
+pytestmark = pytest.mark.slow
+
+LOCAL = LocalTraining(steps=3, sampling_rate=0.3, learning_rate=0.05)
+NETWORK = Network("mlp", n_features=6, hidden=(8,), seed=3)
+
+
+def _hospitals():
+    rng = np.random.default_rng(0)
+    out = []
+    for n, shift in ((40, 0.0), (60, 0.5), (50, -0.5)):  # non-IID: shifted features
+        x = (rng.normal(size=(n, 6)) + shift).astype(np.float32)
+        out.append(Client(x, (x[:, 0] > shift).astype(np.float32)))
+    return out
+
+
+@pytest.mark.extended  # 88-150 s on 2 shared cores (4 processes import JAX); its ground,
+# the thin ClientApp and worker against local_update, is the next test (make test)
+def test_the_deployed_fedavg_gives_the_pure_model_with_consent(tmp_path):
+    clients = _hospitals()
+    names = ("north", "south", "east")
+    hospitals = {
+        name: str(write_surrogate_hospital(tmp_path / f"{name}.npz", client))
+        for name, client in zip(names, clients, strict=True)
+    }
+    south = _south(tmp_path, clients[1])  # patients 4 and 9 denied federated use
+    hospitals["south"] = {k: v for k, v in south.items() if k != "hospital"}
+    write_signing_key(tmp_path / "server.key")
+    t0 = time.monotonic()
+    out = fit_surrogate_federated(
+        hospitals,
+        network=NETWORK,
+        rounds=2,
+        local=LOCAL,
+        seed=5,
+        audit_log=tmp_path / "server.log",
+        audit_key=tmp_path / "server.key",
+        fit="warfarin MLP, deployed",
+        timeout=400,
+    )
+    elapsed = time.monotonic() - t0
+    model = NETWORK.build()
+    kept = np.delete(np.arange(60), [4, 9])
+    consenting = Client(clients[1].x[kept], clients[1].y[kept])
+    pure = federated_training(model.loss, model.params, [clients[0], consenting, clients[2]],
+                              rounds=2, local=LOCAL, key=jax.random.key(5))  # fmt: skip
+    assert out.params is not None and out.rounds == 2
+    for a, b in zip(out.params, model.arrays(pure), strict=True):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # ... and not the model with south's denying patients in it (the test could fail):
+    with_all = federated_training(model.loss, model.params, clients, rounds=2, local=LOCAL,
+                                  key=jax.random.key(5))  # fmt: skip
+    assert max(np.abs(a - b).max()
+               for a, b in zip(out.params, model.arrays(with_all), strict=True)) > 1e-4  # fmt: skip
+    # Each round: the three hospitals.
+    entries = [e.details for e in read_entries(tmp_path / "server.log")
+               if e.action.value == "training-round"]  # fmt: skip
+    assert [e["round"] for e in entries] == [1, 2] and entries == out.round_log
+    for e in entries:
+        assert sorted(e["hospitals"]) == ["east", "north", "south"]
+        assert e["patient_count"] == 40 + 58 + 50
+        assert "missing" not in e
+    assert verify(tmp_path / "server.log", tmp_path / "server.key.pub").ok
+    # south decided once for the run: two refusals and one data access in its own log.
+    actions = [e.action.value for e in read_entries(tmp_path / "south.log")]
+    assert actions.count("consent-refusal") == 2 and actions.count("data-access") == 1
+    # Bytes: each answering hospital gets and sends the parameters once a round.
+    assert out.bytes_up == out.bytes_down
+    assert 2 * 3 * model.nbytes < out.bytes_up < 2 * 3 * (model.nbytes + 200 * 4)
+    print(f"deployed run: {elapsed:.1f} s")
+
+
+def _south(tmp_path, client):
+    """south's node config: its records and consent (patients 4 and 9 deny)."""
+    ids = [f"south-{i}" for i in range(len(client))]
+    consents = [Consent(p, Purpose.FEDERATED_TRAINING, Decision.PERMIT, source=f"C/{p}")
+                for p in ids]  # fmt: skip
+    consents += [Consent(ids[i], Purpose.FEDERATED_TRAINING, Decision.DENY, source=f"D/{i}")
+                 for i in (4, 9)]  # fmt: skip
+    write_consents(tmp_path / "south.csv", consents)
+    write_signing_key(tmp_path / "south.key")
+    write_pseudonym_key(tmp_path / "south.psn")
+    return {
+        "hospital": "south",
+        "data-path": str(write_surrogate_hospital(tmp_path / "south.npz", client, ids)),
+        "consent-path": str(tmp_path / "south.csv"),
+        "audit-log": str(tmp_path / "south.log"),
+        "audit-key": str(tmp_path / "south.key"),
+        "pseudonym-key": str(tmp_path / "south.psn"),
+    }
+
+
+def test_the_thin_client_and_the_worker_give_the_local_update(tmp_path):
+    """The deployed hospital in one process: the ClientApp of `_surrogate_client` (as Flower
+    calls it) asks the worker (`_surrogate_worker.serve` on a Unix socket) and replies with
+    exactly `local_update` on the consenting records (JSON carries float32 exactly)."""
+    client = _hospitals()[1]
+    node = _south(tmp_path, client) | {"partition-id": 1}
+    sock = str(tmp_path / "w.sock")
+    parent = subprocess.Popen(["sleep", "120"])  # the worker serves while this lives
+    thread = threading.Thread(target=_surrogate_worker.serve, args=(node, sock),
+                              kwargs={"parent_pid": parent.pid}, daemon=True)  # fmt: skip
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "w.sock").exists():
+            assert time.monotonic() < deadline, "the worker did not listen within 60 s"
+            time.sleep(0.05)
+        model = NETWORK.build()
+        run_config = NETWORK.config() | _surrogate_run.local_config(LOCAL) | {"seed": 5}
+        context = Context(run_id=7, node_id=101, state=RecordDict(), run_config=run_config,
+                          node_config=node | {"worker-socket": sock})  # fmt: skip
+        arrays = ArrayRecord(model.arrays(model.params))
+        meta = Metadata(run_id=7, message_id="m1", src_node_id=1, dst_node_id=101,
+                        reply_to_message_id="", group_id="2", created_at=time.time(),
+                        ttl=3600.0, message_type="train")  # fmt: skip
+        content = RecordDict({"arrays": arrays,
+                              "config": ConfigRecord({"server-round": 2})})  # fmt: skip
+        reply = _surrogate_client.client_app(Message(content, metadata=meta), context).content
+    finally:
+        parent.kill()
+        parent.wait()
+        thread.join(timeout=10)
+    kept = np.delete(np.arange(60), [4, 9])
+    ref, _ = local_update(model.loss, model.params, model.params, client.x[kept],
+                          client.y[kept], np.ones(58, np.float32),
+                          round_key(jax.random.key(5), 2, 1), local=LOCAL)  # fmt: skip
+    assert list(reply["arrays"].keys()) == list(arrays.keys())
+    for a, b in zip(reply["arrays"].to_numpy_ndarrays(), model.arrays(ref), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    assert reply["metrics"]["num-examples"] == 58 and reply["hospital"]["name"] == "south"
+    assert not thread.is_alive()
+
+
+@pytest.mark.extended  # ~60-150 s on 2 shared cores (two deployed runs, 3 workers each)
+def test_a_hospital_that_fails_is_named_and_never_averaged(tmp_path):
+    """west's worker starts but fails every request (its consent file is missing): by
+    default the run fails naming west; with min_hospitals=2 the rounds average north and
+    east (the pure model of those two) and name west as missing."""
+    clients = _hospitals()
+    hospitals = {
+        "north": str(write_surrogate_hospital(tmp_path / "north.npz", clients[0])),
+        "east": str(write_surrogate_hospital(tmp_path / "east.npz", clients[2])),
+        "west": {"data-path": str(write_surrogate_hospital(tmp_path / "west.npz", clients[1])),
+                 "consent-path": str(tmp_path / "no-such-consents.csv")},
+    }  # fmt: skip
+    with pytest.raises(FederatedFitError, match=r"round 1: 2 of 3 .*missing: west") as e:
+        fit_surrogate_federated(hospitals, network=NETWORK, rounds=2, local=LOCAL,
+                                timeout=400)  # fmt: skip
+    assert e.value.hospitals == ("west",)
+    out = fit_surrogate_federated(hospitals, network=NETWORK, rounds=2, local=LOCAL,
+                                  min_hospitals=2, timeout=400)  # fmt: skip
+    assert [r["missing"] for r in out.round_log] == [["west"], ["west"]]
+    model = NETWORK.build()
+    pure = federated_training(model.loss, model.params, [clients[0], clients[2]], rounds=2,
+                              local=LOCAL, key=jax.random.key(0))  # fmt: skip
+    assert out.params is not None
+    for a, b in zip(out.params, model.arrays(pure), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.extended  # ~20 s (a worker's import); Federation's naming: test_federated_deploy
+def test_a_worker_that_cannot_start_is_named(tmp_path):
+    np.savez(tmp_path / "bad.npz", y=np.zeros(3), patients=np.array(["a", "b", "c"]))
+    with pytest.raises(DeploymentError, match=r"(?s)worker-north exited.*neither 'x' nor"):
+        fit_surrogate_federated({"north": str(tmp_path / "bad.npz")}, network=NETWORK,
+                                rounds=1, local=LOCAL, timeout=60)  # fmt: skip
+
+
+def _reply(name, n):
+    return RecordDict({"metrics": MetricRecord({"num-examples": n}),
+                       "hospital": ConfigRecord({"name": name})})  # fmt: skip
+
+
+def test_a_round_with_too_few_hospitals_fails_naming_the_missing(tmp_path):
+    write_signing_key(tmp_path / "server.key")
+    audit = AuditLog(tmp_path / "server.log", load_signing_key(tmp_path / "server.key"))
+    log = RoundAudit(audit, fit="f", strategy="fedavg", expected=3, minimum=2,
+                     names=("north", "south", "east"))  # fmt: skip
+    aggregate = log.metrics_fn()
+    aggregate([_reply("north", 10), _reply("east", 5)], "num-examples")  # 2 of 3: enough
+    with pytest.raises(FederatedFitError, match=r"round 2: 1 of 3 .*missing: south, east") as e:
+        aggregate([_reply("north", 10)], "num-examples")
+    assert e.value.hospitals == ("south", "east") and e.value.round == 2
+    kinds = [(d.details["round"], d.details["kind"]) for d in read_entries(tmp_path / "server.log")]
+    assert kinds == [(1, "train"), (2, "failed")]
+    assert log.rounds[0]["missing"] == ["south"]
+    with pytest.raises(FederatedFitError, match="only 1 of 3 rounds"):
+        log.check_complete(3)
+    assert verify(tmp_path / "server.log", tmp_path / "server.key.pub").ok
+    with pytest.raises(ValueError, match=r"must be in 1\.\.3"):
+        RoundAudit(None, fit="f", strategy="fedavg", expected=3, minimum=4)
