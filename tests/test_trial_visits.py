@@ -255,3 +255,44 @@ def test_visits_with_informative_dropout_and_refusals():
         dataclasses.replace(coag, visits=twins.Visits(1.0, 1))
     with pytest.raises(ValueError, match="visit_aware"):  # COAG's window TTR on measured INR
         dataclasses.replace(coag, visits=twins.Visits(p_missed=0.1))
+
+
+def test_spec_keys_and_their_refusals():
+    from twins.app import SpecError, trial_from_dict
+
+    trial, _ = trial_from_dict({
+        "preset": "eupact",
+        "visits": {"slip_sd_days": 1.0, "slip_max_days": 2, "p_missed": 0.1,
+                   "reference": "assumed"},
+        "adherence": {
+            "p_taken": 0.9,
+            "timing": {"sd_h": 2.0, "max_h": 4.0, "due_h": 10.0},
+            "holidays": {"p_start": 0.01, "periods": 3, "reference": "assumed"},
+        },
+    })  # fmt: skip
+    assert trial.visits == twins.Visits(1.0, 2, 0.1, (1,), "assumed")
+    assert trial.adherence.timing == twins.DoseTiming(2.0, 4.0, 10.0)
+    assert trial.adherence.holidays == twins.Holidays(0.01, 3, "assumed")
+    assert trial.adherence.taken_share == pytest.approx(0.9)
+    only, _ = trial_from_dict({"preset": "eupact", "adherence": {"holidays": {
+        "p_start": 0.02, "periods": 4}}})  # fmt: skip
+    assert only.adherence.taken_share == 1.0 and only.adherence.holidays.periods == 4
+    bad = [
+        ({"visits": {"p_missed": 1.0}}, "visits.p_missed"),
+        ({"visits": {"slip_sd_days": 1.0}}, "visits.slip_max_days"),
+        ({"visits": {"slip_sd_days": 1.0, "slip_max_days": 1.5}}, "visits.slip_max_days"),
+        ({"visits": {"fixed_days": [0]}}, r"visits.fixed_days\[0\]"),
+        ({"visits": {"slip": 1}}, "visits.slip"),
+        ({"adherence": {"timing": {"sd_h": 1.0, "max_h": 4.0, "due_h": 22.0}}},
+         "adherence.timing"),
+        ({"adherence": {"timing": {"sd_h": 1.0, "max_h": 4.0, "due_h": 2.0}}},
+         "adherence.timing.due_h"),
+        ({"adherence": {"timing": {"sd_h": -1.0, "max_h": 4.0}}}, "adherence.timing.sd_h"),
+        ({"adherence": {"holidays": {"p_start": 1.0, "periods": 3}}},
+         "adherence.holidays.p_start"),
+        ({"adherence": {"holidays": {"p_start": 0.1, "periods": 0}}},
+         "adherence.holidays.periods"),
+    ]  # fmt: skip
+    for extra, where in bad:
+        with pytest.raises(SpecError, match=where):
+            trial_from_dict({"preset": "eupact", **extra})

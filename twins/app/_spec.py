@@ -40,11 +40,13 @@ from ..trials import (
     AnyAbove,
     Cmax,
     Ctrough,
+    DoseTiming,
     Dropout,
     Dropped,
     Endpoint,
     EventRisk,
     FinalLevel,
+    Holidays,
     MeanDose,
     OrnsteinUhlenbeck,
     TargetAttainment,
@@ -52,6 +54,7 @@ from ..trials import (
     TimeToRange,
     Trial,
     Variability,
+    Visits,
     coag_trial,
     eupact_trial,
 )
@@ -164,10 +167,11 @@ _TOP_KEYS = (
     "adherence",
     "variability",
     "dropout",
+    "visits",
     "run",
 )
 #: What a spec with a preset may have besides (the patients' behaviour over the trial).
-_PRESET_KEYS = ("preset", "run", "adherence", "variability", "dropout")
+_PRESET_KEYS = ("preset", "run", "adherence", "variability", "dropout", "visits")
 
 
 def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
@@ -183,8 +187,9 @@ def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
         if extra:
             raise r.error(
                 key_path("", str(extra[0])),
-                "a spec with a preset may only have [run], [adherence], [variability] and "
-                "[dropout] tables besides; write the trial out in full to change anything else.",
+                "a spec with a preset may only have [run], [adherence], [variability], "
+                "[dropout] and [visits] tables besides; write the trial out in full to change "
+                "anything else.",
             )
         top = dict(data)
         name = r.string(top["preset"], "preset", tuple(PRESETS))
@@ -271,7 +276,74 @@ def _behaviour(r: TomlReader, top: Mapping[str, Any]) -> dict[str, Any]:
         out["variability"] = _variability(r, top["variability"])
     if "dropout" in top:
         out["dropout"] = _dropout(r, top["dropout"])
+    if "visits" in top:
+        out["visits"] = _visits(r, top["visits"])
     return out
+
+
+def _visits(r: TomlReader, value: Any) -> Visits:
+    """`[visits]`: `slip_sd_days` and `slip_max_days` (slips), `p_missed` (missed visits),
+    `fixed_days` (days that neither slip nor are missed; default [1]), `reference`."""
+    t = r.table(
+        value,
+        "visits",
+        optional=("slip_sd_days", "slip_max_days", "p_missed", "fixed_days", "reference"),
+    )
+    slip = [k for k in ("slip_sd_days", "slip_max_days") if k in t]
+    if len(slip) == 1:
+        missing = "slip_max_days" if slip == ["slip_sd_days"] else "slip_sd_days"
+        raise r.error(
+            f"visits.{missing}",
+            "slips need both slip_sd_days (the SD of the discretised normal, days) and "
+            "slip_max_days (the largest slip either way, whole days).",
+        )
+    fixed = (1,)
+    if "fixed_days" in t:
+        fixed = tuple(
+            r.array(t["fixed_days"], "visits.fixed_days", lambda v, w: r.integer(v, w, low=1))
+        )
+    if not slip and "p_missed" not in t:
+        raise r.error("visits", "expected slip_sd_days and slip_max_days, or p_missed, or both.")
+    p_missed = 0.0
+    if "p_missed" in t:
+        p_missed = r.number(t["p_missed"], "visits.p_missed", low=0.0)
+        if not p_missed < 1.0:
+            raise r.error("visits.p_missed", f"expected a probability < 1, got {p_missed!r}.")
+    return Visits(
+        r.number(t["slip_sd_days"], "visits.slip_sd_days", low=0.0) if slip else 0.0,
+        r.integer(t["slip_max_days"], "visits.slip_max_days", low=0) if slip else 0,
+        p_missed,
+        fixed,
+        r.string(t["reference"], "visits.reference") if "reference" in t else "",
+    )
+
+
+def _timing(r: TomlReader, value: Any) -> DoseTiming:
+    """`[adherence.timing]`: `sd_h`, `max_h`, optional `due_h` and `reference`."""
+    w = "adherence.timing"
+    t = r.table(value, w, ("sd_h", "max_h"), ("due_h", "reference"))
+    sd = r.number(t["sd_h"], f"{w}.sd_h", low=0.0)
+    top = r.number(t["max_h"], f"{w}.max_h", low=0.0)
+    due = r.number(t["due_h"], f"{w}.due_h", low=0.0) if "due_h" in t else None
+    try:
+        return DoseTiming(sd, top, due, r.string(t["reference"], f"{w}.reference")
+                          if "reference" in t else "")  # fmt: skip
+    except ValueError as error:
+        raise r.error(f"{w}.due_h", str(error)) from None
+
+
+def _holidays(r: TomlReader, value: Any) -> Holidays:
+    """`[adherence.holidays]`: `p_start`, `periods`, optional `reference`."""
+    w = "adherence.holidays"
+    t = r.table(value, w, ("p_start", "periods"), ("reference",))
+    p = r.number(t["p_start"], f"{w}.p_start", low=0.0)
+    if not p < 1.0:
+        raise r.error(f"{w}.p_start", f"expected a probability < 1, got {p!r}.")
+    return Holidays(
+        p,
+        r.integer(t["periods"], f"{w}.periods", low=1),
+        r.string(t["reference"], f"{w}.reference") if "reference" in t else "",
+    )
 
 
 def _dropout(r: TomlReader, value: Any) -> Dropout:
@@ -294,15 +366,39 @@ def _dropout(r: TomlReader, value: Any) -> Dropout:
 
 def _adherence(r: TomlReader, value: Any) -> Adherence:
     """`[adherence]`: `p_miss_after_taken` and `p_take_after_missed` (the two-state Markov
-    model), or `p_taken` alone (independent doses); `reference` optional."""
+    model), or `p_taken` alone (independent doses); `reference` optional; `[adherence.timing]`
+    (dose-timing jitter) and `[adherence.holidays]` (drug holidays), each optional (with
+    either, the chain's keys may be left out: every dose then taken but for the holidays)."""
     where = "adherence"
     t = r.table(
         value,
         where,
-        optional=("p_miss_after_taken", "p_take_after_missed", "p_taken", "reference"),
+        optional=(
+            "p_miss_after_taken",
+            "p_take_after_missed",
+            "p_taken",
+            "reference",
+            "timing",
+            "holidays",
+        ),
     )
+    extra: dict[str, Any] = {}
+    if "timing" in t:
+        extra["timing"] = _timing(r, t["timing"])
+    if "holidays" in t:
+        extra["holidays"] = _holidays(r, t["holidays"])
+    chain = _chain(r, t)
+    return dataclasses.replace(chain, **extra) if extra else chain
+
+
+def _chain(r: TomlReader, t: Mapping[str, Any]) -> Adherence:
+    """The chain of `[adherence]` (`_adherence`); every dose taken when neither the chain's
+    keys nor `p_taken` are given beside `timing` or `holidays`."""
+    where = "adherence"
     reference = r.string(t["reference"], "adherence.reference") if "reference" in t else ""
     markov = [k for k in ("p_miss_after_taken", "p_take_after_missed") if k in t]
+    if not markov and "p_taken" not in t and ("timing" in t or "holidays" in t):
+        return Adherence(reference=reference)
     if "p_taken" in t:
         if markov:
             raise r.error(
