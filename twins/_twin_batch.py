@@ -253,7 +253,7 @@ def recommend_twins(
                 start = None if starts is None else starts[i]
                 history, loading_reg, amount = tw.history, None, None
                 if load is None:
-                    plans = plan_doses(
+                    plans = _plans_kept(
                         tw.drug, tw.history, choices, tgt.metric, start=start, n_doses=n_doses,
                         weight=tw.weight,
                     )  # fmt: skip
@@ -277,7 +277,7 @@ def recommend_twins(
             members = [twins[i] for i in idx]
             n = _bucket(len(idx))
             size = _bucket(max(h.n_events for _, h, *_ in job))
-            hist = _padded([h.pad(size) for _, h, *_ in job], n)
+            hist = _padded([_pad_kept(h, size) for _, h, *_ in job], n)
             plans = _padded([p for _, _, p, *_ in job], n)
             eta = _draws(_padded(members, n), _padded([ks[i] for i in idx], n), n_draws)
             first = members[0]
@@ -303,6 +303,54 @@ def recommend_twins(
     return out  # type: ignore[return-value]
 
 
+# A live service asks for the same twins' plans again and again: a new level leaves a
+# twin's doses (the same `history` object) and, between doses, its plan's start as they
+# were. Padding a history and building a plan are host work (a few dozen small arrays
+# each); both are kept, by the objects and values that determine them, and are the same
+# objects a new call would build (regimens are immutable pytrees).
+_PADDED: dict[int, tuple[Any, int, Any]] = {}
+_PLANNED: dict[tuple, tuple[Any, list]] = {}
+_KEPT = 8192
+
+
+def _pad_kept(history: pkpd.Regimen, size: int) -> pkpd.Regimen:
+    """`history.pad(size)`, kept for the same history object."""
+    got = _PADDED.get(id(history))
+    if got is not None and got[0] is history and got[1] == size:
+        return got[2]
+    if len(_PADDED) > _KEPT:
+        _PADDED.clear()
+    padded = history.pad(size)
+    _PADDED[id(history)] = (history, size, padded)  # holds `history`: its id is not reused
+    return padded
+
+
+def _plans_kept(drug, history, choices, metric, *, start, n_doses, weight) -> list:
+    """`plan_doses(...)`, kept by its arguments when `start` is given (the history is
+    then not read: the plans are the drug's unit doses from `start`)."""
+    if start is None:
+        return plan_doses(
+            drug, history, choices, metric, start=start, n_doses=n_doses, weight=weight
+        )
+    key = (
+        id(drug),
+        tuple(float(c) for c in choices),
+        type(metric),
+        repr(metric),
+        float(start),
+        n_doses,
+        None if weight is None else float(weight),
+    )
+    got = _PLANNED.get(key)
+    if got is not None and got[0] is drug:
+        return got[1]
+    plans = plan_doses(drug, history, choices, metric, start=start, n_doses=n_doses, weight=weight)
+    if len(_PLANNED) > _KEPT:
+        _PLANNED.clear()
+    _PLANNED[key] = (drug, plans)  # holds `drug`: its id is not reused
+    return plans
+
+
 def _per_twin(value: Any, n: int, name: str, kind: Any) -> list[Any]:
     """`value` for each of `n` twins: one value (`kind`) or `None` for all, else a sequence
     of one per twin (its items checked per twin later)."""
@@ -319,6 +367,12 @@ def _per_twin(value: Any, n: int, name: str, kind: Any) -> list[Any]:
             "(or one for all)."
         )
     return list(value)
+
+
+@jax.jit
+def _first_of_split(keys):
+    """`jax.random.split(k)[0]` of every key of `keys` `(K,)`, in one call."""
+    return jax.vmap(lambda k: jax.random.split(k)[0])(keys)
 
 
 @eqx.filter_jit
@@ -383,7 +437,7 @@ def forecast_twins(
         n = _bucket(len(ready))
         size = _bucket(max(p.n_events for p in plans))
         padded = _padded(plans, n)
-        eta_keys = [jax.random.split(ks[i])[0] for i in ready]
+        eta_keys = list(_first_of_split(jnp.stack([ks[i] for i in ready])))
         eta = _draws(_padded(members, n), _padded(eta_keys, n), n_draws)
         first = members[0]
         covs = {

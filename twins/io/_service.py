@@ -46,7 +46,7 @@ from ._service_store import ServiceStore, StoredMessage, digest
 from ._service_twin import (
     Replay,
     extend,
-    output_keys,
+    output_keys_many,
     outputs,
     plan_start,
     posterior_json,
@@ -207,8 +207,8 @@ class TwinService:
             advice.check_intervals(self.intervals, f"TwinService: dosing[{s!r}]")
             self.dosing[s] = advice
         self.store = ServiceStore(store)
-        self._results = governance.pseudonymizer("results")
-        self._audit_names = governance.pseudonymizer("audit")
+        self._results = _Memo(governance.pseudonymizer("results"))
+        self._audit_names = _Memo(governance.pseudonymizer("audit"))
         self._twins: dict[tuple[str, str], DigitalTwin] = {}
         # (patient, substance) -> the replay (or extension) of the twin computed last: a
         # new level extends it (`extend`) instead of replaying the patient's messages
@@ -500,7 +500,7 @@ class TwinService:
         ready = [r for r in ready if id(r) not in result]
         if not ready:
             return result
-        keys = [output_keys(self.seed, r.asof) for r in ready]
+        keys = output_keys_many(self.seed, [r.asof for r in ready])
         starts = [plan_start(r) for r in ready]
         advice = [self.dosing.get(r.substance) for r in ready]
         recs = recommend_twins(
@@ -701,6 +701,28 @@ def _failed(mine: Sequence[StoredMessage], substance: str, error: Exception):
     """Dead letters for a patient's messages when its twin on `substance` failed."""
     why = f"the {substance} twin could not be updated ({type(error).__name__}: {error})"
     return [(m, f"{m.rtype}/{m.rid}: {why}") for m in mine]
+
+
+class _Memo:
+    """A `Pseudonymizer` whose pseudonyms are kept: the outputs of one update name the
+    same patient and levels a dozen times, and each pseudonym is an HMAC. The same
+    pseudonyms as the pseudonymizer's (it is a deterministic function of the identifier)."""
+
+    __slots__ = ("_of", "_seen", "key_id", "purpose")
+
+    def __init__(self, pseudonymizer: Any):
+        self._of = pseudonymizer
+        self.purpose = pseudonymizer.purpose
+        self.key_id = pseudonymizer.key_id
+        self._seen: dict[str, str] = {}
+
+    def pseudonym(self, identifier: str) -> str:
+        got = self._seen.get(identifier)
+        if got is None:
+            if len(self._seen) > 200_000:
+                self._seen.clear()
+            got = self._seen[identifier] = self._of.pseudonym(identifier)
+        return got
 
 
 class _Dead(Exception):

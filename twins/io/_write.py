@@ -116,12 +116,19 @@ def recommendation_request(
 def _segments(times, amounts, durations) -> list[tuple[int, int]]:
     """`(first, stop)` index ranges of the runs of equal doses (amount and infusion
     duration) at one spacing: a loading dose and the maintenance doses after it are two."""
+    n = times.size
+    if (
+        np.allclose(amounts, amounts[0])
+        and np.allclose(durations, durations[0])
+        and (n < 3 or np.allclose(np.diff(times), times[1] - times[0]))
+    ):
+        return [(0, n)]  # the common case, in three array comparisons
     out: list[tuple[int, int]] = []
     i = 0
-    while i < times.size:
+    while i < n:
         j = i + 1
         while (
-            j < times.size
+            j < n
             and np.isclose(amounts[j], amounts[i])
             and np.isclose(durations[j], durations[i])
             and (j == i + 1 or np.isclose(times[j] - times[j - 1], times[i + 1] - times[i]))
