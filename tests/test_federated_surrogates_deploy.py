@@ -247,3 +247,23 @@ def test_a_round_with_too_few_hospitals_fails_naming_the_missing(tmp_path):
     assert verify(tmp_path / "server.log", tmp_path / "server.key.pub").ok
     with pytest.raises(ValueError, match=r"must be in 1\.\.3"):
         RoundAudit(None, fit="f", strategy="fedavg", expected=3, minimum=4)
+
+
+def test_the_surrogate_cli_checks_its_arguments(tmp_path):
+    from typer.testing import CliRunner
+
+    from twins.app._cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["federated", "surrogate", "--help"])
+    assert result.exit_code == 0 and "--n-features" in result.output, result.output
+    result = runner.invoke(app, ["federated", "surrogate", "--hospital", "north",
+                                 "--n-features", "6"])  # fmt: skip
+    assert result.exit_code == 2 and "NAME=PATH" in result.output
+    path = write_surrogate_hospital(tmp_path / "north.npz", _hospitals()[0])
+    result = runner.invoke(app, ["federated", "surrogate", "--hospital", f"north={path}",
+                                 "--n-features", "0"])  # fmt: skip
+    assert result.exit_code == 2 and "n_features >= 1" in result.output, result.output
+    result = runner.invoke(app, ["federated", "surrogate", "--hospital", f"north={path}",
+                                 "--n-features", "6", "--audit-log", "a.log"])  # fmt: skip
+    assert result.exit_code == 2 and "go together" in result.output

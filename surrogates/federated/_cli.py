@@ -7,6 +7,9 @@ happen inside the commands, so `twins --help` does not pay for them.
 - `twins federated fit --model REF --hospital NAME=RECORDS.csv ...`: a population model
   fitted across hospitals (a SuperLink and one SuperNode per hospital started on 127.0.0.1,
   stopped afterwards); prints the estimates, optionally writes them as JSON.
+- `twins federated surrogate --hospital NAME=RECORDS.npz ... --n-features N`: the MLP
+  surrogate trained across hospitals by FedAvg/FedProx/FedAdam on the deployment engine
+  (`fit_surrogate_federated`); prints each round, optionally writes the parameters.
 - `twins federated demo`: every part of `DEMO_PARTS` in turn (the population fit across
   five simulated hospitals; the federated surrogates), each printing its own tables.
 
@@ -220,6 +223,113 @@ def fit_command(
             encoding="utf-8",
         )
         console.print(f"Wrote {out}.")
+
+
+@federated_app.command("surrogate")
+def surrogate_command(
+    hospital: Annotated[
+        list[str],
+        typer.Option(
+            help="A hospital: NAME=RECORDS.npz (write_surrogate_hospital: x, y, patients) or "
+            "NAME=NODE.toml (its node config: data-path, consent-path, audit-log, audit-key, "
+            "pseudonym-key). Repeat for each hospital."
+        ),
+    ],
+    n_features: Annotated[int, typer.Option(help="The MLP's inputs (columns of x).")],
+    consent: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=CONSENTS.csv: that hospital's consent decisions; needs its audit-log, "
+            "audit-key and pseudonym-key (give a NODE.toml)."
+        ),
+    ] = None,
+    hidden: Annotated[str, typer.Option(help="The MLP's layers, comma-separated.")] = "32,32",
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox or fedadam.")] = "fedavg",
+    proximal_mu: Annotated[float, typer.Option(help="FedProx's mu.")] = 0.0,
+    local_steps: Annotated[int, typer.Option(help="Local steps per round.")] = 10,
+    sampling_rate: Annotated[
+        float, typer.Option(help="Each record's chance to be in a local step's batch.")
+    ] = 0.1,
+    learning_rate: Annotated[float, typer.Option(help="Adam's step size.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="The initial parameters' and hospitals' seed.")] = 0,
+    min_hospitals: Annotated[
+        int | None, typer.Option(help="Fewest hospitals a round may average (default all).")
+    ] = None,
+    audit_log: Annotated[
+        Path | None, typer.Option(help="The server's audit log (a training-round entry per round).")
+    ] = None,
+    audit_key: Annotated[
+        Path | None, typer.Option(help="The audit log's signing key (twins audit keygen).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the final parameters (.npz) and a JSON summary beside."),
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Keep the Flower processes' logs and files here.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds for the whole run.")] = 1800.0,
+) -> None:
+    """Train the MLP surrogate across hospitals on Flower's deployment engine: a SuperLink
+    and one SuperNode (with its worker) per hospital on 127.0.0.1, stopped afterwards."""
+    from ._deploy import DeploymentError
+    from ._fedavg import LocalTraining, Server
+    from ._population_fit import FederatedFitError
+    from ._surrogate_run import Network, fit_surrogate_federated
+
+    if (audit_log is None) != (audit_key is None):
+        raise _fail("--audit-log and --audit-key go together.")
+    nodes = _hospitals(hospital, consent)
+    if not nodes:
+        raise _fail("give at least one --hospital NAME=RECORDS.npz.")
+    console = Console(soft_wrap=True)
+    try:
+        layers = tuple(int(h) for h in hidden.split(",") if h)
+        network = Network("mlp", n_features=n_features, hidden=layers, seed=seed)
+        local = LocalTraining(
+            steps=local_steps, sampling_rate=sampling_rate, learning_rate=learning_rate
+        )
+        result = fit_surrogate_federated(
+            nodes,
+            network=network,
+            rounds=rounds,
+            local=local,
+            server=Server(strategy),  # type: ignore[arg-type]
+            proximal_mu=proximal_mu,
+            seed=seed,
+            min_hospitals=min_hospitals,
+            audit_log=audit_log,
+            audit_key=audit_key,
+            workdir=workdir,
+            timeout=timeout,
+        )
+    except FederatedFitError as error:
+        raise _fail(str(error), code=1) from None
+    except (DeploymentError, ValueError, TypeError) as error:
+        raise _fail(str(error)) from None
+    table = Table(title=f"Federated {strategy} of the MLP surrogate ({len(nodes)} hospitals)")
+    for col in ("round", "hospitals", "patients", "missing"):
+        table.add_column(col, justify="left" if col in ("hospitals", "missing") else "right")
+    for r in result.round_log:
+        table.add_row(str(r["round"]), ", ".join(sorted(r.get("hospitals", []))),
+                      str(r.get("patient_count", "")), ", ".join(r.get("missing", [])))  # fmt: skip
+    console.print(table)
+    console.print(f"{result.rounds} rounds; {result.bytes_up:,} bytes up, "
+                  f"{result.bytes_down:,} bytes down.")  # fmt: skip
+    if out is not None:
+        import numpy as np
+
+        assert result.params is not None
+        np.savez(out.with_suffix(".npz"), *result.params)
+        out.with_suffix(".json").write_text(
+            json.dumps({"network": network.config(), "rounds": result.rounds,
+                        "strategy": strategy, "bytes_up": result.bytes_up,
+                        "bytes_down": result.bytes_down, "round_log": result.round_log},
+                       indent=2, default=str),
+            encoding="utf-8",
+        )  # fmt: skip
+        console.print(f"Wrote {out.with_suffix('.npz')} and {out.with_suffix('.json')}.")
 
 
 @federated_app.command("demo")
