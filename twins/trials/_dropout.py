@@ -28,6 +28,11 @@ own follow-up, which is how TTR is computed in trials):
   in mind.
 - `Dropped` (an endpoint): whether the patient left before the end, and when.
 
+With `Trial(visits=...)` (slipped and missed visits), the visits are each patient's own
+(`Course["visit_day"]`), a missed visit triggers nothing, and `observed` marks the visits
+that happened before the patient left (no longer a prefix: the endpoints use the visits
+that happened, in order).
+
 References: Little RJA, Rubin DB. Statistical Analysis with Missing Data. 2nd ed. Wiley
 2002 (missing completely at random / at random); Rosendaal FR et al. Thromb Haemost
 1993;69:236-239 (TTR over each patient's follow-up).

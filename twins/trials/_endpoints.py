@@ -4,6 +4,12 @@ Each endpoint is a frozen dataclass deriving from `Endpoint`, with a `kind` (how
 summarised: mean, proportion, time to event) and a unit. Exposure endpoints (`AUC`, `Cmax`,
 `TargetAttainment` on them) read the per-period AUC and Cmax that the chunk simulator
 computes with `pkpd.advance` when `needs_exposure` is set.
+
+With `Trial(visits=...)` (slipped and missed visits, `twins.trials._visits`) the endpoints
+that read measured values (`visit_aware`: `TimeInRange`, `AnyAbove`, `TimeToRange`,
+`FinalLevel`, `EventRisk`) use each patient's own visits that happened, in order, at the
+days they happened (`Course["visit_day"]`, `["observed"]`): a missed visit is not a value,
+and consecutive values are consecutive *measured* values.
 """
 
 from __future__ import annotations
@@ -171,7 +177,9 @@ class TimeInRange(Endpoint):
     Between two consecutive values the output is interpolated linearly and the time inside
     the range is counted, from the first value to the last. With `source="measured"` the
     values are those measured at the visits (as TTR is computed in clinical trials); with
-    `"true"` the noise-free output at the start of every period.
+    `"true"` the noise-free output at the start of every period. With dropout, over each
+    patient's follow-up; with `Trial(visits=...)`, between the measured values of the visits
+    that happened, at the days they happened (interpolated across a missed visit).
 
     References: Rosendaal FR, Cannegieter SC, van der Meer FJ, Briet E. A method to
     determine the optimal intensity of oral anticoagulant therapy. Thromb Haemost
@@ -216,7 +224,9 @@ class TimeToRange(Endpoint):
     With `consecutive = k` (default 1) the range counts as reached only at the first of `k`
     consecutive values in range (the definition of several trials: a therapeutic INR is
     two consecutive INRs in 2.0-3.0); the time is that of the first of them, and a run
-    still unconfirmed at the last value is not an event."""
+    still unconfirmed at the last value is not an event. With `Trial(visits=...)` the
+    values are the *measured* values of the visits that happened (two consecutive measured
+    INRs: a missed visit between them does not break the run), at the days they happened."""
 
     low: float = 2.0
     high: float = 3.0
