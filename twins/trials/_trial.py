@@ -125,7 +125,9 @@ class Trial:
     - `adherence`: whether patients take each prescribed dose (`Adherence`: a two-state
       Markov model, Girard et al. 1998); default None: every dose is taken. The arm's
       decisions are the prescribed doses (`Course["doses"]`), the model gets those taken
-      (`Course["taken"]`). Not with host-driven arms (`TwinArm`).
+      (`Course["taken"]`). With `Adherence(timing=DoseTiming(...))` each dose is taken at its
+      own time within its period (`Course["dose_offset_h"]`), with `holidays=Holidays(...)`
+      runs of doses are missed (`Course["holiday"]`). Not with host-driven arms (`TwinArm`).
     - `variability`: within-patient variability (`Variability` of `IOV` and
       `OrnsteinUhlenbeck` terms): log-normal factors on chosen parameters, by dosing period;
       default None: each patient's parameters are the same on every day. The factors are in
