@@ -325,3 +325,38 @@ def test_each_secagg_round_is_written_to_the_servers_audit_log(tmp_path, client_
         assert first["no_patient_node_ids"] == ["12"]
     assert log.rounds == entries
     assert verify(tmp_path / "server.log", tmp_path / "server.key.pub").ok
+
+
+@pytest.mark.extended  # ~60 s on 2 shared cores (Ray's start); the strategy's entries: above
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
+def test_a_secagg_run_writes_its_rounds_with_the_final_models_digest(tmp_path):
+    """Through Flower's simulation engine (SecAggPlusWorkflow and secaggplus_mod for real):
+    one entry per round, every hospital in the sum, none dropped, and the last round's
+    digest is that of the model the run ends with."""
+    from surrogates.federated._surrogate_apps import (
+        Outcome,
+        secagg_client_app,
+        secagg_server_app,
+        simulate,
+    )
+
+    write_signing_key(tmp_path / "server.key")
+    audit = AuditLog(tmp_path / "server.log", load_signing_key(tmp_path / "server.key"))
+    model = mlp(4, hidden=(8,))
+    clients = [_client(n, s) for n, s in ((30, 0), (40, 1), (35, 2))]
+    outcome = Outcome()
+    simulate(
+        secagg_server_app(model, hospitals=3, rounds=2, outcome=outcome, audit=audit),
+        secagg_client_app(model, clients, local=LOCAL),
+        3,
+    )
+    entries = [e.details for e in read_entries(tmp_path / "server.log")
+               if e.action.value == "training-round"]  # fmt: skip
+    assert [(e["round"], e["kind"]) for e in entries] == [(1, "train"), (2, "train")]
+    for e in entries:
+        assert e["hospital_count"] == 3 and e["sampled_count"] == 3
+        assert e["dropped_node_ids"] == [] and e["patient_count"] == 105
+    assert outcome.params is not None
+    assert entries[-1]["parameter_digest"] == _digest(outcome.params)
+    assert entries[0]["parameter_digest"] != entries[1]["parameter_digest"]
+    assert verify(tmp_path / "server.log", tmp_path / "server.key.pub").ok

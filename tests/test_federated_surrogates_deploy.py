@@ -189,7 +189,7 @@ def test_the_thin_client_and_the_worker_give_the_local_update(tmp_path):
     assert not thread.is_alive()
 
 
-@pytest.mark.extended  # ~60-150 s on 2 shared cores (two deployed runs, 3 workers each)
+@pytest.mark.extended  # 130-260 s on 2 shared cores (two deployed runs, 3 workers each)
 def test_a_hospital_that_fails_is_named_and_never_averaged(tmp_path):
     """west's worker starts but fails every request (its consent file is missing): by
     default the run fails naming west; with min_hospitals=2 the rounds average north and
