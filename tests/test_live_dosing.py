@@ -19,7 +19,7 @@ from test_stream_service import T0, make_service, patient_messages, send
 
 import twins
 from twins.governance import read_entries, write_pseudonym_key, write_signing_key
-from twins.io import DosingAdvice, DosingConfigError, read_dosing
+from twins.io import DosingAdvice, DosingConfigError, read_dosing, read_fhir
 
 VANCO = twins.drugs.get("vancomycin_goti2018")
 LIBRARY = VANCO.dosing.constraints
@@ -124,8 +124,29 @@ def test_loading_dose_published_as_two_sequenced_dosages(tmp_path):
     assert second["timing"]["repeat"]["count"] == ref.n_doses
     ext = {e["url"].rsplit("/", 1)[1]: e for e in req["extension"]}
     assert ext["loading-dose"]["valueDecimal"] == loading
-    # the forecast follows the plan with the loading dose (its first time at the plan start)
-    # and a second patient, given four doses already, gets no loading dose
+    # read back (read_fhir's proposals): the loading dose, then the maintenance doses
+    subject = req["subject"]["reference"].split("/")[1]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": subject,
+                    "gender": "female",
+                    "birthDate": "1961-05-02",
+                }
+            },
+            {"resource": req},
+        ],
+    }
+    (back,) = read_fhir(bundle, reference_time=T0 + dt.timedelta(hours=12), lenient=True).proposals
+    assert (back.loading_dose, back.loading_duration) == (loading, pytest.approx(1.75))
+    assert _hours(back.loading_start.isoformat()) == pytest.approx(t_load, abs=1e-6)
+    assert back.dose == pytest.approx(ref.dose, rel=1e-12) and back.n_doses == ref.n_doses
+    assert _hours(back.start.isoformat()) == pytest.approx(t_main, abs=1e-6)
+    # a second patient, given four doses already, gets no loading dose
     envelope2, _, _ = _feed(svc, "p-2", n_doses=4)
     assert len(envelope2["resource"]["dosageInstruction"]) == 1
     assert "sequence" not in envelope2["resource"]["dosageInstruction"][0]

@@ -58,7 +58,9 @@ class Proposal:
     `twins.io.recommendation_request` writes): `patient`, `start` (aware) and `time` (h from
     the patient's origin, `nan` without one), `dose` (mg), `interval` (h), `n_doses`,
     `duration` (h, infusion), and when given: `metric`, `low`, `high`, `target_unit`,
-    `probability`; `source`."""
+    `probability`; `source`. A proposal with a loading dose (two Dosages, `sequence` 1 one
+    dose, then `sequence` 2) has `loading_dose` (mg), `loading_start` (aware) and
+    `loading_duration` (h); `dose`, `start`, ... are the maintenance doses'."""
 
     patient: str
     start: dt.datetime
@@ -73,6 +75,9 @@ class Proposal:
     target_unit: str | None
     probability: float | None
     source: str
+    loading_dose: float | None = None
+    loading_start: dt.datetime | None = None
+    loading_duration: float | None = None
 
 
 @dataclasses.dataclass
@@ -128,7 +133,21 @@ def _status(r: Resource, col: Collector, policy: tuple[tuple[str, ...], tuple[st
 
 
 def proposal(r: Resource, patient: str, substance: Any) -> Proposal:
-    doses, _ = regimen(r, substance, "dosageInstruction", _FAR)
+    items = r.model.dosageInstruction or []
+    load = None
+    if len(items) == 2 and [i.sequence for i in items] == [1, 2]:  # a loading dose first
+        first, _ = regimen(r, substance, "dosageInstruction", _FAR, index=0)
+        if len(first) != 1 or first[0].addl != 0:
+            raise FhirError(
+                r.rtype,
+                r.rid,
+                "dosageInstruction[0].timing.repeat.count",
+                "expected one loading dose (count 1) before the maintenance doses.",
+            )
+        load = first[0]
+        doses, _ = regimen(r, substance, "dosageInstruction", _FAR, index=1)
+    else:
+        doses, _ = regimen(r, substance, "dosageInstruction", _FAR)
     d = doses[0]
     values: dict[str, Any] = {}
     for e in r.model.extension or ():
@@ -153,6 +172,9 @@ def proposal(r: Resource, patient: str, substance: Any) -> Proposal:
         values.get("target-unit"),
         num["probability"],
         f"{r.rtype}/{r.rid}",
+        None if load is None else load.amount,
+        None if load is None else load.start,
+        None if load is None else load.duration,
     )
 
 

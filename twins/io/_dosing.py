@@ -170,12 +170,18 @@ def _one_dosage(r: Resource, field: str) -> Any:
 
 
 def regimen(
-    r: Resource, substance: Substance, field: str, until: dt.datetime
+    r: Resource, substance: Substance, field: str, until: dt.datetime, *, index: int | None = None
 ) -> tuple[list[Dose], int]:
     """The doses of a MedicationRequest (`field="dosageInstruction"`) or MedicationStatement
-    (`"dosage"`) due at or before `until`, and how many more were due after it."""
-    d = _one_dosage(r, field)
-    f = f"{field}[0]"
+    (`"dosage"`) due at or before `until`, and how many more were due after it. `index`:
+    read that Dosage of several (a proposal's loading dose and maintenance doses); `None`:
+    the resource must have exactly one."""
+    if index is None:
+        d = _one_dosage(r, field)
+        f = f"{field}[0]"
+    else:
+        d = (getattr(r.model, field) or [])[index]
+        f = f"{field}[{index}]"
     if d.asNeededBoolean or d.asNeededCodeableConcept is not None:
         raise FhirError(
             r.rtype,
@@ -240,6 +246,10 @@ def regimen(
             "expected when the regimen starts.",
         )
     start = instant(rep.boundsPeriod.start, r.at(f"{f}.timing.repeat.boundsPeriod.start"))
+    if rep.period is None and rep.count is not None and int(rep.count) == 1:
+        # one dose (a proposal's loading dose): no period needed
+        due = hours(until, start) >= 0
+        return ([Dose(start, amount, duration, 0.0, 0, source)], 0) if due else ([], 1)
     if rep.period is None or rep.periodUnit not in _PERIOD_HOURS:
         raise FhirError(
             r.rtype,
