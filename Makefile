@@ -20,9 +20,9 @@ demo: $(STAMP)
 
 # The tests' JAX compilation cache (pkpd/_config.py), outside the clone; CI may point it at a
 # folder it keeps between runs (make test TEST_CACHE=...) or turn it off (TEST_CACHE=off).
-# Both xdist workers share it. JAX writes an entry with a plain write: a worker that reads one
-# the other is still writing gets JAX's warning and compiles the program itself, which is not
-# an error here (docs/getting-started.md, "Compilation cache").
+# Each xdist worker uses its own subfolder of it (tests/conftest.py). A damaged entry (a run
+# killed while writing one) makes JAX warn and compile the program itself, which is not an
+# error here (docs/getting-started.md, "Compilation cache").
 TEST_CACHE ?= $(HOME)/.cache/pkpd-twins/jax-test
 TEST_ENV := PKPD_TWINS_CACHE="$(TEST_CACHE)"
 CACHE_RACE := -W "ignore:Error reading persistent compilation cache entry:UserWarning"
