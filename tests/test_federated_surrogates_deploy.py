@@ -69,7 +69,7 @@ def _hospitals():
     return out
 
 
-@pytest.mark.extended  # 88-150 s on 2 shared cores (4 processes import JAX); its ground,
+@pytest.mark.extended  # 73-150 s on 2 shared cores (4 processes import JAX); its ground,
 # the thin ClientApp and worker against local_update, is the next test (make test)
 def test_the_deployed_fedavg_gives_the_pure_model_with_consent(tmp_path):
     clients = _hospitals()
@@ -267,3 +267,42 @@ def test_the_surrogate_cli_checks_its_arguments(tmp_path):
     result = runner.invoke(app, ["federated", "surrogate", "--hospital", f"north={path}",
                                  "--n-features", "6", "--audit-log", "a.log"])  # fmt: skip
     assert result.exit_code == 2 and "go together" in result.output
+
+
+@pytest.mark.extended  # 91 s on 2 shared cores (a deployed run and a 30 s round timeout)
+def test_a_supernode_killed_mid_run_fails_the_run_naming_it(tmp_path):
+    """east's SuperNode (and worker) is killed once round 1 is in the server's audit log:
+    round 2 gets two replies within its timeout and the run fails naming east; nothing is
+    averaged over the two that are left."""
+    from surrogates.federated import run_surrogate_fit, surrogate_deployment
+
+    clients = _hospitals()
+    hospitals = {
+        name: str(write_surrogate_hospital(tmp_path / f"{name}.npz", client))
+        for name, client in zip(("north", "south", "east"), clients, strict=True)
+    }
+    write_signing_key(tmp_path / "server.key")
+    log = tmp_path / "server.log"
+    with surrogate_deployment(hospitals) as federation:
+        killed = threading.Event()
+
+        def kill_east_after_round_one():
+            deadline = time.monotonic() + 400
+            while time.monotonic() < deadline:
+                if log.exists() and '"round":1' in log.read_text(encoding="utf-8"):
+                    federation.kill_node("east")
+                    killed.set()
+                    return
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=kill_east_after_round_one, daemon=True)
+        watcher.start()
+        with pytest.raises(FederatedFitError, match=r"round 2: 2 of 3 .*missing: east") as e:
+            run_surrogate_fit(federation, network=NETWORK, rounds=3, local=LOCAL,
+                              audit_log=log, audit_key=tmp_path / "server.key",
+                              round_timeout=30, timeout=500)  # fmt: skip
+        watcher.join(timeout=10)
+    assert killed.is_set() and e.value.hospitals == ("east",)
+    kinds = [(d.details["round"], d.details["kind"]) for d in read_entries(log)]
+    assert kinds == [(1, "train"), (2, "failed")]
+    assert verify(log, tmp_path / "server.key.pub").ok

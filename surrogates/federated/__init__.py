@@ -69,6 +69,7 @@ from ._surrogate_models import lstm as lstm_model  # noqa: F401
 from ._surrogate_models import mlp as mlp_model  # noqa: F401
 from ._surrogate_run import Network as Network
 from ._surrogate_run import fit_surrogate_federated as fit_surrogate_federated
+from ._surrogate_run import run_surrogate_fit as run_surrogate_fit
 from ._surrogate_run import surrogate_federation as surrogate_deployment  # noqa: F401
 from ._surrogate_run import write_surrogate_hospital as write_surrogate_hospital
 from ._table3 import PAPER_TABLE3 as PAPER_TABLE3

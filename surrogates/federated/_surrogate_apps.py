@@ -349,16 +349,20 @@ def surrogate_client_app(
 
 def _strategy(
     server: Server, hospitals: int, proximal_mu: float, delta: float,
-    rounds: RoundAudit | None = None,
+    rounds: RoundAudit | None = None, min_hospitals: int | None = None,
 ):  # fmt: skip
     from flwr.serverapp import strategy as fs
 
     weight = "unit-weight" if server.client_dp is not None else "num-examples"
+    # Every connected hospital each round; a round starts once `min_hospitals` are connected
+    # (a SuperNode that stopped leaves Flower's list of nodes: waiting for all would wait
+    # for ever), and `RoundAudit` fails a round with fewer replies than that.
+    least = hospitals if min_hospitals is None else int(min_hospitals)
     common: dict[str, Any] = {
         "fraction_train": 1.0,
         "fraction_evaluate": 0.0,
-        "min_train_nodes": hospitals,
-        "min_available_nodes": hospitals,
+        "min_train_nodes": least,
+        "min_available_nodes": least,
         "weighted_by_key": weight,
     }
     if rounds is not None:
@@ -474,7 +478,13 @@ def serve_surrogate(
     log = RoundAudit(audit, fit=fit, strategy=server.strategy, expected=hospitals,
                      minimum=min_hospitals, names=names)  # fmt: skip
     outcome.round_log = log.rounds
-    strategy = _strategy(server, hospitals, proximal_mu, delta, log)
+    if server.client_dp is not None and min_hospitals is not None and min_hospitals < hospitals:
+        raise ValueError(
+            f"client-level DP with min_hospitals={min_hospitals} < {hospitals} hospitals: the "
+            "noise is calibrated to the equal-weight mean over every hospital; a round over "
+            "fewer would have a larger sensitivity than the accountant assumes."
+        )
+    strategy = _strategy(server, hospitals, proximal_mu, delta, log, min_hospitals)
     result = strategy.start(
         grid,
         ArrayRecord(model.arrays(model.params)),

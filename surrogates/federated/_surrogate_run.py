@@ -339,57 +339,92 @@ def fit_surrogate_federated(
     if server.client_dp is not None and server.strategy == "fedadam":
         raise ValueError("fit_surrogate_federated: client-level DP with FedAdam is refused "
                          "(see _surrogate_apps); use fedavg or fedprox.")  # fmt: skip
-    base = {**network.config(), **local_config(local)}
     with surrogate_federation(hospitals, workdir=workdir) as federation:
-        stamp = time.monotonic_ns()
-        result = federation.workdir / f"surrogate-result-{stamp}.json"
-        dp = server.client_dp
-        config = base | {
-            "strategy": server.strategy, "proximal-mu": float(proximal_mu),
-            "eta": server.eta, "beta-1": server.beta_1, "beta-2": server.beta_2,
-            "tau": server.tau, "client-clip": 0.0 if dp is None else float(dp.clip),
-            "client-noise": -1.0 if dp is None else float(dp.noise_multiplier),
-            "delta": float(delta), "hospitals": len(federation.nodes), "rounds": int(rounds),
-            "seed": int(seed), "round-timeout": float(round_timeout),
-            "result-path": str(result),
-            "audit-log": "" if audit_log is None else str(Path(audit_log).resolve()),
-            "audit-key": "" if audit_key is None else str(Path(audit_key).resolve()),
-            "fit": fit, "min-hospitals": int(min_hospitals or 0),
-            "hospital-names": ",".join(federation.nodes),
-        }  # fmt: skip
-        app = write_app(
-            federation.workdir / f"surrogate-app-{stamp}",
-            name="federated-surrogate",
-            serverapp=SERVER_APP,
-            clientapp=f"{CLIENT_MODULE}:{'client_app_dp' if dp is not None else 'client_app'}",
-            config=config,
-            files={
-                f"{CLIENT_MODULE}.py": _surrogate_client.__file__,
-                "pkpd_population_client.py": _population_client.__file__,
-            },
+        return run_surrogate_fit(
+            federation, network=network, rounds=rounds, local=local, server=server,
+            proximal_mu=proximal_mu, delta=delta, seed=seed, min_hospitals=min_hospitals,
+            audit_log=audit_log, audit_key=audit_key, fit=fit, round_timeout=round_timeout,
+            timeout=timeout,
+        )  # fmt: skip
+
+
+def run_surrogate_fit(
+    federation: Federation,
+    *,
+    network: Network,
+    rounds: int,
+    local: LocalTraining | None = None,
+    server: Server | None = None,
+    proximal_mu: float = 0.0,
+    delta: float = DELTA,
+    seed: int = 0,
+    min_hospitals: int | None = None,
+    audit_log: str | os.PathLike | None = None,
+    audit_key: str | os.PathLike | None = None,
+    fit: str = "federated surrogate",
+    round_timeout: float = 300.0,
+    timeout: float = 600.0,
+) -> Outcome:
+    """Run a federated surrogate on a started `Federation` of `surrogate_federation` (its
+    SuperNodes' node configs hold the hospitals' data paths; every hospital of it takes
+    part). Arguments and result as `fit_surrogate_federated`."""
+    if federation.worker != WORKER:
+        raise ValueError(
+            "run_surrogate_fit: the federation's SuperNodes need the surrogate worker "
+            "(surrogate_federation(...), or Federation(..., worker=WORKER))."
         )
-        run = federation.run(app, timeout=timeout, done=result.exists, poll=5.0)
-        if not result.exists():
-            raise DeploymentError(
-                f"the federated surrogate's ServerApp ended ({run.status}: {run.details}) "
-                f"without writing its result (logs in {federation.workdir / 'logs'})."
-            )
-        summary = json.loads(result.read_text(encoding="utf-8"))
-        if not summary.get("ok") and "hospitals" in summary:
-            raise FederatedFitError(str(summary["error"]), hospitals=summary["hospitals"],
-                                    round=summary.get("round"))  # fmt: skip
-        if not summary.get("ok"):
-            raise DeploymentError(
-                f"the federated surrogate's run failed: {summary.get('error')} (logs in "
-                f"{federation.workdir / 'logs'})."
-            )
-        with np.load(result.with_suffix(".npz")) as arrays:
-            params = [arrays[f"arr_{i}"] for i in range(int(summary["n_arrays"]))]
-        return Outcome(
-            params=params,
-            bytes_up=int(summary["bytes_up"]),
-            bytes_down=int(summary["bytes_down"]),
-            rounds=int(summary["rounds"]),
-            epsilon=summary.get("epsilon"),
-            round_log=list(summary.get("round_log", [])),
+    local = local or LocalTraining()
+    server = server or Server()
+    base = {**network.config(), **local_config(local)}
+    stamp = time.monotonic_ns()
+    result = federation.workdir / f"surrogate-result-{stamp}.json"
+    dp = server.client_dp
+    config = base | {
+        "strategy": server.strategy, "proximal-mu": float(proximal_mu),
+        "eta": server.eta, "beta-1": server.beta_1, "beta-2": server.beta_2,
+        "tau": server.tau, "client-clip": 0.0 if dp is None else float(dp.clip),
+        "client-noise": -1.0 if dp is None else float(dp.noise_multiplier),
+        "delta": float(delta), "hospitals": len(federation.nodes), "rounds": int(rounds),
+        "seed": int(seed), "round-timeout": float(round_timeout),
+        "result-path": str(result),
+        "audit-log": "" if audit_log is None else str(Path(audit_log).resolve()),
+        "audit-key": "" if audit_key is None else str(Path(audit_key).resolve()),
+        "fit": fit, "min-hospitals": int(min_hospitals or 0),
+        "hospital-names": ",".join(federation.nodes),
+    }  # fmt: skip
+    app = write_app(
+        federation.workdir / f"surrogate-app-{stamp}",
+        name="federated-surrogate",
+        serverapp=SERVER_APP,
+        clientapp=f"{CLIENT_MODULE}:{'client_app_dp' if dp is not None else 'client_app'}",
+        config=config,
+        files={
+            f"{CLIENT_MODULE}.py": _surrogate_client.__file__,
+            "pkpd_population_client.py": _population_client.__file__,
+        },
+    )
+    run = federation.run(app, timeout=timeout, done=result.exists, poll=5.0)
+    if not result.exists():
+        raise DeploymentError(
+            f"the federated surrogate's ServerApp ended ({run.status}: {run.details}) "
+            f"without writing its result (logs in {federation.workdir / 'logs'})."
         )
+    summary = json.loads(result.read_text(encoding="utf-8"))
+    if not summary.get("ok") and "hospitals" in summary:
+        raise FederatedFitError(str(summary["error"]), hospitals=summary["hospitals"],
+                                round=summary.get("round"))  # fmt: skip
+    if not summary.get("ok"):
+        raise DeploymentError(
+            f"the federated surrogate's run failed: {summary.get('error')} (logs in "
+            f"{federation.workdir / 'logs'})."
+        )
+    with np.load(result.with_suffix(".npz")) as arrays:
+        params = [arrays[f"arr_{i}"] for i in range(int(summary["n_arrays"]))]
+    return Outcome(
+        params=params,
+        bytes_up=int(summary["bytes_up"]),
+        bytes_down=int(summary["bytes_down"]),
+        rounds=int(summary["rounds"]),
+        epsilon=summary.get("epsilon"),
+        round_log=list(summary.get("round_log", [])),
+    )
