@@ -37,9 +37,8 @@ import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,6 +50,9 @@ from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoGuide, AutoMultivariateNormal
 from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import log_density
+
+if TYPE_CHECKING:
+    import arviz as az
 
 from ._data import Dataset
 from ._laplace import ConvergenceWarning, PopulationFit, check_start
@@ -466,6 +468,8 @@ def _coords_dims(data: Dataset, pm: PopulationModel, names):
 
 
 def _to_idata(mcmc: MCMC, data: Dataset, pm: PopulationModel, names) -> az.InferenceData:
+    import arviz as az  # here, not at import time: importing arviz takes seconds
+
     coords, dims = _coords_dims(data, pm, names)
     with _numpyro_config():
         idata = az.from_numpyro(mcmc, coords=coords, dims=dims, log_likelihood=True)
@@ -708,6 +712,8 @@ def fit_population_svi(
     draws are independent) and whose diagnostics hold `final_loss` (the negative ELBO, mean
     of the last 10% of steps), `pareto_k` and `wall_time_s`.
     """
+    import arviz as az  # here, not at import time: importing arviz takes seconds
+
     fn = "fit_population_svi"
     key = key_or_seed(key, seed, fn, default=0)
     _check_names(pm)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -50,6 +49,8 @@ def convergence_stats(idata, variables: list[str]) -> dict[str, xr.Dataset]:
     A correlation matrix enters by its strictly lower triangle (dim `eta_pair`, labels
     `"CL~KA"`): its diagonal is constant and has no R-hat.
     """
+    import arviz as az  # here, not at import time: importing arviz takes seconds
+
     post = idata.posterior
     data = {}
     for var in variables:
@@ -105,6 +106,8 @@ def _finite(pairs: list[tuple[str, float]], fn) -> float:
 
 def diagnose(idata, stats: dict[str, xr.Dataset], num_chains: int, max_tree_depth: int):
     """R-hat, ESS, divergences, E-BFMI and tree depth; a list of problems in words."""
+    import arviz as az  # here, not at import time: importing arviz takes seconds
+
     variables = [str(v) for v in stats["r_hat"].data_vars]
     r_pairs = [p for v in variables for p in _labelled_values(stats["r_hat"], v)]
     b_pairs = [p for v in variables for p in _labelled_values(stats["ess_bulk"], v)]
