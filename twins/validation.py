@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .drugs import get as get_drug
-from .drugs import warfarin
+from .drugs import warfarin, warfarin_iwpc
 
 # IWPC 2009 pharmacogenetic algorithm (NEJM 2009;360:753, Supplementary Appendix):
 # sqrt(weekly dose, mg) = sum of the terms below.
@@ -534,5 +534,130 @@ def iwpc_warfarin(csv_path: str | os.PathLike[str], *, n_folds: int = 5) -> dict
         "steady-state S-warfarin concentration (closed form); IWPC 2009 pharmacogenetic "
         "algorithm on all eligible patients."
     )
-    result["predictions"] = data.assign(twin=twin, iwpc_2009=iwpc, excluded=reasons)
+    # The recalibrated twin (warfarin_iwpc_recalibrated), cross-validated: its covariate model
+    # fitted by MAP on the other folds (the same folds), the held-out fold predicted at eta = 0.
+    fit_data = warfarin_recalibration_data(csv_path)
+    if not np.array_equal(fit_data["position"], idx):
+        raise RuntimeError("iwpc_warfarin: the recalibration patients differ from the twin's.")
+    recal = warfarin_recalibration_cv(fit_data, n_folds=n_folds)
+    result["recalibrated_cv"] = dose_metrics(actual[idx], recal["predicted"]) | {
+        "folds": recal["folds"]
+    }
+    recal_full = np.full(len(data), np.nan)
+    recal_full[idx] = recal["predicted"]
+    result["method"] += (
+        " Recalibrated twin (warfarin_iwpc_recalibrated): Hamberg 2007 covariate model "
+        "re-estimated by MAP on the interval likelihood of the stable doses, 5-fold "
+        "cross-validated on the same folds."
+    )
+    result["predictions"] = data.assign(
+        twin=twin, iwpc_2009=iwpc, recalibrated_cv=recal_full, excluded=reasons
+    )
     return result
+
+
+# ----------------------------------------------------------------------------- recalibration
+
+#: The IWPC column with the target INR range of the patient's indication (`"2-3"`,
+#: `"1.7-2.8"`, `"2 to 3"`); empty means the usual 2-3.
+IWPC_TARGET_RANGE_COLUMN = "Estimated Target INR Range Based on Indication"
+_TARGET_RANGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:-|to)\s*(\d+(?:\.\d+)?)\s*$")
+_RACE_GROUP = {"white": "white", "asian": "asian", "black": "black", "missing": "missing"}
+
+
+def iwpc_target_range(value: Any, where: str) -> tuple[float, float]:
+    """The target INR range of one patient of the IWPC file: `(lo, hi)`; empty = (2, 3).
+
+    **Raises:** `ValueError` naming the row and the value if it is not `"lo-hi"` or
+    `"lo to hi"` with 1 < lo < hi.
+    """
+    if iwpc_missing(value):
+        return (2.0, 3.0)
+    match = _TARGET_RANGE.match(str(value))
+    lo, hi = (float(match.group(1)), float(match.group(2))) if match else (0.0, 0.0)
+    if not 1.0 < lo < hi:
+        raise iwpc_value_error(
+            where, IWPC_TARGET_RANGE_COLUMN, value, "a range 'lo-hi' with 1 < lo < hi, or empty"
+        )
+    return (lo, hi)
+
+
+def warfarin_recalibration_data(csv_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The patients and inputs of the warfarin recalibration (`twins.drugs.warfarin_iwpc`).
+
+    The twin's patients of `iwpc_warfarin` (`load_iwpc`, a CYP2C9 diplotype of Hamberg 2007,
+    VKORC1 -1639 genotyped: 3,361 on `iwpc_warfarin_train.csv`), with their stable weekly
+    dose, target INR range (`iwpc_target_range`) and covariates.
+
+    **Returns:** `{"cov"` (`warfarin_iwpc.design` arrays), `"dose"` (mg/week), `"lo"`, `"hi"`,
+    `"row"` (file row), `"position"` (index into `load_iwpc`'s rows)`}`.
+    """
+    data = load_iwpc(csv_path)
+    raw = read_iwpc_csv(csv_path, columns=[IWPC_TARGET_RANGE_COLUMN])
+    cyp2c9, vkorc1 = _texts(data, "cyp2c9"), _texts(data, "vkorc1")
+    races = _texts(data, "race")
+    keep = [
+        i
+        for i in range(len(data))
+        if cyp2c9[i] in warfarin.CYP2C9_CL_DECREASE and vkorc1[i] is not None
+    ]
+    rows = data["row"].to_numpy()[keep]
+    ranges = [
+        iwpc_target_range(
+            raw[IWPC_TARGET_RANGE_COLUMN].iloc[r], row_label(r, raw[IWPC_COLUMNS["id"]].iloc[r])
+        )
+        for r in rows
+    ]
+    cov = warfarin_iwpc.design(
+        age=data["age"].to_numpy()[keep],
+        weight=data["weight"].to_numpy()[keep],
+        cyp2c9=[cyp2c9[i] for i in keep],
+        vkorc1=[_VKORC1[vkorc1[i]] for i in keep],
+        race=["missing" if races[i] is None else _RACE[races[i]] for i in keep],
+        amiodarone=data["amiodarone"].to_numpy()[keep],
+        inducer=data["enzyme_inducer"].to_numpy()[keep],
+    )
+    return {
+        "cov": cov,
+        "dose": data["dose"].to_numpy()[keep],
+        "lo": np.array([r[0] for r in ranges]),
+        "hi": np.array([r[1] for r in ranges]),
+        "row": rows,
+        "position": np.asarray(keep, dtype=int),
+    }
+
+
+def _subset(fit_data: Mapping[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    return {
+        "cov": {k: v[mask] for k, v in fit_data["cov"].items()},
+        **{k: fit_data[k][mask] for k in ("dose", "lo", "hi")},
+    }
+
+
+def warfarin_recalibration_cv(
+    fit_data: Mapping[str, Any], *, n_folds: int = 5, target_inr: float = _TARGET_INR
+) -> dict[str, Any]:
+    """K-fold cross-validation of the recalibrated warfarin model (MAP).
+
+    Folds by position modulo `n_folds` among `fit_data`'s patients (as `iwpc_warfarin`
+    splits them); for each fold, `warfarin_iwpc.fit_map` on the others and the held-out
+    patients' weekly dose at eta = 0 (`warfarin_iwpc.predict_weekly_dose`, steady-state INR
+    `target_inr`).
+
+    **Returns:** `{"predicted"` (mg/week per patient), `"folds"` (per fold: `"x"`, `"se"`,
+    `"mae"`)`}`.
+    """
+    n = fit_data["dose"].size
+    folds = np.arange(n) % n_folds
+    predicted = np.empty(n)
+    per_fold = []
+    for k in range(n_folds):
+        train = _subset(fit_data, folds != k)
+        fit = warfarin_iwpc.fit_map(train["cov"], train["dose"], train["lo"], train["hi"])
+        test_cov = {c: v[folds == k] for c, v in fit_data["cov"].items()}
+        predicted[folds == k] = warfarin_iwpc.predict_weekly_dose(
+            fit["x"], test_cov, target_inr=target_inr
+        )
+        mae = float(np.mean(np.abs(predicted[folds == k] - fit_data["dose"][folds == k])))
+        per_fold.append({"x": fit["x"].tolist(), "se": fit["se"].tolist(), "mae": mae})
+    return {"predicted": predicted, "folds": per_fold}
