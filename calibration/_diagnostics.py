@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.scipy.special import ndtri
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from ._data import Dataset
 from ._estimators import FOCEI, jacobian
@@ -315,6 +317,8 @@ def gof_plots(
         "IPRED": f"IPRED{u}",
         "TIME": f"TIME ({time_unit})",
     }
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(2, 3)
     for ax, pred in zip(axes[0, :2], ("PRED", "IPRED"), strict=True):
@@ -434,6 +438,8 @@ def individual_plots(
     n = index.size
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(3.2 * ncols, 2.6 * nrows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=False, squeeze=False)).ravel()
     for k in range(n):

@@ -12,14 +12,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from ._data import Dataset
 from ._laplace import individual_map
@@ -97,6 +99,8 @@ class VPCResult:
         axes.
         """
         blq = self.frac_blq is not None and self.frac_blq_simulated is not None
+        from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
         fig = Figure(
             figsize=(figsize[0], figsize[1] * (1.35 if blq else 1.0)), layout="constrained"
         )
@@ -393,6 +397,8 @@ class SBCResult:
         from scipy import stats
 
         d = len(self.eta_names)
+        from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
         fig = Figure(figsize=(figsize_per_panel[0] * d, figsize_per_panel[1]), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, d, squeeze=False)).ravel()
         expected = self.n_sims / n_bins

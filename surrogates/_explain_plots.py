@@ -5,10 +5,13 @@ figures, not registered with pyplot.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 from ._explanation import Explanation, check_row
 
@@ -41,6 +44,8 @@ def summary_plot(
     names = list(explanation.feature_names)
     cols = [names.index(f) for f in top]
     k = len(cols)
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(7.5, 0.45 * k + 1.6), label="SHAP summary")
     ax = fig.add_subplot()
     ys = np.arange(k)[::-1]  # the most important at the top
@@ -143,6 +148,8 @@ def waterfall_plot(explanation: Explanation, row: int = 0, *, max_display: int =
     # Bottom to top: the smallest first, so that the largest sits next to the prediction.
     labels, steps = labels[::-1], steps[::-1]
     base = float(explanation.base_values[row])
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(7.5, 0.42 * len(steps) + 1.8), label="SHAP waterfall")
     ax = fig.add_subplot()
     left = base

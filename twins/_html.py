@@ -9,10 +9,11 @@ import html
 import io
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 #: The inline style sheet of every report.
 STYLE = """
@@ -57,6 +58,9 @@ def fmt_number(x: Any) -> str:
 
 def png_img(fig: Figure) -> str:
     """An `<img>` holding the figure as a base64 PNG (110 dpi)."""
+    # imported here: matplotlib takes a second to import
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

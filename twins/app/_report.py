@@ -15,12 +15,15 @@ import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 from .._html import STYLE, escape, fmt_number, html_table, png_img
 from ..trials._summary import (
@@ -269,6 +272,8 @@ def band_figure(results: Results) -> Figure | None:
         return None
     output, unit = str(bands.get("output", "output")), output_unit(results.spec)
     labels = arm_labels(results.spec)
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(9, 4.6), layout="constrained", label=f"{output} bands")
     ax = fig.add_subplot()
     for i, arm in enumerate(arm_names(results.spec)):
@@ -400,6 +405,8 @@ def exposure_figure(results: Results, endpoint: dict[str, Any]) -> Figure:
     spec, patients = results.spec, results.patients
     unit = endpoint_unit(spec, endpoint)
     label = str(endpoint.get("label") or endpoint["name"])
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(8.5, 3.8), layout="constrained", label=f"exposure {endpoint['name']}")
     ax = fig.add_subplot()
     values = {
@@ -501,6 +508,8 @@ def attainment_figure(results: Results, endpoint: dict[str, Any]) -> Figure | No
         return None
     spec = results.spec
     labels = arm_labels(spec)
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(8.5, 3.8), layout="constrained", label=f"pta {endpoint['name']}")
     ax = fig.add_subplot()
     for i, arm in enumerate(arm_names(spec)):
@@ -590,6 +599,8 @@ def attainment_mic_figure(results: Results, endpoint: dict[str, Any]) -> Figure 
         return None
     labels = arm_labels(results.spec)
     ratio = float(endpoint["low"]) / float(_reference_mic(results) or 1.0)
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(8.5, 3.8), layout="constrained", label=f"pta-mic {endpoint['name']}")
     ax = fig.add_subplot()
     for i, arm in enumerate(arm_names(results.spec)):
@@ -796,6 +807,8 @@ def _forest_figure(
         rows.append((s, None, "header"))
         rows.extend((f"  {lv}", s, lv) for lv in levels)
     height = 1.2 + 0.28 * len(rows) * (0.8 + 0.2 * max(len(others), 1))
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(8.5, height), layout="constrained", label=f"forest {endpoint['name']}")
     ax = fig.add_subplot()
     n_rows = len(rows)

@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    pass
+
 
 import pkpd
 
@@ -309,6 +312,8 @@ def _grid(twin: DigitalTwin, plan: pkpd.Regimen | None) -> np.ndarray:
 
 
 def _forecast_figure(fc: Forecast, target: Target | None, title: str) -> str:
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(9.0, 4.6), layout="constrained", label=title)
     ax = fig.add_subplot()
     fc.plot(ax=ax, target=target, title=title)
@@ -421,6 +426,8 @@ def _forecast_and_metric_figure(fc: Forecast, rec: Recommendation, title: str) -
     axis)."""
     t = rec.target
     values = np.asarray(rec.metric_values, dtype=float)
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(12.0, 4.6), layout="constrained", label=title)
     left, ax = fig.subplots(1, 2, width_ratios=[3, 1])
     fc.plot(ax=left, target=t, title=title)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 from .._html import STYLE, escape, fmt_number, html_table, png_img
 
@@ -21,6 +24,8 @@ def _cell(r: dict[str, Any]) -> str:
 
 
 def _bands_figure(bands: pd.DataFrame, arms: list[dict[str, Any]]) -> Figure:
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(10, 3.2 * ((len(arms) + 1) // 2)), label="glucose profile by arm")
     rows = (len(arms) + 1) // 2
     for i, arm in enumerate(arms):
@@ -43,6 +48,8 @@ def _bands_figure(bands: pd.DataFrame, arms: list[dict[str, Any]]) -> Figure:
 
 
 def _history_figure(history: list[float]) -> Figure:
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(5, 3), label="optimisation history")
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(np.arange(len(history)), history, marker=".", lw=1)
