@@ -306,6 +306,8 @@ def test_population_model_and_dataset_are_pytrees():
     assert seen == [("KA", "CL", "V")]
 
 
+# Extended: a check of compilation reuse, which benchmarks/first_call.py measures.
+@pytest.mark.extended
 def test_a_second_fit_reuses_the_compiled_objective(monkeypatch):
     """The objective is compiled once per model value, method and data shapes: a second fit
     of an equal model (a new object) and individual MAP on new data of the same shapes do

@@ -51,9 +51,9 @@ def test_linear_multiple_doses_on_grid(case: ModelCase):
 @pytest.mark.parametrize(
     "case",
     [
-        # The two-compartment case runs in the extended suite (the one- and three-compartment
-        # cases cover the same code path in `make test`).
-        pytest.param(c, id=i, marks=pytest.mark.extended if i == "TwoCompartmentOral" else ())
+        # The two- and three-compartment cases run in the extended suite (the one-compartment
+        # case covers the same code path in `make test`).
+        pytest.param(c, id=i, marks=pytest.mark.extended if i != "OneCompartmentOral" else ())
         for c, i in zip(LINEAR_MODELS[1::2], LINEAR_MODEL_IDS[1::2], strict=True)
     ],
 )
@@ -147,6 +147,9 @@ def test_mesh_matches_unsharded():
     np.testing.assert_allclose(np.asarray(ex.auc), np.asarray(ex0.auc), rtol=1e-14)
 
 
+# Extended: the time-major layout's gradient and jit compile for about a minute; the layout's
+# values stay checked in make test.
+@pytest.mark.extended
 def test_time_major_is_differentiable_and_jits():
     """Gradients through the time-major path equal those through `simulate`."""
     case = LINEAR_MODELS[1]

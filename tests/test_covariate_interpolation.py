@@ -368,6 +368,8 @@ def _fit_data(n: int, seed: int) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)
 
 
+# Extended: a FOCE-I fit; the interpolation rules themselves are checked in make test.
+@pytest.mark.extended
 def test_a_fit_recovers_the_covariate_effect_of_a_linearly_interpolated_weight():
     rec = _fit_data(40, seed=11)
     data = C.Dataset.from_records(rec, covariates=["WT"], interpolation={"WT": "linear"})

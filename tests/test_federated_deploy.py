@@ -91,6 +91,11 @@ def deployment(tmp_path_factory):
     assert all(not _deploy._alive(pid) for pid in pids), "a process outlived the federation"
 
 
+# Extended: about 2-4 min on 2 cores (every FOCE-I step is a Flower round through three
+# SuperNodes). make test keeps its ground: the deployment engine itself (the killed-SuperNode
+# test below runs the same processes) and the federated objective equal to the pooled one
+# (tests/test_federated_population.py, theophylline across three hospitals, in process).
+@pytest.mark.extended
 def test_the_deployed_fit_equals_the_in_process_fit_and_the_pooled_fit(deployment):
     fed, folder, parts, east_ids = deployment
     result = run_population_fit(

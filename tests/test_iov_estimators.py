@@ -161,6 +161,9 @@ def test_focei_recovers_bsv_and_iov_variances(simulated, focei_fit):
 # ----------------------------------------------------------------------------- residuals
 
 
+# Extended: residuals of an IOV model compile for about a minute; FOCE-I recovery of the IOV
+# and BSV variances stays in make test.
+@pytest.mark.extended
 def test_residuals_of_an_iov_model_at_the_truth(simulated, focei_fit):
     """At the true parameters NPDE are N(0, 1) and independent (Brendel et al. 2006): mean
     within 4 SE of 0 and SD within 0.9-1.1 for 1,080 observations; CWRES, approximately

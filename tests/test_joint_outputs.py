@@ -160,6 +160,9 @@ def test_joint_fit_recovers_known_parameters():
     assert 0.7 < np.nanstd(res["CWRES"]) < 1.3 and abs(np.nanmean(res["NPDE"])) < 0.2
 
 
+# Extended: VPC and GOF of a joint model compile for about a minute; the joint FOCE-I
+# objective against an independent computation stays in make test.
+@pytest.mark.extended
 def test_diagnostics_take_one_output_at_a_time():
     data = C.Dataset.from_records(simulate_records(12, seed=5))
     pm = joint_model()

@@ -364,6 +364,9 @@ def test_gradients_match_finite_differences(name):
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8 * np.abs(fd).max())
 
 
+# Extended: vmapped exposure over many patients compiles for half a minute; the per-patient
+# exposure checks stay in make test.
+@pytest.mark.extended
 def test_vmap_agrees_with_one_patient_at_a_time():
     case = CASES["ThreeCompartment"]
     regimen = _regimen([(0.0, 400.0, 1, 1.0), (8.0, 400.0, 1, 1.0), (16.0, 400.0, 1, 1.0)])

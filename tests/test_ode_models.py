@@ -237,6 +237,9 @@ def test_bolus_infusion_multiple_doses_against_solve_ivp(name):
         assert float(y[k] - y[k - 1]) > 0.5 * 200.0 / p[case.volume]
 
 
+# Extended: the W2 benchmark's workload; the ODE models' solve_ivp comparisons stay in make
+# test.
+@pytest.mark.extended
 def test_w2_benchmark_workload():
     """W2 "2cmt-mm-iv": 500 mg every 24 h, 7 doses, output hourly to 168 h."""
     regimen = pkpd.repeat(pkpd.bolus(500.0), ii=24.0, addl=6)

@@ -89,6 +89,8 @@ def test_tree_shap_is_additive_for_xgboost(known):
     assert not broken.additivity()
 
 
+# Extended: the closed-form Shapley test of a linear model checks the SHAP path in make test.
+@pytest.mark.extended
 def test_tree_shap_scale_for_log_target_and_classifiers(known):
     x, y, _ = known
     test = x[1000:1050]

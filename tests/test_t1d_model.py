@@ -118,6 +118,9 @@ def test_meal_carbohydrate_is_conserved():
     np.testing.assert_allclose(x[after, 13], emptied[after], atol=2e-3)
 
 
+# Extended: two long UVA/Padova courses compile for about a minute; the model's balance and
+# its simglucose comparison stay in make test.
+@pytest.mark.extended
 def test_glucose_rises_with_meals_and_stays_at_basal_without():
     p = t1d.load_patients()["adult#001"]
     times = np.arange(0, 24 * 60 + 1, 5) / 60.0
@@ -176,6 +179,9 @@ def test_input_helpers_check_their_values():
 # --- CGM -----------------------------------------------------------------------------
 
 
+# Extended: a CGM course compiles for half a minute; the CGM noise model's unit tests stay in
+# make test.
+@pytest.mark.extended
 def test_cgm_reproducible_and_within_range():
     sensor = t1d.CGMSensor()
     g = jnp.full(288, 120.0)

@@ -242,6 +242,8 @@ def test_exposure_endpoints_of_an_infused_drug_match_dense_simulation():
         assert y_first.max() > y_first[-1]
 
 
+# Extended: the infused-drug exposure test in this file checks the same endpoint code in make test.
+@pytest.mark.extended
 def test_exposure_endpoints_of_an_oral_drug_match_dense_simulation():
     drug = drugs.get("warfarin_hamberg2007")
     trial = _small_trial([twins.DosingArm("fixed", "5 mg", "", _fixed(5.0), visits=(1,))], days=6)
@@ -456,6 +458,9 @@ def test_twin_arm_doses_follow_the_twins_own_recommendation():
     assert not np.array_equal(guided["doses"], fixed["doses"])  # the twin changed something
 
 
+# Extended: a device mesh of the whole trial;
+# tests/test_cohort.py::test_mesh_matches_unsharded checks sharding in make test.
+@pytest.mark.extended
 def test_sharded_run_equals_the_plain_run(tmp_path):
     """The shard_map path (patients split over a device mesh) gives the same patients as
     the plain jit. Here the mesh has the one local device: multi-device meshes need

@@ -179,6 +179,9 @@ def test_advance_window_by_window_equals_simulate():
                      solver=TIGHT)  # fmt: skip
 
 
+# Extended: the infusion-into-the-next-period test checks the same per-period simulation in
+# make test.
+@pytest.mark.extended
 def test_interval_exposure_matches_a_dense_simulation():
     # A dose exactly at t0 is counted once (the state at t0 is taken before it).
     model = pkpd.TwoCompartmentOral()

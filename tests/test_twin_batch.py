@@ -148,6 +148,9 @@ def test_batch_arguments_are_checked():
     assert all(isinstance(b, ValueError) and "intervals must be > 0" in str(b) for b in bad)
 
 
+# Extended: the additive-metric batch test in this file checks recommend_twins against
+# DigitalTwin.recommend in make test.
+@pytest.mark.extended
 def test_recommend_twins_non_additive_metric_is_the_one_twin_search():
     """A peak target is not additive in the dose, so the search takes the Newton steps of
     `optimise_dose` (simulated at every step) instead of superposition: batched, the same."""

@@ -76,6 +76,10 @@ def cohort():
     return out
 
 
+# Extended: every twin's recommend compiled one by one (about a minute);
+# tests/test_recommend_constraints.py checks the constraints on DigitalTwin.recommend, and the
+# bad-constraint test in this file the batch path, in make test.
+@pytest.mark.extended
 def test_recommend_twins_with_constraints_is_recommend_twin_by_twin(cohort):
     keys = [jax.random.key(100 + i) for i in range(len(cohort))]
     batch = twins.recommend_twins(
