@@ -326,8 +326,8 @@ def test_ss_lag_not_shorter_than_ii_is_a_record_error(lag):
 # ----------------------------------------------------------------------------- Regimen API
 
 
-# Extended: the simulate_records reset tests in this file check the same rule against the brute-force
-# reference in make test.
+# Extended: the simulate_records reset tests in this file check the same rule against the
+# brute-force reference in make test.
 @pytest.mark.extended
 def test_simulate_regimen_reset_cancels_repeated_and_lagged_doses():
     """The same rule through `pkpd.simulate` with `repeat` and `reset` (static schedule, and a
