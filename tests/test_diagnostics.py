@@ -354,6 +354,9 @@ def test_vpc_with_blq_and_bins(data):
 # ----------------------------------------------------------------------------- SBC
 
 
+# Extended: 200 simulated twins' Laplace posteriors (about a minute on 2 cores). make test keeps
+# the residual, VPC and pcVPC checks of the same fits; the SBC machinery runs here.
+@pytest.mark.extended
 def test_sbc_coverage_of_individual_posteriors(sbc_result):
     """Issue 3: 90% credible intervals of individual posteriors cover the true parameters in
     85-95% of at least 200 simulated twins (Laplace posteriors given the true population)."""
@@ -370,6 +373,7 @@ def test_sbc_coverage_of_individual_posteriors(sbc_result):
     assert np.all(np.median(s.sd, axis=0) < 0.7 * np.sqrt(np.diag(TRUTH["omega"])))
 
 
+@pytest.mark.extended  # with the SBC coverage test above
 def test_sbc_detects_overconfident_posterior(design, sbc_result):
     """The same twins with posteriors half as wide as the Laplace ones: coverage collapses and
     the ranks pile up at the ends (a chi-square test rejects uniformity)."""
@@ -392,7 +396,7 @@ def _saved(fig, path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plots(tmp_path, res, data, modes, vpc_true, sbc_result):
+def test_plots(tmp_path, res, data, modes, vpc_true):
     fig = C.gof_plots(res)
     assert len(fig.axes) == 6 and _saved(fig, tmp_path / "gof.png")
     assert len(C.gof_plots(res, log=True).axes) == 6
@@ -402,6 +406,10 @@ def test_plots(tmp_path, res, data, modes, vpc_true, sbc_result):
         C.individual_plots(PM, TRUTH, data, individual=modes)
     fig = vpc_true.plot(log=True)
     assert len(fig.axes) == 1 and _saved(fig, tmp_path / "vpc.png")
+
+
+@pytest.mark.extended  # with the SBC coverage test above
+def test_sbc_plot(tmp_path, sbc_result):
     fig = sbc_result.plot()
     assert len(fig.axes) == 3 and _saved(fig, tmp_path / "sbc.png")
 
