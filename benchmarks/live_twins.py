@@ -24,6 +24,10 @@ Only vancomycin: a warfarin twin's dose search (INR, a nonlinear ODE model solve
 diffrax, by central differences) takes about 4.7 s per twin on this machine, far from a
 live rate (docs/live-twins.md, "Limits").
 
+`--dosing library` gives every recommendation the drug library's dose constraints
+(`twins.io.DosingAdvice`: vials of 250-1000 mg in steps of 250 mg, at most 1 g/h, intervals
+8, 12 or 24 h): the clinically usable dose, every admissible candidate simulated.
+
     python benchmarks/live_twins.py --patients 20 --rate 1 --seconds 20 --burst 40
 """
 
@@ -49,11 +53,18 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=20.0, help="length of the paced run")
     ap.add_argument("--burst", type=int, default=40, help="levels published at once")
     ap.add_argument("--draws", type=int, default=100)
+    ap.add_argument(
+        "--dosing",
+        choices=("none", "library"),
+        default="none",
+        help="dose constraints of the recommendations: none (the continuous optimum) or "
+        "the drug library's (vials of 250-1000 mg, 1 g/h, intervals 8/12/24 h)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     return ap.parse_args()
 
 
-def _warm_up(service, pids: list[str], draws: int) -> None:
+def _warm_up(service, pids: list[str], draws: int, constraints=None) -> None:
     """Compile the batched update, dose search and forecast for every batch-size bucket the
     runs can meet (8 to 256 twins), on the service's own twins: a running service pays each
     compilation once, on the first batch of that size; the benchmark measures the service
@@ -69,7 +80,7 @@ def _warm_up(service, pids: list[str], draws: int) -> None:
         group = [have[i % len(have)] for i in range(max(1, size // 2 + 1))][:size]
         keys = [jax.random.key(i) for i in range(len(group))]
         twins.update_twins(group)
-        recs = twins.recommend_twins(group, keys=keys, n_draws=draws)
+        recs = twins.recommend_twins(group, keys=keys, n_draws=draws, constraints=constraints)
         twins.forecast_twins(
             group, [[0.0, 6.0, 12.0, 24.0]] * len(group),
             [r.regimen for r in recs], keys=keys, n_draws=draws,
@@ -145,6 +156,7 @@ class _Run:
         draws: int,
         batch: int,
         incremental: bool = True,
+        dosing: str = "none",
     ):
         import paho.mqtt.client as mqtt
 
@@ -155,7 +167,7 @@ class _Run:
             generate_pseudonym_key,
             generate_signing_key,
         )
-        from twins.io import MqttService, TwinService
+        from twins.io import DosingAdvice, MqttService, TwinService
 
         folder.mkdir()
         gov = Governance(
@@ -164,14 +176,17 @@ class _Run:
             actor="twins-serve",
         )
         site = folder.name
+        drug = twins.drugs.get("vancomycin_goti2018")
+        advice = {} if dosing == "none" else {"vancomycin": DosingAdvice(drug.dosing.constraints)}
         self.service = TwinService(
             folder / "state.db",
             site=site,
-            drugs={"vancomycin": twins.drugs.get("vancomycin_goti2018")},
+            drugs={"vancomycin": drug},
             governance=gov,
             n_draws=draws,
             batch_size=batch,
             incremental=incremental,
+            dosing=advice,
         )
         for msgs in patients:  # setup, not timed: the twins exist before the stream
             for r in msgs:
@@ -245,10 +260,11 @@ def main() -> dict:
         pids = [m[0]["id"] for m in patients]
         try:
             t0 = time.perf_counter()
-            paced = _Run(folder / "paced", port, patients, args.draws, 256)
+            paced = _Run(folder / "paced", port, patients, args.draws, 256, dosing=args.dosing)
             setup = time.perf_counter() - t0
             t0 = time.perf_counter()
-            _warm_up(paced.service, pids, args.draws)
+            advice = paced.service.dosing.get("vancomycin")
+            _warm_up(paced.service, pids, args.draws, advice and advice.constraints)
             warm = time.perf_counter() - t0
             n = max(1, int(args.rate * args.seconds))
             start = time.monotonic()
@@ -261,7 +277,9 @@ def main() -> dict:
             rates, rebuilt = {}, {}
             runs = (("batched", 256, True), ("one_by_one", 1, True), ("batched_replay", 256, False))
             for name, batch, incremental in runs:
-                run = _Run(folder / name, port, patients, args.draws, batch, incremental)
+                run = _Run(
+                    folder / name, port, patients, args.draws, batch, incremental, args.dosing
+                )
                 before = dict(run.service.counts)
                 t1 = time.monotonic()
                 for k in range(args.burst):
@@ -276,6 +294,7 @@ def main() -> dict:
             broker.wait(10)
     result = {
         "patients": args.patients,
+        "dosing": args.dosing,
         "paced_rate_per_s": args.rate,
         "paced_levels": int(lat.size),
         "latency_s": {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)},

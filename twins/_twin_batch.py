@@ -437,8 +437,9 @@ def forecast_twins(
         n = _bucket(len(ready))
         size = _bucket(max(p.n_events for p in plans))
         padded = _padded(plans, n)
-        eta_keys = list(_first_of_split(jnp.stack([ks[i] for i in ready])))
-        eta = _draws(_padded(members, n), _padded(eta_keys, n), n_draws)
+        # split in one call, the keys padded to the bucket `n` (one compilation per bucket)
+        eta_keys = list(_first_of_split(jnp.stack(_padded([ks[i] for i in ready], n))))
+        eta = _draws(_padded(members, n), eta_keys, n_draws)
         first = members[0]
         covs = {
             c: jnp.asarray([tw.covariates[c] for tw in _padded(members, n)])

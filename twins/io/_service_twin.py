@@ -298,8 +298,10 @@ def output_keys_many(seed: int, asofs: Sequence[int]) -> list[tuple[jax.Array, j
         return []
     if not (0 <= seed < 2**32 and all(0 <= a < 2**32 for a in asofs)):
         return [output_keys(seed, a) for a in asofs]  # seeds of more than 32 bits
-    both = _keys_of(jnp.asarray(seed, dtype=jnp.uint32), jnp.asarray(asofs, dtype=jnp.uint32))
-    return list(zip(both[:, 0], both[:, 1], strict=True))
+    n = max(8, 1 << (len(asofs) - 1).bit_length())  # a bucket: one compilation per size
+    padded = list(asofs) + [asofs[0]] * (n - len(asofs))
+    both = _keys_of(jnp.asarray(seed, dtype=jnp.uint32), jnp.asarray(padded, dtype=jnp.uint32))
+    return list(zip(both[: len(asofs), 0], both[: len(asofs), 1], strict=True))
 
 
 def outputs(
