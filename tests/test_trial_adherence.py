@@ -206,16 +206,23 @@ def test_jittered_doses_and_holidays_equal_pkpd_simulate():
         _trial(drug, 12, twins.Adherence(timing=twins.DoseTiming(1.0, 4.0, due_h=8.0)))
 
 
-def test_timed_chunks_run_in_sub_batches(monkeypatch):
+def test_timed_chunks_run_in_sub_batches_and_draws_are_per_patient(monkeypatch):
     # A trial with dose timing runs its chunk as lax.map over sub-batches of TIMED_BATCH
     # patients (a whole-chunk vmap hung inside XLA at 1,000 EU-PACT patients): sub-batches
     # of 4 (4 + 2 patients) give each patient's course as one batch of 6 does.
     import twins.trials._trial as engine
 
     drug = _drug(pkpd.OneCompartmentOral(), {"KA": 0.9, "CL": 4.0, "V": 40.0}, D.Oral())
-    full = twins.Adherence(0.1, 0.4, timing=twins.DoseTiming(1.0, 2.0, due_h=3.0))
-    pop = population_rows(_trial(drug, 8, full), 0, 6, key=jax.random.key(1))
-    _, whole = simulate_chunk(_trial(drug, 8, full), pop, 0, key=jax.random.key(2))
+    full = twins.Adherence(
+        0.1, 0.4, timing=twins.DoseTiming(1.0, 2.0, due_h=3.0), holidays=twins.Holidays(0.2, 2)
+    )
+    trial = _trial(drug, 8, full)
+    pop = population_rows(trial, 0, 6, key=jax.random.key(1))
+    _, whole = simulate_chunk(trial, pop, 0, key=jax.random.key(2))
+    # per patient by key: a chunk of the last three draws their times and holidays
+    _, last = simulate_chunk(trial, pop[np.arange(3, 6)], 3, key=jax.random.key(2))
+    for k in ("dose_offset_h", "holiday", "adherence"):
+        np.testing.assert_array_equal(last["titrated"][k], whole["titrated"][k][3:])
     monkeypatch.setattr(engine, "TIMED_BATCH", 4)
     _, parts = simulate_chunk(_trial(drug, 8, full), pop, 0, key=jax.random.key(2))
     for k in ("level", "measured", "doses"):
