@@ -533,7 +533,7 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
         if varying:  # the end of the trial: the last period's parameters
             last = dict(base)
             for j, name in enumerate(varying):
-                last[name] = base[name] * jnp.exp(logf[0][-1, j])
+                last[name] = base[name] * jnp.exp(more["logf"][-1, j])
             y_end = model.output(last, x_end)[out_idx]
         else:
             y_end = level(x_end)
