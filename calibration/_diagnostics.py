@@ -188,11 +188,11 @@ def residuals(
 def _conditional(pm: PopulationModel, nat, data: Dataset, b):
     """PRED, IPRED, CPRED, IWRES and CWRES of every subject (vmapped) at its random effects
     `b` (etas, and with IOV the kappas of every occasion: `_random_effects`)."""
-    cov, reg, time = subject_design(data)
+    cov, reg, time = subject_design(data, "residuals", rows=True)
     usable = jnp.asarray(data.observed & ~data.blq)
     dv = jnp.asarray(data.dv)
     start = jnp.asarray(data.occasion_start)
-    order = data.record_arrays()
+    order = data.record_arrays() | data.row_arrays()
     return _conditional_jit(pm, nat, cov, reg, time, start, dv, usable, b, order)
 
 
@@ -210,7 +210,7 @@ def _conditional_jit(pm: PopulationModel, nat, cov, reg, time, start, dv, usable
         expo = log_scale(pm.error, which)
 
         def f_of(e):
-            if pm.iov:
+            if pm.iov or "row_time" in o:  # occasions, or time-varying covariates
                 obs = {"time": t, "occasion_start": s} | o
                 return pm.predict_random(nat["theta"], c, r, obs, e)
             return pm.predict(

@@ -97,15 +97,17 @@ def phi_from_natural(pm: PopulationModel, nat: Mapping[str, Any]) -> dict[str, A
     return phi
 
 
-def subject_design(data: Dataset, who: str = "residuals, individual_plots and vpc"):
+def subject_design(data: Dataset, who: str = "individual_plots", *, rows: bool = False):
     """Covariates, regimens and observation times of every subject, as JAX arrays (the
-    diagnostics' design: subject-level covariates; data with time-varying covariates are
-    refused, `NotImplementedError`, rather than simulated at their baseline)."""
-    if data.time_varying:
+    diagnostics' design). With `rows=True` the caller also passes `Dataset.row_arrays` to
+    the predictions (`curves`, `PopulationModel.predict_random`), which then follow
+    time-varying covariates record by record; without it data with time-varying covariates
+    are refused, `NotImplementedError`, rather than simulated at their baseline."""
+    if data.time_varying and not rows:
         raise NotImplementedError(
             f"{who}: data with time-varying covariates (Dataset.from_records(interpolation="
-            "...)) are not supported yet (it simulates subject-level covariates); the "
-            "estimators and simulate_dataset support them."
+            "...)) are not supported yet (it simulates subject-level covariates on a dense "
+            "time grid); residuals, vpc, the estimators and simulate_dataset support them."
         )
     cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
     return cov, data.regimen, jnp.asarray(data.time)
@@ -117,7 +119,9 @@ def curves(pm: PopulationModel, nat, cov, reg, time, b, occasion_start=None, ord
 
     `order` (`{"order": (subjects, obs), "occasion": (subjects, obs)}`, from
     `Dataset.record_arrays`, with `dvid` too) takes the outputs in record order at equal
-    times (`Dataset.obs_order`); None or empty: after the events at their time.
+    times (`Dataset.obs_order`); None or empty: after the events at their time. With
+    `Dataset.row_arrays` in it too (time-varying covariates), each subject is simulated
+    record by record with the parameters of each row (`PopulationModel.predict_random`).
 
     `b` holds each subject's random effects: its etas `(subjects, n_eta)`, or for a model
     with IOV its etas and the kappas of each occasion (`(subjects, n_random)`, see
@@ -126,6 +130,16 @@ def curves(pm: PopulationModel, nat, cov, reg, time, b, occasion_start=None, ord
     start of each occasion. PRED has every random effect 0 (kappas too)."""
 
     order = {} if order is None else dict(order)
+    if "row_time" in order:  # time-varying covariates: record by record (predict_random)
+
+        def one_rows(c, r, t, e, o):
+            obs = {"time": t} | o
+            return (
+                pm.predict_random(nat["theta"], c, r, obs, e),
+                pm.predict_random(nat["theta"], c, r, obs, jnp.zeros_like(e)),
+            )
+
+        return jax.vmap(one_rows)(cov, reg, time, b, order)
 
     def pred_of(c, r, t, o):
         zero = pm.individual_params(nat["theta"], c, jnp.zeros(pm.n_eta))

@@ -326,12 +326,33 @@ def test_a_covariate_outside_the_domain_later_in_time_is_rejected():
     assert bool(pm.subject_in_domain(nat["theta"], cov, jnp.zeros(1), 1))  # the baseline is in
 
 
-def test_diagnostics_refuse_time_varying_data_and_simulation_reads_it():
+def test_residuals_and_vpc_follow_time_varying_covariates_and_simulation_reads_them():
+    """Residuals and the VPC's population predictions of data with time-varying covariates
+    follow them record by record: PRED is simulate_records at eta = 0, IPRED at the
+    conditional modes, IWRES (DV - IPRED) / sigma; individual_plots (a dense time grid)
+    still refuses them by name."""
     rec = records(seed=2, n_subjects=2)
-    rec["DV"] = np.where(rec["EVID"] == 0, 1.0, 0.0)
+    rng = np.random.default_rng(11)
+    rec["DV"] = np.where(rec["EVID"] == 0, rng.uniform(0.5, 3.0, len(rec)), 0.0)
     data = C.Dataset.from_records(rec, covariates=["WT"], interpolation={"WT": "linear"})
-    with pytest.raises(NotImplementedError, match=r"time-varying covariates"):
-        C.residuals(PM, PM.initial(), data, key=0)
+    population = PM.initial()
+    modes = C.individual_map(PM, data, population)
+    res = C.residuals(PM, population, data, key=0, n_sim=40, individual=modes)
+    for i, (sid, sub) in enumerate(rec.groupby("ID", sort=False)):
+        obs = sub["EVID"].to_numpy() == 0
+        got = res[res["ID"] == sid]
+        for col, e in (("PRED", 0.0), ("IPRED", float(modes.eta[i, 0]))):
+            params = lambda df, e=e: params_of(df) | {"CL": cl_of(df["WT"].to_numpy()) * np.exp(e)}
+            ref = pkpd.simulate_records(MODEL, params, sub, interpolation={"WT": "linear"})
+            np.testing.assert_allclose(got[col], ref["PRED"].to_numpy()[obs], rtol=1e-10)
+        np.testing.assert_allclose(got["IWRES"], (got["DV"] - got["IPRED"]) / 0.05, rtol=1e-10)
+        assert np.all(np.isfinite(got["CWRES"])) and np.all(np.isfinite(got["NPDE"]))
+    # The pcVPC's PRED is the same population prediction.
+    vpc = C.vpc(PM, population, data, key=0, n_rep=20, bins=4, pred_corrected=True)
+    pcv = vpc.observations.sort_values(["ID", "TIME"], kind="stable")
+    np.testing.assert_allclose(pcv["PRED"], res.sort_values(["ID", "TIME"])["PRED"], rtol=1e-10)
+    with pytest.raises(NotImplementedError, match=r"individual_plots.*time-varying covariates"):
+        C.individual_plots(PM, population, data, individual=modes)
     sim = C.simulate_dataset(PM, None, data, key=0)
     # IPRED: the engine on the rows, equal to simulate_records at each simulated eta.
     for i, (_, sub) in enumerate(rec.groupby("ID", sort=False)):
