@@ -268,10 +268,18 @@ def training_set(
             m = len(pop)
             measured = np.zeros((m, observe))
             mask = np.zeros((m, observe))
-            for j, v in enumerate(visits):
-                if v < observe:
-                    measured[:, v] = course["measured"][:, j]
-                    mask[:, v] = 1.0
+            if "attended" in course:  # Trial(visits=...): each patient's realised visits
+                days = np.asarray(course["days"], dtype=float)
+                period = np.searchsorted(days, np.asarray(course["visit_day"], dtype=float))
+                for j in range(len(visits)):
+                    rows = np.flatnonzero(course["attended"][:, j] & (period[:, j] < observe))
+                    measured[rows, period[rows, j]] = course["measured"][rows, j]
+                    mask[rows, period[rows, j]] = 1.0
+            else:
+                for j, v in enumerate(visits):
+                    if v < observe:
+                        measured[:, v] = course["measured"][:, j]
+                        mask[:, v] = 1.0
             doses = course["doses"][:, :observe]
             seqs.append(np.stack([doses, measured, mask], axis=-1)[keep])
         values = {k: np.asarray(v)[keep] for k, v in outcome.endpoints[arm_name].items()}

@@ -228,6 +228,25 @@ def test_training_set_matches_the_trial_run(tmp_path):
         training_set(trial, 30, arm="x")
 
 
+def test_training_set_uses_the_visits_that_happened():
+    """With missed visits (`Trial(visits=Visits(p_missed=...))`) a missed visit is absent
+    from the input sequence (no measured level, `is_measured` 0; never NaN), and the visits
+    that happened carry the level of the trial without visit realism (same assay noise)."""
+    import dataclasses
+
+    from twins.trials import Visits
+
+    plain = _vanco_trial()
+    missed = dataclasses.replace(plain, visits=Visits(p_missed=0.5, reference="test"))
+    a = training_set(plain, 40, seed=3, observe=4).inputs.sequence
+    b = training_set(missed, 40, seed=3, observe=4).inputs.sequence
+    assert np.isfinite(b).all()
+    seen = b[:, 2, 2] == 1.0
+    assert 8 <= seen.sum() <= 32  # about half of 40 (binomial, p = 0.5)
+    np.testing.assert_array_equal(b[seen, 2, 1], a[seen, 2, 1])
+    assert (b[~seen, 2, 1] == 0.0).all() and (b[:, [0, 1, 3], 2] == 0.0).all()
+
+
 def test_a_surrogate_emulates_the_mechanistic_model():
     """With the parameters as features, XGBoost reproduces the simulated AUC24."""
     ts = training_set(_vanco_trial(), 1500, seed=0, parameters=True, observe=0)
