@@ -627,13 +627,6 @@ def warfarin_recalibration_data(csv_path: str | os.PathLike[str]) -> dict[str, A
     }
 
 
-def _subset(fit_data: Mapping[str, Any], mask: np.ndarray) -> dict[str, Any]:
-    return {
-        "cov": {k: v[mask] for k, v in fit_data["cov"].items()},
-        **{k: fit_data[k][mask] for k in ("dose", "lo", "hi")},
-    }
-
-
 def warfarin_recalibration_cv(
     fit_data: Mapping[str, Any], *, n_folds: int = 5, target_inr: float = _TARGET_INR
 ) -> dict[str, Any]:
@@ -652,8 +645,13 @@ def warfarin_recalibration_cv(
     predicted = np.empty(n)
     per_fold = []
     for k in range(n_folds):
-        train = _subset(fit_data, folds != k)
-        fit = warfarin_iwpc.fit_map(train["cov"], train["dose"], train["lo"], train["hi"])
+        fit = warfarin_iwpc.fit_map(
+            fit_data["cov"],
+            fit_data["dose"],
+            fit_data["lo"],
+            fit_data["hi"],
+            weights=(folds != k).astype(float),
+        )
         test_cov = {c: v[folds == k] for c, v in fit_data["cov"].items()}
         predicted[folds == k] = warfarin_iwpc.predict_weekly_dose(
             fit["x"], test_cov, target_inr=target_inr

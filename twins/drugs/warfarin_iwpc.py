@@ -240,8 +240,24 @@ def _as_jax(cov):
     return {k: jnp.asarray(v, dtype=float) for k, v in cov.items()}
 
 
-def fit_map(cov, weekly_dose, lo, hi) -> dict[str, Any]:
+def _weighted_neg_log_posterior(x, cov, weekly_dose, lo, hi, weights):
+    z = (x - PRIOR_MEAN) / PRIOR_SD
+    ll = interval_loglik(x, cov, weekly_dose, lo, hi)
+    return -jnp.sum(weights * ll) + 0.5 * jnp.sum(z**2)
+
+
+# Module level, so that fits on data of the same shape (the folds of a cross-validation,
+# weighted 0/1) compile once.
+_value_and_grad = jax.jit(jax.value_and_grad(_weighted_neg_log_posterior))
+_hessian = jax.jit(jax.hessian(_weighted_neg_log_posterior))
+
+
+def fit_map(cov, weekly_dose, lo, hi, *, weights=None) -> dict[str, Any]:
     """Posterior mode and Laplace SEs (inverse Hessian of the negative log posterior).
+
+    **Arguments:** `cov` (`design` arrays), `weekly_dose` (mg/week), `lo`, `hi` (target
+    INR range per patient), `weights` (per patient, default 1; 0 leaves a patient out, as
+    the folds of `twins.validation.warfarin_recalibration_cv` do).
 
     **Returns:** `{"x": mode, "se": SEs, "cov": covariance, "logpost": value, "n": patients}`
     on the unconstrained scale of `PARAMS`.
@@ -253,12 +269,17 @@ def fit_map(cov, weekly_dose, lo, hi) -> dict[str, Any]:
 
     c = _as_jax(cov)
     d, a, b = (jnp.asarray(v, dtype=float) for v in (weekly_dose, lo, hi))
-    n = int(d.size)
-    # Per patient, so that BFGS's first steps are of a sensible size.
-    neg = jax.jit(jax.value_and_grad(lambda x: -log_posterior(x, c, d, a, b) / n))
+    wts = jnp.ones_like(d) if weights is None else jnp.asarray(weights, dtype=float)
+    n = float(jnp.sum(wts))
+    args = (c, d, a, b, wts)
+
+    def per_patient(x):  # scaled, so that the optimiser's first steps are of a sensible size
+        value, grad = _value_and_grad(jnp.asarray(x), *args)
+        return float(value) / n, np.asarray(grad) / n
+
     bounds = [AGE_CL_BOUNDS if p == "AGE_CL" else (None, None) for p in PARAMS]
     res = minimize(
-        lambda x: tuple(np.asarray(v, dtype=float) for v in neg(jnp.asarray(x))),
+        per_patient,
         np.array(PRIOR_MEAN),
         jac=True,
         method="L-BFGS-B",
@@ -266,11 +287,9 @@ def fit_map(cov, weekly_dose, lo, hi) -> dict[str, Any]:
         options={"gtol": 1e-9, "ftol": 1e-14, "maxiter": 5000},
     )
     x = np.asarray(res.x)
-    neg_full = jax.jit(jax.value_and_grad(lambda x: -log_posterior(x, c, d, a, b)))
-    hess_fn = jax.jit(jax.hessian(lambda x: -log_posterior(x, c, d, a, b)))
     for _ in range(3):  # Newton polish: L-BFGS-B stops on relative reduction of f
-        value, grad = (np.asarray(v) for v in neg_full(jnp.asarray(x)))
-        hess = np.asarray(hess_fn(jnp.asarray(x)))
+        grad = np.asarray(_value_and_grad(jnp.asarray(x), *args)[1])
+        hess = np.asarray(_hessian(jnp.asarray(x), *args))
         try:
             np.linalg.cholesky(hess)
         except np.linalg.LinAlgError as err:
@@ -278,8 +297,8 @@ def fit_map(cov, weekly_dose, lo, hi) -> dict[str, Any]:
                 f"{NAME}: the Hessian at the mode is not positive definite ({res.message})."
             ) from err
         x = x - np.linalg.solve(hess, grad)
-    value, grad = (np.asarray(v) for v in neg_full(jnp.asarray(x)))
-    covm = np.linalg.inv(np.asarray(hess_fn(jnp.asarray(x))))
+    value, grad = (np.asarray(v) for v in _value_and_grad(jnp.asarray(x), *args))
+    covm = np.linalg.inv(np.asarray(_hessian(jnp.asarray(x), *args)))
     se = np.sqrt(np.diag(covm))
     if not np.all(np.isfinite(x)) or np.max(np.abs(grad * se)) > 1e-6:
         raise RuntimeError(f"{NAME}: MAP did not converge ({res.message}; gradient {grad}).")
@@ -288,7 +307,7 @@ def fit_map(cov, weekly_dose, lo, hi) -> dict[str, Any]:
         "se": se,
         "cov": covm,
         "logpost": float(-value),
-        "n": n,
+        "n": round(n),
     }
 
 
