@@ -477,7 +477,12 @@ def iwpc_warfarin(csv_path: str | os.PathLike[str], *, n_folds: int = 5) -> dict
     `"twin_rescaled_cv"`: the twin's doses times one factor (the geometric mean of actual /
     predicted) fitted on the other folds (patients split by row number modulo `n_folds`),
     scored on the held-out fold, which separates a systematic bias of the published model
-    from its ranking of patients; `"method"` (text) and `"predictions"` (a DataFrame).
+    from its ranking of patients; `"recalibrated_cv"`: the recalibrated twin
+    (`twins.drugs.warfarin_iwpc`, covariate model re-estimated by MAP on the interval
+    likelihood of the stable doses, `warfarin_recalibration_cv`) fitted on the other folds
+    and scored on the held-out fold (the same folds), with its per-fold fits under
+    `"folds"`; `"method"` (text) and `"predictions"` (a DataFrame; column
+    `recalibrated_cv`).
     """
     data = load_iwpc(csv_path)
     cyp2c9, vkorc1 = _texts(data, "cyp2c9"), _texts(data, "vkorc1")
