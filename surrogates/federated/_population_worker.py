@@ -16,22 +16,14 @@ refusals and the data access logged then, once per run). The worker exits when i
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
-import os
-import socket
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import tomli
 
 from twins.governance import AuditLog, Governance, load_signing_key, read_pseudonym_key_file
 
-from ._population_client import recv_frame, send_frame
 from ._population_consents import read_consents
 from ._population_fit import (
     HospitalData,
@@ -41,6 +33,7 @@ from ._population_fit import (
     hospital_reply,
 )
 from ._population_models import load_model
+from ._worker_socket import serve_requests, worker_main
 
 log = logging.getLogger("surrogates.federated.population")
 
@@ -106,56 +99,15 @@ class HospitalWorker:
             return {"error": _sanitised(error)}
 
 
-def _parent_alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def serve(node: Mapping[str, Any], path: str, *, parent_pid: int | None = None) -> None:
     """Serve the hospital's requests on the Unix socket `path` (mode 0600) until the parent
     process ends."""
     worker = HospitalWorker(node)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-        server.bind(path)
-        os.chmod(path, 0o600)
-        server.listen(4)
-        server.settimeout(1.0)
-        log.info("hospital %s: worker listening on %s", worker.name, path)
-        while _parent_alive(parent_pid):
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(None)
-                try:
-                    message = recv_frame(conn)
-                except (ConnectionError, ValueError) as error:  # a probe, or garbage
-                    log.debug("hospital %s: no request read: %s", worker.name, error)
-                    continue
-                send_frame(conn, worker.handle(message))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    serve_requests(worker, worker.name, path, parent_pid=parent_pid)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="A hospital's federated population-fit worker.")
-    parser.add_argument("--node-config", required=True, help="the SuperNode's node config (TOML)")
-    parser.add_argument("--socket", required=True, help="the Unix socket to listen on")
-    parser.add_argument("--parent-pid", type=int, default=None, help="exit when it ends")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    node = tomli.loads(Path(args.node_config).read_text(encoding="utf-8"))
-    serve(node, args.socket, parent_pid=args.parent_pid)
+    worker_main(argv, "A hospital's federated population-fit worker.", serve)
 
 
 if __name__ == "__main__":

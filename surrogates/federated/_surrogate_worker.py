@@ -19,26 +19,19 @@ run). The worker exits when its parent (`--parent-pid`) does.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import logging
-import os
-import socket
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-import tomli
 from flwr.app import RecordDict
 
-from ._population_client import recv_frame, send_frame
 from ._surrogate_apps import hospital_update, local_records
 from ._surrogate_models import Model
 from ._surrogate_run import Network, local_from_config, read_surrogate_hospital
+from ._worker_socket import serve_requests, worker_main
 
 log = logging.getLogger("surrogates.federated.surrogates")
 
@@ -82,56 +75,15 @@ class SurrogateWorker:
             return {"error": type(error).__name__}
 
 
-def _parent_alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def serve(node: Mapping[str, Any], path: str, *, parent_pid: int | None = None) -> None:
     """Serve the hospital's requests on the Unix socket `path` (mode 0600) until the parent
     process ends."""
     worker = SurrogateWorker(node)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-        server.bind(path)
-        os.chmod(path, 0o600)
-        server.listen(4)
-        server.settimeout(1.0)
-        log.info("hospital %s: worker listening on %s", worker.records.name, path)
-        while _parent_alive(parent_pid):
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(None)
-                try:
-                    message = recv_frame(conn)
-                except (ConnectionError, ValueError) as error:  # a probe, or garbage
-                    log.debug("hospital %s: no request read: %s", worker.records.name, error)
-                    continue
-                send_frame(conn, worker.handle(message))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    serve_requests(worker, worker.records.name, path, parent_pid=parent_pid)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="A hospital's federated surrogate worker.")
-    parser.add_argument("--node-config", required=True, help="the SuperNode's node config (TOML)")
-    parser.add_argument("--socket", required=True, help="the Unix socket to listen on")
-    parser.add_argument("--parent-pid", type=int, default=None, help="exit when it ends")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    node = tomli.loads(Path(args.node_config).read_text(encoding="utf-8"))
-    serve(node, args.socket, parent_pid=args.parent_pid)
+    worker_main(argv, "A hospital's federated surrogate worker.", serve)
 
 
 if __name__ == "__main__":
