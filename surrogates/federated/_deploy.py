@@ -621,3 +621,11 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write `doc` as JSON to `path` through a temporary file and a rename: a reader sees
+    the whole document or none (a ServerApp's result file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, default=str), encoding="utf-8")
+    os.replace(tmp, path)

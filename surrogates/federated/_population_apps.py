@@ -168,7 +168,9 @@ def join(grid: Grid, hospitals: list[str], timeout: float) -> tuple[dict[str, in
         time.sleep(0.5)
 
 
-def _open_audit(cfg: Mapping[str, Any]) -> AuditLog | None:
+def open_run_audit(cfg: Mapping[str, Any]) -> AuditLog | None:
+    """The server's audit log named by the run config (`audit-log`, signed with the key
+    file `audit-key`), or None without `audit-log`."""
     path, key = str(cfg.get("audit-log", "")), str(cfg.get("audit-key", ""))
     if not path:
         return None
@@ -185,7 +187,7 @@ def serve(grid: Grid, cfg: Mapping[str, Any]) -> dict[str, Any]:
     hospitals = [h for h in str(cfg["hospitals"]).split(",") if h]
     if not hospitals:
         raise ValueError("run config 'hospitals' names no hospital.")
-    audit = _open_audit(cfg)
+    audit = open_run_audit(cfg)
     round_timeout = float(cfg.get("round-timeout", 300.0))
     nodes, hello = join(grid, hospitals, float(cfg.get("join-timeout", 120.0)))
     log.info("joined: %s", {h: hello[h].get("n_subjects") for h in hospitals})

@@ -38,9 +38,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from . import _population_client, _surrogate_client
-from ._deploy import DeploymentError, Federation, write_app
+from ._deploy import DeploymentError, Federation, write_app, write_json_atomic
 from ._dp import DELTA, ClientDP, RecordDP
 from ._fedavg import Client, LocalTraining, Server
+from ._population_apps import open_run_audit
 from ._population_fit import FederatedFitError
 from ._population_run import node_configs
 from ._surrogate_apps import HospitalRecords, Outcome, serve_surrogate
@@ -210,23 +211,6 @@ def _server(cfg: Mapping[str, Any]) -> Server:
     )
 
 
-def _audit(cfg: Mapping[str, Any]):
-    path, key = str(cfg.get("audit-log", "")), str(cfg.get("audit-key", ""))
-    if not path:
-        return None
-    from twins.governance import AuditLog, load_signing_key
-
-    if not key:
-        raise ValueError("run config audit-log needs audit-key (the log's signing key file).")
-    return AuditLog(path, load_signing_key(key))
-
-
-def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
@@ -242,25 +226,25 @@ def _main(grid: Grid, context: Context) -> None:
             proximal_mu=float(cfg.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
             delta=float(cfg.get("delta", DELTA)),  # type: ignore[arg-type]
             outcome=out,
-            audit=_audit(cfg),
+            audit=open_run_audit(cfg),
             fit=str(cfg.get("fit", "federated surrogate")),
             min_hospitals=int(cfg.get("min-hospitals", 0)) or None,  # type: ignore[arg-type]
             names=[n for n in str(cfg.get("hospital-names", "")).split(",") if n],
             round_timeout=float(cfg.get("round-timeout", 300.0)),  # type: ignore[arg-type]
         )
     except FederatedFitError as error:
-        _write_json(result, {"ok": False, "error": str(error), "hospitals": list(error.hospitals),
-                             "round": error.round, "round_log": out.round_log})  # fmt: skip
+        failed = {"ok": False, "error": str(error), "hospitals": list(error.hospitals)}
+        write_json_atomic(result, failed | {"round": error.round, "round_log": out.round_log})
         raise
     except Exception as error:
-        _write_json(result, {"ok": False, "error": f"{type(error).__name__}: {error}",
-                             "round_log": out.round_log})  # fmt: skip
+        failed = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        write_json_atomic(result, failed | {"round_log": out.round_log})
         raise
     assert out.params is not None
     np.savez(result.with_suffix(".npz"), *out.params)
-    _write_json(result, {"ok": True, "rounds": out.rounds, "bytes_up": out.bytes_up,
-                         "bytes_down": out.bytes_down, "epsilon": out.epsilon,
-                         "n_arrays": len(out.params), "round_log": out.round_log})  # fmt: skip
+    summary = {"ok": True, "rounds": out.rounds, "bytes_up": out.bytes_up}
+    summary |= {"bytes_down": out.bytes_down, "epsilon": out.epsilon}
+    write_json_atomic(result, summary | {"n_arrays": len(out.params), "round_log": out.round_log})
 
 
 # ----------------------------------------------------------------------------- the run

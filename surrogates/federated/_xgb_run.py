@@ -25,7 +25,8 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from ._deploy import DeploymentError, Federation, write_app
+from ._deploy import DeploymentError, Federation, write_app, write_json_atomic
+from ._population_apps import open_run_audit
 from ._population_fit import FederatedFitError
 from ._population_run import node_configs
 from ._xgb import Boosting, XgbOutcome, serve_xgb
@@ -50,23 +51,6 @@ def _boosting(cfg: Mapping[str, Any]) -> Boosting:
     )
 
 
-def _audit(cfg: Mapping[str, Any]):
-    path, key = str(cfg.get("audit-log", "")), str(cfg.get("audit-key", ""))
-    if not path:
-        return None
-    from twins.governance import AuditLog, load_signing_key
-
-    if not key:
-        raise ValueError("run config audit-log needs audit-key (the log's signing key file).")
-    return AuditLog(path, load_signing_key(key))
-
-
-def _write(path: Path, result: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
@@ -84,19 +68,19 @@ def _main(grid: Grid, context: Context) -> None:
             boosting=_boosting(cfg),
             min_hospitals=minimum or None,
             outcome=out,
-            audit=_audit(cfg),
+            audit=open_run_audit(cfg),
             fit=str(cfg.get("fit", "federated XGBoost")),
             seed=int(cfg.get("seed", 0)),
         )
     except FederatedFitError as error:
         summary.update(ok=False, error=str(error), hospitals=list(error.hospitals),
                        round=error.round)  # fmt: skip
-        _write(result, summary | {"rejected": out.rejected, "round_log": out.round_log})
+        write_json_atomic(result, summary | {"rejected": out.rejected, "round_log": out.round_log})
         raise
     result.with_suffix(".model.json").write_bytes(out.model)
     summary.update(ok=True, rounds=out.rounds, bytes_up=out.bytes_up, bytes_down=out.bytes_down,
                    rejected=out.rejected, round_log=out.round_log)  # fmt: skip
-    _write(result, summary)
+    write_json_atomic(result, summary)
 
 
 def write_hospital(path: str | os.PathLike, x: Any, y: Any, patients: Any) -> Path:
