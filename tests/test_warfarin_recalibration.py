@@ -243,3 +243,16 @@ def test_shipped_estimates_reproduced_on_the_training_file():
     for i, p in enumerate(w.PARAMS):
         assert fit["x"][i] == pytest.approx(est["map"]["x"][p], abs=1e-4), p
         assert fit["se"][i] == pytest.approx(est["map"]["se"][p], rel=1e-2), p
+
+
+def test_shipped_nuts_posterior_agrees_with_the_laplace_approximation():
+    """The shipped NUTS summary (same posterior as the MAP): converged (R-hat < 1.01, ESS >
+    400, no divergences), medians within 0.5 Laplace SE of the mode, SDs within 25% of the
+    Laplace SEs."""
+    est = w.estimates()
+    nuts, fit = est["nuts"], est["map"]
+    assert nuts["divergences"] == 0
+    for p in w.PARAMS:
+        assert nuts["rhat"][p] < 1.01 and nuts["ess"][p] > 400, p
+        assert abs(nuts["median"][p] - fit["x"][p]) < 0.5 * fit["se"][p], p
+        assert nuts["sd"][p] == pytest.approx(fit["se"][p], rel=0.25), p
