@@ -60,6 +60,7 @@ def test_library_lists_and_gets_every_drug():
         "vancomycin_goti2018",
         "vernakalant_mao2012",
         "warfarin_hamberg2007",
+        "warfarin_iwpc_recalibrated",
     )
     for name in names:
         drug = D.get(name)
@@ -67,7 +68,7 @@ def test_library_lists_and_gets_every_drug():
         params = drug.typical_params(PATIENT)
         assert set(drug.model.model.param_names) <= set(params)
         assert all(math.isfinite(v) and v > 0 for v in params.values())
-    assert D.get("Warfarin") is D.get("warfarin_hamberg2007")
+    assert D.get("Warfarin") is D.get("warfarin_hamberg2007")  # the published model
     with pytest.raises(KeyError, match="several models"):
         D.get("vancomycin")
     with pytest.raises(KeyError, match="no drug 'aspirin'; available"):

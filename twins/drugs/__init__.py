@@ -8,6 +8,7 @@ standard patient dict, units, targets, dosing, reference). `get(name)` returns o
 | name | model | covariates |
 | --- | --- | --- |
 | `warfarin_hamberg2007` | S-warfarin 2-cmt oral PK + INR (transit chains) | age, CYP2C9, VKORC1 |
+| `warfarin_iwpc_recalibrated` | Hamberg 2007, refit on IWPC doses | + WT, race, co-medication |
 | `vancomycin_goti2018` | 2-cmt IV | CrCL (capped Cockcroft-Gault), weight, dialysis |
 | `vancomycin_buelga2005` | 1-cmt IV, correlated CL-V variability | CrCL, weight |
 | `theophylline` | 1-cmt oral (nlmixr2's theo_sd fit) | none |
@@ -27,6 +28,7 @@ from . import theophylline as theophylline
 from . import vancomycin as vancomycin
 from . import vernakalant as vernakalant
 from . import warfarin as warfarin
+from . import warfarin_iwpc as warfarin_iwpc
 from ._drug import CovariateError as CovariateError
 from ._drug import DoseConstraints as DoseConstraints
 from ._drug import Dosing as Dosing
@@ -54,7 +56,12 @@ _FACTORIES: dict[str, Callable[[], Drug]] = {
     vancomycin.GOTI: vancomycin.goti2018,
     vernakalant.NAME: vernakalant.drug,
     warfarin.NAME: warfarin.drug,
+    warfarin_iwpc.NAME: warfarin_iwpc.drug,
 }
+
+#: The model a bare drug name selects when the library has several of it: the published
+#: one (a recalibration or other variant is always named in full).
+_PUBLISHED: dict[str, str] = {"warfarin": warfarin.NAME}
 _CACHE: dict[str, Drug] = {}
 
 
@@ -69,7 +76,10 @@ def _resolve(name: str) -> str:
     key = name.strip().lower()
     if key in _FACTORIES:
         return key
-    # A bare drug name selects its model when the library has only one for it.
+    # A bare drug name selects its model when the library has only one for it, or its
+    # published model (`_PUBLISHED`) when the others are variants of it.
+    if key in _PUBLISHED:
+        return _PUBLISHED[key]
     matches = [n for n in _FACTORIES if n.split("_")[0] == key]
     if len(matches) == 1:
         return matches[0]
@@ -86,7 +96,9 @@ def get(name: str) -> Drug:
     **Arguments:**
 
     - `name`: one of `available()`, e.g. `"vancomycin_goti2018"`; a bare drug name
-      (`"warfarin"`) is accepted when the library has one model of that drug.
+      (`"warfarin"`) is accepted when the library has one model of that drug, or one
+      published model and variants of it (`"warfarin"` is `warfarin_hamberg2007`, not
+      `warfarin_iwpc_recalibrated`).
 
     **Returns:** the `Drug` (built once, then cached; drugs are immutable).
 
@@ -125,4 +137,5 @@ __all__ = [
     "vancomycin",
     "vernakalant",
     "warfarin",
+    "warfarin_iwpc",
 ]
