@@ -29,7 +29,6 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -285,23 +284,6 @@ def output_keys(seed: int, asof: int) -> tuple[jax.Array, jax.Array]:
     key = jax.random.fold_in(jax.random.key(seed), asof)
     k_rec, k_fc = jax.random.split(key)
     return k_rec, k_fc
-
-
-@jax.jit
-def _keys_of(seed, asofs):
-    return jax.vmap(lambda a: jax.random.split(jax.random.fold_in(jax.random.key(seed), a)))(asofs)
-
-
-def output_keys_many(seed: int, asofs: Sequence[int]) -> list[tuple[jax.Array, jax.Array]]:
-    """`[output_keys(seed, a) for a in asofs]` in one compiled call (the same keys)."""
-    if not asofs:
-        return []
-    if not (0 <= seed < 2**32 and all(0 <= a < 2**32 for a in asofs)):
-        return [output_keys(seed, a) for a in asofs]  # seeds of more than 32 bits
-    n = max(8, 1 << (len(asofs) - 1).bit_length())  # a bucket: one compilation per size
-    padded = list(asofs) + [asofs[0]] * (n - len(asofs))
-    both = _keys_of(jnp.asarray(seed, dtype=jnp.uint32), jnp.asarray(padded, dtype=jnp.uint32))
-    return list(zip(both[: len(asofs), 0], both[: len(asofs), 1], strict=True))
 
 
 def outputs(
