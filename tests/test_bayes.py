@@ -422,6 +422,9 @@ def test_theophylline_svi(theo_data):
 # ----------------------------------------------------------------------------- keys
 
 
+# Extended: two more NUTS runs; the NUTS coverage and likelihood-gradient checks stay in make
+# test.
+@pytest.mark.extended
 def test_randomness_comes_from_key(simulated):
     """`key=` takes a JAX key or an int; `seed=` warns and gives the key of that int (the
     same draws: `test_seed_gives_the_same_svi_draws_as_its_key`, extended); a missing key

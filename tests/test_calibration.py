@@ -342,6 +342,9 @@ def test_a_second_fit_reuses_the_compiled_objective(monkeypatch):
 # ----------------------------------------------------------------------------- estimators
 
 
+# Extended: the old string names run every estimator once more; the estimators themselves stay
+# checked in make test.
+@pytest.mark.extended
 def test_estimators_are_objects_and_the_old_strings_still_work():
     """`estimator=FOCEI()` / `Laplace()`; `method="focei"|"laplace"` warns, naming the
     replacement, and gives the same numbers."""

@@ -79,6 +79,9 @@ def test_learned_models_beat_the_training_mean_by_a_wide_margin(result, halves):
     assert result["hybrid"]["mae"] < result["iwpc_2009"]["mae"]
 
 
+# Extended: a second full fit of every dose model; the models' metrics on the same patients
+# stay checked in make test.
+@pytest.mark.extended
 def test_same_seed_same_numbers(tmp_path):
     df = pd.read_csv(IWPC_CSV)
     train, test = tmp_path / "train.csv", tmp_path / "test.csv"

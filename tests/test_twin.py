@@ -164,6 +164,8 @@ def test_twin_errors_name_patient_and_field():
         )
 
 
+# Extended: a check of compilation reuse, which benchmarks/first_call.py measures.
+@pytest.mark.extended
 def test_a_second_twin_reuses_the_compiled_functions(monkeypatch):
     """A twin of another patient on an equal drug (a new object) traces nothing new: the
     MAP, the forecast and the dose search are compiled per model value and shapes (the
