@@ -97,7 +97,10 @@ class MqttService:
       that they are not sent in the clear). A password without a user name is refused.
 
     `start()` connects and runs in background threads; `stop()` ends them. `run(stop)`
-    does both around a wait on the event `stop` (the command line's loop).
+    does both around a wait on the event `stop` (the command line's loop). The event
+    `connected` is set once the broker has accepted both the connection and the
+    subscription to the input topics (so a message published after it is received), and
+    cleared on a disconnection.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class MqttService:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
 
     # --- paho callbacks (the network thread) ---------------------------------------------
@@ -171,7 +175,18 @@ class MqttService:
             self.client_id,
             flags.session_present,
         )
+        # `connected` is set on the SUBACK, not here: a message published between the
+        # CONNACK and the SUBACK of a first connection would have no subscription to go to.
         client.subscribe(self.topics.subscription, qos=1)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(c) for c in reason_codes if c.is_failure]
+        if refused:
+            log.error(
+                "broker %s:%d refused the subscription to %s: %s",
+                self.host, self.port, self.topics.subscription, ", ".join(refused),
+            )  # fmt: skip
+            return
         self.connected.set()
         self._wake.set()
 
