@@ -157,7 +157,10 @@ def test_decisions_only_at_the_visits_that_happened():
 
 def test_without_slips_or_misses_the_trial_is_unchanged_to_the_bit():
     drug = _oral()
-    endpoints = (twins.TimeToRange("ttr", "t", 0.5, 4.0, consecutive=2),)
+    endpoints = (
+        twins.TimeToRange("ttt", "t", 0.5, 4.0, consecutive=2),
+        twins.TimeInRange("ttr", "t", 0.5, 4.0),  # Rosendaal: the same bits too
+    )
     plain = _trial(drug, None, endpoints=endpoints)
     still = _trial(drug, twins.Visits(), endpoints=endpoints)
     pop = population_rows(plain, 0, 10, key=jax.random.key(3))
@@ -250,11 +253,36 @@ def test_visits_with_informative_dropout_and_refusals():
         _trial(drug, 0.3)
     with pytest.raises(ValueError, match="does not divide a day"):
         dataclasses.replace(_trial(drug, twins.Visits(1.0, 1)), interval=36.0)
-    coag = twins.coag_trial()
-    with pytest.raises(ValueError, match="step_at"):
-        dataclasses.replace(coag, visits=twins.Visits(1.0, 1))
-    with pytest.raises(ValueError, match="visit_aware"):  # COAG's window TTR on measured INR
-        dataclasses.replace(coag, visits=twins.Visits(p_missed=0.1))
+    plain = _trial(drug, None)
+    with pytest.raises(ValueError, match="step_at"):  # an arm that cannot take a moved visit
+        dataclasses.replace(plain, arms=(_Unmovable(),), visits=twins.Visits(1.0, 1))
+    dataclasses.replace(plain, arms=(_Unmovable(),), visits=twins.Visits(p_missed=0.1))
+    with pytest.raises(ValueError, match="visit_aware"):  # measured values, schedule-blind
+        dataclasses.replace(plain, endpoints=(_Blind("b", "b"),), visits=twins.Visits(p_missed=0.1))
+    coag = twins.coag_trial()  # COAG's arms and window TTR take slipped and missed visits
+    assert dataclasses.replace(coag, visits=twins.Visits(1.0, 1, 0.1)).visits.slips
+
+
+class _Unmovable(twins.Arm):
+    """An arm without `step_at`: 100 mg every period."""
+
+    name, label, description, visits = "unmovable", "u", "u", (0, 2)
+
+    def start(self, covariates):
+        return {"dose": np.full(len(covariates["ID"]), 100.0)}
+
+    def step(self, period, measured, is_visit, state):
+        return state["dose"], state
+
+
+@dataclasses.dataclass(frozen=True)
+class _Blind(twins.Endpoint):
+    """The last measured value at the scheduled visits (does not know the realised ones)."""
+
+    source: str = "measured"
+
+    def __call__(self, course):
+        return {self.name: np.asarray(course["measured"])[:, -1]}
 
 
 def test_spec_keys_and_their_refusals():

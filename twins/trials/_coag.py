@@ -71,7 +71,15 @@ from .. import pgx
 from .._population import Population
 from ..drugs import get as get_drug
 from ._arms import Arm, Nomogram
-from ._endpoints import AnyAbove, Endpoint, MeanDose, Source, TimeInRange, TimeToRange
+from ._endpoints import (
+    AnyAbove,
+    Endpoint,
+    MeanDose,
+    Source,
+    TimeInRange,
+    TimeToRange,
+    observed_values,
+)
 from ._eupact import NOMOGRAM
 from ._subgroups import Subgroup
 from ._trial import Trial
@@ -380,6 +388,10 @@ class RevisionArm(Arm):
       and 4 before that day (0 for a day not yet dosed), rounded.
     - At a visit on one of a rule's `days`: `rule(measured, dose) -> (new dose, doses
       withheld)`, as in `DosingArm` (e.g. a `Nomogram`).
+    - With `Trial(visits=Visits(...))`: a visit that slipped is decided by the rule of its
+      scheduled day, from the INR of the day it happened (`step_at`); a missed visit
+      decides nothing, so a missed day-4 or day-5 revision is no revision (with both
+      missed the initiation dose runs on to the first management visit).
 
     **Fields:** `name`, `label`, `description`; `initiation` (Gage coefficients), `revision`
     (Lenzini coefficients); `visits` (1-based days); `revision_days` (1-based, visits after
@@ -479,10 +491,20 @@ class RevisionArm(Arm):
         }
 
     def step(self, period, measured, is_visit, state):
+        return self.step_at(period, period, measured, is_visit, state)
+
+    def step_at(self, period, visit_period, measured, is_visit, state):
+        """`step` at a visit held in `period` that was scheduled in `visit_period` (a slipped
+        visit, `Trial(visits=Visits(...))`): the rule of the scheduled visit decides (a
+        revision day's Lenzini revision, a later day's nomogram) from the INR measured in
+        `period`, with the doses of days 2-4 given before `period` (0 for a day not yet
+        dosed: a day-4 revision held on day 5 reads the day-4 dose, one held on day 3 reads
+        neither the day-3 nor the day-4 dose), and applies from `period` on. A missed visit
+        (`is_visit` False) decides nothing: the dose stays as it was."""
         dose, hold, given = state["dose"], state["hold"], state["given"]
         b = self.revision
         for day in self.revision_days:
-            applies = is_visit & (period == day)
+            applies = is_visit & (visit_period == day)
             log_week = (
                 state["fixed"]
                 + b["ln_inr"] * jnp.log(measured)
@@ -492,7 +514,7 @@ class RevisionArm(Arm):
             )
             dose = jnp.where(applies, self._round(jnp.exp(log_week) / 7.0), dose)
         for days, rule in self.rules:
-            applies = is_visit & jnp.isin(period, jnp.asarray(days, dtype=jnp.int32))
+            applies = is_visit & jnp.isin(visit_period, jnp.asarray(days, dtype=jnp.int32))
             new_dose, new_hold = rule(measured, dose)
             dose = jnp.where(applies, self._round(new_dose), dose)
             hold = jnp.where(applies, new_hold, hold)
@@ -517,7 +539,12 @@ class WindowTimeInRange(Endpoint):
     dose; day 1 is the first dose): the series (measured at the visits, or the noise-free
     daily values with `source="true"`) is interpolated linearly and cut at both ends, so a
     window edge between two values takes the interpolated value there. With dropout
-    (`Course["observed"]`), only the observed intervals count (NaN without any).
+    (`Course["observed"]`), only the observed intervals count (NaN without any). With
+    `Trial(visits=...)` (slipped and missed visits) the measured values are each patient's
+    visits that happened, at the days they happened: Rosendaal between consecutive
+    *measured* values (across a missed visit), cut at the window; a window end that no
+    interval of measured values reaches (the last visits missed, or slipped before the end
+    day) is not counted, the TTR is over the covered part (NaN with none).
 
     References: Rosendaal FR et al. Thromb Haemost 1993;69(3):236-239.
     """
@@ -528,6 +555,7 @@ class WindowTimeInRange(Endpoint):
     end_day: float = 29.0
     source: Source = "measured"
     unit: ClassVar[str] = "% of time"
+    visit_aware: ClassVar[bool] = True
 
     def __post_init__(self):
         if not (math.isfinite(self.start_day) and math.isfinite(self.end_day)):
@@ -541,22 +569,22 @@ class WindowTimeInRange(Endpoint):
             raise ValueError(f"WindowTimeInRange {self.name!r}: expected low < high.")
 
     def __call__(self, course):
-        if self.source == "measured":
-            t, y = course["visit_days"], course["measured"]
-            m = course.get("observed")
-        else:
-            t, y = course["days"], course["level"]
-            m = course.get("observed_days")
-        t = np.asarray(t, dtype=float)
-        y = np.asarray(y, dtype=float)
+        # the schedule (the visit days, or the period starts) must cover the window
+        scheduled = np.asarray(
+            course["visit_days"] if self.source == "measured" else course["days"], dtype=float
+        )
         a, b = self.start_day - 1.0, self.end_day - 1.0  # days from the first dose
-        if t[0] > a or t[-1] < b:
+        if scheduled[0] > a or scheduled[-1] < b:
             raise ValueError(
                 f"WindowTimeInRange {self.name!r}: the window day {self.start_day:g}-"
-                f"{self.end_day:g} is not covered by the values (days {t[0] + 1:g}-"
-                f"{t[-1] + 1:g})."
+                f"{self.end_day:g} is not covered by the values (days {scheduled[0] + 1:g}-"
+                f"{scheduled[-1] + 1:g})."
             )
-        t0, t1 = t[:-1], t[1:]
+        # with visits: each patient's measured values at the days they were measured
+        t, y, m = observed_values(course, self.source)
+        t = np.asarray(t, dtype=float)
+        y = np.asarray(y, dtype=float)
+        t0, t1 = t[..., :-1], t[..., 1:]
         y0, y1 = y[..., :-1], y[..., 1:]
         lo_t, hi_t = np.maximum(t0, a), np.minimum(t1, b)
         keep = hi_t > lo_t

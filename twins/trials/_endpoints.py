@@ -100,6 +100,20 @@ def _observed(course, source: Source):
     return None if key not in course else np.asarray(course[key], dtype=bool)
 
 
+def observed_values(course: Mapping[str, Any], source: Source):
+    """`(t, y, m)`: the times, values and observed mask an endpoint reads from `course`.
+
+    `source="measured"`: the visit days `(V,)` and the measured values `(n, V)`;
+    `"true"`: the period starts `(P + 1,)` and the noise-free output. `m` is None when
+    every value is observed, else a mask of `y`'s shape (a prefix of each patient's series
+    with dropout). With `Trial(visits=...)` and measured values, each patient's visits
+    that happened (and were observed), in order, moved to the front: `t` and `y` `(n, V)`,
+    `t` the day each happened, and `m` a prefix mask, as dropout's (the padding after it
+    repeats the last time, so it adds no time). Public for endpoints outside this module
+    (COAG's `WindowTimeInRange`)."""
+    return _values(course, source)
+
+
 def _values(course, source: Source):
     """`(t, y, m)`: `_series` and `_observed`; with `Trial(visits=...)` and measured values,
     each patient's visits that happened (and were observed), in order, moved to the front
@@ -151,7 +165,9 @@ def _in_range_fraction_observed(t, y, low, high, m):
     both = jnp.asarray(m[..., 1:])
     spent = jnp.where(both, frac * dt, 0.0).sum(-1)
     follow = jnp.where(both, dt, 0.0).sum(-1)
-    return jnp.where(follow > 0, spent / jnp.where(follow > 0, follow, 1.0), jnp.nan)
+    # times the reciprocal, as `_in_range_fraction`: the same bits when every value is
+    # observed (XLA divides by a scalar that way; by an array it divides exactly)
+    return jnp.where(follow > 0, spent * (1.0 / jnp.where(follow > 0, follow, 1.0)), jnp.nan)
 
 
 def _in_range_fraction(t, y, low, high):
@@ -167,7 +183,7 @@ def _in_range_fraction(t, y, low, high):
     flat = span <= 0
     inside = (lo >= low) & (lo <= high)
     frac = jnp.where(flat, inside.astype(y.dtype), overlap / jnp.where(flat, 1.0, span))
-    return (frac * dt).sum(-1) / (t[-1] - t[0])
+    return (frac * dt).sum(-1) * (1.0 / (t[-1] - t[0]))
 
 
 @dataclasses.dataclass(frozen=True)
