@@ -276,6 +276,9 @@ def band_figure(results: Results) -> Figure | None:
 
     fig = Figure(figsize=(9, 4.6), layout="constrained", label=f"{output} bands")
     ax = fig.add_subplot()
+    # Points within the periods (`points_per_period`): a curve, drawn without markers; the
+    # levels before each dose only (a folder written before them): points joined by lines.
+    marker = "." if _points_per_period(bands) == 1 else None
     for i, arm in enumerate(arm_names(results.spec)):
         mask = (quant["arm"] == arm).to_numpy()
         if not mask.any():
@@ -285,7 +288,8 @@ def band_figure(results: Results) -> Figure | None:
             quant[c].to_numpy(float)[mask] for c in ("day", "q0.05", "q0.5", "q0.95")
         )
         ax.fill_between(day, q05, q95, color=colour, alpha=0.18)
-        ax.plot(day, q50, color=colour, lw=1.8, marker=".", label=f"{labels[arm]} (median)")
+        ax.plot(day, q50, color=colour, lw=1.8 if marker else 1.4, marker=marker,
+                label=f"{labels[arm]} (median)")  # fmt: skip
     for k, (low, high, text) in enumerate(_level_targets(results)):
         style = ("--", ":", "-.")[k % 3]
         for j, y in enumerate(v for v in (low, high) if v is not None):
@@ -300,6 +304,13 @@ def band_figure(results: Results) -> Figure | None:
     ax.legend(loc="best", frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _points_per_period(bands: dict[str, Any]) -> int:
+    """The times per dosing period at which the band output was recorded: the spec's
+    `bands.points_per_period`; 1 (the level before each dose) where it has none, as in a
+    folder written before the output within the periods was recorded."""
+    return int(bands.get("points_per_period") or 1)
 
 
 def _band_section(results: Results) -> str:
@@ -319,12 +330,12 @@ def _band_section(results: Results) -> str:
     width = fmt_number(lo) if math.isclose(lo, hi) else f"{fmt_number(lo)} to {fmt_number(hi)}"
     width = f"{width} {unit}" if unit else width
     step = np.diff(days)
-    grid = (
-        f"every {fmt_number(float(step[0]))} days from day {fmt_number(days[0])} to "
-        f"{fmt_number(days[-1])}"
-        if step.size and np.allclose(step, step[0])
-        else ", ".join(fmt_number(d) for d in days)
-    )
+    span = f"from day {_given(days[0])} to {_given(days[-1])}"
+    if step.size and np.allclose(step, step[0]):
+        every = f"every {fmt_number(float(step[0]))} days "
+        grid = span if _points_per_period(bands) > 1 else every + span
+    else:
+        grid = ", ".join(fmt_number(d) for d in days) if days.size <= 30 else span
     other = [
         e
         for e in results.spec.get("endpoints", [])
@@ -336,10 +347,24 @@ def _band_section(results: Results) -> str:
         if other
         else ""
     )
+    points = _points_per_period(bands)
+    interval = results.spec.get("interval_h")
+    if points > 1:
+        period = f" of {_given(interval)} h" if interval else ""
+        every = f", every {float(interval) / points:.4g} h" if interval else ""
+        what = (
+            f"{points} per dosing period{period}{every}, the first the level before the dose, "
+            "so that the peaks and the shape of the curve within each period are drawn; "
+        )
+    else:
+        what = (
+            "the level before each dose only: the run recorded no points within the periods "
+            "(band_points = 1, or a folder written before they were recorded); "
+        )
     out.append(png_img(fig))
     out.append(
         f'<p class="note">The level over the whole course at the {days.size} times the run '
-        f"recorded ({escape(grid)}; the points of the lines), median and 5–95% of patients. "
+        f"recorded ({escape(what)}{escape(grid)}), median (line) and 5–95% of patients (band). "
         f"Quantiles interpolated linearly within histogram bins of width {escape(width)} (the "
         f"resolution). Values below {escape(_given(edges[0]))} or at/above "
         f"{escape(_given(edges[-1]))} are counted at those edges. Horizontal lines: the drug's "

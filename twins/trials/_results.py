@@ -6,7 +6,9 @@ The trial engine writes a folder (the layout is in `docs/trial-report.md`):
 DIR/spec.json                     the trial specification
 DIR/manifest.json                 run bookkeeping (chunks done, complete, wall time)
 DIR/patients/part-00000.parquet   one row per (patient, arm)
-DIR/bands/part-00000.parquet      per (arm, day) histogram of the band output
+DIR/bands/part-00000.parquet      per (arm, day) histogram of the band output (at every
+                                  recorded time: `band_points` per dosing period, or in a
+                                  folder written before them the level before each dose)
 ```
 
 `read_results` reads it and checks it against `spec.json` and the checksums of
@@ -254,6 +256,20 @@ def _check_arms(table: pa.Table, file: Path, names: list[str]) -> None:
         )
 
 
+def _read_part(file: Path, required: list[str], names: list[str]) -> pa.Table:
+    """The columns `required` of one part, checked: every column present, no arm outside
+    `names`."""
+    schema = pq.read_schema(file)
+    missing = [c for c in required if c not in schema.names]
+    if missing:
+        raise ValueError(
+            f"{file} lacks the column(s) {missing}, required by spec.json; it has {schema.names}."
+        )
+    table = pq.read_table(file, columns=required)
+    _check_arms(table, file, names)
+    return table
+
+
 def _read_parts(folder: Path, required: list[str], names: list[str]) -> tuple[list[Path], pa.Table]:
     files = _parts(folder)
     if not files:
@@ -261,18 +277,7 @@ def _read_parts(folder: Path, required: list[str], names: list[str]) -> tuple[li
             f"No result parts in {folder}: expected files named part-00000.parquet, "
             "part-00001.parquet, ..."
         )
-    tables = []
-    for file in files:
-        schema = pq.read_schema(file)
-        missing = [c for c in required if c not in schema.names]
-        if missing:
-            raise ValueError(
-                f"{file} lacks the column(s) {missing}, required by spec.json; it has "
-                f"{schema.names}."
-            )
-        table = pq.read_table(file, columns=required)
-        _check_arms(table, file, names)
-        tables.append(table)
+    tables = [_read_part(file, required, names) for file in files]
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
@@ -381,30 +386,55 @@ def _empty_bands(names: list[str]) -> pd.DataFrame:
 
 
 def _read_bands(root: Path, spec: dict[str, Any]) -> pd.DataFrame:
+    """The band histograms of all parts, summed part by part into one dense table of
+    (arm, time, bin) counts: memory is bounded by one part and the table (arms x times x
+    bins), not by the number of parts (a run of 10^6 patients per arm writes ~50-100)."""
     names = arm_names(spec)
     if spec.get("bands") is None:
         return _empty_bands(names)
     folder = root / "bands"
-    _, table = _read_parts(folder, list(_BAND_COLUMNS), names)
-    df = table.to_pandas()
-    n_bins = len(spec["bands"]["edges"]) - 1
-    b = df["bin"].to_numpy()
-    bad = (b < -1) | (b > n_bins)
-    if bad.any():
-        raise ValueError(
-            f"Bins in {folder} must lie in -1..{n_bins} (spec.json has {n_bins + 1} edges), we "
-            f"instead got bin {b[bad][0]} for arm {df['arm'].iloc[int(np.flatnonzero(bad)[0])]!r}."
+    files = _parts(folder)
+    if not files:
+        raise FileNotFoundError(
+            f"No result parts in {folder}: expected files named part-00000.parquet, "
+            "part-00001.parquet, ..."
         )
-    if (df["count"].to_numpy() < 0).any():
-        raise ValueError(f"Counts in {folder} must be >= 0.")
-    df["arm"] = pd.Categorical(df["arm"].astype(str), categories=names)
-    df = (
-        df.groupby(["arm", "day", "bin"], observed=True, sort=True)["count"]
-        .sum()
-        .reset_index()
-        .astype({"day": np.float64, "bin": np.int32, "count": np.int64})
+    n_bins = len(spec["bands"]["edges"]) - 1
+    days = np.zeros(0, np.float64)
+    dense = np.zeros((len(names), 0, n_bins + 2), np.int64)  # column j: bin j - 1
+    for file in files:
+        table = _read_part(file, list(_BAND_COLUMNS), names)
+        arm = table["arm"].combine_chunks().cast(pa.string()).dictionary_encode()
+        position = np.array([names.index(str(a)) for a in arm.dictionary.to_pylist()], np.int64)
+        arm_codes = position[arm.indices.to_numpy()]
+        day = table["day"].to_numpy().astype(np.float64)
+        b = table["bin"].to_numpy().astype(np.int64)
+        count = table["count"].to_numpy()
+        bad = (b < -1) | (b > n_bins)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"Bins in {file} must lie in -1..{n_bins} (spec.json has {n_bins + 1} edges), "
+                f"we instead got bin {b[i]} for arm {names[arm_codes[i]]!r}."
+            )
+        if (count < 0).any():
+            raise ValueError(f"Counts in {file} must be >= 0.")
+        new = np.setdiff1d(day, days)
+        if new.size:  # times not seen in earlier parts (usually only in the first part)
+            merged = np.union1d(days, new)
+            grown = np.zeros((len(names), merged.size, n_bins + 2), np.int64)
+            grown[:, np.searchsorted(merged, days)] = dense
+            days, dense = merged, grown
+        np.add.at(dense, (arm_codes, np.searchsorted(days, day), b + 1), count.astype(np.int64))
+    a, t, j = np.nonzero(dense)  # sorted by arm (spec order), time, bin
+    return pd.DataFrame(
+        {
+            "arm": pd.Categorical.from_codes(a, categories=names),
+            "day": days[t],
+            "bin": (j - 1).astype(np.int32),
+            "count": dense[a, t, j],
+        }
     )
-    return df
 
 
 class DamagedResultsError(ValueError):

@@ -7,7 +7,8 @@ and `twins.app._report` read (layout in docs/trial-report.md):
 out/spec.json                    the trial as run, with its hash and provenance
 out/manifest.json                chunks done, complete or not, wall time
 out/patients/part-00000.parquet  one row per (patient, arm): covariates, subgroups, endpoints
-out/bands/part-00000.parquet     per (arm, day) histogram of the measured output (true value)
+out/bands/part-00000.parquet     per (arm, time) histogram of the noise-free output, at
+                                 `Trial.band_points` times per dosing period
 out/trajectories/part-....parquet  per patient and day, only with trajectories=True
 out/summary.json                 endpoint table by arm, with the published figures
 out/report.html                  the report (written by `twins.write_report`, not here)
@@ -116,6 +117,8 @@ def trial_spec(trial: Trial, *, n: int, seed: int, chunk_size: int) -> dict[str,
             },
         }
     )
+    if trial.band_points != 1:  # 1: the levels before each dose only, as before the field
+        spec["bands"]["points_per_period"] = int(trial.band_points)
     if trial.published:
         spec["published"] = dict(trial.published)
     if trial.published_differences:
@@ -198,7 +201,7 @@ def _chunk_frames(
         frame["status"] = np.where(bad, "failed", "completed")
         frame["failure"] = [str(r) for r in course["failure"]]
         rows.append(frame)
-        bands.append(_bands(arm.name, course["days"], course["level"][keep], edges))
+        bands.append(_bands(arm.name, course["curve_days"], course["curve"][keep], edges))
         if trajectories:
             level = course["level"][keep]
             k, m = level.shape

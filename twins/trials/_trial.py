@@ -112,6 +112,15 @@ class Trial:
       `Population.covariates()`); stored as `Subgroup` objects.
     - `covariates`: numeric covariate keys for the population summary.
     - `bands_edges`: bin edges of the histogram behind the median/5-95% bands of the output.
+    - `band_points`: points per dosing period at which the noise-free output is recorded for
+      the bands (default 12): at `t0 + k * interval / band_points`, `k = 0 .. band_points -
+      1`, of every period (`k = 0` the level before the dose) and at the end of the trial,
+      each through the event engine (`pkpd.advance` over the sub-windows, so infusions,
+      lags and bioavailability are exact). With the default, a 12-h vancomycin period is
+      recorded hourly (the end of a 1-h infusion, its peak, is a point) and a daily dose
+      every 2 h. 1 records the level before each dose only (as before this field
+      existed). The values are in `Course["curve"]` `(n, days * band_points + 1)` at
+      `Course["curve_days"]`; the results keep only their histograms (`bands/`).
     - `solver`: how the model is advanced over a period (default `pkpd.FixedStep(1.0)`).
     - `exposure_steps`: sub-steps at which the output is evaluated for AUC and Cmax
       endpoints, between consecutive dosing entries of a period (the dose's arrival after
@@ -159,6 +168,7 @@ class Trial:
     subgroups: tuple[Subgroup | str, ...] = ()
     covariates: tuple[str, ...] = ("AGE", "WT", "HT")
     bands_edges: tuple[float, ...] = tuple(np.geomspace(0.5, 20.0, 401).tolist())
+    band_points: int = 12
     solver: Any = pkpd.FixedStep(1.0)
     exposure_steps: int = 24
     published: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -243,6 +253,13 @@ class Trial:
             )
         if not (isinstance(self.days, int) and self.days >= 1):
             raise ValueError(f"Trial {self.name!r}: days must be an integer >= 1.")
+        if isinstance(self.band_points, bool) or not (
+            isinstance(self.band_points, int) and self.band_points >= 1
+        ):
+            raise ValueError(
+                f"Trial {self.name!r}: band_points must be an integer >= 1 (points per dosing "
+                f"period), got {self.band_points!r}."
+            )
         if not (isinstance(self.exposure_steps, int) and self.exposure_steps >= 2):
             raise ValueError(
                 f"Trial {self.name!r}: exposure_steps must be an integer >= 2, got "
@@ -334,6 +351,13 @@ class Trial:
     def needs_exposure(self) -> bool:
         """Whether an endpoint needs the AUC and Cmax of every period."""
         return any(getattr(e, "needs_exposure", False) for e in self.endpoints)
+
+    @property
+    def curve_days(self) -> np.ndarray:
+        """The times (days) at which the output is recorded for the bands: `band_points`
+        per dosing period and the end of the trial (`days * band_points + 1` values)."""
+        k = np.arange(self.days * self.band_points + 1)
+        return k * float(self.interval) / self.band_points / 24.0  # period starts: exact
 
     @property
     def output_index(self) -> int:
@@ -456,6 +480,7 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
     sigma = {k: float(getattr(error, k)) for k in error.names}
     solver = trial.solver
     steps = _even(trial.exposure_steps) if trial.needs_exposure else None
+    points = trial.band_points  # the output within each period, for the bands
     ages = np.arange(window - 1, -1, -1, dtype=float)  # oldest dose first
     # Only an infusion route runs zero-order inputs from one period into the next; without
     # one, `advance` is told none run (`rates=None`), and the rates stay zero.
@@ -518,7 +543,29 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
                 output=out_idx, checks=False, length=tau, doses_at_start=not timed,
             )  # fmt: skip
             exposure = () if out.auc is None else (out.auc, out.cmax)
-            return (out.state, out.rates, given, when, st), (y, measured, amount, *exposure)
+            curve = () if points == 1 else (within(params, x, r, doses, t0),)
+            return (out.state, out.rates, given, when, st), (y, measured, amount, *exposure,
+                                                            *curve)  # fmt: skip
+
+        def within(params, x, r, doses, t0):
+            """The output at `t0 + k * tau / points`, `k = 1 .. points - 1`: the period's
+            doses through `pkpd.advance` over adjacent sub-windows (each entry applied once,
+            in its own sub-window), from the period's start state. The period's own
+            `advance` above is unchanged, so the course and endpoints are too."""
+            h = tau / points
+
+            def sub(carry, k):
+                xk, rk = carry
+                ta = t0 + k * h
+                o = pkpd.advance(
+                    model, params, xk, doses, ta, ta + h, solver=solver,
+                    rates=rk if infused else None, output=out_idx, checks=False, length=h,
+                    doses_at_start=not timed,
+                )  # fmt: skip
+                return (o.state, o.rates), model.output(params, o.state)[out_idx]
+
+            _, ys = jax.lax.scan(sub, (x, r), jnp.arange(points - 1, dtype=x.dtype))
+            return ys
 
         periods = jnp.arange(days, dtype=jnp.int32)
         xs = (periods, eps_by_period[:days], visit_flags, taken, *logf)
@@ -530,6 +577,8 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
         (x_end, *_), (ys, meas, amounts, *exposure) = jax.lax.scan(
             body, (x0, r0, given0, given0, state), xs
         )
+        if points > 1:  # (periods, points - 1) within-period values -> one grid with ys
+            inner = exposure.pop()
         if varying:  # the end of the trial: the last period's parameters
             last = dict(base)
             for j, name in enumerate(varying):
@@ -538,11 +587,15 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
         else:
             y_end = level(x_end)
         last_meas = error.observe(y_end, sigma, eps_by_period[days])
+        curve = ()
+        if points > 1:  # the level before each dose, then the period's inner points
+            grid = jnp.concatenate([ys[:, None], inner], axis=1).reshape(-1)
+            curve = (jnp.concatenate([grid, y_end[None]]),)
         ys = jnp.concatenate([ys, y_end[None]])
         meas = jnp.concatenate([meas, last_meas[None]])
         if schedule:  # measured on the day each visit happened
-            return ys, meas[more["visit_period"]], amounts, *exposure
-        return ys, meas[visits], amounts, *exposure
+            return ys, meas[more["visit_period"]], amounts, *exposure, *curve
+        return ys, meas[visits], amounts, *exposure, *curve
 
     def run(params, state, keys, taken, more):
         if timed:  # sub-batches in one program (`TIMED_BATCH`)
@@ -667,7 +720,7 @@ def simulate_chunk(
         bad[list(outcome.failures[arm])] = True
         endpoints[arm] = {k: _masked(v, bad) for k, v in values.items()}
         course = Course(outcome.courses[arm])
-        for k in ("level", "measured", "doses", "taken", "auc", "cmax"):
+        for k in ("level", "measured", "doses", "taken", "auc", "cmax", "curve"):
             if k in course:
                 course[k] = _masked(course[k], bad)
         courses[arm] = course
@@ -907,7 +960,11 @@ def simulate_chunk_outcome(
             arrays, more = _jitted_arm(trial, arm, runners[slot], inputs, rows, good, mesh)
             fails.update(more)
         level, measured, doses, *exposure = (np.asarray(x)[:n] for x in arrays)
-        for i in _non_finite(level, measured, doses, *exposure):
+        # The output within the periods (`band_points`); a host-driven arm's: its levels.
+        curve, curve_days = level, days
+        if len(exposure) > (2 if trial.needs_exposure else 0):
+            curve, curve_days = exposure.pop(), trial.curve_days
+        for i in _non_finite(level, measured, doses, *exposure, curve):
             fails.setdefault(i, _non_finite_reason(level[i], days, own, i))
         course = Course(
             days=days,
@@ -939,6 +996,8 @@ def simulate_chunk_outcome(
         if exposure:
             course["auc"] = exposure[0]
             course["cmax"] = exposure[1]
+        course["curve"] = curve
+        course["curve_days"] = curve_days
         if trial.dropout is not None:
             stream = jax.random.fold_in(key, DROPOUT_STREAM)
             dkeys = jax.vmap(lambda i, s=stream: jax.random.fold_in(s, i))(jnp.asarray(index[:n]))
@@ -963,10 +1022,12 @@ def simulate_chunk_outcome(
 
 
 def _nan_course(trial: Trial, arm: Arm, n: int) -> list[np.ndarray]:
-    """The course arrays `(level, measured, doses, *exposure)` of `n` patients none of whom
-    could be simulated: NaN (masked as failures)."""
+    """The course arrays `(level, measured, doses, *exposure, *curve)` of `n` patients none
+    of whom could be simulated: NaN (masked as failures)."""
     shapes = [(n, trial.days + 1), (n, len(arm.visits)), (n, trial.days)]
     shapes += [(n, trial.days)] * (2 if trial.needs_exposure else 0)  # AUC, Cmax
+    if trial.band_points > 1:  # the output within the periods
+        shapes.append((n, trial.days * trial.band_points + 1))
     return [np.full(shape, np.nan) for shape in shapes]
 
 
