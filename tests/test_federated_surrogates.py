@@ -22,6 +22,7 @@ from surrogates.federated._fedavg import (
     local_update,
 )
 from surrogates.federated._surrogate_models import lstm, mlp
+from surrogates.federated._surrogate_models import transformer as transformer_model
 
 
 def _squared_loss(params, x, y):
@@ -248,6 +249,34 @@ def test_lstm_surrogate_learns_federated_with_fedadam():
     tseq[:, -1, 1] = test_x[:, 1]
     probs = seq_model.probabilities(params, (test_x[:, 2:4], tseq))
     assert np.mean((probs >= 0.5) == test_y) > 0.75
+
+
+@pytest.mark.extended  # compiling the Transformer's local update over three hospitals;
+# its deployed ground (worker = local_update) is in test_federated_surrogates_deploy
+def test_transformer_surrogate_learns_federated():
+    rng = np.random.default_rng(1)
+
+    def site(n, shift):
+        x = rng.normal(size=(n, 6)).astype(np.float32) + shift
+        y = ((x[:, 0] - shift) + 0.5 * x[:, 1] > 0.3 * shift).astype(np.float32)
+        seq = np.zeros((n, 4, 3), np.float32)
+        seq[:, -1, 0], seq[:, -1, 1] = x[:, 0], x[:, 1]  # the signal in the last step
+        return (x[:, 2:4], seq), y
+
+    parts = [site(n, s) for n, s in ((150, 0.0), (90, 0.5), (120, -0.5))]
+    (test_static, test_seq), test_y = site(600, 0.0)
+    model = transformer_model(2, 3, 4, d_model=8, heads=2, mlp=16)
+    local = LocalTraining(steps=10, sampling_rate=0.2, learning_rate=0.02)
+    params = federated_training(
+        model.loss, model.params, [Client(x, y) for x, y in parts], rounds=8, local=local,
+        key=jax.random.key(1),
+    )  # fmt: skip
+    before = model.probabilities(model.params, (test_static, test_seq))
+    probs = model.probabilities(params, (test_static, test_seq))
+    assert np.mean((probs >= 0.5) == test_y) > 0.75
+    assert np.mean((before >= 0.5) == test_y) < 0.7  # it learned: the start was no better
+    with pytest.raises(ValueError, match="multiple of heads"):
+        transformer_model(2, 3, 4, d_model=6, heads=4)
 
 
 def test_model_arrays_round_trip_and_reject_wrong_shapes():

@@ -42,6 +42,7 @@ from surrogates.federated._fedavg import (
     local_update,
     round_key,
 )
+from surrogates.federated._surrogate_apps import WatchedGrid
 from twins.governance import (
     AuditLog,
     Consent,
@@ -146,11 +147,32 @@ def _south(tmp_path, client):
     }
 
 
-def test_the_thin_client_and_the_worker_give_the_local_update(tmp_path):
+#: The sequence networks on the same records: 2 static features and 2 steps of 2 channels.
+SEQUENCE_NETWORKS = {
+    "mlp": NETWORK,
+    "lstm": Network("lstm", n_static=2, n_channels=2, hidden=(4,), static_hidden=4, seed=3),
+    "transformer": Network(
+        "transformer", n_static=2, n_channels=2, n_steps=2, hidden=(8, 16), heads=2, seed=3
+    ),
+}
+
+
+def _as(kind: str, client: Client) -> Client:
+    """`client`'s records as the inputs of a network of `kind` (see SEQUENCE_NETWORKS)."""
+    if kind == "mlp":
+        return client
+    x = client.x
+    return Client((x[:, :2], x[:, 2:].reshape(len(x), 2, 2)), client.y)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm", "transformer"])
+def test_the_thin_client_and_the_worker_give_the_local_update(tmp_path, kind):
     """The deployed hospital in one process: the ClientApp of `_surrogate_client` (as Flower
     calls it) asks the worker (`_surrogate_worker.serve` on a Unix socket) and replies with
-    exactly `local_update` on the consenting records (JSON carries float32 exactly)."""
-    client = _hospitals()[1]
+    exactly `local_update` on the consenting records (JSON carries float32 exactly), for
+    the MLP and for the two sequence networks (their records as `static` and `sequence`)."""
+    client = _as(kind, _hospitals()[1])
+    network = SEQUENCE_NETWORKS[kind]
     node = _south(tmp_path, client) | {"partition-id": 1}
     sock = str(tmp_path / "w.sock")
     parent = subprocess.Popen(["sleep", "120"])  # the worker serves while this lives
@@ -162,8 +184,8 @@ def test_the_thin_client_and_the_worker_give_the_local_update(tmp_path):
         while not (tmp_path / "w.sock").exists():
             assert time.monotonic() < deadline, "the worker did not listen within 60 s"
             time.sleep(0.05)
-        model = NETWORK.build()
-        run_config = NETWORK.config() | _surrogate_run.local_config(LOCAL) | {"seed": 5}
+        model = network.build()
+        run_config = network.config() | _surrogate_run.local_config(LOCAL) | {"seed": 5}
         context = Context(run_id=7, node_id=101, state=RecordDict(), run_config=run_config,
                           node_config=node | {"worker-socket": sock})  # fmt: skip
         arrays = ArrayRecord(model.arrays(model.params))
@@ -178,7 +200,8 @@ def test_the_thin_client_and_the_worker_give_the_local_update(tmp_path):
         parent.wait()
         thread.join(timeout=10)
     kept = np.delete(np.arange(60), [4, 9])
-    ref, _ = local_update(model.loss, model.params, model.params, client.x[kept],
+    x_kept = jax.tree.map(lambda a: a[kept], client.x)
+    ref, _ = local_update(model.loss, model.params, model.params, x_kept,
                           client.y[kept], np.ones(58, np.float32),
                           round_key(jax.random.key(5), 2, 1), local=LOCAL)  # fmt: skip
     assert list(reply["arrays"].keys()) == list(arrays.keys())
@@ -187,6 +210,38 @@ def test_the_thin_client_and_the_worker_give_the_local_update(tmp_path):
         np.testing.assert_array_equal(a, b)
     assert reply["metrics"]["num-examples"] == 58 and reply["hospital"]["name"] == "south"
     assert not thread.is_alive()
+
+
+@pytest.mark.extended  # a deployed run (4 processes import JAX); its ground, the thin
+# ClientApp and worker of each network against local_update, is in make test
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_the_deployed_sequence_networks_give_the_pure_model(tmp_path, kind):
+    """The LSTM and the Transformer on the deployment engine (records as `static` and
+    `sequence` in each hospital's .npz): two FedAvg rounds give `federated_training`'s
+    model to float32 summation order, as the MLP's run does."""
+    clients = [_as(kind, c) for c in _hospitals()]
+    network = SEQUENCE_NETWORKS[kind]
+    hospitals = {
+        name: str(write_surrogate_hospital(tmp_path / f"{name}.npz", client))
+        for name, client in zip(("north", "south", "east"), clients, strict=True)
+    }
+    # SGD, not Adam: Adam's step m / sqrt(v) turns float32 rounding in a gradient that is
+    # zero in exact arithmetic (the attention's key bias: softmax is invariant to it) into
+    # steps of the learning rate's size, so the same update summed in another order (the
+    # vmapped hospitals of federated_training) would differ by far more than rounding.
+    local = LocalTraining(steps=3, sampling_rate=0.3, learning_rate=0.2, optimizer="sgd")
+    out = fit_surrogate_federated(hospitals, network=network, rounds=2, local=local, seed=5,
+                                  timeout=400)  # fmt: skip
+    model = network.build()
+    pure = federated_training(model.loss, model.params, clients, rounds=2, local=local,
+                              key=jax.random.key(5))  # fmt: skip
+    assert out.params is not None and out.rounds == 2
+    moved = 0.0
+    for a, b, start in zip(out.params, model.arrays(pure), model.arrays(model.params),
+                           strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        moved = max(moved, float(np.abs(a - start).max()))
+    assert moved > 1e-3  # the rounds trained the network (the check could fail)
 
 
 @pytest.mark.extended  # 130-260 s on 2 shared cores (two deployed runs, 3 workers each)
@@ -247,6 +302,62 @@ def test_a_round_with_too_few_hospitals_fails_naming_the_missing(tmp_path):
     assert verify(tmp_path / "server.log", tmp_path / "server.key.pub").ok
     with pytest.raises(ValueError, match=r"must be in 1\.\.3"):
         RoundAudit(None, fit="f", strategy="fedavg", expected=3, minimum=4)
+
+
+class _Grid:
+    """The two calls of Flower's Grid that the strategies make, answered from lists."""
+
+    def __init__(self, nodes, replies):
+        self.nodes, self.replies, self.other = list(nodes), replies, "kept"
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self.replies
+
+
+def _message(node, content):
+    meta = Metadata(run_id=1, message_id=f"r{node}", src_node_id=node, dst_node_id=1,
+                    reply_to_message_id="", group_id="1", created_at=time.time(),
+                    ttl=60.0, message_type="train")  # fmt: skip
+    return Message(content, metadata=meta)
+
+
+def test_a_hospital_whose_node_left_between_rounds_is_named(tmp_path):
+    """Flower's strategies wait without end for `min_available_nodes`; `WatchedGrid` stops
+    that wait after the round timeout, writes the round as failed and names the hospital
+    whose SuperNode left (its node id known from its reply in round 1)."""
+    write_signing_key(tmp_path / "server.key")
+    audit = AuditLog(tmp_path / "server.log", load_signing_key(tmp_path / "server.key"))
+    log = RoundAudit(audit, fit="f", strategy="fedavg", expected=3,
+                     names=("north", "south", "east"))  # fmt: skip
+    contents = [_reply(n, 10) for n in ("north", "south", "east")]
+    inner = _Grid([11, 12, 13], [_message(11 + i, c) for i, c in enumerate(contents)])
+    grid = WatchedGrid(inner, least=3, wait=0.5, audit=log)
+    assert grid.get_node_ids() == [11, 12, 13] and grid.other == "kept"
+    replies = grid.send_and_receive([], timeout=5.0)
+    assert grid.names == {11: "north", 12: "south", 13: "east"}
+    log.metrics_fn()([r.content for r in replies], "num-examples")  # round 1, all three
+    inner.nodes = [11, 13]  # south's SuperNode stopped after round 1
+    t0 = time.monotonic()
+    with pytest.raises(FederatedFitError, match=r"round 2: 2 of 3 .*missing: south") as e:
+        while time.monotonic() - t0 < 10:  # Flower's loop: a look every second
+            grid.get_node_ids()
+            time.sleep(0.05)
+    assert 0.5 <= time.monotonic() - t0 < 5
+    assert e.value.hospitals == ("south",) and e.value.round == 2
+    entries = read_entries(tmp_path / "server.log")
+    rounds = [(d.details["round"], d.details["kind"]) for d in entries]
+    assert rounds == [(1, "train"), (2, "failed")] and log.rounds[-1]["missing"] == ["south"]
+    # A node back in time resets the clock: no error while enough are connected.
+    inner.nodes = [11, 12, 13]
+    again = WatchedGrid(inner, least=2, wait=0.2, audit=log)
+    inner.nodes = [11]
+    again.get_node_ids()
+    inner.nodes = [11, 13]
+    time.sleep(0.3)
+    assert again.get_node_ids() == [11, 13]
 
 
 def test_the_surrogate_cli_checks_its_arguments(tmp_path):

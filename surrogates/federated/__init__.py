@@ -67,6 +67,7 @@ from ._surrogate_apps import surrogate_client_app as surrogate_client_app
 from ._surrogate_apps import surrogate_server_app as surrogate_server_app
 from ._surrogate_models import lstm as lstm_model  # noqa: F401
 from ._surrogate_models import mlp as mlp_model  # noqa: F401
+from ._surrogate_models import transformer as transformer_model  # noqa: F401
 from ._surrogate_run import Network as Network
 from ._surrogate_run import fit_surrogate_federated as fit_surrogate_federated
 from ._surrogate_run import run_surrogate_fit as run_surrogate_fit

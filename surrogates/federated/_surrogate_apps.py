@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -235,6 +236,28 @@ class RoundAudit:
             round=int(server_round),
         )
 
+    def not_connected(self, connected: int, missing: Sequence[str], waited: float) -> None:
+        """Write the next round as `kind` "failed" and raise `FederatedFitError`: only
+        `connected` of the hospitals were connected for `waited` seconds (the `missing` ones,
+        when known, left Flower's list of nodes between rounds)."""
+        server_round = len([r for r in self.rounds if r.get("kind") == "train"]) + 1
+        expected = self.expected if self.expected is not None else connected
+        extra = {"missing": list(missing), "missing_count": max(expected - connected, 0),
+                 "reason": f"{connected} hospitals connected for {waited:.0f} s"}  # fmt: skip
+        details = {"fit": self.fit, "round": server_round, "kind": "failed",
+                   "strategy": self.strategy, "answered": [], **extra}  # fmt: skip
+        self.rounds.append(details)
+        if self.audit is not None:
+            self.audit.append(AuditAction.TRAINING_ROUND, actor=self.actor, details=details)
+        named = list(missing) or [f"{extra['missing_count']} hospital(s)"]
+        raise FederatedFitError(
+            f"round {server_round}: {connected} of {expected} hospitals connected for "
+            f"{waited:.0f} s (missing: {', '.join(named)}); the round needs at least "
+            f"{self.minimum}, and nothing is averaged over missing hospitals.",
+            hospitals=list(missing),
+            round=server_round,
+        )
+
     def check_complete(self, rounds: int) -> None:
         """`FederatedFitError` unless every one of `rounds` rounds was recorded (a round in
         which no hospital answered without error is never aggregated by Flower)."""
@@ -262,6 +285,46 @@ def hospital_of(content: Any) -> str:
     """The hospital's name a reply carries (`ConfigRecord` `"hospital"`), or ""."""
     record = content.config_records.get("hospital") if hasattr(content, "config_records") else None
     return "" if record is None else str(record.get("name", ""))
+
+
+class WatchedGrid:
+    """Flower's `grid` as the strategies use it, with a bound on waiting for hospitals.
+
+    Flower's strategies start a round once `min_available_nodes` are connected, and wait
+    for that without end (`strategy_utils.sample_nodes`): a SuperNode that stopped between
+    rounds, and so left Flower's list of nodes, would hold the run until its overall
+    timeout, unnamed. Here, once fewer than `least` nodes have been connected for `wait`
+    seconds, `get_node_ids` has `audit` (a `RoundAudit`) write the round as failed and
+    raise `FederatedFitError`, naming the hospitals whose nodes left (known from their
+    earlier replies, which carry the hospital's name). Everything else is the grid's."""
+
+    def __init__(self, grid: Any, *, least: int, wait: float, audit: RoundAudit):
+        self._grid, self.least, self.wait, self.audit = grid, int(least), float(wait), audit
+        self.names: dict[int, str] = {}  # node id -> hospital, from the replies
+        self._short_since: float | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def get_node_ids(self):
+        nodes = list(self._grid.get_node_ids())
+        if len(nodes) >= self.least:
+            self._short_since = None
+            return nodes
+        now = time.monotonic()
+        if self._short_since is None:
+            self._short_since = now
+        elif now - self._short_since >= self.wait:
+            gone = sorted({n for node, n in self.names.items() if node not in nodes})
+            self.audit.not_connected(len(nodes), gone, now - self._short_since)
+        return nodes
+
+    def send_and_receive(self, messages, *args: Any, **kwargs: Any):
+        replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
+        for reply in replies:
+            if not reply.has_error() and (name := hospital_of(reply.content)):
+                self.names[int(reply.metadata.src_node_id)] = name
+        return replies
 
 
 def _payload(record) -> int:
@@ -485,8 +548,9 @@ def serve_surrogate(
             "fewer would have a larger sensitivity than the accountant assumes."
         )
     strategy = _strategy(server, hospitals, proximal_mu, delta, log, min_hospitals)
+    least = hospitals if min_hospitals is None else int(min_hospitals)
     result = strategy.start(
-        grid,
+        WatchedGrid(grid, least=least, wait=float(round_timeout), audit=log),
         ArrayRecord(model.arrays(model.params)),
         num_rounds=rounds,
         timeout=float(round_timeout),

@@ -1,11 +1,13 @@
 """The Flax surrogates as federated models: the networks of `surrogates._networks` (the MLP
-of `MLPSurrogate`, the LSTM of `LSTMSurrogate`) split into a graph definition and a
-parameter tree that the pure functions of `_fedavg` train and the Flower apps ship as
-arrays.
+of `MLPSurrogate`, the LSTM of `LSTMSurrogate`, the Transformer encoder of
+`TransformerSurrogate`) split into a graph definition and a parameter tree that the pure
+functions of `_fedavg` train and the Flower apps ship as arrays.
 
 A `Model` holds the graph definition, the initial parameters and how a record's inputs look:
 `"mlp"` reads one flat feature vector per record (the static features and the measured
-INRs); `"lstm"` reads `(static, sequence)` per record. `loss` is the binary cross-entropy of
+INRs); `"lstm"` and `"transformer"` read `(static, sequence)` per record (the Transformer's
+sequence has the fixed number of steps it was built for: it learns one embedding per
+step). `loss` is the binary cross-entropy of
 one record (one logit), `probabilities` the predicted probabilities of many. Dropout is off
 (DP-SGD's per-example gradients and the equality checks want a deterministic network).
 """
@@ -23,9 +25,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .._networks import LSTMNet, MLPNet
+from .._networks import LSTMNet, MLPNet, TransformerNet
 
-Kind = Literal["mlp", "lstm"]
+Kind = Literal["mlp", "lstm", "transformer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +99,39 @@ def lstm(
     )
     graphdef, params = nnx.split(net, nnx.Param)
     return Model("lstm", graphdef, params)
+
+
+def transformer(
+    n_static: int,
+    n_channels: int,
+    n_steps: int,
+    *,
+    d_model: int = 16,
+    heads: int = 2,
+    layers: int = 1,
+    mlp: int = 32,
+    seed: int = 0,
+) -> Model:
+    """The Transformer surrogate's network (a pre-norm encoder over a [CLS] token, one token
+    per static feature and one per time step of `n_steps`; `layers` blocks of `heads`
+    attention heads of width `d_model` and a feed-forward layer of `mlp` units; one logit
+    from the [CLS] output)."""
+    if d_model % heads:
+        raise ValueError(f"transformer: d_model {d_model} is not a multiple of heads {heads}.")
+    net = TransformerNet(
+        n_static,
+        n_channels,
+        n_steps,
+        1,
+        d_model=d_model,
+        heads=heads,
+        layers=layers,
+        mlp=mlp,
+        dropout=0.0,
+        rngs=nnx.Rngs(params=seed),
+    )
+    graphdef, params = nnx.split(net, nnx.Param)
+    return Model("transformer", graphdef, params)
 
 
 def _logits(graphdef, kind: Kind, params, x):

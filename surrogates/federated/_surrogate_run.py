@@ -7,15 +7,15 @@ FedAdam, client-level DP by its client-side fixed clipping) and the thin ClientA
 engine's apps: hospital k (its `partition-id`, the order of `hospitals`) trains with
 `round_key(key(seed), round, k)`.
 
-Run config (`context.run_config`): the network (`NETWORK_KEYS`: `model-kind` "mlp" or
-"lstm", `n-features` or `n-static` and `n-channels`, `hidden`, `static-hidden`,
-`model-seed`), the local training (`LOCAL_KEYS`: `local-steps`, `batch-size`,
-`sampling-rate` (0: none), `learning-rate`, `optimizer`, `record-clip`, `record-noise`
-(0: no DP-SGD)), the server (`strategy`, `proximal-mu`, `eta`, `beta-1`, `beta-2`, `tau`,
-`client-clip`, `client-noise` (0: no client-level DP), `delta`), `hospitals`, `rounds`,
-`seed`, `round-timeout`, `result-path` (the ServerApp writes its JSON summary there and the
-parameters beside it as `.npz`), `audit-log`, `audit-key` (the server's audit log: a
-`training-round` entry per round), `fit` (its name).
+Run config (`context.run_config`): the network (`NETWORK_KEYS`: `model-kind` "mlp", "lstm"
+or "transformer", `n-features` or `n-static` and `n-channels` (and `n-steps`), `hidden`,
+`static-hidden`, `heads`, `layers`, `model-seed`), the local training (`LOCAL_KEYS`:
+`local-steps`, `batch-size`, `sampling-rate` (0: none), `learning-rate`, `optimizer`,
+`record-clip`, `record-noise` (0: no DP-SGD)), the server (`strategy`, `proximal-mu`,
+`eta`, `beta-1`, `beta-2`, `tau`, `client-clip`, `client-noise` (0: no client-level DP),
+`delta`), `hospitals`, `rounds`, `seed`, `round-timeout`, `result-path` (the ServerApp
+writes its JSON summary there and the parameters beside it as `.npz`), `audit-log`,
+`audit-key` (the server's audit log: a `training-round` entry per round), `fit` (its name).
 
 Node config of each SuperNode (local to the hospital): `hospital`, `partition-id`,
 `data-path` (an `.npz` of `write_surrogate_hospital`: `x` or `static` and `sequence`, `y`,
@@ -45,15 +45,15 @@ from ._population_apps import open_run_audit
 from ._population_fit import FederatedFitError
 from ._population_run import node_configs
 from ._surrogate_apps import HospitalRecords, Outcome, serve_surrogate
-from ._surrogate_models import Model, lstm, mlp
+from ._surrogate_models import Model, lstm, mlp, transformer
 
 SERVER_APP = "surrogates.federated._surrogate_run:server_app"
 CLIENT_MODULE = "pkpd_surrogate_client"
 #: The hospital worker next to each SuperNode (`Federation(worker=...)`).
 WORKER = "surrogates.federated._surrogate_worker"
 
-NETWORK_KEYS = ("model-kind", "n-features", "n-static", "n-channels", "hidden",
-                "static-hidden", "model-seed")  # fmt: skip
+NETWORK_KEYS = ("model-kind", "n-features", "n-static", "n-channels", "n-steps", "hidden",
+                "static-hidden", "heads", "layers", "model-seed")  # fmt: skip
 LOCAL_KEYS = ("local-steps", "batch-size", "sampling-rate", "learning-rate", "optimizer",
               "record-clip", "record-noise")  # fmt: skip
 
@@ -61,35 +61,59 @@ LOCAL_KEYS = ("local-steps", "batch-size", "sampling-rate", "learning-rate", "op
 @dataclasses.dataclass(frozen=True)
 class Network:
     """A federated surrogate's network, as every process of a deployed run rebuilds it:
-    `kind` "mlp" (`n_features` inputs, `hidden` layers) or "lstm" (`n_static` static
-    features, `n_channels` sequence channels, LSTM size `hidden[0]`, `static_hidden`), and
-    the `seed` of its initial parameters (`_surrogate_models.mlp`, `.lstm`)."""
+    `kind` "mlp" (`n_features` inputs, `hidden` layers), "lstm" (`n_static` static
+    features, `n_channels` sequence channels, LSTM size `hidden[0]`, `static_hidden`) or
+    "transformer" (`n_static`, `n_channels`, `n_steps` time steps; `hidden` = (model
+    width, feed-forward units), `heads` attention heads, `layers` blocks), and the `seed` of
+    its initial parameters (`_surrogate_models.mlp`, `.lstm`, `.transformer`)."""
 
-    kind: Literal["mlp", "lstm"] = "mlp"
+    kind: Literal["mlp", "lstm", "transformer"] = "mlp"
     n_features: int = 0
     hidden: tuple[int, ...] = (32, 32)
     n_static: int = 0
     n_channels: int = 0
     static_hidden: int = 16
     seed: int = 0
+    n_steps: int = 0
+    heads: int = 2
+    layers: int = 1
 
     def __post_init__(self):
-        if self.kind not in ("mlp", "lstm"):
-            raise ValueError(f"Network.kind must be 'mlp' or 'lstm', got {self.kind!r}.")
+        if self.kind not in ("mlp", "lstm", "transformer"):
+            raise ValueError(
+                f"Network.kind must be 'mlp', 'lstm' or 'transformer', got {self.kind!r}."
+            )
         if self.kind == "mlp" and self.n_features < 1:
             raise ValueError(f"Network: an mlp needs n_features >= 1, got {self.n_features}.")
-        if self.kind == "lstm" and (self.n_static < 1 or self.n_channels < 1):
+        if self.kind != "mlp" and (self.n_static < 1 or self.n_channels < 1):
             raise ValueError(
-                f"Network: an lstm needs n_static and n_channels >= 1, got {self.n_static} "
-                f"and {self.n_channels}."
+                f"Network: an {self.kind} needs n_static and n_channels >= 1, got "
+                f"{self.n_static} and {self.n_channels}."
             )
         if not self.hidden or any(int(h) != h or h < 1 for h in self.hidden):
             raise ValueError(f"Network.hidden must be sizes >= 1, got {self.hidden}.")
+        if self.kind == "transformer":
+            if self.n_steps < 1:
+                raise ValueError(f"Network: a transformer needs n_steps >= 1, got {self.n_steps}.")
+            if len(self.hidden) != 2:
+                raise ValueError(
+                    "Network: a transformer's hidden is (model width, feed-forward units), "
+                    f"got {self.hidden}."
+                )
+            if self.heads < 1 or self.layers < 1 or self.hidden[0] % self.heads:
+                raise ValueError(
+                    f"Network: a transformer needs heads >= 1 dividing the width {self.hidden[0]}"
+                    f" and layers >= 1, got heads {self.heads}, layers {self.layers}."
+                )
 
     def build(self) -> Model:
         """The `Model` (graph and initial parameters)."""
         if self.kind == "mlp":
             return mlp(self.n_features, hidden=tuple(self.hidden), seed=self.seed)
+        if self.kind == "transformer":
+            return transformer(self.n_static, self.n_channels, self.n_steps,
+                               d_model=self.hidden[0], mlp=self.hidden[1], heads=self.heads,
+                               layers=self.layers, seed=self.seed)  # fmt: skip
         return lstm(self.n_static, self.n_channels, hidden=self.hidden[0],
                     static_hidden=self.static_hidden, seed=self.seed)  # fmt: skip
 
@@ -98,8 +122,10 @@ class Network:
         return {
             "model-kind": self.kind, "n-features": int(self.n_features),
             "n-static": int(self.n_static), "n-channels": int(self.n_channels),
+            "n-steps": int(self.n_steps),
             "hidden": ",".join(str(int(h)) for h in self.hidden),
-            "static-hidden": int(self.static_hidden), "model-seed": int(self.seed),
+            "static-hidden": int(self.static_hidden), "heads": int(self.heads),
+            "layers": int(self.layers), "model-seed": int(self.seed),
         }  # fmt: skip
 
     @classmethod
@@ -112,6 +138,9 @@ class Network:
             n_channels=int(cfg.get("n-channels", 0)),
             static_hidden=int(cfg.get("static-hidden", 16)),
             seed=int(cfg.get("model-seed", 0)),
+            n_steps=int(cfg.get("n-steps", 0)),
+            heads=int(cfg.get("heads", 2)),
+            layers=int(cfg.get("layers", 1)),
         )
 
 
@@ -151,8 +180,9 @@ def write_surrogate_hospital(
     path: str | os.PathLike, client: Client, patients: Sequence[Any] | None = None
 ) -> Path:
     """Write a hospital's training records as the `.npz` its SuperNode's `data-path` names:
-    `x` (an MLP's features) or `static` and `sequence` (an LSTM's), `y`, and `patients`
-    (each record's patient ID, for its consent decisions; `0..n-1` if not given). The
+    `x` (an MLP's features) or `static` and `sequence` (an LSTM's or a Transformer's),
+    `y`, and `patients` (each record's patient ID, for its consent decisions; `0..n-1` if
+    not given). The
     arrays keep their dtypes (the reference runs' float32)."""
     path = Path(path)
     n = len(client)

@@ -63,7 +63,7 @@ from ._sites import (
     site_divergence,
 )
 from ._surrogate_apps import HospitalRecords
-from ._surrogate_models import Model, lstm, mlp, scores
+from ._surrogate_models import Model, lstm, mlp, scores, transformer
 from ._xgb import Boosting, xgb_rows
 
 Unit = Literal["none", "record", "client"]
@@ -91,7 +91,8 @@ class Settings:
     - `client_clip`: the clipping norm of a hospital's update under client-level DP (0.5;
       the updates of a non-DP round have norms of about 0.3-1.5 here).
     - `delta`: the delta of every epsilon (1e-5).
-    - `hidden`: the MLP's layers; `model`: "mlp" or "lstm".
+    - `hidden`: the MLP's layers; `model`: "mlp", "lstm" or "transformer" (the sequence
+      models with their `_surrogate_models` defaults).
     """
 
     local: LocalTraining = _LOCAL
@@ -99,7 +100,7 @@ class Settings:
     client_clip: float = 0.5
     delta: float = DELTA
     hidden: tuple[int, ...] = (32, 32)
-    model: Literal["mlp", "lstm"] = "mlp"
+    model: Literal["mlp", "lstm", "transformer"] = "mlp"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +170,8 @@ def _model(fed: FederatedTask, settings: Settings, seed: int) -> Model:
     if settings.model == "mlp":
         return mlp(len(fed.schema.columns), hidden=settings.hidden, seed=seed)
     static, seq = fed.schema.static_sequence(fed.train[0])
+    if settings.model == "transformer":
+        return transformer(static.shape[1], seq.shape[2], seq.shape[1], seed=seed)
     return lstm(static.shape[1], seq.shape[2], seed=seed)
 
 
