@@ -378,6 +378,16 @@ def test_the_surrogate_cli_checks_its_arguments(tmp_path):
     result = runner.invoke(app, ["federated", "surrogate", "--hospital", f"north={path}",
                                  "--n-features", "6", "--audit-log", "a.log"])  # fmt: skip
     assert result.exit_code == 2 and "go together" in result.output
+    for args, message in (
+        (["--model", "gru"], "mlp, lstm or transformer"),
+        (["--model", "lstm", "--n-static", "2"], "n_static and n_channels >= 1"),
+        (["--model", "transformer", "--n-static", "2", "--n-channels", "2"], "n_steps >= 1"),
+        (["--model", "transformer", "--n-static", "2", "--n-channels", "2", "--n-steps",
+          "2", "--hidden", "6,8", "--heads", "4"], "heads >= 1 dividing the width 6"),
+    ):  # fmt: skip
+        result = runner.invoke(app, ["federated", "surrogate", "--hospital", f"north={path}",
+                                     *args])  # fmt: skip
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
 
 
 @pytest.mark.extended  # 91 s on 2 shared cores (a deployed run and a 30 s round timeout)

@@ -235,7 +235,21 @@ def surrogate_command(
             "pseudonym-key). Repeat for each hospital."
         ),
     ],
-    n_features: Annotated[int, typer.Option(help="The MLP's inputs (columns of x).")],
+    model: Annotated[str, typer.Option(help="The network: mlp, lstm or transformer.")] = "mlp",
+    n_features: Annotated[
+        int, typer.Option(help="The MLP's inputs (columns of x); for --model mlp.")
+    ] = 0,
+    n_static: Annotated[
+        int, typer.Option(help="Static features (columns of `static`); lstm, transformer.")
+    ] = 0,
+    n_channels: Annotated[
+        int, typer.Option(help="Channels of `sequence` (its last axis); lstm, transformer.")
+    ] = 0,
+    n_steps: Annotated[
+        int, typer.Option(help="Time steps of `sequence` (its second axis); transformer.")
+    ] = 0,
+    heads: Annotated[int, typer.Option(help="The Transformer's attention heads.")] = 2,
+    layers: Annotated[int, typer.Option(help="The Transformer's encoder blocks.")] = 1,
     consent: Annotated[
         list[str] | None,
         typer.Option(
@@ -243,7 +257,13 @@ def surrogate_command(
             "audit-key and pseudonym-key (give a NODE.toml)."
         ),
     ] = None,
-    hidden: Annotated[str, typer.Option(help="The MLP's layers, comma-separated.")] = "32,32",
+    hidden: Annotated[
+        str | None,
+        typer.Option(
+            help="Sizes, comma-separated: the MLP's layers (default 32,32), the LSTM's size "
+            "(16), the Transformer's width and feed-forward units (16,32)."
+        ),
+    ] = None,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox or fedadam.")] = "fedavg",
     proximal_mu: Annotated[float, typer.Option(help="FedProx's mu.")] = 0.0,
@@ -271,8 +291,9 @@ def surrogate_command(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds for the whole run.")] = 1800.0,
 ) -> None:
-    """Train the MLP surrogate across hospitals on Flower's deployment engine: a SuperLink
-    and one SuperNode (with its worker) per hospital on 127.0.0.1, stopped afterwards."""
+    """Train the MLP, LSTM or Transformer surrogate across hospitals on Flower's deployment
+    engine: a SuperLink and one SuperNode (with its worker) per hospital on 127.0.0.1,
+    stopped afterwards."""
     from ._deploy import DeploymentError
     from ._fedavg import LocalTraining, Server
     from ._population_fit import FederatedFitError
@@ -285,8 +306,15 @@ def surrogate_command(
         raise _fail("give at least one --hospital NAME=RECORDS.npz.")
     console = Console(soft_wrap=True)
     try:
-        layers = tuple(int(h) for h in hidden.split(",") if h)
-        network = Network("mlp", n_features=n_features, hidden=layers, seed=seed)
+        if model not in ("mlp", "lstm", "transformer"):
+            raise ValueError(f"--model must be mlp, lstm or transformer, got {model!r}.")
+        default = {"mlp": "32,32", "lstm": "16", "transformer": "16,32"}[model]
+        sizes = tuple(int(h) for h in (hidden or default).split(",") if h)
+        network = Network(
+            model,  # type: ignore[arg-type]
+            n_features=n_features, hidden=sizes, n_static=n_static, n_channels=n_channels,
+            n_steps=n_steps, heads=heads, layers=layers, seed=seed,
+        )  # fmt: skip
         local = LocalTraining(
             steps=local_steps, sampling_rate=sampling_rate, learning_rate=learning_rate
         )
@@ -308,7 +336,10 @@ def surrogate_command(
         raise _fail(str(error), code=1) from None
     except (DeploymentError, ValueError, TypeError) as error:
         raise _fail(str(error)) from None
-    table = Table(title=f"Federated {strategy} of the MLP surrogate ({len(nodes)} hospitals)")
+    names = {"mlp": "MLP", "lstm": "LSTM", "transformer": "Transformer"}
+    table = Table(
+        title=f"Federated {strategy} of the {names[model]} surrogate ({len(nodes)} hospitals)"
+    )
     for col in ("round", "hospitals", "patients", "missing"):
         table.add_column(col, justify="left" if col in ("hospitals", "missing") else "right")
     for r in result.round_log:
