@@ -17,6 +17,7 @@ import pytest
 import pkpd
 import twins
 from twins import drugs
+from twins.app._report import band_figure
 from twins.trials._run import run_trial, seed_keys, trial_spec
 from twins.trials._summary import band_quantiles, read_results
 from twins.trials._trial import population_rows, simulate_chunk
@@ -149,6 +150,14 @@ def test_band_quantiles_agree_with_numpy_percentiles(tmp_path):
     k = trial.band_points
     med = quant["q0.5"].to_numpy()
     assert med[k + 1] > 1.5 * max(med[k], med[2 * k])
+    # The report's figure draws the median through every recorded time.
+    (line,) = [ln for ln in band_figure(results).axes[0].lines if "median" in ln.get_label()]
+    np.testing.assert_array_equal(line.get_xdata(), days)
+    np.testing.assert_array_equal(line.get_ydata(), med)
+    assert (
+        f"at the {days.size} times the run recorded (12 per dosing period of 12 h, every 1 h"
+        in (twins.write_report(out).read_text())
+    )
 
 
 def test_results_without_curves_still_render(tmp_path):

@@ -548,7 +548,7 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
                                                             *curve)  # fmt: skip
 
         def within(params, x, r, doses, t0):
-            """The output at `t0 + k * tau / points`, `k = 1 .. points - 1`: the period's
+            """The output at `t0 + k * tau / points`, `k = 0 .. points - 1`: the period's
             doses through `pkpd.advance` over adjacent sub-windows (each entry applied once,
             in its own sub-window), from the period's start state. The period's own
             `advance` above is unchanged, so the course and endpoints are too."""
@@ -565,7 +565,7 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
                 return (o.state, o.rates), model.output(params, o.state)[out_idx]
 
             _, ys = jax.lax.scan(sub, (x, r), jnp.arange(points - 1, dtype=x.dtype))
-            return ys
+            return jnp.concatenate([model.output(params, x)[out_idx][None], ys])
 
         periods = jnp.arange(days, dtype=jnp.int32)
         xs = (periods, eps_by_period[:days], visit_flags, taken, *logf)
@@ -577,7 +577,7 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
         (x_end, *_), (ys, meas, amounts, *exposure) = jax.lax.scan(
             body, (x0, r0, given0, given0, state), xs
         )
-        if points > 1:  # (periods, points - 1) within-period values -> one grid with ys
+        if points > 1:  # (periods, points): the level before each dose, then the rest
             inner = exposure.pop()
         if varying:  # the end of the trial: the last period's parameters
             last = dict(base)
@@ -588,9 +588,8 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
             y_end = level(x_end)
         last_meas = error.observe(y_end, sigma, eps_by_period[days])
         curve = ()
-        if points > 1:  # the level before each dose, then the period's inner points
-            grid = jnp.concatenate([ys[:, None], inner], axis=1).reshape(-1)
-            curve = (jnp.concatenate([grid, y_end[None]]),)
+        if points > 1:  # one copy: the periods' points in time order, then the end
+            curve = (jnp.concatenate([inner.reshape(-1), y_end[None]]),)
         ys = jnp.concatenate([ys, y_end[None]])
         meas = jnp.concatenate([meas, last_meas[None]])
         if schedule:  # measured on the day each visit happened
