@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import time
 import warnings
@@ -156,28 +157,33 @@ def quinidine_like(seed: int = 3) -> tuple[C.Dataset, C.PopulationModel]:
     return data, start
 
 
-def time_large(n: int, quinidine: bool = False) -> dict:
+def time_large(
+    n: int, quinidine: bool = False, gradients: tuple[str, ...] = ("differences", "implicit")
+) -> dict:
     data, start = quinidine_like() if quinidine else large_cohort(n)
     n = data.n_subjects
     out: dict = {"n_subjects": n, "observations": int(data.n_observations)}
-    for gradient in ("differences", "implicit"):
-        calls = []
+    for gradient in gradients:
+        calls, loads = [], []
         for _ in range(2):
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", C.ConvergenceWarning)
                 fit = C.fit_population(start, data, gradient=gradient)
             calls.append(time.perf_counter() - t0)
+            loads.append(os.getloadavg()[0])
         out[gradient] = {
             "first_call_s": calls[0],
             "second_call_s": calls[1],
             "steps": fit.n_steps,
             "ofv": fit.ofv,
             "converged": fit.converged,
+            "load_average_1min": loads,  # after each call (2 cores, shared)
         }
-    out["warm_ratio_differences_over_implicit"] = (
-        out["differences"]["second_call_s"] / out["implicit"]["second_call_s"]
-    )
+    if "differences" in out and "implicit" in out:
+        out["warm_ratio_differences_over_implicit"] = (
+            out["differences"]["second_call_s"] / out["implicit"]["second_call_s"]
+        )
     return out
 
 
@@ -209,13 +215,19 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=0, help="also fit N two-compartment subjects")
     ap.add_argument("--quinidine", action="store_true", help="also fit a Quinidine-sized set")
     ap.add_argument("--skip-theo", action="store_true", help="only the --large/--quinidine fits")
+    ap.add_argument(
+        "--gradients",
+        default="differences,implicit",
+        help="outer gradients of the --large/--quinidine fits, comma-separated",
+    )
     a = ap.parse_args()
+    grads = tuple(g.strip() for g in a.gradients.split(",") if g.strip())
     out: dict = {"machine": {"platform": jax.default_backend(), "jax": jax.__version__}}
     if a.skip_theo:
         if a.quinidine:
-            out["quinidine_like_focei"] = time_large(0, quinidine=True)
+            out["quinidine_like_focei"] = time_large(0, quinidine=True, gradients=grads)
         if a.large:
-            out["large_focei"] = time_large(a.large)
+            out["large_focei"] = time_large(a.large, gradients=grads)
         print(json.dumps(out, indent=2) if a.json else out)
         return
 
@@ -264,9 +276,9 @@ def main() -> None:
             "converged": bf.converged,
         }
     if a.quinidine:
-        out["quinidine_like_focei"] = time_large(0, quinidine=True)
+        out["quinidine_like_focei"] = time_large(0, quinidine=True, gradients=grads)
     if a.large:
-        out["large_focei"] = time_large(a.large)
+        out["large_focei"] = time_large(a.large, gradients=grads)
     if a.json:
         print(json.dumps(out, indent=2))
     else:

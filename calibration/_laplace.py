@@ -168,54 +168,24 @@ def _inner(
     whether the subject's parameters at the mode are inside the model's domain (outside, the
     negative log joint is `+inf`: no step is accepted and the subject's term is not finite).
     """
-    _, fgh = estimator.local_model(pm, nat, chol, cov, reg, obs)
-    secant = estimator.name != "laplace"  # the exact Hessian leaves nothing out
-    d = _n_random(pm, obs)
-    eye = jnp.eye(d)
+    state = _newton_start(eta0)
+    state = jax.lax.while_loop(
+        lambda st: ~_newton_finished(st, max_steps),
+        lambda st: _newton_step(pm, nat, chol, cov, reg, obs, st, estimator=estimator),
+        state,
+    )
+    return _newton_result(pm, nat, cov, obs, state)
 
-    # One evaluation of `fgh` per iteration, at the candidate `cand`, and none after the loop:
-    # the model and its derivatives are traced (and compiled) once. The first evaluation is
-    # at `eta0` itself; its gradient and curvature give the first step even where `f(eta0)`
-    # is not finite (a start outside the domain).
-    def cond(state):
-        k, done = state[6], state[7]
-        return (k <= max_steps) & ~done
 
-    def body(state):
-        eta, fval, g, h, cand, lam, k, _, S = state
-        fc, gc, hc = fgh(cand)
-        first = k == 0
-        ok = jnp.isfinite(fc) & (fc <= fval)
-        take = ok | first
-        step = cand - eta
-        # the secant condition (h + S) step = change of gradient, for the accepted step
-        resid = (gc - g) - hc @ step - S @ step
-        ss = step @ step
-        learn = ok & ~first & (ss > 0) & jnp.all(jnp.isfinite(resid))
-        ss1 = jnp.where(ss > 0, ss, 1.0)
-        psb = (jnp.outer(resid, step) + jnp.outer(step, resid)) / ss1 - (resid @ step) * jnp.outer(
-            step, step
-        ) / ss1**2
-        S = jnp.where(learn & secant, S + psb, S)
-        # halve a rejected step that points downhill; otherwise (an indefinite curvature's
-        # uphill step, or a start outside the domain) raise the damping
-        back = ~ok & ~first & jnp.isfinite(fval) & (g @ step < 0)
-        eta = jnp.where(ok, cand, eta)
-        fval = jnp.where(ok, fc, fval)
-        g = jnp.where(take, gc, g)
-        h = jnp.where(take, hc, h)
-        lam = jnp.where(first | back, lam, jnp.where(ok, lam * 0.1, jnp.maximum(lam, 1e-6) * 10.0))
-        small = jnp.isfinite(fval) & (jnp.max(jnp.abs(g)) <= 1e-11 * (1.0 + jnp.abs(fval)))
-        done = small | (ok & ~first & (jnp.max(jnp.abs(step)) < 1e-12))
-        corrected = -jnp.linalg.solve(h + S + lam * eye, g)
-        plain = -jnp.linalg.solve(h + lam * eye, g)
-        descent = jnp.all(jnp.isfinite(corrected)) & (g @ corrected < 0)
-        newton = eta + jnp.where(descent, corrected, plain)
-        cand = jnp.where(back, eta + 0.5 * step, newton)
-        return eta, fval, g, h, cand, lam, k + 1, done, S
+# The state of one subject's conditional-mode search (`_inner`): the accepted point `eta`,
+# `fval`, gradient `g` and curvature `h` there, the candidate `cand` to evaluate next, the
+# damping `lam`, the iteration `k`, `done`, and the secant correction `S`.
 
+
+def _newton_start(eta0):
+    d = eta0.shape[-1]
     zero_h = jnp.zeros((d, d), eta0.dtype)
-    state = (
+    return (
         eta0,
         jnp.asarray(jnp.inf, eta0.dtype),
         jnp.zeros_like(eta0),
@@ -226,7 +196,61 @@ def _inner(
         jnp.asarray(False),
         zero_h,
     )
-    eta, fval, g, h, _, _, _, _, _ = jax.lax.while_loop(cond, body, state)
+
+
+def _newton_finished(state, max_steps: int):
+    return state[7] | (state[6] > max_steps)
+
+
+def _newton_step(pm, nat, chol, cov, reg, obs, state, *, estimator: AbstractEstimator):
+    """One iteration of `_inner`'s search: one evaluation of `fgh`, at the candidate `cand`
+    (the model and its derivatives are traced, and compiled, once). The first evaluation
+    is at `eta0` itself; its gradient and curvature give the first step even where
+    `f(eta0)` is not finite (a start outside the domain)."""
+    _, fgh = estimator.local_model(pm, nat, chol, cov, reg, obs)
+    secant = estimator.name != "laplace"  # the exact Hessian leaves nothing out
+    eta, fval, g, h, cand, lam, k, _, S = state
+    eye = jnp.eye(eta.shape[-1], dtype=eta.dtype)
+    fc, gc, hc = fgh(cand)
+    first = k == 0
+    ok = jnp.isfinite(fc) & (fc <= fval)
+    take = ok | first
+    step = cand - eta
+    # the secant condition (h + S) step = change of gradient, for the accepted step
+    resid = (gc - g) - hc @ step - S @ step
+    ss = step @ step
+    learn = ok & ~first & (ss > 0) & jnp.all(jnp.isfinite(resid))
+    ss1 = jnp.where(ss > 0, ss, 1.0)
+    psb = (jnp.outer(resid, step) + jnp.outer(step, resid)) / ss1 - (resid @ step) * jnp.outer(
+        step, step
+    ) / ss1**2
+    S = jnp.where(learn & secant, S + psb, S)
+    # halve a rejected step that points downhill; otherwise (an indefinite curvature's
+    # uphill step, or a start outside the domain) raise the damping
+    back = ~ok & ~first & jnp.isfinite(fval) & (g @ step < 0)
+    eta = jnp.where(ok, cand, eta)
+    fval = jnp.where(ok, fc, fval)
+    g = jnp.where(take, gc, g)
+    h = jnp.where(take, hc, h)
+    lam = jnp.where(first | back, lam, jnp.where(ok, lam * 0.1, jnp.maximum(lam, 1e-6) * 10.0))
+    small = jnp.isfinite(fval) & (jnp.max(jnp.abs(g)) <= 1e-11 * (1.0 + jnp.abs(fval)))
+    # A downhill step halved below 1e-12 without decreasing f: f's rounding noise, not its
+    # slope, decides there (the mode is as close as f can tell; the state would not move
+    # again, and under vmap one such subject kept every subject's loop running to
+    # `max_steps`).
+    stalled = back & (jnp.max(jnp.abs(step)) < 2e-12)
+    done = small | stalled | (ok & ~first & (jnp.max(jnp.abs(step)) < 1e-12))
+    corrected = -jnp.linalg.solve(h + S + lam * eye, g)
+    plain = -jnp.linalg.solve(h + lam * eye, g)
+    descent = jnp.all(jnp.isfinite(corrected)) & (g @ corrected < 0)
+    newton = eta + jnp.where(descent, corrected, plain)
+    cand = jnp.where(back, eta + 0.5 * step, newton)
+    return eta, fval, g, h, cand, lam, k + 1, done, S
+
+
+def _newton_result(pm, nat, cov, obs, state):
+    """`_inner`'s result from the search's final state."""
+    eta, fval, g, h = state[:4]
     in_dom = pm.subject_in_domain(nat["theta"], cov, eta, obs["occasion_start"].shape[-1])
     small_g = jnp.max(jnp.abs(g)) <= 1e-6 * (1.0 + jnp.abs(fval))
     left = jnp.linalg.solve(h, g)  # the Newton step still to go
@@ -240,12 +264,65 @@ def _zeros(pm: PopulationModel, data: Dataset) -> jnp.ndarray:
     return jnp.zeros((data.n_subjects, pm.n_random(data.n_occasions)))
 
 
+def _lanes(n_subjects: int) -> int:
+    """How many subjects' searches run side by side (`_modes_arrays`): all of them up to
+    256 subjects; beyond, a power of two near an eighth of them (at least 128)."""
+    if n_subjects <= 256:
+        return n_subjects
+    return max(128, 1 << (n_subjects // 8).bit_length() - 1)
+
+
 def _modes_arrays(pm: PopulationModel, phi, cov, reg, obs, eta0, estimator: AbstractEstimator):
+    """Every subject's `_inner` search. Up to 256 subjects, one vmapped loop; beyond, the
+    searches run in `_lanes` lanes fed from a queue (`_queued_searches`)."""
     nat = pm.natural(phi)
     chol = pm.random_cholesky(phi, obs["occasion_start"].shape[-1])
-    return jax.vmap(lambda c, r, o, e: _inner(pm, nat, chol, c, r, o, e, estimator=estimator))(
-        cov, reg, obs, eta0
-    )
+    n = eta0.shape[0]
+    lanes = _lanes(n)
+    if lanes >= n:
+        return jax.vmap(lambda c, r, o, e: _inner(pm, nat, chol, c, r, o, e, estimator=estimator))(
+            cov, reg, obs, eta0
+        )
+    states = _queued_searches(pm, nat, chol, cov, reg, obs, eta0, estimator, lanes)
+    return jax.vmap(lambda c, o, st: _newton_result(pm, nat, c, o, st))(cov, obs, states)
+
+
+def _queued_searches(pm, nat, chol, cov, reg, obs, eta0, estimator, lanes: int, max_steps=200):
+    """The final `_inner` states of every subject's search, run `lanes` at a time: a lane
+    whose subject has finished takes the next subject of the queue.
+
+    Under a single vmap a search's loop runs until the slowest subject has finished, every
+    subject paying for every iteration (cost: the most iterations times the subjects);
+    with the queue the cost follows the sum of the subjects' own iterations (measured on
+    1,000 two-compartment subjects: a mean of 12, a maximum of 45-72 per evaluation).
+    Each subject's iterations are those of `_inner`, so its mode is the same."""
+    n = eta0.shape[0]
+    states = jax.vmap(_newton_start)(eta0)
+    take = lambda tree, idx: jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+    def step(c, r, o, st):
+        new = _newton_step(pm, nat, chol, c, r, o, st, estimator=estimator)
+        # a lane whose subject finished (the queue empty) leaves its state as it is
+        idle = _newton_finished(st, max_steps)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(idle, a, b), st, new)
+
+    def body(carry):
+        states, lane, nxt = carry
+        new = jax.vmap(step)(take(cov, lane), take(reg, lane), take(obs, lane), take(states, lane))
+        states = jax.tree_util.tree_map(lambda a, b: a.at[lane].set(b), states, new)
+        fin = _newton_finished(new, max_steps)
+        # the finished lanes take the next subjects, in lane order, while the queue lasts
+        queue = nxt + jnp.cumsum(fin) - 1
+        refill = fin & (queue < n)
+        lane = jnp.where(refill, queue, lane)
+        return states, lane, nxt + jnp.sum(refill)
+
+    def cond(carry):
+        states, lane, _ = carry
+        return ~jnp.all(_newton_finished(take(states, lane), max_steps))
+
+    carry = (states, jnp.arange(lanes), jnp.asarray(lanes))
+    return jax.lax.while_loop(cond, body, carry)[0]
 
 
 def _neg_loglik(
