@@ -44,6 +44,10 @@ import pkpd
 
 from .drugs import DoseConstraints, Drug, Metric, Target
 
+#: The solver of the pure functions here when none is given: the metrics' own default
+#: (`pkpd.ODESolver()`, Tsit5, rtol 1e-6). A twin passes its own (`DigitalTwin.solver`).
+ADAPTIVE = pkpd.ODESolver()
+
 _SMOOTH = 0.05  # width (log scale) of the normal CDFs replacing the window's indicator
 _TIE = 0.005  # within half a percentage point the longer interval wins
 
@@ -212,6 +216,7 @@ def recommend_dose(
     per_kg_weight: float | None = None,
     usual_duration: float | None = None,
     loading_dose: float | None = None,
+    solver: Any = ADAPTIVE,
 ) -> Recommendation:
     """The most probable dose of `plans` for `target` over the posterior draws `eta`
     `(n_draws, n_eta)` of a patient (population model `pm`, `theta`, `covariates`), after the
@@ -224,14 +229,17 @@ def recommend_dose(
     admissible dose simulated with its own infusion duration (`usual_duration` lengthened to
     `dose / max_rate`); `per_kg_weight` is the body weight (kg) when the plan's unit is per
     kg (strengths are absolute amounts). `loading_dose` (absolute, already in `history`) is
-    only reported."""
+    only reported. `solver`: how an ODE model is integrated (`pkpd.ODESolver` or
+    `pkpd.FixedStep`; a linear model ignores it)."""
     recs = []
     for plan in plans:
-        rec = _best_for_plan(pm, theta, covariates, history, plan, target, eta, u0, steps, who)
+        rec = _best_for_plan(
+            pm, theta, covariates, history, plan, target, eta, u0, steps, who, solver
+        )
         if constraints is not None:
             rec = constrained_result(
                 pm, theta, covariates, history, plan, target, eta, rec, constraints,
-                per_kg_weight, usual_duration, who,
+                per_kg_weight, usual_duration, who, solver=solver,
             )  # fmt: skip
         recs.append(rec)
     if constraints is None:
@@ -357,8 +365,9 @@ _ALL = 64  # up to this many admissible doses are all simulated; beyond, the 16 
 
 
 def constrained_result(
-    pm, theta, cov, history, plan, target, eta, rec, constraints, per_kg_weight, usual, who
-) -> dict[str, Any]:
+    pm, theta, cov, history, plan, target, eta, rec, constraints, per_kg_weight, usual, who,
+    *, solver=ADAPTIVE,
+) -> dict[str, Any]:  # fmt: skip
     """The admissible dose of one plan: the dose allowed by `constraints` (sums of strengths,
     multiples of the increment, within `[min_dose, max_dose]`, infusion no longer than the
     interval at `max_rate`) with the highest posterior probability of the window, each
@@ -373,7 +382,9 @@ def constrained_result(
     pad = _bucket(m) - m  # a bucket of candidates: one compilation for similar counts
     stacked, u = cand.stacked(m + pad)
     values = np.asarray(
-        _metric_candidates(pm, target.metric, theta, cov, stacked, cand.scale, cand.window, eta, u)
+        _metric_candidates(
+            pm, target.metric, theta, cov, stacked, cand.scale, cand.window, eta, u, solver
+        )
     )[:m]
     return pick_admissible(plan, target, rec, constraints, cand, values, usual, who)
 
@@ -511,12 +522,14 @@ def pick_admissible(plan, target, rec, constraints, cand, values, usual, who) ->
 
 
 @eqx.filter_jit
-def _metric_candidates(pm, metric, theta, cov, fulls, scale, window, eta, u):
+def _metric_candidates(pm, metric, theta, cov, fulls, scale, window, eta, u, solver=ADAPTIVE):
     """`metric_draws` of each candidate dose `u` `(n,)` with its own regimen `fulls`
     (a stacked regimen, leading axis `n`): `(n, n_draws)`."""
-    return jax.vmap(lambda f, v: metric_draws(pm, metric, theta, cov, f, scale, window, eta, v))(
-        fulls, u
-    )
+
+    def one(f, v):
+        return metric_draws(pm, metric, theta, cov, f, scale, window, eta, v, solver)
+
+    return jax.vmap(one)(fulls, u)
 
 
 def choose(
@@ -587,7 +600,7 @@ def check_draws(pm: Any, params: dict[str, Any], full: pkpd.Regimen, who: str) -
         raise ValueError(f"recommend: patient {who}: {error}") from None
 
 
-def _best_for_plan(pm, theta, cov, history, plan, target, eta, u0, steps, who):
+def _best_for_plan(pm, theta, cov, history, plan, target, eta, u0, steps, who, solver):
     full = plan.regimen if history is None else history + plan.regimen
     check_draws(pm, jax.device_get(_draw_params(pm, theta, cov, eta)), full, who)
     n_hist = 0 if history is None else history.n_events
@@ -596,7 +609,7 @@ def _best_for_plan(pm, theta, cov, history, plan, target, eta, u0, steps, who):
     bounds = jnp.asarray([math.log(target.low), math.log(target.high)])
     best_u, values = optimise_dose(
         pm, target.metric, steps, theta, cov, full, scale, window, eta, bounds,
-        jnp.asarray(u0, float),
+        jnp.asarray(u0, float), solver=solver,
     )  # fmt: skip
     return plan_result(plan, target, best_u, values, who)
 
@@ -625,17 +638,20 @@ def plan_result(plan: Plan, target: Target, best_u: Any, values: Any, who: str) 
 
 
 @eqx.filter_jit
-def metric_draws(pm, metric, theta, cov, full, scale, window, eta, u):
+def metric_draws(pm, metric, theta, cov, full, scale, window, eta, u, solver=ADAPTIVE):
     """`metric` of every posterior draw `eta` when the planned doses (`scale` 1) are
-    `exp(u)` units; `window` is `(end, interval)` of the plan. The engine's checks are made
-    beforehand on the host (`check_draws`; they do not depend on `u`), not here."""
+    `exp(u)` units; `window` is `(end, interval)` of the plan; an ODE model integrated by
+    `solver`. The engine's checks are made beforehand on the host (`check_draws`; they do
+    not depend on `u`), not here."""
     amount = full.amount * ((1.0 - scale) + scale * jnp.exp(u))
     reg = eqx.tree_at(lambda r: r.amount, full, amount)
     end, interval = window
 
     def one(e):
         params = pm.individual_params(theta, cov, e)
-        return metric.read(pm.model, params, reg, end, interval, output=pm.output, checks=False)
+        return metric.read(
+            pm.model, params, reg, end, interval, output=pm.output, solver=solver, checks=False
+        )
 
     return jax.vmap(one)(eta)
 
@@ -700,13 +716,18 @@ def _optimise_affine(steps, without, per_unit, bounds, u0):
     return jnp.where(prob(u) > best_p, u, best_u)
 
 
-def optimise_dose(pm, metric, steps, theta, cov, full, scale, window, eta, bounds, u0):
+def optimise_dose(
+    pm, metric, steps, theta, cov, full, scale, window, eta, bounds, u0, *, solver=ADAPTIVE
+):
     """Log-dose of the planned doses (`scale` 1 in `full`): Newton on the geometric mean's
     gap to the window's centre, then Newton ascent on the smoothed probability of the window
     `bounds` (log scale); returns the best log-dose and `metric` of every draw there. An
     additive metric (an AUC or a level) of a linear model is affine in the dose and goes by
-    superposition (exact); a peak, or a nonlinear model, is simulated at every step."""
-    sim = functools.partial(metric_draws, pm, metric, theta, cov, full, scale, window, eta)
+    superposition (exact); a peak, or a nonlinear model, is simulated at every step (an ODE
+    model integrated by `solver`)."""
+    sim = jax.tree_util.Partial(
+        metric_draws, pm, metric, theta, cov, full, scale, window, eta, solver=solver
+    )
     if pm.model.is_linear and metric.additive:
         without = sim(jnp.asarray(-jnp.inf))
         per_unit = sim(jnp.zeros(())) - without
@@ -723,29 +744,39 @@ def _search_by_simulation(sim, bounds, steps, u0):
     """The search of `optimise_dose` for a metric that is not affine in the dose: the same
     Newton steps on the gap to the window's centre and ascent on the smoothed probability,
     with slopes and curvatures by central differences of the simulated metric at `u - h`,
-    `u`, `u + h` (three simulations a step; `h = 1e-3` on the log-dose scale, against a
-    smoothing 0.05 wide: truncation error ~1e-6 relative). Forward or reverse derivatives
-    through an adaptive ODE solve cost several simulations each and compile for minutes;
-    these three share one compiled simulation. `sim(u)` gives the metric of every draw,
-    `(..., n_draws)` for log-doses `u` of shape `(...)`."""
+    `u`, `u + h` (three simulations a step, vmapped together; `h = 1e-3` on the log-dose
+    scale, against a smoothing 0.05 wide: truncation error ~1e-6 relative). Forward or
+    reverse derivatives through an adaptive ODE solve cost several simulations each and
+    compile for minutes; these three share one compiled simulation. `sim` is a
+    `jax.tree_util.Partial`: `sim(u)` gives the metric of every draw, `(..., n_draws)` for
+    log-doses `u` of shape `(...)`. The whole search (8 + `steps` + 1 stencils and the
+    final simulation) is one compiled program (`_simulated_search`)."""
+    return _simulated_search(sim, bounds, steps, jnp.asarray(u0, float))
 
+
+@eqx.filter_jit
+def _simulated_search(sim, bounds, steps: int, u0):
     def logs(u):
-        return [jnp.log(jnp.maximum(sim(v), 1e-300)) for v in (u - _H, u, u + _H)]
+        stencil = jax.vmap(sim)(jnp.stack([u - _H, u, u + _H]))
+        return jnp.log(jnp.maximum(stencil, 1e-300))
 
-    u = jnp.asarray(u0, float)
-    for _ in range(8):
-        below, at, above = (_gap_of(x, bounds) for x in logs(u))
-        u = _newton_gap(u, at, (above - below) / (2.0 * _H))
-    best_u, best_p = np.asarray(u), np.full(np.shape(u), -1.0)
-    for _ in range(steps + 1):
-        below, at, above = (_probability_of(x, bounds) for x in logs(u))
-        p = np.asarray(at)
-        better = p > best_p
-        best_u, best_p = np.where(better, np.asarray(u), best_u), np.where(better, p, best_p)
+    def newton(_, u):
+        below, at, above = _gap_of(logs(u), bounds)
+        return _newton_gap(u, at, (above - below) / (2.0 * _H))
+
+    u = jax.lax.fori_loop(0, 8, newton, u0)
+
+    def ascent(_, carry):
+        u, best_u, best_p = carry
+        below, at, above = _probability_of(logs(u), bounds)
+        better = at > best_p
+        best_u, best_p = jnp.where(better, u, best_u), jnp.where(better, at, best_p)
         slope = (above - below) / (2.0 * _H)
         curvature = (above - 2.0 * at + below) / _H**2
-        u = u + _ascent_step(slope, curvature)
-    best = jnp.asarray(best_u)
+        return u + _ascent_step(slope, curvature), best_u, best_p
+
+    carry = (u, u, jnp.full(jnp.shape(u), -1.0))
+    _, best, _ = jax.lax.fori_loop(0, steps + 1, ascent, carry)
     return best, sim(best)
 
 
@@ -770,6 +801,7 @@ def recommend_doses(
     per_kg_weights: Sequence[float | None] | None = None,
     usual_durations: Sequence[float | None] | None = None,
     loading_doses: Sequence[float | None] | None = None,
+    solver: Any = ADAPTIVE,
 ) -> list[Recommendation | Exception]:
     """`recommend_dose` for K patients of one population model in one vmapped search per
     plan: `covariates` name -> `(K,)`, `histories` K regimens of one number of events,
@@ -831,7 +863,7 @@ def recommend_doses(
         )
         best_u, values = optimise_doses(
             pm, target.metric, steps, theta, covariates, full, scale, window, eta, bounds,
-            jnp.full((k,), u0, float),
+            jnp.full((k,), u0, float), solver=solver,
         )  # fmt: skip
         best_u, values = np.asarray(best_u), np.asarray(values)
         for i, plan in enumerate(mine):
@@ -844,7 +876,7 @@ def recommend_doses(
         if any(c is not None for c in limits):
             _constrain_many(
                 pm, theta, covariates, histories, mine, target, eta, limits, weights, usual,
-                names, results, errors,
+                names, results, errors, solver,
             )  # fmt: skip
 
     def result(i: int) -> Recommendation | Exception:
@@ -858,8 +890,9 @@ def recommend_doses(
 
 
 def _constrain_many(
-    pm, theta, cov, histories, mine, target, eta, limits, weights, usual, names, results, errors
-) -> None:
+    pm, theta, cov, histories, mine, target, eta, limits, weights, usual, names, results, errors,
+    solver,
+) -> None:  # fmt: skip
     """`constrained_result` of one plan for every constrained patient not failed yet, the
     candidates of all of them simulated in one vmapped call (`_metric_candidates_many`) per
     bucket of candidate counts;
@@ -898,7 +931,7 @@ def _constrain_many(
         got = np.asarray(
             _metric_candidates_many(
                 pm, target.metric, theta, jax.tree_util.tree_map(lambda x, t=take: x[t], cov),
-                fulls, each[0].scale, (window[0][take], window[1][take]), eta[take], u,
+                fulls, each[0].scale, (window[0][take], window[1][take]), eta[take], u, solver,
             )
         )  # fmt: skip
         values.update({i: got[j] for j, i in enumerate(idx)})
@@ -919,23 +952,23 @@ def _named(error: ValueError, who: str) -> ValueError:
 
 
 @eqx.filter_jit
-def _metric_candidates_many(pm, metric, theta, cov, fulls, scale, window, eta, u):
+def _metric_candidates_many(pm, metric, theta, cov, fulls, scale, window, eta, u, solver=ADAPTIVE):
     """`_metric_candidates` for K patients: `cov`, `fulls` `(K, n, ...)`, `window`, `eta`
     and `u` `(K, n)` with a leading patient axis; `scale` shared. `(K, n, n_draws)`."""
 
     def one(c, f, w, e, v):
-        return _metric_candidates(pm, metric, theta, c, f, scale, w, e, v)
+        return _metric_candidates(pm, metric, theta, c, f, scale, w, e, v, solver)
 
     return jax.vmap(one)(cov, fulls, window, eta, u)
 
 
 @eqx.filter_jit
-def metric_draws_many(pm, metric, theta, cov, full, scale, window, eta, u):
+def metric_draws_many(pm, metric, theta, cov, full, scale, window, eta, u, solver=ADAPTIVE):
     """`metric_draws` for K patients: `cov`, `full`, `window`, `eta`, `u` with a leading
     patient axis; `scale` shared."""
 
     def one(c, f, w, e, v):
-        return metric_draws(pm, metric, theta, c, f, scale, w, e, v)
+        return metric_draws(pm, metric, theta, c, f, scale, w, e, v, solver)
 
     return jax.vmap(one)(cov, full, window, eta, u)
 
@@ -945,12 +978,16 @@ def _optimise_affine_many(steps, without, per_unit, bounds, u0):
     return jax.vmap(lambda w, p, u: _optimise_affine(steps, w, p, bounds, u))(without, per_unit, u0)
 
 
-def optimise_doses(pm, metric, steps, theta, cov, full, scale, window, eta, bounds, u0):
+def optimise_doses(
+    pm, metric, steps, theta, cov, full, scale, window, eta, bounds, u0, *, solver=ADAPTIVE
+):
     """`optimise_dose` for K patients at once (`cov`, `full`, `window`, `eta`, `u0` with a
     leading patient axis): the same steps, each one vmapped call for all of them.
 
     **Returns:** the best log-doses `(K,)` and the metric of every draw there `(K, n_draws)`."""
-    sim = functools.partial(metric_draws_many, pm, metric, theta, cov, full, scale, window, eta)
+    sim = jax.tree_util.Partial(
+        metric_draws_many, pm, metric, theta, cov, full, scale, window, eta, solver=solver
+    )
     if pm.model.is_linear and metric.additive:
         without = sim(jnp.full(u0.shape, -jnp.inf))
         per_unit = sim(jnp.zeros(u0.shape)) - without

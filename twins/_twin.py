@@ -46,6 +46,7 @@ from ._recommend import (
     recommend_dose,
 )
 from .drugs import DoseConstraints, Drug, Target
+from .drugs import warfarin as _warfarin
 
 _LEVEL = 0.9
 
@@ -188,6 +189,14 @@ class DigitalTwin:
       derivatives through the model).
     - `curvature`: deprecated spelling of `estimator` (`"focei"` or `"laplace"`; a
       `DeprecationWarning`).
+    - `solver`: how the forecasts and dose searches integrate an ODE model: a
+      `pkpd.ODESolver` (diffrax, adaptive steps) or a `pkpd.FixedStep`. Default
+      `twin_solver(drug)`: `twins.drugs.warfarin.TWIN_SOLVER` (fixed steps) for the
+      warfarin PK/INR models, the population model's own `solver` otherwise (linear
+      models are exact and ignore it). With `calibration.FOCEI()` the MAP update uses it
+      too (its Jacobians go by forward mode, which `FixedStep` supports);
+      `calibration.Laplace()` differentiates in reverse mode, which `FixedStep`'s loops
+      do not support, so its update keeps the population model's `solver`.
 
     The twin is updated in place (`give`, `observe`, `update`); `posterior` is the current
     belief. Read-only attributes: `pm` (the population model), `phi`, `theta`, `sigma`,
@@ -207,18 +216,29 @@ class DigitalTwin:
         population: Mapping[str, Any] | None = None,
         estimator: calibration.AbstractEstimator | None = None,
         curvature: str | None = None,
+        solver: pkpd.ODESolver | pkpd.FixedStep | None = None,
     ):
         self.estimator = _estimator(estimator, curvature)
         if not isinstance(drug, Drug):
             raise TypeError(f"DigitalTwin: expected a twins.Drug, got {type(drug).__name__}.")
+        if solver is None:
+            solver = twin_solver(drug)
+        elif not isinstance(solver, pkpd.ODESolver | pkpd.FixedStep):
+            raise TypeError(
+                "DigitalTwin: solver must be a pkpd.ODESolver or a pkpd.FixedStep, got "
+                f"{solver!r:.80}."
+            )
+        self.solver = solver
         self.drug = drug
+        self.pm = drug.model
+        if isinstance(self.estimator, calibration.FOCEI):
+            self.pm = _with_solver(drug.model, solver)
         self.patient = patient
         cov_dict = patient.covariates() if isinstance(patient, Patient) else patient
         self.patient_id = str(cov_dict.get("ID", getattr(patient, "id", "patient")))
         self.covariates = drug.covariates(cov_dict)
         weight = cov_dict.get("WT")
         self.weight = None if weight is None else float(weight)
-        self.pm = drug.model
         self.phi: dict[str, Any] = dict(drug.population() if population is None else population)
         nat = self.pm.natural(self.phi)
         self.theta = nat["theta"]
@@ -457,7 +477,9 @@ class DigitalTwin:
         # differ by a few doses share one compiled prediction.
         padded = plan.pad(_bucket(plan.n_events))
         y = np.asarray(
-            predict_draws(self.pm, self.theta, self.covariate_arrays, padded, times, eta)
+            predict_draws(
+                self.pm, self.theta, self.covariate_arrays, padded, times, eta, self.solver
+            )
         )
         if prediction_interval:
             y = np.asarray(with_residual(self.pm.error, self.sigma, jnp.asarray(y), k_eps))
@@ -599,6 +621,7 @@ class DigitalTwin:
             per_kg_weight=self.weight if self.drug.dosing.per_kg else None,
             usual_duration=self.drug.dosing.route.duration,
             loading_dose=load_amount,
+            solver=self.solver,
         )
         if loading_reg is None:
             return rec
@@ -620,6 +643,37 @@ class DigitalTwin:
             f"recommend: {self.drug.name} has no target {target!r}; its targets are "
             f"{[t.metric.name for t in self.drug.targets]} (or pass a twins.drugs.Target)."
         )
+
+
+def twin_solver(drug: Drug) -> pkpd.ODESolver | pkpd.FixedStep:
+    """The default `solver` of a `DigitalTwin` of `drug` (its forecasts and dose searches):
+
+    | drug | solver |
+    | --- | --- |
+    | `warfarin_hamberg2007`, `warfarin_iwpc_recalibrated` (a `pkpd.PKPD` of linear PK and the `HambergINR` model) | `twins.drugs.warfarin.TWIN_SOLVER`: `pkpd.FixedStep`, exact PK, RK4 for the INR chain |
+    | any other | the population model's `solver` (`pkpd.ODESolver(throw=False)`: Tsit5, rtol 1e-6); linear models are exact and ignore it |
+    """  # noqa: E501
+    model = drug.model.model
+    if isinstance(model, pkpd.PKPD) and isinstance(model.pd, _warfarin.HambergINR):
+        return _warfarin.TWIN_SOLVER
+    return drug.model.solver
+
+
+_WITH_SOLVER: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def _with_solver(pm: calibration.PopulationModel, solver: Any) -> calibration.PopulationModel:
+    """`pm` with its `solver` replaced, one object per model and solver (twins of one
+    drug and solver are then computed together: `twins.update_twins` groups them by it)."""
+    if solver is pm.solver:
+        return pm
+    key = (id(pm), repr(solver))
+    got = _WITH_SOLVER.get(key)
+    if got is None or got[0] is not pm:
+        if len(_WITH_SOLVER) > 1024:
+            _WITH_SOLVER.clear()
+        got = _WITH_SOLVER[key] = (pm, dataclasses.replace(pm, solver=solver))  # holds `pm`
+    return got[1]
 
 
 def twins_dataset(
@@ -778,9 +832,12 @@ def _update_method(method: Any, nuts_options: dict[str, Any]):
 
 
 @eqx.filter_jit
-def predict_draws(pm: calibration.PopulationModel, theta, cov, regimen, times, eta):
+def predict_draws(pm: calibration.PopulationModel, theta, cov, regimen, times, eta, solver=None):
     """The observed output at `times` of every draw `eta` `(n_draws, n_eta)` (one compiled
-    call per model value and shapes)."""
+    call per model value and shapes); an ODE model integrated by `solver` (default: the
+    population model's own)."""
+    if solver is not None and solver is not pm.solver:
+        pm = dataclasses.replace(pm, solver=solver)
 
     def one(e):
         params = pm.individual_params(theta, cov, e)

@@ -57,15 +57,15 @@ _LEVEL = 0.9
 
 
 def _groups(twins: Sequence[DigitalTwin]) -> list[list[int]]:
-    """Indices of `twins` by population model, population values and estimator (those that
-    one vmapped call can take together), in first-seen order."""
+    """Indices of `twins` by population model, population values, estimator and solver
+    (those that one vmapped call can take together), in first-seen order."""
     out: dict[Any, list[int]] = {}
     for i, tw in enumerate(twins):
         if not isinstance(tw, DigitalTwin):
             raise TypeError(f"expected DigitalTwin objects, got {type(tw).__name__} at {i}.")
         leaves, tree = jax.tree_util.tree_flatten(tw.phi)
         phi = (str(tree), tuple(np.asarray(v, dtype=float).tobytes() for v in leaves))
-        out.setdefault((id(tw.pm), phi, repr(tw.estimator)), []).append(i)
+        out.setdefault((id(tw.pm), phi, repr(tw.estimator), repr(tw.solver)), []).append(i)
     return list(out.values())
 
 
@@ -295,6 +295,7 @@ def recommend_twins(
                 per_kg_weights=[tw.weight if tw.drug.dosing.per_kg else None for tw in padded],
                 usual_durations=[tw.drug.dosing.route.duration for tw in padded],
                 loading_doses=_padded([amount for *_, amount in job], n),
+                solver=first.solver,
             )  # fmt: skip
             for (i, _, _, loading_reg, _), rec in zip(job, recs, strict=False):
                 if loading_reg is not None and isinstance(rec, Recommendation):
@@ -376,9 +377,9 @@ def _first_of_split(keys):
 
 
 @eqx.filter_jit
-def _predict_many(pm, theta, cov, regimen, times, eta):
+def _predict_many(pm, theta, cov, regimen, times, eta, solver=None):
     def one(c, r, t, e):
-        return predict_draws(pm, theta, c, r, t, e)
+        return predict_draws(pm, theta, c, r, t, e, solver)
 
     return jax.vmap(one)(cov, regimen, times, eta)
 
@@ -453,6 +454,7 @@ def forecast_twins(
                 pkpd.stack(padded, size),
                 jnp.asarray(np.stack(_padded(grids, n))),
                 eta,
+                first.solver,
             )
         )
         q = (1.0 - level) / 2.0
