@@ -2,7 +2,9 @@
 
 The population fast mode maximises the Laplace approximation of the marginal likelihood:
 for each subject the conditional mode `eta_i` of `p(y_i, eta | population)` is found by a
-damped Newton iteration (exact gradient and Hessian by JAX; all subjects vmapped), and
+damped Newton iteration (exact gradient and Hessian by JAX; all subjects vmapped, or beyond
+256 subjects in lanes fed from a queue, so that the cost follows the sum of the subjects'
+iterations), and
 
     -log p(y_i) ~= f_i(eta_i) + 1/2 log det H_i - d/2 log(2 pi),
     f_i(eta) = -log p(y_i | eta) - log N(eta; 0, Omega),  H_i = d^2 f_i / d eta^2 at eta_i,
@@ -10,9 +12,10 @@ damped Newton iteration (exact gradient and Hessian by JAX; all subjects vmapped
 with the exact Hessian (NONMEM's `METHOD=COND LAPLACIAN`; FOCE-I replaces H by its
 first-order, Gauss-Newton form). The outer BFGS over the population parameters uses central
 finite differences of this objective, as NONMEM's outer loop does: each of the 2p + 1 evaluations
-of one gradient has its own conditional modes. (Differentiating through the
-inner optimisation by implicit differentiation gives the exact gradient too, but it took 20-120 s
-to compile for a one-compartment model, against milliseconds to run.)
+of one gradient has its own conditional modes. `gradient="implicit"` differentiates through
+the inner optimisation by implicit differentiation instead (the exact gradient at the converged
+modes: one evaluation and one gradient per step, and the standard errors from differences of
+that gradient); its program takes longer to compile, so it pays on large data sets.
 
 References: Wang Y. Derivation of various NONMEM estimation methods. J Pharmacokinet
 Pharmacodyn 2007;34:575-593 (the Laplace and FOCE-I objectives and their relation to NONMEM's
@@ -164,7 +167,8 @@ def _inner(
     random effect, a relative 1e-7 of each parameter: where the subject's terms cancel to a
     small `f` the gradient's rounding noise can stay above the first test at the mode itself;
     the iteration aims at 1e-11, because the log-determinant term of the population
-    objective moves at first order with the mode) and
+    objective moves at first order with the mode, and stops short of it where a downhill
+    step halved below 1e-12 still does not decrease f: there f's rounding noise decides) and
     whether the subject's parameters at the mode are inside the model's domain (outside, the
     negative log joint is `+inf`: no step is accepted and the subject's term is not finite).
     """
