@@ -18,6 +18,10 @@ Each figure is printed next to a baseline run in the same process:
 
     python benchmarks/calibration_speed.py --json
     python benchmarks/calibration_speed.py --large 1000 --skip-theo --json
+    python benchmarks/calibration_speed.py --large 1000 --skip-theo --gradients implicit --json
+
+Each large fit records the 1-minute load average after each call (`os.getloadavg`): on a
+shared machine it says how much of the CPU the fit had.
 """
 
 from __future__ import annotations
