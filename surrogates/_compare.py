@@ -188,6 +188,7 @@ def warfarin_standard_dosing_trial(days: int = 28):
         ),
         endpoints=(FinalLevel("inr_end", f"INR on day {days + 1} (noise-free)"),),
         days=days,
+        band_points=1,  # the bands are not used: no points within the days
         solver=pkpd.FixedStep(2.0),
     )
     return trial

@@ -238,6 +238,7 @@ def training_set(
             **{f.name: getattr(trial, f.name) for f in dataclasses.fields(trial)},
             "arms": (the_arm,),
             "reference_arm": None,
+            "band_points": 1,  # no bands are written here: no points within the periods
         }
     )
     pop_key, sim_key = seed_keys(seed)

@@ -173,6 +173,8 @@ def test_base_spec_builds():
         (("run", "max_failed"), 0.1, "run.max_failed", "did you mean 'max_failed_fraction'"),
         (("published",), {"titrated": {"tr": 60.0}}, "published.titrated.tr", "unknown key"),
         (("bands",), {"low": 0.0, "high": 5.0}, "bands.low", "expected a number > 0"),
+        (("bands",), {"low": 1.0, "bins": 9}, "bands.high", "give low and high with low, bins"),
+        (("bands",), {"points_per_period": 0}, "bands.points_per_period", "integer >= 1"),
     ],
 )
 def test_errors_name_the_entry(path, value, where, expected):
@@ -456,14 +458,17 @@ def test_optional_fields():
         solver_dt_h=0.5,
         assumptions=["a", "b"],
         covariates=["AGE"],
-        bands={"low": 1.0, "high": 10.0, "bins": 9, "scale": "linear"},
+        bands={"low": 1.0, "high": 10.0, "bins": 9, "scale": "linear", "points_per_period": 3},
         published={"source": "s", "fixed": {"ttr": 50}},
         published_differences={"titrated": {"ttr": {"estimate": 1.0, "ci_low": 0, "ci_high": 2}}},
     )
     trial, options = trial_from_dict(data)
     assert trial.interval == 12.0 and trial.output_index == 0 and trial.reference_arm == "titrated"
     assert trial.solver == pkpd.FixedStep(0.5)
-    assert trial.bands_edges == tuple(float(x) for x in range(1, 11))
+    assert trial.bands_edges == tuple(float(x) for x in range(1, 11)) and trial.band_points == 3
+    only_points = copy.deepcopy(BASE) | {"bands": {"points_per_period": 1}}
+    plain, _ = trial_from_dict(only_points)
+    assert plain.band_points == 1 and plain.bands_edges == trial_from_dict(BASE)[0].bands_edges
     assert trial.published == {"source": "s", "fixed": {"ttr": 50.0}}
     assert trial.published_differences["titrated"]["ttr"]["ci_high"] == 2.0
     assert trial.assumptions == ("a", "b") and trial.covariates == ("AGE",)

@@ -238,7 +238,7 @@ def _read_spec(r: TomlReader, data: Any) -> tuple[Trial, RunOptions]:
     if "description" in top:
         kwargs["description"] = r.string(top["description"], "description")
     if "bands" in top:
-        kwargs["bands_edges"] = _bands(r, top["bands"])
+        kwargs.update(_bands(r, top["bands"]))
     if "published" in top:
         kwargs["published"] = _published(r, top["published"], arm_names, endpoint_names)
     if "published_differences" in top:
@@ -710,9 +710,24 @@ def _endpoint(r: TomlReader, value: Any, where: str, days: int) -> Endpoint:
     return probe
 
 
-def _bands(r: TomlReader, value: Any) -> tuple[float, ...]:
+def _bands(r: TomlReader, value: Any) -> dict[str, Any]:
+    """`[bands]`: the histogram's edges (`low` and `high` together, `bins`, `scale`) and
+    `points_per_period` (`Trial.band_points`), each optional."""
     where = "bands"
-    table = r.table(value, where, required=("low", "high"), optional=("bins", "scale"))
+    table = r.table(value, where, optional=("low", "high", "bins", "scale", "points_per_period"))
+    out: dict[str, Any] = {}
+    if "points_per_period" in table:
+        out["band_points"] = r.integer(
+            table["points_per_period"], key_path(where, "points_per_period"), low=1
+        )
+    edge_keys = [k for k in ("low", "high", "bins", "scale") if k in table]
+    if not edge_keys:
+        return out
+    for k in ("low", "high"):
+        if k not in table:
+            raise r.error(
+                key_path(where, k), f"missing: give low and high with {', '.join(edge_keys)}."
+            )
     scale = r.string(table.get("scale", "log"), key_path(where, "scale"), ("log", "linear"))
     low = r.number(table["low"], key_path(where, "low"), low=0.0, low_open=scale == "log")
     high = r.number(table["high"], key_path(where, "high"))
@@ -722,7 +737,8 @@ def _bands(r: TomlReader, value: Any) -> tuple[float, ...]:
     edges = (
         np.geomspace(low, high, bins + 1) if scale == "log" else np.linspace(low, high, bins + 1)
     )
-    return tuple(edges.tolist())
+    out["bands_edges"] = tuple(edges.tolist())
+    return out
 
 
 def _published(r: TomlReader, value: Any, arms: list[str], endpoints: list[str]) -> dict[str, Any]:

@@ -766,6 +766,9 @@ def coag_trial(*, days: int = 28) -> Trial:
         covariates=("AGE", "WT", "HT", "BSA"),
         reference_arm="clinical",
         solver=pkpd.FixedStep(2.0),
+        # The INR once a day, before the dose: its own time scale is days (the INR hardly
+        # moves within one), so points within the day would cost 2x the run for nothing.
+        band_points=1,
         published=PUBLISHED,
         published_differences=PUBLISHED_DIFFERENCES,
         assumptions=ASSUMPTIONS,
