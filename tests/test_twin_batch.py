@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import calibration
+import pkpd
 import twins
 
 jax.config.update("jax_enable_x64", True)
@@ -173,3 +174,28 @@ def test_recommend_twins_non_additive_metric_is_the_one_twin_search():
         np.testing.assert_allclose(b.dose, a.dose, rtol=1e-6)
         assert abs(b.probability - a.probability) <= 1.0 / 16
         np.testing.assert_allclose(b.metric_median, a.metric_median, rtol=1e-6)
+
+
+def test_join_many_is_concatenate_and_stack():
+    """The host-side join of the batched paths gives what `Regimen.__add__` and
+    `pkpd.stack` give, field by field and dtype by dtype, with its flags."""
+    from twins._recommend import join_many
+
+    inf = pkpd.infusion(1000.0, duration=1.0, time=0.0) + pkpd.infusion(750.0, rate=500.0, time=12)
+    oral = pkpd.oral(5.0, time=24.0).pad(4)
+    plans = [DRUG.regimen(3, amount=1.0, interval=12.0, start=36.0).pad(8), oral, None]
+    firsts = [inf.pad(8), inf.pad(8), oral]
+    joined, stacked = join_many(firsts, plans, 32)
+    expect = [a if b is None else a + b for a, b in zip(firsts, plans, strict=True)]
+    want = pkpd.stack(expect, 32)
+    for got, ref in [*zip(joined, expect, strict=True), (stacked, want)]:
+        assert got.n_events == ref.n_events
+        for f in ("time", "amount", "cmt", "rate", "duration", "lag", "bioav", "evid", "ss"):
+            np.testing.assert_array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(ref, f)))
+            assert np.asarray(getattr(got, f)).dtype == np.asarray(getattr(ref, f)).dtype
+        for f in ("ii", "order", "mask"):
+            np.testing.assert_array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(ref, f)))
+        flags = ("ss_intervals", "has_ss", "has_reset", "has_infusion")
+        assert [getattr(got, f) for f in flags] == [getattr(ref, f) for f in flags]
+    with pytest.raises(ValueError, match="shorter than the longest"):
+        join_many(firsts, plans, 8)

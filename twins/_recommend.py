@@ -782,6 +782,106 @@ def _simulated_search(sim, bounds, steps: int, u0):
 
 # --- many patients at once ------------------------------------------------------------------
 
+_FIELDS = ("time", "amount", "cmt", "rate", "duration", "lag", "bioav", "evid", "ss", "ii", "mask")
+_PAD: dict[str, Any] = {}
+
+
+def _pad_values() -> dict[str, Any]:
+    """The values of a padding event in each field (read off `Regimen.pad`)."""
+    if not _PAD:
+        probe = pkpd.bolus(1.0).pad(2)
+        _PAD.update({f: np.asarray(getattr(probe, f))[1] for f in (*_FIELDS, "order")})
+    return _PAD
+
+
+def join_many(
+    firsts: Sequence[pkpd.Regimen | None],
+    seconds: Sequence[pkpd.Regimen | None],
+    n_events: int | None = None,
+) -> tuple[list[pkpd.Regimen], pkpd.Regimen]:
+    """`[a + b for a, b in zip(firsts, seconds)]` (a part `None`: the other alone) and
+    `pkpd.stack` of them (to `n_events` slots), built in NumPy on the host with one
+    transfer per field for the stack: what `Regimen.__add__` (`pkpd.concatenate`) and
+    `pkpd.stack` give, value for value (event order rank where `mask`, else +inf), without
+    their per-twin device transfers. The joined regimens hold NumPy arrays. Regimens with
+    `addl_offset` or traced values go through `pkpd` itself."""
+    pairs = [[r for r in (a, b) if r is not None] for a, b in zip(firsts, seconds, strict=True)]
+    if any(not parts for parts in pairs):
+        raise ValueError("join_many: each row needs at least one regimen.")
+    regs = [r for parts in pairs for r in parts]
+    if any(r.addl_offset is not None for r in regs) or any(
+        isinstance(getattr(r, f), jax.core.Tracer) for r in regs for f in _FIELDS
+    ):
+        joined = [parts[0] if len(parts) == 1 else pkpd.concatenate(parts) for parts in pairs]
+        return joined, pkpd.stack(joined, n_events)
+    lengths = [sum(r.n_events for r in parts) for parts in pairs]
+    n = max(lengths) if n_events is None else int(n_events)
+    if n < max(lengths):
+        raise ValueError(f"join_many: n_events={n} is shorter than the longest ({max(lengths)}).")
+    pad = _pad_values()
+    host = {f: [[np.asarray(getattr(r, f)) for r in parts] for parts in pairs] for f in _FIELDS}
+    out: dict[str, np.ndarray] = {}
+    for f in _FIELDS:
+        rows = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in host[f]]
+        dtype = rows[0].dtype
+        block = np.full((len(rows), n), pad[f], dtype=dtype)
+        for i, row in enumerate(rows):
+            block[i, : row.shape[0]] = row
+        out[f] = block
+    rank = np.arange(n, dtype=pad["order"].dtype)
+    out["order"] = np.where(out["mask"], rank, np.inf).astype(pad["order"].dtype)
+    flags = [
+        {
+            "ss_intervals": max(r.ss_intervals for r in parts),
+            "has_ss": any(r.has_ss for r in parts),
+            "has_reset": any(r.has_reset for r in parts),
+            "has_infusion": any(r.has_infusion for r in parts),
+        }
+        for parts in pairs
+    ]
+    joined = []
+    for i, parts in enumerate(pairs):
+        if len(parts) == 1:
+            joined.append(parts[0])
+            continue
+        k = lengths[i]
+        joined.append(pkpd.Regimen(**{f: out[f][i, :k] for f in (*_FIELDS, "order")}, **flags[i]))
+    stacked = pkpd.Regimen(
+        **{f: jnp.asarray(v) for f, v in out.items()},
+        ss_intervals=max(fl["ss_intervals"] for fl in flags),
+        has_ss=any(fl["has_ss"] for fl in flags),
+        has_reset=any(fl["has_reset"] for fl in flags),
+        has_infusion=any(fl["has_infusion"] for fl in flags),
+    )
+    return joined, stacked
+
+
+def _check_many(pm, draws, fulls, stacked, names, errors) -> None:
+    """`check_draws` of every patient not failed yet: one host check of all of them together
+    (`pkpd.check_inputs` takes leading axes; a regimen without steady-state doses is
+    checked event by event), and one by one only when that fails or a steady-state dose
+    needs each patient's own parameters, to name the patient."""
+    live = [i for i in range(len(fulls)) if i not in errors]
+    if not live:
+        return
+    if not stacked.has_ss:
+        take = np.asarray(live)
+        try:
+            pkpd.check_inputs(
+                pm.model,
+                {k: np.asarray(v)[take] for k, v in draws.items()},
+                # the events of all of them as one regimen (checked event by event)
+                jax.tree_util.tree_map(lambda x: np.asarray(x)[take].reshape(-1), stacked),
+            )
+            return
+        except ValueError:
+            pass  # someone's draws or doses fail: find who
+    for i in live:
+        try:
+            check_draws(pm, {n: v[i] for n, v in draws.items()}, fulls[i], names[i])
+        except ValueError as error:
+            errors[i] = error  # this patient only: the others go on
+
 
 def recommend_doses(
     pm: Any,
@@ -848,14 +948,8 @@ def recommend_doses(
     draws = jax.device_get(_draw_params(pm, theta, covariates, eta))
     for j in range(len(plans[0])):
         mine = [ps[j] for ps in plans]
-        fulls = [h + p.regimen for h, p in zip(histories, mine, strict=True)]
-        for i, one in enumerate(fulls):
-            if i not in errors:
-                try:
-                    check_draws(pm, {n: v[i] for n, v in draws.items()}, one, names[i])
-                except ValueError as error:
-                    errors[i] = error  # this patient only: the others go on
-        full = pkpd.stack(fulls)
+        fulls, full = join_many(histories, [p.regimen for p in mine])
+        _check_many(pm, draws, fulls, full, names, errors)
         scale = jnp.concatenate([jnp.zeros(n_hist), jnp.ones(mine[0].regimen.n_events)])
         window = (
             jnp.asarray([p.end for p in mine], float),

@@ -37,6 +37,7 @@ from ._recommend import (
     Recommendation,
     constrained_intervals,
     dosing_choices,
+    join_many,
     loading_dose,
     plan_doses,
     plans_after_loading,
@@ -65,8 +66,23 @@ def _groups(twins: Sequence[DigitalTwin]) -> list[list[int]]:
             raise TypeError(f"expected DigitalTwin objects, got {type(tw).__name__} at {i}.")
         leaves, tree = jax.tree_util.tree_flatten(tw.phi)
         phi = (str(tree), tuple(np.asarray(v, dtype=float).tobytes() for v in leaves))
-        out.setdefault((id(tw.pm), phi, repr(tw.estimator), repr(tw.solver)), []).append(i)
+        key = (id(tw.pm), phi, _described(tw.estimator), _described(tw.solver))
+        out.setdefault(key, []).append(i)
     return list(out.values())
+
+
+_DESCRIBED: dict[int, tuple[Any, str]] = {}
+
+
+def _described(obj: Any) -> str:
+    """`repr(obj)`, kept by object (equinox's pretty-printer takes a millisecond, and a
+    batch's twins share their estimator and solver objects)."""
+    got = _DESCRIBED.get(id(obj))
+    if got is None or got[0] is not obj:
+        if len(_DESCRIBED) > 1024:
+            _DESCRIBED.clear()
+        got = _DESCRIBED[id(obj)] = (obj, repr(obj))  # holds `obj`: its id is not reused
+    return got[1]
 
 
 def update_twins(
@@ -412,20 +428,13 @@ def forecast_twins(
         )
     out: list[Forecast | Exception | None] = [None] * len(twins)
     for group in _groups(twins):
-        ready, plans = [], []
+        ready = []
         for i in group:
             tw = twins[i]
-            try:
-                if regs[i] is None and tw.history is None:
-                    raise ValueError(f"DigitalTwin {tw.patient_id}: no doses given and no regimen.")
-                plan = regs[i] if tw.history is None else (
-                    tw.history if regs[i] is None else tw.history + regs[i]
-                )  # fmt: skip
-            except ValueError as error:
-                out[i] = error
+            if regs[i] is None and tw.history is None:
+                out[i] = ValueError(f"DigitalTwin {tw.patient_id}: no doses given and no regimen.")
                 continue
             ready.append(i)
-            plans.append(plan)
         if not ready:
             continue
         grids = [np.asarray(times[i], dtype=float) for i in ready]
@@ -436,8 +445,15 @@ def forecast_twins(
             )
         members = [twins[i] for i in ready]
         n = _bucket(len(ready))
-        size = _bucket(max(p.n_events for p in plans))
-        padded = _padded(plans, n)
+        # each twin's history and plan joined (`history + regimen`), and stacked, on the host
+        hist = [twins[i].history for i in ready]
+        size = _bucket(
+            max(
+                sum(r.n_events for r in (h, regs[i]) if r is not None)
+                for h, i in zip(hist, ready, strict=True)
+            )
+        )
+        plans, stacked = join_many(_padded(hist, n), _padded([regs[i] for i in ready], n), size)
         # split in one call, the keys padded to the bucket `n` (one compilation per bucket)
         eta_keys = list(_first_of_split(jnp.stack(_padded([ks[i] for i in ready], n))))
         eta = _draws(_padded(members, n), eta_keys, n_draws)
@@ -451,7 +467,7 @@ def forecast_twins(
                 first.pm,
                 first.theta,
                 covs,
-                pkpd.stack(padded, size),
+                stacked,
                 jnp.asarray(np.stack(_padded(grids, n))),
                 eta,
                 first.solver,
