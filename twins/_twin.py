@@ -191,7 +191,7 @@ class DigitalTwin:
       `DeprecationWarning`).
     - `solver`: how the forecasts and dose searches integrate an ODE model: a
       `pkpd.ODESolver` (diffrax, adaptive steps) or a `pkpd.FixedStep`. Default
-      `twin_solver(drug)`: `twins.drugs.warfarin.TWIN_SOLVER` (fixed steps) for the
+      `twin_solver(drug)`: `twins.drugs.warfarin.TWIN_SOLVER` (`FixedStep(1.0)`) for the
       warfarin PK/INR models, the population model's own `solver` otherwise (linear
       models are exact and ignore it). With `calibration.FOCEI()` the MAP update uses it
       too (its Jacobians go by forward mode, which `FixedStep` supports);
