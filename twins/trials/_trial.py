@@ -491,6 +491,21 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
     # A slipped visit's rule is that of its scheduled period (`Arm.step_at`).
     slipping = schedule and trial.visits.slips  # type: ignore[union-attr]
     timed = trial.adherence is not None and trial.adherence.timing is not None
+    # Parameters that change every period in a PK/PD model with linear PK under FixedStep
+    # (an OU term on CL): `pkpd.advance`'s one-dose path (transitions by a squared Taylor
+    # polynomial) costs less per period than the fast path's matrix exponential, which is
+    # then recomputed every period; the same fixed steps, the same results to rounding.
+    split_varying = (
+        bool(varying)
+        and window == 1
+        and not infused
+        and steps is None
+        and isinstance(model, pkpd.PKPD)
+        and model.pk.is_linear
+        and model.pd.n_states > 0
+        and isinstance(solver, pkpd.FixedStep)
+    )
+    at_start = not (timed or split_varying)  # `advance(doses_at_start=...)`
     scheduled = jnp.asarray(visits)
 
     def one(params, state, key, taken, more):
@@ -540,7 +555,7 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
             out = pkpd.advance(
                 model, params, x, doses, t0, t0 + tau,
                 solver=solver, rates=r if infused else None, exposure_steps=steps,
-                output=out_idx, checks=False, length=tau, doses_at_start=not timed,
+                output=out_idx, checks=False, length=tau, doses_at_start=at_start,
             )  # fmt: skip
             exposure = () if out.auc is None else (out.auc, out.cmax)
             curve = () if points == 1 else (within(params, x, r, doses, t0),)
@@ -560,7 +575,7 @@ def make_runner(trial: Trial, arm: Arm, window: int, mesh: Any = None):
                 o = pkpd.advance(
                     model, params, xk, doses, ta, ta + h, solver=solver,
                     rates=rk if infused else None, output=out_idx, checks=False, length=h,
-                    doses_at_start=not timed,
+                    doses_at_start=at_start,
                 )  # fmt: skip
                 return (o.state, o.rates), model.output(params, o.state)[out_idx]
 
