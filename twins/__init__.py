@@ -64,6 +64,7 @@ from ._twin import DigitalTwin as DigitalTwin
 from ._twin import Forecast as Forecast
 from ._twin import Posterior as Posterior
 from ._twin import Recommendation as Recommendation
+from ._twin import twin_solver as twin_solver
 from ._twin_batch import forecast_twins as forecast_twins
 from ._twin_batch import recommend_twins as recommend_twins
 from ._twin_batch import update_twins as update_twins
@@ -139,6 +140,7 @@ __all__ = [
     "Ctrough",
     "Demographics",
     "DigitalTwin",
+    "twin_solver",
     "DoseConstraints",
     "DoseTiming",
     "DosesTaken",
