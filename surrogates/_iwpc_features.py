@@ -233,8 +233,8 @@ def _read(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
 def cohort(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
     """The eligible IWPC patients (`twins.validation.load_iwpc`) with every model's inputs.
 
-    Columns: those of `iwpc_warfarin(csv)["predictions"]` (`dose` in mg/week, `twin`,
-    `iwpc_2009`, ...), the `CLINICAL_FEATURES`, the imputed VKORC1 -1639 genotype
+    Columns: those of `iwpc_warfarin(csv, recalibrated=False)["predictions"]` (`dose` in
+    mg/week, `twin`, `iwpc_2009`, ...), the `CLINICAL_FEATURES`, the imputed VKORC1 -1639 genotype
     (`vkorc1_imputed`, text) and the `MECHANISTIC_FEATURES`: `twin_imputed` (the Hamberg
     2007 twin's weekly dose at INR 2.5 with the imputed VKORC1; NaN where CYP2C9 is not one
     of the model's six diplotypes or VKORC1 is unknown) and `iwpc_2009_imputed` (the IWPC
@@ -244,7 +244,7 @@ def cohort(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
     and column of a value outside the expected ones.
     """
     raw = _read(csv_path)
-    data = iwpc_warfarin(csv_path)["predictions"].reset_index(drop=True)
+    data = iwpc_warfarin(csv_path, recalibrated=False)["predictions"].reset_index(drop=True)
     rows = data["row"].to_numpy(dtype=int)
     sub = raw.iloc[rows].reset_index(drop=True)
     where = [row_label(r, s) for r, s in zip(rows, sub[_ID].tolist(), strict=True)]

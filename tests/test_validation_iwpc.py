@@ -143,7 +143,7 @@ def test_an_empty_medication_field_is_not_taking_it_as_the_algorithm_codes_it(tm
     df.to_csv(path, index=False)
     data = V.load_iwpc(path).set_index("row")
     assert data.loc[3, "amiodarone"] == 0.0 and data.loc[3, "enzyme_inducer"] == 0.0
-    doses = V.iwpc_warfarin(path)["predictions"].set_index("row")["iwpc_2009"]
+    doses = V.iwpc_warfarin(path, recalibrated=False)["predictions"].set_index("row")["iwpc_2009"]
     by_hand = V.iwpc_2009_dose(
         age_decades=data.loc[3, "age_decades"],
         height_cm=data.loc[3, "height"],
@@ -208,3 +208,15 @@ def test_recalibrated_twin_is_cross_validated_on_the_twin_patients(result):
     pred = result["predictions"]
     assert pred["recalibrated_cv"].notna().sum() == 3361
     assert pred.loc[pred["excluded"] != "", "recalibrated_cv"].isna().all()
+
+
+def test_without_the_recalibrated_twin_every_other_figure_is_the_same(result):
+    """`recalibrated=False` (what surrogates.validation uses: its five MAP fits are most of
+    the time) leaves the recalibrated figures out and changes nothing else."""
+    quick = V.iwpc_warfarin(IWPC_CSV, recalibrated=False)
+    assert "recalibrated_cv" not in quick
+    assert "recalibrated_cv" not in quick["predictions"].columns
+    for key in ("n", "mae", "within20", "r2", "iwpc_2009", "excluded", "twin_rescaled_cv"):
+        assert quick[key] == result[key], key
+    full = result["predictions"].drop(columns="recalibrated_cv")
+    pd.testing.assert_frame_equal(quick["predictions"], full)
