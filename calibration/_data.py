@@ -43,8 +43,10 @@ class Dataset(eqx.Module):
       `row_time` `(subjects, rows)` the times of the rows on which the parameters are
       evaluated (the records and the rows `pkpd.interpolate_covariates` adds), padded with
       the last; `row_covariates` name -> `(subjects, rows)` the covariate on each row;
-      `obs_row` `(subjects, obs)` the row of each observation; `interpolation` the
-      `(covariate, method)` pairs. The regimen's events then point at these rows.
+      `obs_row` `(subjects, obs)` the row of each observation; `row_occasion`
+      `(subjects, rows)` the 0-based occasion whose kappas apply on each row (for a model
+      with IOV; see `from_records`); `interpolation` the `(covariate, method)` pairs. The
+      regimen's events then point at these rows.
 
     A `Dataset` is an `equinox.Module` (a pytree): the arrays, `ids` included, are its leaves
     and `records` is static. `numeric()` gives the same data without `ids` and `records`:
@@ -66,6 +68,7 @@ class Dataset(eqx.Module):
     row_time: np.ndarray | None
     row_covariates: dict[str, np.ndarray]
     obs_row: np.ndarray | None
+    row_occasion: np.ndarray | None
     interpolation: tuple[tuple[str, str], ...] = eqx.field(static=True)
     obs_order: np.ndarray | None
     obs_dvid: np.ndarray | None
@@ -86,6 +89,7 @@ class Dataset(eqx.Module):
         row_time: np.ndarray | None = None,
         row_covariates: dict[str, np.ndarray] | None = None,
         obs_row: np.ndarray | None = None,
+        row_occasion: np.ndarray | None = None,
         interpolation: tuple[tuple[str, str], ...] = (),
         obs_order: np.ndarray | None = None,
         obs_dvid: np.ndarray | None = None,
@@ -106,6 +110,9 @@ class Dataset(eqx.Module):
         self.row_time = row_time
         self.row_covariates = dict(row_covariates or {})
         self.obs_row = obs_row
+        if row_time is not None and row_occasion is None:
+            row_occasion = np.zeros(np.shape(row_time), dtype=np.int32)
+        self.row_occasion = row_occasion
         self.interpolation = tuple(interpolation)
         self.obs_order = obs_order
         self.obs_dvid = obs_dvid
@@ -127,6 +134,7 @@ class Dataset(eqx.Module):
             "row_time": fn(self.row_time),
             "row_covariates": {k: fn(v) for k, v in self.row_covariates.items()},
             "obs_row": fn(self.obs_row),
+            "row_occasion": fn(self.row_occasion),
             "interpolation": self.interpolation,
         } | order
 
@@ -270,7 +278,9 @@ class Dataset(eqx.Module):
         if methods:
             for col in methods:
                 _check_covariate(df, col, np.ones(len(df), bool))
-            rows, _ = pkpd.interpolate_covariates(df, methods, substeps=substeps)
+            rows, row_record = pkpd.interpolate_covariates(df, methods, substeps=substeps)
+            row_ids = rows["ID"].to_numpy()
+            df_ids = df["ID"].to_numpy()
         ids = pd.unique(df["ID"])
         regimens, obs, starts, occ_codes, row_sets = [], [], [], [], []
         before_dose: list[str] = []
@@ -287,10 +297,15 @@ class Dataset(eqx.Module):
                 regimens.append(pkpd.regimen_from_records(sub, n_states, max_doses=max_doses))
             else:
                 # The events point at the rows (records and added rows) of this subject.
-                mine: Any = rows[rows["ID"].to_numpy() == sid]
+                here = row_ids == sid
+                mine: Any = rows[here]
+                rec = row_record[here]
+                own = np.full(len(rec), -1, dtype=np.int32)
+                own[rec >= 0] = codes[np.searchsorted(np.flatnonzero(df_ids == sid), rec[rec >= 0])]
+                mine, row_occ = _occasion_rows(mine, own, start)
                 regimens.append(pkpd.regimen_from_records(mine, n_states, max_doses=max_doses))
                 row_obs = (mine["EVID"].to_numpy() == 0) & (mine["MDV"].to_numpy() == 0)
-                row_sets.append((mine, np.flatnonzero(row_obs)))
+                row_sets.append((mine, np.flatnonzero(row_obs), row_occ))
             o: Any = sub[is_obs].copy()
             occ_codes.append(codes[is_obs])
             dv = pd.to_numeric(o["DV"], errors="coerce").to_numpy(dtype=float)
@@ -372,14 +387,16 @@ class Dataset(eqx.Module):
                 obs_order[i, : len(at)] = at
             extra["obs_order"] = obs_order
         if row_sets:
-            n_rows = max(len(mine) for mine, _ in row_sets)
+            n_rows = max(len(mine) for mine, _, _ in row_sets)
             row_time = np.zeros((n, n_rows))
             row_cov = {col: np.zeros((n, n_rows)) for col in methods}
             obs_row = np.zeros((n, n_obs), dtype=np.int32)
-            for i, (mine, at) in enumerate(row_sets):
+            row_occasion = np.zeros((n, n_rows), dtype=np.int32)
+            for i, (mine, at, row_occ) in enumerate(row_sets):
                 k = len(mine)
                 t = mine["TIME"].to_numpy(dtype=float)
                 row_time[i, :k], row_time[i, k:] = t, t[-1]
+                row_occasion[i, :k], row_occasion[i, k:] = row_occ, row_occ[-1]
                 for col in methods:
                     v = mine[col].to_numpy(dtype=float)
                     row_cov[col][i, :k], row_cov[col][i, k:] = v, v[-1]
@@ -389,6 +406,7 @@ class Dataset(eqx.Module):
                 "row_time": row_time,
                 "row_covariates": row_cov,
                 "obs_row": obs_row,
+                "row_occasion": row_occasion,
                 "interpolation": tuple(methods.items()),
             }
         return cls(
@@ -435,14 +453,16 @@ class Dataset(eqx.Module):
         return out
 
     def row_arrays(self) -> dict[str, Any]:
-        """The time-varying covariates as JAX arrays, the keys `row_time`, `row_cov` and
-        `obs_row` that `PopulationModel.predict_random` reads (empty without them)."""
+        """The time-varying covariates as JAX arrays, the keys `row_time`, `row_cov`,
+        `obs_row` and `row_occ` (`row_occasion`) that `PopulationModel.predict_random` reads
+        (empty without them)."""
         if self.row_time is None:
             return {}
         return {
             "row_time": jnp.asarray(self.row_time),
             "row_cov": {k: jnp.asarray(v) for k, v in self.row_covariates.items()},
             "obs_row": jnp.asarray(self.obs_row),
+            "row_occ": jnp.asarray(self.row_occasion),
         }
 
 
@@ -530,6 +550,39 @@ def _observed_before_dose(sub: Any, is_obs: np.ndarray, sid: Any) -> list[str]:
         if later.any():
             out.append(f"subject ID={_plain(sid)}, row {sub.index[j]!r} at TIME={time[j]:g} h")
     return out
+
+
+def _occasion_rows(mine: Any, own: np.ndarray, start: np.ndarray) -> tuple[Any, np.ndarray]:
+    """One subject's rows (records and the rows `pkpd.interpolate_covariates` added) with
+    the occasion whose kappas apply on each row, for a model with inter-occasion variability.
+
+    The occasions follow the rule of data without time-varying covariates
+    (`calibration.occasion_index`, `pkpd.simulate_piecewise`): the parameters change at an
+    occasion's start, so the advance up to that time is made with the occasion before, and
+    each record's own dose and prediction take its `OCC` occasion (`own`, `-1` for an added
+    row). A row governs the advance up to it (the next-record convention), so an added row
+    takes the occasion in effect before its time, and where the first record of an occasion
+    ends an advance (its time is after the row before it) a copy of it is put before it as
+    an `EVID=2` row (no dose, no observation, the record's covariates and index label) that
+    carries the advance with the occasion before.
+
+    **Returns:** `(rows, occasion)`: the rows with those copies, and each row's occasion.
+    """
+    t = mine["TIME"].to_numpy(dtype=float)
+    before = np.clip(np.searchsorted(start, t, side="left") - 1, 0, None).astype(np.int32)
+    advance = np.zeros(len(t), bool)
+    advance[1:] = t[1:] > t[:-1]
+    occ = np.where(own >= 0, own, before).astype(np.int32)
+    split = np.flatnonzero((own >= 0) & advance & (own != before))
+    if split.size == 0:
+        return mine, occ
+    added = mine.iloc[split].copy()
+    for col, zero in (("EVID", 2), ("AMT", 0.0), ("RATE", 0.0), ("II", 0.0), ("ADDL", 0),
+                      ("SS", 0), ("MDV", 1)):  # fmt: skip
+        added[col] = zero
+    order = np.argsort(np.concatenate([np.arange(len(t)), split - 0.5]), kind="stable")
+    rows = pd.concat([mine, added]).iloc[order]
+    return rows, np.concatenate([occ, before[split]])[order]
 
 
 def _occasions(sub: Any, column: str, sid: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,7 @@ from ._random import as_key
 from ._simulation import (
     Population,
     curves,
+    grid_rows,
     observations_of,
     population_values,
     simulate_replicates,
@@ -394,7 +395,11 @@ def individual_plots(
     the subject's last observation time with the individual modes of the fit (or of
     `individual_map` for population values). With inter-occasion variability IPRED uses the
     kappas of each occasion (the modes, `fit.individual.kappa`), so it steps at the start of
-    each occasion, marked by a dotted vertical line; PRED has every kappa at 0.
+    each occasion, marked by a dotted vertical line; PRED has every kappa at 0. With
+    time-varying covariates (`Dataset.from_records(interpolation=...)`) the curves follow
+    them: each grid time takes the covariates (and occasion) in effect there as the
+    likelihood reads them (`grid_rows`: each covariate's own rule, `"linear"` on the
+    estimation's sub-intervals), so IPRED passes through the predictions on the records.
 
     **Arguments:**
 
@@ -428,11 +433,14 @@ def individual_plots(
     tmax = np.where(sub.observed, sub.time, 0.0).max(axis=1)
     tmax = np.where(tmax > 0, tmax, 1.0)
     grid = jnp.asarray(tmax[:, None] * np.linspace(0.0, 1.0, n_grid)[None, :])
-    cov, reg, _ = subject_design(sub)
+    cov, reg, _ = subject_design(sub, rows=True)
     b = _random_effects(pm, ind)[index]
     start = jnp.asarray(sub.occasion_start) if pm.iov else None
 
     kind = {} if dvid is None else {"dvid": jnp.full(grid.shape, float(dvid))}
+    if sub.time_varying:  # the covariates read on the grid as the likelihood reads them
+        reg, rows = grid_rows(sub, np.asarray(grid))
+        kind |= rows
     ipred, pred = curves(pm, nat, cov, reg, grid, b, start, order=kind)
     ipred, pred, grid_np = np.asarray(ipred), np.asarray(pred), np.asarray(grid)
     n = index.size

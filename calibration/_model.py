@@ -551,34 +551,35 @@ class PopulationModel(eqx.Module):
         )
         return self._observed(y, dvid)
 
-    def row_params(self, theta, covariates, obs, eta):
+    def row_params(self, theta, covariates, obs, b):
         """Parameters of one subject on each of its rows (`(rows,)` each), for data with
         time-varying covariates (`Dataset.from_records(interpolation=...)`): the typical
-        values at each row's covariates (`obs["row_cov"]`; the others at their baseline)."""
+        values at each row's covariates (`obs["row_cov"]`; the others at their baseline),
+        times `exp(eta)` and, for a model with IOV, `exp(kappa)` of each row's occasion
+        (`obs["row_occ"]`, `Dataset.row_occasion`). `b` holds the random effects as in
+        `predict_random`."""
         rows = obs["row_cov"]
         base = {k: v for k, v in covariates.items() if k not in rows}
-        return jax.vmap(lambda c: self.individual_params(theta, {**base, **c}, eta))(rows)
-
-    def _no_iov_with_rows(self):
-        if self.iov:
-            raise NotImplementedError(
-                "PopulationModel: inter-occasion variability together with time-varying "
-                "covariates (Dataset.from_records(interpolation=...)) is not supported yet; "
-                "fit the IOV model with baseline covariates, or the covariates without IOV."
-            )
+        eta = b[: self.n_eta]
+        if not self.iov:
+            return jax.vmap(lambda c: self.individual_params(theta, {**base, **c}, eta))(rows)
+        kappa = b[self.n_eta :].reshape(-1, len(self.iov))[obs["row_occ"]]
+        return jax.vmap(lambda c, k: self.individual_params(theta, {**base, **c}, eta, k))(
+            rows, kappa
+        )
 
     def predict_random(self, theta, covariates, regimen, obs, b):
         """Predictions at `obs["time"]` for one subject's random effects `b` (etas, then the
         kappas of each occasion when the model has IOV: `n_random` values), in record order
         at equal times when `obs` holds `order` (`Dataset.record_arrays`).
 
-        With time-varying covariates (`obs` holds `row_time`, `row_cov`, `obs_row`: see
-        `Dataset.row_arrays`) the parameters are evaluated on every row and the subject is
-        simulated by `pkpd.simulate_recordwise`, as `pkpd.simulate_records` does."""
+        With time-varying covariates (`obs` holds `row_time`, `row_cov`, `obs_row` and
+        `row_occ`: see `Dataset.row_arrays`) the parameters are evaluated on every row (with
+        the kappas of each row's occasion) and the subject is simulated by
+        `pkpd.simulate_recordwise`, as `pkpd.simulate_records` does."""
         eta = b[: self.n_eta]
         if "row_time" in obs:
-            self._no_iov_with_rows()
-            params = self.row_params(theta, covariates, obs, eta)
+            params = self.row_params(theta, covariates, obs, b)
             y = pkpd.simulate_recordwise(
                 self.model, params, obs["row_time"], regimen, obs["obs_row"], checks=False,
                 solver=self.solver,
@@ -612,8 +613,7 @@ class PopulationModel(eqx.Module):
         on every row are checked."""
         eta = b[: self.n_eta]
         if obs is not None and "row_time" in obs:
-            self._no_iov_with_rows()
-            return in_domain(self.model, self.row_params(theta, covariates, obs, eta))
+            return in_domain(self.model, self.row_params(theta, covariates, obs, b))
         if not self.iov:
             return in_domain(self.model, self.individual_params(theta, covariates, eta))
         kappa = b[self.n_eta :].reshape(n_occasions, len(self.iov))

@@ -308,7 +308,7 @@ def _bin_edges(t: np.ndarray, bins: int | Sequence[float]) -> np.ndarray:
 def _pred(pm: PopulationModel, population: Population, data: Dataset) -> np.ndarray:
     _, nat = population_values(pm, population)
     cov, reg, time = subject_design(data, "vpc", rows=True)
-    eta = jnp.zeros((data.n_subjects, pm.n_eta))  # PRED: the kappas at 0 too
+    eta = jnp.zeros((data.n_subjects, pm.n_random(data.n_occasions)))  # PRED: kappas 0 too
     order = data.record_arrays() | data.row_arrays()
     return np.asarray(curves(pm, nat, cov, reg, time, eta, order=order)[1])
 

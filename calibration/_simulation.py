@@ -101,16 +101,71 @@ def subject_design(data: Dataset, who: str = "individual_plots", *, rows: bool =
     """Covariates, regimens and observation times of every subject, as JAX arrays (the
     diagnostics' design). With `rows=True` the caller also passes `Dataset.row_arrays` to
     the predictions (`curves`, `PopulationModel.predict_random`), which then follow
-    time-varying covariates record by record; without it data with time-varying covariates
-    are refused, `NotImplementedError`, rather than simulated at their baseline."""
+    time-varying covariates record by record (on a time grid of its own: `grid_rows`);
+    without it data with time-varying covariates are refused, `NotImplementedError`, rather
+    than simulated at their baseline."""
     if data.time_varying and not rows:
         raise NotImplementedError(
             f"{who}: data with time-varying covariates (Dataset.from_records(interpolation="
-            "...)) are not supported yet (it simulates subject-level covariates on a dense "
-            "time grid); residuals, vpc, the estimators and simulate_dataset support them."
+            "...)) need the predictions on their rows (subject_design(rows=True) with "
+            "Dataset.row_arrays, or grid_rows for a time grid); this caller reads the "
+            "covariates at their baseline only."
         )
     cov = {k: jnp.asarray(v) for k, v in data.covariates.items()}
     return cov, data.regimen, jnp.asarray(data.time)
+
+
+def grid_rows(data: Dataset, grid: np.ndarray) -> tuple[Any, dict[str, Any]]:
+    """The regimens and the row arrays (`Dataset.row_arrays`) of the subjects of `data`
+    (time-varying covariates) with a row added at each time of `grid` `(subjects, points)`
+    (sorted), whose predictions are the outputs (`obs_row`): the curves of
+    `individual_plots` follow the covariates as the likelihood reads them.
+
+    A grid row carries the parameters in effect at its time: those of the next row after it
+    (the next-record convention: that row's covariates and occasion govern the interval
+    before it, which is each covariate's own interpolation rule, `"linear"` on the
+    estimation's sub-intervals), or at the time of a row those of the last row there (the
+    output after the events at that time, as `pkpd.simulate` gives it). It adds no dose and
+    no advance with other parameters, so the curve passes through the predictions on the
+    data's rows. The regimens' events are renumbered to point at the same rows as before.
+
+    **Returns:** `(regimen, rows)`: the stacked regimen and the JAX row arrays (`row_time`,
+    `row_cov`, `row_occ`, and `obs_row` pointing at the grid rows).
+    """
+    assert data.row_time is not None and data.row_occasion is not None
+    grid = np.asarray(grid, dtype=float)
+    n, n_rows = np.shape(data.row_time)
+    n_grid = grid.shape[1]
+    row_time = np.asarray(data.row_time)
+    cov = {k: np.asarray(v) for k, v in data.row_covariates.items()}
+    occ = np.asarray(data.row_occasion)
+    order = np.array(data.regimen.order, dtype=float)
+    new_time = np.zeros((n, n_rows + n_grid))
+    new_cov = {k: np.zeros((n, n_rows + n_grid)) for k in cov}
+    new_occ = np.zeros((n, n_rows + n_grid), dtype=np.int32)
+    obs_row = np.zeros((n, n_grid), dtype=np.int32)
+    for i in range(n):
+        r, g = row_time[i], grid[i]
+        at = np.searchsorted(r, g, side="right")  # after every row at or before g
+        on_row = (at > 0) & (r[np.clip(at - 1, 0, None)] == g)
+        source = np.clip(np.where(on_row, at - 1, at), 0, n_rows - 1)
+        mine = np.arange(n_rows) + np.searchsorted(at, np.arange(n_rows), side="right")
+        theirs = at + np.arange(n_grid)
+        new_time[i, mine], new_time[i, theirs] = r, g
+        for k, v in cov.items():
+            new_cov[k][i, mine], new_cov[k][i, theirs] = v[i], v[i][source]
+        new_occ[i, mine], new_occ[i, theirs] = occ[i], occ[i][source]
+        obs_row[i] = theirs
+        real = np.isfinite(order[i])
+        order[i, real] += np.searchsorted(at, order[i, real], side="right")
+    regimen = eqx.tree_at(lambda reg: reg.order, data.regimen, jnp.asarray(order))
+    rows = {
+        "row_time": jnp.asarray(new_time),
+        "row_cov": {k: jnp.asarray(v) for k, v in new_cov.items()},
+        "obs_row": jnp.asarray(obs_row),
+        "row_occ": jnp.asarray(new_occ),
+    }
+    return regimen, rows
 
 
 @eqx.filter_jit
@@ -341,6 +396,7 @@ def _with_observations(data: Dataset, dv: np.ndarray, blq: np.ndarray) -> Datase
         row_time=data.row_time,
         row_covariates=data.row_covariates,
         obs_row=data.obs_row,
+        row_occasion=data.row_occasion,
         interpolation=data.interpolation,
         obs_order=data.obs_order,
         obs_dvid=data.obs_dvid,
@@ -371,6 +427,7 @@ def tile(data: Dataset, n: int) -> Dataset:
         row_time=sub.row_time,
         row_covariates=sub.row_covariates,
         obs_row=sub.obs_row,
+        row_occasion=sub.row_occasion,
         interpolation=sub.interpolation,
         obs_order=sub.obs_order,
         obs_dvid=sub.obs_dvid,

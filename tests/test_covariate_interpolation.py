@@ -329,8 +329,8 @@ def test_a_covariate_outside_the_domain_later_in_time_is_rejected():
 def test_residuals_and_vpc_follow_time_varying_covariates_and_simulation_reads_them():
     """Residuals and the VPC's population predictions of data with time-varying covariates
     follow them record by record: PRED is simulate_records at eta = 0, IPRED at the
-    conditional modes, IWRES (DV - IPRED) / sigma; individual_plots (a dense time grid)
-    still refuses them by name."""
+    conditional modes, IWRES (DV - IPRED) / sigma (individual_plots' curves through the
+    same predictions: tests/test_iov_time_varying.py)."""
     rec = records(seed=2, n_subjects=2)
     rng = np.random.default_rng(11)
     rec["DV"] = np.where(rec["EVID"] == 0, rng.uniform(0.5, 3.0, len(rec)), 0.0)
@@ -351,8 +351,6 @@ def test_residuals_and_vpc_follow_time_varying_covariates_and_simulation_reads_t
     vpc = C.vpc(PM, population, data, key=0, n_rep=20, bins=4, pred_corrected=True)
     pcv = vpc.observations.sort_values(["ID", "TIME"], kind="stable")
     np.testing.assert_allclose(pcv["PRED"], res.sort_values(["ID", "TIME"])["PRED"], rtol=1e-10)
-    with pytest.raises(NotImplementedError, match=r"individual_plots.*time-varying covariates"):
-        C.individual_plots(PM, population, data, individual=modes)
     sim = C.simulate_dataset(PM, None, data, key=0)
     # IPRED: the engine on the rows, equal to simulate_records at each simulated eta.
     for i, (_, sub) in enumerate(rec.groupby("ID", sort=False)):

@@ -141,29 +141,3 @@ def test_iov_on_clearance_recovered_within_25_percent():
         0.8,
         np.corrcoef(fit.individual.kappa[:, :, 0].ravel(), data.kappa[0][:, :, 0].ravel())[0, 1],
     )
-
-
-def test_iov_with_time_varying_covariates_raises_clearly():
-    """Every estimator takes IOV models (tests/test_iov_estimators.py); IOV together with
-    covariates that vary within a subject is refused, saying so, not fitted at baseline."""
-    rows = []
-    for i in (1, 2):
-        for k, t0 in enumerate((0.0, 168.0)):
-            rows.append(dict(ID=i, TIME=t0, EVID=1, AMT=100.0, CMT=1, DV=0.0, MDV=1, OCC=k + 1))
-            for dt in (1.0, 4.0, 24.0):
-                rows.append(
-                    dict(ID=i, TIME=t0 + dt, EVID=0, AMT=0.0, CMT=2, DV=1.0, MDV=0, OCC=k + 1)
-                )
-    df = pd.DataFrame(rows)
-    df["WT"] = 70.0 + df["TIME"] / 24.0
-    data = C.Dataset.from_records(df, covariates=["WT"], interpolation={"WT": "linear"})
-    pm = C.PopulationModel(
-        pkpd.OneCompartmentOral(),
-        theta={"CL": 3.0, "V": 30.0, "KA": 1.2},
-        omega={"CL": 0.09},
-        error=C.Proportional(0.1),
-        iov={"CL": 0.04},
-        typical=lambda th, c: {"CL": th["CL"] * c["WT"] / 70.0, "V": th["V"], "KA": th["KA"]},
-    )
-    with pytest.raises(NotImplementedError, match="inter-occasion variability together with"):
-        C.fit_population(pm, data, standard_errors=False)
