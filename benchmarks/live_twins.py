@@ -87,13 +87,17 @@ DRUGS = {"vancomycin": "vancomycin_goti2018", "warfarin": "warfarin_hamberg2007"
 
 def _warm_up(service, pids: list[str], draws: int) -> None:
     """Compile the batched update, dose search and forecast for every batch-size bucket the
-    runs can meet (8 to 256 twins of a drug), on the service's own twins: a running service
+    runs can meet (8 to 256 twins of a drug), on the service's own twins, and the batch's
+    output keys (`output_keys_many`, 8 to 256 twins in all): a running service
     pays each compilation once, on the first batch of that size; the benchmark measures the
     service after that, and reports the warm-up time apart."""
     import jax
 
     import twins
+    from twins.io._service_twin import output_keys_many
 
+    for size in (8, 16, 32, 64, 128, 256):
+        output_keys_many(service.seed, list(range(size)))
     for substance in service.drugs:
         advice = service.dosing.get(substance)
         constraints = advice and advice.constraints

@@ -803,14 +803,18 @@ def join_many(
     `pkpd.stack` of them (to `n_events` slots), built in NumPy on the host with one
     transfer per field for the stack: what `Regimen.__add__` (`pkpd.concatenate`) and
     `pkpd.stack` give, value for value (event order rank where `mask`, else +inf), without
-    their per-twin device transfers. The joined regimens hold NumPy arrays. Regimens with
-    `addl_offset` or traced values go through `pkpd` itself."""
+    their per-twin device transfers. The joined regimens hold NumPy arrays. An
+    `addl_offset` (the doses of `Drug.regimen` carry one) is joined as `pkpd` joins it:
+    zeros for a part without, padded with zeros. Regimens with traced values go through
+    `pkpd` itself."""
     pairs = [[r for r in (a, b) if r is not None] for a, b in zip(firsts, seconds, strict=True)]
     if any(not parts for parts in pairs):
         raise ValueError("join_many: each row needs at least one regimen.")
     regs = [r for parts in pairs for r in parts]
-    if any(r.addl_offset is not None for r in regs) or any(
-        isinstance(getattr(r, f), jax.core.Tracer) for r in regs for f in _FIELDS
+    if any(
+        isinstance(x, jax.core.Tracer)
+        for r in regs
+        for x in (*(getattr(r, f) for f in _FIELDS), r.addl_offset)
     ):
         joined = [parts[0] if len(parts) == 1 else pkpd.concatenate(parts) for parts in pairs]
         return joined, pkpd.stack(joined, n_events)
@@ -830,6 +834,14 @@ def join_many(
         out[f] = block
     rank = np.arange(n, dtype=pad["order"].dtype)
     out["order"] = np.where(out["mask"], rank, np.inf).astype(pad["order"].dtype)
+    # which rows carry offsets (`pkpd.concatenate`: any part has them; `pkpd.stack`: any row)
+    offset_rows = [any(r.addl_offset is not None for r in parts) for parts in pairs]
+    offsets = [np.concatenate([_host_offsets(r) for r in parts]) for parts in pairs]
+    if any(offset_rows):
+        block = np.zeros((len(pairs), n), np.result_type(*offsets))
+        for i, row in enumerate(offsets):
+            block[i, : row.shape[0]] = row
+        out["addl_offset"] = block
     flags = [
         {
             "ss_intervals": max(r.ss_intervals for r in parts),
@@ -845,7 +857,13 @@ def join_many(
             joined.append(parts[0])
             continue
         k = lengths[i]
-        joined.append(pkpd.Regimen(**{f: out[f][i, :k] for f in (*_FIELDS, "order")}, **flags[i]))
+        joined.append(
+            pkpd.Regimen(
+                **{f: out[f][i, :k] for f in (*_FIELDS, "order")},
+                addl_offset=offsets[i] if offset_rows[i] else None,
+                **flags[i],
+            )
+        )
     stacked = pkpd.Regimen(
         **{f: jnp.asarray(v) for f, v in out.items()},
         ss_intervals=max(fl["ss_intervals"] for fl in flags),
@@ -854,6 +872,13 @@ def join_many(
         has_infusion=any(fl["has_infusion"] for fl in flags),
     )
     return joined, stacked
+
+
+def _host_offsets(regimen: pkpd.Regimen) -> np.ndarray:
+    """`regimen.addl_offset` on the host (int32 zeros where it is `None`, as `pkpd` joins it)."""
+    if regimen.addl_offset is None:
+        return np.zeros(regimen.n_events, np.int32)
+    return np.asarray(regimen.addl_offset)
 
 
 def _check_many(pm, draws, fulls, stacked, names, errors) -> None:

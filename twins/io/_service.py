@@ -46,7 +46,7 @@ from ._service_store import ServiceStore, StoredMessage, digest
 from ._service_twin import (
     Replay,
     extend,
-    output_keys,
+    output_keys_many,
     outputs,
     plan_start,
     posterior_json,
@@ -500,7 +500,7 @@ class TwinService:
         ready = [r for r in ready if id(r) not in result]
         if not ready:
             return result
-        keys = [output_keys(self.seed, r.asof) for r in ready]
+        keys = output_keys_many(self.seed, [r.asof for r in ready])
         starts = [plan_start(r) for r in ready]
         advice = [self.dosing.get(r.substance) for r in ready]
         recs = recommend_twins(
