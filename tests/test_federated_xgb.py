@@ -368,3 +368,45 @@ def test_table3_has_xgboost_rows_beside_the_networks():
     assert (xgb.loc[xgb["model"] == "xgboost bagging", "bytes_down"] > 0).all()
     assert (table.loc[~table.index.isin(xgb.index), "model"] == ["mlp"] * 2
             + ["mlp (fedavg)"] * 3).all()  # fmt: skip
+
+
+class _Grid:
+    """Flower's Grid as the XGBoost strategies call it: the connected nodes, and replies
+    (none here: every hospital's reply was lost); it notes the timeout it is given."""
+
+    def __init__(self, nodes):
+        self.nodes, self.timeouts = list(nodes), []
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.timeouts.append(timeout)
+        return []
+
+
+@pytest.mark.parametrize("strategy", ["bagging", "cyclic"])
+def test_a_round_waits_a_bounded_time_for_hospitals_and_replies(strategy, monkeypatch):
+    """Flower's strategies wait without end for `min_available_nodes` and an hour for
+    replies: `serve_xgb` bounds both by `round_timeout`. Bagging needs `min_hospitals`
+    connected (2 of 3 here: the round is sent, with the timeout, and fails for want of
+    accepted models); cyclic needs every hospital, so with one missing it fails once the
+    timeout has passed, saying how many were connected."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # a ServerApp's run, as Flower sets it
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    grid = _Grid([11, 12])
+    t0 = time.monotonic()
+    if strategy == "bagging":
+        with pytest.raises(FederatedFitError, match=r"round 1: 0 hospital\(s\).*minimum is 2"):
+            X.serve_xgb(grid, hospitals=3, rounds=2, n_features=P, strategy=strategy,
+                        min_hospitals=2, round_timeout=0.7)  # fmt: skip
+        assert grid.timeouts == [0.7]
+    else:
+        match = r"round 1: 2 of 3 hospitals connected for \d+ s .*needs at least 3"
+        with pytest.raises(FederatedFitError, match=match):
+            X.serve_xgb(grid, hospitals=3, rounds=2, n_features=P, strategy=strategy,
+                        round_timeout=0.7)  # fmt: skip
+        assert grid.timeouts == [] and 0.7 <= time.monotonic() - t0 < 10

@@ -236,12 +236,20 @@ class RoundAudit:
             round=int(server_round),
         )
 
-    def not_connected(self, connected: int, missing: Sequence[str], waited: float) -> None:
+    def not_connected(
+        self, connected: int, missing: Sequence[str], waited: float, *,
+        least: int | None = None, expected: int | None = None,
+    ) -> None:  # fmt: skip
         """Write the next round as `kind` "failed" and raise `FederatedFitError`: only
         `connected` of the hospitals were connected for `waited` seconds (the `missing` ones,
-        when known, left Flower's list of nodes between rounds)."""
+        when known, left Flower's list of nodes between rounds). `least`, `expected`: the
+        hospitals a round needs and those of the federation, where this log was not told
+        (`expected` None: the strategy screens its rounds itself, as federated XGBoost's)."""
         server_round = len([r for r in self.rounds if r.get("kind") == "train"]) + 1
-        expected = self.expected if self.expected is not None else connected
+        if self.expected is not None:
+            expected = self.expected
+        expected = connected if expected is None else expected
+        needed = self.minimum if self.minimum is not None else least
         extra = {"missing": list(missing), "missing_count": max(expected - connected, 0),
                  "reason": f"{connected} hospitals connected for {waited:.0f} s"}  # fmt: skip
         details = {"fit": self.fit, "round": server_round, "kind": "failed",
@@ -253,7 +261,7 @@ class RoundAudit:
         raise FederatedFitError(
             f"round {server_round}: {connected} of {expected} hospitals connected for "
             f"{waited:.0f} s (missing: {', '.join(named)}); the round needs at least "
-            f"{self.minimum}, and nothing is averaged over missing hospitals.",
+            f"{needed}, and nothing is averaged over missing hospitals.",
             hospitals=list(missing),
             round=server_round,
         )
@@ -296,10 +304,15 @@ class WatchedGrid:
     timeout, unnamed. Here, once fewer than `least` nodes have been connected for `wait`
     seconds, `get_node_ids` has `audit` (a `RoundAudit`) write the round as failed and
     raise `FederatedFitError`, naming the hospitals whose nodes left (known from their
-    earlier replies, which carry the hospital's name). Everything else is the grid's."""
+    earlier replies, which carry the hospital's name; `expected`: the federation's
+    hospitals, for the message). Everything else is the grid's."""
 
-    def __init__(self, grid: Any, *, least: int, wait: float, audit: RoundAudit):
+    def __init__(
+        self, grid: Any, *, least: int, wait: float, audit: RoundAudit,
+        expected: int | None = None,
+    ):  # fmt: skip
         self._grid, self.least, self.wait, self.audit = grid, int(least), float(wait), audit
+        self.expected = expected  # the federation's hospitals, for the message
         self.names: dict[int, str] = {}  # node id -> hospital, from the replies
         self._short_since: float | None = None
 
@@ -316,7 +329,8 @@ class WatchedGrid:
             self._short_since = now
         elif now - self._short_since >= self.wait:
             gone = sorted({n for node, n in self.names.items() if node not in nodes})
-            self.audit.not_connected(len(nodes), gone, now - self._short_since)
+            self.audit.not_connected(len(nodes), gone, now - self._short_since,
+                                     least=self.least, expected=self.expected)  # fmt: skip
         return nodes
 
     def send_and_receive(self, messages, *args: Any, **kwargs: Any):

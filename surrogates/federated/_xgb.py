@@ -60,7 +60,13 @@ from twins.governance import AuditLog
 
 from ._fedavg import Client
 from ._population_fit import FederatedFitError
-from ._surrogate_apps import HospitalRecords, RoundAudit, hospital_of, local_records
+from ._surrogate_apps import (
+    HospitalRecords,
+    RoundAudit,
+    WatchedGrid,
+    hospital_of,
+    local_records,
+)
 from ._xgb_client import local_boost, params_from
 
 log = logging.getLogger("surrogates.federated.xgboost")
@@ -394,9 +400,13 @@ def _checked_strategy(
                            min_hospitals=1, sink=sink, audit=audit)  # fmt: skip
             return super().aggregate_train(server_round, kept)
 
-    common = {"fraction_evaluate": 0.0, "min_available_nodes": hospitals}
+    # Bagging: a round starts once `min_hospitals` are connected (a SuperNode that stopped
+    # leaves Flower's list of nodes: waiting for all would wait for ever) and takes every
+    # connected one; cyclic waits for all (its turns go round every hospital).
     if strategy == "bagging":
-        return CheckedBagging(fraction_train=1.0, min_train_nodes=hospitals, **common)  # type: ignore[arg-type]
+        common = {"fraction_evaluate": 0.0, "min_available_nodes": min_hospitals}
+        return CheckedBagging(fraction_train=1.0, min_train_nodes=min_hospitals, **common)  # type: ignore[arg-type]
+    common = {"fraction_evaluate": 0.0, "min_available_nodes": hospitals}
     return CheckedCyclic(fraction_train=1.0, **common)  # type: ignore[arg-type]
 
 
@@ -413,6 +423,7 @@ def serve_xgb(
     audit: AuditLog | None = None,
     fit: str = "federated XGBoost",
     seed: int = 0,
+    round_timeout: float = 3600.0,
 ) -> XgbOutcome:
     """The ServerApp's work over Flower's `grid`: `rounds` rounds of Flower's
     `FedXgbBagging` (every hospital every round) or `FedXgbCyclic` (one a round) over
@@ -420,7 +431,14 @@ def serve_xgb(
     `min_hospitals` (bagging): the accepted models a round needs (default: a majority,
     K // 2 + 1). The result goes into `outcome` (returned), each round into `audit`
     (`RoundAudit`); `FederatedFitError` naming the rejected hospitals when a round has
-    too few."""
+    too few.
+
+    `round_timeout`: seconds the server waits for a round's replies (Flower's `timeout`:
+    a hospital whose SuperNode died mid-round is then missing from the round, which goes
+    on if enough are left), and for enough hospitals to be connected before a round
+    (`_surrogate_apps.WatchedGrid`: `min_hospitals` for bagging, all of them for cyclic,
+    whose turn order needs every hospital), after which the round fails naming the
+    hospitals whose SuperNodes left. Flower itself would wait without end."""
     from flwr.app import ArrayRecord, ConfigRecord
 
     if strategy not in ("bagging", "cyclic"):
@@ -434,11 +452,16 @@ def serve_xgb(
     strat = _checked_strategy(strategy, hospitals=hospitals, n_features=n_features,
                               boosting=boosting, min_hospitals=need, sink=sink,
                               audit=log_rounds)  # fmt: skip
+    least = need if strategy == "bagging" else hospitals
+    watched = WatchedGrid(
+        grid, least=least, wait=float(round_timeout), audit=log_rounds, expected=hospitals
+    )
     try:
         result = strat.start(
-            grid,
+            watched,
             ArrayRecord([np.frombuffer(b"", dtype=np.uint8)]),
             num_rounds=rounds,
+            timeout=float(round_timeout),
             train_config=ConfigRecord(train_config(boosting, strategy, hospitals, seed=seed)),
         )
     except FederatedFitError as error:

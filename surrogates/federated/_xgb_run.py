@@ -9,7 +9,8 @@ Run config (`context.run_config`): `hospitals` (how many), `rounds`, `n-features
 settings (`max-depth`, `learning-rate`, `min-child-weight`, `reg-lambda`,
 `max-delta-step`, `local-rounds`, `scale-by-hospitals`), `result-path` (the ServerApp writes
 its JSON summary there, and the model beside it as `.json`), `audit-log`, `audit-key` (the
-server's audit log: a `training-round` entry per round), `fit` (its name).
+server's audit log: a `training-round` entry per round), `fit` (its name), `round-timeout`
+(seconds; `_xgb.serve_xgb`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def _main(grid: Grid, context: Context) -> None:
             audit=open_run_audit(cfg),
             fit=str(cfg.get("fit", "federated XGBoost")),
             seed=int(cfg.get("seed", 0)),
+            round_timeout=float(cfg.get("round-timeout", 300.0)),  # type: ignore[arg-type]
         )
     except FederatedFitError as error:
         summary.update(ok=False, error=str(error), hospitals=list(error.hospitals),
@@ -105,6 +107,7 @@ def fit_xgb_federated(
     seed: int = 0,
     workdir: str | os.PathLike | None = None,
     timeout: float = 600.0,
+    round_timeout: float = 300.0,
 ) -> XgbOutcome:
     """Federated XGBoost on Flower's deployment engine: a SuperLink and one SuperNode per
     hospital started as processes on 127.0.0.1 (plain HTTP on the loopback interface), the
@@ -118,7 +121,8 @@ def fit_xgb_federated(
     - `rounds`, `n_features`, `strategy`, `boosting`, `min_hospitals`, `seed`: as
       `_xgb.serve_xgb`; `audit_log`, `audit_key`: the server's audit log; `fit`: its name.
     - `workdir`: logs, node configs, the app (a temporary folder by default);
-      `timeout`: seconds for the run.
+      `timeout`: seconds for the run; `round_timeout`: seconds the server waits for a
+      round's replies and for enough hospitals to be connected (`_xgb.serve_xgb`).
 
     **Returns:** an `XgbOutcome` (the model, bytes, rejections, the rounds' log).
 
@@ -141,7 +145,7 @@ def fit_xgb_federated(
             "scale-by-hospitals": boosting.scale_by_hospitals, "result-path": str(result),
             "audit-log": "" if audit_log is None else str(Path(audit_log).resolve()),
             "audit-key": "" if audit_key is None else str(Path(audit_key).resolve()),
-            "fit": fit,
+            "fit": fit, "round-timeout": float(round_timeout),
         }  # fmt: skip
         app = write_app(
             federation.workdir / f"xgb-app-{stamp}",
