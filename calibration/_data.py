@@ -279,31 +279,30 @@ class Dataset(eqx.Module):
             for col in methods:
                 _check_covariate(df, col, np.ones(len(df), bool))
             rows, row_record = pkpd.interpolate_covariates(df, methods, substeps=substeps)
-            row_ids = rows["ID"].to_numpy()
-            df_ids = df["ID"].to_numpy()
+            row_bounds = _subject_bounds(rows["ID"].to_numpy())
+        # (validate_records: each subject's records are contiguous, in order of appearance)
+        bounds = _subject_bounds(df["ID"].to_numpy())
         ids = pd.unique(df["ID"])
-        regimens, obs, starts, occ_codes, row_sets = [], [], [], [], []
+        obs, starts, occ_codes, row_sets = [], [], [], []
         before_dose: list[str] = []
         positions: list[np.ndarray] = []
         dvids: list[np.ndarray] = []
-        for sid in ids:
-            sub: Any = df[df["ID"] == sid]
+        for j, sid in enumerate(ids):
+            a, b = bounds[j]
+            sub: Any = df.iloc[a:b]
             codes, start = _occasions(sub, occasion, sid)
             starts.append(start)
             is_obs = (sub["EVID"].to_numpy() == 0) & (sub["MDV"].to_numpy() == 0)
             if rows is None:
                 before_dose.extend(_observed_before_dose(sub, is_obs, sid))
                 positions.append(np.flatnonzero(is_obs).astype(float))
-                regimens.append(pkpd.regimen_from_records(sub, n_states, max_doses=max_doses))
             else:
                 # The events point at the rows (records and added rows) of this subject.
-                here = row_ids == sid
-                mine: Any = rows[here]
-                rec = row_record[here]
+                ra, rb = row_bounds[j]
+                rec = row_record[ra:rb]
                 own = np.full(len(rec), -1, dtype=np.int32)
-                own[rec >= 0] = codes[np.searchsorted(np.flatnonzero(df_ids == sid), rec[rec >= 0])]
-                mine, row_occ = _occasion_rows(mine, own, start)
-                regimens.append(pkpd.regimen_from_records(mine, n_states, max_doses=max_doses))
+                own[rec >= 0] = codes[rec[rec >= 0] - a]
+                mine, row_occ = _occasion_rows(rows.iloc[ra:rb], own, start)
                 row_obs = (mine["EVID"].to_numpy() == 0) & (mine["MDV"].to_numpy() == 0)
                 row_sets.append((mine, np.flatnonzero(row_obs), row_occ))
             o: Any = sub[is_obs].copy()
@@ -320,6 +319,14 @@ class Dataset(eqx.Module):
             if dvid_col is not None:
                 dvids.append(_dvid_values(o, dvid_col, sid))
             obs.append(o)
+        # The regimens, the records validated once for all subjects (with the rows, the
+        # events point at the rows: records, added rows and the occasions' copies).
+        if rows is None:
+            regimens = pkpd.regimens_from_records(df, n_states, max_doses=max_doses)
+        else:
+            grown = sum(len(mine) for mine, _, _ in row_sets) != len(rows)
+            every = pd.concat([mine for mine, _, _ in row_sets]) if grown else rows
+            regimens = pkpd.regimens_from_records(every, n_states, max_doses=max_doses)
         n_obs = max(1, max(len(o) for o in obs))
         n = len(ids)
         time = np.zeros((n, n_obs))
@@ -550,6 +557,12 @@ def _observed_before_dose(sub: Any, is_obs: np.ndarray, sid: Any) -> list[str]:
         if later.any():
             out.append(f"subject ID={_plain(sid)}, row {sub.index[j]!r} at TIME={time[j]:g} h")
     return out
+
+
+def _subject_bounds(ids: np.ndarray) -> list[tuple[int, int]]:
+    """`(start, end)` positions of each subject's contiguous block of rows, in order."""
+    first = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+    return list(zip(first.tolist(), np.append(first[1:], len(ids)).tolist(), strict=True))
 
 
 def _occasion_rows(mine: Any, own: np.ndarray, start: np.ndarray) -> tuple[Any, np.ndarray]:

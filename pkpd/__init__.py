@@ -133,6 +133,9 @@ from ._records import (
     regimen_from_records as regimen_from_records,
 )
 from ._records import (
+    regimens_from_records as regimens_from_records,
+)
+from ._records import (
     simulate_records as simulate_records,
 )
 from ._records import (
@@ -234,6 +237,7 @@ __all__ = [
     "interval_exposure",
     "oral",
     "regimen_from_records",
+    "regimens_from_records",
     "repeat",
     "reset",
     "running_rates",

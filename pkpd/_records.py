@@ -307,11 +307,12 @@ def _subject_regimen(
         for k in ("time", "amount", "cmt", "rate", "evid", "ss", "ii", "order", "rec", "offset")
     }
     ss_need = 1
-    for i, row in enumerate(df.itertuples(index=False)):
+    # Only the dose and reset records make events: the others are not walked (the cost of
+    # a subject follows its doses, not its observations).
+    events = np.flatnonzero(np.isin(df["EVID"].to_numpy(), (1, 3, 4)))
+    for i, row in zip(events.tolist(), df.iloc[events].itertuples(index=False), strict=True):
         row: Any
         evid = int(row.EVID)
-        if evid not in (1, 3, 4):
-            continue
         # With the parameters known (simulate_records), a modelled rate or duration without
         # its parameter is named here; without them (regimen_from_records, Dataset), the
         # engine checks it when the regimen is simulated with parameters.
@@ -411,6 +412,101 @@ def regimen_from_records(
         )
     reg, _ = _subject_regimen(None, df, {})
     return reg
+
+
+def regimens_from_records(
+    records: pd.DataFrame, n_states: int | None = None, *, max_doses: int = MAX_DOSES
+) -> list[Regimen]:
+    """The `Regimen` of every subject of NONMEM records, in their order of appearance: the
+    regimens `regimen_from_records` gives for each subject's records (the same events, the
+    same `RecordError`s), with the records validated once for all subjects
+    (`validate_records`) and the events built column by column, not record by record. The
+    regimens' fields are NumPy arrays (on the host), the form `stack` takes.
+    """
+    df = validate_records(records, n_states, max_doses=max_doses)
+    ids = df["ID"].to_numpy()
+    n_rows = len(df)
+    first = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+    subject = np.repeat(np.arange(first.size), np.diff(np.append(first, n_rows)))
+    position = np.arange(n_rows) - first[subject]  # each record's position in its subject
+    col = {c: df[c].to_numpy(dtype=float) for c in ("TIME", "EVID", "AMT", "CMT", "RATE", "II")}
+    col |= {c: df[c].to_numpy(dtype=float) for c in ("ADDL", "SS")}
+    ev = np.flatnonzero(np.isin(col["EVID"], (1, 3, 4)))  # the records that make events
+    reset = col["EVID"][ev] == 3
+    amt, rate, ii = col["AMT"][ev], col["RATE"][ev], col["II"][ev]
+    # Steady-state doses (no lag here: model-level lags are applied with the parameters).
+    is_ss = ~reset & (col["SS"][ev] > 0) & (ii > 0)
+    span = np.where(rate > 0, amt / np.where(rate > 0, rate, 1.0), 0.0)
+    spans = np.where(is_ss, span / np.where(is_ss, ii, 1.0), 0.0)
+    bad = is_ss & ~(spans <= MAX_SS_INTERVALS)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise RecordError(
+            f"{_where(df, int(ev[k]))}: the lag + infusion of {span[k]:g} h at steady state "
+            f"spans {spans[k]:.3g} intervals of II = {ii[k]:g} h; at most "
+            f"{MAX_SS_INTERVALS} are supported (pkpd.MAX_SS_INTERVALS). For an "
+            "infusion much longer than II use a constant infusion at steady state "
+            "(AMT=0, RATE > 0, II=0)."
+        )
+    need = np.where(is_ss, np.ceil(spans) + 1.0, 1.0)
+    # One event per dose record and each of its ADDL copies (one per reset).
+    copies = np.where(reset, 1, col["ADDL"][ev].astype(np.int64) + 1)
+    src = np.repeat(ev, copies)
+    k = np.arange(src.size) - np.repeat(np.cumsum(copies) - copies, copies)
+    e_reset = col["EVID"][src] == 3
+    events = {
+        "time": col["TIME"][src] + k * col["II"][src],
+        "amount": np.where(e_reset, 0.0, col["AMT"][src]),
+        "cmt": np.where(e_reset, 1, col["CMT"][src]).astype(np.int32),
+        "rate": np.where(e_reset, 0.0, col["RATE"][src]),
+        "evid": np.where(k == 0, col["EVID"][src], 1).astype(np.int32),
+        "ss": np.where(k == 0, col["SS"][src], 0).astype(np.int32),
+        "ii": col["II"][src],
+        "order": np.where(k == 0, position[src].astype(float), -1.0),
+        "addl_offset": k.astype(np.int32),
+    }
+    n_subjects = first.size
+    ev_at = np.searchsorted(subject[ev], np.arange(n_subjects + 1))
+    src_at = np.searchsorted(subject[src], np.arange(n_subjects + 1))
+    out = []
+    for s in range(n_subjects):
+        a, b = int(src_at[s]), int(src_at[s + 1])
+        n = b - a
+        if n == 0:
+            # No dose: one padding event keeps the arrays non-empty.
+            out.append(
+                Regimen(
+                    time=np.zeros(1),
+                    amount=np.zeros(1),
+                    cmt=np.ones(1, np.int32),
+                    rate=np.zeros(1),
+                    duration=np.zeros(1),
+                    lag=np.zeros(1),
+                    bioav=np.ones(1),
+                    evid=np.ones(1, np.int32),
+                    ss=np.zeros(1, np.int32),
+                    ii=np.zeros(1),
+                    order=np.full(1, np.inf),
+                    mask=np.zeros(1, bool),
+                )
+            )
+            continue
+        mine = {f: v[a:b] for f, v in events.items()}
+        out.append(
+            Regimen(
+                **mine,
+                duration=np.zeros(n),
+                lag=np.zeros(n),
+                bioav=np.ones(n),
+                mask=np.ones(n, bool),
+                ss_intervals=int(need[ev_at[s] : ev_at[s + 1]].max()),
+                has_ss=bool(np.any(mine["ss"] > 0)),
+                has_reset=bool(np.any(np.isin(mine["evid"], (3, 4))))
+                or bool(np.any(mine["ss"] == 1)),
+                has_infusion=bool(np.any(mine["rate"] != 0)),
+            )
+        )
+    return out
 
 
 def _bucket(n: int) -> int:
