@@ -283,18 +283,37 @@ class Dataset(eqx.Module):
         # (validate_records: each subject's records are contiguous, in order of appearance)
         bounds = _subject_bounds(df["ID"].to_numpy())
         ids = pd.unique(df["ID"])
-        obs, starts, occ_codes, row_sets = [], [], [], []
+        # Column-wise over all records; each subject is a block of positions `bounds[j]`
+        # (the errors named in record order, subject by subject, as before).
+        index = df.index.to_numpy()
+        times = df["TIME"].to_numpy(dtype=float)
+        events = np.isin(df["EVID"].to_numpy(), (1, 3, 4))
+        is_obs_all = (df["EVID"].to_numpy() == 0) & (df["MDV"].to_numpy() == 0)
+        obs_pos = np.flatnonzero(is_obs_all)
+        obs_at = np.searchsorted(obs_pos, [a for a, _ in bounds] + [len(df)])
+        dv_all = pd.to_numeric(df["DV"].iloc[obs_pos], errors="coerce").to_numpy(dtype=float)
+        dv_bad = ~np.isfinite(dv_all)
+        dvid_all = dvid_bad = None
+        if dvid_col is not None:
+            dvid_all = pd.to_numeric(df[dvid_col].iloc[obs_pos], errors="coerce")
+            dvid_all = dvid_all.to_numpy(dtype=float)
+            dvid_bad = ~np.isfinite(dvid_all)
+        occ_values = df[occasion].to_numpy() if occasion in df.columns else None
+        starts, occ_codes, row_sets = [], [], []
         before_dose: list[str] = []
         positions: list[np.ndarray] = []
-        dvids: list[np.ndarray] = []
         for j, sid in enumerate(ids):
             a, b = bounds[j]
-            sub: Any = df.iloc[a:b]
-            codes, start = _occasions(sub, occasion, sid)
+            codes, start = _occasions(
+                None if occ_values is None else occ_values[a:b], index[a:b], times[a:b],
+                occasion, sid,
+            )  # fmt: skip
             starts.append(start)
-            is_obs = (sub["EVID"].to_numpy() == 0) & (sub["MDV"].to_numpy() == 0)
+            is_obs = is_obs_all[a:b]
             if rows is None:
-                before_dose.extend(_observed_before_dose(sub, is_obs, sid))
+                before_dose.extend(
+                    _observed_before_dose(times[a:b], events[a:b], index[a:b], is_obs, sid)
+                )
                 positions.append(np.flatnonzero(is_obs).astype(float))
             else:
                 # The events point at the rows (records and added rows) of this subject.
@@ -305,20 +324,22 @@ class Dataset(eqx.Module):
                 mine, row_occ = _occasion_rows(rows.iloc[ra:rb], own, start)
                 row_obs = (mine["EVID"].to_numpy() == 0) & (mine["MDV"].to_numpy() == 0)
                 row_sets.append((mine, np.flatnonzero(row_obs), row_occ))
-            o: Any = sub[is_obs].copy()
             occ_codes.append(codes[is_obs])
-            dv = pd.to_numeric(o["DV"], errors="coerce").to_numpy(dtype=float)
-            bad = ~np.isfinite(dv)
-            if bad.any():
-                row = o.index[np.flatnonzero(bad)[0]]
+            oa, ob = obs_at[j], obs_at[j + 1]
+            if dv_bad[oa:ob].any():
+                pos = obs_pos[oa + int(np.argmax(dv_bad[oa:ob]))]
                 raise RecordError(
-                    f"subject ID={sid}, row {row}: observation DV={o['DV'].loc[row]!r} is not a "
-                    "finite number (set MDV=1 to skip a record)."
+                    f"subject ID={sid}, row {index[pos]}: observation "
+                    f"DV={df['DV'].iloc[pos]!r} is not a finite number (set MDV=1 to skip a "
+                    "record)."
                 )
-            o["DV"] = dv
-            if dvid_col is not None:
-                dvids.append(_dvid_values(o, dvid_col, sid))
-            obs.append(o)
+            if dvid_bad is not None and dvid_bad[oa:ob].any():
+                pos = obs_pos[oa + int(np.argmax(dvid_bad[oa:ob]))]
+                raise RecordError(
+                    f"subject ID={_plain(sid)}, row {index[pos]}: {dvid_col}="
+                    f"{_plain(df[dvid_col].iloc[pos])!r} on an observation; expected a number "
+                    "that says which model output it measures (calibration.Observation(dvid=...))."
+                )
         # The regimens, the records validated once for all subjects (with the rows, the
         # events point at the rows: records, added rows and the occasions' copies).
         if rows is None:
@@ -327,34 +348,40 @@ class Dataset(eqx.Module):
             grown = sum(len(mine) for mine, _, _ in row_sets) != len(rows)
             every = pd.concat([mine for mine, _, _ in row_sets]) if grown else rows
             regimens = pkpd.regimens_from_records(every, n_states, max_doses=max_doses)
-        n_obs = max(1, max(len(o) for o in obs))
+        counts = np.diff(obs_at)
+        n_obs = max(1, int(counts.max()))
         n = len(ids)
+        # Observation k of subject i sits at [i, k]; padding repeats the subject's last.
+        subject = np.repeat(np.arange(n), counts)
+        slot = np.arange(obs_pos.size) - np.repeat(obs_at[:-1], counts)
+        last = np.where(counts > 0, obs_at[1:] - 1, 0)
+        fill = np.where(np.arange(n_obs)[None, :] < counts[:, None], 0, 1).astype(bool)
         time = np.zeros((n, n_obs))
+        time[subject, slot] = times[obs_pos]
+        last_time = times[obs_pos][last] if obs_pos.size else np.zeros(n)
+        time = np.where(fill, np.where(counts > 0, last_time, 0.0)[:, None], time)
         dv = np.zeros((n, n_obs))
-        observed = np.zeros((n, n_obs), dtype=bool)
+        dv[subject, slot] = dv_all
+        observed = ~fill
         blq = np.zeros((n, n_obs), dtype=bool)
         lloq = np.full((n, n_obs), -np.inf)
-        occ = np.zeros((n, n_obs), dtype=np.int32)
-        for i, o in enumerate(obs):
-            k = len(o)
-            t = o["TIME"].to_numpy(dtype=float)
-            time[i, :k] = t
-            time[i, k:] = t[-1] if k else 0.0
-            dv[i, :k] = o["DV"].to_numpy(dtype=float)
-            observed[i, :k] = True
-            if cens in o.columns:
-                c = o[cens].to_numpy()
+        if cens in df.columns:
+            c_all = df[cens].to_numpy()[obs_pos]
+            lim_all = df[limit].iloc[obs_pos].to_numpy(dtype=float) if limit in df.columns else None
+            for i in range(n):
+                c = c_all[obs_at[i] : obs_at[i + 1]]
                 if np.any(c == -1):
                     raise RecordError(
                         f"subject ID={ids[i]}: {cens}=-1 (right censoring) is not supported."
                     )
-                blq[i, :k] = c == 1
-                lloq[i, :k] = np.where(c == 1, dv[i, :k], -np.inf)
-                if limit in o.columns and np.any(np.isfinite(o[limit].to_numpy(dtype=float))):
+                if lim_all is not None and np.any(np.isfinite(lim_all[obs_at[i] : obs_at[i + 1]])):
                     raise RecordError(
                         f"subject ID={ids[i]}: interval censoring ({limit}) is not supported."
                     )
-            occ[i, :k] = occ_codes[i]
+            blq[subject, slot] = c_all == 1
+            lloq[subject, slot] = np.where(c_all == 1, dv_all, -np.inf)
+        occ = np.zeros((n, n_obs), dtype=np.int32)
+        occ[subject, slot] = np.concatenate(occ_codes)
         n_occ = max(len(st) for st in starts)
         occasion_start = np.full((n, n_occ), np.inf)
         for i, st in enumerate(starts):
@@ -381,12 +408,11 @@ class Dataset(eqx.Module):
                 )
             cov[col] = values
         extra: dict[str, Any] = {}
-        if dvid_col is not None:
+        if dvid_all is not None:
             obs_dvid = np.zeros((n, n_obs))
-            for i, v in enumerate(dvids):
-                obs_dvid[i, : len(v)] = v
-                obs_dvid[i, len(v) :] = v[-1] if len(v) else 0.0
-            extra["obs_dvid"] = obs_dvid
+            obs_dvid[subject, slot] = dvid_all
+            pad = np.where(counts > 0, dvid_all[last] if dvid_all.size else 0.0, 0.0)
+            extra["obs_dvid"] = np.where(fill, pad[:, None], obs_dvid)
         if before_dose:
             # (the rows path needs none: simulate_recordwise follows the record order)
             obs_order = np.full((n, n_obs), np.inf)
@@ -530,32 +556,18 @@ _COVARIATE_LOWER = {
 }
 
 
-def _dvid_values(o: Any, column: str, sid: Any) -> np.ndarray:
-    """The DVID of each observation record `o` of one subject (numbers; `RecordError` naming
-    the row otherwise)."""
-    values = pd.to_numeric(o[column], errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        row = o.index[np.flatnonzero(bad)[0]]
-        raise RecordError(
-            f"subject ID={_plain(sid)}, row {row}: {column}={_plain(o[column].loc[row])!r} on an "
-            "observation; expected a number that says which model output it measures "
-            "(calibration.Observation(dvid=...))."
-        )
-    return values
-
-
-def _observed_before_dose(sub: Any, is_obs: np.ndarray, sid: Any) -> list[str]:
-    """The observation records of one subject listed before a dose or reset record (EVID 1,
-    3 or 4) at the same TIME, as `subject ID=.., row ..`: NONMEM predicts them before that
-    record, so the Dataset then keeps every observation's record position (`obs_order`)."""
-    time = sub["TIME"].to_numpy(dtype=float)
-    event = np.isin(sub["EVID"].to_numpy(), (1, 3, 4))
+def _observed_before_dose(
+    time: np.ndarray, event: np.ndarray, index: np.ndarray, is_obs: np.ndarray, sid: Any
+) -> list[str]:
+    """The observation records of one subject (its `TIME`, whether each record is a dose or
+    reset, EVID 1, 3 or 4, and its index labels) listed before a dose or reset record at
+    the same TIME, as `subject ID=.., row ..`: NONMEM predicts them before that record, so
+    the Dataset then keeps every observation's record position (`obs_order`)."""
     out = []
     for j in np.flatnonzero(is_obs):
         later = event[j + 1 :] & (time[j + 1 :] == time[j])
         if later.any():
-            out.append(f"subject ID={_plain(sid)}, row {sub.index[j]!r} at TIME={time[j]:g} h")
+            out.append(f"subject ID={_plain(sid)}, row {index[j]!r} at TIME={time[j]:g} h")
     return out
 
 
@@ -598,22 +610,25 @@ def _occasion_rows(mine: Any, own: np.ndarray, start: np.ndarray) -> tuple[Any, 
     return rows, np.concatenate([occ, before[split]])[order]
 
 
-def _occasions(sub: Any, column: str, sid: Any) -> tuple[np.ndarray, np.ndarray]:
-    """0-based occasion of each record of one subject and the start time of each occasion."""
-    if column not in sub.columns:
-        return np.zeros(len(sub), dtype=np.int32), np.zeros(1)
-    values = sub[column].to_numpy()
+def _occasions(
+    values: np.ndarray | None, index: np.ndarray, times: np.ndarray, column: str, sid: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """0-based occasion of each record of one subject (its `column` values, None without the
+    column; its index labels and times) and the start time of each occasion."""
+    if values is None:
+        return np.zeros(len(times), dtype=np.int32), np.zeros(1)
     if pd.isna(values).any():
-        row = sub.index[np.flatnonzero(pd.isna(values))[0]]
+        row = index[np.flatnonzero(pd.isna(values))[0]]
         raise RecordError(f"subject ID={sid}, row {row}: {column} is missing.")
     order = list(pd.unique(values))
-    codes = np.asarray([order.index(v) for v in values], dtype=np.int32)
+    number = {v: k for k, v in enumerate(order)}
+    codes = np.asarray([number[v] for v in values], dtype=np.int32)
     back = np.flatnonzero(np.diff(codes) < 0)
     if back.size:
-        row = sub.index[back[0] + 1]
+        row = index[back[0] + 1]
         raise RecordError(
             f"subject ID={sid}, row {row}: {column}={values[back[0] + 1]} returns to an "
             "earlier occasion; the records of an occasion must be contiguous in time."
         )
-    times = sub["TIME"].to_numpy(dtype=float)
-    return codes, np.asarray([times[codes == k][0] for k in range(len(order))])
+    first = np.flatnonzero(np.diff(codes, prepend=-1) != 0)
+    return codes, times[first]
