@@ -351,7 +351,8 @@ class FixedStep(eqx.Module):
     $n = \lceil (t_1 - t_0) / dt \rceil$ equal steps of $h = (t_1 - t_0)/n$:
 
     - For `PKPD(pk, pd)` with a linear PK model the PK states are propagated exactly (the
-      matrix exponential of the augmented system over $h/2$, computed once per interval) and
+      transition over $h/2$, computed once per interval: in closed form for the mammillary
+      models, else by the matrix exponential of the augmented system) and
       only the PD states use the classical fourth-order Runge-Kutta method, driven by the
       exact concentration at $t$, $t + h/2$ and $t + h$.
     - Any other ODE model uses classical RK4 on its whole vector field.

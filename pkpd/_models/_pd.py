@@ -30,7 +30,19 @@ from ._base import (
     FixedStep,
     ODESolver,
     get,
+    phi1,
+    phi2,
     saving_by_propagation,
+)
+from ._linear import (
+    OneCompartment,
+    OneCompartmentOral,
+    ThreeCompartment,
+    ThreeCompartmentOral,
+    TwoCompartment,
+    TwoCompartmentOral,
+    _three_cmt_spectrum,
+    _two_cmt_spectrum,
 )
 
 
@@ -443,16 +455,20 @@ class PKPD(AbstractModel):
         """Linear PK exactly, PD by RK4 driven by the exact concentration (`FixedStep`)."""
         n = self.pk.n_states
         n_steps, h = solver.n_steps(t0, t1)
-        k = self.pk.matrix(params)  # type: ignore[attr-defined]
-        # exp([[K, I], [0, 0]] h/2) = [[Phi, Gamma], [0, I]]: the half-step transition Phi
-        # and Gamma = int_0^{h/2} e^{Ks} ds, so that the input enters as Gamma @ rate. Both
-        # are independent of the rate, so a loop of windows whose rates change (doses, the
-        # end of an infusion) computes them once when the step is the same.
-        eye = jnp.eye(n, dtype=k.dtype)
-        aug = jnp.zeros((2 * n, 2 * n), dtype=k.dtype)
-        aug = aug.at[:n, :n].set(k * (h / 2)).at[:n, n:].set(eye * (h / 2))
-        e = jax.scipy.linalg.expm(aug)
-        phi, inc = e[:n, :n], e[:n, n:] @ rate[:n]
+        # The half-step transition Phi = e^{K h/2} and the input's increment Gamma @ rate,
+        # Gamma = int_0^{h/2} e^{Ks} ds, once per window: in closed form for the mammillary
+        # models (`_spectral_half_step`), else by the matrix exponential of [[K, I], [0, 0]].
+        spectrum = _SPECTRA.get(type(self.pk))
+        if spectrum is not None:
+            lams, projs, ka = spectrum(params)
+            phi, inc = _spectral_half_step(lams, projs, ka, rate[:n], h / 2)
+        else:
+            k = self.pk.matrix(params)  # type: ignore[attr-defined]
+            eye = jnp.eye(n, dtype=k.dtype)
+            aug = jnp.zeros((2 * n, 2 * n), dtype=k.dtype)
+            aug = aug.at[:n, :n].set(k * (h / 2)).at[:n, n:].set(eye * (h / 2))
+            e = jax.scipy.linalg.expm(aug)
+            phi, inc = e[:n, :n], e[:n, n:] @ rate[:n]
         rate_pd = rate[n:]
 
         def field(t, c, y):
@@ -496,6 +512,78 @@ class PKPD(AbstractModel):
                 params, x, rate, t0, t1, ts, solver
             )
         return AsODE(self).propagate_saving(params, x, rate, t0, t1, ts, solver)
+
+
+def _spectral_half_step(lams, projs, ka, rate, tau) -> tuple[Array, Array]:
+    r"""`(Phi, Gamma @ rate)` over `tau` of a mammillary model, exactly, from the spectral
+    decomposition $K = \sum_i \lambda_i P_i$ of its intravenous part (distinct eigenvalues,
+    as `_two_cmt_spectrum` gives) and, when `ka` is not `None`, a first-order depot (state 0,
+    rate constant `ka`) feeding the intravenous part's first state:
+
+    - intravenous part: $e^{K\tau} = I + \sum_i (e^{\lambda_i \tau} - 1) P_i$ and
+      $\Gamma = \tau (I + \sum_i (\varphi_1(-\lambda_i \tau) - 1) P_i)$, as
+      `spectral_transition` writes them;
+    - depot: $d(\tau) = e^{-k_a \tau} d_0 + \tau \varphi_1(k_a \tau) r_d$; what it feeds,
+      $k_a \sum_i g_i P_i e_1 d_0 + \sum_i (\Gamma_i - g_i) P_i e_1 r_d$ with
+      $g_i = \int_0^\tau e^{\lambda_i (\tau - s)} e^{-k_a s} ds
+      = \tau e^{-m \tau} \varphi_1((M - m) \tau)$ ($m$, $M$ the smaller and larger of
+      $k_a$ and $-\lambda_i$): exact also when $k_a = -\lambda_i$ (the coincidence for
+      which the depot models keep the matrix exponential elsewhere), and no overflow.
+
+    The step of `PKPD` with `FixedStep`: the matrix exponential of the `2n`-square augmented
+    system cost, per window and draw, about as much as all the window's RK4 steps.
+
+    References: Gibaldi M, Perrier D (1982). *Pharmacokinetics*, 2nd ed., ch. 2-3 (the
+    Bateman function, the depot's input through the disposition's exponentials).
+    """
+    z = -lams * tau  # > 0
+    em1 = jnp.expm1(-z)  # e^{lambda tau} - 1
+    d1 = -z * phi2(z)  # phi1(z) - 1
+    m = projs.shape[-1]
+    eye = jnp.eye(m, dtype=projs.dtype)
+    if ka is None:
+        phi = eye + jnp.einsum("i,ijk->jk", em1, projs)
+        return phi, tau * (rate + d1 @ (projs @ rate))
+    r_d, r_iv = rate[0], rate[1:]
+    phi_iv = eye + jnp.einsum("i,ijk->jk", em1, projs)
+    k = -lams
+    lo, hi = jnp.minimum(k, ka), jnp.maximum(k, ka)
+    g = tau * jnp.exp(-lo * tau) * phi1((hi - lo) * tau)
+    gamma = tau * phi1(z)  # int_0^tau e^{lambda_i s} ds
+    first = projs[:, :, 0]  # P_i e_1, (modes, states)
+    e_ka = jnp.exp(-ka * tau)
+    fed = ka * (g @ first)  # Phi's depot column below the depot
+    inc_iv = tau * (r_iv + d1 @ (projs @ r_iv)) + r_d * ((gamma - g) @ first)
+    top = jnp.concatenate([jnp.reshape(e_ka, (1,)), jnp.zeros(m, projs.dtype)])
+    bottom = jnp.concatenate([fed[:, None], phi_iv], axis=1)
+    phi = jnp.concatenate([top[None, :], bottom], axis=0)
+    inc = jnp.concatenate([jnp.reshape(r_d * tau * phi1(ka * tau, e_ka), (1,)), inc_iv])
+    return phi, inc
+
+
+def _one_cmt(params, ka=None):
+    k = get(params, "CL") / get(params, "V")
+    return jnp.reshape(-k, (1,)), jnp.ones((1, 1, 1), dtype=k.dtype), ka
+
+
+def _two_cmt(params, ka=None):
+    return (*_two_cmt_spectrum(*(get(params, n) for n in ("CL", "V1", "Q", "V2"))), ka)
+
+
+def _three_cmt(params, ka=None):
+    names = ("CL", "V1", "Q2", "V2", "Q3", "V3")
+    return (*_three_cmt_spectrum(*(get(params, n) for n in names)), ka)
+
+
+#: PK model -> `(eigenvalues, projectors, KA or None)` of `_spectral_half_step`.
+_SPECTRA = {
+    OneCompartment: _one_cmt,
+    TwoCompartment: _two_cmt,
+    ThreeCompartment: _three_cmt,
+    OneCompartmentOral: lambda p: _one_cmt(p, get(p, "KA")),
+    TwoCompartmentOral: lambda p: _two_cmt(p, get(p, "KA")),
+    ThreeCompartmentOral: lambda p: _three_cmt(p, get(p, "KA")),
+}
 
 
 class _LinearView(AbstractLinearModel):
