@@ -85,19 +85,9 @@ def test_the_model_is_given_the_doses_taken():
     np.testing.assert_array_equal(e0["titrated"]["dose"], e1["titrated"]["dose"])
 
 
-def test_adherence_refused_with_host_driven_arms():
+def test_adherence_must_be_an_adherence():
+    # TwinArm takes adherence too: tests/test_twin_arm.py.
     drug = twins.drugs.get("warfarin_hamberg2007")
-
-    def start(cov):
-        n = len(cov["ID"])
-        return np.zeros((n, 0)), np.full(n, 5.0)
-
-    arm = twins.TwinArm("twin", "Twin-guided", "", start, visits=(1,))
-    with pytest.raises(ValueError, match="host-driven"):
-        twins.Trial(
-            name="x", drug=drug, population=twins.Population.sample, arms=(arm,),
-            endpoints=(), days=3, interval=24.0, adherence=twins.Adherence.independent(0.9),
-        )  # fmt: skip
     with pytest.raises(TypeError, match="Adherence"):
         twins.Trial(
             name="x", drug=drug, population=twins.Population.sample,

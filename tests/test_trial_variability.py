@@ -198,16 +198,3 @@ def test_bad_terms_are_refused_naming_the_field():
         twins.Variability((0.1,))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Variability"):
         _trial(drug, 3, 0.1)
-    warf = twins.drugs.get("warfarin_hamberg2007")
-
-    def start(cov):
-        n = len(cov["ID"])
-        return np.zeros((n, 0)), np.full(n, 5.0)
-
-    arm = twins.TwinArm("twin", "Twin-guided", "", start, visits=(1,))
-    with pytest.raises(ValueError, match="host-driven"):
-        twins.Trial(
-            name="x", drug=warf, population=twins.Population.sample, arms=(arm,),
-            endpoints=(), days=3, interval=24.0,
-            variability=twins.Variability((twins.IOV("EC50", 0.1),)),
-        )  # fmt: skip

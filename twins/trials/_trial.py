@@ -136,11 +136,13 @@ class Trial:
       decisions are the prescribed doses (`Course["doses"]`), the model gets those taken
       (`Course["taken"]`). With `Adherence(timing=DoseTiming(...))` each dose is taken at its
       own time within its period (`Course["dose_offset_h"]`), with `holidays=Holidays(...)`
-      runs of doses are missed (`Course["holiday"]`). Not with host-driven arms (`TwinArm`).
+      runs of doses are missed (`Course["holiday"]`). A `TwinArm`'s twin is told the doses
+      prescribed, at their due times, not those taken (as a clinician would be).
     - `variability`: within-patient variability (`Variability` of `IOV` and
       `OrnsteinUhlenbeck` terms): log-normal factors on chosen parameters, by dosing period;
       default None: each patient's parameters are the same on every day. The factors are in
-      `Course["factors"]` (`{parameter: (n, P)}`). Not with host-driven arms.
+      `Course["factors"]` (`{parameter: (n, P)}`). A `TwinArm`'s twin does not know them:
+      it estimates from the measured levels with the drug's population model.
     - `dropout`: patients who leave before the end (`Dropout`: random, and informative
       after a measured value at or above a threshold); default None: every patient stays.
       What happened before a patient leaves is unchanged; afterwards it is not observed
@@ -152,8 +154,9 @@ class Trial:
       a missed one measures and decides nothing (the dose stays). The course holds each
       patient's `visit_day` `(n, V)` and `attended` `(n, V)`, `measured` is NaN at the visits
       that did not happen, and the endpoints use only the visits that happened
-      (`twins.trials._visits`). Not with host-driven arms; slips need arms that take a moved
-      visit (`Arm.step_at`: `DosingArm` does) and a dosing period that divides a day.
+      (`twins.trials._visits`); a `TwinArm` measures and decides at the visits that
+      happened, on their days. Slips need arms that take a moved visit (`Arm.step_at`:
+      `DosingArm` and `TwinArm` do) and a dosing period that divides a day.
     """
 
     name: str
@@ -193,12 +196,6 @@ class Trial:
                     f"Trial {self.name!r}: variability must be a twins.Variability or None, "
                     f"got {type(self.variability).__name__}."
                 )
-            hosted = [a.name for a in self.arms if getattr(a, "host_driven", False)]
-            if hosted:
-                raise ValueError(
-                    f"Trial {self.name!r}: variability is not supported with host-driven arms "
-                    f"({hosted}) yet."
-                )
             if isinstance(self.drug, Drug):
                 try:
                     self.variability.check_model(self.drug.model.model)
@@ -209,12 +206,6 @@ class Trial:
                 raise TypeError(
                     f"Trial {self.name!r}: adherence must be a twins.trials.Adherence or None, "
                     f"got {type(self.adherence).__name__}."
-                )
-            hosted = [a.name for a in self.arms if getattr(a, "host_driven", False)]
-            if hosted:
-                raise ValueError(
-                    f"Trial {self.name!r}: adherence is not supported with host-driven arms "
-                    f"({hosted}) yet; their twins would need the doses taken."
                 )
         if not isinstance(self.drug, Drug):
             raise TypeError(f"Trial {self.name!r}: drug must be a twins.Drug.")
@@ -309,12 +300,6 @@ class Trial:
             raise TypeError(
                 f"Trial {self.name!r}: visits must be a twins.Visits or None, got "
                 f"{type(v).__name__}."
-            )
-        hosted = [a.name for a in self.arms if getattr(a, "host_driven", False)]
-        if hosted:
-            raise ValueError(
-                f"Trial {self.name!r}: visits (slipped and missed visits) are not supported "
-                f"with host-driven arms ({hosted}) yet."
             )
         if v.slips:
             per_day = 24.0 / float(self.interval)
@@ -955,26 +940,32 @@ def simulate_chunk_outcome(
         fails = dict(domain)
         if not good:
             arrays = _nan_course(trial, arm, n)
-        elif getattr(arm, "host_driven", False):  # e.g. TwinArm: decisions on the host
-            arrays, more = _host_arm(trial, arm, cov, own, noise_keys, good)
-            fails.update(more)
         else:
-            slot = (arm.name, window, mesh)
+            host = getattr(arm, "host_driven", False)  # e.g. TwinArm: decisions on the host
+            slot = (arm.name, window, None if host else mesh)
             if slot not in runners:
-                runners[slot] = make_runner(trial, arm, window, mesh)
-            state = {k: np.asarray(v) for k, v in arm.start(cov).items()}
+                runners[slot] = make_runner(trial, arm, window, slot[2])
             extra: dict[str, np.ndarray] = {}
             if trial.variability is not None:
                 extra["logf"] = variability_factors(trial, key, index[:n], arm.visits)
+            schedule = None
             if trial.visits is not None:
-                extra.update(_visit_inputs(trial, *visit_schedule(trial, key, index[:n], arm)))
+                schedule = visit_schedule(trial, key, index[:n], arm)
+                extra.update(_visit_inputs(trial, *schedule))
             if "offset_h" in drawn:
                 extra["offset"] = drawn["offset_h"]
-            inputs = (own, state, noise_keys, taken, extra)
-            arrays, more = _jitted_arm(trial, arm, runners[slot], inputs, rows, good, mesh)
+            if host:
+                inputs = (own, noise_keys, taken, extra)
+                arrays, more = _host_arm(
+                    trial, arm, runners[slot], cov, inputs, schedule, good, size
+                )
+            else:
+                state = {k: np.asarray(v) for k, v in arm.start(cov).items()}
+                inputs = (own, state, noise_keys, taken, extra)
+                arrays, more = _jitted_arm(trial, arm, runners[slot], inputs, rows, good, mesh)
             fails.update(more)
         level, measured, doses, *exposure = (np.asarray(x)[:n] for x in arrays)
-        # The output within the periods (`band_points`); a host-driven arm's: its levels.
+        # The output within the periods (`band_points`).
         curve, curve_days = level, days
         if len(exposure) > (2 if trial.needs_exposure else 0):
             curve, curve_days = exposure.pop(), trial.curve_days
@@ -1125,21 +1116,78 @@ def _runtime_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {first[:200]}"
 
 
-def _host_arm(trial, arm, cov, params, noise_keys, good):
-    """Simulate a host-driven arm (`simulate(trial, cov, params, noise_keys)`) for the
-    patients `good`; when it raises, patient by patient, recording those that raise. An
-    error that the first `_SEARCH_BATCH` patients (two or more) all raise alike is not a
-    patient's: it is raised.
-    Returns the course arrays `(level, measured, doses)` of all the chunk's patients (NaN
-    for those not simulated) and `{patient: reason}`."""
+class HostCourse(NamedTuple):
+    """What a host-driven arm's `simulate(trial, cov, params, noise_keys, course)` is given
+    for its `m` patients besides their covariates, parameters and noise keys: the trial's
+    engine and each patient's realised visits.
+
+    - `run(plan)`: the course arrays `(level (m, P + 1), measured (m, V), doses (m, P),
+      *exposure, *curve)` of the jitted engine (`make_runner`) when the patients are
+      prescribed `plan` `(m, P)` (mg per period; the arm's `step` gives them, as loading
+      doses of every period): their adherence (doses taken, dose times), within-patient
+      variability, visit schedule and assay noise are the trial's, the same draws as in
+      the scanned arms. `measured` at a visit that did not happen is not a measurement.
+    - `visit_period` `(m, V)` int, `attended` `(m, V)` bool: the period each visit happened
+      in (its scheduled one when missed) and whether it happened (`visit_schedule`; every
+      visit on its scheduled day without `Trial.visits`).
+    - `due_h`: when each prescribed dose is due after its period start (h): the
+      adherence's `DoseTiming.due_h`, else 0.
+    """
+
+    run: Callable[[np.ndarray], list[np.ndarray]]
+    visit_period: np.ndarray
+    attended: np.ndarray
+    due_h: float
+
+
+def _host_arm(trial, arm, runner, cov, inputs, schedule, good, size):
+    """Simulate a host-driven arm (`arm.simulate(trial, cov, params, noise_keys, course)`,
+    `course` a `HostCourse` over `runner`, the arm's jitted engine) for the patients `good`;
+    when it raises, patient by patient, recording those that raise. An error that the first
+    `_SEARCH_BATCH` patients (two or more) all raise alike is not a patient's: it is raised.
+
+    `inputs`: `(params, noise_keys, taken, extra)` of every patient of the chunk (the
+    engine's inputs but the arm's state); `schedule`: `visit_schedule`'s `(period,
+    attended)` or None. Every engine call runs `size` rows (the patients asked for,
+    repeated), so that it compiles once per chunk shape.
+    Returns the course arrays `(level, measured, doses, *exposure, *curve)` of all the
+    chunk's patients (NaN for those not simulated) and `{patient: reason}`."""
     simulate = getattr(arm, "simulate")  # noqa: B009  # host-driven arms define it
-    out = _nan_course(trial, arm, len(noise_keys))[:3]
+    params, noise_keys, taken, extra = inputs
+    n = len(noise_keys)
+    out = _nan_course(trial, arm, n)
+    visits = np.asarray(arm.visits, dtype=int)
+    if schedule is None:
+        period = np.broadcast_to(visits, (n, visits.size))
+        attended = np.ones((n, visits.size), dtype=bool)
+    else:
+        period, attended = schedule
+    timing = getattr(trial.adherence, "timing", None)
+    due = 0.0 if timing is None else float(timing.due_h)
+
+    def engine(which: np.ndarray) -> HostCourse:
+        rows = np.resize(which, max(size, which.size))
+        picked = jax.tree.map(lambda v: v[rows], (params, noise_keys, taken, extra))
+
+        def run(plan: np.ndarray) -> list[np.ndarray]:
+            plan = np.asarray(plan, dtype=float)
+            state = {
+                "loading": np.resize(plan, (rows.size, plan.shape[1])),  # rows as `rows`
+                "dose": np.zeros(rows.size),
+                "hold": np.zeros(rows.size, dtype=np.int32),
+            }
+            p, k, t, e = picked
+            arrays = jax.block_until_ready(runner(p, state, k, t, e))
+            return [np.asarray(x)[: which.size] for x in arrays]
+
+        return HostCourse(run, np.asarray(period)[which], np.asarray(attended)[which], due)
 
     def run(which):
         which = np.asarray(which)
         sub_cov = {k: np.asarray(v)[which] for k, v in cov.items()}
         sub_params = {k: v[which] for k, v in params.items()}
-        return simulate(trial, sub_cov, sub_params, noise_keys[jnp.asarray(which)])
+        keys = noise_keys[jnp.asarray(which)]
+        return simulate(trial, sub_cov, sub_params, keys, engine(which))
 
     failures: dict[int, str] = {}
     try:
