@@ -250,7 +250,10 @@ class Dataset(eqx.Module):
           `pkpd.interpolate_covariates` adds), through `pkpd.simulate_recordwise`: the same
           predictions as `simulate_records` with the same `interpolation`. Covariates not
           named keep their first record's value (`covariates`, also for named ones: the
-          subject's baseline, used for reports and start checks).
+          subject's baseline, used for reports and start checks). With occasions (`OCC`)
+          each row also has the occasion whose kappas apply on it (`row_occasion`, for a
+          model with IOV): the parameters change at each occasion's start, as without
+          time-varying covariates (docs/calibration.md, "Inter-occasion variability").
         - `substeps`: sub-intervals per interval between records for `"linear"`
           (`pkpd.interpolate_covariates`).
         - `dvid`: the column that says which model output each observation measures
