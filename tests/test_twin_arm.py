@@ -115,17 +115,17 @@ def _ode_reference(params, factors, taken, offsets, tau, days, points):
     `k`'s KA and CL are the base values times `factors[name][k]`, its dose `taken[k]` goes
     into the depot `offsets[k]` hours after the period start (times `F1`, the S-fraction);
     the concentration at `points` times per period (the first before the dose) and at the
-    end."""
+    end, and its AUC over each period (mg.h/L, a third state)."""
     ka0, cl0, v = (float(params[k]) for k in ("KA", "CL", "V"))
     taken = np.asarray(taken) * float(params["F1"])
-    x = np.zeros(2)
-    out = []
+    x = np.zeros(3)
+    out, auc = [], []
     h = tau / points
     for k in range(days):
         ka, cl = ka0 * factors["KA"][k], cl0 * factors["CL"][k]
 
         def f(t, y, ka=ka, cl=cl):
-            return [-ka * y[0], ka * y[0] - cl / v * y[1]]
+            return [-ka * y[0], ka * y[0] - cl / v * y[1], y[1] / v]
 
         def to(x, t0, t1, f=f):
             if t1 <= t0:
@@ -136,17 +136,19 @@ def _ode_reference(params, factors, taken, offsets, tau, days, points):
         dosed = False
         for m in range(points):
             if not dosed and offsets[k] < m * h:
-                x = to(x, t, offsets[k]) + np.array([taken[k], 0.0])
+                x = to(x, t, offsets[k]) + np.array([taken[k], 0.0, 0.0])
                 t, dosed = offsets[k], True
             x = to(x, t, m * h)
             t = m * h
             out.append(x[1] / v)
         if not dosed:
-            x = to(x, t, offsets[k]) + np.array([taken[k], 0.0])
+            x = to(x, t, offsets[k]) + np.array([taken[k], 0.0, 0.0])
             t = offsets[k]
         x = to(x, t, tau)
+        auc.append(x[2])
+        x[2] = 0.0
     out.append(x[1] / v)
-    return np.array(out)
+    return np.array(out), np.array(auc)
 
 
 #: The dose-time offset after each period start at which doses are due (h).
@@ -178,7 +180,7 @@ def _check_true_course(trial, course):
     period, attended = _visit_periods(trial, course)
     points = trial.band_points
     for i in range(course["level"].shape[0]):
-        ref = _ode_reference(
+        ref, auc = _ode_reference(
             {k: v[i] for k, v in course["params"].items()},
             {k: v[i] for k, v in course["factors"].items()},
             course["taken"][i],
@@ -189,6 +191,8 @@ def _check_true_course(trial, course):
         )
         np.testing.assert_allclose(course["curve"][i], ref, rtol=1e-8, atol=1e-12)
         np.testing.assert_array_equal(course["level"][i], course["curve"][i, ::points])
+        if "auc" in course:  # Simpson on `exposure_steps` points between dosing entries
+            np.testing.assert_allclose(course["auc"][i], auc, rtol=1e-6, atol=1e-12)
         eps = jax.random.normal(_noise_key(i), (len(VISITS),))
         for j in np.flatnonzero(attended[i]):
             y = error.observe(course["level"][i, period[i, j]], sigma, eps[j])
@@ -269,13 +273,17 @@ def test_twin_arm_takes_adherence_variability_visits_and_curves():
     true course (the curve too) is the model under the doses taken, at their times, with
     each period's parameters; it measures at the visits that happened, on their days; and
     its doses are those of a twin told the doses prescribed at their due time and those
-    levels, changed only at the recommendation visits that happened."""
+    levels, changed only at the recommendation visits that happened; and an AUC endpoint
+    (refused with a TwinArm before) is the model's AUC of each period under those doses."""
     trial = _trial(**_realism())
+    auc = twins.AUC("auc24", "AUC24", hours=24.0)
+    trial = dataclasses.replace(trial, endpoints=(*trial.endpoints, auc))
     n = 5
     pop, courses = _run(trial, n)
     twin, fixed = courses["twin"], courses["fixed"]
     _check_same_draws(trial, courses, n)
-    _check_true_course(trial, twin)
+    _check_true_course(trial, twin)  # the AUC of each period too
+    assert twin["auc"].shape == (n, trial.days)
     assert not np.array_equal(twin["doses"], fixed["doses"])  # the twin re-dosed
     period, attended = _visit_periods(trial, twin)
     told_taken, told_at_start = [], []
