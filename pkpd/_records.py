@@ -30,6 +30,25 @@ class RecordError(ValueError):
     """Invalid NONMEM records: the message names the subject, the row and the column."""
 
 
+def _no_dose(xp) -> Regimen:
+    """A subject without doses: one padding event keeps the arrays non-empty (`xp`: NumPy
+    or jax.numpy, the module the arrays come from)."""
+    return Regimen(
+        time=xp.zeros(1),
+        amount=xp.zeros(1),
+        cmt=xp.ones(1, xp.int32),
+        rate=xp.zeros(1),
+        duration=xp.zeros(1),
+        lag=xp.zeros(1),
+        bioav=xp.ones(1),
+        evid=xp.ones(1, xp.int32),
+        ss=xp.zeros(1, xp.int32),
+        ii=xp.zeros(1),
+        order=xp.full(1, xp.inf),
+        mask=xp.zeros(1, bool),
+    )
+
+
 def _py(x: Any) -> Any:
     """A NumPy scalar as the Python scalar it holds (so messages read `9`, not `np.int64(9)`)."""
     return x.item() if isinstance(x, np.generic) else x
@@ -357,22 +376,7 @@ def _subject_regimen(
             cols["offset"].append(k)  # the k-th additional dose sits k events after its record
     n = len(cols["time"])
     if n == 0:
-        # No dose: one padding event keeps the arrays non-empty.
-        reg = Regimen(
-            time=jnp.zeros(1),
-            amount=jnp.zeros(1),
-            cmt=jnp.ones(1, jnp.int32),
-            rate=jnp.zeros(1),
-            duration=jnp.zeros(1),
-            lag=jnp.zeros(1),
-            bioav=jnp.ones(1),
-            evid=jnp.ones(1, jnp.int32),
-            ss=jnp.zeros(1, jnp.int32),
-            ii=jnp.zeros(1),
-            order=jnp.full(1, jnp.inf),
-            mask=jnp.zeros(1, bool),
-        )
-        return reg, np.zeros(1, dtype=np.int64)
+        return _no_dose(jnp), np.zeros(1, dtype=np.int64)
     reg = Regimen(
         time=jnp.asarray(cols["time"], float),
         amount=jnp.asarray(cols["amount"], float),
@@ -473,23 +477,7 @@ def regimens_from_records(
         a, b = int(src_at[s]), int(src_at[s + 1])
         n = b - a
         if n == 0:
-            # No dose: one padding event keeps the arrays non-empty.
-            out.append(
-                Regimen(
-                    time=np.zeros(1),
-                    amount=np.zeros(1),
-                    cmt=np.ones(1, np.int32),
-                    rate=np.zeros(1),
-                    duration=np.zeros(1),
-                    lag=np.zeros(1),
-                    bioav=np.ones(1),
-                    evid=np.ones(1, np.int32),
-                    ss=np.zeros(1, np.int32),
-                    ii=np.zeros(1),
-                    order=np.full(1, np.inf),
-                    mask=np.zeros(1, bool),
-                )
-            )
+            out.append(_no_dose(np))
             continue
         mine = {f: v[a:b] for f, v in events.items()}
         out.append(
