@@ -24,11 +24,17 @@ demo: $(STAMP)
 # killed while writing one) makes JAX warn and compile the program itself, which is not an
 # error here (docs/getting-started.md, "Compilation cache").
 TEST_CACHE ?= $(HOME)/.cache/pkpd-twins/jax-test
+# make test compiles with XLA's backend optimisation level 0 and without LLVM's expensive
+# passes (about a third less CPU time, most of a test being compilation; the same programs in
+# IEEE arithmetic, slower to run); make test-all compiles as users do. `make test
+# TEST_XLA_FLAGS=` turns this off; XLA_FLAGS of your own are kept (docs/testing.md).
+TEST_XLA_FLAGS ?= --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true
 TEST_ENV := PKPD_TWINS_CACHE="$(TEST_CACHE)"
 CACHE_RACE := -W "ignore:Error reading persistent compilation cache entry:UserWarning"
 
 test: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist worksteal $(CACHE_RACE) -m "not extended"
+	$(TEST_ENV) XLA_FLAGS="$(strip $(XLA_FLAGS) $(TEST_XLA_FLAGS))" \
+		$(BIN)/python -m pytest -q -n 2 --dist worksteal $(CACHE_RACE) -m "not extended"
 
 # Every test, the extended ones included: slow checks, most of whose ground `make test` also
 # covers (each says so where it is marked); several of them take minutes on 2 cores.
